@@ -1,0 +1,32 @@
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Repo(#[from] bulwark_repo::RepoError),
+    #[error("source {path}: {what}: {source}")]
+    Source {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("source {path}: {reason}")]
+    BadSource { path: PathBuf, reason: String },
+    #[error("target {path}: {what}: {source}")]
+    Target {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("target {path}: {reason}")]
+    BadTarget { path: PathBuf, reason: String },
+    #[error("restore of point {point} failed at block {block} (offset {offset}): {cause}{note}")]
+    RestoreFailed { point: String, block: u64, offset: u64, cause: Box<AgentError>, note: &'static str },
+    #[error("cancelled")]
+    Cancelled,
+}

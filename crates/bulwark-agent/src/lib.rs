@@ -1,0 +1,23 @@
+//! The agent's data path: reading a volume, deciding which blocks changed, dropping what a
+//! restore does not need, compressing, and writing a restore point; and the way back (restore).
+//!
+//! `bulwark backup` and `bulwark restore` call this crate directly against a repository; the
+//! managed agent will call the same pipeline with a data mover at the other end. This crate
+//! does not parse arguments or draw progress bars: callers pass a progress callback.
+
+pub mod backup;
+mod error;
+pub mod restore;
+pub mod source;
+
+pub use backup::{backup_volume, BackupOptions, BackupReport};
+pub use error::{AgentError, Result};
+pub use restore::{restore_volume, RestoreOptions, RestoreReport};
+
+/// Receives the number of bytes just processed; called from worker threads.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// Threads for the hashing and compression stages: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}

@@ -1,0 +1,52 @@
+use std::io;
+use std::path::PathBuf;
+
+use crate::{ChunkId, RestorePointId};
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong with a repository, phrased for the operator who reads it.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{path}: not a Bulwark repository (no config file); create one with `bulwark repo init`")]
+    NotARepository { path: PathBuf },
+    #[error("{path}: not a Bulwark repository (config says format {found:?})")]
+    ForeignFormat { path: PathBuf, found: String },
+    #[error(
+        "{path}: repository format version {found} is newer than this Bulwark understands \
+         (up to {supported}); upgrade Bulwark"
+    )]
+    NewerFormat { path: PathBuf, found: u32, supported: u32 },
+    #[error("{path}: a repository already exists here")]
+    AlreadyExists { path: PathBuf },
+    #[error("repository {path} is encrypted: give the password with --password-file or BULWARK_PASSWORD")]
+    PasswordRequired { path: PathBuf },
+    #[error("repository {path}: wrong password")]
+    WrongPassword { path: PathBuf },
+    #[error("repository {repo}: {what}: {source}")]
+    Io {
+        repo: String,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("repository {repo}: chunk {id} is damaged ({reason}); run `bulwark verify`")]
+    DamagedChunk { repo: String, id: ChunkId, reason: String },
+    #[error("repository {repo}: chunk {id} is missing; run `bulwark verify`")]
+    MissingChunk { repo: String, id: ChunkId },
+    #[error("repository {repo}: restore point {point} is damaged: {reason}")]
+    DamagedPoint { repo: String, point: String, reason: String },
+    #[error("repository {repo}: no restore point {point}")]
+    NoSuchPoint { repo: String, point: String },
+    #[error("repository {repo}: invalid argument: {reason}")]
+    Invalid { repo: String, reason: String },
+    #[error("repository {repo}: point {point} was written with a block size of {found}, not {expected}")]
+    BlockSizeMismatch { repo: String, point: RestorePointId, found: u32, expected: u32 },
+}
+
+impl RepoError {
+    /// True when the underlying cause is the repository's filesystem running out of space.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, RepoError::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}

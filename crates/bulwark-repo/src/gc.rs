@@ -1,0 +1,121 @@
+//! Garbage collection: removes chunks no restore point references, safe beside running backups.
+//!
+//! The scheme (mark and sweep with leases, after Proxmox Backup Server's):
+//! - A backup holds a *writer lease* from before its first chunk until its manifest is written.
+//!   Every chunk it reuses — found already stored, or referenced by its parent point — it *touches*
+//!   (sets the chunk's modification time to now) under the shared chunk lock; every chunk it
+//!   writes is new, so fresh too.
+//! - The collector reads the storage's clock (`start`), then the live leases, then every manifest
+//!   and index (mark). Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
+//!   directory at a time under the exclusive chunk lock, it deletes chunks that are unmarked *and*
+//!   older than the cutoff (sweep).
+//! - Why that is safe: a backup that committed before the collector listed manifests is marked.
+//!   One that was running when leases were listed began after the cutoff, so all it touched or
+//!   wrote is younger than the cutoff. One that began later began after `start`, likewise. A
+//!   touch cannot slip between the collector's "is it old?" and "delete", because the collector
+//!   holds the exclusive chunk lock over both and the touch needs the shared one.
+//! - A lease whose process died is seen as dead (its flock is free) and ignored; its staged files
+//!   and orphaned index are removed once older than the cutoff.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::chunk::ChunkId;
+use crate::error::Result;
+use crate::index::BlockRef;
+use crate::point::RestorePointId;
+use crate::Repository;
+
+/// The default margin for filesystem timestamp granularity.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub points: usize,
+    pub live_backups: usize,
+    pub referenced_chunks: usize,
+    pub deleted_chunks: u64,
+    pub deleted_bytes: u64,
+    /// Unreferenced but too young to delete (a running backup may be about to use them).
+    pub spared_chunks: u64,
+    pub removed_staged_files: u64,
+    pub removed_orphan_indexes: u64,
+}
+
+pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
+    let storage = repo.storage();
+    let ioe = |what: &str, e| repo.io_err(what, e);
+    let start = storage.now().map_err(|e| ioe("reading the storage clock", e))?;
+    let writers = storage.live_writers().map_err(|e| ioe("listing running backups", e))?;
+    let oldest = writers.iter().map(|w| w.1).min().unwrap_or(start).min(start);
+    let cutoff = oldest.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut report = GcReport { live_backups: writers.len(), ..Default::default() };
+
+    // Mark. A damaged point stops the collection: without its index we cannot tell which chunks
+    // it needs, and deleting them would turn a repairable point into a lost one.
+    let mut marked: HashSet<ChunkId> = HashSet::new();
+    let points = repo.list_points()?;
+    report.points = points.len();
+    for m in &points {
+        let mut index = repo.open_index(m)?;
+        while let Some(r) = index.next_block().map_err(|e| ioe(&format!("reading index of {}", m.id), e))? {
+            if let BlockRef::Chunk(id) = r {
+                marked.insert(id);
+            }
+        }
+    }
+    report.referenced_chunks = marked.len();
+
+    // Sweep.
+    for b in 0..=255u8 {
+        let dir = format!("chunks/{b:02x}/");
+        let _guard = storage.lock_chunks_exclusive().map_err(|e| ioe("taking the chunk lock", e))?;
+        for e in storage.list(&dir).map_err(|e| ioe("listing chunks", e))? {
+            let Some(id) = ChunkId::from_hex(&e.name) else { continue };
+            if marked.contains(&id) {
+                continue;
+            }
+            if e.modified >= cutoff {
+                report.spared_chunks += 1;
+                continue;
+            }
+            storage.delete(&id.key()).map_err(|e| ioe(&format!("deleting chunk {id}"), e))?;
+            report.deleted_chunks += 1;
+            report.deleted_bytes += e.size;
+        }
+        for e in storage.list_stale_staged(&dir).map_err(|e| ioe("listing staged chunks", e))? {
+            if e.modified < cutoff {
+                storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a staged chunk", e))?;
+                report.removed_staged_files += 1;
+            }
+        }
+    }
+
+    // Leftovers of dead backups and interrupted forgets in points/ and locks/.
+    let live: HashSet<&str> = writers.iter().map(|w| w.0.as_str()).collect();
+    let committed: HashSet<&str> = points.iter().map(|m| m.id.as_str()).collect();
+    for e in storage.list("points/").map_err(|e| ioe("listing points", e))? {
+        let Some(id) = e.name.strip_suffix(".index") else { continue };
+        if id.parse::<RestorePointId>().is_err() || committed.contains(id) || live.contains(id) || e.modified >= cutoff
+        {
+            continue;
+        }
+        // Between listing manifests and now a backup may have committed this one.
+        if storage.exists(&format!("points/{id}.manifest")).map_err(|e| ioe("checking a manifest", e))? {
+            continue;
+        }
+        storage.delete(&format!("points/{}", e.name)).map_err(|e| ioe("deleting an orphaned index", e))?;
+        report.removed_orphan_indexes += 1;
+    }
+    for dir in ["points/", "locks/"] {
+        for e in storage.list_stale_staged(dir).map_err(|e| ioe("listing staged files", e))? {
+            if e.modified < cutoff {
+                storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a staged file", e))?;
+                report.removed_staged_files += 1;
+            }
+        }
+    }
+    Ok(report)
+}

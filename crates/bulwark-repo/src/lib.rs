@@ -1,0 +1,32 @@
+//! The Bulwark repository: where restore points live.
+//!
+//! A repository is a deduplicated, content-addressed store. Every stored block (volume mode) is a
+//! **chunk** named by the BLAKE3 digest of its plaintext (keyed BLAKE3 when the repository is
+//! encrypted, so names leak nothing), compressed and optionally sealed with AES-256-GCM. A
+//! **restore point** is a manifest plus a block index (one chunk reference per block). Every point
+//! is complete on its own: deleting one never touches another.
+//!
+//! All writes are atomic (temp file, rename; the manifest last, after a filesystem sync), so a
+//! crash at any instant leaves either a whole point or none. Garbage collection is mark and
+//! sweep, safe beside running backups (see [`gc`] for the scheme).
+//!
+//! This crate knows nothing of networks, servers or terminals: the standalone CLI, the agent and
+//! the data mover all call it, so a restore behaves the same wherever it runs. It deliberately
+//! does not read volumes either; that is `bulwark-agent`'s job.
+
+pub mod chunk;
+pub mod crypto;
+mod error;
+pub mod gc;
+pub mod index;
+pub mod point;
+mod repository;
+pub mod retention;
+pub mod storage;
+pub mod verify;
+
+pub use chunk::{ChunkCodec, ChunkId, Compression};
+pub use error::{RepoError, Result};
+pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
+pub use point::{Manifest, PointStats, RestorePointId};
+pub use repository::{InitOptions, PointSpec, PointWriter, Repository, FORMAT_VERSION};

@@ -1,0 +1,389 @@
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{ChunkCodec, ChunkId, Compression};
+use crate::crypto::{self, KdfParams, KeyFile, Keys};
+use crate::error::{RepoError, Result};
+use crate::index::{BlockIndexReader, BlockIndexWriter, BlockSize, IndexHeader};
+use crate::point::{validate_name, Manifest, PointKind, PointStats, RestorePointId};
+use crate::storage::{LocalStorage, Storage, WriterLease};
+
+pub const FORMAT_NAME: &str = "bulwark-repository";
+pub const FORMAT_VERSION: u32 = 1;
+const MANIFEST_MAGIC: &[u8; 4] = b"BWM1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    format: String,
+    version: u32,
+    id: String,
+    created: chrono::DateTime<Utc>,
+    encryption: String,
+}
+
+/// How to create a repository.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// `Some(password)` encrypts the repository with AES-256-GCM.
+    pub password: Option<Vec<u8>>,
+    pub kdf: KdfParams,
+}
+
+/// An open repository. Cheap to clone: worker threads each hold one.
+#[derive(Clone)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    keys: Keys,
+}
+
+impl Repository {
+    /// Creates a repository in `path` (an empty or absent directory).
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {
+        let storage = LocalStorage::new(path);
+        let label = path.display().to_string();
+        let ioe = |what: &str, e: io::Error| RepoError::Io { repo: label.clone(), what: what.into(), source: e };
+        if storage.exists("config").map_err(|e| ioe("reading config", e))? {
+            return Err(RepoError::AlreadyExists { path: path.into() });
+        }
+        if let Ok(mut rd) = std::fs::read_dir(path) {
+            if rd.next().is_some() {
+                return Err(RepoError::Invalid {
+                    repo: label,
+                    reason: "the directory is not empty; a repository needs a directory of its own".into(),
+                });
+            }
+        }
+        let mut dirs: Vec<String> = (0..=255u8).map(|b| format!("chunks/{b:02x}")).collect();
+        dirs.extend(["points", "keys", "locks/writers"].map(String::from));
+        storage.create_layout(&dirs).map_err(|e| ioe("creating directories", e))?;
+        let keys = match &opts.password {
+            Some(pw) => {
+                let (keys, file) = Keys::generate(pw, opts.kdf)
+                    .map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
+                let json = serde_json::to_vec_pretty(&file).expect("key file serializes");
+                storage.put("keys/default", &json, true).map_err(|e| ioe("writing key file", e))?;
+                keys
+            }
+            None => Keys::none(),
+        };
+        let config = Config {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: hex::encode(crypto::random_bytes::<16>()),
+            created: Utc::now(),
+            encryption: if keys.is_encrypted() { "aes256gcm" } else { "none" }.into(),
+        };
+        // The config is written last: a directory without it is not (yet) a repository.
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        storage.put("config", &json, true).map_err(|e| ioe("writing config", e))?;
+        Ok(Repository { storage: Arc::new(storage), keys })
+    }
+
+    /// Opens the repository in `path`; `password` is needed when it is encrypted.
+    pub fn open(path: &Path, password: Option<&[u8]>) -> Result<Repository> {
+        let storage = LocalStorage::new(path);
+        let label = path.display().to_string();
+        let raw = match storage.read("config") {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::NotARepository { path: path.into() })
+            }
+            Err(e) => return Err(RepoError::Io { repo: label, what: "reading config".into(), source: e }),
+        };
+        let config: Config = match serde_json::from_slice(&raw) {
+            Ok(c) => c,
+            Err(_) => {
+                let found = serde_json::from_slice::<serde_json::Value>(&raw)
+                    .ok()
+                    .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(String::from))
+                    .unwrap_or_else(|| "unreadable".into());
+                return Err(RepoError::ForeignFormat { path: path.into(), found });
+            }
+        };
+        if config.format != FORMAT_NAME {
+            return Err(RepoError::ForeignFormat { path: path.into(), found: config.format });
+        }
+        if config.version > FORMAT_VERSION {
+            return Err(RepoError::NewerFormat { path: path.into(), found: config.version, supported: FORMAT_VERSION });
+        }
+        let keys = match config.encryption.as_str() {
+            "none" => Keys::none(),
+            "aes256gcm" => {
+                let pw = password.ok_or_else(|| RepoError::PasswordRequired { path: path.into() })?;
+                let (keys, _) = unlock(&storage, &label, pw)?;
+                keys
+            }
+            other => {
+                return Err(RepoError::Invalid {
+                    repo: label,
+                    reason: format!("unknown encryption {other:?} in config"),
+                })
+            }
+        };
+        Ok(Repository { storage: Arc::new(storage), keys })
+    }
+
+    /// Re-wraps the master key under a new password. Chunks are untouched.
+    pub fn change_password(path: &Path, old: &[u8], new: &[u8], kdf: KdfParams) -> Result<()> {
+        let storage = LocalStorage::new(path);
+        let label = path.display().to_string();
+        let repo = Repository::open(path, Some(old))?;
+        if !repo.keys.is_encrypted() {
+            return Err(RepoError::Invalid { repo: label, reason: "the repository is not encrypted".into() });
+        }
+        let (_, master) = unlock(&storage, &label, old)?;
+        let file =
+            crypto::wrap(&master, new, kdf).map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
+        let json = serde_json::to_vec_pretty(&file).expect("key file serializes");
+        storage.put("keys/default", &json, true).map_err(|e| RepoError::Io {
+            repo: label,
+            what: "writing key file".into(),
+            source: e,
+        })
+    }
+
+    pub fn label(&self) -> String {
+        self.storage.describe()
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        &*self.storage
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_encrypted()
+    }
+
+    pub(crate) fn io_err(&self, what: impl Into<String>, source: io::Error) -> RepoError {
+        RepoError::Io { repo: self.label(), what: what.into(), source }
+    }
+
+    pub fn codec(&self, compression: Compression) -> ChunkCodec {
+        ChunkCodec::new(self.keys.clone(), compression)
+    }
+
+    /// Reads, authenticates and decompresses one chunk, checking it against its name.
+    pub fn read_chunk(&self, codec: &mut ChunkCodec, id: &ChunkId) -> Result<Vec<u8>> {
+        let stored = match self.storage.read(&id.key()) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::MissingChunk { repo: self.label(), id: *id })
+            }
+            Err(e) => return Err(self.io_err(format!("reading chunk {id}"), e)),
+        };
+        codec.decode(id, &stored).map_err(|f| RepoError::DamagedChunk {
+            repo: self.label(),
+            id: *id,
+            reason: f.to_string(),
+        })
+    }
+
+    /// Marks chunk `id` as used by the point being written; `false` if the repository lacks it.
+    /// Only meaningful inside a [`PointWriter`]'s lifetime (its lease is what protects the chunk
+    /// from a concurrent garbage collection).
+    pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
+        let _guard = self.storage.lock_chunks_shared().map_err(|e| self.io_err("taking the chunk lock", e))?;
+        self.storage.touch(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))
+    }
+
+    /// Stores an encoded chunk (see [`ChunkCodec::encode`]). Durable at the point's commit.
+    pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
+        self.storage.put(&id.key(), stored, false).map_err(|e| self.io_err(format!("writing chunk {id}"), e))
+    }
+
+    /// Starts a restore point; nothing is visible until [`PointWriter::commit`].
+    pub fn begin_point(&self, spec: PointSpec) -> Result<PointWriter> {
+        validate_name(&spec.name).map_err(|reason| RepoError::Invalid { repo: self.label(), reason })?;
+        let created = Utc::now();
+        let id = RestorePointId::generate(created);
+        let lease = self.storage.lease_writer(id.as_str()).map_err(|e| self.io_err("registering the backup", e))?;
+        let staged = self.storage.create(&id.index_key()).map_err(|e| self.io_err("creating the block index", e))?;
+        let header = IndexHeader::new(spec.block_size, spec.volume_size);
+        let index =
+            BlockIndexWriter::new(staged, &self.keys, header).map_err(|e| self.io_err("writing the block index", e))?;
+        Ok(PointWriter { repo: self.clone(), id, created, spec, index, _lease: lease })
+    }
+
+    /// All restore points, oldest first. Unreadable manifests are errors (run verify).
+    pub fn list_points(&self) -> Result<Vec<Manifest>> {
+        let entries = self.storage.list("points/").map_err(|e| self.io_err("listing points", e))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let Some(id) = e.name.strip_suffix(".manifest") else { continue };
+            let Ok(id) = id.parse::<RestorePointId>() else { continue };
+            match self.load_manifest(&id) {
+                Ok(m) => out.push(m),
+                // Forgotten between listing and reading: not an error.
+                Err(RepoError::NoSuchPoint { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    pub fn load_manifest(&self, id: &RestorePointId) -> Result<Manifest> {
+        let raw = match self.storage.read(&id.manifest_key()) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::NoSuchPoint { repo: self.label(), point: id.to_string() })
+            }
+            Err(e) => return Err(self.io_err(format!("reading manifest of {id}"), e)),
+        };
+        let damaged =
+            |reason: &str| RepoError::DamagedPoint { repo: self.label(), point: id.to_string(), reason: reason.into() };
+        let json = if self.keys.is_encrypted() {
+            let sealed = raw.strip_prefix(MANIFEST_MAGIC).ok_or_else(|| damaged("manifest has a bad header"))?;
+            self.keys
+                .open(manifest_aad(id).as_bytes(), sealed)
+                .ok_or_else(|| damaged("manifest fails authentication"))?
+        } else {
+            raw
+        };
+        let m: Manifest = serde_json::from_slice(&json).map_err(|e| damaged(&format!("manifest unreadable: {e}")))?;
+        if m.id != *id {
+            return Err(damaged("manifest belongs to another point"));
+        }
+        Ok(m)
+    }
+
+    /// Resolves a point given as its id or as `NAME:latest`.
+    pub fn resolve(&self, spec: &str) -> Result<Manifest> {
+        if let Some(name) = spec.strip_suffix(":latest") {
+            return self.latest(name)?.ok_or_else(|| RepoError::NoSuchPoint {
+                repo: self.label(),
+                point: format!("{spec} (no point named {name:?})"),
+            });
+        }
+        let id: RestorePointId = spec.parse().map_err(|reason| RepoError::Invalid { repo: self.label(), reason })?;
+        self.load_manifest(&id)
+    }
+
+    /// The newest point of a backup name.
+    pub fn latest(&self, name: &str) -> Result<Option<Manifest>> {
+        Ok(self.list_points()?.into_iter().rev().find(|m| m.name == name))
+    }
+
+    /// Opens a point's block index, authenticated against its manifest.
+    pub fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader> {
+        let damaged = |reason: String| RepoError::DamagedPoint { repo: self.label(), point: m.id.to_string(), reason };
+        let auth =
+            m.index_auth_bytes().ok_or_else(|| damaged("manifest has a malformed index authenticator".into()))?;
+        let reader = BlockIndexReader::open(self.storage(), &m.id.index_key(), &self.keys, &auth).map_err(damaged)?;
+        let h = reader.header();
+        if h.volume_size != m.volume_size || h.block_size != m.block_size {
+            return Err(damaged("index does not match its manifest".into()));
+        }
+        Ok(reader)
+    }
+
+    /// Deletes a point: the manifest first (the point is gone at once), then its index.
+    /// Chunks are left to garbage collection; no other point is touched.
+    pub fn delete_point(&self, id: &RestorePointId) -> Result<()> {
+        self.storage.delete(&id.manifest_key()).map_err(|e| self.io_err(format!("deleting manifest of {id}"), e))?;
+        self.storage.sync().map_err(|e| self.io_err("syncing", e))?;
+        self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))
+    }
+}
+
+fn unlock(storage: &LocalStorage, label: &str, pw: &[u8]) -> Result<(Keys, [u8; 64])> {
+    let raw = storage.read("keys/default").map_err(|e| RepoError::Io {
+        repo: label.into(),
+        what: "reading key file".into(),
+        source: e,
+    })?;
+    let file: KeyFile = serde_json::from_slice(&raw)
+        .map_err(|e| RepoError::Invalid { repo: label.into(), reason: format!("key file unreadable: {e}") })?;
+    match Keys::unlock(&file, pw) {
+        Ok(Some(k)) => Ok(k),
+        Ok(None) => Err(RepoError::WrongPassword { path: label.into() }),
+        Err(reason) => Err(RepoError::Invalid { repo: label.into(), reason }),
+    }
+}
+
+fn manifest_aad(id: &RestorePointId) -> String {
+    format!("bulwark manifest {id}")
+}
+
+/// What a new restore point is of.
+#[derive(Debug, Clone)]
+pub struct PointSpec {
+    pub name: String,
+    pub source: String,
+    pub volume_size: u64,
+    pub block_size: BlockSize,
+    pub compression: Compression,
+    pub parent: Option<RestorePointId>,
+}
+
+/// A restore point being written. Dropped without [`PointWriter::commit`], it leaves nothing
+/// visible: the staged index is removed and its new chunks are garbage for the next collection.
+pub struct PointWriter {
+    repo: Repository,
+    id: RestorePointId,
+    created: chrono::DateTime<Utc>,
+    spec: PointSpec,
+    index: BlockIndexWriter,
+    _lease: Box<dyn WriterLease>,
+}
+
+impl PointWriter {
+    pub fn id(&self) -> &RestorePointId {
+        &self.id
+    }
+
+    pub fn index(&mut self) -> &mut BlockIndexWriter {
+        &mut self.index
+    }
+
+    /// Makes the point durable and visible: index, sync, manifest (durably), in that order.
+    pub fn commit(self, mut stats: PointStats) -> Result<Manifest> {
+        let repo = &self.repo;
+        let auth = self.index.finish().map_err(|e| repo.io_err("writing the block index", e))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        let mut manifest = Manifest {
+            id: self.id.clone(),
+            name: self.spec.name,
+            kind: PointKind::Volume,
+            created: self.created,
+            host,
+            source: self.spec.source,
+            volume_size: self.spec.volume_size,
+            block_size: self.spec.block_size,
+            compression: self.spec.compression,
+            index_auth: hex::encode(auth),
+            parent: self.spec.parent,
+            stats: PointStats::default(),
+        };
+        stats.stored_bytes += manifest.spec_index_len();
+        manifest.stats = stats;
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        let body = if repo.keys.is_encrypted() {
+            let mut b = MANIFEST_MAGIC.to_vec();
+            b.extend(repo.keys.seal(manifest_aad(&self.id).as_bytes(), json));
+            b
+        } else {
+            json
+        };
+        // Everything the manifest refers to must be on disk before the manifest is.
+        repo.storage.sync().map_err(|e| repo.io_err("syncing chunks and index", e))?;
+        repo.storage
+            .put(&self.id.manifest_key(), &body, true)
+            .map_err(|e| repo.io_err(format!("writing manifest of {}", self.id), e))?;
+        Ok(manifest)
+    }
+}
+
+impl Manifest {
+    fn spec_index_len(&self) -> u64 {
+        24 + 32 * self.block_size.blocks_for(self.volume_size) + 32
+    }
+}

@@ -1,0 +1,312 @@
+//! Where a repository's objects physically live.
+//!
+//! The repository sees its storage as a flat namespace of keys (`chunks/3f/3f2a…`,
+//! `points/….json`) holding immutable objects, plus two coordination primitives (the chunk lock
+//! and writer leases) that garbage collection needs to be safe beside running backups. The local
+//! filesystem implements it now; an object store implements the same trait later.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// One object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// An object being written; invisible under its key until [`StagedObject::commit`].
+pub trait StagedObject: Write + Send {
+    /// Makes the object visible under its key, atomically. Durability follows at the next
+    /// [`Storage::sync`] (or at once with `durable`).
+    fn commit(self: Box<Self>, durable: bool) -> io::Result<()>;
+}
+
+/// Held while a guarded operation runs; released on drop.
+pub trait Guard: Send {}
+
+/// A backup's announcement that it is writing: garbage collection spares every chunk touched
+/// since the oldest live lease began.
+pub trait WriterLease: Send {}
+
+pub trait Storage: Send + Sync {
+    /// A name for messages: a path or a URL.
+    fn describe(&self) -> String;
+    fn read(&self, key: &str) -> io::Result<Vec<u8>>;
+    fn open_read(&self, key: &str) -> io::Result<Box<dyn Read + Send>>;
+    /// Stages a new object; a committed object with the same key is replaced atomically.
+    fn create(&self, key: &str) -> io::Result<Box<dyn StagedObject>>;
+    /// Writes a whole object atomically.
+    fn put(&self, key: &str, data: &[u8], durable: bool) -> io::Result<()> {
+        let mut staged = self.create(key)?;
+        staged.write_all(data)?;
+        staged.commit(durable)
+    }
+    /// Marks an existing object as in use now (for the collector's grace rule); `false` if absent.
+    fn touch(&self, key: &str) -> io::Result<bool>;
+    fn exists(&self, key: &str) -> io::Result<bool>;
+    /// Objects directly under a prefix ending in `/`; staged objects are not listed.
+    fn list(&self, prefix: &str) -> io::Result<Vec<Entry>>;
+    /// Staged objects under a prefix left behind by writers that died, with their age.
+    fn list_stale_staged(&self, prefix: &str) -> io::Result<Vec<Entry>>;
+    fn delete(&self, key: &str) -> io::Result<()>;
+    /// The storage's own clock (the time a new object would be stamped with). Garbage collection
+    /// compares object times with it, so the collector's clock never matters.
+    fn now(&self) -> io::Result<SystemTime>;
+    /// Makes everything committed so far durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Shared side of the chunk lock: held around "touch or write one chunk".
+    fn lock_chunks_shared(&self) -> io::Result<Box<dyn Guard>>;
+    /// Exclusive side of the chunk lock: held by the collector around "stat and delete".
+    fn lock_chunks_exclusive(&self) -> io::Result<Box<dyn Guard>>;
+    /// Announces a writer; the lease ends when dropped or when its process dies.
+    fn lease_writer(&self, id: &str) -> io::Result<Box<dyn WriterLease>>;
+    /// Start times of the writers alive now; leases of dead processes are cleared.
+    fn live_writers(&self) -> io::Result<Vec<(String, SystemTime)>>;
+}
+
+/// A repository in a directory of a local filesystem.
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+const STAGED_PREFIX: &str = ".tmp-";
+
+impl LocalStorage {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStorage { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Creates the directory skeleton of a new repository.
+    pub fn create_layout(&self, dirs: &[String]) -> io::Result<()> {
+        for d in dirs {
+            fs::create_dir_all(self.path(d))?;
+        }
+        fsync_dir(&self.root)
+    }
+
+    fn lock_file(&self) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path("locks/chunks"))
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn unique_suffix() -> String {
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).expect("the kernel's random source is available");
+    format!("{}-{}", std::process::id(), hex::encode(r))
+}
+
+struct LocalStaged {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Write for LocalStaged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().expect("not committed").write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.as_mut().expect("not committed").write_all(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StagedObject for LocalStaged {
+    fn commit(mut self: Box<Self>, durable: bool) -> io::Result<()> {
+        let file = self.file.take().expect("committed once");
+        if durable {
+            file.sync_all()?;
+        }
+        drop(file);
+        fs::rename(&self.tmp, &self.dest)?;
+        if durable {
+            if let Some(dir) = self.dest.parent() {
+                fsync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalStaged {
+    fn drop(&mut self) {
+        // Abandoned (error or panic before commit): leave nothing behind.
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct FileGuard(#[allow(dead_code)] File);
+impl Guard for FileGuard {}
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+struct LocalLease {
+    path: PathBuf,
+    _file: File,
+}
+impl WriterLease for LocalLease {}
+impl Drop for LocalLease {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Storage for LocalStorage {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn read(&self, key: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(key))
+    }
+
+    fn open_read(&self, key: &str) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(self.path(key))?))
+    }
+
+    fn create(&self, key: &str) -> io::Result<Box<dyn StagedObject>> {
+        let dest = self.path(key);
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let tmp = dest.with_file_name(format!("{STAGED_PREFIX}{name}-{}", unique_suffix()));
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        Ok(Box::new(LocalStaged { file: Some(file), tmp, dest }))
+    }
+
+    fn touch(&self, key: &str) -> io::Result<bool> {
+        match rustix::fs::utimensat(
+            rustix::fs::CWD,
+            self.path(key),
+            &rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+                last_modification: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+            },
+            rustix::fs::AtFlags::empty(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn exists(&self, key: &str) -> io::Result<bool> {
+        self.path(key).try_exists()
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
+        list_dir(&self.path(prefix), |n| !n.starts_with(STAGED_PREFIX))
+    }
+
+    fn list_stale_staged(&self, prefix: &str) -> io::Result<Vec<Entry>> {
+        list_dir(&self.path(prefix), |n| n.starts_with(STAGED_PREFIX))
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(key)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn now(&self) -> io::Result<SystemTime> {
+        let probe = self.path(&format!("locks/{STAGED_PREFIX}clock-{}", unique_suffix()));
+        let t = File::create(&probe).and_then(|f| f.metadata()).and_then(|m| m.modified());
+        let _ = fs::remove_file(&probe);
+        t
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // One syncfs flushes every chunk written by this backup, far cheaper than an fsync each.
+        rustix::fs::syncfs(File::open(&self.root)?)?;
+        Ok(())
+    }
+
+    fn lock_chunks_shared(&self) -> io::Result<Box<dyn Guard>> {
+        let f = self.lock_file()?;
+        f.lock_shared()?;
+        Ok(Box::new(FileGuard(f)))
+    }
+
+    fn lock_chunks_exclusive(&self) -> io::Result<Box<dyn Guard>> {
+        let f = self.lock_file()?;
+        f.lock()?;
+        Ok(Box::new(FileGuard(f)))
+    }
+
+    fn lease_writer(&self, id: &str) -> io::Result<Box<dyn WriterLease>> {
+        let path = self.path(&format!("locks/writers/{id}"));
+        let staged = self.path(&format!("locks/{STAGED_PREFIX}{id}-{}", unique_suffix()));
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged)?;
+        // The flock lives as long as the process: a lease whose lock can be taken is a dead
+        // writer's. It is taken before the lease becomes visible, so the collector never sees a
+        // live lease unlocked.
+        file.lock()?;
+        writeln!(file, "pid {}", std::process::id())?;
+        fs::rename(&staged, &path)?;
+        Ok(Box::new(LocalLease { path, _file: file }))
+    }
+
+    fn live_writers(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let mut live = Vec::new();
+        for e in list_dir(&self.path("locks/writers/"), |_| true)? {
+            let path = self.path(&format!("locks/writers/{}", e.name));
+            let Ok(f) = File::open(&path) else { continue };
+            match f.try_lock() {
+                Ok(()) => {
+                    // Its writer died (kill -9, crash): the lease is stale.
+                    let _ = fs::remove_file(&path);
+                }
+                Err(_) => live.push((e.name, e.modified)),
+            }
+        }
+        Ok(live)
+    }
+}
+
+fn list_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> io::Result<Vec<Entry>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for de in rd {
+        let de = de?;
+        let Ok(name) = de.file_name().into_string() else { continue };
+        if !keep(&name) {
+            continue;
+        }
+        let md = match de.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if md.is_file() {
+            out.push(Entry { name, size: md.len(), modified: md.modified()? });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,380 @@
+//! The `bulwark` command: argument parsing and wiring only; the work lives in the library crates.
+
+mod demo;
+mod ui;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context, Result};
+use bulwark_agent::{BackupOptions, RestoreOptions};
+use bulwark_repo::retention::Policy;
+use bulwark_repo::{BlockSize, Compression, InitOptions, Repository};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Bulwark: backup and restore of Linux volumes into a deduplicated, verifiable repository.
+///
+/// Standalone commands work straight against a repository directory, as an agent working
+/// without a server does. Encrypted repositories take their password from --password-file or the
+/// BULWARK_PASSWORD environment variable.
+///
+/// Exit status: 0 success; 1 failure (the message says what and where); 2 bad usage;
+/// 3 `verify` found damage.
+#[derive(Parser)]
+#[command(name = "bulwark", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository or change its password.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Back up a block device or an image file as a new restore point.
+    ///
+    /// Reads SOURCE front to back, skips zero blocks and blocks unchanged since the previous
+    /// point of the same --name, compresses and stores only what the repository lacks. The
+    /// point appears only when complete: an interrupted backup leaves nothing visible.
+    Backup {
+        /// Block device (/dev/sdb, /dev/vg/lv) or disk image file.
+        source: PathBuf,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Name of the backup series (points of one name are compared for incrementals and
+        /// kept together by `forget`).
+        #[arg(long)]
+        name: String,
+        /// Unit of change detection and deduplication.
+        #[arg(long, default_value = "1M", value_parser = parse_block_size)]
+        block_size: BlockSize,
+        /// Compression: none, dedupe-friendly (lz4), optimal (zstd 1), high (zstd 6),
+        /// extreme (zstd 15).
+        #[arg(long, default_value = "optimal")]
+        compression: Compression,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a point onto a block device or into an image file.
+    ///
+    /// POINT is a point id or NAME:latest. A block device must be unmounted and at least as large
+    /// as the volume; it is refused before anything is written otherwise. A file is created (or
+    /// replaced with --overwrite) and appears only once completely restored.
+    Restore {
+        point: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Block device or file to restore to.
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace an existing non-empty target file.
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List restore points, oldest first.
+    Points {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Only points of this backup name.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Health check: re-read and re-hash every chunk the points reference.
+    ///
+    /// Names every damaged point and the block ranges a restore would lose. Exits with status 3
+    /// when anything is damaged.
+    Verify {
+        /// Check only this point (id or NAME:latest); all points otherwise.
+        point: Option<String>,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the points of a backup name that a retention policy does not keep.
+    ///
+    /// Keeps the newest --keep-last points, plus the newest point of each of the last D days,
+    /// W ISO weeks, M months and Y years (UTC). Space is freed by `bulwark gc`.
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_yearly: u32,
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove chunks that no restore point references. Safe while backups run.
+    Gc {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the quick-start demo: generate a disk image, back it up, change 1%, back up again,
+    /// restore and verify both points, and print a summary.
+    Demo {
+        /// Working directory (created; reused if an earlier demo made it).
+        #[arg(long, default_value = "bulwark-demo")]
+        dir: PathBuf,
+        /// Size of the generated disk image in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Create a new repository in an empty or absent directory.
+    Init {
+        /// Directory of the new repository.
+        repo: PathBuf,
+        #[arg(long, value_enum, default_value_t = Encryption::None)]
+        encryption: Encryption,
+        /// File whose first line is the password (else BULWARK_PASSWORD).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the password of an encrypted repository (the data is not re-encrypted).
+    Passwd {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// File holding the new password.
+        #[arg(long)]
+        new_password_file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Encryption {
+    None,
+    Aes256gcm,
+}
+
+#[derive(Args)]
+struct RepoArgs {
+    /// Repository directory.
+    #[arg(long = "repo", value_name = "REPO")]
+    path: PathBuf,
+    /// File whose first line is the repository password (else BULWARK_PASSWORD).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+fn parse_block_size(s: &str) -> Result<BlockSize, String> {
+    let b: BlockSize = s.parse()?;
+    if BlockSize::OFFERED.contains(&b.bytes()) {
+        Ok(b)
+    } else {
+        Err(format!("{s} is not offered; choose 256K, 512K, 1M or 4M"))
+    }
+}
+
+fn read_password(file: Option<&Path>) -> Result<Option<Vec<u8>>> {
+    if let Some(f) = file {
+        let text = std::fs::read(f).with_context(|| format!("cannot read password file {}", f.display()))?;
+        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            bail!("password file {} is empty", f.display());
+        }
+        return Ok(Some(line.to_vec()));
+    }
+    Ok(std::env::var_os("BULWARK_PASSWORD").filter(|p| !p.is_empty()).map(|p| p.into_encoded_bytes()))
+}
+
+impl RepoArgs {
+    fn open(&self) -> Result<Repository> {
+        let pw = read_password(self.password_file.as_deref())?;
+        Ok(Repository::open(&self.path, pw.as_deref())?)
+    }
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bulwark: error: {e}");
+            for c in e.chain().skip(1) {
+                // The library errors already name their causes; print only what adds to it.
+                let text = c.to_string();
+                if !e.to_string().contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Repo(RepoCommand::Init { repo, encryption, password_file, json }) => {
+            let password = match encryption {
+                Encryption::None => None,
+                Encryption::Aes256gcm => Some(read_password(password_file.as_deref())?.context(
+                    "an encrypted repository needs a password: give --password-file or set BULWARK_PASSWORD",
+                )?),
+            };
+            let encrypted = password.is_some();
+            Repository::init(&repo, &InitOptions { password, ..Default::default() })?;
+            if json {
+                ui::print_json(
+                    &serde_json::json!({"repository": repo, "encryption": if encrypted {"aes256gcm"} else {"none"}}),
+                );
+            } else {
+                println!(
+                    "created repository {} ({})",
+                    repo.display(),
+                    if encrypted { "encrypted, AES-256-GCM" } else { "not encrypted" }
+                );
+                if encrypted {
+                    println!("keep the password safe: without it the backups cannot be restored");
+                }
+            }
+        }
+        Command::Repo(RepoCommand::Passwd { repo, new_password_file }) => {
+            let old = read_password(repo.password_file.as_deref())?
+                .context("give the current password with --password-file or BULWARK_PASSWORD")?;
+            let new = read_password(Some(&new_password_file))?.expect("a file was given");
+            Repository::change_password(&repo.path, &old, &new, Default::default())?;
+            println!("password of {} changed", repo.path.display());
+        }
+        Command::Backup { source, repo, name, block_size, compression, json } => {
+            let r = repo.open()?;
+            let size = bulwark_agent::source::open_source(&source)?.size;
+            let bar = ui::bar(size, "backup", json);
+            let opts = BackupOptions { name, block_size, compression, ..BackupOptions::new("") };
+            let report = bulwark_agent::backup_volume(&r, &source, &opts, &|n| bar.inc(n), &CANCEL)?;
+            bar.finish_and_clear();
+            if json {
+                ui::print_json(&report);
+            } else {
+                ui::backup_summary(&report);
+            }
+        }
+        Command::Restore { point, repo, to, overwrite, json } => {
+            let r = repo.open()?;
+            let m = r.resolve(&point)?;
+            let bar = ui::bar(m.volume_size, "restore", json);
+            let opts = RestoreOptions { overwrite, ..Default::default() };
+            let report = bulwark_agent::restore_volume(&r, &m, &to, &opts, &|n| bar.inc(n), &CANCEL)?;
+            bar.finish_and_clear();
+            if json {
+                ui::print_json(&report);
+            } else {
+                ui::restore_summary(&report);
+            }
+        }
+        Command::Points { repo, name, json } => {
+            let r = repo.open()?;
+            let points: Vec<_> =
+                r.list_points()?.into_iter().filter(|m| name.as_ref().is_none_or(|n| &m.name == n)).collect();
+            if json {
+                ui::print_json(&points);
+            } else {
+                ui::points_table(&points);
+            }
+        }
+        Command::Verify { point, repo, json } => {
+            let r = repo.open()?;
+            let which = match &point {
+                Some(p) => bulwark_repo::verify::Selection::One(p),
+                None => bulwark_repo::verify::Selection::All,
+            };
+            let bar = ui::spinner_bytes("verify", json);
+            let report = bulwark_repo::verify::verify(&r, which, bulwark_agent::default_threads(), &|n| bar.inc(n))?;
+            bar.finish_and_clear();
+            if json {
+                ui::print_json(&report);
+            } else {
+                ui::verify_summary(&r.label(), &report);
+            }
+            if !report.ok {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Forget {
+            repo,
+            name,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            json,
+        } => {
+            let policy = Policy {
+                last: keep_last,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            if !policy.keeps_anything() {
+                bail!(
+                    "this policy keeps no point at all; to delete every point of {name:?} give --keep-last 1 at least"
+                );
+            }
+            let r = repo.open()?;
+            let points: Vec<_> = r.list_points()?.into_iter().filter(|m| m.name == name).collect();
+            if points.is_empty() {
+                bail!("repository {}: no points named {name:?}", r.label());
+            }
+            let created: Vec<_> = points.iter().map(|m| m.created).collect();
+            let decisions = bulwark_repo::retention::apply(&policy, &created);
+            let mut rows = Vec::new();
+            for (m, why) in points.iter().zip(&decisions) {
+                let keep = !why.is_empty();
+                if !keep && !dry_run {
+                    r.delete_point(&m.id)?;
+                }
+                rows.push(serde_json::json!({
+                    "point": m.id, "created": m.created, "kept": keep,
+                    "reasons": why.iter().map(|w| w.name()).collect::<Vec<_>>(),
+                }));
+            }
+            if json {
+                ui::print_json(&serde_json::json!({"name": name, "dry_run": dry_run, "points": rows}));
+            } else {
+                ui::forget_summary(&rows, dry_run);
+            }
+        }
+        Command::Gc { repo, json } => {
+            let r = repo.open()?;
+            let report = bulwark_repo::gc::collect_garbage(&r, bulwark_repo::gc::DEFAULT_GRACE)?;
+            if json {
+                ui::print_json(&report);
+            } else {
+                ui::gc_summary(&report);
+            }
+        }
+        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &CANCEL)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,177 @@
+//! What the operator sees: progress bars on a terminal, summaries, tables and JSON.
+
+use std::time::Duration;
+
+use bulwark_agent::{BackupReport, RestoreReport};
+use bulwark_repo::gc::GcReport;
+use bulwark_repo::verify::VerifyReport;
+use bulwark_repo::Manifest;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+pub fn print_json<T: Serialize + ?Sized>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("reports serialize"));
+}
+
+/// A byte progress bar on stderr; hidden when stderr is not a terminal or output is JSON.
+pub fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
+    let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+pub fn spinner_bytes(what: &str, quiet: bool) -> ProgressBar {
+    let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} {spinner} {bytes} checked {binary_bytes_per_sec}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn rate(bytes: u64, secs: f64) -> String {
+    format!("{}/s", human((bytes as f64 / secs.max(1e-6)) as u64))
+}
+
+pub fn backup_summary(r: &BackupReport) {
+    let s = &r.stats;
+    println!("restore point {} ({}) created from {}", r.point, r.name, r.source);
+    match &r.parent {
+        Some(p) => println!("  compared with       {p}"),
+        None => println!("  full backup (no previous point of this name)"),
+    }
+    println!("  volume              {}", human(s.source_bytes));
+    println!("  read                {}", human(s.read_bytes));
+    println!("  zero blocks         {} (stored as nothing)", human(s.zero_bytes));
+    println!("  unchanged           {}", human(s.unchanged_bytes));
+    println!("  new data            {}", human(s.new_bytes));
+    println!("  stored              {}", human(s.stored_bytes));
+    println!("  duration            {:.2} s ({})", s.duration_s, rate(s.read_bytes, s.duration_s));
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+}
+
+pub fn restore_summary(r: &RestoreReport) {
+    println!("restored {} ({}) to {}", r.point, r.name, r.target);
+    println!("  volume              {}", human(r.volume_size));
+    println!("  written             {}", human(r.written_bytes));
+    println!("  zero blocks         {}", human(r.zero_bytes));
+    println!("  duration            {:.2} s ({})", r.duration_s, rate(r.volume_size, r.duration_s));
+}
+
+pub fn points_table(points: &[Manifest]) {
+    if points.is_empty() {
+        println!("no restore points");
+        return;
+    }
+    println!(
+        "{:<24} {:<20} {:<20} {:>10} {:>10} {:>6}  source",
+        "point", "name", "created (UTC)", "volume", "stored", "block"
+    );
+    for m in points {
+        println!(
+            "{:<24} {:<20} {:<20} {:>10} {:>10} {:>6}  {}",
+            m.id.as_str(),
+            m.name,
+            m.created.format("%Y-%m-%d %H:%M:%S"),
+            human(m.volume_size),
+            human(m.stats.stored_bytes),
+            m.block_size.to_string(),
+            m.source
+        );
+    }
+}
+
+pub fn verify_summary(repo: &str, r: &VerifyReport) {
+    for p in &r.points {
+        let name = p.name.as_deref().unwrap_or("?");
+        if p.ok {
+            println!("ok       {} ({name})", p.point);
+            continue;
+        }
+        println!("DAMAGED  {} ({name})", p.point);
+        if let Some(problem) = &p.problem {
+            println!("         {problem}");
+        }
+        for d in &p.damaged_ranges {
+            println!(
+                "         blocks {}-{} (bytes {}..{}): {} [chunk {}{}]",
+                d.first_block,
+                d.last_block,
+                d.offset,
+                d.offset + d.length,
+                d.reason,
+                &d.chunks[0][..16],
+                if d.chunks.len() > 1 { ", …" } else { "" }
+            );
+        }
+    }
+    println!(
+        "{repo}: {} points, {} chunks ({}) checked, {} damaged: {}",
+        r.points.len(),
+        r.chunks_checked,
+        human(r.bytes_checked),
+        r.chunks_damaged,
+        if r.ok { "healthy" } else { "DAMAGE FOUND" }
+    );
+    if !r.ok {
+        println!("the next backup of a damaged point's name stores the lost blocks again if its source still has them");
+    }
+}
+
+pub fn forget_summary(rows: &[serde_json::Value], dry_run: bool) {
+    for r in rows {
+        let kept = r["kept"].as_bool().unwrap_or(true);
+        let reasons: Vec<&str> =
+            r["reasons"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+        let verb = match (kept, dry_run) {
+            (true, _) => "keep  ",
+            (false, true) => "would delete",
+            (false, false) => "deleted",
+        };
+        println!("{verb} {} {}", r["point"].as_str().unwrap_or(""), reasons.join(","));
+    }
+    if !dry_run {
+        println!("run `bulwark gc` to free the space of deleted points");
+    }
+}
+
+pub fn gc_summary(r: &GcReport) {
+    println!(
+        "{} points reference {} chunks; deleted {} chunks ({}); spared {} recent chunks; removed {} staged files and {} orphaned indexes{}",
+        r.points,
+        r.referenced_chunks,
+        r.deleted_chunks,
+        human(r.deleted_bytes),
+        r.spared_chunks,
+        r.removed_staged_files,
+        r.removed_orphan_indexes,
+        if r.live_backups > 0 { format!(" ({} backups running)", r.live_backups) } else { String::new() }
+    );
+}
