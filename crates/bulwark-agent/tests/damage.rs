@@ -1,0 +1,122 @@
+//! Damage is found, named and never restored as if it were data.
+
+mod common;
+
+use std::path::PathBuf;
+
+use bulwark_agent::{restore_volume, AgentError};
+use bulwark_repo::verify::{verify, Selection};
+use bulwark_repo::{BlockRef, Compression, Repository};
+use common::*;
+
+const BS: u32 = 256 << 10;
+
+/// A repository with two points of distinct data; returns the first point's chunk for block 2.
+fn setup(dir: &std::path::Path) -> (Repository, String, String, PathBuf) {
+    let repo = new_repo(dir, false);
+    let mut img = vec![0u8; 6 * BS as usize];
+    for (i, b) in img.chunks_mut(BS as usize).enumerate() {
+        b.fill(i as u8 + 1);
+    }
+    let a = backup_bytes(&repo, dir, &img, &opts("vol", BS, Compression::Optimal));
+    let other: Vec<u8> = img.iter().map(|x| x.wrapping_add(100)).collect();
+    let b = backup_bytes(&repo, dir, &other, &opts("other", BS, Compression::Optimal));
+    let m = repo.resolve(&a.point).unwrap();
+    let mut ix = repo.open_index(&m).unwrap();
+    let mut chunk = None;
+    for i in 0..=2 {
+        let r = ix.next_block().unwrap().unwrap();
+        if i == 2 {
+            let BlockRef::Chunk(id) = r else { panic!("block 2 holds data") };
+            chunk = Some(dir.join("repo").join(id.key()));
+        }
+    }
+    (repo, a.point, b.point, chunk.unwrap())
+}
+
+fn damaged_point_is_named(repo: &Repository, bad: &str, good: &str, reason: &str) {
+    let r = verify(repo, Selection::All, 2, &|_| {}).unwrap();
+    assert!(!r.ok);
+    let bad_h = r.points.iter().find(|p| p.point == bad).unwrap();
+    assert!(!bad_h.ok);
+    assert_eq!(bad_h.damaged_ranges.len(), 1, "{bad_h:?}");
+    let range = &bad_h.damaged_ranges[0];
+    assert_eq!((range.first_block, range.last_block), (2, 2));
+    assert_eq!(range.offset, 2 * BS as u64);
+    assert!(range.reason.contains(reason), "{}", range.reason);
+    assert!(r.points.iter().find(|p| p.point == good).unwrap().ok, "the other point is untouched");
+}
+
+fn restore_fails_and_leaves_nothing(repo: &Repository, dir: &std::path::Path, point: &str) {
+    let m = repo.resolve(point).unwrap();
+    let target = dir.join("restore.img");
+    let err = restore_volume(repo, &m, &target, &Default::default(), &|_| {}, &NO_CANCEL).unwrap_err();
+    match &err {
+        AgentError::RestoreFailed { block, .. } => assert_eq!(*block, 2, "{err}"),
+        AgentError::Repo(_) => {}
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(!target.exists(), "a failed restore leaves no file");
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("bulwark-restore"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn flipped_byte_in_a_chunk_is_named_and_not_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, bad, good, chunk) = setup(dir.path());
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+    damaged_point_is_named(&repo, &bad, &good, "");
+    restore_fails_and_leaves_nothing(&repo, dir.path(), &bad);
+}
+
+#[test]
+fn deleted_chunk_is_named_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, bad, good, chunk) = setup(dir.path());
+    std::fs::remove_file(&chunk).unwrap();
+    damaged_point_is_named(&repo, &bad, &good, "missing");
+    restore_fails_and_leaves_nothing(&repo, dir.path(), &bad);
+}
+
+#[test]
+fn truncated_index_is_named_and_restore_refuses_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, bad, good, _) = setup(dir.path());
+    let index = dir.path().join("repo/points").join(format!("{bad}.index"));
+    let len = std::fs::metadata(&index).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&index).unwrap().set_len(len - 40).unwrap();
+    let r = verify(&repo, Selection::All, 2, &|_| {}).unwrap();
+    assert!(!r.ok);
+    let h = r.points.iter().find(|p| p.point == bad).unwrap();
+    assert!(h.problem.as_deref().unwrap().contains("truncated"), "{h:?}");
+    assert!(r.points.iter().find(|p| p.point == good).unwrap().ok);
+    let m = repo.resolve(&bad).unwrap();
+    let target = dir.path().join("restore.img");
+    assert!(restore_volume(&repo, &m, &target, &Default::default(), &|_| {}, &NO_CANCEL).is_err());
+    assert!(!target.exists());
+}
+
+#[test]
+fn damaged_chunk_is_stored_again_by_the_next_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, bad, _, chunk) = setup(dir.path());
+    std::fs::remove_file(&chunk).unwrap();
+    // The source still has the data: the next backup of the name stores the lost block again.
+    let mut img = vec![0u8; 6 * BS as usize];
+    for (i, b) in img.chunks_mut(BS as usize).enumerate() {
+        b.fill(i as u8 + 1);
+    }
+    let again = backup_bytes(&repo, dir.path(), &img, &opts("vol", BS, Compression::Optimal));
+    assert_eq!(again.stats.new_bytes, BS as u64);
+    assert!(chunk.exists());
+    assert_same(&restore_bytes(&repo, dir.path(), &bad), &img, "the old point heals too");
+    assert!(verify(&repo, Selection::All, 2, &|_| {}).unwrap().ok);
+}

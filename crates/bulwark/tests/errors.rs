@@ -1,0 +1,174 @@
+//! Bad input gets a clear message naming the problem, a non-zero exit, and changes nothing.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn wrong_password_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "right\n").unwrap();
+    ok(bulwark().args(["repo", "init", "--encryption", "aes256gcm", "--password-file"]).arg(&pw).arg(&repo));
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, vec![7u8; 3 << 20]).unwrap();
+    ok(bulwark()
+        .arg("backup")
+        .arg(&img)
+        .arg("--repo")
+        .arg(&repo)
+        .args(["--name", "a"])
+        .env("BULWARK_PASSWORD", "right"));
+    let r = run(bulwark().arg("points").arg("--repo").arg(&repo).env("BULWARK_PASSWORD", "wrong"));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("wrong password"), "{}", r.stderr);
+    let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("is encrypted"), "{}", r.stderr);
+
+    // The password can change; the data stays readable under the new one only.
+    let new = dir.path().join("new");
+    std::fs::write(&new, "newer").unwrap();
+    ok(bulwark()
+        .args(["repo", "passwd", "--repo"])
+        .arg(&repo)
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("--new-password-file")
+        .arg(&new));
+    assert_eq!(run(bulwark().arg("points").arg("--repo").arg(&repo).env("BULWARK_PASSWORD", "right")).code, 1);
+    let out = ok(bulwark().arg("verify").arg("--repo").arg(&repo).env("BULWARK_PASSWORD", "newer"));
+    assert!(out.contains("healthy"), "{out}");
+}
+
+#[test]
+fn not_a_repository_foreign_and_newer_formats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(bulwark().arg("points").arg("--repo").arg(dir.path()));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not a Bulwark repository"), "{}", r.stderr);
+
+    let repo = init_repo(dir.path());
+    let config = repo.join("config");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("\"version\": 1", "\"version\": 99")).unwrap();
+    let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("newer than this Bulwark understands"), "{}", r.stderr);
+
+    std::fs::write(&config, original.replace("bulwark-repository", "restic")).unwrap();
+    let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert!(r.code == 1 && r.stderr.contains("not a Bulwark repository"), "{}", r.stderr);
+
+    let r = run(bulwark().args(["repo", "init"]).arg(&repo));
+    assert!(r.code == 1 && r.stderr.contains("already exists"), "{}", r.stderr);
+}
+
+#[test]
+fn unreadable_sources_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    for (source, expect) in
+        [(dir.path().join("absent.img"), "cannot open"), (dir.path().to_path_buf(), "not a block device")]
+    {
+        let r = run(bulwark().arg("backup").arg(&source).arg("--repo").arg(&repo).args(["--name", "x"]));
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains(expect) && r.stderr.contains(&*source.to_string_lossy()), "{}", r.stderr);
+    }
+    let r = run(bulwark().arg("backup").arg(dir.path()).arg("--repo").arg(&repo).args([
+        "--name",
+        "x",
+        "--block-size",
+        "3M",
+    ]));
+    assert_eq!(r.code, 2, "bad usage");
+    let points = json(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert_eq!(points.as_array().unwrap().len(), 0);
+    assert!(no_staged_files(&repo));
+}
+
+#[test]
+fn restore_refuses_existing_file_and_unknown_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, bulwark_testkit::mixed_bytes(3 << 20, 1 << 20, 1)).unwrap();
+    backup(&repo, &img, "a");
+    let r = restore(&repo, "a:latest", &img);
+    assert!(r.code == 1 && r.stderr.contains("--overwrite"), "{}", r.stderr);
+    let r = restore(&repo, "b:latest", &dir.path().join("out"));
+    assert!(r.code == 1 && r.stderr.contains("no restore point"), "{}", r.stderr);
+    ok(bulwark().args(["restore", "a:latest", "--overwrite"]).arg("--repo").arg(&repo).arg("--to").arg(&img));
+}
+
+#[test]
+fn target_device_too_small_is_refused_before_writing() {
+    assert!(bulwark_testkit::is_root(), "loop devices need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, bulwark_testkit::mixed_bytes(16 << 20, 1 << 20, 3)).unwrap();
+    let p = backup(&repo, &img, "a");
+    let small = bulwark_testkit::LoopDevice::create(dir.path(), "small.img", 8 << 20);
+    let r = restore(&repo, p["point"].as_str().unwrap(), &small.device);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("too small"), "{}", r.stderr);
+    let content = std::fs::read(&small.image).unwrap();
+    assert!(content.iter().all(|&b| b == 0), "nothing was written");
+}
+
+#[test]
+fn restore_onto_a_used_block_device_is_identical() {
+    assert!(bulwark_testkit::is_root(), "loop devices need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let data = bulwark_testkit::mixed_bytes(12 << 20, 1 << 20, 4);
+    assert!(data.chunks(1 << 20).any(|b| b.iter().all(|&x| x == 0)), "the image has zero blocks");
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, &data).unwrap();
+    backup(&repo, &img, "a");
+    // The device holds old data everywhere, so zero blocks must really be written.
+    let dev = bulwark_testkit::LoopDevice::create(dir.path(), "dev.img", 16 << 20);
+    std::fs::write(&dev.device, vec![0xeeu8; 16 << 20]).unwrap();
+    let r = restore(&repo, "a:latest", &dev.device);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = std::fs::read(&dev.device).unwrap();
+    assert!(got[..data.len()] == data[..], "restored device differs");
+}
+
+#[test]
+fn full_disk_fails_cleanly_and_keeps_earlier_points() {
+    assert!(bulwark_testkit::is_root(), "loop devices need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = bulwark_testkit::MountedFs::create(dir.path(), "ext4", 32 << 20);
+    let repo = fs.path().join("repo");
+    ok(bulwark().args(["repo", "init"]).arg(&repo));
+    let small = dir.path().join("small.img");
+    let small_data = bulwark_testkit::mixed_bytes(4 << 20, 1 << 20, 8);
+    std::fs::write(&small, &small_data).unwrap();
+    backup(&repo, &small, "small");
+    let big = dir.path().join("big.img");
+    bulwark_imagegen::generate(&big, 96 << 20, 9).unwrap();
+    let r = run(bulwark().arg("backup").arg(&big).arg("--repo").arg(&repo).args([
+        "--name",
+        "big",
+        "--compression",
+        "none",
+    ]));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert!(r.stderr.contains(&*repo.to_string_lossy()), "the message names the repository: {}", r.stderr);
+    let v = verify(&repo);
+    assert_eq!(v.code, 0, "{}", v.stdout);
+    let points = json(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert_eq!(points.as_array().unwrap().len(), 1, "no half point of the failed backup");
+    let out = dir.path().join("small.out");
+    assert_eq!(restore(&repo, "small:latest", &out).code, 0);
+    assert!(std::fs::read(&out).unwrap() == small_data);
+    // The failed backup's chunks are garbage: gc gives the space back.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let gc = json(bulwark().arg("gc").arg("--repo").arg(&repo));
+    assert!(gc["deleted_chunks"].as_u64().unwrap() > 0, "{gc}");
+    assert!(no_staged_files(&repo));
+}
