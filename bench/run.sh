@@ -10,6 +10,7 @@
 set -euo pipefail
 export LC_ALL=C
 
+CALLER_PWD=$PWD
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BW="$ROOT/target/release/bulwark"
@@ -26,6 +27,8 @@ case "${1:-}" in -h|--help)
 esac
 SIZE_MIB="${1:-4096}"
 WORKDIR_ARG="${2:-}"
+# A relative WORKDIR is relative to where the script was called from, not to the repo root.
+[[ -n "$WORKDIR_ARG" && "$WORKDIR_ARG" != /* ]] && WORKDIR_ARG="$CALLER_PWD/$WORKDIR_ARG"
 if ! [[ "$SIZE_MIB" =~ ^[1-9][0-9]*$ ]]; then
     echo "bench/run.sh: SIZE_MIB must be a positive integer, got '$SIZE_MIB'" >&2
     exit 2

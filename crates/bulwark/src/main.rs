@@ -6,6 +6,8 @@ mod ui;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::LazyLock;
 
 use anyhow::{bail, Context, Result};
 use bulwark_agent::{BackupOptions, RestoreOptions};
@@ -211,12 +213,25 @@ impl RepoArgs {
     }
 }
 
-static CANCEL: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT or SIGTERM: the running backup or restore stops at the next block and cleans up.
+static CANCEL: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while cancelling ends the process at once, as an operator expects.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&CANCEL));
+        let _ = signal_hook::flag::register(sig, Arc::clone(&CANCEL));
+    }
     match run(cli.command) {
         Ok(code) => code,
+        Err(e)
+            if e.downcast_ref::<bulwark_agent::AgentError>()
+                .is_some_and(|e| matches!(e, bulwark_agent::AgentError::Cancelled)) =>
+        {
+            eprintln!("bulwark: cancelled; nothing was committed");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("bulwark: error: {e}");
             for c in e.chain().skip(1) {
@@ -269,7 +284,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let size = bulwark_agent::source::open_source(&source)?.size;
             let bar = ui::bar(size, "backup", json);
             let opts = BackupOptions { name, block_size, compression, ..BackupOptions::new("") };
-            let report = bulwark_agent::backup_volume(&r, &source, &opts, &|n| bar.inc(n), &CANCEL)?;
+            let report = bulwark_agent::backup_volume(&r, &source, &opts, &|n| bar.inc(n), &*CANCEL)?;
             bar.finish_and_clear();
             if json {
                 ui::print_json(&report);
@@ -282,7 +297,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let m = r.resolve(&point)?;
             let bar = ui::bar(m.volume_size, "restore", json);
             let opts = RestoreOptions { overwrite, ..Default::default() };
-            let report = bulwark_agent::restore_volume(&r, &m, &to, &opts, &|n| bar.inc(n), &CANCEL)?;
+            let report = bulwark_agent::restore_volume(&r, &m, &to, &opts, &|n| bar.inc(n), &*CANCEL)?;
             bar.finish_and_clear();
             if json {
                 ui::print_json(&report);
@@ -374,7 +389,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 ui::gc_summary(&report);
             }
         }
-        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &CANCEL)?,
+        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &*CANCEL)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -91,7 +91,7 @@ fn listings_and_verify_speak_json_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init_repo(dir.path());
     let img = dir.path().join("vol.img");
-    bulwark_imagegen::generate(&img, 6, 2).unwrap();
+    bulwark_imagegen::generate(&img, 6 << 20, 2).unwrap();
     let b = backup(&repo, &img, "vol");
     for field in ["point", "source_bytes", "read_bytes", "zero_bytes", "new_bytes", "stored_bytes", "duration_s"] {
         assert!(b.get(field).is_some(), "backup --json lacks {field}: {b}");
@@ -129,4 +129,30 @@ fn listings_and_verify_speak_json_and_exit_codes() {
     assert_eq!(f["points"].as_array().unwrap().iter().filter(|p| p["kept"] == true).count(), 1);
     assert_eq!(json(bulwark().arg("points").arg("--repo").arg(&repo)).as_array().unwrap().len(), 1);
     json(bulwark().arg("gc").arg("--repo").arg(&repo));
+}
+
+#[test]
+fn sigterm_cancels_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let img = dir.path().join("vol.img");
+    bulwark_imagegen::generate(&img, 256 << 20, 12).unwrap();
+    let child = bulwark()
+        .arg("backup")
+        .arg(&img)
+        .arg("--repo")
+        .arg(&repo)
+        .args(["--name", "vol", "--compression", "extreme"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"));
+    assert!(no_staged_files(&repo), "a cancelled backup leaves no staged files");
+    assert!(std::fs::read_dir(repo.join("locks/writers")).unwrap().next().is_none(), "and no lease");
+    assert_eq!(json(bulwark().arg("points").arg("--repo").arg(&repo)).as_array().unwrap().len(), 0);
 }
