@@ -284,7 +284,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let size = bulwark_agent::source::open_source(&source)?.size;
             let bar = ui::bar(size, "backup", json);
             let opts = BackupOptions { name, block_size, compression, ..BackupOptions::new("") };
-            let report = bulwark_agent::backup_volume(&r, &source, &opts, &|n| bar.inc(n), &*CANCEL)?;
+            let report = bulwark_agent::backup_volume(&r, &source, &opts, &|n| bar.inc(n), &CANCEL)?;
             bar.finish_and_clear();
             if json {
                 ui::print_json(&report);
@@ -297,7 +297,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let m = r.resolve(&point)?;
             let bar = ui::bar(m.volume_size, "restore", json);
             let opts = RestoreOptions { overwrite, ..Default::default() };
-            let report = bulwark_agent::restore_volume(&r, &m, &to, &opts, &|n| bar.inc(n), &*CANCEL)?;
+            let report = bulwark_agent::restore_volume(&r, &m, &to, &opts, &|n| bar.inc(n), &CANCEL)?;
             bar.finish_and_clear();
             if json {
                 ui::print_json(&report);
@@ -389,7 +389,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 ui::gc_summary(&report);
             }
         }
-        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &*CANCEL)?,
+        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &CANCEL)?,
     }
     Ok(ExitCode::SUCCESS)
 }
