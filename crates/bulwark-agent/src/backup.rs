@@ -1,27 +1,41 @@
-//! Volume backup: read the source front to back in large reads, hash every block on every core,
-//! skip zero blocks, skip blocks unchanged since the previous point of the same name (compared
-//! with that point's index: no change tracking needed), compress and store only blocks the
-//! repository lacks, then commit the point.
+//! Volume backup.
 //!
-//! Memory is bounded by a fixed pool of read buffers, whatever the volume's size.
+//! 1. Snapshot the source (retried per policy) and remove snapshots dead backups left.
+//! 2. Decide what to read: with change tracking (reflinked image files), only blocks whose
+//!    extents moved since the last backup; otherwise everything, compared by digest with the
+//!    previous point's index.
+//! 3. Filter: zero the ranges a restore does not need (unused, swap, excluded).
+//! 4. A reader thread reads in large sequential reads into a fixed pool of buffers; one worker
+//!    per core hashes, recognises zero blocks and blocks the repository already has, and
+//!    compresses and stores the rest; this thread writes the index in order and commits.
+//!
+//! Memory is bounded by the buffer pool, whatever the volume's size.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bulwark_repo::index::BlockIndexReader;
-use bulwark_repo::{BlockRef, BlockSize, Compression, PointSpec, PointStats, Repository};
+use bulwark_repo::{BlockRef, BlockSize, ChunkCodec, Compression, PointSpec, PointStats, Repository};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
+use crate::change_tracking::extents::{changed_between, TrackingFiles, TrackingState};
+use crate::change_tracking::{CbtMode, ChangedBlocks};
 use crate::error::{AgentError, Result};
+use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
+use crate::snapshot::{create_with_retries, provider_for, Consistency, RetryPolicy, SnapshotMode};
 use crate::source::open_source;
 use crate::Progress;
 
 /// Bytes read from the source per read call (and per unit of work): large sequential reads.
 const BATCH_BYTES: usize = 8 << 20;
+/// Blocks per unit of work when they are known unchanged (nothing to read).
+const KNOWN_BATCH_BLOCKS: u64 = 1024;
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -29,6 +43,10 @@ pub struct BackupOptions {
     pub block_size: BlockSize,
     pub compression: Compression,
     pub threads: usize,
+    pub snapshot: SnapshotMode,
+    pub retry: RetryPolicy,
+    pub cbt: CbtMode,
+    pub filters: FilterOptions,
 }
 
 impl BackupOptions {
@@ -38,6 +56,10 @@ impl BackupOptions {
             block_size: BlockSize::DEFAULT,
             compression: Compression::default(),
             threads: crate::default_threads(),
+            snapshot: SnapshotMode::Auto,
+            retry: RetryPolicy::default(),
+            cbt: CbtMode::Auto,
+            filters: FilterOptions::all(),
         }
     }
 }
@@ -51,28 +73,40 @@ pub struct BackupReport {
     pub parent: Option<String>,
     pub block_size: u32,
     pub compression: Compression,
+    pub snapshot: &'static str,
+    pub consistency: Consistency,
+    /// Whether changed block tracking chose what to read (else every block was read).
+    pub change_tracking: bool,
     #[serde(flatten)]
     pub stats: PointStats,
-    /// Things the operator should know (for example why the previous point was not used).
+    #[serde(flatten)]
+    pub filtered: FilterStats,
+    /// Things the operator should know: snapshot retries, fallbacks and why.
     pub notes: Vec<String>,
 }
 
 struct Batch {
     seq: u64,
+    first_block: u64,
+    /// The blocks' bytes, or empty when they are known unchanged and were not read.
     data: Vec<u8>,
+    known: bool,
     /// The previous point's entry for each block, where there is one.
     previous: Vec<Option<BlockRef>>,
+    /// Byte ranges (volume offsets) a restore does not need.
+    drop: Vec<Range<u64>>,
 }
 
 #[derive(Default)]
 struct BatchResult {
     seq: u64,
     refs: Vec<BlockRef>,
+    covered: u64,
+    read: u64,
     zero: u64,
     unchanged: u64,
     new: u64,
     stored: u64,
-    len: u64,
 }
 
 /// Backs up `source` (a block device or an image file) into `repo` as a new restore point.
@@ -84,9 +118,18 @@ pub fn backup_volume(
     cancel: &AtomicBool,
 ) -> Result<BackupReport> {
     let started = Instant::now();
-    let mut volume = open_source(source)?;
-    let bs = opts.block_size;
     let mut notes = Vec::new();
+    // Fail on a bad source before touching snapshots.
+    open_source(source)?;
+    let provider = provider_for(opts.snapshot, source);
+    for stale in provider.remove_stale(source) {
+        notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
+    }
+    let snapshot = create_with_retries(&*provider, source, opts.retry, &mut |m| notes.push(m))
+        .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
+    notes.extend(snapshot.notes.iter().cloned());
+    let volume = open_source(&snapshot.path)?;
+    let (size, bs) = (volume.size, opts.block_size);
 
     let parent = repo.latest(&opts.name)?;
     let mut previous: Option<BlockIndexReader> = None;
@@ -105,69 +148,127 @@ pub fn backup_volume(
             }
         }
     }
+
+    // Change tracking, trusted only when it provably describes the change since `parent`.
+    let tracking = (snapshot.provider == "reflink" && opts.cbt != CbtMode::None)
+        .then(|| TrackingFiles::for_image(source, &opts.name));
+    if opts.cbt == CbtMode::Extents && tracking.is_none() {
+        notes.push("extent change tracking needs a reflink snapshot of an image file: every block read".into());
+    }
+    let changed = match (&tracking, &parent, &previous) {
+        (Some(t), Some(p), Some(_)) => match t.load() {
+            Ok(st) if st.point != p.id.as_str() => {
+                Err(format!("the newest point of {:?} is {}, not the one tracked ({})", opts.name, p.id, st.point))
+            }
+            Ok(st) if st.volume_size != size || st.block_size != bs.bytes() => {
+                Err("the volume's size or the block size changed".to_string())
+            }
+            Ok(_) => File::open(&t.base)
+                .and_then(|base| changed_between(&base, &volume.file, size, bs.bytes() as u64))
+                .map_err(|e| format!("cannot map extents ({e})")),
+            Err(e) => Err(e),
+        },
+        (Some(_), _, _) => Err("no usable previous point".into()),
+        _ => Err(String::new()),
+    };
+    let changed: Option<ChangedBlocks> = match changed {
+        Ok(c) => Some(c),
+        Err(reason) => {
+            if !reason.is_empty() {
+                notes.push(format!("change tracking not used: {reason}; every block read and compared"));
+            }
+            None
+        }
+    };
+    let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, &mut notes);
+
     let spec = PointSpec {
         name: opts.name.clone(),
         source: source.display().to_string(),
-        volume_size: volume.size,
+        volume_size: size,
         block_size: bs,
         compression: opts.compression,
         parent: previous.as_ref().and(parent.as_ref()).map(|p| p.id.clone()),
     };
-    let mut writer = repo.begin_point(spec.clone())?;
+    let mut writer = repo.begin_point(spec)?;
 
     let threads = opts.threads.max(1);
-    let batch_len = BATCH_BYTES.max(bs.bytes() as usize) / bs.bytes() as usize * bs.bytes() as usize;
+    let bsz = bs.bytes() as u64;
+    let batch_blocks = (BATCH_BYTES as u64 / bsz).max(1);
     let pool_size = threads * 2 + 2;
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(pool_size);
     for _ in 0..pool_size {
-        pool_tx.send(Vec::with_capacity(batch_len)).expect("pool has room");
+        pool_tx.send(Vec::with_capacity((batch_blocks * bsz) as usize)).expect("pool has room");
     }
     let (work_tx, work_rx) = bounded::<Batch>(threads);
     let (done_tx, done_rx) = bounded::<Result<BatchResult>>(pool_size);
-    let size = volume.size;
     let stop = AtomicBool::new(false);
+    let blocks = bs.blocks_for(size);
+    let mut filtered = FilterStats::default();
+    let vol_file = &volume.file;
 
     let mut stats = PointStats { source_bytes: size, ..Default::default() };
     let outcome: Result<()> = std::thread::scope(|s| {
-        // Reader: the only thread that touches the source and the previous index.
+        // Reader: the only thread that reads the previous index and asks the filters.
         let reader = s.spawn(|| -> Result<()> {
-            // Owned here, so the workers see the end of the work when the reader is done.
-            let work_tx = work_tx;
-            let mut offset = 0u64;
+            let work_tx = work_tx; // owned: the workers see the end of the work when it returns
+            let filters: &mut Vec<Box<dyn BlockFilter>> = &mut filters;
+            let mut block = 0u64;
             let mut seq = 0u64;
-            while offset < size {
+            while block < blocks {
                 if cancel.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
                     return Err(AgentError::Cancelled);
                 }
-                let Ok(mut data) = pool_rx.recv() else { return Ok(()) };
-                let want = (size - offset).min(batch_len as u64) as usize;
-                // Buffers come back at their last length: resizing to the same length costs
-                // nothing, where clearing would zero-fill 8 MiB per read.
-                data.resize(want, 0);
-                volume.file.read_exact(&mut data).map_err(|e| AgentError::Source {
-                    path: source.into(),
-                    what: format!("read failed at offset {offset}"),
-                    source: e,
-                })?;
-                let nblocks = want.div_ceil(bs.bytes() as usize);
-                let mut prev = Vec::with_capacity(nblocks);
-                for _ in 0..nblocks {
+                let known_at = |b: u64| previous.is_some() && changed.as_ref().is_some_and(|c| !c.is_changed(b));
+                let known = known_at(block);
+                let limit = if known { KNOWN_BATCH_BLOCKS } else { batch_blocks };
+                let mut end = block + 1;
+                while end < blocks && end - block < limit && known_at(end) == known {
+                    end += 1;
+                }
+                let (from, to) = (block * bsz, (end * bsz).min(size));
+                let mut prev = Vec::with_capacity((end - block) as usize);
+                for _ in block..end {
                     prev.push(match previous.as_mut() {
                         Some(ix) => ix.next_block().map_err(|e| repo_io(repo, "reading the previous index", e))?,
                         None => None,
                     });
                 }
-                if work_tx.send(Batch { seq, data, previous: prev }).is_err() {
+                let mut drop = Vec::new();
+                for f in filters.iter_mut() {
+                    let ranges = f.droppable(from, to).map_err(|e| AgentError::Source {
+                        path: source.into(),
+                        what: format!("{} filter failed at offset {from}", f.name()),
+                        source: e,
+                    })?;
+                    filtered.add(f.name(), ranges.iter().map(|r| r.end - r.start).sum());
+                    drop.extend(ranges);
+                }
+                let data = if known {
+                    Vec::new()
+                } else {
+                    let Ok(mut data) = pool_rx.recv() else { return Ok(()) };
+                    // Buffers come back at their last length: resizing to the same length costs
+                    // nothing, where clearing would zero-fill 8 MiB per read.
+                    data.resize((to - from) as usize, 0);
+                    vol_file.read_exact_at(&mut data, from).map_err(|e| AgentError::Source {
+                        path: source.into(),
+                        what: format!("read failed at offset {from}"),
+                        source: e,
+                    })?;
+                    data
+                };
+                if work_tx.send(Batch { seq, first_block: block, data, known, previous: prev, drop }).is_err() {
                     return Ok(());
                 }
-                offset += want as u64;
+                block = end;
                 seq += 1;
             }
             Ok(())
         });
         for _ in 0..threads {
             let (work_rx, done_tx, pool_tx) = (work_rx.clone(), done_tx.clone(), pool_tx.clone());
-            s.spawn(move || worker(repo, opts, work_rx, done_tx, pool_tx));
+            s.spawn(move || worker(repo, opts, vol_file, size, work_rx, done_tx, pool_tx));
         }
         drop((done_tx, work_rx, pool_tx));
 
@@ -182,12 +283,12 @@ pub fn backup_volume(
                     for b in &r.refs {
                         writer.index().push(b).map_err(|e| repo_io(repo, "writing the block index", e))?;
                     }
-                    stats.read_bytes += r.len;
+                    stats.read_bytes += r.read;
                     stats.zero_bytes += r.zero;
                     stats.unchanged_bytes += r.unchanged;
                     stats.new_bytes += r.new;
                     stats.stored_bytes += r.stored;
-                    progress(r.len);
+                    progress(r.covered);
                     next += 1;
                 }
             }
@@ -204,11 +305,26 @@ pub fn backup_volume(
     if cancel.load(Ordering::Relaxed) {
         return Err(AgentError::Cancelled);
     }
-    if stats.read_bytes != size {
-        return Err(AgentError::BadSource { path: source.into(), reason: "the source ended early".into() });
-    }
     stats.duration_s = started.elapsed().as_secs_f64();
     let manifest = writer.commit(stats)?;
+
+    // The snapshot becomes the base of the next backup's change tracking, or goes.
+    let consistency = snapshot.consistency;
+    let provider_name = snapshot.provider;
+    match tracking {
+        Some(t) => {
+            let state = TrackingState { point: manifest.id.to_string(), volume_size: size, block_size: bs.bytes() };
+            if let Err(e) = t.advance(&snapshot.keep(), &state) {
+                t.clear();
+                notes.push(format!("change tracking state not saved ({e}): the next backup reads every block"));
+            }
+        }
+        None => {
+            if let Err(e) = snapshot.release() {
+                notes.push(format!("snapshot not released: {e}"));
+            }
+        }
+    }
     Ok(BackupReport {
         point: manifest.id.to_string(),
         name: manifest.name,
@@ -216,7 +332,11 @@ pub fn backup_volume(
         parent: manifest.parent.map(|p| p.to_string()),
         block_size: bs.bytes(),
         compression: opts.compression,
+        snapshot: provider_name,
+        consistency,
+        change_tracking: changed.is_some(),
         stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats },
+        filtered,
         notes,
     })
 }
@@ -228,31 +348,76 @@ fn repo_io(repo: &Repository, what: &str, e: std::io::Error) -> AgentError {
 fn worker(
     repo: &Repository,
     opts: &BackupOptions,
+    source: &File,
+    size: u64,
     work: Receiver<Batch>,
     done: Sender<Result<BatchResult>>,
     pool: Sender<Vec<u8>>,
 ) {
     let mut codec = repo.codec(opts.compression);
-    let bs = opts.block_size.bytes() as usize;
-    for batch in work.iter() {
-        let mut r = BatchResult { seq: batch.seq, len: batch.data.len() as u64, ..Default::default() };
-        let mut failed = None;
-        for (i, block) in batch.data.chunks(bs).enumerate() {
-            match classify(repo, &mut codec, block, batch.previous[i], &mut r) {
-                Ok(b) => r.refs.push(b),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+    let bs = opts.block_size.bytes() as u64;
+    let mut scratch = Vec::new();
+    for mut batch in work.iter() {
+        let mut r = BatchResult { seq: batch.seq, ..Default::default() };
+        let outcome = (|| -> Result<()> {
+            for (i, prev) in batch.previous.iter().enumerate() {
+                let block = batch.first_block + i as u64;
+                let from = block * bs;
+                let len = bs.min(size - from);
+                r.covered += len;
+                if batch.known {
+                    match prev {
+                        Some(BlockRef::Zero) => {
+                            r.zero += len;
+                            r.refs.push(BlockRef::Zero);
+                            continue;
+                        }
+                        Some(BlockRef::Chunk(id)) if repo.reuse_chunk(id)? => {
+                            r.unchanged += len;
+                            r.refs.push(BlockRef::Chunk(*id));
+                            continue;
+                        }
+                        // Tracked as unchanged, but the repository lost the chunk: read it again.
+                        _ => {
+                            scratch.resize(len as usize, 0);
+                            source.read_exact_at(&mut scratch, from).map_err(|e| AgentError::Source {
+                                path: "snapshot".into(),
+                                what: format!("read failed at offset {from}"),
+                                source: e,
+                            })?;
+                            r.read += len;
+                            zero_ranges(&mut scratch, from, &batch.drop);
+                            let b = classify(repo, &mut codec, &scratch, *prev, &mut r)?;
+                            r.refs.push(b);
+                        }
+                    }
+                } else {
+                    let at = (i as u64 * bs) as usize;
+                    let data = &mut batch.data[at..at + len as usize];
+                    r.read += len;
+                    zero_ranges(data, from, &batch.drop);
+                    let b = classify(repo, &mut codec, data, *prev, &mut r)?;
+                    r.refs.push(b);
                 }
             }
+            Ok(())
+        })();
+        if !batch.known {
+            let _ = pool.send(std::mem::take(&mut batch.data));
         }
-        let _ = pool.send(batch.data);
-        let msg = match failed {
-            Some(e) => Err(e),
-            None => Ok(r),
-        };
-        if done.send(msg).is_err() {
+        if done.send(outcome.map(|()| r)).is_err() {
             return;
+        }
+    }
+}
+
+/// Zeroes the parts of `data` (which starts at volume offset `at`) that fall in `ranges`.
+fn zero_ranges(data: &mut [u8], at: u64, ranges: &[Range<u64>]) {
+    let end = at + data.len() as u64;
+    for r in ranges {
+        let (s, e) = (r.start.max(at), r.end.min(end));
+        if s < e {
+            data[(s - at) as usize..(e - at) as usize].fill(0);
         }
     }
 }
@@ -260,7 +425,7 @@ fn worker(
 /// Decides what one block is, storing it if the repository lacks it.
 fn classify(
     repo: &Repository,
-    codec: &mut bulwark_repo::ChunkCodec,
+    codec: &mut ChunkCodec,
     block: &[u8],
     previous: Option<BlockRef>,
     r: &mut BatchResult,

@@ -27,6 +27,8 @@ pub enum AgentError {
     BadTarget { path: PathBuf, reason: String },
     #[error("restore of point {point} failed at block {block} (offset {offset}): {cause}{note}")]
     RestoreFailed { point: String, block: u64, offset: u64, cause: Box<AgentError>, note: &'static str },
+    #[error("cannot snapshot {source_path}: {reason}")]
+    Snapshot { source_path: PathBuf, reason: String },
     #[error("cancelled")]
     Cancelled,
 }

@@ -6,8 +6,11 @@
 //! does not parse arguments or draw progress bars: callers pass a progress callback.
 
 pub mod backup;
+pub mod change_tracking;
 mod error;
+pub mod filter;
 pub mod restore;
+pub mod snapshot;
 pub mod source;
 
 pub use backup::{backup_volume, BackupOptions, BackupReport};

@@ -1,0 +1,229 @@
+//! Snapshots: a frozen, consistent view of a live volume for the backup to read.
+//!
+//! One trait, one provider per mechanism, chosen automatically for the source or named by the
+//! operator. Creation is retried (3 tries by default) with a back-off, each try logged. A
+//! snapshot is released whatever happens — success, failure, cancel (its `Drop`) — and one left
+//! by a killed backup is found and removed at the next start ([`remove_stale`]).
+
+mod btrfs;
+mod lvm;
+pub(crate) mod reflink;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use btrfs::BtrfsProvider;
+pub use lvm::LvmProvider;
+pub use reflink::ReflinkProvider;
+
+/// How trustworthy the data read from a snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Every filesystem on the volume was frozen for the instant of the snapshot: as after a
+    /// clean unmount.
+    Frozen,
+    /// A point-in-time snapshot without freezing: as after a power cut (journals replay).
+    CrashConsistent,
+    /// Read live: blocks may come from different instants.
+    CrashInconsistent,
+}
+
+/// A snapshot to read; released when dropped (unless kept as the base of change tracking).
+pub struct Snapshot {
+    /// What to read: a clone file, a snapshot device or directory, or the live source.
+    pub path: PathBuf,
+    pub provider: &'static str,
+    pub consistency: Consistency,
+    /// What the provider wants the operator to know (frozen mounts, no freeze possible…).
+    pub notes: Vec<String>,
+    release: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
+}
+
+impl Snapshot {
+    pub fn new(
+        path: PathBuf,
+        provider: &'static str,
+        consistency: Consistency,
+        release: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
+    ) -> Self {
+        Snapshot { path, provider, consistency, notes: Vec::new(), release }
+    }
+
+    /// Releases the snapshot now, reporting failure (drop releases silently).
+    pub fn release(mut self) -> Result<(), String> {
+        match self.release.take() {
+            Some(r) => r(),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the snapshot over to the caller (who becomes responsible for it): used to keep a
+    /// reflink clone as the base of the next backup's change tracking.
+    pub fn keep(mut self) -> PathBuf {
+        self.release = None;
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Some(r) = self.release.take() {
+            let _ = r();
+        }
+    }
+}
+
+/// A way of taking snapshots.
+pub trait SnapshotProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Takes a snapshot of `source`; an error says why this try failed.
+    fn create(&self, source: &Path) -> Result<Snapshot, String>;
+    /// Removes snapshots of `source` left behind by backups that died.
+    fn remove_stale(&self, source: &Path) -> Vec<String>;
+}
+
+/// The operator's choice (`--snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMode {
+    #[default]
+    Auto,
+    Reflink,
+    Btrfs,
+    Lvm,
+    None,
+}
+
+impl FromStr for SnapshotMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => SnapshotMode::Auto,
+            "reflink" => SnapshotMode::Reflink,
+            "btrfs" => SnapshotMode::Btrfs,
+            "lvm" => SnapshotMode::Lvm,
+            "none" => SnapshotMode::None,
+            _ => return Err(format!("unknown snapshot mode {s:?}; choose auto, reflink, btrfs, lvm or none")),
+        })
+    }
+}
+
+impl fmt::Display for SnapshotMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SnapshotMode::Auto => "auto",
+            SnapshotMode::Reflink => "reflink",
+            SnapshotMode::Btrfs => "btrfs",
+            SnapshotMode::Lvm => "lvm",
+            SnapshotMode::None => "none",
+        })
+    }
+}
+
+/// Reads the live source: no snapshot at all.
+pub struct NoSnapshot;
+
+impl SnapshotProvider for NoSnapshot {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn create(&self, source: &Path) -> Result<Snapshot, String> {
+        let mut s = Snapshot::new(source.to_path_buf(), "none", Consistency::CrashInconsistent, None);
+        s.notes.push("no snapshot: the live source was read, so the point is crash-inconsistent".into());
+        Ok(s)
+    }
+    fn remove_stale(&self, _: &Path) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The provider for `mode` and `source`; `Auto` picks what the source supports.
+pub fn provider_for(mode: SnapshotMode, source: &Path) -> Box<dyn SnapshotProvider> {
+    match mode {
+        SnapshotMode::Reflink => Box::new(ReflinkProvider),
+        SnapshotMode::Btrfs => Box::new(BtrfsProvider),
+        SnapshotMode::Lvm => Box::new(LvmProvider),
+        SnapshotMode::None => Box::new(NoSnapshot),
+        SnapshotMode::Auto => {
+            if ReflinkProvider::supports(source) {
+                Box::new(ReflinkProvider)
+            } else if LvmProvider::supports(source) {
+                Box::new(LvmProvider)
+            } else {
+                Box::new(NoSnapshot)
+            }
+        }
+    }
+}
+
+/// How hard to try.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub tries: u32,
+    /// Wait before the second try; doubled before each further one.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { tries: 3, backoff: Duration::from_secs(2) }
+    }
+}
+
+/// Takes a snapshot, retrying per `policy`; every failed try is passed to `log`.
+pub fn create_with_retries(
+    provider: &dyn SnapshotProvider,
+    source: &Path,
+    policy: RetryPolicy,
+    log: &mut dyn FnMut(String),
+) -> Result<Snapshot, String> {
+    let mut wait = policy.backoff;
+    let tries = policy.tries.max(1);
+    let mut last = String::new();
+    for attempt in 1..=tries {
+        match provider.create(source) {
+            Ok(s) => {
+                if attempt > 1 {
+                    log(format!(
+                        "{} snapshot of {} succeeded on try {attempt} of {tries}",
+                        provider.name(),
+                        source.display()
+                    ));
+                }
+                return Ok(s);
+            }
+            Err(e) => {
+                log(format!(
+                    "{} snapshot of {} failed (try {attempt} of {tries}): {e}",
+                    provider.name(),
+                    source.display()
+                ));
+                last = e;
+                if attempt < tries {
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+            }
+        }
+    }
+    Err(format!("{} snapshot of {} failed {tries} times; last error: {last}", provider.name(), source.display()))
+}
+
+/// Whether process `pid` is alive (stale snapshots carry the pid of the backup that made them).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn run_tool(cmd: &mut std::process::Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
