@@ -140,6 +140,9 @@ fn walk(path: &Path, offset: u64, out: &mut Vec<Range<u64>>) -> Result<(), Strin
     }
 }
 
+/// Excluded ranges and swap-file ranges.
+pub type FileRanges = (Vec<Range<u64>>, Vec<Range<u64>>);
+
 /// Byte ranges (volume coordinates) of the excluded paths' data and of the swap files that the
 /// filesystem's own `/etc/fstab` lists (their header page kept).
 pub fn file_ranges(

@@ -25,6 +25,6 @@ impl BlockFilter for SwapAreaFilter {
     fn droppable(&mut self, start: u64, end: u64) -> std::io::Result<Vec<Range<u64>>> {
         let s = start.max(self.drop.start);
         let e = end.min(self.drop.end);
-        Ok(if s < e { vec![s..e] } else { Vec::new() })
+        Ok(if s < e { std::iter::once(s..e).collect() } else { Vec::new() })
     }
 }

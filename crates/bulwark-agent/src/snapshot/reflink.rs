@@ -25,7 +25,7 @@ impl ReflinkProvider {
             return false;
         }
         match rustix::fs::statfs(source) {
-            Ok(s) => matches!(s.f_type as i64, XFS_MAGIC | BTRFS_MAGIC),
+            Ok(s) => matches!(s.f_type, XFS_MAGIC | BTRFS_MAGIC),
             Err(_) => false,
         }
     }
