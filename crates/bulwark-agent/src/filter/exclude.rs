@@ -145,12 +145,7 @@ pub type FileRanges = (Vec<Range<u64>>, Vec<Range<u64>>);
 
 /// Byte ranges (volume coordinates) of the excluded paths' data and of the swap files that the
 /// filesystem's own `/etc/fstab` lists (their header page kept).
-pub fn file_ranges(
-    snapshot: &Path,
-    part: &Part,
-    exclude: &[String],
-    swap: bool,
-) -> Result<(Vec<Range<u64>>, Vec<Range<u64>>), String> {
+pub fn file_ranges(snapshot: &Path, part: &Part, exclude: &[String], swap: bool) -> Result<FileRanges, String> {
     let m = ReadOnlyMount::new(snapshot, part)?;
     let mut excluded = Vec::new();
     for p in exclude {
