@@ -356,7 +356,7 @@ fn worker(
 ) {
     let mut codec = repo.codec(opts.compression);
     let bs = opts.block_size.bytes() as u64;
-    let mut scratch = Vec::new();
+    let (mut scratch, mut encoded) = (Vec::new(), Vec::new());
     for mut batch in work.iter() {
         let mut r = BatchResult { seq: batch.seq, ..Default::default() };
         let outcome = (|| -> Result<()> {
@@ -387,7 +387,7 @@ fn worker(
                             })?;
                             r.read += len;
                             zero_ranges(&mut scratch, from, &batch.drop);
-                            let b = classify(repo, &mut codec, &scratch, *prev, &mut r)?;
+                            let b = classify(repo, &mut codec, &scratch, *prev, &mut r, &mut encoded)?;
                             r.refs.push(b);
                         }
                     }
@@ -396,7 +396,7 @@ fn worker(
                     let data = &mut batch.data[at..at + len as usize];
                     r.read += len;
                     zero_ranges(data, from, &batch.drop);
-                    let b = classify(repo, &mut codec, data, *prev, &mut r)?;
+                    let b = classify(repo, &mut codec, data, *prev, &mut r, &mut encoded)?;
                     r.refs.push(b);
                 }
             }
@@ -429,6 +429,7 @@ fn classify(
     block: &[u8],
     previous: Option<BlockRef>,
     r: &mut BatchResult,
+    encoded: &mut Vec<u8>,
 ) -> Result<BlockRef> {
     let len = block.len() as u64;
     if is_zero(block) {
@@ -444,10 +445,10 @@ fn classify(
         }
         return Ok(BlockRef::Chunk(id));
     }
-    let stored = codec.encode(&id, block);
-    repo.put_chunk(&id, &stored)?;
+    codec.encode_into(&id, block, encoded);
+    repo.put_chunk(&id, encoded)?;
     r.new += len;
-    r.stored += stored.len() as u64;
+    r.stored += encoded.len() as u64;
     Ok(BlockRef::Chunk(id))
 }
 

@@ -84,6 +84,7 @@ pub fn restore_volume(
             let (out, written, zero, zeroes, stop, fail) = (&out, &written, &zero, &zeroes, &stop, &fail);
             s.spawn(move || {
                 let mut codec = repo.codec(Compression::None);
+                let (mut stored, mut d) = (Vec::new(), Vec::new());
                 for job in rx.iter() {
                     for (block, r) in job {
                         if stop.load(Ordering::Relaxed) {
@@ -100,12 +101,12 @@ pub fn restore_volume(
                                 }
                                 &zeroes[..len]
                             }
-                            BlockRef::Chunk(id) => match repo.read_chunk(&mut codec, &id) {
-                                Ok(d) if d.len() == len => {
+                            BlockRef::Chunk(id) => match repo.read_chunk_into(&mut codec, &id, &mut stored, &mut d) {
+                                Ok(()) if d.len() == len => {
                                     write_block(out, target, offset, &d, written, progress, block, fail);
                                     continue;
                                 }
-                                Ok(_) => {
+                                Ok(()) => {
                                     let e = bulwark_repo::RepoError::DamagedChunk {
                                         repo: repo.label(),
                                         id,

@@ -61,7 +61,7 @@ pub enum Compression {
     None,
     /// LZ4: cheapest CPU, modest ratio.
     DedupeFriendly,
-    /// zstd level 1: the best ratio per CPU second; the default.
+    /// zstd level 1 (hash log 16): the best ratio per CPU second; the default.
     #[default]
     Optimal,
     /// zstd level 6: noticeably smaller, about three times the CPU.
@@ -110,12 +110,14 @@ impl fmt::Display for Compression {
     }
 }
 
-/// Encodes and decodes chunks. Holds compression contexts, so keep one per worker thread.
+/// Encodes and decodes chunks. Holds compression contexts and scratch space, so keep one per
+/// worker thread and reuse it: nothing is allocated per block once warm.
 pub struct ChunkCodec {
     keys: Keys,
     compression: Compression,
     zstd: Option<zstd::bulk::Compressor<'static>>,
     unzstd: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
 }
 
 /// Why a stored chunk could not be turned back into its block.
@@ -138,12 +140,29 @@ impl fmt::Display for ChunkFault {
     }
 }
 
+/// Blocks at least this large are first tried on a sample: random data is stored raw without
+/// paying for a full compression attempt.
+const SAMPLE_FROM: usize = 256 << 10;
+const SAMPLE_LEN: usize = 32 << 10;
+
 impl ChunkCodec {
     pub fn new(keys: Keys, compression: Compression) -> Self {
-        let zstd =
-            compression.zstd_level().map(|l| zstd::bulk::Compressor::new(l).expect("zstd accepts levels 1 to 19"));
+        let zstd = compression.zstd_level().map(|l| {
+            let mut c = zstd::bulk::Compressor::new(l).expect("zstd accepts levels 1 to 19");
+            // The chunk header already records the length; the frame need not repeat it.
+            let _ = c.include_contentsize(false);
+            let _ = c.include_dictid(false);
+            let _ = c.include_checksum(false);
+            if l == 1 {
+                // A larger match table than level 1's default: about 3% smaller on text at the
+                // same speed (measured in docs/BENCHMARKS.md), so per-block compression matches a
+                // whole-stream `zstd -1`.
+                let _ = c.set_parameter(zstd::zstd_safe::CParameter::HashLog(16));
+            }
+            c
+        });
         let unzstd = zstd::bulk::Decompressor::new().expect("zstd decompression context");
-        ChunkCodec { keys, compression, zstd, unzstd }
+        ChunkCodec { keys, compression, zstd, unzstd, scratch: Vec::new() }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -154,40 +173,73 @@ impl ChunkCodec {
         ChunkId(self.keys.chunk_digest(block))
     }
 
+    /// Compresses `block` into the scratch buffer: `(codec, length)`, or `None` to store raw.
+    fn compress(&mut self, block: &[u8]) -> Option<(u8, usize)> {
+        match self.compression {
+            Compression::None => None,
+            Compression::DedupeFriendly => {
+                let bound = lz4_flex::block::get_maximum_output_size(block.len());
+                if self.scratch.len() < bound {
+                    self.scratch.resize(bound, 0);
+                }
+                lz4_flex::block::compress_into(block, &mut self.scratch[..bound]).ok().map(|n| (CODEC_LZ4, n))
+            }
+            _ => {
+                let bound = zstd::zstd_safe::compress_bound(block.len());
+                if self.scratch.len() < bound {
+                    self.scratch.resize(bound, 0);
+                }
+                let z = self.zstd.as_mut().expect("zstd level has a context");
+                if block.len() >= SAMPLE_FROM {
+                    let sample = &block[block.len() / 2..][..SAMPLE_LEN];
+                    match z.compress_to_buffer(sample, &mut self.scratch[..bound]) {
+                        Ok(n) if n * 100 < SAMPLE_LEN * 97 => {}
+                        _ => return None,
+                    }
+                }
+                z.compress_to_buffer(block, &mut self.scratch[..bound]).ok().map(|n| (CODEC_ZSTD, n))
+            }
+        }
+    }
+
     /// The stored form of `block`, whose name is `id`.
     pub fn encode(&mut self, id: &ChunkId, block: &[u8]) -> Vec<u8> {
-        let mut body = Vec::with_capacity(block.len() / 2 + 16);
-        let compressed = match self.compression {
-            Compression::None => None,
-            Compression::DedupeFriendly => Some((CODEC_LZ4, lz4_flex::block::compress(block))),
-            _ => {
-                let z = self.zstd.as_mut().expect("zstd level has a context");
-                z.compress(block).ok().map(|c| (CODEC_ZSTD, c))
+        let mut out = Vec::new();
+        self.encode_into(id, block, &mut out);
+        out
+    }
+
+    /// Like [`ChunkCodec::encode`], into a buffer the caller reuses.
+    pub fn encode_into(&mut self, id: &ChunkId, block: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(MAGIC);
+        match self.compress(block) {
+            Some((codec, n)) if n < block.len() => {
+                out.push(codec);
+                out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+                out.extend_from_slice(&self.scratch[..n]);
             }
-        };
-        body.extend_from_slice(MAGIC);
-        match compressed {
-            Some((codec, c)) if c.len() < block.len() => {
-                body.push(codec);
-                body.extend_from_slice(&(block.len() as u32).to_le_bytes());
-                body.extend_from_slice(&c);
-            }
             _ => {
-                body.push(CODEC_RAW);
-                body.extend_from_slice(&(block.len() as u32).to_le_bytes());
-                body.extend_from_slice(block);
+                out.push(CODEC_RAW);
+                out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+                out.extend_from_slice(block);
             }
         }
-        if !self.keys.is_encrypted() {
-            return body;
+        if self.keys.is_encrypted() {
+            let sealed = self.keys.seal(&id.0, out.split_off(MAGIC.len()));
+            out.extend_from_slice(&sealed);
         }
-        let sealed = self.keys.seal(&id.0, body.split_off(MAGIC.len()));
-        body.extend_from_slice(&sealed);
-        body
     }
 
     /// The block stored in `stored`, checked against its name.
     pub fn decode(&mut self, id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>, ChunkFault> {
+        let mut out = Vec::new();
+        self.decode_into(id, stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`ChunkCodec::decode`], into a buffer the caller reuses.
+    pub fn decode_into(&mut self, id: &ChunkId, stored: &[u8], out: &mut Vec<u8>) -> Result<(), ChunkFault> {
         let Some(rest) = stored.strip_prefix(MAGIC) else { return Err(ChunkFault::NotAChunk) };
         let opened;
         let body = if self.keys.is_encrypted() {
@@ -204,18 +256,29 @@ impl ChunkCodec {
             return Err(ChunkFault::Undecodable(format!("claims {len} bytes")));
         }
         let payload = &body[5..];
-        let block = match body[0] {
-            CODEC_RAW => payload.to_vec(),
-            CODEC_LZ4 => {
-                lz4_flex::block::decompress(payload, len).map_err(|e| ChunkFault::Undecodable(e.to_string()))?
+        let undecodable = |e: String| ChunkFault::Undecodable(e);
+        match body[0] {
+            CODEC_RAW => {
+                out.clear();
+                out.extend_from_slice(payload);
             }
-            CODEC_ZSTD => self.unzstd.decompress(payload, len).map_err(|e| ChunkFault::Undecodable(e.to_string()))?,
-            c => return Err(ChunkFault::Undecodable(format!("unknown codec {c}"))),
-        };
-        if block.len() != len || self.digest(&block) != *id {
+            CODEC_LZ4 => {
+                // Same length as last time (the usual case): no zero-filling.
+                out.resize(len, 0);
+                let n = lz4_flex::block::decompress_into(payload, out).map_err(|e| undecodable(e.to_string()))?;
+                out.truncate(n);
+            }
+            CODEC_ZSTD => {
+                out.clear();
+                out.reserve(len);
+                self.unzstd.decompress_to_buffer(payload, out).map_err(|e| undecodable(e.to_string()))?;
+            }
+            c => return Err(undecodable(format!("unknown codec {c}"))),
+        }
+        if out.len() != len || self.digest(out) != *id {
             return Err(ChunkFault::DigestMismatch);
         }
-        Ok(block)
+        Ok(())
     }
 }
 

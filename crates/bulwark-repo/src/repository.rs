@@ -172,14 +172,27 @@ impl Repository {
 
     /// Reads, authenticates and decompresses one chunk, checking it against its name.
     pub fn read_chunk(&self, codec: &mut ChunkCodec, id: &ChunkId) -> Result<Vec<u8>> {
-        let stored = match self.storage.read(&id.key()) {
-            Ok(s) => s,
+        let (mut stored, mut block) = (Vec::new(), Vec::new());
+        self.read_chunk_into(codec, id, &mut stored, &mut block)?;
+        Ok(block)
+    }
+
+    /// Like [`Repository::read_chunk`], with buffers the caller reuses (`stored` is scratch).
+    pub fn read_chunk_into(
+        &self,
+        codec: &mut ChunkCodec,
+        id: &ChunkId,
+        stored: &mut Vec<u8>,
+        block: &mut Vec<u8>,
+    ) -> Result<()> {
+        match self.storage.read_into(&id.key(), stored) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(RepoError::MissingChunk { repo: self.label(), id: *id })
             }
             Err(e) => return Err(self.io_err(format!("reading chunk {id}"), e)),
-        };
-        codec.decode(id, &stored).map_err(|f| RepoError::DamagedChunk {
+        }
+        codec.decode_into(id, stored, block).map_err(|f| RepoError::DamagedChunk {
             repo: self.label(),
             id: *id,
             reason: f.to_string(),

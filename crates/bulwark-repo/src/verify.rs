@@ -107,11 +107,12 @@ pub fn verify(
         for _ in 0..threads.max(1) {
             s.spawn(|| {
                 let mut codec = repo.codec(Compression::None);
+                let (mut stored, mut block) = (Vec::new(), Vec::new());
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(id) = ids.get(i) else { break };
-                    match repo.read_chunk(&mut codec, id) {
-                        Ok(block) => {
+                    match repo.read_chunk_into(&mut codec, id, &mut stored, &mut block) {
+                        Ok(()) => {
                             bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
                             progress(block.len() as u64);
                         }
