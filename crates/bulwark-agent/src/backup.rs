@@ -28,7 +28,7 @@ use crate::change_tracking::extents::{changed_between, TrackingFiles, TrackingSt
 use crate::change_tracking::{CbtMode, ChangedBlocks};
 use crate::error::{AgentError, Result};
 use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
-use crate::snapshot::{create_with_retries, provider_for, Consistency, RetryPolicy, SnapshotMode};
+use crate::snapshot::{create_with_retries, provider_for, Consistency, RetryPolicy, SnapshotMode, SnapshotProvider};
 use crate::source::open_source;
 use crate::Progress;
 
@@ -117,15 +117,26 @@ pub fn backup_volume(
     progress: Progress,
     cancel: &AtomicBool,
 ) -> Result<BackupReport> {
-    let started = Instant::now();
-    let mut notes = Vec::new();
     // Fail on a bad source before touching snapshots.
     open_source(source)?;
-    let provider = provider_for(opts.snapshot, source);
+    backup_volume_with(repo, source, opts, &*provider_for(opts.snapshot, source), progress, cancel)
+}
+
+/// [`backup_volume`] with a given snapshot provider.
+pub fn backup_volume_with(
+    repo: &Repository,
+    source: &Path,
+    opts: &BackupOptions,
+    provider: &dyn SnapshotProvider,
+    progress: Progress,
+    cancel: &AtomicBool,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let mut notes = Vec::new();
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let snapshot = create_with_retries(&*provider, source, opts.retry, &mut |m| notes.push(m))
+    let snapshot = create_with_retries(provider, source, opts.retry, &mut |m| notes.push(m))
         .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     notes.extend(snapshot.notes.iter().cloned());
     let volume = open_source(&snapshot.path)?;
@@ -189,6 +200,11 @@ pub fn backup_volume(
         block_size: bs,
         compression: opts.compression,
         parent: previous.as_ref().and(parent.as_ref()).map(|p| p.id.clone()),
+        snapshot: snapshot.provider.to_string(),
+        consistency: serde_json::to_value(snapshot.consistency)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
     };
     let mut writer = repo.begin_point(spec)?;
 

@@ -13,7 +13,7 @@ pub mod restore;
 pub mod snapshot;
 pub mod source;
 
-pub use backup::{backup_volume, BackupOptions, BackupReport};
+pub use backup::{backup_volume, backup_volume_with, BackupOptions, BackupReport};
 pub use error::{AgentError, Result};
 pub use restore::{restore_volume, RestoreOptions, RestoreReport};
 

@@ -63,6 +63,8 @@ fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_parent() {
         block_size: pm.block_size,
         compression: Compression::Optimal,
         parent: Some(pm.id.clone()),
+        snapshot: "none".into(),
+        consistency: "crash-inconsistent".into(),
     };
     let mut w = repo.begin_point(spec).unwrap();
     for r in &refs[..2] {

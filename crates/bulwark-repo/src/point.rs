@@ -120,6 +120,12 @@ pub struct Manifest {
     /// The point this one was compared against, if any (informational: points do not depend on
     /// each other).
     pub parent: Option<RestorePointId>,
+    /// How the source was captured: snapshot provider and consistency (`frozen`,
+    /// `crash-consistent`, `crash-inconsistent`).
+    #[serde(default)]
+    pub snapshot: String,
+    #[serde(default)]
+    pub consistency: String,
     pub stats: PointStats,
 }
 

@@ -335,6 +335,8 @@ pub struct PointSpec {
     pub block_size: BlockSize,
     pub compression: Compression,
     pub parent: Option<RestorePointId>,
+    pub snapshot: String,
+    pub consistency: String,
 }
 
 /// A restore point being written. Dropped without [`PointWriter::commit`], it leaves nothing
@@ -374,6 +376,8 @@ impl PointWriter {
             compression: self.spec.compression,
             index_auth: hex::encode(auth),
             parent: self.spec.parent,
+            snapshot: self.spec.snapshot,
+            consistency: self.spec.consistency,
             stats: PointStats::default(),
         };
         stats.stored_bytes += manifest.spec_index_len();

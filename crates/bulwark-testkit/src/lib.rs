@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
+/// Runs a command that must succeed; returns its standard output.
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -47,7 +48,16 @@ pub struct MountedFs {
 impl MountedFs {
     /// `fstype` is `ext4`, `xfs` or `btrfs`.
     pub fn create(dir: &Path, fstype: &str, size: u64) -> MountedFs {
-        let loopdev = LoopDevice::create(dir, &format!("{fstype}.img"), size);
+        Self::on_image(&dir.join(format!("{fstype}.img")), fstype, size, &[])
+    }
+
+    /// Makes a filesystem on the image file `image` (created with `size` bytes unless it exists)
+    /// with extra `mkfs` arguments, and mounts it.
+    pub fn on_image(image: &Path, fstype: &str, size: u64, mkfs_args: &[&str]) -> MountedFs {
+        if !image.exists() {
+            std::fs::File::create(image).and_then(|f| f.set_len(size)).expect("create image");
+        }
+        let loopdev = LoopDevice::attach(image);
         let mkfs = format!("mkfs.{fstype}");
         let mut cmd = Command::new(&mkfs);
         if fstype == "ext4" {
@@ -55,7 +65,7 @@ impl MountedFs {
         } else {
             cmd.args(["-q", "-f"]);
         }
-        run(cmd.arg(&loopdev.device));
+        run(cmd.args(mkfs_args).arg(&loopdev.device));
         let mountpoint = tempfile::tempdir().expect("mountpoint");
         run(Command::new("mount").arg(&loopdev.device).arg(mountpoint.path()));
         MountedFs { mountpoint, loopdev }
@@ -90,6 +100,28 @@ pub fn mixed_bytes(len: usize, block: usize, seed: u64) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for c in out.chunks_mut(8) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        c.copy_from_slice(&s.to_le_bytes()[..c.len()]);
+    }
+    out
+}
+
+/// Mounts an existing filesystem image read-only (without replaying any journal); unmounted and
+/// detached on drop.
+pub fn mount_read_only(image: &Path) -> MountedFs {
+    let loopdev = LoopDevice::attach(image);
+    let mountpoint = tempfile::tempdir().expect("mountpoint");
+    run(Command::new("mount").args(["-o", "ro"]).arg(&loopdev.device).arg(mountpoint.path()));
+    MountedFs { mountpoint, loopdev }
 }
 
 /// Whether the tests run as root (loop devices and mounts need it).

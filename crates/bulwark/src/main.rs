@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::LazyLock;
 
 use anyhow::{bail, Context, Result};
+use bulwark_agent::change_tracking::CbtMode;
+use bulwark_agent::filter::FilterOptions;
+use bulwark_agent::snapshot::{RetryPolicy, SnapshotMode};
 use bulwark_agent::{BackupOptions, RestoreOptions};
 use bulwark_repo::retention::Policy;
 use bulwark_repo::{BlockSize, Compression, InitOptions, Repository};
@@ -56,6 +59,31 @@ enum Command {
         /// extreme (zstd 15).
         #[arg(long, default_value = "optimal")]
         compression: Compression,
+        /// How to get a consistent view of a live source: reflink (image files on XFS/btrfs,
+        /// freezing filesystems this host mounted from the image), lvm (logical volumes),
+        /// btrfs, none (read live: crash-inconsistent), or auto.
+        #[arg(long, default_value = "auto")]
+        snapshot: SnapshotMode,
+        /// Tries at creating the snapshot before giving up.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+        snapshot_tries: u32,
+        /// Seconds to wait before the second try (doubled before each further one).
+        #[arg(long, default_value_t = 2)]
+        snapshot_retry_wait: u64,
+        /// Changed block tracking: extents (compare the extents of reflink snapshots; needs
+        /// --snapshot reflink), none (read everything, compare digests), or auto.
+        #[arg(long, default_value = "auto")]
+        cbt: CbtMode,
+        /// A file or folder (from the root of each filesystem on the volume) whose data is not
+        /// stored; restored as zero-filled files of the same size. Repeatable.
+        #[arg(long, value_name = "PATH")]
+        exclude: Vec<String>,
+        /// Store blocks the filesystems mark unused (dropped by default).
+        #[arg(long)]
+        keep_unused: bool,
+        /// Store swap areas and swap files (dropped by default, their header kept).
+        #[arg(long)]
+        keep_swap: bool,
         /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
@@ -279,11 +307,37 @@ fn run(command: Command) -> Result<ExitCode> {
             Repository::change_password(&repo.path, &old, &new, Default::default())?;
             println!("password of {} changed", repo.path.display());
         }
-        Command::Backup { source, repo, name, block_size, compression, json } => {
+        Command::Backup {
+            source,
+            repo,
+            name,
+            block_size,
+            compression,
+            snapshot,
+            snapshot_tries,
+            snapshot_retry_wait,
+            cbt,
+            exclude,
+            keep_unused,
+            keep_swap,
+            json,
+        } => {
             let r = repo.open()?;
             let size = bulwark_agent::source::open_source(&source)?.size;
             let bar = ui::bar(size, "backup", json);
-            let opts = BackupOptions { name, block_size, compression, ..BackupOptions::new("") };
+            let opts = BackupOptions {
+                name,
+                block_size,
+                compression,
+                snapshot,
+                retry: RetryPolicy {
+                    tries: snapshot_tries,
+                    backoff: std::time::Duration::from_secs(snapshot_retry_wait),
+                },
+                cbt,
+                filters: FilterOptions { unused: !keep_unused, swap: !keep_swap, exclude },
+                ..BackupOptions::new("")
+            };
             let report = bulwark_agent::backup_volume(&r, &source, &opts, &|n| bar.inc(n), &CANCEL)?;
             bar.finish_and_clear();
             if json {

@@ -65,9 +65,27 @@ pub fn backup_summary(r: &BackupReport) {
         Some(p) => println!("  compared with       {p}"),
         None => println!("  full backup (no previous point of this name)"),
     }
+    println!(
+        "  snapshot            {} ({})",
+        r.snapshot,
+        serde_json::to_value(r.consistency).unwrap_or_default().as_str().unwrap_or("")
+    );
+    println!(
+        "  change tracking     {}",
+        if r.change_tracking { "used: only changed blocks read" } else { "not used: every block read" }
+    );
     println!("  volume              {}", human(s.source_bytes));
     println!("  read                {}", human(s.read_bytes));
     println!("  zero blocks         {} (stored as nothing)", human(s.zero_bytes));
+    let f = &r.filtered;
+    if f.unused_bytes + f.swap_bytes + f.excluded_bytes > 0 {
+        println!(
+            "  dropped             unused {}, swap {}, excluded {}",
+            human(f.unused_bytes),
+            human(f.swap_bytes),
+            human(f.excluded_bytes)
+        );
+    }
     println!("  unchanged           {}", human(s.unchanged_bytes));
     println!("  new data            {}", human(s.new_bytes));
     println!("  stored              {}", human(s.stored_bytes));

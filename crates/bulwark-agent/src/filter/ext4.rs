@@ -2,8 +2,10 @@
 //!
 //! Only trusted when the filesystem on the snapshot is consistent on disk: its journal needs no
 //! recovery (a frozen filesystem has checkpointed its journal) — otherwise a bitmap could say
-//! "free" of a block a replayed journal would fill. Groups whose bitmap was never initialised
-//! (`BLOCK_UNINIT`) are kept whole: conservative, and such space is usually zero anyway.
+//! "free" of a block a replayed journal would fill. For a group whose bitmap was never
+//! initialised (`BLOCK_UNINIT`) the bitmap is computed as the kernel computes it: the superblock
+//! backup and descriptor blocks where the group has them, and the group's own bitmaps and inode
+//! table where they lie inside it; the rest is free.
 
 use std::fs::File;
 use std::io;
@@ -28,6 +30,13 @@ pub struct Ext4UnusedFilter {
     desc_size: u64,
     gdt_offset: u64,
     is64: bool,
+    groups: u64,
+    sparse_super: bool,
+    /// `sparse_super2` places superblock backups where its own fields say: not modelled, so such
+    /// filesystems keep uninitialised groups whole.
+    sparse_super2: bool,
+    reserved_gdt: u64,
+    inode_table_blocks: u64,
     /// The bitmap of the group read last (`None`: the group counts as wholly used).
     cache: Option<(u64, Option<Vec<u8>>)>,
 }
@@ -71,7 +80,15 @@ impl Ext4UnusedFilter {
         if blocks_per_group == 0 || blocks_per_group > block_size * 8 || blocks_count * block_size > part_size {
             return Err("superblock geometry does not fit the partition".into());
         }
+        let groups = (blocks_count - first_data_block).div_ceil(blocks_per_group);
+        let inodes_per_group = le32(&sb, 0x28) as u64;
+        let inode_size = if le32(&sb, 0x4C) == 0 { 128 } else { le16(&sb, 0x58) as u64 };
         Ok(Ext4UnusedFilter {
+            groups,
+            sparse_super: le32(&sb, 0x64) & 0x1 != 0,
+            sparse_super2: le32(&sb, 0x5C) & 0x200 != 0,
+            reserved_gdt: le16(&sb, 0xCE) as u64,
+            inode_table_blocks: (inodes_per_group * inode_size).div_ceil(block_size),
             file,
             offset,
             block_size,
@@ -91,7 +108,7 @@ impl Ext4UnusedFilter {
             self.file.read_exact_at(&mut d, self.gdt_offset + group * self.desc_size)?;
             let flags = le16(&d, 0x12);
             let bitmap = if flags & BG_BLOCK_UNINIT != 0 {
-                None
+                self.uninit_bitmap(group, &d)
             } else {
                 let mut at = le32(&d, 0) as u64;
                 if self.is64 && self.desc_size >= 64 {
@@ -108,6 +125,52 @@ impl Ext4UnusedFilter {
             self.cache = Some((group, bitmap));
         }
         Ok(self.cache.as_ref().and_then(|c| c.1.as_deref()))
+    }
+
+    fn has_super(&self, group: u64) -> bool {
+        if !self.sparse_super || group <= 1 {
+            return true;
+        }
+        [3u64, 5, 7].iter().any(|&base| {
+            let mut p = base;
+            while p < group {
+                p *= base;
+            }
+            p == group
+        })
+    }
+
+    /// The bitmap the kernel would build for an uninitialised group (`None`: keep it whole).
+    fn uninit_bitmap(&self, group: u64, desc: &[u8]) -> Option<Vec<u8>> {
+        if self.sparse_super2 {
+            return None;
+        }
+        let start = self.first_data_block + group * self.blocks_per_group;
+        let len = self.blocks_per_group.min(self.blocks_count - start);
+        let mut bits = vec![0u8; self.block_size as usize];
+        let mut mark = |from: u64, count: u64| {
+            for b in from..from + count {
+                if b >= start && b < start + len {
+                    let i = b - start;
+                    bits[(i / 8) as usize] |= 1 << (i % 8);
+                }
+            }
+        };
+        if self.has_super(group) {
+            let gdt = (self.groups * self.desc_size).div_ceil(self.block_size);
+            mark(start, 1 + gdt + self.reserved_gdt);
+        }
+        let field = |lo: usize, hi: usize| {
+            let mut v = le32(desc, lo) as u64;
+            if self.is64 && self.desc_size >= 64 {
+                v |= (le32(desc, hi) as u64) << 32;
+            }
+            v
+        };
+        mark(field(0x0, 0x20), 1);
+        mark(field(0x4, 0x24), 1);
+        mark(field(0x8, 0x28), self.inode_table_blocks);
+        Some(bits)
     }
 }
 
