@@ -157,3 +157,79 @@ fn filters_drop_unused_excluded_and_swap_and_restore_fsck_clean(fs_block: &str) 
     let swap = std::fs::read(back.path().join("swapfile")).unwrap();
     assert_eq!(&swap[4086..4096], b"SWAPSPACE2", "the swap file keeps its header");
 }
+
+/// A disk with an MBR: an ext4 partition and a swap partition. The swap partition keeps only its
+/// header; the ext4 one is filtered by its own bitmaps at its offset.
+#[test]
+fn partitioned_disk_drops_swap_partition_and_filters_ext4_partition() {
+    assert!(bulwark_testkit::is_root(), "loop devices and mounts need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let xfs = MountedFs::create(dir.path(), "xfs", 1 << 30);
+    let image = xfs.path().join("disk.img");
+    const MIB: u64 = 1 << 20;
+    let (p1, p1_len, p2, p2_len) = (MIB, 96 * MIB, 97 * MIB, 31 * MIB);
+    let mut disk = marked_len("OLD-DISK-MARKER", 9, 128 << 20);
+    disk[..512].fill(0);
+    for (i, (start, len, kind)) in [(p1, p1_len, 0x83u8), (p2, p2_len, 0x82)].into_iter().enumerate() {
+        let e = &mut disk[446 + 16 * i..][..16];
+        e[4] = kind;
+        e[8..12].copy_from_slice(&((start / 512) as u32).to_le_bytes());
+        e[12..16].copy_from_slice(&((len / 512) as u32).to_le_bytes());
+    }
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    std::fs::write(&image, &disk).unwrap();
+    let part = |start: u64, len: u64| {
+        let out = bulwark_testkit::run(
+            Command::new("losetup")
+                .args(["--find", "--show", "--offset", &start.to_string(), "--sizelimit", &len.to_string()])
+                .arg(&image),
+        );
+        out.trim().to_string()
+    };
+    let dev1 = part(p1, p1_len);
+    bulwark_testkit::run(Command::new("mkfs.ext4").args([
+        "-q",
+        "-F",
+        "-b",
+        "4096",
+        "-E",
+        "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+        &dev1,
+    ]));
+    let mnt = tempfile::tempdir().unwrap();
+    bulwark_testkit::run(Command::new("mount").arg(&dev1).arg(mnt.path()));
+    let keep = marked("KEPT-MARKER", 7);
+    std::fs::write(mnt.path().join("keep"), &keep).unwrap();
+    std::fs::write(mnt.path().join("gone"), marked("DELETED-MARKER", 8)).unwrap();
+    std::fs::remove_file(mnt.path().join("gone")).unwrap();
+    bulwark_testkit::run(Command::new("umount").arg(mnt.path()));
+    bulwark_testkit::run(Command::new("losetup").args(["-d", &dev1]));
+    let dev2 = part(p2, p2_len);
+    bulwark_testkit::run(Command::new("mkswap").arg(&dev2));
+    bulwark_testkit::run(Command::new("losetup").args(["-d", &dev2]));
+
+    let repo = new_repo(dir.path(), false);
+    let opts =
+        BackupOptions { compression: Compression::None, snapshot: SnapshotMode::Reflink, ..BackupOptions::new("disk") };
+    let r = backup_volume(&repo, &image, &opts, &|_| {}, &NO_CANCEL).unwrap();
+    assert!(r.filtered.swap_bytes >= p2_len - 4096, "{:?} {:?}", r.filtered, r.notes);
+    assert!(r.filtered.unused_bytes > p1_len / 2, "{:?} {:?}", r.filtered, r.notes);
+    assert!(r.stats.stored_bytes < 16 * MIB, "stored {}", r.stats.stored_bytes);
+    let on_repo = dir.path().join("repo");
+    assert!(repo_contains(&on_repo, b"KEPT-MARKER"));
+    assert!(!repo_contains(&on_repo, b"DELETED-MARKER"));
+
+    let restored = dir.path().join("restored.img");
+    let m = repo.resolve(&r.point).unwrap();
+    bulwark_agent::restore_volume(&repo, &m, &restored, &Default::default(), &|_| {}, &NO_CANCEL).unwrap();
+    let back = std::fs::read(&restored).unwrap();
+    assert_eq!(&back[..512], &disk[..512], "the partition table is kept");
+    assert_eq!(&back[(p2 + 4086) as usize..(p2 + 4096) as usize], b"SWAPSPACE2", "the swap header is kept");
+    let part1 = dir.path().join("p1.img");
+    std::fs::write(&part1, &back[p1 as usize..(p1 + p1_len) as usize]).unwrap();
+    let fsck = Command::new("e2fsck").args(["-fn"]).arg(&part1).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+    let mounted = bulwark_testkit::mount_read_only(&part1);
+    assert!(std::fs::read(mounted.path().join("keep")).unwrap() == keep);
+}

@@ -20,6 +20,21 @@ const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
 const BG_BLOCK_UNINIT: u16 = 0x2;
 
+/// Whether the ext4 filesystem at `offset` needs no journal recovery (its on-disk metadata is
+/// the whole truth).
+pub fn check_clean(path: &Path, offset: u64) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut sb = [0u8; 1024];
+    file.read_exact_at(&mut sb, offset + 1024).map_err(|e| format!("cannot read the superblock: {e}"))?;
+    if le16(&sb, 0x38) != 0xEF53 {
+        return Err("no ext4 superblock".into());
+    }
+    if le32(&sb, 0x60) & INCOMPAT_RECOVER != 0 {
+        return Err("its journal needs recovery".into());
+    }
+    Ok(())
+}
+
 pub struct Ext4UnusedFilter {
     file: File,
     offset: u64,

@@ -108,6 +108,18 @@ pub fn filters_for(
             _ => {}
         }
         if matches!(p.fs, layout::FsKind::Ext4 | layout::FsKind::Xfs) && (opts.swap || !opts.exclude.is_empty()) {
+            // Files are located by mounting the snapshot without replaying its journal: only
+            // right when nothing is left to replay, or a wrong file's blocks would be dropped.
+            let clean = match (p.fs, consistency) {
+                (_, Consistency::CrashInconsistent) => Err("the source was read live".to_string()),
+                (layout::FsKind::Ext4, _) => ext4::check_clean(snapshot, p.offset),
+                (_, Consistency::Frozen) => Ok(()),
+                _ => Err("an XFS log is only known clean on a frozen snapshot".to_string()),
+            };
+            if let Err(e) = clean {
+                notes.push(format!("exclusions and swap files not applied to the filesystem at {}: {e}", p.offset));
+                continue;
+            }
             match exclude::file_ranges(snapshot, p, &opts.exclude, opts.swap) {
                 Ok((ex, sw)) => {
                     excluded.extend(ex);
