@@ -194,6 +194,7 @@ pub fn backup_volume_with(
     let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, &mut notes);
 
     let spec = PointSpec {
+        kind: bulwark_repo::PointKind::Volume,
         name: opts.name.clone(),
         source: source.display().to_string(),
         volume_size: size,
@@ -469,7 +470,7 @@ fn classify(
 }
 
 /// Zero test at memory speed: the compiler vectorises the 16-byte compare.
-fn is_zero(block: &[u8]) -> bool {
+pub(crate) fn is_zero(block: &[u8]) -> bool {
     let mut chunks = block.chunks_exact(16);
     chunks.all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
         && chunks.remainder().iter().all(|&b| b == 0)

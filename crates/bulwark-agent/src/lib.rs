@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod change_tracking;
 mod error;
+pub mod files;
 pub mod filter;
 pub mod restore;
 pub mod snapshot;

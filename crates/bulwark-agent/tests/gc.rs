@@ -57,6 +57,7 @@ fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_parent() {
 
     // An incremental begins and reuses the parent's first half…
     let spec = PointSpec {
+        kind: bulwark_repo::PointKind::Volume,
         name: "vol".into(),
         source: "test".into(),
         volume_size: img.len() as u64,

@@ -24,7 +24,6 @@ use serde::Serialize;
 
 use crate::chunk::ChunkId;
 use crate::error::Result;
-use crate::index::BlockRef;
 use crate::point::RestorePointId;
 use crate::Repository;
 
@@ -59,12 +58,9 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     let points = repo.list_points()?;
     report.points = points.len();
     for m in &points {
-        let mut index = repo.open_index(m)?;
-        while let Some(r) = index.next_block().map_err(|e| ioe(&format!("reading index of {}", m.id), e))? {
-            if let BlockRef::Chunk(id) = r {
-                marked.insert(id);
-            }
-        }
+        repo.for_each_reference(m, |id| {
+            marked.insert(id);
+        })?;
     }
     report.referenced_chunks = marked.len();
 

@@ -23,10 +23,11 @@ pub mod point;
 mod repository;
 pub mod retention;
 pub mod storage;
+pub mod tree;
 pub mod verify;
 
 pub use chunk::{ChunkCodec, ChunkId, Compression};
 pub use error::{RepoError, Result};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
-pub use point::{Manifest, PointStats, RestorePointId};
-pub use repository::{InitOptions, PointSpec, PointWriter, Repository, FORMAT_VERSION};
+pub use point::{FileSummary, Manifest, PointKind, PointStats, RestorePointId};
+pub use repository::{InitOptions, PointSpec, PointWriter, Repository, TreeCursor, FORMAT_VERSION};

@@ -100,6 +100,23 @@ pub struct PointStats {
 #[serde(rename_all = "kebab-case")]
 pub enum PointKind {
     Volume,
+    /// A file tree: the block index lists the pieces of the tree stream (see [`crate::tree`]).
+    Files,
+}
+
+/// What a file-level backup saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileSummary {
+    pub entries: u64,
+    pub files: u64,
+    pub dirs: u64,
+    /// Files whose content was taken from the previous point unread.
+    pub unchanged_files: u64,
+    /// `ok`, or `warning` when something could not be read or changed while read.
+    pub status: String,
+    /// The first warnings (files that could not be read, changed while read, skipped sockets).
+    pub warnings: Vec<String>,
+    pub warnings_total: u64,
 }
 
 /// The manifest of a restore point. Written last: a point exists exactly when its manifest does.
@@ -127,6 +144,8 @@ pub struct Manifest {
     #[serde(default)]
     pub consistency: String,
     pub stats: PointStats,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileSummary>,
 }
 
 impl Manifest {

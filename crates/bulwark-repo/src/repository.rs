@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkCodec, ChunkId, Compression};
 use crate::crypto::{self, KdfParams, KeyFile, Keys};
 use crate::error::{RepoError, Result};
-use crate::index::{BlockIndexReader, BlockIndexWriter, BlockSize, IndexHeader};
-use crate::point::{validate_name, Manifest, PointKind, PointStats, RestorePointId};
+use crate::index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize, IndexHeader};
+use crate::point::{validate_name, FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 use crate::storage::{LocalStorage, Storage, WriterLease};
+use crate::tree::{RecordSplitter, TreeEntry, PIECE};
 
 pub const FORMAT_NAME: &str = "bulwark-repository";
 pub const FORMAT_VERSION: u32 = 1;
@@ -218,11 +219,16 @@ impl Repository {
         let created = Utc::now();
         let id = RestorePointId::generate(created);
         let lease = self.storage.lease_writer(id.as_str()).map_err(|e| self.io_err("registering the backup", e))?;
-        let staged = self.storage.create(&id.index_key()).map_err(|e| self.io_err("creating the block index", e))?;
-        let header = IndexHeader::new(spec.block_size, spec.volume_size);
-        let index =
-            BlockIndexWriter::new(staged, &self.keys, header).map_err(|e| self.io_err("writing the block index", e))?;
+        let index = match spec.kind {
+            PointKind::Volume => Some(self.index_writer(&id, IndexHeader::new(spec.block_size, spec.volume_size))?),
+            PointKind::Files => None,
+        };
         Ok(PointWriter { repo: self.clone(), id, created, spec, index, _lease: lease })
+    }
+
+    fn index_writer(&self, id: &RestorePointId, header: IndexHeader) -> Result<BlockIndexWriter> {
+        let staged = self.storage.create(&id.index_key()).map_err(|e| self.io_err("creating the block index", e))?;
+        BlockIndexWriter::new(staged, &self.keys, header).map_err(|e| self.io_err("writing the block index", e))
     }
 
     /// All restore points, oldest first. Unreadable manifests are errors (run verify).
@@ -298,6 +304,67 @@ impl Repository {
         Ok(reader)
     }
 
+    /// Streams the entries of a file point's tree, in tree order, to `f`.
+    pub fn read_tree(&self, m: &Manifest, mut f: impl FnMut(TreeEntry) -> Result<()>) -> Result<()> {
+        let damaged = |reason: String| RepoError::DamagedPoint { repo: self.label(), point: m.id.to_string(), reason };
+        if m.kind != PointKind::Files {
+            return Err(RepoError::Invalid {
+                repo: self.label(),
+                reason: format!("point {} is not a file-level point", m.id),
+            });
+        }
+        let mut index = self.open_index(m)?;
+        let mut codec = self.codec(Compression::None);
+        let mut splitter = RecordSplitter::default();
+        while let Some(r) = index.next_block().map_err(|e| self.io_err(format!("reading index of {}", m.id), e))? {
+            let BlockRef::Chunk(id) = r else { return Err(damaged("a tree piece is marked zero".into())) };
+            let piece = self.read_chunk(&mut codec, &id)?;
+            for e in splitter.feed(&piece).map_err(|e| damaged(format!("tree unreadable: {e}")))? {
+                f(e)?;
+            }
+        }
+        if !splitter.is_clean() {
+            return Err(damaged("the tree ends inside a record".into()));
+        }
+        Ok(())
+    }
+
+    /// A pull reader over a file point's tree (for merging with a new tree in one pass).
+    pub fn tree_cursor(&self, m: &Manifest) -> Result<TreeCursor> {
+        if m.kind != PointKind::Files {
+            return Err(RepoError::Invalid {
+                repo: self.label(),
+                reason: format!("point {} is not a file-level point", m.id),
+            });
+        }
+        Ok(TreeCursor {
+            repo: self.clone(),
+            point: m.id.to_string(),
+            index: self.open_index(m)?,
+            codec: self.codec(Compression::None),
+            splitter: RecordSplitter::default(),
+            ready: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Every chunk a point references: its index entries and, for a file point, its files'
+    /// content. Chunks may repeat.
+    pub fn for_each_reference(&self, m: &Manifest, mut f: impl FnMut(ChunkId)) -> Result<()> {
+        let mut index = self.open_index(m)?;
+        while let Some(r) = index.next_block().map_err(|e| self.io_err(format!("reading index of {}", m.id), e))? {
+            if let BlockRef::Chunk(id) = r {
+                f(id);
+            }
+        }
+        if m.kind == PointKind::Files {
+            self.read_tree(m, |e| {
+                e.extents.iter().filter_map(|x| x.chunk).for_each(&mut f);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Deletes a point: the manifest first (the point is gone at once), then its index.
     /// Chunks are left to garbage collection; no other point is touched.
     pub fn delete_point(&self, id: &RestorePointId) -> Result<()> {
@@ -329,6 +396,7 @@ fn manifest_aad(id: &RestorePointId) -> String {
 /// What a new restore point is of.
 #[derive(Debug, Clone)]
 pub struct PointSpec {
+    pub kind: PointKind,
     pub name: String,
     pub source: String,
     pub volume_size: u64,
@@ -346,7 +414,8 @@ pub struct PointWriter {
     id: RestorePointId,
     created: chrono::DateTime<Utc>,
     spec: PointSpec,
-    index: BlockIndexWriter,
+    /// The block index of a volume point, written as blocks arrive.
+    index: Option<BlockIndexWriter>,
     _lease: Box<dyn WriterLease>,
 }
 
@@ -355,19 +424,44 @@ impl PointWriter {
         &self.id
     }
 
+    /// The block index of a volume point.
     pub fn index(&mut self) -> &mut BlockIndexWriter {
-        &mut self.index
+        self.index.as_mut().expect("a volume point has a block index")
+    }
+
+    /// Commits a file point whose tree stream (`tree_len` bytes) was stored as `pieces`.
+    pub fn commit_files(
+        mut self,
+        pieces: &[crate::ChunkId],
+        tree_len: u64,
+        stats: PointStats,
+        summary: FileSummary,
+    ) -> Result<Manifest> {
+        let header = IndexHeader::new(BlockSize::new(PIECE as u32).expect("valid piece size"), tree_len);
+        let mut index = self.repo.index_writer(&self.id, header)?;
+        for p in pieces {
+            index.push(&BlockRef::Chunk(*p)).map_err(|e| self.repo.io_err("writing the tree index", e))?;
+        }
+        self.spec.volume_size = tree_len;
+        self.spec.block_size = header.block_size;
+        self.index = Some(index);
+        self.commit_with(stats, Some(summary))
     }
 
     /// Makes the point durable and visible: index, sync, manifest (durably), in that order.
-    pub fn commit(self, mut stats: PointStats) -> Result<Manifest> {
+    pub fn commit(self, stats: PointStats) -> Result<Manifest> {
+        self.commit_with(stats, None)
+    }
+
+    fn commit_with(self, mut stats: PointStats, files: Option<FileSummary>) -> Result<Manifest> {
         let repo = &self.repo;
-        let auth = self.index.finish().map_err(|e| repo.io_err("writing the block index", e))?;
+        let index = self.index.expect("index written before commit");
+        let auth = index.finish().map_err(|e| repo.io_err("writing the block index", e))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
         let mut manifest = Manifest {
             id: self.id.clone(),
             name: self.spec.name,
-            kind: PointKind::Volume,
+            kind: self.spec.kind,
             created: self.created,
             host,
             source: self.spec.source,
@@ -379,6 +473,7 @@ impl PointWriter {
             snapshot: self.spec.snapshot,
             consistency: self.spec.consistency,
             stats: PointStats::default(),
+            files,
         };
         stats.stored_bytes += manifest.spec_index_len();
         manifest.stats = stats;
@@ -402,5 +497,45 @@ impl PointWriter {
 impl Manifest {
     fn spec_index_len(&self) -> u64 {
         24 + 32 * self.block_size.blocks_for(self.volume_size) + 32
+    }
+}
+
+/// Reads a file point's tree entry by entry, a piece at a time.
+pub struct TreeCursor {
+    repo: Repository,
+    point: String,
+    index: BlockIndexReader,
+    codec: ChunkCodec,
+    splitter: RecordSplitter,
+    ready: std::collections::VecDeque<TreeEntry>,
+}
+
+impl TreeCursor {
+    /// The next entry without consuming it.
+    pub fn peek(&mut self) -> Result<Option<&TreeEntry>> {
+        while self.ready.is_empty() {
+            let damaged =
+                |reason: String| RepoError::DamagedPoint { repo: self.repo.label(), point: self.point.clone(), reason };
+            match self.index.next_block().map_err(|e| self.repo.io_err("reading a tree index", e))? {
+                None => {
+                    if !self.splitter.is_clean() {
+                        return Err(damaged("the tree ends inside a record".into()));
+                    }
+                    return Ok(None);
+                }
+                Some(BlockRef::Zero) => return Err(damaged("a tree piece is marked zero".into())),
+                Some(BlockRef::Chunk(id)) => {
+                    let piece = self.repo.read_chunk(&mut self.codec, &id)?;
+                    let entries = self.splitter.feed(&piece).map_err(|e| damaged(format!("tree unreadable: {e}")))?;
+                    self.ready.extend(entries);
+                }
+            }
+        }
+        Ok(self.ready.front())
+    }
+
+    pub fn next_entry(&mut self) -> Result<Option<TreeEntry>> {
+        self.peek()?;
+        Ok(self.ready.pop_front())
     }
 }

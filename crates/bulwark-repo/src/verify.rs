@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::chunk::{ChunkId, Compression};
 use crate::error::{RepoError, Result};
 use crate::index::BlockRef;
-use crate::point::{Manifest, RestorePointId};
+use crate::point::{Manifest, PointKind, RestorePointId};
 use crate::Repository;
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +33,9 @@ pub struct PointHealth {
     /// Damage to the point's own metadata (manifest or index), if any.
     pub problem: Option<String>,
     pub damaged_ranges: Vec<DamagedRange>,
+    /// For a file point: the files whose content is damaged (at most 100 listed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +78,7 @@ pub fn verify(
                         ok: false,
                         problem: Some(e.to_string()),
                         damaged_ranges: vec![],
+                        damaged_files: vec![],
                     }),
                 }
             }
@@ -94,6 +98,7 @@ pub fn verify(
                 ok: false,
                 problem: Some(e.to_string()),
                 damaged_ranges: vec![],
+                damaged_files: vec![],
             }),
         }
     }
@@ -134,12 +139,22 @@ pub fn verify(
     // Pass 3: map damaged chunks back onto each point's blocks.
     for m in readable {
         let ranges = if damaged.is_empty() { Vec::new() } else { ranges_of(repo, &m, &damaged)? };
+        let mut files = Vec::new();
+        if !damaged.is_empty() && m.kind == PointKind::Files {
+            repo.read_tree(&m, |e| {
+                if files.len() < 100 && e.extents.iter().any(|x| x.chunk.is_some_and(|c| damaged.contains_key(&c))) {
+                    files.push(e.path_lossy());
+                }
+                Ok(())
+            })?;
+        }
         health.push(PointHealth {
             point: m.id.to_string(),
             name: Some(m.name.clone()),
-            ok: ranges.is_empty(),
+            ok: ranges.is_empty() && files.is_empty(),
             problem: None,
             damaged_ranges: ranges,
+            damaged_files: files,
         });
     }
     health.sort_by(|a, b| a.point.cmp(&b.point));
@@ -153,13 +168,9 @@ pub fn verify(
 }
 
 fn collect(repo: &Repository, m: &Manifest, into: &mut HashSet<ChunkId>) -> Result<()> {
-    let mut index = repo.open_index(m)?;
-    while let Some(r) = index.next_block().map_err(|e| repo.io_err(format!("reading index of {}", m.id), e))? {
-        if let BlockRef::Chunk(id) = r {
-            into.insert(id);
-        }
-    }
-    Ok(())
+    repo.for_each_reference(m, |id| {
+        into.insert(id);
+    })
 }
 
 fn ranges_of(repo: &Repository, m: &Manifest, damaged: &HashMap<ChunkId, String>) -> Result<Vec<DamagedRange>> {

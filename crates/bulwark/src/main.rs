@@ -11,11 +11,12 @@ use std::sync::LazyLock;
 
 use anyhow::{bail, Context, Result};
 use bulwark_agent::change_tracking::CbtMode;
+use bulwark_agent::files::{FileBackupOptions, FileRestoreOptions};
 use bulwark_agent::filter::FilterOptions;
 use bulwark_agent::snapshot::{RetryPolicy, SnapshotMode};
 use bulwark_agent::{BackupOptions, RestoreOptions};
 use bulwark_repo::retention::Policy;
-use bulwark_repo::{BlockSize, Compression, InitOptions, Repository};
+use bulwark_repo::{BlockSize, Compression, InitOptions, PointKind, Repository};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Bulwark: backup and restore of Linux volumes into a deduplicated, verifiable repository.
@@ -38,13 +39,16 @@ enum Command {
     /// Create a repository or change its password.
     #[command(subcommand)]
     Repo(RepoCommand),
-    /// Back up a block device or an image file as a new restore point.
+    /// Back up a block device, an image file or a directory as a new restore point.
     ///
-    /// Reads SOURCE front to back, skips zero blocks and blocks unchanged since the previous
-    /// point of the same --name, compresses and stores only what the repository lacks. The
+    /// A volume (block device or image file) is read front to back: zero blocks and blocks
+    /// unchanged since the previous point of the same --name are skipped, and only what the
+    /// repository lacks is compressed and stored. A directory is backed up file by file with
+    /// its metadata (owners, modes, nanosecond times, xattrs and ACLs, links, holes); files
+    /// unchanged since the previous point (inode, size, ctime, mtime) are not read again. The
     /// point appears only when complete: an interrupted backup leaves nothing visible.
     Backup {
-        /// Block device (/dev/sdb, /dev/vg/lv) or disk image file.
+        /// Block device (/dev/sdb, /dev/vg/lv), disk image file, or directory.
         source: PathBuf,
         #[command(flatten)]
         repo: RepoArgs,
@@ -74,9 +78,10 @@ enum Command {
         /// --snapshot reflink), none (read everything, compare digests), or auto.
         #[arg(long, default_value = "auto")]
         cbt: CbtMode,
-        /// A file or folder (from the root of each filesystem on the volume) whose data is not
-        /// stored; restored as zero-filled files of the same size. Repeatable.
-        #[arg(long, value_name = "PATH")]
+        /// Volumes: a file or folder (from the root of each filesystem on the volume) whose data
+        /// is not stored; restored as zero-filled files of the same size. Directories: a glob
+        /// (`*.tmp`, `/var/cache`, `home/**/.cache`) of entries not backed up at all. Repeatable.
+        #[arg(long, value_name = "PATH|GLOB")]
         exclude: Vec<String>,
         /// Store blocks the filesystems mark unused (dropped by default).
         #[arg(long)]
@@ -100,9 +105,22 @@ enum Command {
         /// Block device or file to restore to.
         #[arg(long)]
         to: PathBuf,
-        /// Replace an existing non-empty target file.
+        /// Replace an existing non-empty target file, or restore into a non-empty directory.
         #[arg(long)]
         overwrite: bool,
+        /// File-level points: restore only this path (and what is under it). Repeatable.
+        #[arg(long, value_name = "PATH")]
+        path: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the files of a file-level point (all, or under PATH).
+    Ls {
+        point: String,
+        /// Only this path and what is under it.
+        path: Option<String>,
+        #[command(flatten)]
+        repo: RepoArgs,
         #[arg(long)]
         json: bool,
     },
@@ -205,7 +223,7 @@ enum Encryption {
 #[derive(Args)]
 struct RepoArgs {
     /// Repository directory.
-    #[arg(long = "repo", value_name = "REPO")]
+    #[arg(long = "repo", id = "repo", value_name = "REPO")]
     path: PathBuf,
     /// File whose first line is the repository password (else BULWARK_PASSWORD).
     #[arg(long)]
@@ -245,6 +263,11 @@ impl RepoArgs {
 static CANCEL: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts; afterwards
+    // `bulwark ls | head` ends quietly, as Unix tools do, instead of failing on a closed pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while cancelling ends the process at once, as an operator expects.
@@ -323,6 +346,28 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
         } => {
             let r = repo.open()?;
+            if source.is_dir() {
+                let opts = FileBackupOptions {
+                    name,
+                    compression,
+                    exclude,
+                    snapshot,
+                    retry: RetryPolicy {
+                        tries: snapshot_tries,
+                        backoff: std::time::Duration::from_secs(snapshot_retry_wait),
+                    },
+                    ..FileBackupOptions::new("")
+                };
+                let bar = ui::spinner_bytes("backup", json);
+                let report = bulwark_agent::files::backup_files(&r, &source, &opts, &|n| bar.inc(n), &CANCEL)?;
+                bar.finish_and_clear();
+                if json {
+                    ui::print_json(&report);
+                } else {
+                    ui::file_backup_summary(&report);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let size = bulwark_agent::source::open_source(&source)?.size;
             let bar = ui::bar(size, "backup", json);
             let opts = BackupOptions {
@@ -346,9 +391,24 @@ fn run(command: Command) -> Result<ExitCode> {
                 ui::backup_summary(&report);
             }
         }
-        Command::Restore { point, repo, to, overwrite, json } => {
+        Command::Restore { point, repo, to, overwrite, path, json } => {
             let r = repo.open()?;
             let m = r.resolve(&point)?;
+            if m.kind == PointKind::Files {
+                let bar = ui::spinner_bytes("restore", json);
+                let opts = FileRestoreOptions { overwrite, paths: path };
+                let report = bulwark_agent::files::restore_files(&r, &m, &to, &opts, &|n| bar.inc(n), &CANCEL)?;
+                bar.finish_and_clear();
+                if json {
+                    ui::print_json(&report);
+                } else {
+                    ui::file_restore_summary(&report);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !path.is_empty() {
+                bail!("--path selects files of a file-level point; {} is a volume point", m.id);
+            }
             let bar = ui::bar(m.volume_size, "restore", json);
             let opts = RestoreOptions { overwrite, ..Default::default() };
             let report = bulwark_agent::restore_volume(&r, &m, &to, &opts, &|n| bar.inc(n), &CANCEL)?;
@@ -357,6 +417,23 @@ fn run(command: Command) -> Result<ExitCode> {
                 ui::print_json(&report);
             } else {
                 ui::restore_summary(&report);
+            }
+        }
+        Command::Ls { point, path, repo, json } => {
+            let r = repo.open()?;
+            let m = r.resolve(&point)?;
+            if m.kind != PointKind::Files {
+                bail!("{} is a volume point; `bulwark ls` lists file-level points", m.id);
+            }
+            let mut rows = Vec::new();
+            bulwark_agent::files::list_tree(&r, &m, path.as_deref(), |e| rows.push(ui::ls_row(e)))?;
+            if path.is_some() && rows.is_empty() {
+                bail!("point {} has no path {:?}", m.id, path.unwrap_or_default());
+            }
+            if json {
+                ui::print_json(&rows);
+            } else {
+                ui::ls_table(&rows);
             }
         }
         Command::Points { repo, name, json } => {
@@ -446,4 +523,13 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &CANCEL)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

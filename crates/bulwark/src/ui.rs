@@ -193,3 +193,96 @@ pub fn gc_summary(r: &GcReport) {
         if r.live_backups > 0 { format!(" ({} backups running)", r.live_backups) } else { String::new() }
     );
 }
+
+pub fn file_backup_summary(r: &bulwark_agent::files::FileBackupReport) {
+    let (s, f) = (&r.stats, &r.summary);
+    println!("restore point {} ({}) created from {} [{}]", r.point, r.name, r.source, f.status);
+    match &r.parent {
+        Some(p) => println!("  compared with       {p}"),
+        None => println!("  full backup (no previous point of this name)"),
+    }
+    println!(
+        "  snapshot            {} ({})",
+        r.snapshot,
+        serde_json::to_value(r.consistency).unwrap_or_default().as_str().unwrap_or("")
+    );
+    println!("  entries             {} ({} files, {} directories)", f.entries, f.files, f.dirs);
+    println!("  unchanged files     {} (not read)", f.unchanged_files);
+    println!("  file data           {}", human(s.source_bytes));
+    println!("  read                {}", human(s.read_bytes));
+    println!("  new data            {}", human(s.new_bytes));
+    println!("  stored              {}", human(s.stored_bytes));
+    println!("  duration            {:.2} s ({})", s.duration_s, rate(s.source_bytes, s.duration_s));
+    for w in &f.warnings {
+        println!("  warning: {w}");
+    }
+    if f.warnings_total > f.warnings.len() as u64 {
+        println!("  … and {} more warnings (see --json)", f.warnings_total - f.warnings.len() as u64);
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+}
+
+pub fn file_restore_summary(r: &bulwark_agent::files::FileRestoreReport) {
+    println!("restored {} ({}) into {}", r.point, r.name, r.target);
+    println!("  entries             {} ({} files)", r.entries, r.files);
+    println!("  written             {}", human(r.written_bytes));
+    println!("  duration            {:.2} s", r.duration_s);
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
+}
+
+#[derive(Serialize)]
+pub struct LsRow {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub mode: String,
+    pub user: String,
+    pub group: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+pub fn ls_row(e: &bulwark_repo::tree::TreeEntry) -> LsRow {
+    use bulwark_repo::tree::EntryKind;
+    let t = chrono::DateTime::from_timestamp(e.mtime.sec, e.mtime.nsec).unwrap_or_default();
+    let name_or_id =
+        |n: &[u8], id: u32| if n.is_empty() { id.to_string() } else { String::from_utf8_lossy(n).into_owned() };
+    LsRow {
+        path: if e.path.is_empty() { ".".into() } else { e.path_lossy() },
+        kind: e.kind.name(),
+        mode: format!("{:04o}", e.mode & 0o7777),
+        user: name_or_id(&e.user, e.uid),
+        group: name_or_id(&e.group, e.gid),
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        mtime: t.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string(),
+        target: matches!(e.kind, EntryKind::Symlink | EntryKind::HardLink)
+            .then(|| String::from_utf8_lossy(&e.target).into_owned()),
+    }
+}
+
+pub fn ls_table(rows: &[LsRow]) {
+    for r in rows {
+        let t = r.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+        println!(
+            "{:<8} {} {:>8} {:>8} {:>12} {}  {}{}",
+            r.kind,
+            r.mode,
+            r.user,
+            r.group,
+            r.size,
+            &r.mtime[..19],
+            r.path,
+            t
+        );
+    }
+}

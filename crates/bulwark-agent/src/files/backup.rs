@@ -1,0 +1,568 @@
+//! File-level backup: walk, read and chunk in parallel, write the tree in order.
+//!
+//! A walker thread visits the tree depth first (children sorted by name), builds each entry
+//! from `lstat`, and merges with the previous point's tree to find unchanged files. Workers read
+//! and chunk changed files. This thread puts results back in tree order, writes the tree stream
+//! in 1 MiB pieces and commits. At most [`IN_FLIGHT`] entries are between walker and writer, so
+//! memory is bounded whatever the tree's size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bulwark_repo::tree::{tree_order, EntryKind, FileExtent, TreeEntry, PIECE};
+use bulwark_repo::{
+    ChunkCodec, ChunkId, Compression, FileSummary, PointKind, PointSpec, PointStats, Repository, TreeCursor,
+};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Serialize;
+
+use super::chunker::{chunk_range, data_ranges};
+use super::glob::Exclude;
+use super::meta::{entry_for, Names};
+use crate::error::{AgentError, Result};
+use crate::snapshot::{
+    create_with_retries, BtrfsProvider, Consistency, NoSnapshot, RetryPolicy, SnapshotMode, SnapshotProvider,
+};
+use crate::Progress;
+
+const IN_FLIGHT: usize = 4096;
+const MAX_WARNINGS: usize = 100;
+const SNAPSHOT_DIR: &[u8] = b".bulwark-snapshots";
+
+#[derive(Debug, Clone)]
+pub struct FileBackupOptions {
+    pub name: String,
+    pub compression: Compression,
+    pub threads: usize,
+    pub exclude: Vec<String>,
+    pub snapshot: SnapshotMode,
+    pub retry: RetryPolicy,
+}
+
+impl FileBackupOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        FileBackupOptions {
+            name: name.into(),
+            compression: Compression::default(),
+            threads: crate::default_threads(),
+            exclude: Vec::new(),
+            snapshot: SnapshotMode::Auto,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileBackupReport {
+    pub point: String,
+    pub name: String,
+    pub source: String,
+    pub parent: Option<String>,
+    pub snapshot: &'static str,
+    pub consistency: Consistency,
+    #[serde(flatten)]
+    pub stats: PointStats,
+    #[serde(flatten)]
+    pub summary: FileSummary,
+    pub notes: Vec<String>,
+}
+
+struct Job {
+    seq: u64,
+    entry: TreeEntry,
+    abs: PathBuf,
+    reuse: Option<Vec<FileExtent>>,
+    /// First path of an inode with several links: later links copy its extents.
+    link_first: bool,
+}
+
+#[derive(Default)]
+struct Outcome {
+    seq: u64,
+    entry: Option<TreeEntry>,
+    link_first: bool,
+    unchanged: bool,
+    read: u64,
+    new: u64,
+    stored: u64,
+    warning: Option<String>,
+}
+
+/// Whether `dir` is the root of a btrfs subvolume (so a read-only snapshot of it can be taken).
+fn is_btrfs_subvolume(dir: &Path) -> bool {
+    const BTRFS_MAGIC: i64 = 0x9123_683E;
+    rustix::fs::statfs(dir).is_ok_and(|s| s.f_type == BTRFS_MAGIC)
+        && std::fs::metadata(dir).is_ok_and(|m| m.ino() == 256)
+}
+
+/// Backs up the directory `source` as a file-level restore point.
+pub fn backup_files(
+    repo: &Repository,
+    source: &Path,
+    opts: &FileBackupOptions,
+    progress: Progress,
+    cancel: &AtomicBool,
+) -> Result<FileBackupReport> {
+    let started = Instant::now();
+    let md = std::fs::metadata(source).map_err(|e| AgentError::Source {
+        path: source.into(),
+        what: "cannot open".into(),
+        source: e,
+    })?;
+    if !md.is_dir() {
+        return Err(AgentError::BadSource { path: source.into(), reason: "not a directory".into() });
+    }
+    let provider: Box<dyn SnapshotProvider> = match opts.snapshot {
+        SnapshotMode::Auto if is_btrfs_subvolume(source) => Box::new(BtrfsProvider),
+        SnapshotMode::Auto | SnapshotMode::None => Box::new(NoSnapshot),
+        SnapshotMode::Btrfs => Box::new(BtrfsProvider),
+        other => {
+            return Err(AgentError::BadSource {
+                path: source.into(),
+                reason: format!("--snapshot {other} is for volumes; a directory takes auto, btrfs or none"),
+            })
+        }
+    };
+    let mut notes = Vec::new();
+    for stale in provider.remove_stale(source) {
+        notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
+    }
+    let snapshot = create_with_retries(&*provider, source, opts.retry, &mut |m| notes.push(m))
+        .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
+    if snapshot.provider == "none" {
+        notes.push("no snapshot: files are read live; any that change while read are reported".into());
+    } else {
+        notes.extend(snapshot.notes.iter().cloned());
+    }
+    let root = snapshot.path.clone();
+
+    let parent = repo.latest(&opts.name)?;
+    let mut cursor: Option<TreeCursor> = None;
+    if let Some(p) = &parent {
+        if p.kind == PointKind::Files {
+            match repo.tree_cursor(p) {
+                Ok(c) => cursor = Some(c),
+                Err(e) => notes.push(format!("previous point unusable ({e}): every file read")),
+            }
+        } else {
+            notes.push(format!("previous point {} is a volume point: every file read", p.id));
+        }
+    }
+    let spec = PointSpec {
+        kind: PointKind::Files,
+        name: opts.name.clone(),
+        source: source.display().to_string(),
+        volume_size: 0,
+        block_size: bulwark_repo::BlockSize::new(PIECE as u32).expect("valid piece size"),
+        compression: opts.compression,
+        parent: cursor.as_ref().and(parent.as_ref()).map(|p| p.id.clone()),
+        snapshot: snapshot.provider.to_string(),
+        consistency: serde_json::to_value(snapshot.consistency)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+    };
+    let writer = repo.begin_point(spec)?;
+
+    let threads = opts.threads.max(1);
+    let (job_tx, job_rx) = bounded::<Job>(threads * 4);
+    let (done_tx, done_rx) = bounded::<Result<Outcome>>(threads * 4);
+    let (slot_tx, slot_rx) = bounded::<()>(IN_FLIGHT);
+    let stop = AtomicBool::new(false);
+    let exclude = Exclude::new(&opts.exclude);
+    let mut walk_notes: Vec<String> = Vec::new();
+
+    let mut stats = PointStats::default();
+    let mut summary = FileSummary { status: "ok".into(), ..Default::default() };
+    let mut tree = Vec::with_capacity(PIECE * 2);
+    let mut tree_len = 0u64;
+    let mut pieces: Vec<ChunkId> = Vec::new();
+    let mut piece_codec = repo.codec(opts.compression);
+
+    let outcome: Result<()> = std::thread::scope(|s| {
+        let walker = s.spawn(|| {
+            let job_tx = job_tx;
+            let mut w = Walker {
+                names: Names::load(),
+                exclude: &exclude,
+                cursor: cursor.take(),
+                links: HashMap::new(),
+                seq: 0,
+                jobs: &job_tx,
+                slots: &slot_tx,
+                stop: &stop,
+                cancel,
+                notes: &mut walk_notes,
+            };
+            w.visit_root(&root)
+        });
+        for _ in 0..threads {
+            let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
+            s.spawn(move || worker(repo, opts.compression, job_rx, done_tx, progress));
+        }
+        drop((job_rx, done_tx));
+
+        let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
+        let mut next = 0u64;
+        let mut first_links: HashMap<Vec<u8>, Vec<FileExtent>> = HashMap::new();
+        let collected: Result<()> = (|| {
+            for r in done_rx.iter() {
+                let r = r?;
+                pending.insert(r.seq, r);
+                while let Some(o) = pending.remove(&next) {
+                    next += 1;
+                    let _ = slot_rx.recv();
+                    stats.read_bytes += o.read;
+                    stats.new_bytes += o.new;
+                    stats.stored_bytes += o.stored;
+                    if let Some(w) = o.warning {
+                        summary.warnings_total += 1;
+                        summary.status = "warning".into();
+                        if summary.warnings.len() < MAX_WARNINGS {
+                            summary.warnings.push(w);
+                        }
+                    }
+                    let Some(mut e) = o.entry else { continue };
+                    match e.kind {
+                        EntryKind::Dir => summary.dirs += 1,
+                        EntryKind::File => summary.files += 1,
+                        EntryKind::HardLink => {
+                            summary.files += 1;
+                            match first_links.get(&e.target) {
+                                Some(x) => e.extents = x.clone(),
+                                // The first link could not be read: this one becomes the file.
+                                None => e.kind = EntryKind::File,
+                            }
+                        }
+                        _ => {}
+                    }
+                    if o.unchanged {
+                        summary.unchanged_files += 1;
+                    }
+                    if e.kind == EntryKind::File {
+                        stats.source_bytes += e.size;
+                    }
+                    if o.link_first {
+                        first_links.insert(e.path.clone(), e.extents.clone());
+                    }
+                    summary.entries += 1;
+                    e.encode(&mut tree);
+                    while tree.len() >= PIECE {
+                        let rest = tree.split_off(PIECE);
+                        let piece = std::mem::replace(&mut tree, rest);
+                        stats.stored_bytes += store_piece(repo, &mut piece_codec, &piece, &mut pieces)?;
+                        tree_len += piece.len() as u64;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if collected.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            drop(done_rx);
+            drop(slot_rx);
+        }
+        let walked = walker.join().expect("walker does not panic");
+        collected.and(walked)
+    });
+    outcome?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(AgentError::Cancelled);
+    }
+    notes.extend(walk_notes);
+    if !tree.is_empty() {
+        stats.stored_bytes += store_piece(repo, &mut piece_codec, &tree, &mut pieces)?;
+        tree_len += tree.len() as u64;
+    }
+    stats.duration_s = started.elapsed().as_secs_f64();
+    let manifest = writer.commit_files(&pieces, tree_len, stats, summary)?;
+    let consistency = snapshot.consistency;
+    let provider_name = snapshot.provider;
+    if let Err(e) = snapshot.release() {
+        notes.push(format!("snapshot not released: {e}"));
+    }
+    Ok(FileBackupReport {
+        point: manifest.id.to_string(),
+        name: manifest.name.clone(),
+        source: manifest.source.clone(),
+        parent: manifest.parent.as_ref().map(|p| p.to_string()),
+        snapshot: provider_name,
+        consistency,
+        stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats.clone() },
+        summary: manifest.files.clone().unwrap_or_default(),
+        notes,
+    })
+}
+
+fn store_piece(repo: &Repository, codec: &mut ChunkCodec, piece: &[u8], pieces: &mut Vec<ChunkId>) -> Result<u64> {
+    let id = codec.digest(piece);
+    pieces.push(id);
+    if repo.reuse_chunk(&id)? {
+        return Ok(0);
+    }
+    let stored = codec.encode(&id, piece);
+    repo.put_chunk(&id, &stored)?;
+    Ok(stored.len() as u64)
+}
+
+struct Walker<'a> {
+    names: Names,
+    exclude: &'a Exclude,
+    cursor: Option<TreeCursor>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    seq: u64,
+    jobs: &'a Sender<Job>,
+    slots: &'a Sender<()>,
+    stop: &'a AtomicBool,
+    cancel: &'a AtomicBool,
+    notes: &'a mut Vec<String>,
+}
+
+impl Walker<'_> {
+    fn visit_root(&mut self, root: &Path) -> Result<()> {
+        let md = std::fs::symlink_metadata(root).map_err(|e| AgentError::Source {
+            path: root.into(),
+            what: "cannot stat".into(),
+            source: e,
+        })?;
+        let entry = entry_for(root, Vec::new(), &md, &self.names).expect("a directory has an entry");
+        self.send(entry, root.to_path_buf(), None, false)?;
+        self.visit_dir(root, &[])
+    }
+
+    fn send(&mut self, entry: TreeEntry, abs: PathBuf, reuse: Option<Vec<FileExtent>>, link_first: bool) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed) {
+            return Err(AgentError::Cancelled);
+        }
+        if self.slots.send(()).is_err() || self.jobs.send(Job { seq: self.seq, entry, abs, reuse, link_first }).is_err()
+        {
+            return Err(AgentError::Cancelled);
+        }
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// A warning travels as an entry-less job so it lands in order with the others.
+    fn warn(&mut self, what: String) -> Result<()> {
+        let mut e = TreeEntry::new(EntryKind::Fifo, Vec::new());
+        e.target = what.into_bytes();
+        self.send(e, PathBuf::new(), None, false)
+    }
+
+    fn previous(&mut self, rel: &[u8]) -> Option<TreeEntry> {
+        let c = self.cursor.as_mut()?;
+        loop {
+            let ord = match c.peek() {
+                Ok(Some(p)) => tree_order(&p.path, rel),
+                Ok(None) => return None,
+                Err(e) => {
+                    self.notes.push(format!("previous tree unreadable ({e}): the rest is read in full"));
+                    self.cursor = None;
+                    return None;
+                }
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    let _ = c.next_entry();
+                }
+                std::cmp::Ordering::Equal => return c.next_entry().ok().flatten(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+
+    fn visit_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
+        let mut names: Vec<OsString> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+            Err(e) => return self.warn(format!("{}: cannot list: {e}", dir.display())),
+        };
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            if rel.is_empty() && name.as_bytes() == SNAPSHOT_DIR {
+                continue;
+            }
+            let mut child = rel.to_vec();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(name.as_bytes());
+            if self.exclude.matches(&child) {
+                continue;
+            }
+            let abs = dir.join(&name);
+            let md = match std::fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(format!("{}: cannot read: {e}", abs.display()))?;
+                    continue;
+                }
+            };
+            let Some(mut entry) = entry_for(&abs, child.clone(), &md, &self.names) else {
+                self.warn(format!("{}: socket skipped (a restore cannot recreate it)", abs.display()))?;
+                continue;
+            };
+            let mut reuse = None;
+            let mut link_first = false;
+            if entry.kind == EntryKind::File {
+                if md.nlink() > 1 {
+                    match self.links.get(&(md.dev(), md.ino())) {
+                        Some(first) => {
+                            entry.kind = EntryKind::HardLink;
+                            entry.target = first.clone();
+                        }
+                        None => {
+                            self.links.insert((md.dev(), md.ino()), child.clone());
+                            link_first = true;
+                        }
+                    }
+                }
+                if entry.kind == EntryKind::File {
+                    if let Some(p) = self.previous(&child) {
+                        let same = matches!(p.kind, EntryKind::File | EntryKind::HardLink)
+                            && p.ino == entry.ino
+                            && p.size == entry.size
+                            && p.mtime == entry.mtime
+                            && p.ctime == entry.ctime;
+                        if same {
+                            reuse = Some(p.extents);
+                        }
+                    }
+                }
+            }
+            let is_dir = entry.kind == EntryKind::Dir;
+            self.send(entry, abs.clone(), reuse, link_first)?;
+            if is_dir {
+                self.visit_dir(&abs, &child)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn worker(
+    repo: &Repository,
+    compression: Compression,
+    jobs: Receiver<Job>,
+    done: Sender<Result<Outcome>>,
+    progress: Progress,
+) {
+    let mut codec = repo.codec(compression);
+    let (mut buf, mut encoded) = (Vec::new(), Vec::new());
+    for job in jobs.iter() {
+        let r = process(repo, &mut codec, job, &mut buf, &mut encoded, progress);
+        let failed = r.is_err();
+        if done.send(r).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn process(
+    repo: &Repository,
+    codec: &mut ChunkCodec,
+    job: Job,
+    buf: &mut Vec<u8>,
+    encoded: &mut Vec<u8>,
+    progress: Progress,
+) -> Result<Outcome> {
+    let mut o = Outcome { seq: job.seq, link_first: job.link_first, ..Default::default() };
+    let mut e = job.entry;
+    // An entry-less job carries a warning.
+    if e.kind == EntryKind::Fifo && e.path.is_empty() && !e.target.is_empty() {
+        o.warning = Some(String::from_utf8_lossy(&e.target).into_owned());
+        return Ok(o);
+    }
+    if e.kind != EntryKind::File {
+        o.entry = Some(e);
+        return Ok(o);
+    }
+    if let Some(extents) = job.reuse {
+        let mut all = true;
+        for id in extents.iter().filter_map(|x| x.chunk) {
+            all &= repo.reuse_chunk(&id)?;
+        }
+        if all {
+            progress(e.size);
+            e.extents = extents;
+            o.unchanged = true;
+            o.entry = Some(e);
+            return Ok(o);
+        }
+    }
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(&job.abs)
+        .or_else(|_| File::open(&job.abs))
+    {
+        Ok(f) => f,
+        Err(err) => {
+            o.warning = Some(format!("{}: cannot read: {err}", job.abs.display()));
+            return Ok(o);
+        }
+    };
+    let before = f.metadata().ok();
+    let mut extents = Vec::new();
+    let mut repo_error = None;
+    let mut read_total = 0u64;
+    for (start, end) in data_ranges(&f, e.size) {
+        let mut emit = |offset: u64, data: &[u8]| -> std::io::Result<()> {
+            let len = data.len() as u64;
+            if crate::backup::is_zero(data) {
+                extents.push(FileExtent { offset, length: len, chunk: None });
+                return Ok(());
+            }
+            let id = codec.digest(data);
+            let stored = (|| -> Result<u64> {
+                if repo.reuse_chunk(&id)? {
+                    return Ok(0);
+                }
+                codec.encode_into(&id, data, encoded);
+                repo.put_chunk(&id, encoded)?;
+                Ok(encoded.len() as u64)
+            })();
+            match stored {
+                Ok(n) => {
+                    if n > 0 {
+                        o.new += len;
+                        o.stored += n;
+                    }
+                    extents.push(FileExtent { offset, length: len, chunk: Some(id) });
+                    progress(len);
+                    Ok(())
+                }
+                Err(err) => {
+                    repo_error = Some(err);
+                    Err(std::io::Error::other("repository error"))
+                }
+            }
+        };
+        match chunk_range(&f, start, end, buf, &mut emit) {
+            Ok(n) => read_total += n,
+            Err(err) => {
+                if let Some(r) = repo_error.take() {
+                    return Err(r);
+                }
+                o.warning = Some(format!("{}: read failed: {err}", job.abs.display()));
+                return Ok(o);
+            }
+        }
+    }
+    o.read = read_total;
+    let after = f.metadata().ok();
+    let sig = |m: &Option<std::fs::Metadata>| {
+        m.as_ref().map(|m| (m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+    };
+    if sig(&before) != sig(&after) {
+        o.warning = Some(format!("{}: changed while being read", job.abs.display()));
+    }
+    e.extents = extents;
+    o.entry = Some(e);
+    Ok(o)
+}
