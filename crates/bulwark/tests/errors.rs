@@ -69,9 +69,9 @@ fn not_a_repository_foreign_and_newer_formats_are_refused() {
 fn unreadable_sources_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init_repo(dir.path());
-    for (source, expect) in
-        [(dir.path().join("absent.img"), "cannot open"), (dir.path().to_path_buf(), "not a block device")]
-    {
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (source, expect) in [(dir.path().join("absent.img"), "cannot open"), (fifo, "not a block device")] {
         let r = run(bulwark().arg("backup").arg(&source).arg("--repo").arg(&repo).args(["--name", "x"]));
         assert_eq!(r.code, 1);
         assert!(r.stderr.contains(expect) && r.stderr.contains(&*source.to_string_lossy()), "{}", r.stderr);
