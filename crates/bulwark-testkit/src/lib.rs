@@ -130,3 +130,112 @@ pub fn is_root() -> bool {
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
+
+/// Everything a restore must reproduce about a tree, entry by entry, for comparing two trees:
+/// type, mode, owner, size, modification time (ns), extended attributes, symlink target,
+/// device number, content digest, which entries are hard links of one another, and whether a
+/// file is sparse. (Access times are left out: reading a tree to describe it changes them.)
+pub fn describe_tree(root: &Path) -> std::collections::BTreeMap<Vec<u8>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = std::collections::BTreeMap::new();
+    let mut inodes: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        let md = std::fs::symlink_metadata(&abs).unwrap();
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else if ft.is_block_device() {
+            "blockdev"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "socket"
+        };
+        let mut d = format!(
+            "{kind} mode={:o} uid={} gid={} mtime={}.{:09}",
+            md.mode() & 0o7777,
+            md.uid(),
+            md.gid(),
+            md.mtime(),
+            md.mtime_nsec()
+        );
+        let mut names = vec![0u8; 65536];
+        if let Ok(n) = rustix::fs::llistxattr(&abs, &mut names) {
+            let mut list: Vec<&[u8]> = names[..n].split(|&b| b == 0).filter(|x| !x.is_empty()).collect();
+            list.sort();
+            for name in list {
+                let mut v = vec![0u8; 65536];
+                let n = rustix::fs::lgetxattr(&abs, std::ffi::OsStr::from_bytes(name), &mut v).unwrap_or(0);
+                d.push_str(&format!(" xattr[{}]={}", String::from_utf8_lossy(name), blake3::hash(&v[..n]).to_hex()));
+            }
+        }
+        match kind {
+            "file" => {
+                if md.nlink() > 1 {
+                    if let Some(first) = inodes.get(&md.ino()) {
+                        d.push_str(&format!(" link-of={}", String::from_utf8_lossy(first)));
+                    } else {
+                        inodes.insert(md.ino(), rel.clone());
+                    }
+                }
+                let data = std::fs::read(&abs).unwrap();
+                d.push_str(&format!(" size={} content={}", md.size(), blake3::hash(&data).to_hex()));
+                if md.blocks() * 512 < md.size() / 2 {
+                    d.push_str(" sparse");
+                }
+            }
+            "symlink" => d.push_str(&format!(" target={:?}", std::fs::read_link(&abs).unwrap())),
+            "chardev" | "blockdev" => d.push_str(&format!(" rdev={}", md.rdev())),
+            "dir" => {
+                // Sorted, so two trees are walked in the same order and link groups get the
+                // same first path.
+                let mut children: Vec<_> = std::fs::read_dir(&abs).unwrap().map(|e| e.unwrap().file_name()).collect();
+                children.sort();
+                for name in children.into_iter().rev() {
+                    let mut r = rel.clone();
+                    if !r.is_empty() {
+                        r.push(b'/');
+                    }
+                    r.extend_from_slice(name.as_bytes());
+                    stack.push((abs.join(&name), r));
+                }
+            }
+            _ => {}
+        }
+        out.insert(rel, d);
+    }
+    out
+}
+
+/// Asserts two tree descriptions are equal, listing the first differences by path.
+pub fn assert_same_tree(
+    got: &std::collections::BTreeMap<Vec<u8>, String>,
+    want: &std::collections::BTreeMap<Vec<u8>, String>,
+    what: &str,
+) {
+    let mut diffs = Vec::new();
+    for (p, w) in want {
+        match got.get(p) {
+            Some(g) if g == w => {}
+            Some(g) => diffs.push(format!("{:?}:\n   want {w}\n   got  {g}", String::from_utf8_lossy(p))),
+            None => diffs.push(format!("{:?}: missing", String::from_utf8_lossy(p))),
+        }
+    }
+    for p in got.keys().filter(|p| !want.contains_key(*p)) {
+        diffs.push(format!("{:?}: unexpected", String::from_utf8_lossy(p)));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences:\n{}",
+        diffs.len(),
+        diffs.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
