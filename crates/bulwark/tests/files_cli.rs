@@ -1,0 +1,128 @@
+//! File-level points through the command line: unreadable files, btrfs snapshots, ls, and the
+//! repository operations (verify, forget, gc) that work on file points as on volume points.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn unreadable_files_are_reported_and_the_point_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("pub")).unwrap();
+    std::fs::write(src.join("pub/readable"), b"fine").unwrap();
+    std::fs::write(src.join("secret"), b"root only").unwrap();
+    let repo = init_repo(dir.path());
+    // The backup runs as an unprivileged user who may write the repository but not read
+    // `secret`.
+    for p in [dir.path(), &src, &src.join("pub"), &src.join("pub/readable")] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(src.join("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert!(Command::new("chown").args(["-R", "65534:65534"]).arg(&repo).status().unwrap().success());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_bulwark"))
+        .arg("backup")
+        .arg(&src)
+        .arg("--repo")
+        .arg(&repo)
+        .args(["--name", "src", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "warning");
+    let warnings = r["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("secret") && w.as_str().unwrap().contains("Permission denied")),
+        "{warnings:?}"
+    );
+    let ls = json(bulwark().args(["ls", "src:latest", "--repo"]).arg(&repo));
+    let paths: Vec<&str> = ls.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, vec![".", "pub", "pub/readable"]);
+}
+
+#[test]
+fn btrfs_subvolumes_are_snapshotted_and_the_snapshot_released() {
+    assert!(bulwark_testkit::is_root(), "loop devices and mounts need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = bulwark_testkit::MountedFs::create(dir.path(), "btrfs", 256 << 20);
+    let vol = fs.path().join("vol");
+    bulwark_testkit::run(Command::new("btrfs").args(["subvolume", "create"]).arg(&vol));
+    std::fs::write(vol.join("data"), bulwark_testkit::random_bytes(3 << 20, 1)).unwrap();
+    let repo = init_repo(dir.path());
+    let r = json(bulwark().arg("backup").arg(&vol).arg("--repo").arg(&repo).args(["--name", "vol"]));
+    assert_eq!(r["snapshot"], "btrfs", "{r}");
+    assert_eq!(r["consistency"], "crash-consistent");
+    let left = std::fs::read_dir(vol.join(".bulwark-snapshots")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the snapshot is deleted after the backup");
+    let out = dir.path().join("out");
+    ok(bulwark().args(["restore", "vol:latest", "--repo"]).arg(&repo).arg("--to").arg(&out));
+    assert!(std::fs::read(out.join("data")).unwrap() == bulwark_testkit::random_bytes(3 << 20, 1));
+    assert!(!out.join(".bulwark-snapshots").exists());
+}
+
+#[test]
+fn verify_forget_and_gc_work_on_file_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::write(src.join("docs/report.bin"), bulwark_testkit::random_bytes(2 << 20, 5)).unwrap();
+    std::fs::write(src.join("other"), bulwark_testkit::random_bytes(10_000, 6)).unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret").unwrap();
+    let repo = dir.path().join("repo");
+    ok(bulwark().args(["repo", "init", "--encryption", "aes256gcm", "--password-file"]).arg(&pw).arg(&repo));
+    let with_pw = |c: &mut Command| {
+        c.arg("--password-file").arg(&pw);
+    };
+    let mut c = bulwark();
+    c.arg("backup").arg(&src).arg("--repo").arg(&repo).args(["--name", "src"]);
+    with_pw(&mut c);
+    let first = json(&mut c);
+    std::fs::write(src.join("docs/report.bin"), bulwark_testkit::random_bytes(2 << 20, 7)).unwrap();
+    let mut c = bulwark();
+    c.arg("backup").arg(&src).arg("--repo").arg(&repo).args(["--name", "src"]);
+    with_pw(&mut c);
+    json(&mut c);
+
+    // Forget the first point, collect: its unique chunks go, the second point stays whole.
+    let mut c = bulwark();
+    c.arg("forget").arg("--repo").arg(&repo).args(["--name", "src", "--keep-last", "1"]);
+    with_pw(&mut c);
+    json(&mut c);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let mut c = bulwark();
+    c.arg("gc").arg("--repo").arg(&repo);
+    with_pw(&mut c);
+    let gc = json(&mut c);
+    assert!(gc["deleted_chunks"].as_u64().unwrap() >= 2, "{gc}");
+    let mut c = bulwark();
+    c.arg("verify").arg("--repo").arg(&repo).arg("--json");
+    with_pw(&mut c);
+    assert_eq!(run(&mut c).code, 0);
+
+    // Damage the big file's chunks: verify names the file.
+    for d in std::fs::read_dir(repo.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if std::fs::metadata(&p).unwrap().len() > 200_000 {
+                std::fs::write(&p, b"garbage").unwrap();
+            }
+        }
+    }
+    let mut c = bulwark();
+    c.arg("verify").arg("--repo").arg(&repo).arg("--json");
+    with_pw(&mut c);
+    let r = run(&mut c);
+    assert_eq!(r.code, 3, "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let files = &v["points"][0]["damaged_files"];
+    assert_eq!(files.as_array().unwrap(), &vec![serde_json::json!("docs/report.bin")], "{v}");
+    assert_ne!(v["points"][0]["point"], first["point"]);
+}
