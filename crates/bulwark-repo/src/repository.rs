@@ -204,8 +204,7 @@ impl Repository {
     /// Only meaningful inside a [`PointWriter`]'s lifetime (its lease is what protects the chunk
     /// from a concurrent garbage collection).
     pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let _guard = self.storage.lock_chunks_shared().map_err(|e| self.io_err("taking the chunk lock", e))?;
-        self.storage.touch(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))
+        self.storage.touch_shared(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))
     }
 
     /// Stores an encoded chunk (see [`ChunkCodec::encode`]). Durable at the point's commit.
