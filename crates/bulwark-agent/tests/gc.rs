@@ -41,7 +41,36 @@ fn forget_then_gc_frees_exactly_the_unshared_chunks() {
 }
 
 #[test]
-fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_parent() {
+fn a_parent_cannot_be_deleted_from_under_a_running_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), false);
+    let img = bulwark_testkit::mixed_bytes(4 << 20, 1 << 20, 19);
+    let parent = backup_bytes(&repo, dir.path(), &img, &opts("vol", 1 << 20, Compression::Optimal));
+    let pm = repo.resolve(&parent.point).unwrap();
+    let spec = PointSpec {
+        kind: bulwark_repo::PointKind::Volume,
+        name: "vol".into(),
+        source: "test".into(),
+        volume_size: 0,
+        block_size: pm.block_size,
+        compression: Compression::Optimal,
+        parent: Some(pm.id.clone()),
+        snapshot: "none".into(),
+        consistency: "crash-inconsistent".into(),
+    };
+    let w = repo.begin_point(spec.clone()).unwrap();
+    assert_eq!(w.parent(), Some(&pm.id), "the parent is pinned");
+    let err = repo.delete_point(&pm.id).unwrap_err();
+    assert!(matches!(err, bulwark_repo::RepoError::PointInUse { .. }), "{err}");
+    drop(w);
+    repo.delete_point(&pm.id).unwrap();
+    // A backup whose parent is already gone does not pretend to build on it.
+    let w = repo.begin_point(spec).unwrap();
+    assert_eq!(w.parent(), None);
+}
+
+#[test]
+fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_point() {
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(dir.path(), false);
     let bs = 1u32 << 20;
@@ -55,15 +84,16 @@ fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_parent() {
     }
     std::thread::sleep(Duration::from_millis(50));
 
-    // An incremental begins and reuses the parent's first half…
+    // A backup under another name begins and finds the point's first half already stored (it
+    // does not build on the point, so nothing pins it)…
     let spec = PointSpec {
         kind: bulwark_repo::PointKind::Volume,
-        name: "vol".into(),
+        name: "other".into(),
         source: "test".into(),
         volume_size: img.len() as u64,
         block_size: pm.block_size,
         compression: Compression::Optimal,
-        parent: Some(pm.id.clone()),
+        parent: None,
         snapshot: "none".into(),
         consistency: "crash-inconsistent".into(),
     };
@@ -131,7 +161,10 @@ fn concurrent_backups_forgets_and_gcs_keep_every_point_whole() {
                     let created: Vec<_> = points.iter().map(|m| m.created).collect();
                     for (m, keep) in points.iter().zip(bulwark_repo::retention::apply(&policy, &created)) {
                         if keep.is_empty() {
-                            repo.delete_point(&m.id).unwrap();
+                            match repo.delete_point(&m.id) {
+                                Ok(()) | Err(bulwark_repo::RepoError::PointInUse { .. }) => {}
+                                Err(e) => panic!("{e}"),
+                            }
                         }
                     }
                 }

@@ -36,6 +36,8 @@ pub enum RepoError {
     MissingChunk { repo: String, id: ChunkId },
     #[error("repository {repo}: restore point {point} is damaged: {reason}")]
     DamagedPoint { repo: String, point: String, reason: String },
+    #[error("repository {repo}: point {point} is the base of a running backup ({writer}); it can be deleted when that backup ends")]
+    PointInUse { repo: String, point: String, writer: String },
     #[error("repository {repo}: no restore point {point}")]
     NoSuchPoint { repo: String, point: String },
     #[error("repository {repo}: invalid argument: {reason}")]

@@ -2,9 +2,11 @@
 //!
 //! The scheme (mark and sweep with leases, after Proxmox Backup Server's):
 //! - A backup holds a *writer lease* from before its first chunk until its manifest is written.
-//!   Every chunk it reuses — found already stored, or referenced by its parent point — it *touches*
-//!   (sets the chunk's modification time to now) under the shared chunk lock; every chunk it
-//!   writes is new, so fresh too.
+//!   The lease names the point it builds on (its parent), and while the lease lives that point
+//!   cannot be deleted (`delete_point` and `begin_point` serialise on the point lock), so the
+//!   parent's chunks stay marked. Every other chunk it reuses — found already stored by digest —
+//!   it *touches* (sets the chunk's modification time to now) under the shared chunk lock; every
+//!   chunk it writes is new, so fresh too.
 //! - The collector reads the storage's clock (`start`), then the live leases, then every manifest
 //!   and index (mark). Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
 //!   directory at a time under the exclusive chunk lock, it deletes chunks that are unmarked *and*
@@ -48,7 +50,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     let ioe = |what: &str, e| repo.io_err(what, e);
     let start = storage.now().map_err(|e| ioe("reading the storage clock", e))?;
     let writers = storage.live_writers().map_err(|e| ioe("listing running backups", e))?;
-    let oldest = writers.iter().map(|w| w.1).min().unwrap_or(start).min(start);
+    let oldest = writers.iter().map(|w| w.started).min().unwrap_or(start).min(start);
     let cutoff = oldest.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { live_backups: writers.len(), ..Default::default() };
 
@@ -90,7 +92,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     }
 
     // Leftovers of dead backups and interrupted forgets in points/ and locks/.
-    let live: HashSet<&str> = writers.iter().map(|w| w.0.as_str()).collect();
+    let live: HashSet<&str> = writers.iter().map(|w| w.id.as_str()).collect();
     let committed: HashSet<&str> = points.iter().map(|m| m.id.as_str()).collect();
     for e in storage.list("points/").map_err(|e| ioe("listing points", e))? {
         let Some(id) = e.name.strip_suffix(".index") else { continue };

@@ -217,7 +217,24 @@ impl Repository {
         validate_name(&spec.name).map_err(|reason| RepoError::Invalid { repo: self.label(), reason })?;
         let created = Utc::now();
         let id = RestorePointId::generate(created);
-        let lease = self.storage.lease_writer(id.as_str()).map_err(|e| self.io_err("registering the backup", e))?;
+        let mut spec = spec;
+        let lease = {
+            // Pin the parent: under the shared point lock, announce it, then check it still
+            // exists. `delete_point` checks the leases under the exclusive lock, so either it saw
+            // this lease or the parent was already gone and is not used.
+            let _points = self.storage.lock_points(false).map_err(|e| self.io_err("taking the point lock", e))?;
+            let parent = spec.parent.as_ref().map(|p| p.as_str().to_string());
+            let lease = self
+                .storage
+                .lease_writer(id.as_str(), parent.as_deref())
+                .map_err(|e| self.io_err("registering the backup", e))?;
+            if let Some(p) = &spec.parent {
+                if !self.storage.exists(&p.manifest_key()).map_err(|e| self.io_err("checking the parent point", e))? {
+                    spec.parent = None;
+                }
+            }
+            lease
+        };
         let index = match spec.kind {
             PointKind::Volume => Some(self.index_writer(&id, IndexHeader::new(spec.block_size, spec.volume_size))?),
             PointKind::Files => None,
@@ -367,6 +384,11 @@ impl Repository {
     /// Deletes a point: the manifest first (the point is gone at once), then its index.
     /// Chunks are left to garbage collection; no other point is touched.
     pub fn delete_point(&self, id: &RestorePointId) -> Result<()> {
+        let _points = self.storage.lock_points(true).map_err(|e| self.io_err("taking the point lock", e))?;
+        let writers = self.storage.live_writers().map_err(|e| self.io_err("listing running backups", e))?;
+        if let Some(w) = writers.iter().find(|w| w.parent.as_deref() == Some(id.as_str())) {
+            return Err(RepoError::PointInUse { repo: self.label(), point: id.to_string(), writer: w.id.clone() });
+        }
         self.storage.delete(&id.manifest_key()).map_err(|e| self.io_err(format!("deleting manifest of {id}"), e))?;
         self.storage.sync().map_err(|e| self.io_err("syncing", e))?;
         self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))
@@ -421,6 +443,12 @@ pub struct PointWriter {
 impl PointWriter {
     pub fn id(&self) -> &RestorePointId {
         &self.id
+    }
+
+    /// The parent this point builds on, pinned until the point is committed or dropped; `None`
+    /// when there is none or it was deleted before it could be pinned.
+    pub fn parent(&self) -> Option<&RestorePointId> {
+        self.spec.parent.as_ref()
     }
 
     /// The block index of a volume point.

@@ -29,6 +29,14 @@ pub trait StagedObject: Write + Send {
 /// Held while a guarded operation runs; released on drop.
 pub trait Guard: Send {}
 
+/// A running backup as its lease describes it.
+#[derive(Debug, Clone)]
+pub struct LiveWriter {
+    pub id: String,
+    pub started: SystemTime,
+    pub parent: Option<String>,
+}
+
 /// A backup's announcement that it is writing: garbage collection spares every chunk touched
 /// since the oldest live lease began.
 pub trait WriterLease: Send {}
@@ -69,10 +77,14 @@ pub trait Storage: Send + Sync {
     fn touch_shared(&self, key: &str) -> io::Result<bool>;
     /// Exclusive side of the chunk lock: held by the collector around "stat and delete".
     fn lock_chunks_exclusive(&self) -> io::Result<Box<dyn Guard>>;
-    /// Announces a writer; the lease ends when dropped or when its process dies.
-    fn lease_writer(&self, id: &str) -> io::Result<Box<dyn WriterLease>>;
-    /// Start times of the writers alive now; leases of dead processes are cleared.
-    fn live_writers(&self) -> io::Result<Vec<(String, SystemTime)>>;
+    /// Announces a writer and the point it builds on; the lease ends when dropped or when its
+    /// process dies.
+    fn lease_writer(&self, id: &str, parent: Option<&str>) -> io::Result<Box<dyn WriterLease>>;
+    /// The writers alive now; leases of dead processes are cleared.
+    fn live_writers(&self) -> io::Result<Vec<LiveWriter>>;
+    /// The point lock: shared while a writer pins its parent, exclusive while a point is
+    /// deleted, so a point is never deleted from under a backup that builds on it.
+    fn lock_points(&self, exclusive: bool) -> io::Result<Box<dyn Guard>>;
 }
 
 /// A repository in a directory of a local filesystem.
@@ -289,7 +301,18 @@ impl Storage for LocalStorage {
         Ok(Box::new(FileGuard(f)))
     }
 
-    fn lease_writer(&self, id: &str) -> io::Result<Box<dyn WriterLease>> {
+    fn lock_points(&self, exclusive: bool) -> io::Result<Box<dyn Guard>> {
+        let f =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path("locks/points"))?;
+        if exclusive {
+            f.lock()?;
+        } else {
+            f.lock_shared()?;
+        }
+        Ok(Box::new(FileGuard(f)))
+    }
+
+    fn lease_writer(&self, id: &str, parent: Option<&str>) -> io::Result<Box<dyn WriterLease>> {
         let path = self.path(&format!("locks/writers/{id}"));
         let staged = self.path(&format!("locks/{STAGED_PREFIX}{id}-{}", unique_suffix()));
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged)?;
@@ -298,21 +321,29 @@ impl Storage for LocalStorage {
         // live lease unlocked.
         file.lock()?;
         writeln!(file, "pid {}", std::process::id())?;
+        if let Some(p) = parent {
+            writeln!(file, "parent {p}")?;
+        }
         fs::rename(&staged, &path)?;
         Ok(Box::new(LocalLease { path, _file: file }))
     }
 
-    fn live_writers(&self) -> io::Result<Vec<(String, SystemTime)>> {
+    fn live_writers(&self) -> io::Result<Vec<LiveWriter>> {
         let mut live = Vec::new();
         for e in list_dir(&self.path("locks/writers/"), |_| true)? {
             let path = self.path(&format!("locks/writers/{}", e.name));
-            let Ok(f) = File::open(&path) else { continue };
+            let Ok(mut f) = File::open(&path) else { continue };
             match f.try_lock() {
                 Ok(()) => {
                     // Its writer died (kill -9, crash): the lease is stale.
                     let _ = fs::remove_file(&path);
                 }
-                Err(_) => live.push((e.name, e.modified)),
+                Err(_) => {
+                    let mut text = String::new();
+                    let _ = f.read_to_string(&mut text);
+                    let parent = text.lines().find_map(|l| l.strip_prefix("parent ")).map(String::from);
+                    live.push(LiveWriter { id: e.name, started: e.modified, parent });
+                }
             }
         }
         Ok(live)

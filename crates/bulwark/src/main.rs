@@ -89,6 +89,10 @@ enum Command {
         /// Store swap areas and swap files (dropped by default, their header kept).
         #[arg(long)]
         keep_swap: bool,
+        /// Directories: read every file again instead of reusing unchanged files from the
+        /// previous point (stores again anything the repository lost).
+        #[arg(long)]
+        full: bool,
         /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
@@ -343,6 +347,7 @@ fn run(command: Command) -> Result<ExitCode> {
             exclude,
             keep_unused,
             keep_swap,
+            full,
             json,
         } => {
             let r = repo.open()?;
@@ -356,6 +361,7 @@ fn run(command: Command) -> Result<ExitCode> {
                         tries: snapshot_tries,
                         backoff: std::time::Duration::from_secs(snapshot_retry_wait),
                     },
+                    full,
                     ..FileBackupOptions::new("")
                 };
                 let bar = ui::spinner_bytes("backup", json);
@@ -496,13 +502,21 @@ fn run(command: Command) -> Result<ExitCode> {
             let decisions = bulwark_repo::retention::apply(&policy, &created);
             let mut rows = Vec::new();
             for (m, why) in points.iter().zip(&decisions) {
-                let keep = !why.is_empty();
+                let mut keep = !why.is_empty();
+                let mut reasons: Vec<&str> = why.iter().map(|w| w.name()).collect();
                 if !keep && !dry_run {
-                    r.delete_point(&m.id)?;
+                    match r.delete_point(&m.id) {
+                        Ok(()) => {}
+                        // A running backup builds on it: it stays until the next forget.
+                        Err(bulwark_repo::RepoError::PointInUse { .. }) => {
+                            keep = true;
+                            reasons.push("in-use");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 rows.push(serde_json::json!({
-                    "point": m.id, "created": m.created, "kept": keep,
-                    "reasons": why.iter().map(|w| w.name()).collect::<Vec<_>>(),
+                    "point": m.id, "created": m.created, "kept": keep, "reasons": reasons,
                 }));
             }
             if json {

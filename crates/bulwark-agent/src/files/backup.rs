@@ -3,8 +3,10 @@
 //! A walker thread visits the tree depth first (children sorted by name), builds each entry
 //! from `lstat`, and merges with the previous point's tree to find unchanged files. Workers read
 //! and chunk changed files. This thread puts results back in tree order, writes the tree stream
-//! in 1 MiB pieces and commits. At most [`IN_FLIGHT`] entries are between walker and writer, so
-//! memory is bounded whatever the tree's size.
+//! in 1 MiB pieces and commits. Entries travel in batches (one message per [`BATCH`] entries or
+//! [`BATCH_BYTES`] of file data: per-entry messages cost more than an unchanged file), and at
+//! most [`IN_FLIGHT`] batches are between walker and writer, so memory is bounded whatever the
+//! tree's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -31,7 +33,9 @@ use crate::snapshot::{
 };
 use crate::Progress;
 
-const IN_FLIGHT: usize = 4096;
+const IN_FLIGHT: usize = 64;
+const BATCH: usize = 64;
+const BATCH_BYTES: u64 = 8 << 20;
 const MAX_WARNINGS: usize = 100;
 const SNAPSHOT_DIR: &[u8] = b".bulwark-snapshots";
 
@@ -43,6 +47,8 @@ pub struct FileBackupOptions {
     pub exclude: Vec<String>,
     pub snapshot: SnapshotMode,
     pub retry: RetryPolicy,
+    /// Read every file, ignoring the previous point (stores again anything the repository lost).
+    pub full: bool,
 }
 
 impl FileBackupOptions {
@@ -54,6 +60,7 @@ impl FileBackupOptions {
             exclude: Vec::new(),
             snapshot: SnapshotMode::Auto,
             retry: RetryPolicy::default(),
+            full: false,
         }
     }
 }
@@ -74,7 +81,6 @@ pub struct FileBackupReport {
 }
 
 struct Job {
-    seq: u64,
     entry: TreeEntry,
     abs: PathBuf,
     reuse: Option<Vec<FileExtent>>,
@@ -82,9 +88,13 @@ struct Job {
     link_first: bool,
 }
 
+struct Batch {
+    seq: u64,
+    jobs: Vec<Job>,
+}
+
 #[derive(Default)]
 struct Outcome {
-    seq: u64,
     entry: Option<TreeEntry>,
     link_first: bool,
     unchanged: bool,
@@ -142,18 +152,14 @@ pub fn backup_files(
     }
     let root = snapshot.path.clone();
 
-    let parent = repo.latest(&opts.name)?;
-    let mut cursor: Option<TreeCursor> = None;
-    if let Some(p) = &parent {
-        if p.kind == PointKind::Files {
-            match repo.tree_cursor(p) {
-                Ok(c) => cursor = Some(c),
-                Err(e) => notes.push(format!("previous point unusable ({e}): every file read")),
-            }
-        } else {
+    let parent = if opts.full { None } else { repo.latest(&opts.name)? };
+    let parent = match parent {
+        Some(p) if p.kind != PointKind::Files => {
             notes.push(format!("previous point {} is a volume point: every file read", p.id));
+            None
         }
-    }
+        p => p,
+    };
     let spec = PointSpec {
         kind: PointKind::Files,
         name: opts.name.clone(),
@@ -161,18 +167,27 @@ pub fn backup_files(
         volume_size: 0,
         block_size: bulwark_repo::BlockSize::new(PIECE as u32).expect("valid piece size"),
         compression: opts.compression,
-        parent: cursor.as_ref().and(parent.as_ref()).map(|p| p.id.clone()),
+        parent: parent.as_ref().map(|p| p.id.clone()),
         snapshot: snapshot.provider.to_string(),
         consistency: serde_json::to_value(snapshot.consistency)
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),
     };
+    // The writer pins the parent first: its chunks then stay in the repository while this
+    // backup reuses them, without touching each one.
     let writer = repo.begin_point(spec)?;
+    let mut cursor: Option<TreeCursor> = None;
+    if let (Some(p), Some(_)) = (&parent, writer.parent()) {
+        match repo.tree_cursor(p) {
+            Ok(c) => cursor = Some(c),
+            Err(e) => notes.push(format!("previous point unusable ({e}): every file read")),
+        }
+    }
 
     let threads = opts.threads.max(1);
-    let (job_tx, job_rx) = bounded::<Job>(threads * 4);
-    let (done_tx, done_rx) = bounded::<Result<Outcome>>(threads * 4);
+    let (job_tx, job_rx) = bounded::<Batch>(threads * 2);
+    let (done_tx, done_rx) = bounded::<Result<(u64, Vec<Outcome>)>>(threads * 2);
     let (slot_tx, slot_rx) = bounded::<()>(IN_FLIGHT);
     let stop = AtomicBool::new(false);
     let exclude = Exclude::new(&opts.exclude);
@@ -194,13 +209,15 @@ pub fn backup_files(
                 cursor: cursor.take(),
                 links: HashMap::new(),
                 seq: 0,
+                batch: Vec::with_capacity(BATCH),
+                batch_bytes: 0,
                 jobs: &job_tx,
                 slots: &slot_tx,
                 stop: &stop,
                 cancel,
                 notes: &mut walk_notes,
             };
-            w.visit_root(&root)
+            w.visit_root(&root).and_then(|()| w.flush())
         });
         for _ in 0..threads {
             let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
@@ -208,56 +225,58 @@ pub fn backup_files(
         }
         drop((job_rx, done_tx));
 
-        let mut pending: BTreeMap<u64, Outcome> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Vec<Outcome>> = BTreeMap::new();
         let mut next = 0u64;
         let mut first_links: HashMap<Vec<u8>, Vec<FileExtent>> = HashMap::new();
         let collected: Result<()> = (|| {
             for r in done_rx.iter() {
-                let r = r?;
-                pending.insert(r.seq, r);
-                while let Some(o) = pending.remove(&next) {
+                let (seq, outcomes) = r?;
+                pending.insert(seq, outcomes);
+                while let Some(outcomes) = pending.remove(&next) {
                     next += 1;
                     let _ = slot_rx.recv();
-                    stats.read_bytes += o.read;
-                    stats.new_bytes += o.new;
-                    stats.stored_bytes += o.stored;
-                    if let Some(w) = o.warning {
-                        summary.warnings_total += 1;
-                        summary.status = "warning".into();
-                        if summary.warnings.len() < MAX_WARNINGS {
-                            summary.warnings.push(w);
-                        }
-                    }
-                    let Some(mut e) = o.entry else { continue };
-                    match e.kind {
-                        EntryKind::Dir => summary.dirs += 1,
-                        EntryKind::File => summary.files += 1,
-                        EntryKind::HardLink => {
-                            summary.files += 1;
-                            match first_links.get(&e.target) {
-                                Some(x) => e.extents = x.clone(),
-                                // The first link could not be read: this one becomes the file.
-                                None => e.kind = EntryKind::File,
+                    for o in outcomes {
+                        stats.read_bytes += o.read;
+                        stats.new_bytes += o.new;
+                        stats.stored_bytes += o.stored;
+                        if let Some(w) = o.warning {
+                            summary.warnings_total += 1;
+                            summary.status = "warning".into();
+                            if summary.warnings.len() < MAX_WARNINGS {
+                                summary.warnings.push(w);
                             }
                         }
-                        _ => {}
-                    }
-                    if o.unchanged {
-                        summary.unchanged_files += 1;
-                    }
-                    if e.kind == EntryKind::File {
-                        stats.source_bytes += e.size;
-                    }
-                    if o.link_first {
-                        first_links.insert(e.path.clone(), e.extents.clone());
-                    }
-                    summary.entries += 1;
-                    e.encode(&mut tree);
-                    while tree.len() >= PIECE {
-                        let rest = tree.split_off(PIECE);
-                        let piece = std::mem::replace(&mut tree, rest);
-                        stats.stored_bytes += store_piece(repo, &mut piece_codec, &piece, &mut pieces)?;
-                        tree_len += piece.len() as u64;
+                        let Some(mut e) = o.entry else { continue };
+                        match e.kind {
+                            EntryKind::Dir => summary.dirs += 1,
+                            EntryKind::File => summary.files += 1,
+                            EntryKind::HardLink => {
+                                summary.files += 1;
+                                match first_links.get(&e.target) {
+                                    Some(x) => e.extents = x.clone(),
+                                    // The first link could not be read: this one becomes the file.
+                                    None => e.kind = EntryKind::File,
+                                }
+                            }
+                            _ => {}
+                        }
+                        if o.unchanged {
+                            summary.unchanged_files += 1;
+                        }
+                        if e.kind == EntryKind::File {
+                            stats.source_bytes += e.size;
+                        }
+                        if o.link_first {
+                            first_links.insert(e.path.clone(), e.extents.clone());
+                        }
+                        summary.entries += 1;
+                        e.encode(&mut tree);
+                        while tree.len() >= PIECE {
+                            let rest = tree.split_off(PIECE);
+                            let piece = std::mem::replace(&mut tree, rest);
+                            stats.stored_bytes += store_piece(repo, &mut piece_codec, &piece, &mut pieces)?;
+                            tree_len += piece.len() as u64;
+                        }
                     }
                 }
             }
@@ -317,7 +336,9 @@ struct Walker<'a> {
     cursor: Option<TreeCursor>,
     links: HashMap<(u64, u64), Vec<u8>>,
     seq: u64,
-    jobs: &'a Sender<Job>,
+    batch: Vec<Job>,
+    batch_bytes: u64,
+    jobs: &'a Sender<Batch>,
     slots: &'a Sender<()>,
     stop: &'a AtomicBool,
     cancel: &'a AtomicBool,
@@ -337,11 +358,26 @@ impl Walker<'_> {
     }
 
     fn send(&mut self, entry: TreeEntry, abs: PathBuf, reuse: Option<Vec<FileExtent>>, link_first: bool) -> Result<()> {
+        if entry.kind == EntryKind::File && reuse.is_none() {
+            self.batch_bytes += entry.size;
+        }
+        self.batch.push(Job { entry, abs, reuse, link_first });
+        if self.batch.len() >= BATCH || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
         if self.stop.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed) {
             return Err(AgentError::Cancelled);
         }
-        if self.slots.send(()).is_err() || self.jobs.send(Job { seq: self.seq, entry, abs, reuse, link_first }).is_err()
-        {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let jobs = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.batch_bytes = 0;
+        if self.slots.send(()).is_err() || self.jobs.send(Batch { seq: self.seq, jobs }).is_err() {
             return Err(AgentError::Cancelled);
         }
         self.seq += 1;
@@ -448,16 +484,20 @@ impl Walker<'_> {
 fn worker(
     repo: &Repository,
     compression: Compression,
-    jobs: Receiver<Job>,
-    done: Sender<Result<Outcome>>,
+    batches: Receiver<Batch>,
+    done: Sender<Result<(u64, Vec<Outcome>)>>,
     progress: Progress,
 ) {
     let mut codec = repo.codec(compression);
     let (mut buf, mut encoded) = (Vec::new(), Vec::new());
-    for job in jobs.iter() {
-        let r = process(repo, &mut codec, job, &mut buf, &mut encoded, progress);
+    for batch in batches.iter() {
+        let r: Result<Vec<Outcome>> = batch
+            .jobs
+            .into_iter()
+            .map(|job| process(repo, &mut codec, job, &mut buf, &mut encoded, progress))
+            .collect();
         let failed = r.is_err();
-        if done.send(r).is_err() || failed {
+        if done.send(r.map(|o| (batch.seq, o))).is_err() || failed {
             return;
         }
     }
@@ -471,7 +511,7 @@ fn process(
     encoded: &mut Vec<u8>,
     progress: Progress,
 ) -> Result<Outcome> {
-    let mut o = Outcome { seq: job.seq, link_first: job.link_first, ..Default::default() };
+    let mut o = Outcome { link_first: job.link_first, ..Default::default() };
     let mut e = job.entry;
     // An entry-less job carries a warning.
     if e.kind == EntryKind::Fifo && e.path.is_empty() && !e.target.is_empty() {
@@ -483,17 +523,12 @@ fn process(
         return Ok(o);
     }
     if let Some(extents) = job.reuse {
-        let mut all = true;
-        for id in extents.iter().filter_map(|x| x.chunk) {
-            all &= repo.reuse_chunk(&id)?;
-        }
-        if all {
-            progress(e.size);
-            e.extents = extents;
-            o.unchanged = true;
-            o.entry = Some(e);
-            return Ok(o);
-        }
+        // The parent is pinned, so its chunks stay: no need to touch them.
+        progress(e.size);
+        e.extents = extents;
+        o.unchanged = true;
+        o.entry = Some(e);
+        return Ok(o);
     }
     let f = match std::fs::OpenOptions::new()
         .read(true)
