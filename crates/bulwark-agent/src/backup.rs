@@ -202,10 +202,7 @@ pub fn backup_volume_with(
         compression: opts.compression,
         parent: previous.as_ref().and(parent.as_ref()).map(|p| p.id.clone()),
         snapshot: snapshot.provider.to_string(),
-        consistency: serde_json::to_value(snapshot.consistency)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
+        consistency: snapshot.consistency.as_str().to_string(),
     };
     let mut writer = repo.begin_point(spec)?;
 

@@ -58,18 +58,27 @@ fn rate(bytes: u64, secs: f64) -> String {
     format!("{}/s", human((bytes as f64 / secs.max(1e-6)) as u64))
 }
 
-pub fn backup_summary(r: &BackupReport) {
-    let s = &r.stats;
-    println!("restore point {} ({}) created from {}", r.point, r.name, r.source);
-    match &r.parent {
+/// The first lines of every backup summary: what was made from what, how.
+fn point_header(
+    point: &str,
+    name: &str,
+    source: &str,
+    status: &str,
+    parent: Option<&str>,
+    snapshot: &str,
+    consistency: bulwark_agent::snapshot::Consistency,
+) {
+    println!("restore point {point} ({name}) created from {source}{status}");
+    match parent {
         Some(p) => println!("  compared with       {p}"),
         None => println!("  full backup (no previous point of this name)"),
     }
-    println!(
-        "  snapshot            {} ({})",
-        r.snapshot,
-        serde_json::to_value(r.consistency).unwrap_or_default().as_str().unwrap_or("")
-    );
+    println!("  snapshot            {snapshot} ({})", consistency.as_str());
+}
+
+pub fn backup_summary(r: &BackupReport) {
+    let s = &r.stats;
+    point_header(&r.point, &r.name, &r.source, "", r.parent.as_deref(), r.snapshot, r.consistency);
     println!(
         "  change tracking     {}",
         if r.change_tracking { "used: only changed blocks read" } else { "not used: every block read" }
@@ -196,16 +205,8 @@ pub fn gc_summary(r: &GcReport) {
 
 pub fn file_backup_summary(r: &bulwark_agent::files::FileBackupReport) {
     let (s, f) = (&r.stats, &r.summary);
-    println!("restore point {} ({}) created from {} [{}]", r.point, r.name, r.source, f.status);
-    match &r.parent {
-        Some(p) => println!("  compared with       {p}"),
-        None => println!("  full backup (no previous point of this name)"),
-    }
-    println!(
-        "  snapshot            {} ({})",
-        r.snapshot,
-        serde_json::to_value(r.consistency).unwrap_or_default().as_str().unwrap_or("")
-    );
+    let status = format!(" [{}]", f.status);
+    point_header(&r.point, &r.name, &r.source, &status, r.parent.as_deref(), r.snapshot, r.consistency);
     println!("  entries             {} ({} files, {} directories)", f.entries, f.files, f.dirs);
     println!("  unchanged files     {} (not read)", f.unchanged_files);
     println!("  file data           {}", human(s.source_bytes));

@@ -169,10 +169,7 @@ pub fn backup_files(
         compression: opts.compression,
         parent: parent.as_ref().map(|p| p.id.clone()),
         snapshot: snapshot.provider.to_string(),
-        consistency: serde_json::to_value(snapshot.consistency)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
+        consistency: snapshot.consistency.as_str().to_string(),
     };
     // The writer pins the parent first: its chunks then stay in the repository while this
     // backup reuses them, without touching each one.

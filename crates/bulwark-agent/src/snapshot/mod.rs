@@ -33,6 +33,16 @@ pub enum Consistency {
     CrashInconsistent,
 }
 
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Frozen => "frozen",
+            Consistency::CrashConsistent => "crash-consistent",
+            Consistency::CrashInconsistent => "crash-inconsistent",
+        }
+    }
+}
+
 /// A snapshot to read; released when dropped (unless kept as the base of change tracking).
 pub struct Snapshot {
     /// What to read: a clone file, a snapshot device or directory, or the live source.
