@@ -30,7 +30,9 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { overwrite: false, threads: crate::default_threads() }
+        // Twice the cores: a restore waits on reading chunks from the repository's disk as much
+        // as it computes, and more readers keep the disk busy while others decompress.
+        RestoreOptions { overwrite: false, threads: crate::default_threads() * 2 }
     }
 }
 
