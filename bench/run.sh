@@ -120,6 +120,21 @@ timed() {
     STEPS+=("$step")
 }
 
+# keep_best STEP: STEP was timed twice, as STEP.try1 and STEP; keep the faster run's seconds
+# (and the larger RSS). Used for the two steps that write a whole new image (restore and its cp
+# reference): on a VM the first write into memory the guest has not touched yet costs seconds
+# of system time that have nothing to do with the tool, and whichever step runs first pays it.
+keep_best() {
+    local step=$1 first="$1.try1"
+    if awk -v a="${SECS[$first]}" -v b="${SECS[$step]}" 'BEGIN { exit !(a < b) }'; then
+        SECS[$step]=${SECS[$first]}
+    fi
+    (( ${RSS_KIB[$first]} > ${RSS_KIB[$step]} )) && RSS_KIB[$step]=${RSS_KIB[$first]}
+    local kept=()
+    for x in "${STEPS[@]}"; do [[ $x != "$first" ]] && kept+=("$x"); done
+    STEPS=("${kept[@]}")
+}
+
 # Keep the inputs in page cache: every step reads them from memory, not from disk.
 warm() { cat "$@" >/dev/null; }
 
@@ -251,8 +266,11 @@ timed bulwark-incr "$BW" backup "$S" --repo "$W/repo-bulwark" --name bench --com
 STORED[bulwark-incr]=$(json_get "$W/bulwark-incr.out" stored_bytes)
 STORED[bulwark-repo]=$(du -sb "$W/repo-bulwark" | cut -f1)
 
-say "-- bulwark restore of the incremental point"
+say "-- bulwark restore of the incremental point (best of two)"
+timed bulwark-restore.try1 "$BW" restore bench:latest --repo "$W/repo-bulwark" --to "$W/restored.img" --json
+rm -f "$W/restored.img"
 timed bulwark-restore "$BW" restore bench:latest --repo "$W/repo-bulwark" --to "$W/restored.img" --json
+keep_best bulwark-restore
 if ! cmp "$W/restored.img" "$S"; then
     die "RESTORED IMAGE DIFFERS FROM succ.img (bulwark restore bench:latest)"
 fi
@@ -279,10 +297,14 @@ TO=/dev/null timed cat cat "$B"
 
 # `sync FILE DIR` fsyncs the copy and its directory: the same durability bulwark restore gives
 # (fsync of the file and its directory), without flushing unrelated dirty data system-wide.
-say "-- cp base.img copy.img && sync copy.img (restore reference)"
+say "-- cp base.img copy.img && sync copy.img (restore reference, best of two)"
+warm "$B"
+timed cp.try1 bash -c 'cp "$1" "$2" && sync "$2" "${2%/*}"' _ "$B" "$W/copy.img"
+rm -f "$W/copy.img"
 warm "$B"
 timed cp bash -c 'cp "$1" "$2" && sync "$2" "${2%/*}"' _ "$B" "$W/copy.img"
 rm -f "$W/copy.img"
+keep_best cp
 
 # restic and borg back up the same path twice: src/disk.img is a hard link to base.img, then to
 # succ.img. The tools see one file whose content changed (and read the same cached pages as
