@@ -118,18 +118,22 @@ pub fn points_table(points: &[Manifest]) {
         return;
     }
     println!(
-        "{:<24} {:<20} {:<20} {:>10} {:>10} {:>6}  source",
-        "point", "name", "created (UTC)", "volume", "stored", "block"
+        "{:<24} {:<20} {:<7} {:<20} {:>10} {:>10} {:>6}  source",
+        "point", "name", "kind", "created (UTC)", "size", "stored", "block"
     );
     for m in points {
         println!(
-            "{:<24} {:<20} {:<20} {:>10} {:>10} {:>6}  {}",
+            "{:<24} {:<20} {:<7} {:<20} {:>10} {:>10} {:>6}  {}",
             m.id.as_str(),
             m.name,
+            match m.kind {
+                bulwark_repo::PointKind::Volume => "volume",
+                bulwark_repo::PointKind::Files => "files",
+            },
             m.created.format("%Y-%m-%d %H:%M:%S"),
-            human(m.volume_size),
+            human(if m.kind == bulwark_repo::PointKind::Files { m.stats.source_bytes } else { m.volume_size }),
             human(m.stats.stored_bytes),
-            m.block_size.to_string(),
+            if m.kind == bulwark_repo::PointKind::Files { "-".to_string() } else { m.block_size.to_string() },
             m.source
         );
     }
