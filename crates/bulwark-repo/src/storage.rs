@@ -130,7 +130,11 @@ fn unique_suffix() -> String {
     format!("{}-{}", std::process::id(), hex::encode(r))
 }
 
+/// Objects at least this large start their writeback when committed.
+const EARLY_WRITEBACK: u64 = 256 << 10;
+
 struct LocalStaged {
+    written: u64,
     file: Option<File>,
     tmp: PathBuf,
     dest: PathBuf,
@@ -138,10 +142,14 @@ struct LocalStaged {
 
 impl Write for LocalStaged {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.as_mut().expect("not committed").write(buf)
+        let n = self.file.as_mut().expect("not committed").write(buf)?;
+        self.written += n as u64;
+        Ok(n)
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.as_mut().expect("not committed").write_all(buf)
+        self.file.as_mut().expect("not committed").write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -153,9 +161,10 @@ impl StagedObject for LocalStaged {
         let file = self.file.take().expect("committed once");
         if durable {
             file.sync_all()?;
-        } else {
+        } else if self.written >= EARLY_WRITEBACK {
             // Start writeback now, so the sync before the manifest finds little left to do and
             // disk writes overlap the backup's work; the pages also leave the cache once clean.
+            // Small objects are left to the kernel, which batches them better than one IO each.
             let _ = rustix::fs::fadvise(&file, 0, 0, rustix::fs::Advice::DontNeed);
         }
         drop(file);
@@ -220,7 +229,7 @@ impl Storage for LocalStorage {
         let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
         let tmp = dest.with_file_name(format!("{STAGED_PREFIX}{name}-{}", unique_suffix()));
         let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        Ok(Box::new(LocalStaged { file: Some(file), tmp, dest }))
+        Ok(Box::new(LocalStaged { written: 0, file: Some(file), tmp, dest }))
     }
 
     fn touch(&self, key: &str) -> io::Result<bool> {
