@@ -160,6 +160,9 @@ pub fn backup_volume_with(
         }
     }
 
+    let mut file_ranges = Vec::new();
+    let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, &mut notes, &mut file_ranges);
+
     // Change tracking, trusted only when it provably describes the change since `parent`.
     let tracking = (snapshot.provider == "reflink" && opts.cbt != CbtMode::None)
         .then(|| TrackingFiles::for_image(source, &opts.name));
@@ -174,8 +177,18 @@ pub fn backup_volume_with(
             Ok(st) if st.volume_size != size || st.block_size != bs.bytes() => {
                 Err("the volume's size or the block size changed".to_string())
             }
-            Ok(_) => File::open(&t.base)
+            Ok(st) if st.filters != opts.filters.describe() => Err("the filter settings changed".to_string()),
+            Ok(st) => File::open(&t.base)
                 .and_then(|base| changed_between(&base, &volume.file, size, bs.bytes() as u64))
+                .map(|mut c| {
+                    // Blocks of excluded or swap files, then or now, are read again: a file can
+                    // move in or out of an exclusion without its blocks moving.
+                    let now = file_ranges.iter().map(|r| (r.start, r.end));
+                    for (a, b) in st.file_ranges.iter().copied().chain(now) {
+                        c.mark_bytes(a, b, bs.bytes() as u64);
+                    }
+                    c
+                })
                 .map_err(|e| format!("cannot map extents ({e})")),
             Err(e) => Err(e),
         },
@@ -191,7 +204,6 @@ pub fn backup_volume_with(
             None
         }
     };
-    let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, &mut notes);
 
     let spec = PointSpec {
         kind: bulwark_repo::PointKind::Volume,
@@ -327,7 +339,13 @@ pub fn backup_volume_with(
     let provider_name = snapshot.provider;
     match tracking {
         Some(t) => {
-            let state = TrackingState { point: manifest.id.to_string(), volume_size: size, block_size: bs.bytes() };
+            let state = TrackingState {
+                point: manifest.id.to_string(),
+                volume_size: size,
+                block_size: bs.bytes(),
+                filters: opts.filters.describe(),
+                file_ranges: file_ranges.iter().map(|r| (r.start, r.end)).collect(),
+            };
             if let Err(e) = t.advance(&snapshot.keep(), &state) {
                 t.clear();
                 notes.push(format!("change tracking state not saved ({e}): the next backup reads every block"));

@@ -299,3 +299,51 @@ fn excluded_globs_are_not_backed_up() {
     bulwark_agent::files::list_tree(&repo, &m, None, |e| paths.push(e.path_lossy())).unwrap();
     assert_eq!(paths, vec!["", "home", "home/ann", "home/ann/keep", "var"]);
 }
+
+/// A point whose tree was crafted to escape the target: `../` paths, absolute paths and paths
+/// through a symlink are refused, and nothing lands outside the target.
+#[test]
+fn crafted_trees_cannot_restore_outside_the_target() {
+    use bulwark_repo::tree::{EntryKind, TreeEntry};
+    use bulwark_repo::{BlockSize, Compression, FileSummary, PointKind, PointSpec, PointStats};
+    for evil in [
+        vec![TreeEntry::new(EntryKind::Dir, vec![]), TreeEntry::new(EntryKind::Fifo, b"../escaped".to_vec())],
+        vec![TreeEntry::new(EntryKind::Dir, vec![]), TreeEntry::new(EntryKind::Fifo, b"/escaped".to_vec())],
+        vec![
+            TreeEntry::new(EntryKind::Dir, vec![]),
+            {
+                let mut l = TreeEntry::new(EntryKind::Symlink, b"a".to_vec());
+                l.target = b"..".to_vec();
+                l
+            },
+            TreeEntry::new(EntryKind::Fifo, b"a/escaped".to_vec()),
+        ],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(dir.path(), false);
+        let mut stream = Vec::new();
+        for e in &evil {
+            e.encode(&mut stream);
+        }
+        let spec = PointSpec {
+            kind: PointKind::Files,
+            name: "evil".into(),
+            source: "crafted".into(),
+            volume_size: 0,
+            block_size: BlockSize::new(1 << 20).unwrap(),
+            compression: Compression::None,
+            parent: None,
+            snapshot: "none".into(),
+            consistency: "crash-inconsistent".into(),
+        };
+        let w = repo.begin_point(spec).unwrap();
+        let mut codec = repo.codec(Compression::None);
+        let id = codec.digest(&stream);
+        repo.put_chunk(&id, &codec.encode(&id, &stream)).unwrap();
+        let m = w.commit_files(&[id], stream.len() as u64, PointStats::default(), FileSummary::default()).unwrap();
+        let out = dir.path().join("deep/out");
+        let err = restore_files(&repo, &m, &out, &FileRestoreOptions::default(), &|_| {}, &NO_CANCEL).unwrap_err();
+        assert!(err.to_string().contains("outside its directory"), "{err}");
+        assert!(!dir.path().join("deep/escaped").exists() && !Path::new("/escaped").exists());
+    }
+}

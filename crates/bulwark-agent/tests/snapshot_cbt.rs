@@ -251,3 +251,26 @@ fn stale_snapshots_of_dead_backups_are_removed_at_the_next_start() {
     assert!(!stale.exists());
     assert!(r.notes.iter().any(|n| n.contains("removed stale snapshot")), "{:?}", r.notes);
 }
+
+#[test]
+fn a_file_moved_out_of_an_exclusion_is_stored_by_the_next_cbt_backup() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(rig.fs().join("scratch")).unwrap();
+    let data = random_bytes(3 << 20, 42);
+    std::fs::write(rig.fs().join("scratch/keepme"), &data).unwrap();
+    let opts = BackupOptions {
+        filters: FilterOptions { exclude: vec!["/scratch".into()], ..FilterOptions::default() },
+        ..rig.opts()
+    };
+    let first = backup_volume(&rig.repo, &rig.image, &opts, &|_| {}, &NO_CANCEL).unwrap();
+    assert!(first.filtered.excluded_bytes >= 3 << 20, "{:?}", first.filtered);
+    // A rename moves no data blocks: only the exclusion changes.
+    std::fs::rename(rig.fs().join("scratch/keepme"), rig.fs().join("keepme")).unwrap();
+    let second = backup_volume(&rig.repo, &rig.image, &opts, &|_| {}, &NO_CANCEL).unwrap();
+    assert!(second.change_tracking, "{:?}", second.notes);
+    let m = rig.repo.resolve(&second.point).unwrap();
+    let img = rig.dir.path().join("second.img");
+    bulwark_agent::restore_volume(&rig.repo, &m, &img, &Default::default(), &|_| {}, &NO_CANCEL).unwrap();
+    let mounted = bulwark_testkit::mount_read_only(&img);
+    assert!(std::fs::read(mounted.path().join("keepme")).unwrap() == data, "the moved file's data was stored");
+}

@@ -8,7 +8,7 @@
 //!   it *touches* (sets the chunk's modification time to now) under the shared chunk lock; every
 //!   chunk it writes is new, so fresh too.
 //! - The collector reads the storage's clock (`start`), then the live leases, then every manifest
-//!   and index (mark). Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
+//!   and index (mark), holding the shared point lock so no point is deleted while it marks. Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
 //!   directory at a time under the exclusive chunk lock, it deletes chunks that are unmarked *and*
 //!   older than the cutoff (sweep).
 //! - Why that is safe: a backup that committed before the collector listed manifests is marked.
@@ -57,6 +57,11 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     // Mark. A damaged point stops the collection: without its index we cannot tell which chunks
     // it needs, and deleting them would turn a repairable point into a lost one.
     let mut marked: HashSet<ChunkId> = HashSet::new();
+    // The shared point lock keeps every point listed here (and every parent a running backup
+    // reuses chunks from) from being deleted until marking is done; otherwise a point that
+    // commits meanwhile could lose its parent, and with it the only marked reference to the
+    // chunks it reused.
+    let points_guard = storage.lock_points(false).map_err(|e| ioe("taking the point lock", e))?;
     let points = repo.list_points()?;
     report.points = points.len();
     for m in &points {
@@ -64,6 +69,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
             marked.insert(id);
         })?;
     }
+    drop(points_guard);
     report.referenced_chunks = marked.len();
 
     // Sweep.

@@ -239,7 +239,8 @@ impl Repository {
             PointKind::Volume => Some(self.index_writer(&id, IndexHeader::new(spec.block_size, spec.volume_size))?),
             PointKind::Files => None,
         };
-        Ok(PointWriter { repo: self.clone(), id, created, spec, index, _lease: lease })
+        let sync = self.storage.sync_point().map_err(|e| self.io_err("opening the repository for sync", e))?;
+        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, _lease: lease })
     }
 
     fn index_writer(&self, id: &RestorePointId, header: IndexHeader) -> Result<BlockIndexWriter> {
@@ -437,6 +438,7 @@ pub struct PointWriter {
     spec: PointSpec,
     /// The block index of a volume point, written as blocks arrive.
     index: Option<BlockIndexWriter>,
+    sync: Box<dyn crate::storage::SyncPoint>,
     _lease: Box<dyn WriterLease>,
 }
 
@@ -513,7 +515,7 @@ impl PointWriter {
             json
         };
         // Everything the manifest refers to must be on disk before the manifest is.
-        repo.storage.sync().map_err(|e| repo.io_err("syncing chunks and index", e))?;
+        self.sync.sync().map_err(|e| repo.io_err("syncing chunks and index", e))?;
         repo.storage
             .put(&self.id.manifest_key(), &body, true)
             .map_err(|e| repo.io_err(format!("writing manifest of {}", self.id), e))?;

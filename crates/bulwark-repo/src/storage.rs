@@ -26,6 +26,20 @@ pub trait StagedObject: Write + Send {
     fn commit(self: Box<Self>, durable: bool) -> io::Result<()>;
 }
 
+/// See [`Storage::sync_point`].
+pub trait SyncPoint: Send {
+    fn sync(&self) -> io::Result<()>;
+}
+
+struct LocalSyncPoint(File);
+
+impl SyncPoint for LocalSyncPoint {
+    fn sync(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.0)?;
+        Ok(())
+    }
+}
+
 /// Held while a guarded operation runs; released on drop.
 pub trait Guard: Send {}
 
@@ -72,6 +86,10 @@ pub trait Storage: Send + Sync {
     fn now(&self) -> io::Result<SystemTime>;
     /// Makes everything committed so far durable.
     fn sync(&self) -> io::Result<()>;
+    /// A handle whose `sync` reports every write-back error since the handle was taken, even
+    /// one another process's sync has already seen: taken when a backup starts, synced before
+    /// its manifest.
+    fn sync_point(&self) -> io::Result<Box<dyn SyncPoint>>;
     /// [`Storage::touch`] under the shared side of the chunk lock, so a collector holding the
     /// exclusive side never sees the object old and then deletes it after it was touched.
     fn touch_shared(&self, key: &str) -> io::Result<bool>;
@@ -302,6 +320,11 @@ impl Storage for LocalStorage {
             f.unlock()?;
             touched
         })
+    }
+
+    fn sync_point(&self) -> io::Result<Box<dyn SyncPoint>> {
+        // syncfs reports errors recorded since this descriptor was opened.
+        Ok(Box::new(LocalSyncPoint(File::open(&self.root)?)))
     }
 
     fn lock_chunks_exclusive(&self) -> io::Result<Box<dyn Guard>> {

@@ -131,6 +131,10 @@ pub struct TrackingState {
     pub point: String,
     pub volume_size: u64,
     pub block_size: u32,
+    /// The filter settings of that backup ([`crate::filter::FilterOptions::describe`]).
+    pub filters: String,
+    /// Byte ranges that backup dropped for belonging to excluded or swap files.
+    pub file_ranges: Vec<(u64, u64)>,
 }
 
 /// Where the base clone and its state live: beside the image (a clone must stay on the image's

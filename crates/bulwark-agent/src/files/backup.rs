@@ -251,8 +251,20 @@ pub fn backup_files(
                                 summary.files += 1;
                                 match first_links.get(&e.target) {
                                     Some(x) => e.extents = x.clone(),
-                                    // The first link could not be read: this one becomes the file.
-                                    None => e.kind = EntryKind::File,
+                                    // The first link could not be read, so neither was this
+                                    // one's content: leave it out rather than store zeroes.
+                                    None => {
+                                        summary.warnings_total += 1;
+                                        summary.status = "warning".into();
+                                        if summary.warnings.len() < MAX_WARNINGS {
+                                            summary.warnings.push(format!(
+                                                "{}: skipped, a hard link of {} which could not be read",
+                                                e.path_lossy(),
+                                                String::from_utf8_lossy(&e.target)
+                                            ));
+                                        }
+                                        continue;
+                                    }
                                 }
                             }
                             _ => {}

@@ -152,6 +152,29 @@ pub fn restore_files(
                 warn(&mut report, w);
             }
         }
+        // A tree from the repository is authenticated, but restore must stay inside the target
+        // whatever the records say: only plain relative paths, and only under a directory this
+        // restore created (a symlink of the tree or of the target never leads outside).
+        let unsafe_path =
+            |p: &[u8]| p.starts_with(b"/") || p.split(|&c| c == b'/').any(|c| c.is_empty() || c == b"." || c == b"..");
+        let parent_ok = match e.path.iter().rposition(|&c| c == b'/') {
+            _ if e.path.is_empty() => true,
+            Some(i) => open_dirs.last().is_some_and(|(_, d)| d.path == e.path[..i]),
+            None => open_dirs.last().is_some_and(|(_, d)| d.path.is_empty()),
+        };
+        if (!e.path.is_empty() && unsafe_path(&e.path))
+            || (e.kind == EntryKind::HardLink && unsafe_path(&e.target))
+            || !parent_ok
+        {
+            return Err(bulwark_repo::RepoError::DamagedPoint {
+                repo: repo.label(),
+                point: m.id.to_string(),
+                reason: format!(
+                    "tree entry {:?} would restore outside its directory; the restore stopped there",
+                    e.path_lossy()
+                ),
+            });
+        }
         let dest = if e.path.is_empty() { target.to_path_buf() } else { target.join(OsStr::from_bytes(&e.path)) };
         let outcome = restore_entry(
             repo,
@@ -221,18 +244,29 @@ fn restore_entry(
     report: &mut FileRestoreReport,
 ) -> std::result::Result<(), Fail> {
     let io = |what: &'static str| move |err: std::io::Error| Fail::Io(what, err);
-    if overwrite && e.kind != EntryKind::Dir && !e.path.is_empty() && std::fs::symlink_metadata(dest).is_ok() {
+    let replace = |dest: &Path| -> std::result::Result<(), Fail> {
         match std::fs::symlink_metadata(dest) {
-            Ok(md) if md.is_dir() => std::fs::remove_dir_all(dest).map_err(io("cannot replace"))?,
-            _ => std::fs::remove_file(dest).map_err(io("cannot replace"))?,
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(dest).map_err(io("cannot replace")),
+            Ok(_) => std::fs::remove_file(dest).map_err(io("cannot replace")),
+            Err(_) => Ok(()),
         }
+    };
+    // A regular file replaces what is there only once it is whole (below); anything else is
+    // created in place.
+    let writes_file = matches!(e.kind, EntryKind::File) || (e.kind == EntryKind::HardLink && !sel.covers(&e.target));
+    if overwrite && e.kind != EntryKind::Dir && !e.path.is_empty() && !writes_file {
+        replace(dest)?;
     }
     match e.kind {
         EntryKind::Dir => {
             if !e.path.is_empty() {
                 match std::fs::create_dir(dest) {
                     Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && overwrite && dest.is_dir() => {}
+                    // An existing directory, not a symlink to one: children must land inside.
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::AlreadyExists
+                            && overwrite
+                            && std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) => {}
                     Err(err) => return Err(Fail::Io("cannot create directory", err)),
                 }
             }
@@ -242,11 +276,17 @@ fn restore_entry(
             report.files += 1;
         }
         EntryKind::File | EntryKind::HardLink => {
+            let name = dest.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+            let mut tmp_name = b".".to_vec();
+            tmp_name.extend_from_slice(&name);
+            tmp_name.extend_from_slice(format!(".bulwark-restore-{}", std::process::id()).as_bytes());
+            let tmp = dest.with_file_name(OsStr::from_bytes(&tmp_name));
+            let mut staged = Staged(Some(tmp.clone()));
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(dest)
+                .open(&tmp)
                 .map_err(io("cannot create"))?;
             // Holes stay holes: only extents with content are written.
             f.set_len(e.size).map_err(io("cannot size"))?;
@@ -264,6 +304,12 @@ fn restore_entry(
                 report.written_bytes += x.length;
                 progress(x.length);
             }
+            drop(f);
+            if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+                replace(dest)?;
+            }
+            std::fs::rename(&tmp, dest).map_err(io("cannot move into place"))?;
+            staged.0 = None;
             report.files += 1;
             if e.kind == EntryKind::HardLink {
                 // Restored as a file of its own (its first link was not selected): metadata too.
@@ -286,4 +332,15 @@ fn restore_entry(
         }
     }
     Ok(())
+}
+
+/// A file being restored under a temporary name; removed unless moved into place.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

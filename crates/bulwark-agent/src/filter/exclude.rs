@@ -106,7 +106,12 @@ const KEEP_FLAGS: u32 = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x2000;
 
 fn file_extents(path: &Path, offset: u64, skip_head: u64, out: &mut Vec<Range<u64>>) -> Result<(), String> {
     let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let md = f.metadata().map_err(|e| e.to_string())?;
+    // Another name of the same inode may lie outside the exclusion: its data must stay.
+    if std::os::unix::fs::MetadataExt::nlink(&md) > 1 {
+        return Ok(());
+    }
+    let len = md.len();
     for e in fiemap(&f, 0, len.max(1)).map_err(|e| format!("FIEMAP of {} failed: {e}", path.display()))? {
         if e.flags & KEEP_FLAGS != 0 {
             continue;
@@ -148,9 +153,13 @@ pub type FileRanges = (Vec<Range<u64>>, Vec<Range<u64>>);
 pub fn file_ranges(snapshot: &Path, part: &Part, exclude: &[String], swap: bool) -> Result<FileRanges, String> {
     let m = ReadOnlyMount::new(snapshot, part)?;
     let mut excluded = Vec::new();
+    // Paths are resolved by the host: one that leads outside the mounted snapshot (through an
+    // absolute symlink in the guest) names blocks of another filesystem, and is ignored.
+    let root = std::fs::canonicalize(&m.dir).unwrap_or_else(|_| m.dir.clone());
+    let inside = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(&root));
     for p in exclude {
         let path = m.dir.join(p.trim_start_matches('/'));
-        if std::fs::symlink_metadata(&path).is_ok() {
+        if std::fs::symlink_metadata(&path).is_ok() && inside(&path) {
             walk(&path, part.offset, &mut excluded)?;
         }
     }
@@ -161,7 +170,7 @@ pub fn file_ranges(snapshot: &Path, part: &Part, exclude: &[String], swap: bool)
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() >= 3 && f[2] == "swap" && f[0].starts_with('/') && !f[0].starts_with("/dev/") {
                 let path = m.dir.join(f[0].trim_start_matches('/'));
-                if path.is_file() {
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) && inside(&path) {
                     file_extents(&path, part.offset, 4096, &mut swapfiles)?;
                 }
             }

@@ -32,6 +32,17 @@ pub fn check_clean(path: &Path, offset: u64) -> Result<(), String> {
     if le32(&sb, 0x60) & INCOMPAT_RECOVER != 0 {
         return Err("its journal needs recovery".into());
     }
+    not_dirty_without_journal(&sb)
+}
+
+/// A filesystem without a journal is only consistent on disk when it was cleanly unmounted
+/// (or frozen): its state says so.
+fn not_dirty_without_journal(sb: &[u8]) -> Result<(), String> {
+    const COMPAT_HAS_JOURNAL: u32 = 0x4;
+    const STATE_VALID: u16 = 0x1;
+    if le32(sb, 0x5C) & COMPAT_HAS_JOURNAL == 0 && le16(sb, 0x3A) & STATE_VALID == 0 {
+        return Err("it has no journal and was not cleanly unmounted".into());
+    }
     Ok(())
 }
 
@@ -76,6 +87,7 @@ impl Ext4UnusedFilter {
         if incompat & INCOMPAT_RECOVER != 0 {
             return Err("its journal needs recovery, so its bitmaps may be stale".into());
         }
+        not_dirty_without_journal(&sb)?;
         if incompat & INCOMPAT_META_BG != 0 {
             return Err("meta_bg layout is not supported by the filter".into());
         }

@@ -62,6 +62,11 @@ pub struct FilterOptions {
 }
 
 impl FilterOptions {
+    /// What the options are, for noticing a change between two backups.
+    pub fn describe(&self) -> String {
+        format!("unused={} swap={} exclude={:?}", self.unused, self.swap, self.exclude)
+    }
+
     pub fn all() -> Self {
         FilterOptions { unused: true, swap: true, exclude: Vec::new() }
     }
@@ -74,6 +79,7 @@ pub fn filters_for(
     consistency: Consistency,
     opts: &FilterOptions,
     notes: &mut Vec<String>,
+    file_ranges: &mut Vec<Range<u64>>,
 ) -> Vec<Box<dyn BlockFilter>> {
     let mut out: Vec<Box<dyn BlockFilter>> = Vec::new();
     if !opts.unused && !opts.swap && opts.exclude.is_empty() {
@@ -131,6 +137,10 @@ pub fn filters_for(
             }
         }
     }
+    // Ranges dropped because of which file they belong to: change tracking cannot see a file
+    // move in or out of an exclusion (its blocks stay put), so it re-reads these.
+    file_ranges.extend(excluded.iter().cloned());
+    file_ranges.extend(extra.iter().cloned());
     if !excluded.is_empty() {
         out.push(Box::new(ExcludeFilter::new("excluded", excluded)));
     }
