@@ -120,3 +120,18 @@ fn damaged_chunk_is_stored_again_by_the_next_backup() {
     assert_same(&restore_bytes(&repo, dir.path(), &bad), &img, "the old point heals too");
     assert!(verify(&repo, Selection::All, 2, &|_| {}).unwrap().ok);
 }
+
+#[test]
+fn an_empty_chunk_left_by_a_power_cut_is_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), false);
+    let img = bulwark_testkit::mixed_bytes(4 * BS as usize, BS as usize, 31);
+    // What a power cut during an uncommitted backup can leave: the name, without the content.
+    let block = &img[..BS as usize];
+    assert!(block.iter().any(|&b| b != 0), "the first block holds data");
+    let id = repo.codec(Compression::Optimal).digest(block);
+    std::fs::write(dir.path().join("repo").join(id.key()), b"").unwrap();
+    let r = backup_bytes(&repo, dir.path(), &img, &opts("vol", BS, Compression::Optimal));
+    assert_same(&restore_bytes(&repo, dir.path(), &r.point), &img, "point over an empty chunk");
+    assert!(verify(&repo, Selection::All, 2, &|_| {}).unwrap().ok);
+}

@@ -16,6 +16,8 @@ const MAGIC: &[u8; 4] = b"BWC1";
 const CODEC_RAW: u8 = 0;
 const CODEC_LZ4: u8 = 1;
 const CODEC_ZSTD: u8 = 2;
+/// The smallest stored chunk: magic, codec and length.
+pub const MIN_STORED_LEN: u64 = 9;
 /// The largest plaintext a chunk may hold; guards decompression against forged lengths.
 pub const MAX_CHUNK_LEN: usize = 16 << 20;
 

@@ -204,7 +204,15 @@ impl Repository {
     /// Only meaningful inside a [`PointWriter`]'s lifetime (its lease is what protects the chunk
     /// from a concurrent garbage collection).
     pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
-        self.storage.touch_shared(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))
+        let key = id.key();
+        if !self.storage.touch_shared(&key).map_err(|e| self.io_err(format!("touching chunk {id}"), e))? {
+            return Ok(false);
+        }
+        // A chunk is made durable with its point, after it became visible: after a power cut
+        // during a backup that never committed, its name can survive with no content. Such a
+        // chunk counts as absent, so this backup writes it again.
+        let len = self.storage.size(&key).map_err(|e| self.io_err(format!("reading chunk {id}"), e))?;
+        Ok(len >= crate::chunk::MIN_STORED_LEN)
     }
 
     /// Stores an encoded chunk (see [`ChunkCodec::encode`]). Durable at the point's commit.

@@ -76,6 +76,8 @@ pub trait Storage: Send + Sync {
     /// Marks an existing object as in use now (for the collector's grace rule); `false` if absent.
     fn touch(&self, key: &str) -> io::Result<bool>;
     fn exists(&self, key: &str) -> io::Result<bool>;
+    /// The size of an object (0 when absent).
+    fn size(&self, key: &str) -> io::Result<u64>;
     /// Objects directly under a prefix ending in `/`; staged objects are not listed.
     fn list(&self, prefix: &str) -> io::Result<Vec<Entry>>;
     /// Staged objects under a prefix left behind by writers that died, with their age.
@@ -268,6 +270,14 @@ impl Storage for LocalStorage {
 
     fn exists(&self, key: &str) -> io::Result<bool> {
         self.path(key).try_exists()
+    }
+
+    fn size(&self, key: &str) -> io::Result<u64> {
+        match fs::symlink_metadata(self.path(key)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
