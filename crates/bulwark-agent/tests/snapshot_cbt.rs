@@ -74,6 +74,15 @@ impl Rig {
         assert_same(&got, &snap, &r.point);
     }
 
+    /// Snapshot clones still beside the image.
+    fn snapshots_left(&self) -> usize {
+        std::fs::read_dir(self.xfs.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".bulwark-snap-"))
+            .count()
+    }
+
     fn write_files(&self, round: u64, count: u64) {
         for i in 0..count {
             let path = self.fs().join(format!("f{}", (round * 7 + i) % 40));
@@ -107,12 +116,7 @@ fn cbt_incrementals_restore_identical_under_random_writes() {
         assert!(r.stats.read_bytes < IMAGE_SIZE / 4, "round {round}: read {} of {IMAGE_SIZE}", r.stats.read_bytes);
         rig.assert_point_is_snapshot(&r);
     }
-    let snaps: Vec<_> = std::fs::read_dir(rig.xfs.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".bulwark-snap-"))
-        .collect();
-    assert!(snaps.is_empty(), "no snapshot is left behind");
+    assert_eq!(rig.snapshots_left(), 0, "no snapshot is left behind");
 }
 
 #[test]
@@ -233,12 +237,7 @@ fn snapshot_retries_are_logged_and_exhaustion_leaves_nothing() {
     assert!(matches!(err, AgentError::Snapshot { .. }), "{err}");
     assert!(err.to_string().contains("failed 3 times"), "{err}");
     assert_eq!(rig.repo.list_points().unwrap().len(), points_before);
-    let leftovers: Vec<_> = std::fs::read_dir(rig.xfs.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".bulwark-snap-"))
-        .collect();
-    assert!(leftovers.is_empty());
+    assert_eq!(rig.snapshots_left(), 0);
 }
 
 #[test]

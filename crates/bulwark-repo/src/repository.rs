@@ -331,25 +331,9 @@ impl Repository {
 
     /// Streams the entries of a file point's tree, in tree order, to `f`.
     pub fn read_tree(&self, m: &Manifest, mut f: impl FnMut(TreeEntry) -> Result<()>) -> Result<()> {
-        let damaged = |reason: String| RepoError::DamagedPoint { repo: self.label(), point: m.id.to_string(), reason };
-        if m.kind != PointKind::Files {
-            return Err(RepoError::Invalid {
-                repo: self.label(),
-                reason: format!("point {} is not a file-level point", m.id),
-            });
-        }
-        let mut index = self.open_index(m)?;
-        let mut codec = self.codec(Compression::None);
-        let mut splitter = RecordSplitter::default();
-        while let Some(r) = index.next_block().map_err(|e| self.io_err(format!("reading index of {}", m.id), e))? {
-            let BlockRef::Chunk(id) = r else { return Err(damaged("a tree piece is marked zero".into())) };
-            let piece = self.read_chunk(&mut codec, &id)?;
-            for e in splitter.feed(&piece).map_err(|e| damaged(format!("tree unreadable: {e}")))? {
-                f(e)?;
-            }
-        }
-        if !splitter.is_clean() {
-            return Err(damaged("the tree ends inside a record".into()));
+        let mut cursor = self.tree_cursor(m)?;
+        while let Some(e) = cursor.next_entry()? {
+            f(e)?;
         }
         Ok(())
     }

@@ -80,7 +80,15 @@ pub struct FileBackupReport {
     pub notes: Vec<String>,
 }
 
-struct Job {
+// Nearly every job is an entry: boxing it to shrink the rare warning would allocate per entry.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Entry(EntryJob),
+    /// Something the walker could not back up, reported in order with the entries.
+    Warning(String),
+}
+
+struct EntryJob {
     entry: TreeEntry,
     abs: PathBuf,
     reuse: Option<Vec<FileExtent>>,
@@ -237,35 +245,28 @@ pub fn backup_files(
                         stats.new_bytes += o.new;
                         stats.stored_bytes += o.stored;
                         if let Some(w) = o.warning {
-                            summary.warnings_total += 1;
-                            summary.status = "warning".into();
-                            if summary.warnings.len() < MAX_WARNINGS {
-                                summary.warnings.push(w);
-                            }
+                            add_warning(&mut summary, w);
                         }
                         let Some(mut e) = o.entry else { continue };
                         match e.kind {
                             EntryKind::Dir => summary.dirs += 1,
                             EntryKind::File => summary.files += 1,
                             EntryKind::HardLink => {
-                                summary.files += 1;
                                 match first_links.get(&e.target) {
                                     Some(x) => e.extents = x.clone(),
                                     // The first link could not be read, so neither was this
                                     // one's content: leave it out rather than store zeroes.
                                     None => {
-                                        summary.warnings_total += 1;
-                                        summary.status = "warning".into();
-                                        if summary.warnings.len() < MAX_WARNINGS {
-                                            summary.warnings.push(format!(
-                                                "{}: skipped, a hard link of {} which could not be read",
-                                                e.path_lossy(),
-                                                String::from_utf8_lossy(&e.target)
-                                            ));
-                                        }
+                                        let w = format!(
+                                            "{}: skipped, a hard link of {} which could not be read",
+                                            e.path_lossy(),
+                                            String::from_utf8_lossy(&e.target)
+                                        );
+                                        add_warning(&mut summary, w);
                                         continue;
                                     }
                                 }
+                                summary.files += 1;
                             }
                             _ => {}
                         }
@@ -328,6 +329,15 @@ pub fn backup_files(
     })
 }
 
+/// Counts a warning and keeps the first [`MAX_WARNINGS`] for the report.
+fn add_warning(summary: &mut FileSummary, w: String) {
+    summary.warnings_total += 1;
+    summary.status = "warning".into();
+    if summary.warnings.len() < MAX_WARNINGS {
+        summary.warnings.push(w);
+    }
+}
+
 fn store_piece(repo: &Repository, codec: &mut ChunkCodec, piece: &[u8], pieces: &mut Vec<ChunkId>) -> Result<u64> {
     let id = codec.digest(piece);
     pieces.push(id);
@@ -370,7 +380,11 @@ impl Walker<'_> {
         if entry.kind == EntryKind::File && reuse.is_none() {
             self.batch_bytes += entry.size;
         }
-        self.batch.push(Job { entry, abs, reuse, link_first });
+        self.push(Job::Entry(EntryJob { entry, abs, reuse, link_first }))
+    }
+
+    fn push(&mut self, job: Job) -> Result<()> {
+        self.batch.push(job);
         if self.batch.len() >= BATCH || self.batch_bytes >= BATCH_BYTES {
             self.flush()?;
         }
@@ -393,11 +407,8 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// A warning travels as an entry-less job so it lands in order with the others.
     fn warn(&mut self, what: String) -> Result<()> {
-        let mut e = TreeEntry::new(EntryKind::Fifo, Vec::new());
-        e.target = what.into_bytes();
-        self.send(e, PathBuf::new(), None, false)
+        self.push(Job::Warning(what))
     }
 
     fn previous(&mut self, rel: &[u8]) -> Option<TreeEntry> {
@@ -520,13 +531,12 @@ fn process(
     encoded: &mut Vec<u8>,
     progress: Progress,
 ) -> Result<Outcome> {
+    let job = match job {
+        Job::Entry(j) => j,
+        Job::Warning(w) => return Ok(Outcome { warning: Some(w), ..Default::default() }),
+    };
     let mut o = Outcome { link_first: job.link_first, ..Default::default() };
     let mut e = job.entry;
-    // An entry-less job carries a warning.
-    if e.kind == EntryKind::Fifo && e.path.is_empty() && !e.target.is_empty() {
-        o.warning = Some(String::from_utf8_lossy(&e.target).into_owned());
-        return Ok(o);
-    }
     if e.kind != EntryKind::File {
         o.entry = Some(e);
         return Ok(o);

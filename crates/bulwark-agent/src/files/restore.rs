@@ -43,6 +43,15 @@ pub struct FileRestoreReport {
     pub warnings: Vec<String>,
 }
 
+impl FileRestoreReport {
+    /// Keeps the first hundred warnings.
+    fn warn(&mut self, w: String) {
+        if self.warnings.len() < 100 {
+            self.warnings.push(w);
+        }
+    }
+}
+
 struct Selection(Vec<Vec<u8>>);
 
 impl Selection {
@@ -131,11 +140,6 @@ pub fn restore_files(
     let (mut stored, mut block) = (Vec::new(), Vec::new());
     // Directories whose metadata is applied when the walk leaves them.
     let mut open_dirs: Vec<(PathBuf, TreeEntry)> = Vec::new();
-    let warn = |report: &mut FileRestoreReport, w: String| {
-        if report.warnings.len() < 100 {
-            report.warnings.push(w);
-        }
-    };
     repo.read_tree(m, |e| {
         if cancel.load(Ordering::Relaxed) {
             return Err(bulwark_repo::RepoError::Invalid { repo: repo.label(), reason: "cancelled".into() });
@@ -149,7 +153,7 @@ pub fn restore_files(
             }
             let (p, d) = open_dirs.pop().expect("not empty");
             if let Err(w) = apply(&p, &d) {
-                warn(&mut report, w);
+                report.warn(w);
             }
         }
         // A tree from the repository is authenticated, but restore must stay inside the target
@@ -210,14 +214,14 @@ pub fn restore_files(
             open_dirs.push((dest, e));
         } else if e.kind != EntryKind::HardLink {
             if let Err(w) = apply(&dest, &e) {
-                warn(&mut report, w);
+                report.warn(w);
             }
         }
         Ok(())
     })?;
     while let Some((p, d)) = open_dirs.pop() {
         if let Err(w) = apply(&p, &d) {
-            warn(&mut report, w);
+            report.warn(w);
         }
     }
     report.duration_s = started.elapsed().as_secs_f64();
@@ -314,7 +318,7 @@ fn restore_entry(
             if e.kind == EntryKind::HardLink {
                 // Restored as a file of its own (its first link was not selected): metadata too.
                 if let Err(w) = apply(dest, e) {
-                    report.warnings.push(w);
+                    report.warn(w);
                 }
             }
         }

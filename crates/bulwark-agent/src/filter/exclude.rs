@@ -68,15 +68,7 @@ impl ReadOnlyMount {
         )?
         .trim()
         .to_string();
-        let r: [u8; 4] = bulwark_repo::crypto::random_bytes();
-        let dir = std::env::temp_dir().join(format!(
-            "bulwark-ro-{}-{:02x}{:02x}{:02x}{:02x}",
-            std::process::id(),
-            r[0],
-            r[1],
-            r[2],
-            r[3]
-        ));
+        let dir = std::env::temp_dir().join(format!("bulwark-ro-{}", crate::snapshot::owned_tag()));
         let mut m = ReadOnlyMount { dir, device, mounted: false };
         std::fs::create_dir(&m.dir).map_err(|e| format!("cannot create a mount point: {e}"))?;
         let opts = match part.fs {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{pid_alive, run_tool, Consistency, Snapshot, SnapshotProvider};
+use super::{owned_tag, pid_alive, run_tool, Consistency, Snapshot, SnapshotProvider};
 
 pub struct BtrfsProvider;
 
@@ -23,8 +23,7 @@ impl SnapshotProvider for BtrfsProvider {
     fn create(&self, source: &Path) -> Result<Snapshot, String> {
         let dir = Self::snapshot_dir(source);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let r: [u8; 4] = bulwark_repo::crypto::random_bytes();
-        let dest = dir.join(format!("{}-{}", std::process::id(), hex_lower(&r)));
+        let dest = dir.join(owned_tag());
         run_tool(Command::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(source).arg(&dest))?;
         let d = dest.clone();
         let release =
@@ -46,8 +45,4 @@ impl SnapshotProvider for BtrfsProvider {
         }
         removed
     }
-}
-
-pub(crate) fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::btrfs::hex_lower;
-use super::{pid_alive, run_tool, Consistency, Snapshot, SnapshotProvider};
+use super::{owned_tag, pid_alive, run_tool, Consistency, Snapshot, SnapshotProvider};
 
 pub struct LvmProvider;
 
@@ -41,8 +40,7 @@ impl SnapshotProvider for LvmProvider {
 
     fn create(&self, source: &Path) -> Result<Snapshot, String> {
         let (vg, lv, thin) = Self::vg_lv(source)?;
-        let r: [u8; 4] = bulwark_repo::crypto::random_bytes();
-        let name = format!("bulwark-snap-{}-{}", std::process::id(), hex_lower(&r));
+        let name = format!("bulwark-snap-{}", owned_tag());
         let mut cmd = Command::new("lvcreate");
         cmd.args(["--snapshot", "--name", &name]);
         if thin {

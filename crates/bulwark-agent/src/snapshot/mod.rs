@@ -224,6 +224,13 @@ pub fn create_with_retries(
     Err(format!("{} snapshot of {} failed {tries} times; last error: {last}", provider.name(), source.display()))
 }
 
+/// `PID-RANDOM`: names what this process creates, unique, and tells a later start whether its
+/// maker is still alive.
+pub(crate) fn owned_tag() -> String {
+    let r: [u8; 4] = bulwark_repo::crypto::random_bytes();
+    format!("{}-{}", std::process::id(), r.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
 /// Whether process `pid` is alive (stale snapshots carry the pid of the backup that made them).
 pub(crate) fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

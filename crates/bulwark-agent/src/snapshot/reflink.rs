@@ -6,8 +6,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::btrfs::hex_lower;
-use super::{pid_alive, Consistency, Snapshot, SnapshotProvider};
+use super::{owned_tag, pid_alive, Consistency, Snapshot, SnapshotProvider};
 
 pub struct ReflinkProvider;
 
@@ -59,8 +58,7 @@ impl SnapshotProvider for ReflinkProvider {
 
     fn create(&self, source: &Path) -> Result<Snapshot, String> {
         let dir = source.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let r: [u8; 4] = bulwark_repo::crypto::random_bytes();
-        let dest = dir.join(format!("{}{}-{}", Self::prefix(source), std::process::id(), hex_lower(&r)));
+        let dest = dir.join(format!("{}{}", Self::prefix(source), owned_tag()));
         let mounts = mounts_backed_by(source);
         let frozen = Frozen::freeze(&mounts)?;
         let cloned = clone_file(source, &dest);
