@@ -167,10 +167,6 @@ impl ChunkCodec {
         ChunkCodec { keys, compression, zstd, unzstd, scratch: Vec::new() }
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     pub fn digest(&self, block: &[u8]) -> ChunkId {
         ChunkId(self.keys.chunk_digest(block))
     }

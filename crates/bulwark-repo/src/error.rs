@@ -1,7 +1,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::{ChunkId, RestorePointId};
+use crate::ChunkId;
 
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
@@ -42,13 +42,4 @@ pub enum RepoError {
     NoSuchPoint { repo: String, point: String },
     #[error("repository {repo}: invalid argument: {reason}")]
     Invalid { repo: String, reason: String },
-    #[error("repository {repo}: point {point} was written with a block size of {found}, not {expected}")]
-    BlockSizeMismatch { repo: String, point: RestorePointId, found: u32, expected: u32 },
-}
-
-impl RepoError {
-    /// True when the underlying cause is the repository's filesystem running out of space.
-    pub fn is_storage_full(&self) -> bool {
-        matches!(self, RepoError::Io { source, .. } if source.raw_os_error() == Some(28))
-    }
 }

@@ -75,12 +75,4 @@ impl ChangedBlocks {
     pub fn is_changed(&self, block: u64) -> bool {
         block >= self.blocks || self.bits[(block / 64) as usize] & (1 << (block % 64)) != 0
     }
-
-    pub fn count(&self) -> u64 {
-        self.bits.iter().map(|w| w.count_ones() as u64).sum()
-    }
-
-    pub fn blocks(&self) -> u64 {
-        self.blocks
-    }
 }
