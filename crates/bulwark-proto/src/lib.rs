@@ -1,0 +1,29 @@
+//! Bulwark's internal wire protocol and the identities that secure it.
+//!
+//! `pb` is generated from `proto/bulwark.proto`. `pki` is the certificate authority and the
+//! nodes' certificates; `tls` turns them into mutual-TLS listeners and channels for tonic.
+
+pub mod pki;
+pub mod tls;
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("bulwark.v1");
+}
+
+/// The protocol version this build speaks. Bumped on any incompatible change to `pb`.
+pub const PROTOCOL: u32 = 1;
+
+/// Refuses a peer that speaks another protocol version, naming both.
+pub fn check_protocol(peer: u32, peer_kind: &str) -> Result<(), tonic::Status> {
+    if peer == PROTOCOL {
+        return Ok(());
+    }
+    let advice = if peer < PROTOCOL { "upgrade it" } else { "upgrade this node" };
+    Err(tonic::Status::failed_precondition(format!(
+        "protocol mismatch: the {peer_kind} speaks Bulwark protocol {peer}, this node speaks {PROTOCOL}; {advice}"
+    )))
+}
+
+/// Bulwark's version, reported by nodes.
+pub const SOFTWARE: &str = concat!("bulwark ", env!("CARGO_PKG_VERSION"));
