@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bulwark_repo::index::BlockIndexReader;
-use bulwark_repo::{BlockRef, BlockSize, ChunkCodec, Compression, PointSpec, PointStats, Repository};
+use bulwark_repo::{BlockRef, BlockSize, ChunkCodec, ChunkId, Compression, PointSpec, PointStats};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
@@ -30,6 +30,7 @@ use crate::error::{AgentError, Result};
 use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
 use crate::snapshot::{create_with_retries, provider_for, Consistency, RetryPolicy, SnapshotMode, SnapshotProvider};
 use crate::source::open_source;
+use crate::target::BackupTarget;
 use crate::Progress;
 
 /// Bytes read from the source per read call (and per unit of work): large sequential reads.
@@ -111,7 +112,7 @@ struct BatchResult {
 
 /// Backs up `source` (a block device or an image file) into `repo` as a new restore point.
 pub fn backup_volume(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     source: &Path,
     opts: &BackupOptions,
     progress: Progress,
@@ -124,7 +125,7 @@ pub fn backup_volume(
 
 /// [`backup_volume`] with a given snapshot provider.
 pub fn backup_volume_with(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     source: &Path,
     opts: &BackupOptions,
     provider: &dyn SnapshotProvider,
@@ -307,7 +308,7 @@ pub fn backup_volume_with(
                 pending.insert(r.seq, r);
                 while let Some(r) = pending.remove(&next) {
                     for b in &r.refs {
-                        writer.index().push(b).map_err(|e| repo_io(repo, "writing the block index", e))?;
+                        writer.push_block(b)?;
                     }
                     stats.read_bytes += r.read;
                     stats.zero_bytes += r.zero;
@@ -373,12 +374,12 @@ pub fn backup_volume_with(
     })
 }
 
-fn repo_io(repo: &Repository, what: &str, e: std::io::Error) -> AgentError {
+fn repo_io(repo: &dyn BackupTarget, what: &str, e: std::io::Error) -> AgentError {
     AgentError::Repo(bulwark_repo::RepoError::Io { repo: repo.label(), what: what.into(), source: e })
 }
 
 fn worker(
-    repo: &Repository,
+    target: &dyn BackupTarget,
     opts: &BackupOptions,
     source: &File,
     size: u64,
@@ -386,60 +387,131 @@ fn worker(
     done: Sender<Result<BatchResult>>,
     pool: Sender<Vec<u8>>,
 ) {
-    let mut codec = repo.codec(opts.compression);
+    let mut codec = target.codec(opts.compression);
     let bs = opts.block_size.bytes() as u64;
     let (mut scratch, mut encoded) = (Vec::new(), Vec::new());
     for mut batch in work.iter() {
         let mut r = BatchResult { seq: batch.seq, ..Default::default() };
-        let outcome = (|| -> Result<()> {
-            for (i, prev) in batch.previous.iter().enumerate() {
-                let block = batch.first_block + i as u64;
-                let from = block * bs;
-                let len = bs.min(size - from);
-                r.covered += len;
-                if batch.known {
-                    match prev {
-                        Some(BlockRef::Zero) => {
-                            r.zero += len;
-                            r.refs.push(BlockRef::Zero);
-                            continue;
-                        }
-                        Some(BlockRef::Chunk(id)) if repo.reuse_chunk(id)? => {
-                            r.unchanged += len;
-                            r.refs.push(BlockRef::Chunk(*id));
-                            continue;
-                        }
-                        // Tracked as unchanged, but the repository lost the chunk: read it again.
-                        _ => {
-                            scratch.resize(len as usize, 0);
-                            source.read_exact_at(&mut scratch, from).map_err(|e| AgentError::Source {
-                                path: "snapshot".into(),
-                                what: format!("read failed at offset {from}"),
-                                source: e,
-                            })?;
-                            r.read += len;
-                            zero_ranges(&mut scratch, from, &batch.drop);
-                            let b = classify(repo, &mut codec, &scratch, *prev, &mut r, &mut encoded)?;
-                            r.refs.push(b);
-                        }
-                    }
-                } else {
-                    let at = (i as u64 * bs) as usize;
-                    let data = &mut batch.data[at..at + len as usize];
-                    r.read += len;
-                    zero_ranges(data, from, &batch.drop);
-                    let b = classify(repo, &mut codec, data, *prev, &mut r, &mut encoded)?;
-                    r.refs.push(b);
-                }
-            }
-            Ok(())
-        })();
+        let mut blocks = BlockRun { target, codec: &mut codec, bs, size, drop: &batch.drop, encoded: &mut encoded };
+        let outcome = if batch.known {
+            blocks.known(source, batch.first_block, &batch.previous, &mut scratch, &mut r)
+        } else {
+            blocks.store(&mut batch.data, batch.first_block, &batch.previous, &mut r)
+        };
         if !batch.known {
             let _ = pool.send(std::mem::take(&mut batch.data));
         }
         if done.send(outcome.map(|()| r)).is_err() {
             return;
         }
+    }
+}
+
+/// One worker's view of the blocks of a batch.
+struct BlockRun<'a> {
+    target: &'a dyn BackupTarget,
+    codec: &'a mut ChunkCodec,
+    bs: u64,
+    size: u64,
+    /// Byte ranges (volume offsets) a restore does not need.
+    drop: &'a [Range<u64>],
+    encoded: &'a mut Vec<u8>,
+}
+
+impl BlockRun<'_> {
+    fn len(&self, block: u64) -> u64 {
+        self.bs.min(self.size - block * self.bs)
+    }
+
+    /// Blocks change tracking says are unchanged: their previous chunks are asked about in one
+    /// query (which also keeps them); a block whose chunk the repository lost is read again.
+    fn known(
+        &mut self,
+        source: &File,
+        first: u64,
+        previous: &[Option<BlockRef>],
+        scratch: &mut Vec<u8>,
+        r: &mut BatchResult,
+    ) -> Result<()> {
+        let ids: Vec<ChunkId> =
+            previous.iter().filter_map(|p| if let Some(BlockRef::Chunk(id)) = p { Some(*id) } else { None }).collect();
+        let mut have = self.target.have_chunks(&ids)?.into_iter();
+        for (i, prev) in previous.iter().enumerate() {
+            let block = first + i as u64;
+            let len = self.len(block);
+            match prev {
+                Some(BlockRef::Zero) => {
+                    r.covered += len;
+                    r.zero += len;
+                    r.refs.push(BlockRef::Zero);
+                    continue;
+                }
+                Some(BlockRef::Chunk(id)) if have.next() == Some(true) => {
+                    r.covered += len;
+                    r.unchanged += len;
+                    r.refs.push(BlockRef::Chunk(*id));
+                    continue;
+                }
+                _ => {}
+            }
+            let from = block * self.bs;
+            scratch.resize(len as usize, 0);
+            source.read_exact_at(scratch, from).map_err(|e| AgentError::Source {
+                path: "snapshot".into(),
+                what: format!("read failed at offset {from}"),
+                source: e,
+            })?;
+            self.store(scratch, block, std::slice::from_ref(prev), r)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks read from the snapshot (`data` holds them from block `first` on): zero blocks
+    /// recognised, the rest hashed and asked about in one query, and those the repository
+    /// lacks compressed and stored.
+    fn store(&mut self, data: &mut [u8], first: u64, previous: &[Option<BlockRef>], r: &mut BatchResult) -> Result<()> {
+        let mut refs = vec![BlockRef::Zero; previous.len()];
+        let mut ids: Vec<(usize, ChunkId)> = Vec::with_capacity(previous.len());
+        for (i, slot) in refs.iter_mut().enumerate() {
+            let block = first + i as u64;
+            let (at, len) = ((i as u64 * self.bs) as usize, self.len(block));
+            let bytes = &mut data[at..at + len as usize];
+            r.covered += len;
+            r.read += len;
+            zero_ranges(bytes, block * self.bs, self.drop);
+            if is_zero(bytes) {
+                r.zero += len;
+                continue;
+            }
+            let id = self.codec.digest(bytes);
+            *slot = BlockRef::Chunk(id);
+            ids.push((i, id));
+        }
+        let query: Vec<ChunkId> = ids.iter().map(|(_, id)| *id).collect();
+        let have = self.target.have_chunks(&query)?;
+        let mut stored: Vec<ChunkId> = Vec::new();
+        for (&(i, id), present) in ids.iter().zip(have) {
+            let len = self.len(first + i as u64);
+            if present {
+                // Reusing a chunk keeps it from a concurrent garbage collection until commit.
+                if previous[i] == Some(BlockRef::Chunk(id)) {
+                    r.unchanged += len;
+                }
+                continue;
+            }
+            // The same content twice in one batch is stored once.
+            if stored.contains(&id) {
+                continue;
+            }
+            let at = (i as u64 * self.bs) as usize;
+            self.codec.encode_into(&id, &data[at..at + len as usize], self.encoded);
+            self.target.put_chunk(&id, self.encoded)?;
+            stored.push(id);
+            r.new += len;
+            r.stored += self.encoded.len() as u64;
+        }
+        r.refs.extend(refs);
+        Ok(())
     }
 }
 
@@ -452,36 +524,6 @@ fn zero_ranges(data: &mut [u8], at: u64, ranges: &[Range<u64>]) {
             data[(s - at) as usize..(e - at) as usize].fill(0);
         }
     }
-}
-
-/// Decides what one block is, storing it if the repository lacks it.
-fn classify(
-    repo: &Repository,
-    codec: &mut ChunkCodec,
-    block: &[u8],
-    previous: Option<BlockRef>,
-    r: &mut BatchResult,
-    encoded: &mut Vec<u8>,
-) -> Result<BlockRef> {
-    let len = block.len() as u64;
-    if is_zero(block) {
-        r.zero += len;
-        return Ok(BlockRef::Zero);
-    }
-    let id = codec.digest(block);
-    // Reusing a chunk (unchanged, or stored by anyone before) touches it, which is what keeps a
-    // concurrent garbage collection from sweeping it before this point commits.
-    if repo.reuse_chunk(&id)? {
-        if previous == Some(BlockRef::Chunk(id)) {
-            r.unchanged += len;
-        }
-        return Ok(BlockRef::Chunk(id));
-    }
-    codec.encode_into(&id, block, encoded);
-    repo.put_chunk(&id, encoded)?;
-    r.new += len;
-    r.stored += encoded.len() as u64;
-    Ok(BlockRef::Chunk(id))
 }
 
 /// Zero test at memory speed: the compiler vectorises the 16-byte compare.

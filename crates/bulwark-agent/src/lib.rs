@@ -10,13 +10,16 @@ pub mod change_tracking;
 mod error;
 pub mod files;
 pub mod filter;
+pub mod inventory;
 pub mod restore;
 pub mod snapshot;
 pub mod source;
+pub mod target;
 
 pub use backup::{backup_volume, backup_volume_with, BackupOptions, BackupReport};
 pub use error::{AgentError, Result};
 pub use restore::{restore_volume, RestoreOptions, RestoreReport};
+pub use target::{BackupTarget, PointSink};
 
 /// Receives the number of bytes just processed; called from worker threads.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);

@@ -102,7 +102,7 @@ fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_point() {
         if let BlockRef::Chunk(id) = r {
             assert!(repo.reuse_chunk(id).unwrap());
         }
-        w.index().push(r).unwrap();
+        w.push_block(r).unwrap();
     }
     // …while the parent is forgotten and a collection runs.
     repo.delete_point(&pm.id).unwrap();
@@ -118,7 +118,7 @@ fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_point() {
                 repo.put_chunk(id, &codec.encode(id, block)).unwrap();
             }
         }
-        w.index().push(r).unwrap();
+        w.push_block(r).unwrap();
     }
     let m = w.commit(PointStats::default()).unwrap();
     assert!(verify(&repo, Selection::All, 2, &|_| {}).unwrap().ok, "nothing the new point needs was swept");

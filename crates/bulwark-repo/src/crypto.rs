@@ -39,7 +39,7 @@ pub struct KeyFile {
 /// The repository's secret material; `None` for an unencrypted repository.
 #[derive(Clone)]
 pub struct Keys {
-    seal: Option<(Aes256Gcm, [u8; 32])>,
+    seal: Option<(Aes256Gcm, [u8; 32], Box<[u8; 64]>)>,
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -73,11 +73,18 @@ impl Keys {
         Ok((keys, wrap(&master, password, params)?))
     }
 
-    fn from_master(master: &[u8; 64]) -> Keys {
+    /// Keys from a master key handed over by a data mover (see [`Keys::master_key`]).
+    pub fn from_master(master: &[u8; 64]) -> Keys {
         let cipher = Aes256Gcm::new_from_slice(&master[..32]).expect("32-byte key");
         let mut id_key = [0u8; 32];
         id_key.copy_from_slice(&master[32..]);
-        Keys { seal: Some((cipher, id_key)) }
+        Keys { seal: Some((cipher, id_key, Box::new(*master))) }
+    }
+
+    /// The master key, for a data mover to hand to the agent it serves (over mutual TLS), so
+    /// that the agent encrypts at the source and never needs the password.
+    pub fn master_key(&self) -> Option<[u8; 64]> {
+        self.seal.as_ref().map(|s| *s.2)
     }
 
     /// Unwraps the master key; `None` means the password is wrong (or the key file was altered).
@@ -105,7 +112,7 @@ impl Keys {
     /// The digest that names a chunk.
     pub fn chunk_digest(&self, data: &[u8]) -> [u8; 32] {
         match &self.seal {
-            Some((_, k)) => *blake3::keyed_hash(k, data).as_bytes(),
+            Some((_, k, _)) => *blake3::keyed_hash(k, data).as_bytes(),
             None => *blake3::hash(data).as_bytes(),
         }
     }
@@ -114,14 +121,14 @@ impl Keys {
     /// the key holder can forge one.
     pub fn object_hasher(&self) -> blake3::Hasher {
         match &self.seal {
-            Some((_, k)) => blake3::Hasher::new_keyed(&blake3::derive_key("bulwark 2026 object authentication", k)),
+            Some((_, k, _)) => blake3::Hasher::new_keyed(&blake3::derive_key("bulwark 2026 object authentication", k)),
             None => blake3::Hasher::new(),
         }
     }
 
     /// Seals `plain` bound to `aad`: nonce ‖ ciphertext ‖ tag. Identity when unencrypted.
     pub fn seal(&self, aad: &[u8], plain: Vec<u8>) -> Vec<u8> {
-        let Some((cipher, _)) = &self.seal else { return plain };
+        let Some((cipher, _, _)) = &self.seal else { return plain };
         let nonce: [u8; NONCE_LEN] = random_bytes();
         let ct = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad })
@@ -134,7 +141,7 @@ impl Keys {
 
     /// Opens what [`Keys::seal`] sealed; `None` when the bytes were altered or bound to other `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let Some((cipher, _)) = &self.seal else { return Some(sealed.to_vec()) };
+        let Some((cipher, _, _)) = &self.seal else { return Some(sealed.to_vec()) };
         if sealed.len() < NONCE_LEN + TAG_LEN {
             return None;
         }

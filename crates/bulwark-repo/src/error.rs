@@ -42,4 +42,7 @@ pub enum RepoError {
     NoSuchPoint { repo: String, point: String },
     #[error("repository {repo}: invalid argument: {reason}")]
     Invalid { repo: String, reason: String },
+    /// The repository is across the network (a data mover) and the exchange failed.
+    #[error("{repo}: {reason}")]
+    Remote { repo: String, reason: String },
 }

@@ -206,8 +206,18 @@ impl BlockIndexReader {
     /// so no caller ever acts on an entry of a damaged index. `expected` is the authenticator the
     /// manifest recorded.
     pub fn open(storage: &dyn Storage, key: &str, keys: &Keys, expected: &[u8; 32]) -> Result<Self, String> {
+        Self::open_with(&|| storage.open_read(key), keys, expected)
+    }
+
+    /// [`BlockIndexReader::open`] over any source that can be read twice (a file a data mover
+    /// sent, say): once to authenticate, once to read.
+    pub fn open_with(
+        open: &dyn Fn() -> io::Result<Box<dyn Read + Send>>,
+        keys: &Keys,
+        expected: &[u8; 32],
+    ) -> Result<Self, String> {
         let io_err = |e: io::Error| format!("cannot read index: {e}");
-        let mut input = BufReader::with_capacity(1 << 16, storage.open_read(key).map_err(io_err)?);
+        let mut input = BufReader::with_capacity(1 << 16, open().map_err(io_err)?);
         let mut h = [0u8; HEADER_LEN as usize];
         input.read_exact(&mut h).map_err(|_| "index is truncated (no header)".to_string())?;
         let header = IndexHeader::decode(&h)?;
@@ -232,7 +242,7 @@ impl BlockIndexReader {
         if *hasher.finalize().as_bytes() != auth || auth != *expected {
             return Err("index fails authentication (altered, or not this point's)".into());
         }
-        let mut input = BufReader::with_capacity(1 << 16, storage.open_read(key).map_err(io_err)?);
+        let mut input = BufReader::with_capacity(1 << 16, open().map_err(io_err)?);
         input.read_exact(&mut h).map_err(io_err)?;
         Ok(BlockIndexReader { input, header, next: 0 })
     }

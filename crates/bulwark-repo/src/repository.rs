@@ -346,14 +346,9 @@ impl Repository {
                 reason: format!("point {} is not a file-level point", m.id),
             });
         }
-        Ok(TreeCursor {
-            repo: self.clone(),
-            point: m.id.to_string(),
-            index: self.open_index(m)?,
-            codec: self.codec(Compression::None),
-            splitter: RecordSplitter::default(),
-            ready: std::collections::VecDeque::new(),
-        })
+        let (repo, mut codec) = (self.clone(), self.codec(Compression::None));
+        let fetch = Box::new(move |id: &ChunkId| repo.read_chunk(&mut codec, id));
+        Ok(TreeCursor::new(self.label(), m, self.open_index(m)?, fetch))
     }
 
     /// Every chunk a point references: its index entries and, for a file point, its files'
@@ -408,7 +403,7 @@ fn manifest_aad(id: &RestorePointId) -> String {
 }
 
 /// What a new restore point is of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PointSpec {
     pub kind: PointKind,
     pub name: String,
@@ -445,9 +440,10 @@ impl PointWriter {
         self.spec.parent.as_ref()
     }
 
-    /// The block index of a volume point.
-    pub fn index(&mut self) -> &mut BlockIndexWriter {
-        self.index.as_mut().expect("a volume point has a block index")
+    /// Appends the next block's entry to a volume point's index.
+    pub fn push_block(&mut self, r: &BlockRef) -> Result<()> {
+        let index = self.index.as_mut().expect("a volume point has a block index");
+        index.push(r).map_err(|e| self.repo.io_err("writing the block index", e))
     }
 
     /// Commits a file point whose tree stream (`tree_len` bytes) was stored as `pieces`.
@@ -523,21 +519,38 @@ impl Manifest {
 
 /// Reads a file point's tree entry by entry, a piece at a time.
 pub struct TreeCursor {
-    repo: Repository,
+    label: String,
     point: String,
     index: BlockIndexReader,
-    codec: ChunkCodec,
+    fetch: PieceFetch,
     splitter: RecordSplitter,
     ready: std::collections::VecDeque<TreeEntry>,
 }
 
+/// Reads (and authenticates, and decodes) one tree piece by its chunk id.
+pub type PieceFetch = Box<dyn FnMut(&ChunkId) -> Result<Vec<u8>> + Send>;
+
 impl TreeCursor {
+    /// A cursor over the tree of point `m`, whose (authenticated) index is `index`, reading
+    /// pieces with `fetch`: from a repository here, or through a data mover.
+    pub fn new(label: String, m: &Manifest, index: BlockIndexReader, fetch: PieceFetch) -> TreeCursor {
+        TreeCursor {
+            label,
+            point: m.id.to_string(),
+            index,
+            fetch,
+            splitter: RecordSplitter::default(),
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
     /// The next entry without consuming it.
     pub fn peek(&mut self) -> Result<Option<&TreeEntry>> {
         while self.ready.is_empty() {
             let damaged =
-                |reason: String| RepoError::DamagedPoint { repo: self.repo.label(), point: self.point.clone(), reason };
-            match self.index.next_block().map_err(|e| self.repo.io_err("reading a tree index", e))? {
+                |reason: String| RepoError::DamagedPoint { repo: self.label.clone(), point: self.point.clone(), reason };
+            let io_err = |e| RepoError::Io { repo: self.label.clone(), what: "reading a tree index".into(), source: e };
+            match self.index.next_block().map_err(io_err)? {
                 None => {
                     if !self.splitter.is_clean() {
                         return Err(damaged("the tree ends inside a record".into()));
@@ -546,7 +559,7 @@ impl TreeCursor {
                 }
                 Some(BlockRef::Zero) => return Err(damaged("a tree piece is marked zero".into())),
                 Some(BlockRef::Chunk(id)) => {
-                    let piece = self.repo.read_chunk(&mut self.codec, &id)?;
+                    let piece = (self.fetch)(&id)?;
                     let entries = self.splitter.feed(&piece).map_err(|e| damaged(format!("tree unreadable: {e}")))?;
                     self.ready.extend(entries);
                 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use bulwark_repo::tree::{tree_order, EntryKind, FileExtent, TreeEntry, PIECE};
 use bulwark_repo::{
-    ChunkCodec, ChunkId, Compression, FileSummary, PointKind, PointSpec, PointStats, Repository, TreeCursor,
+    ChunkCodec, ChunkId, Compression, FileSummary, PointKind, PointSpec, PointStats, TreeCursor,
 };
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
@@ -31,6 +31,7 @@ use crate::error::{AgentError, Result};
 use crate::snapshot::{
     create_with_retries, BtrfsProvider, Consistency, NoSnapshot, RetryPolicy, SnapshotMode, SnapshotProvider,
 };
+use crate::target::BackupTarget;
 use crate::Progress;
 
 const IN_FLIGHT: usize = 64;
@@ -121,7 +122,7 @@ fn is_btrfs_subvolume(dir: &Path) -> bool {
 
 /// Backs up the directory `source` as a file-level restore point.
 pub fn backup_files(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     source: &Path,
     opts: &FileBackupOptions,
     progress: Progress,
@@ -338,10 +339,10 @@ fn add_warning(summary: &mut FileSummary, w: String) {
     }
 }
 
-fn store_piece(repo: &Repository, codec: &mut ChunkCodec, piece: &[u8], pieces: &mut Vec<ChunkId>) -> Result<u64> {
+fn store_piece(repo: &dyn BackupTarget, codec: &mut ChunkCodec, piece: &[u8], pieces: &mut Vec<ChunkId>) -> Result<u64> {
     let id = codec.digest(piece);
     pieces.push(id);
-    if repo.reuse_chunk(&id)? {
+    if repo.has_chunk(&id)? {
         return Ok(0);
     }
     let stored = codec.encode(&id, piece);
@@ -502,7 +503,7 @@ impl Walker<'_> {
 }
 
 fn worker(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     compression: Compression,
     batches: Receiver<Batch>,
     done: Sender<Result<(u64, Vec<Outcome>)>>,
@@ -524,7 +525,7 @@ fn worker(
 }
 
 fn process(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     codec: &mut ChunkCodec,
     job: Job,
     buf: &mut Vec<u8>,
@@ -577,7 +578,7 @@ fn process(
             }
             let id = codec.digest(data);
             let stored = (|| -> Result<u64> {
-                if repo.reuse_chunk(&id)? {
+                if repo.has_chunk(&id)? {
                     return Ok(0);
                 }
                 codec.encode_into(&id, data, encoded);

@@ -1,0 +1,96 @@
+//! Where a backup goes. The pipelines in [`crate::backup`] and [`crate::files`] write through
+//! [`BackupTarget`]: a repository opened on this computer (`bulwark backup`) or a data mover
+//! across the network ([`crate::remote`]), which stores what the agent sends.
+//!
+//! The interface is what a round trip can afford: chunk queries come in batches, uploads need
+//! no answer, and the index streams in order.
+
+use bulwark_repo::index::BlockIndexReader;
+use bulwark_repo::{
+    BlockRef, ChunkCodec, ChunkId, Compression, FileSummary, Manifest, PointSpec, PointStats, PointWriter,
+    Repository, RestorePointId, Result, TreeCursor,
+};
+
+pub trait BackupTarget: Sync {
+    /// Names the target in messages.
+    fn label(&self) -> String;
+    fn codec(&self, compression: Compression) -> ChunkCodec;
+    /// The newest point of a backup name.
+    fn latest(&self, name: &str) -> Result<Option<Manifest>>;
+    fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader>;
+    fn tree_cursor(&self, m: &Manifest) -> Result<TreeCursor>;
+    /// For each id, whether the repository has that chunk; those it has are kept for the point
+    /// being written (a concurrent garbage collection will not sweep them).
+    fn have_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.have_chunks(std::slice::from_ref(id))?[0])
+    }
+    /// Stores an encoded chunk. May return before it is stored; a failure then surfaces at a
+    /// later call or at the commit, which never succeeds without every chunk.
+    fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()>;
+    fn begin_point(&self, spec: PointSpec) -> Result<Box<dyn PointSink + '_>>;
+}
+
+/// A restore point being written; dropped without a commit, it leaves nothing visible.
+pub trait PointSink: Send {
+    /// The parent, pinned while the point is written; `None` if there is none or it was gone.
+    fn parent(&self) -> Option<&RestorePointId>;
+    /// The next block's entry in the index (volume points).
+    fn push_block(&mut self, r: &BlockRef) -> Result<()>;
+    fn commit(self: Box<Self>, stats: PointStats) -> Result<Manifest>;
+    fn commit_files(
+        self: Box<Self>,
+        pieces: &[ChunkId],
+        tree_len: u64,
+        stats: PointStats,
+        summary: FileSummary,
+    ) -> Result<Manifest>;
+}
+
+impl BackupTarget for Repository {
+    fn label(&self) -> String {
+        Repository::label(self)
+    }
+    fn codec(&self, compression: Compression) -> ChunkCodec {
+        Repository::codec(self, compression)
+    }
+    fn latest(&self, name: &str) -> Result<Option<Manifest>> {
+        Repository::latest(self, name)
+    }
+    fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader> {
+        Repository::open_index(self, m)
+    }
+    fn tree_cursor(&self, m: &Manifest) -> Result<TreeCursor> {
+        Repository::tree_cursor(self, m)
+    }
+    fn have_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        ids.iter().map(|id| self.reuse_chunk(id)).collect()
+    }
+    fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
+        Repository::put_chunk(self, id, stored)
+    }
+    fn begin_point(&self, spec: PointSpec) -> Result<Box<dyn PointSink + '_>> {
+        Ok(Box::new(Repository::begin_point(self, spec)?))
+    }
+}
+
+impl PointSink for PointWriter {
+    fn parent(&self) -> Option<&RestorePointId> {
+        PointWriter::parent(self)
+    }
+    fn push_block(&mut self, r: &BlockRef) -> Result<()> {
+        PointWriter::push_block(self, r)
+    }
+    fn commit(self: Box<Self>, stats: PointStats) -> Result<Manifest> {
+        PointWriter::commit(*self, stats)
+    }
+    fn commit_files(
+        self: Box<Self>,
+        pieces: &[ChunkId],
+        tree_len: u64,
+        stats: PointStats,
+        summary: FileSummary,
+    ) -> Result<Manifest> {
+        PointWriter::commit_files(*self, pieces, tree_len, stats, summary)
+    }
+}
