@@ -6,6 +6,8 @@
 pub mod pki;
 pub mod tls;
 
+pub use rustls;
+
 #[allow(clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("bulwark.v1");

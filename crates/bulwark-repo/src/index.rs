@@ -95,7 +95,8 @@ pub enum BlockRef {
 }
 
 impl BlockRef {
-    fn from_entry(e: [u8; 32]) -> BlockRef {
+    /// Decodes a 32-byte index entry (also the wire form of a block reference).
+    pub fn from_entry(e: [u8; 32]) -> BlockRef {
         if e == ZERO_MARK {
             BlockRef::Zero
         } else {
@@ -103,7 +104,7 @@ impl BlockRef {
         }
     }
 
-    fn entry(&self) -> [u8; 32] {
+    pub fn entry(&self) -> [u8; 32] {
         match self {
             BlockRef::Zero => ZERO_MARK,
             BlockRef::Chunk(id) => id.0,
@@ -175,8 +176,15 @@ impl BlockIndexWriter {
         Ok(w)
     }
 
+    /// Appends one block's entry. More entries than the volume has blocks is an error, not a
+    /// panic: a data mover writes indexes an agent sends.
     pub fn push(&mut self, r: &BlockRef) -> io::Result<()> {
-        assert!(self.written < self.header.block_count, "more blocks than the volume holds");
+        if self.written >= self.header.block_count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("more block entries than the volume's {} blocks", self.header.block_count),
+            ));
+        }
         let e = r.entry();
         self.hasher.update(&e);
         self.written += 1;
@@ -185,7 +193,12 @@ impl BlockIndexWriter {
 
     /// Commits the index (durable at the next storage sync) and returns its authenticator.
     pub fn finish(mut self) -> io::Result<[u8; 32]> {
-        assert_eq!(self.written, self.header.block_count, "index finished before the last block");
+        if self.written != self.header.block_count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("index has {} of the volume's {} block entries", self.written, self.header.block_count),
+            ));
+        }
         let auth = *self.hasher.finalize().as_bytes();
         self.out.write_all(&auth)?;
         let staged = self.out.into_inner().map_err(|e| e.into_error())?;

@@ -329,6 +329,21 @@ impl Repository {
         Ok(reader)
     }
 
+    /// A point's index object as stored, for a data mover to send to an agent, which
+    /// authenticates it against the manifest itself.
+    pub fn read_index_object(&self, m: &Manifest) -> Result<Box<dyn io::Read + Send>> {
+        self.storage.open_read(&m.id.index_key()).map_err(|e| self.io_err(format!("reading index of {}", m.id), e))
+    }
+
+    /// A chunk as stored (compressed, maybe encrypted), unchecked: for a data mover to send.
+    pub fn read_stored_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        match self.storage.read(&id.key()) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RepoError::MissingChunk { repo: self.label(), id: *id }),
+            Err(e) => Err(self.io_err(format!("reading chunk {id}"), e)),
+        }
+    }
+
     /// Streams the entries of a file point's tree, in tree order, to `f`.
     pub fn read_tree(&self, m: &Manifest, mut f: impl FnMut(TreeEntry) -> Result<()>) -> Result<()> {
         let mut cursor = self.tree_cursor(m)?;

@@ -1,0 +1,436 @@
+//! The data mover: one process per task, started by the transport service. It listens on a
+//! port of its own, accepts exactly one agent connection presenting the task's ticket from the
+//! agent the ticket was issued for, and writes what that agent sends into the repository.
+//!
+//! Stdout is its report to the transport service: a first line `{"port": N}` (or
+//! `{"error": …}` when it cannot start), a last line with the [`MoverOutcome`].
+//!
+//! Stream 0 of the session carries the conversation in order (the previous point, its index,
+//! begin, block entries, commit); streams 1.. carry chunk queries and uploads in parallel. Each
+//! stream is served by its own thread, in order, so `flush` answered on a stream means every
+//! chunk sent before it on that stream is stored.
+//!
+//! A session that ends any other way than by its commits (the agent dies, the connection is cut,
+//! a frame is malformed, the disk fills) drops the point being written: nothing partial becomes
+//! visible, and the chunks already written are garbage for the next collection.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_proto::pb::data_mover_server::{DataMover, DataMoverServer};
+use bulwark_proto::pb::{mover_frame, AgentFrame, Empty, MoverFrame, Opened};
+use bulwark_proto::pki::{Identity, Role};
+use bulwark_proto::tls::{self, PeerInfo, Revocations, TlsIdentity};
+use bulwark_repo::{ChunkId, Manifest, PointKind, PointWriter, Repository};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::frames::{Commit, Request as Ask};
+use crate::throttle::{Throttle, ThrottleRule};
+
+/// What the transport service tells a data mover it starts (as JSON on its stdin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoverConfig {
+    pub task_id: String,
+    pub repository: PathBuf,
+    pub password: Option<String>,
+    /// The only agent allowed to connect.
+    pub agent: String,
+    pub ticket: String,
+    pub throttle: ThrottleRule,
+    pub max_streams: u32,
+    /// How long to wait for the agent before giving up.
+    pub connect_timeout_s: u64,
+    /// Address to listen on (port 0: any).
+    pub listen: String,
+    /// The transport node's data directory: its identity and revocation list.
+    pub data_dir: PathBuf,
+}
+
+/// What the data mover did, its last line on stdout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MoverOutcome {
+    /// `committed` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub manifests: Vec<Manifest>,
+    pub received_bytes: u64,
+}
+
+/// Frames of index data sent at a time.
+const INDEX_FRAME: usize = 1 << 20;
+
+struct Session {
+    cfg: MoverConfig,
+    repo: Repository,
+    throttle: Throttle,
+    connection: Mutex<Option<u64>>,
+    primary_open: AtomicBool,
+    writer: Mutex<Option<PointWriter>>,
+    begun: AtomicBool,
+    /// Points this session may read (returned by `latest`), and the tree pieces of those read.
+    readable: Mutex<HashSet<String>>,
+    pieces: Mutex<HashSet<ChunkId>>,
+    manifests: Mutex<Vec<Manifest>>,
+    received: AtomicU64,
+    failure: Mutex<Option<String>>,
+    done: Notify,
+}
+
+impl Session {
+    fn fail(&self, reason: String) {
+        warn!("task {}: {reason}", self.cfg.task_id);
+        let mut f = self.failure.lock().expect("lock");
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        self.done.notify_one();
+    }
+
+    fn outcome(&self) -> MoverOutcome {
+        // A point still open is dropped: nothing partial becomes visible.
+        drop(self.writer.lock().expect("lock").take());
+        let manifests = self.manifests.lock().expect("lock").clone();
+        let error = self.failure.lock().expect("lock").clone();
+        let error = error.or_else(|| manifests.is_empty().then(|| "the agent committed no restore point".to_string()));
+        MoverOutcome {
+            status: if error.is_none() { "committed" } else { "failed" }.into(),
+            error,
+            manifests,
+            received_bytes: self.received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Serves one stream, in order, on a blocking thread.
+    fn serve_stream(
+        &self,
+        n: u32,
+        mut inbound: Streaming<AgentFrame>,
+        tx: mpsc::Sender<Result<MoverFrame, Status>>,
+        rt: tokio::runtime::Handle,
+    ) {
+        loop {
+            let frame = match rt.block_on(inbound.message()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(format!("stream {n} from the agent broke: {}", e.message()));
+                    return;
+                }
+            };
+            let outcome = Ask::try_from(frame).and_then(|ask| self.handle(n, ask, &tx));
+            if let Err(reason) = outcome {
+                let _ = tx.blocking_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
+                self.fail(reason);
+                return;
+            }
+        }
+        if n == 0 {
+            if self.writer.lock().expect("lock").is_some() {
+                self.fail("the agent ended the session before committing its restore point".into());
+            }
+            self.done.notify_one();
+        }
+    }
+
+    fn handle(&self, n: u32, ask: Ask, tx: &mpsc::Sender<Result<MoverFrame, Status>>) -> Result<(), String> {
+        use mover_frame::Frame as F;
+        let send = |f: F| tx.blocking_send(Ok(reply(f))).map_err(|_| "the agent went away".to_string());
+        let repo_err = |e: bulwark_repo::RepoError| e.to_string();
+        let primary = |what: &str| if n == 0 { Ok(()) } else { Err(format!("{what} on stream {n} (only stream 0 may)")) };
+        let begun = || {
+            if self.begun.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("chunks sent before a restore point was begun".to_string())
+            }
+        };
+        match ask {
+            Ask::Open { .. } => return Err("open sent twice".into()),
+            Ask::Latest(name) => {
+                let m = self.repo.latest(&name).map_err(repo_err)?;
+                if let Some(m) = &m {
+                    self.readable.lock().expect("lock").insert(m.id.to_string());
+                }
+                send(F::Manifest(m.map(|m| serde_json::to_string(&m).expect("manifest")).unwrap_or_default()))?;
+            }
+            Ask::FetchIndex(id) => {
+                primary("fetch index")?;
+                if !self.readable.lock().expect("lock").contains(id.as_str()) {
+                    return Err(format!("point {id} is not this task's previous point"));
+                }
+                let m = self.repo.load_manifest(&id).map_err(repo_err)?;
+                if m.kind == PointKind::Files {
+                    let mut ix = self.repo.open_index(&m).map_err(repo_err)?;
+                    let mut pieces = self.pieces.lock().expect("lock");
+                    while let Some(r) = ix.next_block().map_err(|e| format!("reading index of {id}: {e}"))? {
+                        if let bulwark_repo::BlockRef::Chunk(c) = r {
+                            pieces.insert(c);
+                        }
+                    }
+                }
+                let mut input = self.repo.read_index_object(&m).map_err(repo_err)?;
+                let mut buf = vec![0u8; INDEX_FRAME];
+                loop {
+                    let got = read_full(&mut input, &mut buf).map_err(|e| format!("reading index of {id}: {e}"))?;
+                    if got == 0 {
+                        break;
+                    }
+                    send(F::IndexData(buf[..got].to_vec()))?;
+                }
+                send(F::IndexEnd(Empty {}))?;
+            }
+            Ask::FetchChunk(id) => {
+                if !self.pieces.lock().expect("lock").contains(&id) {
+                    return Err(format!("chunk {id} is not a piece of a tree this task may read"));
+                }
+                send(F::ChunkData(self.repo.read_stored_chunk(&id).map_err(repo_err)?))?;
+            }
+            Ask::Query(ids) => {
+                begun()?;
+                let have: Result<Vec<u8>, _> =
+                    ids.iter().map(|id| self.repo.reuse_chunk(id).map(u8::from)).collect();
+                send(F::Have(have.map_err(repo_err)?))?;
+            }
+            Ask::Put { id, data } => {
+                begun()?;
+                self.throttle.take(data.len() as u64);
+                self.repo.put_chunk(&id, &data).map_err(repo_err)?;
+                self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
+            }
+            Ask::Begin(spec) => {
+                primary("begin")?;
+                let mut w = self.writer.lock().expect("lock");
+                if w.is_some() {
+                    return Err("begin while a restore point is open".into());
+                }
+                let writer = self.repo.begin_point(*spec).map_err(repo_err)?;
+                let begun = serde_json::json!({"id": writer.id(), "parent": writer.parent()});
+                *w = Some(writer);
+                self.begun.store(true, Ordering::Release);
+                send(F::Begun(begun.to_string()))?;
+            }
+            Ask::Blocks(refs) => {
+                primary("blocks")?;
+                let mut w = self.writer.lock().expect("lock");
+                let w = w.as_mut().ok_or("block entries before begin")?;
+                for r in &refs {
+                    w.push_block(r).map_err(repo_err)?;
+                }
+                self.received.fetch_add(refs.len() as u64 * 32, Ordering::Relaxed);
+            }
+            Ask::Commit(c) => {
+                primary("commit")?;
+                let writer = self.writer.lock().expect("lock").take().ok_or("commit before begin")?;
+                let Commit { stats, files } = *c;
+                let m = match files {
+                    None => writer.commit(stats),
+                    Some((pieces, tree_len, summary)) => writer.commit_files(&pieces, tree_len, stats, summary),
+                }
+                .map_err(repo_err)?;
+                info!("task {}: committed restore point {} ({})", self.cfg.task_id, m.id, m.name);
+                send(F::Committed(serde_json::to_string(&m).expect("manifest")))?;
+                self.manifests.lock().expect("lock").push(m);
+            }
+            Ask::Flush => send(F::Flushed(Empty {}))?,
+        }
+        Ok(())
+    }
+}
+
+fn reply(f: mover_frame::Frame) -> MoverFrame {
+    MoverFrame { frame: Some(f) }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// Compares tickets in time independent of where they differ.
+fn same_ticket(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone)]
+struct Service(Arc<Session>);
+
+fn refuse(peer: &str, why: String) -> Status {
+    warn!("refused {peer}: {why}");
+    Status::permission_denied(why)
+}
+
+#[tonic::async_trait]
+impl DataMover for Service {
+    type SessionStream = ReceiverStream<Result<MoverFrame, Status>>;
+
+    async fn session(&self, req: Request<Streaming<AgentFrame>>) -> Result<Response<Self::SessionStream>, Status> {
+        let s = &self.0;
+        let who = tls::require_peer(&req, &[Role::Agent], "send a backup to a data mover")?;
+        let conn = req.extensions().get::<PeerInfo>().map(|p| p.connection).unwrap_or_default();
+        let peer = who.to_string();
+        let mut inbound = req.into_inner();
+        let first = match inbound.message().await {
+            Ok(Some(f)) => Ask::try_from(f).map_err(|e| refuse(&peer, format!("malformed first frame: {e}")))?,
+            Ok(None) => return Err(refuse(&peer, "empty stream".into())),
+            Err(e) => return Err(refuse(&peer, format!("broken stream: {}", e.message()))),
+        };
+        let Ask::Open { protocol, ticket, stream } = first else {
+            return Err(refuse(&peer, "the first frame of a stream must open it".into()));
+        };
+        bulwark_proto::check_protocol(protocol, "agent").map_err(|e| refuse(&peer, e.message().to_string()))?;
+        if !same_ticket(&ticket, &s.cfg.ticket) {
+            return Err(refuse(&peer, format!("the ticket is not the one of task {}", s.cfg.task_id)));
+        }
+        if who.name != s.cfg.agent {
+            return Err(refuse(
+                &peer,
+                format!("the ticket of task {} was issued to agent {}, not to {}", s.cfg.task_id, s.cfg.agent, who.name),
+            ));
+        }
+        {
+            let mut c = s.connection.lock().expect("lock");
+            match *c {
+                None => *c = Some(conn),
+                Some(first) if first == conn => {}
+                Some(_) => return Err(refuse(&peer, "the ticket was already used by another connection".into())),
+            }
+        }
+        if stream >= s.cfg.max_streams.max(1) {
+            return Err(refuse(&peer, format!("stream {stream} exceeds the task's {} streams", s.cfg.max_streams)));
+        }
+        if stream == 0 && s.primary_open.swap(true, Ordering::AcqRel) {
+            return Err(refuse(&peer, "stream 0 opened twice".into()));
+        }
+        info!("task {}: {peer} opened stream {stream}", s.cfg.task_id);
+        let (tx, rx) = mpsc::channel(16);
+        let opened = Opened {
+            master_key: s.repo.keys().master_key().map(|k| k.to_vec()).unwrap_or_default(),
+            repository_id: s.repo.label(),
+        };
+        let _ = tx.send(Ok(reply(mover_frame::Frame::Opened(opened)))).await;
+        let (session, rt) = (s.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || session.serve_stream(stream, inbound, tx, rt));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoverError {
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Runs a data mover to its end, reporting on `out`; returns the process's exit code.
+pub fn run(cfg: MoverConfig, out: &mut dyn Write) -> i32 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut say = |v: serde_json::Value| {
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    };
+    let started = rt.block_on(start(cfg));
+    let (session, port) = match started {
+        Ok(s) => s,
+        Err(MoverError::Start(e)) => {
+            say(serde_json::json!({ "error": e }));
+            return 1;
+        }
+    };
+    say(serde_json::json!({ "port": port }));
+    rt.block_on(watch(session.clone()));
+    let outcome = session.outcome();
+    let code = if outcome.status == "committed" { 0 } else { 1 };
+    say(serde_json::to_value(&outcome).expect("outcome"));
+    // Open streams are abandoned, not drained: the process is done.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
+    let e = |what: &str, err: &dyn std::fmt::Display| MoverError::Start(format!("{what}: {err}"));
+    let repo = Repository::open(&cfg.repository, cfg.password.as_deref().map(str::as_bytes))
+        .map_err(|err| e("opening the repository", &err))?;
+    let identity = Identity::load(&cfg.data_dir)
+        .map_err(|err| e("loading the node identity", &err))?
+        .ok_or_else(|| MoverError::Start(format!("{} holds no node identity", cfg.data_dir.display())))?;
+    let tls_id = TlsIdentity::new(&identity).map_err(|err| e("node identity", &err))?;
+    let revoked = Revocations::persistent(&cfg.data_dir.join("revoked"))
+        .map_err(|err| e("reading the revocation list", &err))?;
+    let server_cfg = tls::server_config(&tls_id, tls::ClientAuth::Required, &revoked)
+        .map_err(|err| e("TLS configuration", &err))?;
+    let listener =
+        tokio::net::TcpListener::bind(&cfg.listen).await.map_err(|err| e(&format!("listening on {}", cfg.listen), &err))?;
+    let port = listener.local_addr().map_err(|err| e("listening", &err))?.port();
+    let session = Arc::new(Session {
+        throttle: Throttle::new(cfg.throttle.clone()),
+        cfg,
+        repo,
+        connection: Mutex::new(None),
+        primary_open: AtomicBool::new(false),
+        writer: Mutex::new(None),
+        begun: AtomicBool::new(false),
+        readable: Mutex::new(HashSet::new()),
+        pieces: Mutex::new(HashSet::new()),
+        manifests: Mutex::new(Vec::new()),
+        received: AtomicU64::new(0),
+        failure: Mutex::new(None),
+        done: Notify::new(),
+    });
+    let svc = DataMoverServer::new(Service(session.clone()))
+        .max_decoding_message_size(tls::MAX_MESSAGE)
+        .max_encoding_message_size(tls::MAX_MESSAGE);
+    let incoming = tls::incoming(listener, server_cfg);
+    tokio::spawn(async move {
+        if let Err(err) = tls::server_builder().add_service(svc).serve_with_incoming(incoming).await {
+            warn!("data mover server ended: {err}");
+        }
+    });
+    Ok((session, port))
+}
+
+/// Waits for the session's end: the agent done, a failure, no agent in time, the transport
+/// service gone (the data mover dies with it), or SIGTERM.
+async fn watch(s: Arc<Session>) {
+    let parent = std::os::unix::process::parent_id();
+    let timeout = Duration::from_secs(s.cfg.connect_timeout_s.max(1));
+    let started = tokio::time::Instant::now();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = s.done.notified() => return,
+            _ = term.recv() => {
+                s.fail("stopped by the transport service".into());
+                return;
+            }
+            _ = tick.tick() => {
+                if std::os::unix::process::parent_id() != parent {
+                    s.fail("the transport service that started this data mover is gone".into());
+                    return;
+                }
+                if s.connection.lock().expect("lock").is_none() && started.elapsed() > timeout {
+                    s.fail(format!("no agent connected within {} s", timeout.as_secs()));
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The transport service: on a repository host, starts one data mover process per task when
+//! the backup server asks, and reports what each did. A data mover is a process of its own so
+//! that one task crashing cannot take the others down; it dies with the service.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_proto::pb::transport_server::{Transport, TransportServer};
+use bulwark_proto::pb::{Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, Revocations as RevocationList};
+use bulwark_proto::pki::Role;
+use bulwark_proto::tls::{self, Revocations};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::data_mover::{MoverConfig, MoverOutcome};
+use crate::throttle::ThrottleRule;
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Repositories must lie under one of these.
+    pub roots: Vec<PathBuf>,
+    /// The host agents reach this machine's data movers at.
+    pub advertise_host: String,
+    /// The program to run as a data mover (`bulwark`, which has a `data-mover` command).
+    pub mover_program: PathBuf,
+}
+
+struct Mover {
+    task_id: String,
+    pid: u32,
+    outcome: watch::Receiver<Option<MoverOutcome>>,
+}
+
+pub struct TransportService {
+    cfg: TransportConfig,
+    revoked: Revocations,
+    movers: Mutex<HashMap<String, Mover>>,
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).expect("random source");
+    hex::encode(b)
+}
+
+impl TransportService {
+    pub fn new(cfg: TransportConfig, revoked: Revocations) -> Self {
+        TransportService { cfg, revoked, movers: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn into_server(self) -> TransportServer<Self> {
+        TransportServer::new(self)
+    }
+
+    /// The repository path, if it lies under one of the roots (symlinks resolved).
+    fn repository_path(&self, p: &str) -> Result<PathBuf, Status> {
+        let path = Path::new(p);
+        let real = path
+            .canonicalize()
+            .map_err(|e| Status::invalid_argument(format!("repository {p}: {e}")))?;
+        let allowed = self.cfg.roots.iter().filter_map(|r| r.canonicalize().ok()).any(|r| real.starts_with(r));
+        if !allowed {
+            return Err(Status::permission_denied(format!(
+                "repository {p} is not under this transport node's roots ({})",
+                self.cfg.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(real)
+    }
+
+    async fn outcome_of(&self, id: &str) -> Result<MoverOutcome, Status> {
+        let mut rx = {
+            let movers = self.movers.lock().expect("lock");
+            movers.get(id).ok_or_else(|| Status::not_found(format!("no data mover {id}")))?.outcome.clone()
+        };
+        let outcome = loop {
+            if let Some(o) = rx.borrow().clone() {
+                break o;
+            }
+            if rx.changed().await.is_err() {
+                break MoverOutcome {
+                    status: "failed".into(),
+                    error: Some("data mover vanished".into()),
+                    ..Default::default()
+                };
+            }
+        };
+        Ok(outcome)
+    }
+}
+
+fn report(o: MoverOutcome) -> MoverReport {
+    MoverReport {
+        status: o.status,
+        error: o.error.unwrap_or_default(),
+        manifests_json: o.manifests.iter().map(|m| serde_json::to_string(m).expect("manifest")).collect(),
+        received_bytes: o.received_bytes,
+    }
+}
+
+#[tonic::async_trait]
+impl Transport for TransportService {
+    async fn start_mover(&self, req: Request<MoverSpec>) -> Result<Response<MoverStarted>, Status> {
+        tls::require_peer(&req, &[Role::Server], "start a data mover")?;
+        let spec = req.into_inner();
+        bulwark_proto::check_protocol(spec.protocol, "server")?;
+        let repository = self.repository_path(&spec.repository)?;
+        let t = spec.throttle.unwrap_or_default();
+        let throttle = ThrottleRule::parse(t.bytes_per_s, &t.window_start, &t.window_end)
+            .map_err(|e| Status::invalid_argument(format!("throttle: {e}")))?;
+        bulwark_proto::pki::validate_node_name(&spec.agent).map_err(Status::invalid_argument)?;
+        let ticket = random_hex::<32>();
+        let cfg = MoverConfig {
+            task_id: spec.task_id.clone(),
+            repository,
+            password: (!spec.password.is_empty()).then_some(spec.password),
+            agent: spec.agent,
+            ticket: ticket.clone(),
+            throttle,
+            max_streams: spec.max_streams.clamp(1, 16),
+            connect_timeout_s: if spec.connect_timeout_s == 0 { 300 } else { spec.connect_timeout_s.into() },
+            listen: format!("{}:0", self.cfg.advertise_host),
+            data_dir: self.cfg.data_dir.clone(),
+        };
+        let mut child = tokio::process::Command::new(&self.cfg.mover_program)
+            .arg("data-mover")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| Status::internal(format!("cannot start a data mover: {e}")))?;
+        let pid = child.id().unwrap_or_default();
+        let mut stdin = child.stdin.take().expect("piped");
+        let json = serde_json::to_vec(&cfg).expect("config");
+        stdin.write_all(&json).await.map_err(|e| Status::internal(format!("data mover: {e}")))?;
+        drop(stdin);
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
+        let port = match first {
+            Ok(Ok(Some(line))) => {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(p) = v.get("port").and_then(|p| p.as_u64()) {
+                    p
+                } else {
+                    let _ = child.wait().await;
+                    let e = v.get("error").and_then(|e| e.as_str()).unwrap_or(&line).to_string();
+                    return Err(Status::failed_precondition(format!("data mover for task {}: {e}", cfg.task_id)));
+                }
+            }
+            _ => {
+                let _ = child.kill().await;
+                return Err(Status::internal("the data mover did not start"));
+            }
+        };
+        let (tx, rx) = watch::channel(None);
+        let task_id = cfg.task_id.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            while let Ok(Some(line)) = lines.next_line().await {
+                last = serde_json::from_str::<MoverOutcome>(&line).ok().or(last);
+            }
+            let status = child.wait().await;
+            let outcome = last.unwrap_or_else(|| MoverOutcome {
+                status: "failed".into(),
+                error: Some(format!(
+                    "the data mover ended without a report ({})",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                )),
+                ..Default::default()
+            });
+            let _ = tx.send(Some(outcome));
+        });
+        let mover_id = random_hex::<8>();
+        info!("task {task_id}: data mover {mover_id} (pid {pid}) listening on port {port}");
+        self.movers.lock().expect("lock").insert(mover_id.clone(), Mover { task_id, pid, outcome: rx });
+        Ok(Response::new(MoverStarted {
+            mover_id,
+            address: format!("{}:{port}", self.cfg.advertise_host),
+            ticket,
+        }))
+    }
+
+    async fn wait_mover(&self, req: Request<MoverRef>) -> Result<Response<MoverReport>, Status> {
+        tls::require_peer(&req, &[Role::Server], "follow a data mover")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let outcome = self.outcome_of(&r.mover_id).await?;
+        self.movers.lock().expect("lock").remove(&r.mover_id);
+        Ok(Response::new(report(outcome)))
+    }
+
+    async fn stop_mover(&self, req: Request<MoverRef>) -> Result<Response<MoverReport>, Status> {
+        tls::require_peer(&req, &[Role::Server], "stop a data mover")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let (pid, task) = {
+            let movers = self.movers.lock().expect("lock");
+            let m = movers.get(&r.mover_id).ok_or_else(|| Status::not_found(format!("no data mover {}", r.mover_id)))?;
+            (m.pid, m.task_id.clone())
+        };
+        warn!("task {task}: stopping data mover {} on the server's request", r.mover_id);
+        if let Ok(pid) = i32::try_from(pid) {
+            // SAFETY: kill(2) with a pid this service spawned and still tracks; no memory involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let outcome = self.outcome_of(&r.mover_id).await?;
+        self.movers.lock().expect("lock").remove(&r.mover_id);
+        Ok(Response::new(report(outcome)))
+    }
+
+    async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {
+        tls::require_peer(&req, &[Role::Server], "update revocations")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        self.revoked.update(r.serials).map_err(|e| Status::internal(format!("saving revocations: {e}")))?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+/// Serves the transport service on `listener` until the process ends.
+pub async fn serve(
+    service: TransportService,
+    listener: tokio::net::TcpListener,
+    tls_cfg: Arc<bulwark_proto::rustls::ServerConfig>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tls::incoming(listener, tls_cfg);
+    tls::server_builder().add_service(service.into_server()).serve_with_incoming(incoming).await
+}
