@@ -7,8 +7,8 @@
 
 use bulwark_repo::index::BlockIndexReader;
 use bulwark_repo::{
-    BlockRef, ChunkCodec, ChunkId, Compression, FileSummary, Manifest, PointSpec, PointStats, PointWriter,
-    Repository, RestorePointId, Result, TreeCursor,
+    BlockRef, ChunkCodec, ChunkId, Compression, FileSummary, Manifest, PointSpec, PointStats, PointWriter, Repository,
+    RestorePointId, Result, TreeCursor,
 };
 
 pub trait BackupTarget: Sync {

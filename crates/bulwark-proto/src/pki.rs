@@ -101,7 +101,8 @@ impl fmt::Display for PeerIdentity {
 
 /// Reads the identity out of a certificate issued by [`Ca`].
 pub fn peer_identity(cert_der: &[u8]) -> std::result::Result<PeerIdentity, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
     let serial = hex::encode(cert.raw_serial());
     let san = cert
         .subject_alternative_name()
@@ -164,7 +165,9 @@ impl FromStr for JoinToken {
         let mut parts = s.trim().split('.');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("bwt1"), Some(secret), Some(fp), None)
-                if secret.len() == 48 && fp.len() == 64 && (secret.bytes().chain(fp.bytes())).all(|b| b.is_ascii_hexdigit()) =>
+                if secret.len() == 48
+                    && fp.len() == 64
+                    && (secret.bytes().chain(fp.bytes())).all(|b| b.is_ascii_hexdigit()) =>
             {
                 Ok(JoinToken { secret: secret.into(), ca_fingerprint: fp.into() })
             }
@@ -232,6 +235,7 @@ impl Ca {
             let cert_der = pem_to_der(&cert_pem)?;
             return Ok(Ca { issuer, cert_pem, cert_der });
         }
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io { what: "creating", path: dir.into(), source })?;
         let key = KeyPair::generate().map_err(|e| PkiError::Invalid(format!("generating the CA key: {e}")))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("no names");
         p.distinguished_name.push(DnType::CommonName, format!("Bulwark CA {}", &random_hex::<4>()));
@@ -284,7 +288,10 @@ pub struct NodeRequest {
 impl NodeRequest {
     pub fn generate(role: Role, name: &str) -> Result<NodeRequest> {
         let key = KeyPair::generate().map_err(|e| PkiError::Invalid(format!("generating a key: {e}")))?;
-        let params = node_params(role, name, &[1])?;
+        validate_node_name(name).map_err(PkiError::Invalid)?;
+        // The request carries only the key and the name asked for; the CA decides the rest.
+        let params = CertificateParams::new(vec![identity_name(role, name)])
+            .map_err(|e| PkiError::Invalid(format!("certificate request: {e}")))?;
         let csr = params
             .serialize_request(&key)
             .and_then(|c| c.pem())

@@ -182,9 +182,10 @@ impl ServerCertVerifier for NodeServerVerifier {
                 Arc::new(r)
             }
         };
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, Arc::new(provider::default_provider()))
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, Arc::new(provider::default_provider()))
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verified = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).and_then(|v| {
             if self.revoked.is_revoked(&identity_of(end_entity)?.serial) {
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
@@ -363,11 +364,16 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(15), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| {
-                            pki::peer_identity(c).ok()
-                        });
+                        let identity = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| pki::peer_identity(c).ok());
                         let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-                        let _ = conn_tx.send(Ok(TlsConn { inner: tls, info: PeerInfo { remote, identity, connection } })).await;
+                        let _ = conn_tx
+                            .send(Ok(TlsConn { inner: tls, info: PeerInfo { remote, identity, connection } }))
+                            .await;
                     }
                     Ok(Err(e)) => warn!("refused connection from {remote}: TLS handshake failed: {e}"),
                     Err(_) => warn!("refused connection from {remote}: TLS handshake timed out"),

@@ -339,7 +339,9 @@ impl Repository {
     pub fn read_stored_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         match self.storage.read(&id.key()) {
             Ok(b) => Ok(b),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RepoError::MissingChunk { repo: self.label(), id: *id }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(RepoError::MissingChunk { repo: self.label(), id: *id })
+            }
             Err(e) => Err(self.io_err(format!("reading chunk {id}"), e)),
         }
     }
@@ -562,8 +564,11 @@ impl TreeCursor {
     /// The next entry without consuming it.
     pub fn peek(&mut self) -> Result<Option<&TreeEntry>> {
         while self.ready.is_empty() {
-            let damaged =
-                |reason: String| RepoError::DamagedPoint { repo: self.label.clone(), point: self.point.clone(), reason };
+            let damaged = |reason: String| RepoError::DamagedPoint {
+                repo: self.label.clone(),
+                point: self.point.clone(),
+                reason,
+            };
             let io_err = |e| RepoError::Io { repo: self.label.clone(), what: "reading a tree index".into(), source: e };
             match self.index.next_block().map_err(io_err)? {
                 None => {

@@ -144,7 +144,8 @@ impl Session {
         use mover_frame::Frame as F;
         let send = |f: F| tx.blocking_send(Ok(reply(f))).map_err(|_| "the agent went away".to_string());
         let repo_err = |e: bulwark_repo::RepoError| e.to_string();
-        let primary = |what: &str| if n == 0 { Ok(()) } else { Err(format!("{what} on stream {n} (only stream 0 may)")) };
+        let primary =
+            |what: &str| if n == 0 { Ok(()) } else { Err(format!("{what} on stream {n} (only stream 0 may)")) };
         let begun = || {
             if self.begun.load(Ordering::Acquire) {
                 Ok(())
@@ -195,8 +196,7 @@ impl Session {
             }
             Ask::Query(ids) => {
                 begun()?;
-                let have: Result<Vec<u8>, _> =
-                    ids.iter().map(|id| self.repo.reuse_chunk(id).map(u8::from)).collect();
+                let have: Result<Vec<u8>, _> = ids.iter().map(|id| self.repo.reuse_chunk(id).map(u8::from)).collect();
                 send(F::Have(have.map_err(repo_err)?))?;
             }
             Ask::Put { id, data } => {
@@ -298,7 +298,10 @@ impl DataMover for Service {
         if who.name != s.cfg.agent {
             return Err(refuse(
                 &peer,
-                format!("the ticket of task {} was issued to agent {}, not to {}", s.cfg.task_id, s.cfg.agent, who.name),
+                format!(
+                    "the ticket of task {} was issued to agent {}, not to {}",
+                    s.cfg.task_id, s.cfg.agent, who.name
+                ),
             ));
         }
         {
@@ -372,12 +375,13 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
         .map_err(|err| e("loading the node identity", &err))?
         .ok_or_else(|| MoverError::Start(format!("{} holds no node identity", cfg.data_dir.display())))?;
     let tls_id = TlsIdentity::new(&identity).map_err(|err| e("node identity", &err))?;
-    let revoked = Revocations::persistent(&cfg.data_dir.join("revoked"))
-        .map_err(|err| e("reading the revocation list", &err))?;
-    let server_cfg = tls::server_config(&tls_id, tls::ClientAuth::Required, &revoked)
-        .map_err(|err| e("TLS configuration", &err))?;
-    let listener =
-        tokio::net::TcpListener::bind(&cfg.listen).await.map_err(|err| e(&format!("listening on {}", cfg.listen), &err))?;
+    let revoked =
+        Revocations::persistent(&cfg.data_dir.join("revoked")).map_err(|err| e("reading the revocation list", &err))?;
+    let server_cfg =
+        tls::server_config(&tls_id, tls::ClientAuth::Required, &revoked).map_err(|err| e("TLS configuration", &err))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|err| e(&format!("listening on {}", cfg.listen), &err))?;
     let port = listener.local_addr().map_err(|err| e("listening", &err))?.port();
     let session = Arc::new(Session {
         throttle: Throttle::new(cfg.throttle.clone()),

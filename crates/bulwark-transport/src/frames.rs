@@ -31,7 +31,7 @@ pub struct Commit {
 pub const MAX_QUERY: usize = 65_536;
 
 fn ids(bytes: &[u8], what: &str) -> Result<Vec<ChunkId>, String> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(format!("{what}: {} bytes is not a whole number of 32-byte chunk ids", bytes.len()));
     }
     Ok(bytes.chunks_exact(32).map(|c| ChunkId(c.try_into().expect("32 bytes"))).collect())
@@ -80,7 +80,7 @@ impl TryFrom<AgentFrame> for Request {
                 Request::Begin(Box::new(spec))
             }
             Frame::Blocks(b) => {
-                if b.len() % 32 != 0 {
+                if !b.len().is_multiple_of(32) {
                     return Err(format!("blocks: {} bytes is not a whole number of entries", b.len()));
                 }
                 Request::Blocks(b.chunks_exact(32).map(|c| BlockRef::from_entry(c.try_into().expect("32"))).collect())

@@ -62,9 +62,7 @@ impl TransportService {
     /// The repository path, if it lies under one of the roots (symlinks resolved).
     fn repository_path(&self, p: &str) -> Result<PathBuf, Status> {
         let path = Path::new(p);
-        let real = path
-            .canonicalize()
-            .map_err(|e| Status::invalid_argument(format!("repository {p}: {e}")))?;
+        let real = path.canonicalize().map_err(|e| Status::invalid_argument(format!("repository {p}: {e}")))?;
         let allowed = self.cfg.roots.iter().filter_map(|r| r.canonicalize().ok()).any(|r| real.starts_with(r));
         if !allowed {
             return Err(Status::permission_denied(format!(
@@ -181,11 +179,7 @@ impl Transport for TransportService {
         let mover_id = random_hex::<8>();
         info!("task {task_id}: data mover {mover_id} (pid {pid}) listening on port {port}");
         self.movers.lock().expect("lock").insert(mover_id.clone(), Mover { task_id, pid, outcome: rx });
-        Ok(Response::new(MoverStarted {
-            mover_id,
-            address: format!("{}:{port}", self.cfg.advertise_host),
-            ticket,
-        }))
+        Ok(Response::new(MoverStarted { mover_id, address: format!("{}:{port}", self.cfg.advertise_host), ticket }))
     }
 
     async fn wait_mover(&self, req: Request<MoverRef>) -> Result<Response<MoverReport>, Status> {
@@ -203,7 +197,8 @@ impl Transport for TransportService {
         bulwark_proto::check_protocol(r.protocol, "server")?;
         let (pid, task) = {
             let movers = self.movers.lock().expect("lock");
-            let m = movers.get(&r.mover_id).ok_or_else(|| Status::not_found(format!("no data mover {}", r.mover_id)))?;
+            let m =
+                movers.get(&r.mover_id).ok_or_else(|| Status::not_found(format!("no data mover {}", r.mover_id)))?;
             (m.pid, m.task_id.clone())
         };
         warn!("task {task}: stopping data mover {} on the server's request", r.mover_id);

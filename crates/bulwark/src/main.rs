@@ -1,6 +1,7 @@
 //! The `bulwark` command: argument parsing and wiring only; the work lives in the library crates.
 
 mod demo;
+mod nodes;
 mod ui;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent service: this computer's inventory and its backup tasks, on the server's
+    /// orders.
+    ///
+    /// The first start joins the server with a one-time token (`--server URL --join-token T`):
+    /// the agent generates its key, gets a certificate from the server's CA and keeps both in
+    /// --data-dir (mode 0600). Later starts need only --data-dir. Every connection is mutual
+    /// TLS 1.3; only the server may call the agent. A snapshot left by a task that was running
+    /// when the agent died is removed at the next start. Prints one JSON line with the address
+    /// once listening; logs to stderr. SIGTERM or SIGINT stops it.
+    Agent {
+        #[command(flatten)]
+        node: nodes::NodeArgs,
+    },
+    /// Run the transport service of a repository host: one data mover process per task.
+    ///
+    /// Joins like `bulwark agent`. Repositories it serves must lie under a --root. For each task
+    /// the server asks for, it starts a data mover bound to a one-time ticket: it accepts one
+    /// connection from the one agent the ticket was issued to, stores what it sends, and commits
+    /// the restore point; a data mover dies with the service.
+    Transport {
+        #[command(flatten)]
+        node: nodes::NodeArgs,
+        /// A directory holding repositories this node serves. Repeatable.
+        #[arg(long = "root", required = true)]
+        roots: Vec<PathBuf>,
+    },
+    /// (internal) A data mover, started by the transport service.
+    #[command(hide = true)]
+    DataMover,
     /// Create a repository or change its password.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -303,6 +333,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Agent { node } => nodes::run_agent(node)?,
+        Command::Transport { node, roots } => nodes::run_transport(node, roots)?,
+        Command::DataMover => return nodes::run_data_mover(),
         Command::Repo(RepoCommand::Init { repo, encryption, password_file, json }) => {
             let password = match encryption {
                 Encryption::None => None,

@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bulwark_repo::tree::{tree_order, EntryKind, FileExtent, TreeEntry, PIECE};
-use bulwark_repo::{
-    ChunkCodec, ChunkId, Compression, FileSummary, PointKind, PointSpec, PointStats, TreeCursor,
-};
+use bulwark_repo::{ChunkCodec, ChunkId, Compression, FileSummary, PointKind, PointSpec, PointStats, TreeCursor};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
@@ -339,7 +337,12 @@ fn add_warning(summary: &mut FileSummary, w: String) {
     }
 }
 
-fn store_piece(repo: &dyn BackupTarget, codec: &mut ChunkCodec, piece: &[u8], pieces: &mut Vec<ChunkId>) -> Result<u64> {
+fn store_piece(
+    repo: &dyn BackupTarget,
+    codec: &mut ChunkCodec,
+    piece: &[u8],
+    pieces: &mut Vec<ChunkId>,
+) -> Result<u64> {
     let id = codec.digest(piece);
     pieces.push(id);
     if repo.has_chunk(&id)? {

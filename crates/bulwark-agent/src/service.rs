@@ -1,0 +1,346 @@
+//! The agent service: the daemon on a protected computer. The backup server calls it (mutual
+//! TLS, server role only) for the computer's inventory and to run tasks; a task runs the same
+//! pipelines as `bulwark backup`, streaming to the data mover the task names.
+//!
+//! One task at a time per computer. A task in progress is recorded in the data directory, so
+//! that after a crash the next start removes the snapshots it left.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulwark_proto::pb::agent_server::{Agent, AgentServer};
+use bulwark_proto::pb::{
+    task_event, CancelReply, Empty, Finished, InventoryReply, InventoryRequest, Progress,
+    Revocations as RevocationList, SourceDone, TaskEvent, TaskRef, TaskSpec,
+};
+use bulwark_proto::pki::Role;
+use bulwark_proto::tls::{self, Revocations};
+use bulwark_repo::{BlockSize, Compression};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::change_tracking::CbtMode;
+use crate::files::FileBackupOptions;
+use crate::filter::FilterOptions;
+use crate::remote::{MoverEndpoint, RemoteTarget};
+use crate::snapshot::{provider_for, SnapshotMode};
+use crate::BackupOptions;
+
+pub struct AgentService {
+    data_dir: PathBuf,
+    client_tls: Arc<bulwark_proto::rustls::ClientConfig>,
+    revoked: Revocations,
+    running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+}
+
+/// A task in progress, as recorded on disk.
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    kind: String,
+    snapshot: String,
+    sources: Vec<PathBuf>,
+}
+
+type Events = mpsc::Sender<Result<TaskEvent, Status>>;
+
+fn event(e: task_event::Event) -> Result<TaskEvent, Status> {
+    Ok(TaskEvent { event: Some(e) })
+}
+
+/// What a task asks for, checked before anything starts.
+struct Plan {
+    kind: String,
+    sources: Vec<(PathBuf, String)>,
+    volume: BackupOptions,
+    files: FileBackupOptions,
+    endpoint: MoverEndpoint,
+    pre: String,
+    post: String,
+}
+
+fn plan(spec: &TaskSpec) -> Result<Plan, String> {
+    if spec.sources.is_empty() {
+        return Err("the task has no sources".into());
+    }
+    let mover = spec.mover.as_ref().ok_or("the task names no data mover")?;
+    let compression: Compression =
+        if spec.compression.is_empty() { Compression::default() } else { spec.compression.parse()? };
+    let snapshot: SnapshotMode = if spec.snapshot.is_empty() { SnapshotMode::Auto } else { spec.snapshot.parse()? };
+    let cbt: CbtMode = if spec.cbt.is_empty() { CbtMode::Auto } else { spec.cbt.parse()? };
+    let block_size = if spec.block_size == 0 { BlockSize::DEFAULT } else { BlockSize::new(spec.block_size)? };
+    let mut volume = BackupOptions::new("");
+    volume.block_size = block_size;
+    volume.compression = compression;
+    volume.snapshot = snapshot;
+    volume.cbt = cbt;
+    volume.filters = FilterOptions { unused: spec.filters, swap: spec.filters, exclude: spec.exclude.clone() };
+    let mut files = FileBackupOptions::new("");
+    files.compression = compression;
+    files.snapshot = snapshot;
+    files.exclude = spec.exclude.clone();
+    files.full = spec.full;
+    let kind = match spec.kind.as_str() {
+        "volume" | "files" => spec.kind.clone(),
+        other => return Err(format!("unknown task kind {other:?} (volume or files)")),
+    };
+    let mut sources = Vec::new();
+    for s in &spec.sources {
+        bulwark_repo::point::validate_name(&s.name)?;
+        sources.push((PathBuf::from(&s.path), s.name.clone()));
+    }
+    Ok(Plan {
+        kind,
+        sources,
+        volume,
+        files,
+        endpoint: MoverEndpoint {
+            address: mover.address.clone(),
+            node: mover.node.clone(),
+            ticket: mover.ticket.clone(),
+            streams: spec.streams.clamp(1, 16),
+        },
+        pre: spec.pre_command.clone(),
+        post: spec.post_command.clone(),
+    })
+}
+
+/// Runs an operator's pre or post step; its output goes to the task's log.
+fn run_step(what: &str, cmd: &str, task: &str, log: &dyn Fn(String)) -> Result<(), String> {
+    if cmd.is_empty() {
+        return Ok(());
+    }
+    log(format!("{what}: {cmd}"));
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", cmd])
+        .env("BULWARK_TASK_ID", task)
+        .output()
+        .map_err(|e| format!("{what} could not start: {e}"))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+        log(format!("{what}: {line}"));
+    }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({})", out.status))
+    }
+}
+
+impl AgentService {
+    /// The service for a node whose identity and data are in `data_dir`. Snapshots left by a
+    /// task that was running when the agent died are removed now.
+    pub fn new(data_dir: &Path, identity: &tls::TlsIdentity, revoked: Revocations) -> Result<Self, String> {
+        let client_tls = tls::client_config(Some(identity), None, &revoked).map_err(|e| e.to_string())?;
+        let svc = AgentService { data_dir: data_dir.to_path_buf(), client_tls, revoked, running: Arc::default() };
+        svc.clean_up_after_crash();
+        Ok(svc)
+    }
+
+    pub fn into_server(self) -> AgentServer<Self> {
+        AgentServer::new(self)
+    }
+
+    fn markers(&self) -> PathBuf {
+        self.data_dir.join("running")
+    }
+
+    fn clean_up_after_crash(&self) {
+        let Ok(dir) = std::fs::read_dir(self.markers()) else { return };
+        for e in dir.flatten() {
+            if let Ok(m) = std::fs::read(e.path())
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Marker>(&b).map_err(|e| e.to_string()))
+            {
+                let mode: SnapshotMode = m.snapshot.parse().unwrap_or(SnapshotMode::Auto);
+                for src in &m.sources {
+                    let provider: Box<dyn crate::snapshot::SnapshotProvider> = if m.kind == "files" {
+                        Box::new(crate::snapshot::BtrfsProvider)
+                    } else {
+                        provider_for(mode, src)
+                    };
+                    for s in provider.remove_stale(src) {
+                        warn!("removed snapshot {s} left by an interrupted task");
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Runs one task on a thread of its own (the pipelines block), reporting on `events`.
+fn run_task(
+    spec: TaskSpec,
+    plan: Plan,
+    events: Events,
+    cancel: Arc<AtomicBool>,
+    client_tls: Arc<bulwark_proto::rustls::ClientConfig>,
+    marker: PathBuf,
+    rt: tokio::runtime::Handle,
+) {
+    let task = spec.task_id.clone();
+    let log = |m: String| {
+        info!("task {task}: {m}");
+        let _ = events.blocking_send(event(task_event::Event::Log(m)));
+    };
+    let total: u64 = plan.sources.iter().map(|(p, _)| crate::source::open_source(p).map(|s| s.size).unwrap_or(0)).sum();
+    let read = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let ticking = Arc::new(AtomicBool::new(true));
+    {
+        let (read, sent, ticking, events) = (read.clone(), sent.clone(), ticking.clone(), events.clone());
+        rt.spawn(async move {
+            let started = Instant::now();
+            let mut last = (Instant::now(), 0u64);
+            while ticking.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (r, s) = (read.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
+                let dt = last.0.elapsed().as_secs_f64().max(1e-3);
+                let rate = ((s - last.1.min(s)) as f64 / dt) as u64;
+                last = (Instant::now(), s);
+                let p = Progress { total_bytes: total, read_bytes: r, sent_bytes: s, rate_bytes_per_s: rate };
+                if events.send(event(task_event::Event::Progress(p))).await.is_err() {
+                    return;
+                }
+                let _ = started;
+            }
+        });
+    }
+    let outcome = (|| -> Result<bool, String> {
+        run_step("pre-step", &plan.pre, &task, &log)?;
+        let target = rt.block_on(RemoteTarget::connect(&plan.endpoint, client_tls)).map_err(|e| e.to_string())?;
+        let target_sent = target.sent();
+        let mut warned = false;
+        for (path, name) in &plan.sources {
+            if cancel.load(Ordering::Relaxed) {
+                return Err("cancelled".into());
+            }
+            let progress = |n: u64| {
+                read.fetch_add(n, Ordering::Relaxed);
+                sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            };
+            log(format!("backing up {} as {name}", path.display()));
+            let report = if plan.kind == "volume" {
+                let opts = BackupOptions { name: name.clone(), ..plan.volume.clone() };
+                crate::backup_volume(&target, path, &opts, &progress, &cancel)
+                    .map(|r| serde_json::to_string(&r).expect("report"))
+            } else {
+                let opts = FileBackupOptions { name: name.clone(), ..plan.files.clone() };
+                crate::files::backup_files(&target, path, &opts, &progress, &cancel).map(|r| {
+                    warned |= r.summary.status != "ok";
+                    serde_json::to_string(&r).expect("report")
+                })
+            }
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+            sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+            let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: report })));
+        }
+        Ok(warned)
+    })();
+    let post = run_step("post-step", &plan.post, &task, &log);
+    ticking.store(false, Ordering::Relaxed);
+    let (status, error) = match (outcome, post) {
+        (Err(e), _) if cancel.load(Ordering::Relaxed) => ("cancelled", e),
+        (Err(e), _) => ("failed", e),
+        (Ok(_), Err(e)) => ("warning", e),
+        (Ok(true), Ok(())) => ("warning", String::new()),
+        (Ok(false), Ok(())) => ("success", String::new()),
+    };
+    if !error.is_empty() {
+        warn!("task {task}: {status}: {error}");
+    } else {
+        info!("task {task}: {status}");
+    }
+    let _ = std::fs::remove_file(&marker);
+    let _ = events.blocking_send(event(task_event::Event::Finished(Finished { status: status.into(), error })));
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn inventory(&self, req: Request<InventoryRequest>) -> Result<Response<InventoryReply>, Status> {
+        tls::require_peer(&req, &[Role::Server], "read the inventory")?;
+        bulwark_proto::check_protocol(req.get_ref().protocol, "server")?;
+        let inv = tokio::task::spawn_blocking(crate::inventory::collect)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("reading the inventory: {e}")))?;
+        Ok(Response::new(InventoryReply {
+            inventory_json: serde_json::to_string(&inv).expect("inventory"),
+            software: bulwark_proto::SOFTWARE.into(),
+        }))
+    }
+
+    type RunTaskStream = ReceiverStream<Result<TaskEvent, Status>>;
+
+    async fn run_task(&self, req: Request<TaskSpec>) -> Result<Response<Self::RunTaskStream>, Status> {
+        tls::require_peer(&req, &[Role::Server], "run a task")?;
+        let spec = req.into_inner();
+        bulwark_proto::check_protocol(spec.protocol, "server")?;
+        let plan = plan(&spec).map_err(|e| Status::invalid_argument(format!("task {}: {e}", spec.task_id)))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut running = self.running.lock().expect("lock");
+            if let Some(other) = running.keys().next() {
+                return Err(Status::failed_precondition(format!("task {other} is already running on this computer")));
+            }
+            running.insert(spec.task_id.clone(), cancel.clone());
+        }
+        let marker = self.markers().join(format!("{}.json", hex_name(&spec.task_id)));
+        let m = Marker {
+            kind: plan.kind.clone(),
+            snapshot: spec.snapshot.clone(),
+            sources: plan.sources.iter().map(|(p, _)| p.clone()).collect(),
+        };
+        let _ = std::fs::create_dir_all(self.markers());
+        if let Err(e) = std::fs::write(&marker, serde_json::to_vec(&m).expect("marker")) {
+            self.running.lock().expect("lock").remove(&spec.task_id);
+            return Err(Status::internal(format!("recording the task: {e}")));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let (client_tls, running, rt) =
+            (self.client_tls.clone(), self.running.clone(), tokio::runtime::Handle::current());
+        info!("task {}: {} of {} source(s)", spec.task_id, plan.kind, plan.sources.len());
+        std::thread::Builder::new()
+            .name(format!("task-{}", spec.task_id))
+            .spawn(move || {
+                let id = spec.task_id.clone();
+                run_task(spec, plan, tx, cancel, client_tls, marker, rt);
+                running.lock().expect("lock").remove(&id);
+            })
+            .map_err(|e| Status::internal(format!("starting the task: {e}")))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel_task(&self, req: Request<TaskRef>) -> Result<Response<CancelReply>, Status> {
+        tls::require_peer(&req, &[Role::Server], "cancel a task")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let found = match self.running.lock().expect("lock").get(&r.task_id) {
+            Some(flag) => {
+                flag.store(true, Ordering::Relaxed);
+                warn!("task {}: cancelled by the server", r.task_id);
+                true
+            }
+            None => false,
+        };
+        Ok(Response::new(CancelReply { found }))
+    }
+
+    async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {
+        tls::require_peer(&req, &[Role::Server], "update revocations")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        self.revoked.update(r.serials).map_err(|e| Status::internal(format!("saving revocations: {e}")))?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+/// A task id as a file name, whatever characters it holds.
+fn hex_name(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}

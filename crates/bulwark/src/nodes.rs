@@ -1,0 +1,164 @@
+//! Wiring of the daemons: `bulwark agent`, `bulwark transport` and the data mover process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bulwark_proto::pki::{Identity, Role};
+use bulwark_proto::tls::{self, Revocations, TlsIdentity};
+use clap::Args;
+
+/// How a node finds the server and who it is.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The backup server to join (https://HOST:PORT); needed only the first time.
+    #[arg(long, env = "BULWARK_SERVER")]
+    server: Option<String>,
+    /// One-time join token from `bulwark token create`; needed only the first time.
+    #[arg(long)]
+    join_token: Option<String>,
+    /// This node's name (lowercase letters, digits, hyphens); defaults to the host name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the node keeps its certificate and key (0600) and its state.
+    #[arg(long, default_value = "/var/lib/bulwark")]
+    data_dir: PathBuf,
+    /// Address to listen on for the server's calls.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address the server should call (when it differs from --listen, behind NAT say).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_lowercase()
+}
+
+/// Binds the listener, then loads the node's identity or joins the server to get one.
+async fn start_node(
+    args: &NodeArgs,
+    role: Role,
+    default_port: u16,
+) -> Result<(tokio::net::TcpListener, TlsIdentity, Revocations, String)> {
+    let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None if bound.ip().is_unspecified() => format!("{}:{}", hostname(), bound.port()),
+        None => bound.to_string(),
+    };
+    let identity = match Identity::load(&args.data_dir)? {
+        Some(id) => id,
+        None => {
+            let (Some(server), Some(token)) = (&args.server, &args.join_token) else {
+                bail!(
+                    "{} holds no identity: join a server first with --server URL --join-token TOKEN",
+                    args.data_dir.display()
+                );
+            };
+            let name = args.name.clone().unwrap_or_else(hostname);
+            let id =
+                bulwark_proto::node::join(server, token, role, &name, &advertise).await.map_err(anyhow::Error::msg)?;
+            id.save(&args.data_dir)?;
+            tracing::info!("joined {server} as {role} {name}");
+            id
+        }
+    };
+    let tls_id = TlsIdentity::new(&identity)?;
+    if tls_id.peer.role != role {
+        bail!("{} holds the identity of {}, not of a {role}", args.data_dir.display(), tls_id.peer);
+    }
+    if let Some(n) = &args.name {
+        if *n != tls_id.peer.name {
+            bail!("{} holds the identity of {}, not of {n}", args.data_dir.display(), tls_id.peer);
+        }
+    }
+    let revoked = Revocations::persistent(&args.data_dir.join("revoked"))?;
+    Ok((listener, tls_id, revoked, advertise))
+}
+
+/// Scripts and tests wait for this line on stdout.
+fn announce(role: Role, name: &str, address: &str, bound: SocketAddr) {
+    println!("{}", serde_json::json!({ "role": role.as_str(), "name": name, "address": address, "listening": bound }));
+    tracing::info!("{role} {name} listening on {bound} (reachable as {address})");
+}
+
+/// Ends the daemon on SIGINT or SIGTERM.
+async fn until_stopped() {
+    while !crate::CANCEL.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn run_agent(args: NodeArgs) -> Result<()> {
+    init_logging();
+    runtime()?.block_on(async {
+        let (listener, id, revoked, advertise) = start_node(&args, Role::Agent, 9441).await?;
+        let bound = listener.local_addr()?;
+        let service = bulwark_agent::service::AgentService::new(&args.data_dir, &id, revoked.clone())
+            .map_err(anyhow::Error::msg)?;
+        let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
+        announce(Role::Agent, &id.peer.name, &advertise, bound);
+        let serve = tls::server_builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(tls::incoming(listener, server_cfg));
+        tokio::select! {
+            r = serve => r.context("agent service")?,
+            () = until_stopped() => tracing::info!("agent stopping"),
+        }
+        Ok(())
+    })
+}
+
+pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
+    init_logging();
+    if roots.is_empty() {
+        bail!("a transport node needs at least one --root for its repositories");
+    }
+    for r in &roots {
+        if !r.is_dir() {
+            bail!("repository root {} is not a directory", r.display());
+        }
+    }
+    runtime()?.block_on(async {
+        let (listener, id, revoked, advertise) = start_node(&args, Role::Transport, 9442).await?;
+        let bound = listener.local_addr()?;
+        let host = advertise.rsplit_once(':').map_or(advertise.as_str(), |(h, _)| h).to_string();
+        let cfg = bulwark_transport::TransportConfig {
+            name: id.peer.name.clone(),
+            data_dir: args.data_dir.clone(),
+            roots,
+            advertise_host: host,
+            mover_program: std::env::current_exe().context("finding this program")?,
+        };
+        let service = bulwark_transport::TransportService::new(cfg, revoked.clone());
+        let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
+        announce(Role::Transport, &id.peer.name, &advertise, bound);
+        tokio::select! {
+            r = bulwark_transport::service::serve(service, listener, server_cfg) => r.context("transport service")?,
+            () = until_stopped() => tracing::info!("transport service stopping"),
+        }
+        Ok(())
+    })
+}
+
+/// The data mover process: its configuration on stdin, its report on stdout.
+pub fn run_data_mover() -> Result<std::process::ExitCode> {
+    init_logging();
+    let cfg: bulwark_transport::MoverConfig =
+        serde_json::from_reader(std::io::stdin().lock()).context("reading the data mover's configuration")?;
+    let code = bulwark_transport::data_mover::run(cfg, &mut std::io::stdout().lock());
+    Ok(std::process::ExitCode::from(code as u8))
+}
