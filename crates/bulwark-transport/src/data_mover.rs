@@ -358,7 +358,13 @@ pub fn run(cfg: MoverConfig, out: &mut dyn Write) -> i32 {
         }
     };
     say(serde_json::json!({ "port": port }));
-    rt.block_on(watch(session.clone()));
+    rt.block_on(async {
+        watch(session.clone()).await;
+        if session.failure.lock().expect("lock").is_some() {
+            // Let the error frame on its way reach the agent: it is the reason it reports.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
     let outcome = session.outcome();
     let code = if outcome.status == "committed" { 0 } else { 1 };
     say(serde_json::to_value(&outcome).expect("outcome"));

@@ -34,7 +34,12 @@ pub struct NodeArgs {
 }
 
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -51,6 +51,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log_text());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
