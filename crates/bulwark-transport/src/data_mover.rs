@@ -81,15 +81,22 @@ struct Session {
     manifests: Mutex<Vec<Manifest>>,
     received: AtomicU64,
     failure: Mutex<Option<String>>,
+    /// Every stream's way back to the agent.
+    streams: Mutex<Vec<mpsc::Sender<Result<MoverFrame, Status>>>>,
     done: Notify,
 }
 
 impl Session {
+    /// Ends the session: the reason goes to the log and, on every stream, to the agent, which
+    /// may next use any of them.
     fn fail(&self, reason: String) {
         warn!("task {}: {reason}", self.cfg.task_id);
         let mut f = self.failure.lock().expect("lock");
         if f.is_none() {
-            *f = Some(reason);
+            *f = Some(reason.clone());
+            for tx in self.streams.lock().expect("lock").iter() {
+                let _ = tx.try_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
+            }
         }
         self.done.notify_one();
     }
@@ -325,6 +332,7 @@ impl DataMover for Service {
             repository_id: s.repo.label(),
         };
         let _ = tx.send(Ok(reply(mover_frame::Frame::Opened(opened)))).await;
+        s.streams.lock().expect("lock").push(tx.clone());
         let (session, rt) = (s.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || session.serve_stream(stream, inbound, tx, rt));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -402,6 +410,7 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
         manifests: Mutex::new(Vec::new()),
         received: AtomicU64::new(0),
         failure: Mutex::new(None),
+        streams: Mutex::new(Vec::new()),
         done: Notify::new(),
     });
     let svc = DataMoverServer::new(Service(session.clone()))

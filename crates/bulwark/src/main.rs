@@ -297,12 +297,15 @@ impl RepoArgs {
 static CANCEL: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 fn main() -> ExitCode {
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts; afterwards
-    // `bulwark ls | head` ends quietly, as Unix tools do, instead of failing on a closed pipe.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Daemons keep SIGPIPE ignored: a peer that resets a connection must cost that connection,
+    // not the process. Commands get the default back, so `bulwark ls | head` ends quietly.
+    if !matches!(cli.command, Command::Agent { .. } | Command::Transport { .. } | Command::DataMover) {
+        // SAFETY: changing a signal disposition before any thread starts; no memory involved.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while cancelling ends the process at once, as an operator expects.
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&CANCEL));

@@ -58,10 +58,20 @@ fn stop_mover(c: &Cluster, transport: &Daemon, m: &MoverStarted) -> bulwark_prot
 }
 
 /// Connects to the mover as `id` (or with no certificate) and opens one stream.
-fn connect(c: &Cluster, m: &MoverStarted, node: &str, id: Option<&Identity>, ticket: &str) -> Result<RemoteTarget, String> {
+fn connect(
+    c: &Cluster,
+    m: &MoverStarted,
+    node: &str,
+    id: Option<&Identity>,
+    ticket: &str,
+) -> Result<RemoteTarget, String> {
     let tls_id = id.map(|i| TlsIdentity::new(i).unwrap());
-    let cfg = tls::client_config(tls_id.as_ref(), id.is_none().then(|| c.ca.fingerprint()).as_deref(), &Revocations::default())
-        .unwrap();
+    let cfg = tls::client_config(
+        tls_id.as_ref(),
+        id.is_none().then(|| c.ca.fingerprint()).as_deref(),
+        &Revocations::default(),
+    )
+    .unwrap();
     let ep = MoverEndpoint { address: m.address.clone(), node: node.into(), ticket: ticket.into(), streams: 1 };
     c.rt.block_on(RemoteTarget::connect(&ep, cfg)).map_err(|e| e.to_string())
 }
@@ -75,11 +85,18 @@ fn refused(c: &Cluster, m: &MoverStarted, node: &str, id: Option<&Identity>, tic
 }
 
 /// Sends raw frames on one stream and returns the mover's answers, or its refusal.
-fn raw(c: &Cluster, m: &MoverStarted, node: &str, id: &Identity, frames: Vec<AgentFrame>) -> Result<Vec<String>, String> {
+fn raw(
+    c: &Cluster,
+    m: &MoverStarted,
+    node: &str,
+    id: &Identity,
+    frames: Vec<AgentFrame>,
+) -> Result<Vec<String>, String> {
     let tls_id = TlsIdentity::new(id).unwrap();
     let cfg = tls::client_config(Some(&tls_id), None, &Revocations::default()).unwrap();
     c.rt.block_on(async {
-        let ch = tls::connect(&m.address, &identity_name(Role::Transport, node), cfg).await.map_err(|e| e.to_string())?;
+        let ch =
+            tls::connect(&m.address, &identity_name(Role::Transport, node), cfg).await.map_err(|e| e.to_string())?;
         let mut s = DataMoverClient::new(ch)
             .session(tokio_stream::iter(frames))
             .await
@@ -106,9 +123,7 @@ fn raw(c: &Cluster, m: &MoverStarted, node: &str, id: &Identity, frames: Vec<Age
 }
 
 fn open(ticket: &str, protocol: u32) -> AgentFrame {
-    AgentFrame {
-        frame: Some(agent_frame::Frame::Open(Open { protocol, ticket: ticket.into(), stream: 0 })),
-    }
+    AgentFrame { frame: Some(agent_frame::Frame::Open(Open { protocol, ticket: ticket.into(), stream: 0 })) }
 }
 
 #[test]
@@ -162,11 +177,13 @@ fn refused_peers_tickets_and_frames_leave_the_repository_untouched() {
 
     // Malformed frames end the session with the reason, before anything is written.
     let m = start_mover(&c, &transport, &repo, "a1");
-    let bad_put = AgentFrame {
-        frame: Some(agent_frame::Frame::Put(Put { id: vec![1, 2, 3, 4, 5], data: vec![0; 64] })),
-    };
+    let bad_put =
+        AgentFrame { frame: Some(agent_frame::Frame::Put(Put { id: vec![1, 2, 3, 4, 5], data: vec![0; 64] })) };
     let answers = raw(&c, &m, "t1", &a1, vec![open(&m.ticket, bulwark_proto::PROTOCOL), bad_put]).unwrap();
-    assert!(answers.iter().any(|a| a.contains("put: 5 bytes is not a whole number of 32-byte chunk ids")), "{answers:?}");
+    assert!(
+        answers.iter().any(|a| a.contains("put: 5 bytes is not a whole number of 32-byte chunk ids")),
+        "{answers:?}"
+    );
     let report = c.rt.block_on(async {
         let mut t = c.manager.transport(&transport.node()).await.unwrap();
         let r = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: m.mover_id.clone() };
