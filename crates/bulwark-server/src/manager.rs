@@ -50,6 +50,8 @@ pub struct TaskOutcome {
     pub reports: Vec<serde_json::Value>,
     pub log: Vec<String>,
     pub received_bytes: u64,
+    /// The data mover's peak resident memory.
+    pub mover_peak_rss_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,7 @@ impl Manager {
         };
         if let Some(r) = &report {
             out.received_bytes = r.received_bytes;
+            out.mover_peak_rss_bytes = r.peak_rss_bytes;
             out.points = r.manifests_json.iter().filter_map(|m| serde_json::from_str(m).ok()).collect();
         }
         match agent_result {

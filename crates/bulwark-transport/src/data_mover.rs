@@ -62,6 +62,18 @@ pub struct MoverOutcome {
     pub error: Option<String>,
     pub manifests: Vec<Manifest>,
     pub received_bytes: u64,
+    /// The data mover's peak resident memory.
+    pub peak_rss_bytes: u64,
+}
+
+/// This process's peak resident memory (VmHWM), 0 if unknown.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Frames of index data sent at a time.
@@ -112,6 +124,7 @@ impl Session {
             error,
             manifests,
             received_bytes: self.received.load(Ordering::Relaxed),
+            peak_rss_bytes: peak_rss_bytes(),
         }
     }
 

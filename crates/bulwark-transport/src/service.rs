@@ -100,6 +100,7 @@ fn report(o: MoverOutcome) -> MoverReport {
         error: o.error.unwrap_or_default(),
         manifests_json: o.manifests.iter().map(|m| serde_json::to_string(m).expect("manifest")).collect(),
         received_bytes: o.received_bytes,
+        peak_rss_bytes: o.peak_rss_bytes,
     }
 }
 

@@ -17,8 +17,12 @@ use bulwark_proto::tls::{self, Revocations, TlsIdentity, SERVER_NODE};
 use bulwark_server::manager::{Manager, NodeAddress, TaskOutcome, TaskRequest};
 use bulwark_server::registration::{MemoryNodes, Registrar};
 
-pub fn bulwark_exe() -> &'static str {
-    env!("CARGO_BIN_EXE_bulwark")
+/// The `bulwark` program: the one cargo built for these tests, or `BULWARK_EXE` (benchmarks).
+pub fn bulwark_exe() -> String {
+    std::env::var("BULWARK_EXE")
+        .ok()
+        .or(option_env!("CARGO_BIN_EXE_bulwark").map(String::from))
+        .expect("BULWARK_EXE names the bulwark program")
 }
 
 /// A daemon process; killed when dropped.
