@@ -389,8 +389,8 @@ pub fn run(cfg: MoverConfig, out: &mut dyn Write) -> i32 {
     let outcome = session.outcome();
     let code = if outcome.status == "committed" { 0 } else { 1 };
     say(serde_json::to_value(&outcome).expect("outcome"));
-    // Open streams are abandoned, not drained: the process is done.
-    rt.shutdown_timeout(Duration::from_millis(100));
+    // Threads still blocked on streams the agent left open are abandoned: the process is done.
+    rt.shutdown_background();
     code
 }
 
