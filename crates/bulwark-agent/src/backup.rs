@@ -30,7 +30,7 @@ use crate::error::{AgentError, Result};
 use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
 use crate::snapshot::{create_with_retries, provider_for, Consistency, RetryPolicy, SnapshotMode, SnapshotProvider};
 use crate::source::open_source;
-use crate::target::BackupTarget;
+use crate::target::{Answer, BackupTarget};
 use crate::Progress;
 
 /// Bytes read from the source per read call (and per unit of work): large sequential reads.
@@ -108,6 +108,19 @@ struct BatchResult {
     unchanged: u64,
     new: u64,
     stored: u64,
+    /// Blocks taken as unchanged before the repository confirmed it still has their chunks.
+    check: Option<Check>,
+    /// Chunks to send once the repository says which it lacks.
+    uploads: Option<Uploads>,
+}
+
+/// A query about unchanged blocks' chunks still on its way; the collector reads the answer and
+/// stores again any chunk the repository lost.
+struct Check {
+    answer: Answer,
+    /// (position in `refs`, block number) of each block asked about, in query order.
+    blocks: Vec<(usize, u64)>,
+    drop: Vec<Range<u64>>,
 }
 
 /// Backs up `source` (a block device or an image file) into `repo` as a new restore point.
@@ -235,6 +248,7 @@ pub fn backup_volume_with(
     let vol_file = &volume.file;
 
     let mut stats = PointStats { source_bytes: size, ..Default::default() };
+    let (mut repair_codec, mut repair_buf) = (repo.codec(opts.compression), Vec::new());
     let outcome: Result<()> = std::thread::scope(|s| {
         // Reader: the only thread that reads the previous index and asks the filters.
         let reader = s.spawn(|| -> Result<()> {
@@ -300,13 +314,21 @@ pub fn backup_volume_with(
         drop((done_tx, work_rx, pool_tx));
 
         // Collector (this thread): results in order into the index.
+        let mut repair =
+            BlockRun { target: repo, codec: &mut repair_codec, bs: bsz, size, drop: &[], encoded: &mut repair_buf };
         let mut pending: BTreeMap<u64, BatchResult> = BTreeMap::new();
         let mut next = 0u64;
         let collected: Result<()> = (|| {
             for r in done_rx.iter() {
                 let r = r?;
                 pending.insert(r.seq, r);
-                while let Some(r) = pending.remove(&next) {
+                while let Some(mut r) = pending.remove(&next) {
+                    if let Some(check) = r.check.take() {
+                        repair.confirm(check, vol_file, &mut r)?;
+                    }
+                    if let Some(u) = r.uploads.take() {
+                        u.settle(repo, &mut r)?;
+                    }
                     for b in &r.refs {
                         writer.push_block(b)?;
                     }
@@ -435,7 +457,31 @@ impl BlockRun<'_> {
     ) -> Result<()> {
         let ids: Vec<ChunkId> =
             previous.iter().filter_map(|p| if let Some(BlockRef::Chunk(id)) = p { Some(*id) } else { None }).collect();
-        let mut have = self.target.have_chunks(&ids)?.into_iter();
+        let answer = self.target.query_chunks(&ids)?;
+        if !answer.is_ready() && previous.iter().all(Option::is_some) {
+            // Across the network: take the blocks as unchanged now and let the collector check
+            // the answer, so this worker moves on instead of waiting for a round trip.
+            let mut blocks = Vec::with_capacity(ids.len());
+            for (i, prev) in previous.iter().enumerate() {
+                let block = first + i as u64;
+                let len = self.len(block);
+                r.covered += len;
+                match prev {
+                    Some(BlockRef::Chunk(id)) => {
+                        blocks.push((r.refs.len(), block));
+                        r.unchanged += len;
+                        r.refs.push(BlockRef::Chunk(*id));
+                    }
+                    _ => {
+                        r.zero += len;
+                        r.refs.push(BlockRef::Zero);
+                    }
+                }
+            }
+            r.check = Some(Check { answer, blocks, drop: self.drop.to_vec() });
+            return Ok(());
+        }
+        let mut have = answer.wait()?.into_iter();
         for (i, prev) in previous.iter().enumerate() {
             let block = first + i as u64;
             let len = self.len(block);
@@ -466,6 +512,49 @@ impl BlockRun<'_> {
         Ok(())
     }
 
+    /// Reads the answer of a deferred [`Check`]: any chunk the repository lost is read again
+    /// from the snapshot and stored, and the block's entry follows what was read.
+    fn confirm(&mut self, check: Check, source: &File, r: &mut BatchResult) -> Result<()> {
+        let have = check.answer.wait()?;
+        for (&(at, block), present) in check.blocks.iter().zip(have) {
+            if present {
+                continue;
+            }
+            let len = self.len(block);
+            let from = block * self.bs;
+            let mut data = vec![0u8; len as usize];
+            source.read_exact_at(&mut data, from).map_err(|e| AgentError::Source {
+                path: "snapshot".into(),
+                what: format!("read failed at offset {from}"),
+                source: e,
+            })?;
+            let mut one = BatchResult::default();
+            let mut run = BlockRun { drop: &check.drop, ..self.reborrow() };
+            run.store(&mut data, block, &[None], &mut one)?;
+            if let Some(u) = one.uploads.take() {
+                u.settle(self.target, &mut one)?;
+            }
+            r.unchanged -= len;
+            r.read += one.read;
+            r.zero += one.zero;
+            r.new += one.new;
+            r.stored += one.stored;
+            r.refs[at] = one.refs[0];
+        }
+        Ok(())
+    }
+
+    fn reborrow(&mut self) -> BlockRun<'_> {
+        BlockRun {
+            target: self.target,
+            codec: self.codec,
+            bs: self.bs,
+            size: self.size,
+            drop: self.drop,
+            encoded: self.encoded,
+        }
+    }
+
     /// Blocks read from the snapshot (`data` holds them from block `first` on): zero blocks
     /// recognised, the rest hashed and asked about in one query, and those the repository
     /// lacks compressed and stored.
@@ -488,15 +577,37 @@ impl BlockRun<'_> {
             ids.push((i, id));
         }
         let query: Vec<ChunkId> = ids.iter().map(|(_, id)| *id).collect();
-        let have = self.target.have_chunks(&query)?;
+        let answer = self.target.query_chunks(&query)?;
+        r.refs.extend(refs);
+        let (bs, size) = (self.bs, self.size);
+        let candidate = |i: usize, id: ChunkId, encoded: Vec<u8>| Upload {
+            id,
+            len: bs.min(size - (first + i as u64) * bs),
+            same_as_previous: previous[i] == Some(BlockRef::Chunk(id)),
+            encoded,
+        };
+        if !answer.is_ready() {
+            // The query is crossing the network: compress every candidate now (blocks that were
+            // read are mostly new) and leave the answer to the collector; this worker moves on.
+            let mut items = Vec::with_capacity(ids.len());
+            for &(i, id) in &ids {
+                let at = (i as u64 * self.bs) as usize;
+                let len = self.len(first + i as u64) as usize;
+                let mut encoded = Vec::new();
+                self.codec.encode_into(&id, &data[at..at + len], &mut encoded);
+                items.push(candidate(i, id, encoded));
+            }
+            r.uploads = Some(Uploads { answer, items });
+            return Ok(());
+        }
+        // Here the answer is at hand: compress only what the repository lacks.
+        let have = answer.wait()?;
         let mut stored: Vec<ChunkId> = Vec::new();
         for (&(i, id), present) in ids.iter().zip(have) {
-            let len = self.len(first + i as u64);
+            let item = candidate(i, id, Vec::new());
             if present {
                 // Reusing a chunk keeps it from a concurrent garbage collection until commit.
-                if previous[i] == Some(BlockRef::Chunk(id)) {
-                    r.unchanged += len;
-                }
+                r.unchanged += if item.same_as_previous { item.len } else { 0 };
                 continue;
             }
             // The same content twice in one batch is stored once.
@@ -504,13 +615,44 @@ impl BlockRun<'_> {
                 continue;
             }
             let at = (i as u64 * self.bs) as usize;
-            self.codec.encode_into(&id, &data[at..at + len as usize], self.encoded);
+            self.codec.encode_into(&id, &data[at..at + item.len as usize], self.encoded);
             self.target.put_chunk(&id, self.encoded)?;
             stored.push(id);
-            r.new += len;
+            r.new += item.len;
             r.stored += self.encoded.len() as u64;
         }
-        r.refs.extend(refs);
+        Ok(())
+    }
+}
+
+/// Compressed chunks of a batch waiting for the repository's answer to "which do you have".
+struct Uploads {
+    answer: Answer,
+    items: Vec<Upload>,
+}
+
+struct Upload {
+    id: ChunkId,
+    len: u64,
+    same_as_previous: bool,
+    encoded: Vec<u8>,
+}
+
+impl Uploads {
+    /// Reads the answer and sends what the repository lacks (the same content once).
+    fn settle(self, target: &dyn BackupTarget, r: &mut BatchResult) -> Result<()> {
+        let have = self.answer.wait()?;
+        let mut stored: Vec<ChunkId> = Vec::new();
+        for (item, present) in self.items.into_iter().zip(have) {
+            if present {
+                r.unchanged += if item.same_as_previous { item.len } else { 0 };
+            } else if !stored.contains(&item.id) {
+                target.put_chunk(&item.id, &item.encoded)?;
+                stored.push(item.id);
+                r.new += item.len;
+                r.stored += item.encoded.len() as u64;
+            }
+        }
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
-use crate::target::{BackupTarget, PointSink};
+use crate::target::{Answer, BackupTarget, PointSink};
 
 /// Where the data mover is and how to prove the task is ours.
 #[derive(Debug, Clone)]
@@ -36,9 +36,22 @@ pub struct MoverEndpoint {
     pub streams: u32,
 }
 
+/// Stream 0: one request at a time, its answer read by the caller.
 struct Stream {
     tx: mpsc::Sender<AgentFrame>,
     rx: Streaming<MoverFrame>,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<std::result::Result<mover_frame::Frame, String>>;
+
+/// A data stream: requests from any worker, answers (in order) matched to their waiters by a
+/// reader task, so several queries can be in flight and a worker need not wait for its own.
+struct DataStream {
+    /// Held while a request is registered and sent, so waiters queue in the order of sending.
+    send: Mutex<mpsc::Sender<AgentFrame>>,
+    waiters: Arc<Mutex<std::collections::VecDeque<Waiter>>>,
+    /// Why the stream ended, once it has.
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 struct Inner {
@@ -46,10 +59,12 @@ struct Inner {
     label: String,
     keys: Keys,
     primary: Mutex<Stream>,
-    data: Vec<Mutex<Stream>>,
+    data: Vec<DataStream>,
     next: AtomicUsize,
     /// Bytes handed to the network (chunks and index entries).
     sent: Arc<AtomicU64>,
+    /// The first reason the data mover gave for ending the session, from any stream.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// A connected data mover session. Cheap to clone.
@@ -74,6 +89,45 @@ impl Inner {
         Err(self.last_word(s))
     }
 
+    /// The error to report for a stream that ended: the data mover's own reason if it gave one
+    /// on any stream.
+    fn ended(&self, fallback: String) -> RepoError {
+        self.err(self.failure.lock().expect("lock").clone().unwrap_or(fallback))
+    }
+
+    /// Registers a waiter (if `answer`) and sends `f` on a data stream.
+    fn data_send(
+        &self,
+        d: &DataStream,
+        f: AgentFrame,
+        answer: bool,
+    ) -> Result<Option<tokio::sync::oneshot::Receiver<std::result::Result<mover_frame::Frame, String>>>> {
+        let tx = d.send.lock().expect("stream lock");
+        if let Some(e) = d.ended.lock().expect("lock").clone() {
+            return Err(self.ended(e));
+        }
+        let rx = answer.then(|| {
+            let (w, rx) = tokio::sync::oneshot::channel();
+            d.waiters.lock().expect("lock").push_back(w);
+            rx
+        });
+        if tx.blocking_send(f).is_err() {
+            return Err(self.ended("the data mover closed the stream".into()));
+        }
+        Ok(rx)
+    }
+
+    fn data_wait(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<std::result::Result<mover_frame::Frame, String>>,
+    ) -> Result<mover_frame::Frame> {
+        match rx.blocking_recv() {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => Err(self.ended(e)),
+            Err(_) => Err(self.ended("the data mover closed the stream".into())),
+        }
+    }
+
     fn last_word(&self, s: &mut Stream) -> RepoError {
         let got = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), s.rx.message()).await });
         match got {
@@ -92,8 +146,8 @@ impl Inner {
             }
             Ok(Some(MoverFrame { frame: Some(f) })) => Ok(f),
             Ok(Some(MoverFrame { frame: None })) => Err(self.err("empty frame from the data mover")),
-            Ok(None) => Err(self.err("the data mover closed the stream")),
-            Err(status) => Err(self.err(format!("connection to the data mover lost: {}", status.message()))),
+            Ok(None) => Err(self.ended("the data mover closed the stream".into())),
+            Err(status) => Err(self.ended(format!("connection to the data mover lost: {}", status.message()))),
         }
     }
 
@@ -107,11 +161,11 @@ impl Inner {
     }
 
     /// A stream for one query or upload: round robin over the data streams.
-    fn data_stream(&self) -> &Mutex<Stream> {
+    fn data_stream(&self) -> Option<&DataStream> {
         if self.data.is_empty() {
-            return &self.primary;
+            return None;
         }
-        &self.data[self.next.fetch_add(1, Ordering::Relaxed) % self.data.len()]
+        Some(&self.data[self.next.fetch_add(1, Ordering::Relaxed) % self.data.len()])
     }
 
     fn fetch_piece(&self, codec: &mut ChunkCodec, id: &ChunkId) -> Result<Vec<u8>> {
@@ -167,17 +221,48 @@ impl RemoteTarget {
                 Ok(_) => return Err(err("no answer to open".into())),
                 Err(s) => return Err(err(format!("refused: {}", s.message()))),
             }
-            streams.push(Mutex::new(Stream { tx, rx }));
+            streams.push(Stream { tx, rx });
         }
-        let primary = streams.remove(0);
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let mut data = Vec::new();
+        for Stream { tx, mut rx } in streams.drain(1..) {
+            let d = DataStream { send: Mutex::new(tx), waiters: Arc::default(), ended: Arc::default() };
+            let (waiters, ended, failure) = (d.waiters.clone(), d.ended.clone(), failure.clone());
+            tokio::spawn(async move {
+                let reason = loop {
+                    match rx.message().await {
+                        Ok(Some(MoverFrame { frame: Some(mover_frame::Frame::Error(e)) })) => {
+                            let e = format!("data mover: {e}");
+                            failure.lock().expect("lock").get_or_insert(e.clone());
+                            break e;
+                        }
+                        Ok(Some(MoverFrame { frame: Some(f) })) => {
+                            if let Some(w) = waiters.lock().expect("lock").pop_front() {
+                                let _ = w.send(Ok(f));
+                            }
+                        }
+                        Ok(Some(MoverFrame { frame: None })) => {}
+                        Ok(None) => break "the data mover closed the stream".to_string(),
+                        Err(s) => break format!("connection to the data mover lost: {}", s.message()),
+                    }
+                };
+                *ended.lock().expect("lock") = Some(reason.clone());
+                for w in waiters.lock().expect("lock").drain(..) {
+                    let _ = w.send(Err(reason.clone()));
+                }
+            });
+            data.push(d);
+        }
+        let primary = Mutex::new(streams.remove(0));
         Ok(RemoteTarget(Arc::new(Inner {
             rt: Handle::current(),
             label,
             keys,
             primary,
-            data: streams,
+            data,
             next: AtomicUsize::new(0),
             sent: Arc::new(AtomicU64::new(0)),
+            failure,
         })))
     }
 
@@ -250,23 +335,41 @@ impl BackupTarget for RemoteTarget {
     }
 
     fn have_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.query_chunks(ids)?.wait()
+    }
+
+    fn query_chunks(&self, ids: &[ChunkId]) -> Result<Answer> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Answer::Ready(Vec::new()));
         }
         let inner = &self.0;
-        let mut s = inner.data_stream().lock().expect("stream lock");
         let packed: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
-        match inner.ask(&mut s, agent_frame::Frame::Query(Query { ids: packed }))? {
-            mover_frame::Frame::Have(h) if h.len() == ids.len() => Ok(h.iter().map(|&b| b == 1).collect()),
-            f => Err(inner.unexpected("query", &f)),
-        }
+        let query = agent_frame::Frame::Query(Query { ids: packed });
+        let check = {
+            let (inner, n) = (self.0.clone(), ids.len());
+            move |f: mover_frame::Frame| match f {
+                mover_frame::Frame::Have(h) if h.len() == n => Ok(h.iter().map(|&b| b == 1).collect()),
+                f => Err(inner.unexpected("query", &f)),
+            }
+        };
+        let Some(d) = inner.data_stream() else {
+            let mut s = inner.primary.lock().expect("stream lock");
+            return Ok(Answer::Ready(check(inner.ask(&mut s, query)?)?));
+        };
+        let rx = inner.data_send(d, frame(query), true)?.expect("a waiter");
+        let waiting = self.0.clone();
+        Ok(Answer::Later(Box::new(move || check(waiting.data_wait(rx)?))))
     }
 
     fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
         let inner = &self.0;
-        let mut s = inner.data_stream().lock().expect("stream lock");
-        let put = Put { id: id.0.to_vec(), data: stored.to_vec() };
-        inner.send(&mut s, frame(agent_frame::Frame::Put(put)))?;
+        let put = frame(agent_frame::Frame::Put(Put { id: id.0.to_vec(), data: stored.to_vec() }));
+        match inner.data_stream() {
+            Some(d) => {
+                inner.data_send(d, put, false)?;
+            }
+            None => inner.send(&mut inner.primary.lock().expect("stream lock"), put)?,
+        }
         inner.sent.fetch_add(stored.len() as u64 + 32, Ordering::Relaxed);
         Ok(())
     }
@@ -315,8 +418,8 @@ impl RemoteSink {
         self.send_pending()?;
         let inner = &self.target.0;
         for d in &inner.data {
-            let mut s = d.lock().expect("stream lock");
-            match inner.ask(&mut s, agent_frame::Frame::Flush(Empty {}))? {
+            let rx = inner.data_send(d, frame(agent_frame::Frame::Flush(Empty {})), true)?.expect("a waiter");
+            match inner.data_wait(rx)? {
                 mover_frame::Frame::Flushed(_) => {}
                 f => return Err(inner.unexpected("flush", &f)),
             }

@@ -11,6 +11,25 @@ use bulwark_repo::{
     RestorePointId, Result, TreeCursor,
 };
 
+/// The answer to a chunk query: here already, or on its way across the network.
+pub enum Answer {
+    Ready(Vec<bool>),
+    Later(Box<dyn FnOnce() -> Result<Vec<bool>> + Send>),
+}
+
+impl Answer {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Answer::Ready(_))
+    }
+
+    pub fn wait(self) -> Result<Vec<bool>> {
+        match self {
+            Answer::Ready(v) => Ok(v),
+            Answer::Later(f) => f(),
+        }
+    }
+}
+
 pub trait BackupTarget: Sync {
     /// Names the target in messages.
     fn label(&self) -> String;
@@ -22,6 +41,11 @@ pub trait BackupTarget: Sync {
     /// For each id, whether the repository has that chunk; those it has are kept for the point
     /// being written (a concurrent garbage collection will not sweep them).
     fn have_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+    /// [`BackupTarget::have_chunks`] without waiting for the answer, so the caller can work
+    /// (compress, hash the next batch) while the question crosses the network.
+    fn query_chunks(&self, ids: &[ChunkId]) -> Result<Answer> {
+        Ok(Answer::Ready(self.have_chunks(ids)?))
+    }
     fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         Ok(self.have_chunks(std::slice::from_ref(id))?[0])
     }

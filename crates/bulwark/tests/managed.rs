@@ -3,6 +3,8 @@
 
 mod cluster;
 
+use std::path::PathBuf;
+
 use bulwark_proto::pki::Role;
 use cluster::*;
 
@@ -86,5 +88,46 @@ fn join_run_tasks_and_restore_byte_identical() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     use bulwark_testkit::describe_tree;
     bulwark_testkit::assert_same_tree(&describe_tree(&back), &describe_tree(&tree), "file-level restore");
+    verify_clean(&repo);
+}
+
+#[test]
+fn cbt_incremental_through_a_data_mover_stores_again_a_lost_chunk() {
+    let c = Cluster::new();
+    let repos = c.dir.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let repo = repos.join("main");
+    init_repo(&repo);
+    let agent = c.start(Role::Agent, "db-1", &[]);
+    let transport = c.start(Role::Transport, "store-1", &["--root", repos.to_str().unwrap()]);
+    let xfs = bulwark_testkit::MountedFs::create(c.dir.path(), "xfs", 400 << 20);
+    let img = xfs.path().join("disk.img");
+    bulwark_imagegen::generate(&img, 48 << 20, 8).unwrap();
+    let spec = || {
+        let mut s = volume_spec(&img, "db-1-disk");
+        s.snapshot = "reflink".into();
+        s.cbt = "auto".into();
+        s
+    };
+    let full = c.run(c.task("full", &agent, &transport, &repo, spec()));
+    assert_eq!(full.status, "success", "{full:?}");
+
+    // Lose one chunk the full point references, then change a few blocks elsewhere.
+    let chunks: Vec<PathBuf> = std::fs::read_dir(repo.join("chunks"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.path()))
+        .collect();
+    let lost = chunks.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap().clone();
+    std::fs::remove_file(&lost).unwrap();
+    bulwark_imagegen::mutate(&img, 2.0, 8, 1).unwrap();
+    let image = std::fs::read(&img).unwrap();
+
+    let incr = c.run(c.task("incr", &agent, &transport, &repo, spec()));
+    assert_eq!(incr.status, "success", "{incr:?}");
+    assert_eq!(incr.reports[0]["change_tracking"], true, "{:?}", incr.reports);
+    assert!(lost.exists(), "the lost chunk was not stored again");
+    assert_eq!(restore(&repo, incr.points[0].id.as_str(), c.dir.path()), image);
+    // The full point is whole again too.
     verify_clean(&repo);
 }
