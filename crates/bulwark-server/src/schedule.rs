@@ -118,7 +118,9 @@ impl Schedule {
             Schedule::Monthly { day, .. } => {
                 return Err(invalid(format!("day {day} is not a day of the month (1 to 31; 31 means the last day)")))
             }
-            Schedule::Periodic { every_minutes: 0 } => return Err(invalid("every_minutes is 0; it must be at least 1")),
+            Schedule::Periodic { every_minutes: 0 } => {
+                return Err(invalid("every_minutes is 0; it must be at least 1"))
+            }
             Schedule::Periodic { every_minutes } => Plan::Every { nanos: i128::from(*every_minutes) * 60_000_000_000 },
             Schedule::After { job } if job.trim().is_empty() => {
                 return Err(invalid("an \"after\" schedule needs the name of the job it follows"))

@@ -81,7 +81,8 @@ fn main() {
         let (mut full_s, mut incr_s, mut full_m, mut incr_m) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
         let (mut full, mut incr) = (None, None);
         for round in 0..2 {
-            let (r1, r2) = (repos.join(format!("standalone-{size}-{round}")), repos.join(format!("managed-{size}-{round}")));
+            let (r1, r2) =
+                (repos.join(format!("standalone-{size}-{round}")), repos.join(format!("managed-{size}-{round}")));
             init_repo(&r1);
             init_repo(&r2);
             bulwark_imagegen::generate(&img, size << 20, 7).unwrap();
