@@ -241,6 +241,9 @@ pub fn backup_volume_with(
         pool_tx.send(Vec::with_capacity((batch_blocks * bsz) as usize)).expect("pool has room");
     }
     let (work_tx, work_rx) = bounded::<Batch>(threads);
+    // A batch holds a slot from the read until the collector has settled it: results carrying
+    // compressed chunks (waiting for a remote answer) cannot pile up beyond this.
+    let (slot_tx, slot_rx) = bounded::<()>(pool_size * 2);
     let (done_tx, done_rx) = bounded::<Result<BatchResult>>(pool_size);
     let stop = AtomicBool::new(false);
     let blocks = bs.blocks_for(size);
@@ -284,6 +287,9 @@ pub fn backup_volume_with(
                     })?;
                     filtered.add(f.name(), ranges.iter().map(|r| r.end - r.start).sum());
                     drop.extend(ranges);
+                }
+                if slot_tx.send(()).is_err() {
+                    return Ok(());
                 }
                 let data = if known {
                     Vec::new()
@@ -339,6 +345,7 @@ pub fn backup_volume_with(
                     stats.stored_bytes += r.stored;
                     progress(r.covered);
                     next += 1;
+                    let _ = slot_rx.try_recv();
                 }
             }
             Ok(())
@@ -508,6 +515,9 @@ impl BlockRun<'_> {
                 source: e,
             })?;
             self.store(scratch, block, std::slice::from_ref(prev), r)?;
+            if let Some(u) = r.uploads.take() {
+                u.settle(self.target, r)?;
+            }
         }
         Ok(())
     }

@@ -103,14 +103,19 @@ impl Inner {
         answer: bool,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<std::result::Result<mover_frame::Frame, String>>>> {
         let tx = d.send.lock().expect("stream lock");
-        if let Some(e) = d.ended.lock().expect("lock").clone() {
-            return Err(self.ended(e));
-        }
-        let rx = answer.then(|| {
-            let (w, rx) = tokio::sync::oneshot::channel();
-            d.waiters.lock().expect("lock").push_back(w);
-            rx
-        });
+        let rx = {
+            // Checked and registered under the waiters' lock, which the reader holds while it
+            // marks the stream ended and fails the waiters: no waiter is ever left behind.
+            let mut waiters = d.waiters.lock().expect("lock");
+            if let Some(e) = d.ended.lock().expect("lock").clone() {
+                return Err(self.ended(e));
+            }
+            answer.then(|| {
+                let (w, rx) = tokio::sync::oneshot::channel();
+                waiters.push_back(w);
+                rx
+            })
+        };
         if tx.blocking_send(f).is_err() {
             return Err(self.ended("the data mover closed the stream".into()));
         }
@@ -246,8 +251,9 @@ impl RemoteTarget {
                         Err(s) => break format!("connection to the data mover lost: {}", s.message()),
                     }
                 };
+                let mut waiters = waiters.lock().expect("lock");
                 *ended.lock().expect("lock") = Some(reason.clone());
-                for w in waiters.lock().expect("lock").drain(..) {
+                for w in waiters.drain(..) {
                     let _ = w.send(Err(reason.clone()));
                 }
             });

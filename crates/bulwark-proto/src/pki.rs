@@ -263,8 +263,13 @@ impl Ca {
     pub fn sign_request(&self, csr_pem: &str, role: Role, name: &str) -> Result<Issued> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Invalid(format!("bad certificate request: {e}")))?;
-        let serial = random_hex::<16>();
-        let params = node_params(role, name, &hex::decode(&serial).expect("hex"))?;
+        // A serial with its top bit clear and a non-zero first byte is encoded in DER exactly as
+        // generated, so the serial recorded here is the one verifiers read from the certificate.
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes).expect("random source");
+        bytes[0] = (bytes[0] & 0x7f) | 0x01;
+        let serial = hex::encode(bytes);
+        let params = node_params(role, name, &bytes)?;
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(|e| PkiError::Invalid(format!("signing the certificate: {e}")))?;

@@ -349,6 +349,8 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    // Handshakes in progress at once: peers that never finish cannot use up the process.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -361,7 +363,12 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                warn!("refused connection from {remote}: too many handshakes in progress");
+                continue;
+            };
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(Duration::from_secs(15), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let identity = tls

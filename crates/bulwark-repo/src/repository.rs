@@ -459,7 +459,12 @@ impl PointWriter {
 
     /// Appends the next block's entry to a volume point's index.
     pub fn push_block(&mut self, r: &BlockRef) -> Result<()> {
-        let index = self.index.as_mut().expect("a volume point has a block index");
+        let Some(index) = self.index.as_mut() else {
+            return Err(RepoError::Invalid {
+                repo: self.repo.label(),
+                reason: "block entries for a file point".into(),
+            });
+        };
         index.push(r).map_err(|e| self.repo.io_err("writing the block index", e))
     }
 
@@ -489,7 +494,9 @@ impl PointWriter {
 
     fn commit_with(self, mut stats: PointStats, files: Option<FileSummary>) -> Result<Manifest> {
         let repo = &self.repo;
-        let index = self.index.expect("index written before commit");
+        let Some(index) = self.index else {
+            return Err(RepoError::Invalid { repo: repo.label(), reason: "a file point committed as a volume".into() });
+        };
         let auth = index.finish().map_err(|e| repo.io_err("writing the block index", e))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
         let mut manifest = Manifest {
@@ -509,7 +516,7 @@ impl PointWriter {
             stats: PointStats::default(),
             files,
         };
-        stats.stored_bytes += manifest.spec_index_len();
+        stats.stored_bytes = stats.stored_bytes.saturating_add(manifest.spec_index_len());
         manifest.stats = stats;
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         let body = if repo.keys.is_encrypted() {

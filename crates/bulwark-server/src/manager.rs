@@ -148,6 +148,7 @@ impl Manager {
             throttle: Some(req.throttle.clone()),
             max_streams: req.spec.streams.max(1),
             connect_timeout_s: 120,
+            names: req.spec.sources.iter().map(|s| s.name.clone()).collect(),
         };
         let started = match transport.start_mover(mover_spec).await {
             Ok(s) => s.into_inner(),

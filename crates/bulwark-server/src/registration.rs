@@ -19,12 +19,13 @@ pub struct JoinedNode {
     pub serial: String,
 }
 
-/// Where tokens and nodes are kept: memory here, the config database in the server.
+/// Where tokens and nodes are kept: memory (tests), or the config database (the server).
+#[tonic::async_trait]
 pub trait NodeStore: Send + Sync + 'static {
     /// Consumes a token: the role it admits, or `None` if it is unknown or was used.
-    fn redeem(&self, secret: &str) -> Option<Role>;
+    async fn redeem(&self, secret: &str) -> Option<Role>;
     /// Records a node; refuses a name already taken by a node of another role.
-    fn joined(&self, node: JoinedNode) -> Result<(), String>;
+    async fn joined(&self, node: JoinedNode) -> Result<(), String>;
 }
 
 /// Tokens and nodes in memory.
@@ -44,16 +45,16 @@ impl MemoryNodes {
     }
 }
 
+#[tonic::async_trait]
 impl NodeStore for MemoryNodes {
-    fn redeem(&self, secret: &str) -> Option<Role> {
+    async fn redeem(&self, secret: &str) -> Option<Role> {
         self.tokens.lock().expect("lock").remove(secret)
     }
-    fn joined(&self, node: JoinedNode) -> Result<(), String> {
+    async fn joined(&self, node: JoinedNode) -> Result<(), String> {
         let mut nodes = self.nodes.lock().expect("lock");
-        if nodes.iter().any(|n| n.name == node.name && n.role != node.role) {
-            return Err(format!("the name {} is taken by a {}", node.name, node.role));
+        if let Some(n) = nodes.iter().find(|n| n.name == node.name) {
+            return Err(format!("the name {} is taken by a joined {}; remove it first", node.name, n.role));
         }
-        nodes.retain(|n| n.name != node.name);
         nodes.push(node);
         Ok(())
     }
@@ -91,14 +92,15 @@ impl<S: NodeStore> Registration for Registrar<S> {
         }
         validate_node_name(&r.name).map_err(refuse)?;
         let token: JoinToken = r.token.parse().map_err(|e: String| refuse(e))?;
-        match self.store.redeem(&token.secret) {
+        // The request is checked before the token is spent: a malformed one wastes nothing.
+        let issued = self.ca.sign_request(&r.csr_pem, role, &r.name).map_err(|e| refuse(e.to_string()))?;
+        match self.store.redeem(&token.secret).await {
             Some(allowed) if allowed == role => {}
             Some(allowed) => return Err(refuse(format!("the token admits a {allowed}, not a {role}"))),
             None => return Err(refuse("unknown or already used join token".into())),
         }
-        let issued = self.ca.sign_request(&r.csr_pem, role, &r.name).map_err(|e| refuse(e.to_string()))?;
         let node = JoinedNode { name: r.name.clone(), role: r.role.clone(), address: r.address, serial: issued.serial };
-        self.store.joined(node).map_err(refuse)?;
+        self.store.joined(node).await.map_err(refuse)?;
         info!("{role} {} joined from {remote}", r.name);
         Ok(Response::new(JoinReply { certificate_pem: issued.cert_pem, ca_pem: self.ca.cert_pem().to_string() }))
     }

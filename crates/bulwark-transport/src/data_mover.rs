@@ -44,6 +44,8 @@ pub struct MoverConfig {
     /// The only agent allowed to connect.
     pub agent: String,
     pub ticket: String,
+    /// The backup names the task may read and write.
+    pub names: Vec<String>,
     pub throttle: ThrottleRule,
     pub max_streams: u32,
     /// How long to wait for the agent before giving up.
@@ -84,7 +86,7 @@ struct Session {
     repo: Repository,
     throttle: Throttle,
     connection: Mutex<Option<u64>>,
-    primary_open: AtomicBool,
+    open_streams: Mutex<HashSet<u32>>,
     writer: Mutex<Option<PointWriter>>,
     begun: AtomicBool,
     /// Points this session may read (returned by `latest`), and the tree pieces of those read.
@@ -114,8 +116,11 @@ impl Session {
     }
 
     fn outcome(&self) -> MoverOutcome {
-        // A point still open is dropped: nothing partial becomes visible.
-        drop(self.writer.lock().expect("lock").take());
+        // A point still open is dropped: nothing partial becomes visible. (If a stream thread
+        // holds it, the process's exit drops it just the same.)
+        if let Ok(mut w) = self.writer.try_lock() {
+            drop(w.take());
+        }
         let manifests = self.manifests.lock().expect("lock").clone();
         let error = self.failure.lock().expect("lock").clone();
         let error = error.or_else(|| manifests.is_empty().then(|| "the agent committed no restore point".to_string()));
@@ -125,6 +130,15 @@ impl Session {
             manifests,
             received_bytes: self.received.load(Ordering::Relaxed),
             peak_rss_bytes: peak_rss_bytes(),
+        }
+    }
+
+    /// Backup names outside the task's are refused: an agent reads and writes only its own.
+    fn may_use(&self, name: &str) -> Result<(), String> {
+        if self.cfg.names.iter().any(|n| n == name) {
+            Ok(())
+        } else {
+            Err(format!("backup name {name:?} is not one of task {}'s", self.cfg.task_id))
         }
     }
 
@@ -145,7 +159,10 @@ impl Session {
                     return;
                 }
             };
-            let outcome = Ask::try_from(frame).and_then(|ask| self.handle(n, ask, &tx));
+            let outcome = Ask::try_from(frame).and_then(|ask| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(n, ask, &tx)))
+                    .unwrap_or_else(|_| Err("internal error handling a frame (see the data mover's log)".into()))
+            });
             if let Err(reason) = outcome {
                 let _ = tx.blocking_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
                 self.fail(reason);
@@ -176,6 +193,7 @@ impl Session {
         match ask {
             Ask::Open { .. } => return Err("open sent twice".into()),
             Ask::Latest(name) => {
+                self.may_use(&name)?;
                 let m = self.repo.latest(&name).map_err(repo_err)?;
                 if let Some(m) = &m {
                     self.readable.lock().expect("lock").insert(m.id.to_string());
@@ -222,18 +240,26 @@ impl Session {
             Ask::Put { id, data } => {
                 begun()?;
                 self.throttle.take(data.len() as u64);
-                self.repo.put_chunk(&id, &data).map_err(repo_err)?;
+                // A chunk already there is never replaced: whatever an agent sends, it cannot
+                // change what other points reference. (Only a missing or empty one is written.)
+                if !self.repo.reuse_chunk(&id).map_err(repo_err)? {
+                    self.repo.put_chunk(&id, &data).map_err(repo_err)?;
+                }
                 self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
             }
             Ask::Begin(spec) => {
                 primary("begin")?;
-                let mut w = self.writer.lock().expect("lock");
-                if w.is_some() {
-                    return Err("begin while a restore point is open".into());
-                }
-                let writer = self.repo.begin_point(*spec).map_err(repo_err)?;
-                let begun = serde_json::json!({"id": writer.id(), "parent": writer.parent()});
-                *w = Some(writer);
+                self.may_use(&spec.name)?;
+                let begun = {
+                    let mut w = self.writer.lock().expect("lock");
+                    if w.is_some() {
+                        return Err("begin while a restore point is open".into());
+                    }
+                    let writer = self.repo.begin_point(*spec).map_err(repo_err)?;
+                    let begun = serde_json::json!({"id": writer.id(), "parent": writer.parent()});
+                    *w = Some(writer);
+                    begun
+                };
                 self.begun.store(true, Ordering::Release);
                 send(F::Begun(begun.to_string()))?;
             }
@@ -303,7 +329,10 @@ impl DataMover for Service {
         let conn = req.extensions().get::<PeerInfo>().map(|p| p.connection).unwrap_or_default();
         let peer = who.to_string();
         let mut inbound = req.into_inner();
-        let first = match inbound.message().await {
+        let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .map_err(|_| refuse(&peer, "no open frame within 30 s".into()))?;
+        let first = match first {
             Ok(Some(f)) => Ask::try_from(f).map_err(|e| refuse(&peer, format!("malformed first frame: {e}")))?,
             Ok(None) => return Err(refuse(&peer, "empty stream".into())),
             Err(e) => return Err(refuse(&peer, format!("broken stream: {}", e.message()))),
@@ -335,8 +364,8 @@ impl DataMover for Service {
         if stream >= s.cfg.max_streams.max(1) {
             return Err(refuse(&peer, format!("stream {stream} exceeds the task's {} streams", s.cfg.max_streams)));
         }
-        if stream == 0 && s.primary_open.swap(true, Ordering::AcqRel) {
-            return Err(refuse(&peer, "stream 0 opened twice".into()));
+        if !s.open_streams.lock().expect("lock").insert(stream) {
+            return Err(refuse(&peer, format!("stream {stream} opened twice")));
         }
         info!("task {}: {peer} opened stream {stream}", s.cfg.task_id);
         let (tx, rx) = mpsc::channel(16);
@@ -415,7 +444,7 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
         cfg,
         repo,
         connection: Mutex::new(None),
-        primary_open: AtomicBool::new(false),
+        open_streams: Mutex::new(HashSet::new()),
         writer: Mutex::new(None),
         begun: AtomicBool::new(false),
         readable: Mutex::new(HashSet::new()),

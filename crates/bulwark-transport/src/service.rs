@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark_proto::pb::transport_server::{Transport, TransportServer};
-use bulwark_proto::pb::{Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, Revocations as RevocationList};
+use bulwark_proto::pb::{
+    Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, RepositoryInfo, RepositoryInit,
+    Revocations as RevocationList,
+};
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -28,6 +31,8 @@ pub struct TransportConfig {
     pub roots: Vec<PathBuf>,
     /// The host agents reach this machine's data movers at.
     pub advertise_host: String,
+    /// The address data movers listen on (this node's listening address, or all).
+    pub bind_host: String,
     /// The program to run as a data mover (`bulwark`, which has a `data-mover` command).
     pub mover_program: PathBuf,
 }
@@ -71,6 +76,19 @@ impl TransportService {
             )));
         }
         Ok(real)
+    }
+
+    /// A path for a new repository: its parent must exist under one of the roots.
+    fn new_repository_path(&self, p: &str) -> Result<PathBuf, Status> {
+        let path = Path::new(p);
+        if path.exists() {
+            return self.repository_path(p);
+        }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Status::invalid_argument(format!("{p} is not a repository path")));
+        };
+        let parent = self.repository_path(&parent.display().to_string())?;
+        Ok(parent.join(name))
     }
 
     async fn outcome_of(&self, id: &str) -> Result<MoverOutcome, Status> {
@@ -122,10 +140,15 @@ impl Transport for TransportService {
             password: (!spec.password.is_empty()).then_some(spec.password),
             agent: spec.agent,
             ticket: ticket.clone(),
+            names: spec.names,
             throttle,
             max_streams: spec.max_streams.clamp(1, 16),
             connect_timeout_s: if spec.connect_timeout_s == 0 { 300 } else { spec.connect_timeout_s.into() },
-            listen: format!("{}:0", self.cfg.advertise_host),
+            listen: if self.cfg.bind_host.contains(':') {
+                format!("[{}]:0", self.cfg.bind_host)
+            } else {
+                format!("{}:0", self.cfg.bind_host)
+            },
             data_dir: self.cfg.data_dir.clone(),
         };
         let mut child = tokio::process::Command::new(&self.cfg.mover_program)
@@ -196,20 +219,46 @@ impl Transport for TransportService {
         tls::require_peer(&req, &[Role::Server], "stop a data mover")?;
         let r = req.into_inner();
         bulwark_proto::check_protocol(r.protocol, "server")?;
-        let (pid, task) = {
+        let (pid, task, ended) = {
             let movers = self.movers.lock().expect("lock");
             let m =
                 movers.get(&r.mover_id).ok_or_else(|| Status::not_found(format!("no data mover {}", r.mover_id)))?;
-            (m.pid, m.task_id.clone())
+            let ended = m.outcome.borrow().is_some();
+            (m.pid, m.task_id.clone(), ended)
         };
-        warn!("task {task}: stopping data mover {} on the server's request", r.mover_id);
-        if let Ok(pid) = i32::try_from(pid) {
+        // A mover that already ended was reaped: its pid may belong to another process now.
+        if !ended {
+            warn!("task {task}: stopping data mover {} on the server's request", r.mover_id);
+        }
+        if let (false, Ok(pid)) = (ended, i32::try_from(pid)) {
             // SAFETY: kill(2) with a pid this service spawned and still tracks; no memory involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let outcome = self.outcome_of(&r.mover_id).await?;
         self.movers.lock().expect("lock").remove(&r.mover_id);
         Ok(Response::new(report(outcome)))
+    }
+
+    async fn init_repository(&self, req: Request<RepositoryInit>) -> Result<Response<RepositoryInfo>, Status> {
+        tls::require_peer(&req, &[Role::Server], "create a repository")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let path = self.new_repository_path(&r.path)?;
+        let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
+        let info = tokio::task::spawn_blocking(move || -> Result<RepositoryInfo, bulwark_repo::RepoError> {
+            if path.join("config").exists() {
+                let repo = bulwark_repo::Repository::open(&path, password.as_deref())?;
+                return Ok(RepositoryInfo { created: false, encrypted: repo.is_encrypted() });
+            }
+            let opts = bulwark_repo::InitOptions { password, ..Default::default() };
+            let repo = bulwark_repo::Repository::init(&path, &opts)?;
+            Ok(RepositoryInfo { created: true, encrypted: repo.is_encrypted() })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        info!("repository {} {}", r.path, if info.created { "created" } else { "checked" });
+        Ok(Response::new(info))
     }
 
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {

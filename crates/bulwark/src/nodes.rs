@@ -146,6 +146,7 @@ pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
             data_dir: args.data_dir.clone(),
             roots,
             advertise_host: host,
+            bind_host: bound.ip().to_string(),
             mover_program: std::env::current_exe().context("finding this program")?,
         };
         let service = bulwark_transport::TransportService::new(cfg, revoked.clone());

@@ -227,3 +227,69 @@ fn the_decoder_survives_the_fuzz_corpus() {
     }
     assert!(n >= 10, "the corpus in {} has {n} inputs", dir.display());
 }
+
+#[test]
+fn an_agent_cannot_replace_stored_chunks_or_read_other_backups() {
+    let c = Cluster::new();
+    let repos = c.dir.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let repo_dir = repos.join("r");
+    init_repo(&repo_dir);
+    let repo = bulwark_repo::Repository::open(&repo_dir, None).unwrap();
+    // A chunk another computer's point uses.
+    let id = bulwark_repo::ChunkId([7; 32]);
+    repo.put_chunk(&id, b"the original stored bytes").unwrap();
+    let agent = c.start(Role::Agent, "a1", &[]);
+    let transport = c.start(Role::Transport, "t1", &["--root", repos.to_str().unwrap()]);
+    let a1 = Identity::load(&agent.data_dir).unwrap().unwrap();
+    let start = |names: Vec<String>| {
+        c.rt.block_on(async {
+            let mut t = c.manager.transport(&transport.node()).await.unwrap();
+            t.start_mover(MoverSpec {
+                protocol: bulwark_proto::PROTOCOL,
+                task_id: "sneaky".into(),
+                repository: repo_dir.display().to_string(),
+                agent: "a1".into(),
+                max_streams: 1,
+                connect_timeout_s: 30,
+                names,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        })
+    };
+    let frame = |f: agent_frame::Frame| AgentFrame { frame: Some(f) };
+
+    let m = start(vec!["a1-disk".into()]);
+    let answers =
+        raw(&c, &m, "t1", &a1, vec![open(&m.ticket, 1), frame(agent_frame::Frame::Latest("web-2-disk".into()))])
+            .unwrap();
+    assert!(answers.iter().any(|a| a.contains("\"web-2-disk\" is not one of task sneaky's")), "{answers:?}");
+
+    let m = start(vec!["a1-disk".into()]);
+    let spec = bulwark_repo::PointSpec {
+        kind: bulwark_repo::PointKind::Volume,
+        name: "a1-disk".into(),
+        source: "/dev/vda".into(),
+        volume_size: 1 << 20,
+        block_size: bulwark_repo::BlockSize::DEFAULT,
+        compression: Default::default(),
+        parent: None,
+        snapshot: "none".into(),
+        consistency: "crash".into(),
+    };
+    let frames = vec![
+        open(&m.ticket, 1),
+        frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
+        frame(agent_frame::Frame::Put(Put { id: id.0.to_vec(), data: b"forged replacement bytes!".to_vec() })),
+        frame(agent_frame::Frame::Flush(Default::default())),
+    ];
+    let answers = raw(&c, &m, "t1", &a1, frames).unwrap();
+    assert!(answers.iter().any(|a| a.starts_with("Flushed")), "{answers:?}");
+    let mut codec_free = Vec::new();
+    std::io::Read::read_to_end(&mut repo.storage().open_read(&id.key()).unwrap(), &mut codec_free).unwrap();
+    assert_eq!(codec_free, b"the original stored bytes");
+    assert!(points(&repo_dir).is_empty());
+}
