@@ -245,7 +245,7 @@ impl ManualClock {
 
     pub fn advance(&self, d: SignedDuration) {
         let mut now = self.lock();
-        *now = *now + d;
+        *now += d;
     }
 
     // A test that panicked while holding the lock still left a whole Timestamp behind.
