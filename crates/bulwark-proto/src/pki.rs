@@ -189,10 +189,11 @@ fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| PkiError::Io { what: "reading", path: path.into(), source })
 }
 
-fn node_params(role: Role, name: &str, serial: &[u8]) -> Result<CertificateParams> {
+fn node_params(role: Role, name: &str, serial: &[u8], extra_names: &[String]) -> Result<CertificateParams> {
     validate_node_name(name).map_err(PkiError::Invalid)?;
-    let mut p = CertificateParams::new(vec![identity_name(role, name)])
-        .map_err(|e| PkiError::Invalid(format!("certificate parameters: {e}")))?;
+    let mut names = vec![identity_name(role, name)];
+    names.extend(extra_names.iter().cloned());
+    let mut p = CertificateParams::new(names).map_err(|e| PkiError::Invalid(format!("certificate parameters: {e}")))?;
     p.distinguished_name.push(DnType::CommonName, identity_name(role, name));
     p.serial_number = Some(SerialNumber::from_slice(serial));
     // Every node both serves (its own service) and calls (other nodes' services).
@@ -261,6 +262,10 @@ impl Ca {
     /// Signs a node's certificate request. The name and role come from the join (the token
     /// says what may join), never from the request, whose only use is its public key.
     pub fn sign_request(&self, csr_pem: &str, role: Role, name: &str) -> Result<Issued> {
+        self.sign_request_with_names(csr_pem, role, name, &[])
+    }
+
+    fn sign_request_with_names(&self, csr_pem: &str, role: Role, name: &str, extra: &[String]) -> Result<Issued> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Invalid(format!("bad certificate request: {e}")))?;
         // A serial with its top bit clear and a non-zero first byte is encoded in DER exactly as
@@ -269,7 +274,7 @@ impl Ca {
         getrandom::getrandom(&mut bytes).expect("random source");
         bytes[0] = (bytes[0] & 0x7f) | 0x01;
         let serial = hex::encode(bytes);
-        let params = node_params(role, name, &bytes)?;
+        let params = node_params(role, name, &bytes, extra)?;
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(|e| PkiError::Invalid(format!("signing the certificate: {e}")))?;
@@ -278,8 +283,14 @@ impl Ca {
 
     /// A complete identity for a node of this same host (the server's own).
     pub fn issue(&self, role: Role, name: &str) -> Result<Identity> {
+        self.issue_with_names(role, name, &[])
+    }
+
+    /// [`Ca::issue`] with further names (DNS names or IP addresses) in the certificate: the
+    /// server's, which HTTPS clients reach by host name or address.
+    pub fn issue_with_names(&self, role: Role, name: &str, extra: &[String]) -> Result<Identity> {
         let req = NodeRequest::generate(role, name)?;
-        let issued = self.sign_request(&req.csr_pem, role, name)?;
+        let issued = self.sign_request_with_names(&req.csr_pem, role, name, extra)?;
         Ok(Identity { cert_pem: issued.cert_pem, key_pem: req.key_pem, ca_pem: self.cert_pem.clone() })
     }
 }

@@ -1,5 +1,6 @@
 //! The `bulwark` command: argument parsing and wiring only; the work lives in the library crates.
 
+mod admin;
 mod demo;
 mod nodes;
 mod ui;
@@ -33,6 +34,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    conn: admin::Conn,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +69,51 @@ enum Command {
     /// (internal) A data mover, started by the transport service.
     #[command(hide = true)]
     DataMover,
+    /// Run the backup server: config database, REST API, job scheduler, backup manager,
+    /// resource scheduler, certificate authority, restore point catalog.
+    ///
+    /// The config database is an SQLite file in --data-dir unless --db names a PostgreSQL
+    /// database (postgres://USER:PASSWORD@HOST/DB); its schema is brought up to date at start.
+    /// The first start creates the CA (DATA_DIR/ca.pem) and the first admin, whose API token
+    /// it writes once to DATA_DIR/initial-admin-token (0600). Agents and transport nodes join
+    /// on the same HTTPS port with tokens from `bulwark token create`. Prints one JSON line with
+    /// the address once listening.
+    Server {
+        #[arg(long, default_value = "/var/lib/bulwark-server")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:9440")]
+        listen: std::net::SocketAddr,
+        /// PostgreSQL URL; default an SQLite file in --data-dir.
+        #[arg(long, env = "BULWARK_DB", hide_env_values = true)]
+        db: Option<String>,
+        /// Seconds between the job scheduler's looks at the clock.
+        #[arg(long, default_value_t = 15)]
+        tick_seconds: u64,
+        /// Another name (DNS or IP) clients use to reach the server. Repeatable.
+        #[arg(long)]
+        tls_name: Vec<String>,
+    },
+    /// Join tokens for new agents and transport nodes (through the server).
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Repositories the server knows (through the server).
+    #[command(subcommand)]
+    Repository(admin::RepositoryCmd),
+    /// Protected computers (joined agents).
+    #[command(subcommand)]
+    Computer(admin::ComputerCmd),
+    /// Protection groups.
+    #[command(subcommand)]
+    Group(admin::GroupCmd),
+    /// Backup jobs: create, start (--wait follows the session), stop, retry.
+    #[command(subcommand)]
+    Job(admin::JobCmd),
+    /// Job sessions and their tasks.
+    #[command(subcommand)]
+    Session(admin::SessionCmd),
+    /// Restore points in the server's catalog.
+    #[command(subcommand)]
+    Point(admin::PointCmd),
     /// Create a repository or change its password.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -300,7 +348,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Daemons keep SIGPIPE ignored: a peer that resets a connection must cost that connection,
     // not the process. Commands get the default back, so `bulwark ls | head` ends quietly.
-    if !matches!(cli.command, Command::Agent { .. } | Command::Transport { .. } | Command::DataMover) {
+    if !matches!(
+        cli.command,
+        Command::Agent { .. } | Command::Transport { .. } | Command::DataMover | Command::Server { .. }
+    ) {
         // SAFETY: changing a signal disposition before any thread starts; no memory involved.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -311,7 +362,7 @@ fn main() -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&CANCEL));
         let _ = signal_hook::flag::register(sig, Arc::clone(&CANCEL));
     }
-    match run(cli.command) {
+    match run(cli.command, cli.conn) {
         Ok(code) => code,
         Err(e)
             if e.downcast_ref::<bulwark_agent::AgentError>()
@@ -334,8 +385,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<ExitCode> {
+fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
     match command {
+        Command::Server { data_dir, listen, db, tick_seconds, tls_name } => {
+            nodes::run_server(data_dir, listen, db, tick_seconds, tls_name)?
+        }
+        Command::Token(c) => admin::token(conn, c)?,
+        Command::Repository(c) => admin::repository(conn, c)?,
+        Command::Computer(c) => admin::computer(conn, c)?,
+        Command::Group(c) => admin::group(conn, c)?,
+        Command::Job(c) => admin::job(conn, c)?,
+        Command::Session(c) => admin::session(conn, c)?,
+        Command::Point(c) => admin::point(conn, c)?,
         Command::Agent { node } => nodes::run_agent(node)?,
         Command::Transport { node, roots } => nodes::run_transport(node, roots)?,
         Command::DataMover => return nodes::run_data_mover(),

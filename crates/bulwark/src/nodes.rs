@@ -160,6 +160,31 @@ pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
     })
 }
 
+pub fn run_server(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    db: Option<String>,
+    tick_seconds: u64,
+    tls_names: Vec<String>,
+) -> Result<()> {
+    init_logging();
+    runtime()?.block_on(async {
+        let opts = bulwark_server::server::ServerOptions {
+            data_dir: data_dir.clone(),
+            listen,
+            db_url: db,
+            tick: Duration::from_secs(tick_seconds.max(1)),
+            tls_names,
+        };
+        let serve = bulwark_server::server::run(opts, |r| bulwark_server::server::announce(&r, &data_dir));
+        tokio::select! {
+            r = serve => r.context("backup server")?,
+            () = until_stopped() => tracing::info!("server stopping"),
+        }
+        Ok(())
+    })
+}
+
 /// The data mover process: its configuration on stdin, its report on stdout.
 pub fn run_data_mover() -> Result<std::process::ExitCode> {
     init_logging();

@@ -1,0 +1,436 @@
+//! The REST API under `/api/v1` (described by `/api/v1/openapi.json`). Every call but login
+//! carries `Authorization: Bearer TOKEN`; reads need any user, changes an admin. Bad input —
+//! unknown fields, wrong types, absurd values, unknown names — gets a 4xx with a message and
+//! changes nothing.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bulwark_proto::pb::RepositoryInit;
+use bulwark_proto::pki::{Ca, JoinToken, Role};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::backup_manager::Core;
+use crate::db::DbError;
+use crate::manager::NodeAddress;
+use crate::model::{check_name, GroupInput, Job, Login, RepositoryInput, RepositoryUpdate, TokenRequest, UserInput};
+use crate::store;
+
+pub struct AppState {
+    pub core: Arc<Core>,
+    pub ca: Arc<Ca>,
+}
+
+type S = Arc<AppState>;
+
+/// An error for the caller: a status and a message (as `{"error": …}`).
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if let DbError::Query(sqlx::Error::Database(d)) = &e {
+            if d.is_unique_violation() {
+                return ApiError(StatusCode::CONFLICT, "already exists".into());
+            }
+        }
+        tracing::warn!("{e}");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::UNPROCESSABLE_ENTITY, msg.into())
+}
+
+fn missing(what: &str, name: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no {what} {name:?}"))
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// A JSON body whose parse errors are answered like every other error.
+pub struct Input<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Input<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Input(v)),
+            Err(r) => Err(ApiError(
+                if matches!(r, JsonRejection::JsonDataError(_)) {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                r.body_text(),
+            )),
+        }
+    }
+}
+
+/// The authenticated caller.
+pub struct Caller {
+    pub name: String,
+    pub role: String,
+}
+
+impl Caller {
+    fn admin(&self) -> Result<(), ApiError> {
+        if self.role == "admin" {
+            Ok(())
+        } else {
+            Err(ApiError(StatusCode::FORBIDDEN, format!("user {} may only read", self.name)))
+        }
+    }
+}
+
+impl FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.into());
+        let header = parts
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| unauthorized("no API token (Authorization: Bearer …)"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| unauthorized("the Authorization header must be Bearer TOKEN"))?;
+        let (name, role) =
+            store::token_user(&state.core.db, token.trim()).await?.ok_or_else(|| unauthorized("unknown API token"))?;
+        Ok(Caller { name, role })
+    }
+}
+
+pub fn router(state: S) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/users", post(create_user))
+        .route("/api/v1/tokens", post(create_join_token))
+        .route("/api/v1/computers", get(|c: Caller, s: State<S>| list_nodes(c, s, "agent")))
+        .route("/api/v1/computers/{name}", get(show_computer).delete(remove_computer))
+        .route("/api/v1/transports", get(|c: Caller, s: State<S>| list_nodes(c, s, "transport")))
+        .route("/api/v1/repositories", get(list_repositories).post(create_repository))
+        .route("/api/v1/repositories/{name}", get(show_repository).patch(update_repository).delete(delete_repository))
+        .route("/api/v1/groups", get(list_groups).post(create_group))
+        .route("/api/v1/groups/{name}", axum::routing::delete(delete_group))
+        .route("/api/v1/jobs", get(list_jobs).post(create_job))
+        .route("/api/v1/jobs/{name}", get(show_job).put(update_job).delete(delete_job))
+        .route("/api/v1/jobs/{name}/start", post(start_job))
+        .route("/api/v1/jobs/{name}/stop", post(stop_job))
+        .route("/api/v1/sessions", get(list_sessions))
+        .route("/api/v1/sessions/{id}", get(show_session))
+        .route("/api/v1/points", get(list_points))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path (see /api/v1/openapi.json)".into()) })
+        .with_state(state)
+}
+
+async fn login(State(s): State<S>, Input(l): Input<Login>) -> ApiResult {
+    let denied = || ApiError(StatusCode::UNAUTHORIZED, "wrong user name or password".into());
+    let (id, hash, _) = store::user_by_name(&s.core.db, &l.name).await?.ok_or_else(denied)?;
+    let ok =
+        tokio::task::spawn_blocking(move || crate::server::verify_password(&l.password, &hash)).await.unwrap_or(false);
+    if !ok {
+        return Err(denied());
+    }
+    Ok(Json(json!({ "token": store::create_api_token(&s.core.db, &id, "login").await? })))
+}
+
+async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult {
+    c.admin()?;
+    check_name("user", &u.name).map_err(bad)?;
+    if !matches!(u.role.as_str(), "admin" | "viewer") {
+        return Err(bad(format!("role {:?}: admin or viewer", u.role)));
+    }
+    if u.password.len() < 10 {
+        return Err(bad("a password needs at least 10 characters"));
+    }
+    let hash = tokio::task::spawn_blocking(move || crate::server::hash_password(&u.password))
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    store::create_user(&s.core.db, &u.name, &hash, &u.role).await?;
+    Ok(Json(json!({ "name": u.name, "role": u.role })))
+}
+
+async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult {
+    c.admin()?;
+    let role = match t.role.as_str() {
+        "agent" => Role::Agent,
+        "transport" => Role::Transport,
+        other => return Err(bad(format!("role {other:?}: agent or transport"))),
+    };
+    let token = JoinToken::generate(&s.ca.fingerprint());
+    store::create_join_token(&s.core.db, &token.secret, role).await?;
+    Ok(Json(json!({ "token": token.to_string(), "role": t.role })))
+}
+
+async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
+    Ok(Json(Value::Array(store::nodes(&s.core.db, role).await?)))
+}
+
+async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    let mut n = store::node(&s.core.db, "agent", &name).await?.ok_or_else(|| missing("computer", &name))?;
+    // Fresh inventory when the agent answers; the last one known otherwise.
+    let node = NodeAddress { name: name.clone(), address: n["address"].as_str().unwrap_or_default().into() };
+    if let Ok(Ok(inv)) = tokio::time::timeout(std::time::Duration::from_secs(5), s.core.manager.inventory(&node)).await
+    {
+        store::set_inventory(&s.core.db, &name, &inv).await?;
+        n["inventory"] = inv;
+        n["online"] = json!(true);
+    } else {
+        n["online"] = json!(false);
+    }
+    Ok(Json(n))
+}
+
+/// Removing a computer revokes its certificate everywhere; its restore points stay.
+async fn remove_computer(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    if !store::revoke_node(&s.core.db, "agent", &name).await? {
+        return Err(missing("computer", &name));
+    }
+    let serials = store::revoked_serials(&s.core.db).await?;
+    for role in ["transport", "agent"] {
+        for n in store::nodes(&s.core.db, role).await? {
+            let node = NodeAddress {
+                name: n["name"].as_str().unwrap_or_default().into(),
+                address: n["address"].as_str().unwrap_or_default().into(),
+            };
+            let r = if role == "agent" { Role::Agent } else { Role::Transport };
+            if let Err(e) = s.core.manager.push_revocations(r, &node, serials.clone()).await {
+                tracing::warn!("revocation list not delivered: {e}");
+            }
+        }
+    }
+    Ok(Json(json!({ "removed": name })))
+}
+
+async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult {
+    Ok(Json(Value::Array(store::repositories(&s.core.db).await?)))
+}
+
+async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    Ok(Json(store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?))
+}
+
+/// Creates the repository on its transport node (or checks the one there), then records it.
+async fn create_repository(c: Caller, State(s): State<S>, Input(r): Input<RepositoryInput>) -> ApiResult {
+    c.admin()?;
+    r.validate().map_err(bad)?;
+    if store::repository(&s.core.db, &r.name).await?.is_some() {
+        return Err(ApiError(StatusCode::CONFLICT, format!("repository {} already exists", r.name)));
+    }
+    let t = store::node(&s.core.db, "transport", &r.transport)
+        .await?
+        .ok_or_else(|| bad(format!("no transport node {:?} has joined", r.transport)))?;
+    let node = NodeAddress { name: r.transport.clone(), address: t["address"].as_str().unwrap_or_default().into() };
+    let mut client =
+        s.core.manager.transport(&node).await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let init = RepositoryInit {
+        protocol: bulwark_proto::PROTOCOL,
+        path: r.path.clone(),
+        password: r.password.clone().unwrap_or_default(),
+    };
+    let info = client
+        .init_repository(init)
+        .await
+        .map_err(|st| bad(format!("transport {}: {}", r.transport, st.message())))?
+        .into_inner();
+    store::insert_repository(&s.core.db, &r).await?;
+    let mut v = store::repository(&s.core.db, &r.name).await?.unwrap_or_default();
+    v["created_on_disk"] = json!(info.created);
+    Ok(Json(v))
+}
+
+async fn update_repository(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Input(u): Input<RepositoryUpdate>,
+) -> ApiResult {
+    c.admin()?;
+    if !(1..=256).contains(&u.max_tasks) {
+        return Err(bad(format!("max_tasks must be between 1 and 256, not {}", u.max_tasks)));
+    }
+    if !store::update_repository(&s.core.db, &name, u.max_tasks).await? {
+        return Err(missing("repository", &name));
+    }
+    show_repository(c, State(s), Path(name)).await
+}
+
+async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    let users = store::jobs_using(&s.core.db, "repository", &name).await?;
+    if !users.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("repository {name} is used by job(s) {}", users.join(", ")),
+        ));
+    }
+    if !store::delete_row(&s.core.db, "repositories", &name).await? {
+        return Err(missing("repository", &name));
+    }
+    Ok(Json(json!({ "deleted": name, "note": "the repository's files stay on its transport node" })))
+}
+
+async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult {
+    Ok(Json(Value::Array(store::groups(&s.core.db).await?)))
+}
+
+async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>) -> ApiResult {
+    c.admin()?;
+    check_name("group", &g.name).map_err(bad)?;
+    for m in &g.computers {
+        bulwark_proto::pki::validate_node_name(m).map_err(bad)?;
+    }
+    store::insert_group(&s.core.db, &g.name, &g.computers).await?;
+    Ok(Json(json!({ "name": g.name, "computers": g.computers })))
+}
+
+async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    let users = store::jobs_using(&s.core.db, "group", &name).await?;
+    if !users.is_empty() {
+        return Err(ApiError(StatusCode::CONFLICT, format!("group {name} is used by job(s) {}", users.join(", "))));
+    }
+    if !store::delete_row(&s.core.db, "groups", &name).await? {
+        return Err(missing("group", &name));
+    }
+    Ok(Json(json!({ "deleted": name })))
+}
+
+/// A job refers to objects that exist.
+async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
+    j.validate().map_err(bad)?;
+    if store::repository(&s.core.db, &j.repository).await?.is_none() {
+        return Err(bad(format!("no repository {:?}", j.repository)));
+    }
+    for c in &j.computers {
+        if store::node(&s.core.db, "agent", c).await?.is_none() {
+            return Err(bad(format!("no computer {c:?} has joined")));
+        }
+    }
+    for g in &j.groups {
+        if store::group_members(&s.core.db, g).await?.is_none() {
+            return Err(bad(format!("no group {g:?}")));
+        }
+    }
+    Ok(())
+}
+
+async fn list_jobs(_c: Caller, State(s): State<S>) -> ApiResult {
+    let jobs = store::jobs(&s.core.db).await?;
+    Ok(Json(Value::Array(jobs.into_iter().map(|j| serde_json::to_value(j.job).unwrap_or_default()).collect())))
+}
+
+async fn show_job(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    let j = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?;
+    let mut v = serde_json::to_value(&j.job).unwrap_or_default();
+    v["created"] = json!(j.created);
+    v["last_session"] = store::sessions(&s.core.db, Some(&name)).await?.into_iter().next().unwrap_or(Value::Null);
+    Ok(Json(v))
+}
+
+async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult {
+    c.admin()?;
+    check_job(&s, &j).await?;
+    store::insert_job(&s.core.db, &j).await?;
+    Ok(Json(serde_json::to_value(&j).unwrap_or_default()))
+}
+
+async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(j): Input<Job>) -> ApiResult {
+    c.admin()?;
+    if j.name != name {
+        return Err(bad(format!("the body names job {:?}, the path {name:?}", j.name)));
+    }
+    check_job(&s, &j).await?;
+    if !store::update_job(&s.core.db, &j).await? {
+        return Err(missing("job", &name));
+    }
+    Ok(Json(serde_json::to_value(&j).unwrap_or_default()))
+}
+
+async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    if let Some(id) = store::running_session(&s.core.db, &name).await? {
+        return Err(ApiError(StatusCode::CONFLICT, format!("job {name} is running (session {id}); stop it first")));
+    }
+    if !store::delete_row(&s.core.db, "jobs", &name).await? {
+        return Err(missing("job", &name));
+    }
+    Ok(Json(json!({ "deleted": name })))
+}
+
+async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    if store::job(&s.core.db, &name).await?.is_none() {
+        return Err(missing("job", &name));
+    }
+    match s.core.start_session(&name).await {
+        Ok(id) => Ok(Json(store::session(&s.core.db, &id).await?.unwrap_or_default())),
+        Err(e) if e.contains("already running") => Err(ApiError(StatusCode::CONFLICT, e)),
+        Err(e) => Err(bad(e)),
+    }
+}
+
+async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    let id = store::running_session(&s.core.db, &name)
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::CONFLICT, format!("job {name} is not running")))?;
+    s.core.stop_session(&id, &format!("stopped by {}", c.name)).await;
+    Ok(Json(store::session(&s.core.db, &id).await?.unwrap_or_default()))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFilter {
+    job: Option<String>,
+}
+
+async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult {
+    Ok(Json(Value::Array(store::sessions(&s.core.db, f.job.as_deref()).await?)))
+}
+
+async fn show_session(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
+    let mut v = store::session(&s.core.db, &id).await?.ok_or_else(|| missing("session", &id))?;
+    let progress = s.core.progress.lock().expect("lock").clone();
+    for t in v["tasks"].as_array_mut().into_iter().flatten() {
+        if let Some(p) = t["id"].as_str().and_then(|id| progress.get(id)) {
+            t["progress"] = json!({
+                "total_bytes": p.total_bytes, "read_bytes": p.read_bytes,
+                "sent_bytes": p.sent_bytes, "rate_bytes_per_s": p.rate_bytes_per_s,
+            });
+        }
+    }
+    Ok(Json(v))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointFilter {
+    computer: Option<String>,
+}
+
+async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
+    Ok(Json(Value::Array(store::points(&s.core.db, f.computer.as_deref()).await?)))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}

@@ -1,0 +1,447 @@
+//! Sessions and their tasks: the backup manager (one task per computer, run through the task
+//! driver), the resource scheduler (slots on repositories), automatic retries, backup windows,
+//! and the job scheduler's clock loop.
+//!
+//! All state lives in the config database: a task is `waiting`, `running` (it holds a slot) or
+//! ended. Grants are made by one function under one lock, reading the database each time, so a
+//! slot is never granted twice; at start, tasks the previous server left `running` are
+//! cancelled on their agents and marked failed, so no slot leaks across a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_proto::pb::{Progress, Source, TaskSpec, Throttle};
+use serde_json::json;
+use sqlx::Row;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::db::{int, now, opt_text, text, Db};
+use crate::manager::{Manager, NodeAddress, TaskRequest};
+use crate::model::Job;
+use crate::schedule::{Clock, Schedule};
+use crate::store;
+
+pub struct Core {
+    pub db: Db,
+    pub manager: Manager,
+    pub clock: Arc<dyn Clock>,
+    wake: Notify,
+    grant_lock: tokio::sync::Mutex<()>,
+    seq: AtomicI64,
+    /// The latest progress report of each running task.
+    pub progress: Mutex<HashMap<String, Progress>>,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    id: String,
+    session: String,
+    computer: String,
+    repository: String,
+}
+
+fn parse_ts(s: &str) -> Option<jiff::Timestamp> {
+    s.parse().ok()
+}
+
+impl Core {
+    pub async fn new(db: Db, manager: Manager, clock: Arc<dyn Clock>) -> Result<Arc<Core>, crate::db::DbError> {
+        let max = sqlx::query("SELECT MAX(seq) AS m FROM tasks").fetch_one(&db.pool).await?;
+        let seq = max.try_get::<Option<i64>, _>("m").ok().flatten().unwrap_or(0);
+        Ok(Arc::new(Core {
+            db,
+            manager,
+            clock,
+            wake: Notify::new(),
+            grant_lock: tokio::sync::Mutex::new(()),
+            seq: AtomicI64::new(seq),
+            progress: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Opens a session of `job`: one waiting task per computer. Errors are for the operator.
+    pub async fn start_session(self: &Arc<Self>, job_name: &str) -> Result<String, String> {
+        let db_err = |e: crate::db::DbError| e.to_string();
+        let row = store::job(&self.db, job_name).await.map_err(db_err)?.ok_or(format!("no job {job_name:?}"))?;
+        let job = row.job;
+        if let Some(id) = store::running_session(&self.db, job_name).await.map_err(db_err)? {
+            return Err(format!("job {job_name} is already running (session {id})"));
+        }
+        let mut computers: Vec<String> = job.computers.clone();
+        for g in &job.groups {
+            let members = store::group_members(&self.db, g).await.map_err(db_err)?.ok_or(format!("no group {g:?}"))?;
+            computers.extend(members);
+        }
+        let mut seen = HashSet::new();
+        computers.retain(|c| seen.insert(c.clone()));
+        for c in &computers {
+            match store::node(&self.db, "agent", c).await.map_err(db_err)? {
+                Some(n) if n["revoked"] == true => return Err(format!("computer {c} is revoked")),
+                Some(_) => {}
+                None => return Err(format!("no computer {c:?} has joined")),
+            }
+        }
+        store::repository(&self.db, &job.repository)
+            .await
+            .map_err(db_err)?
+            .ok_or(format!("no repository {:?}", job.repository))?;
+        let id = format!("{}-{}", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"), store::random_hex(3));
+        store::insert_session(&self.db, &id, job_name).await.map_err(db_err)?;
+        for c in &computers {
+            self.queue_task(&id, c, &job, 1, None).await.map_err(db_err)?;
+        }
+        info!("session {id} of job {job_name}: {} task(s)", computers.len());
+        if let Some(w) = job.window.clone() {
+            let tz = job.time_zone();
+            let now = self.clock.now();
+            match w.closes_after(&tz, now) {
+                Some(close) => {
+                    let (core, sid) = (self.clone(), id.clone());
+                    let wait = Duration::from_secs((close.as_second() - now.as_second()).max(0) as u64);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        core.stop_session(&sid, "stopped at the end of the backup window").await;
+                    });
+                }
+                None => {
+                    store::end_session(&self.db, &id, "failed", Some("started outside the backup window"))
+                        .await
+                        .map_err(db_err)?;
+                    self.cancel_waiting(&id).await;
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    async fn queue_task(
+        &self,
+        session: &str,
+        computer: &str,
+        job: &Job,
+        attempt: i64,
+        not_before: Option<String>,
+    ) -> Result<(), crate::db::DbError> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        sqlx::query(
+            "INSERT INTO tasks (id, session_id, computer, repository, priority, seq, attempt, status, queued, not_before)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting', $8, $9)",
+        )
+        .bind(format!("{session}-{computer}-{attempt}"))
+        .bind(session)
+        .bind(computer)
+        .bind(&job.repository)
+        .bind(job.priority)
+        .bind(seq)
+        .bind(attempt)
+        .bind(now())
+        .bind(not_before)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_waiting(&self, session: &str) {
+        let _ = sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', ended = $1 WHERE session_id = $2 AND status = 'waiting'",
+        )
+        .bind(now())
+        .bind(session)
+        .execute(&self.db.pool)
+        .await;
+    }
+
+    /// Stops a session: waiting tasks are cancelled, running ones cancelled on their agents.
+    pub async fn stop_session(self: &Arc<Self>, session: &str, reason: &str) {
+        let Ok(Some(s)) = store::session(&self.db, session).await else { return };
+        if s["status"] != "running" {
+            return;
+        }
+        warn!("session {session}: {reason}");
+        let _ = store::end_session(&self.db, session, "failed", Some(reason)).await;
+        self.cancel_waiting(session).await;
+        for t in s["tasks"].as_array().into_iter().flatten().filter(|t| t["status"] == "running") {
+            let computer = t["computer"].as_str().unwrap_or_default();
+            if let Ok(Some(n)) = store::node(&self.db, "agent", computer).await {
+                let node =
+                    NodeAddress { name: computer.into(), address: n["address"].as_str().unwrap_or_default().into() };
+                let _ = self.manager.cancel(&node, t["id"].as_str().unwrap_or_default()).await;
+            }
+        }
+    }
+
+    /// The resource scheduler: grants waiting tasks a slot, highest priority first and first
+    /// come first within a priority, never more running tasks on a repository than its
+    /// maximum, never two on one computer. A task that cannot run yet does not hold back
+    /// tasks behind it that can.
+    async fn grant(&self) -> Result<Vec<Grant>, crate::db::DbError> {
+        let _one_at_a_time = self.grant_lock.lock().await;
+        let db = &self.db;
+        let limits: HashMap<String, i64> = sqlx::query("SELECT name, max_tasks FROM repositories")
+            .fetch_all(&db.pool)
+            .await?
+            .iter()
+            .map(|r| (text(r, "name"), int(r, "max_tasks")))
+            .collect();
+        let mut per_repo: HashMap<String, i64> = HashMap::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        for r in
+            sqlx::query("SELECT computer, repository FROM tasks WHERE status = 'running'").fetch_all(&db.pool).await?
+        {
+            *per_repo.entry(text(&r, "repository")).or_default() += 1;
+            busy.insert(text(&r, "computer"));
+        }
+        let waiting = sqlx::query("SELECT * FROM tasks WHERE status = 'waiting' ORDER BY priority DESC, seq ASC")
+            .fetch_all(&db.pool)
+            .await?;
+        let now = self.clock.now();
+        let mut granted = Vec::new();
+        for r in &waiting {
+            let (computer, repository) = (text(r, "computer"), text(r, "repository"));
+            if opt_text(r, "not_before").and_then(|t| parse_ts(&t)).is_some_and(|t| t > now) || busy.contains(&computer)
+            {
+                continue;
+            }
+            let running = per_repo.entry(repository.clone()).or_default();
+            if *running >= limits.get(&repository).copied().unwrap_or(0) {
+                continue;
+            }
+            let id = text(r, "id");
+            let done =
+                sqlx::query("UPDATE tasks SET status = 'running', started = $1 WHERE id = $2 AND status = 'waiting'")
+                    .bind(crate::db::now())
+                    .bind(&id)
+                    .execute(&db.pool)
+                    .await?;
+            if done.rows_affected() == 1 {
+                *running += 1;
+                busy.insert(computer.clone());
+                granted.push(Grant { id, session: text(r, "session_id"), computer, repository });
+            }
+        }
+        Ok(granted)
+    }
+
+    /// Grants slots whenever something changes (and every second, for retry delays).
+    pub async fn dispatcher(self: Arc<Self>) {
+        loop {
+            match self.grant().await {
+                Ok(grants) => {
+                    for g in grants {
+                        tokio::spawn(self.clone().run_task(g));
+                    }
+                }
+                Err(e) => warn!("resource scheduler: {e}"),
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+        }
+    }
+
+    async fn run_task(self: Arc<Self>, g: Grant) {
+        let outcome = self.drive(&g).await;
+        let (status, error, log, sent) = match outcome {
+            Ok(o) => {
+                for m in &o.points {
+                    if let Err(e) = store::insert_point(&self.db, &g.repository, &g.id, &g.computer, m).await {
+                        warn!("task {}: recording point {}: {e}", g.id, m.id);
+                    }
+                }
+                let log = json!({"lines": o.log, "reports": o.reports});
+                (o.status, o.error, log, o.received_bytes as i64)
+            }
+            Err(e) => ("failed".to_string(), Some(e), json!(null), 0),
+        };
+        info!("task {}: {status}{}", g.id, error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+        let _ = sqlx::query(
+            "UPDATE tasks SET status = $1, error = $2, log = $3, ended = $4, sent_bytes = $5 WHERE id = $6",
+        )
+        .bind(&status)
+        .bind(error)
+        .bind(log.to_string())
+        .bind(now())
+        .bind(sent)
+        .bind(&g.id)
+        .execute(&self.db.pool)
+        .await;
+        self.progress.lock().expect("lock").remove(&g.id);
+        self.settle_session(&g.session).await;
+        self.wake.notify_one();
+    }
+
+    /// Builds the task from the job and runs it through the task driver.
+    async fn drive(&self, g: &Grant) -> Result<crate::manager::TaskOutcome, String> {
+        let db_err = |e: crate::db::DbError| e.to_string();
+        let session = store::session(&self.db, &g.session).await.map_err(db_err)?.ok_or("session vanished")?;
+        let job_name = session["job"].as_str().unwrap_or_default().to_string();
+        let job =
+            store::job(&self.db, &job_name).await.map_err(db_err)?.ok_or(format!("job {job_name} was deleted"))?.job;
+        let agent = store::node(&self.db, "agent", &g.computer)
+            .await
+            .map_err(db_err)?
+            .ok_or(format!("computer {} is gone", g.computer))?;
+        let (transport, path, password) = store::repository_access(&self.db, &g.repository)
+            .await
+            .map_err(db_err)?
+            .ok_or(format!("repository {} is gone", g.repository))?;
+        let tnode = store::node(&self.db, "transport", &transport)
+            .await
+            .map_err(db_err)?
+            .ok_or(format!("transport node {transport} is gone"))?;
+        let addr = |n: &serde_json::Value| n["address"].as_str().unwrap_or_default().to_string();
+        let spec = TaskSpec {
+            kind: if job.mode == "files" { "files" } else { "volume" }.into(),
+            sources: job
+                .sources
+                .iter()
+                .map(|s| Source { path: s.clone(), name: Job::point_name(&g.computer, s) })
+                .collect(),
+            exclude: job.exclude.clone(),
+            block_size: job
+                .block_size
+                .as_deref()
+                .and_then(|b| b.parse::<bulwark_repo::BlockSize>().ok())
+                .map_or(0, |b| b.bytes()),
+            compression: job.compression.clone().unwrap_or_default(),
+            snapshot: job.snapshot.clone().unwrap_or_default(),
+            cbt: job.cbt.clone().unwrap_or_default(),
+            filters: true,
+            pre_command: job.pre_command.clone().unwrap_or_default(),
+            post_command: job.post_command.clone().unwrap_or_default(),
+            streams: job.streams,
+            ..Default::default()
+        };
+        let req = TaskRequest {
+            task_id: g.id.clone(),
+            agent: NodeAddress { name: g.computer.clone(), address: addr(&agent) },
+            transport: NodeAddress { name: transport, address: addr(&tnode) },
+            repository: path,
+            password,
+            throttle: Throttle { bytes_per_s: job.throttle_mbps.unwrap_or(0) * 1_000_000, ..Default::default() },
+            spec,
+        };
+        let id = g.id.clone();
+        Ok(self
+            .manager
+            .run_task(req, |p| {
+                self.progress.lock().expect("lock").insert(id.clone(), *p);
+            })
+            .await)
+    }
+
+    /// Once a session's tasks have all ended: queue retries for failed computers (after the
+    /// job's delay), or record the session's result and start the jobs that follow it.
+    async fn settle_session(self: &Arc<Self>, session: &str) {
+        let Ok(tasks) = store::tasks(&self.db, session).await else { return };
+        if tasks.iter().any(|t| t["status"] == "waiting" || t["status"] == "running") {
+            return;
+        }
+        let Ok(Some(s)) = store::session(&self.db, session).await else { return };
+        let job_name = s["job"].as_str().unwrap_or_default().to_string();
+        let job = store::job(&self.db, &job_name).await.ok().flatten().map(|j| j.job);
+        // The latest attempt per computer decides.
+        let mut latest: HashMap<String, &serde_json::Value> = HashMap::new();
+        for t in &tasks {
+            let c = t["computer"].as_str().unwrap_or_default().to_string();
+            if latest.get(&c).is_none_or(|l| l["attempt"].as_i64() < t["attempt"].as_i64()) {
+                latest.insert(c, t);
+            }
+        }
+        if s["status"] == "running" {
+            if let Some(job) = &job {
+                let retry: Vec<(String, i64)> = latest
+                    .iter()
+                    .filter(|(_, t)| {
+                        t["status"] == "failed" && t["attempt"].as_i64().unwrap_or(1) < job.retries.tries as i64
+                    })
+                    .map(|(c, t)| (c.clone(), t["attempt"].as_i64().unwrap_or(1) + 1))
+                    .collect();
+                if !retry.is_empty() {
+                    let at = self.clock.now() + jiff::SignedDuration::from_mins(job.retries.delay_minutes as i64);
+                    for (c, attempt) in retry {
+                        info!("session {session}: retrying {c} (attempt {attempt}) at {at}");
+                        let _ = self.queue_task(session, &c, job, attempt, Some(at.to_string())).await;
+                    }
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+        }
+        let statuses: Vec<&str> = latest.values().map(|t| t["status"].as_str().unwrap_or("failed")).collect();
+        let status = if statuses.iter().any(|s| *s != "success" && *s != "warning") {
+            "failed"
+        } else if statuses.contains(&"warning") {
+            "warning"
+        } else {
+            "success"
+        };
+        let _ = store::end_session(&self.db, session, status, None).await;
+        info!("session {session} of job {job_name}: {status}");
+        // Jobs scheduled to follow this one.
+        if let Ok(all) = store::jobs(&self.db).await {
+            for j in all {
+                if matches!(&j.job.schedule, Some(Schedule::After { job }) if *job == job_name) {
+                    if let Err(e) = self.start_session(&j.job.name).await {
+                        warn!("job {} (after {job_name}): {e}", j.job.name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a restart: tasks the previous server left running are cancelled on their agents
+    /// and marked failed (their slots free again); sessions whose tasks all ended are settled.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let rows = sqlx::query("SELECT * FROM tasks WHERE status = 'running'")
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap_or_default();
+        for r in &rows {
+            let (id, computer) = (text(r, "id"), text(r, "computer"));
+            if let Ok(Some(n)) = store::node(&self.db, "agent", &computer).await {
+                let node =
+                    NodeAddress { name: computer.clone(), address: n["address"].as_str().unwrap_or_default().into() };
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.manager.cancel(&node, &id)).await;
+            }
+            warn!("task {id}: the server restarted while it ran; cancelled");
+            let _ = sqlx::query("UPDATE tasks SET status = 'failed', error = $1, ended = $2 WHERE id = $3")
+                .bind("the server restarted while the task ran")
+                .bind(now())
+                .bind(&id)
+                .execute(&self.db.pool)
+                .await;
+        }
+        for (id, _) in store::running_sessions(&self.db).await.unwrap_or_default() {
+            self.settle_session(&id).await;
+        }
+        self.wake.notify_one();
+    }
+
+    /// The job scheduler: every `tick`, starts each job whose schedule came due since it last
+    /// looked (once, however many runs a downtime missed).
+    pub async fn scheduler(self: Arc<Self>, tick: Duration) {
+        loop {
+            let now = self.clock.now();
+            for j in store::jobs(&self.db).await.unwrap_or_default() {
+                let Some(schedule) = &j.job.schedule else { continue };
+                if matches!(schedule, Schedule::After { .. }) {
+                    continue;
+                }
+                let anchor = parse_ts(&j.created).unwrap_or(now);
+                let last = j.last_check.as_deref().and_then(parse_ts).unwrap_or(anchor);
+                let due = schedule.due(&j.job.time_zone(), anchor, last, now);
+                let _ = store::set_last_check(&self.db, &j.job.name, &now.to_string()).await;
+                if let Some(at) = due {
+                    info!("job {}: scheduled run of {at} is due", j.job.name);
+                    if let Err(e) = self.start_session(&j.job.name).await {
+                        warn!("job {}: {e}", j.job.name);
+                    }
+                }
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+}

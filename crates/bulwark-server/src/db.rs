@@ -1,0 +1,151 @@
+//! The configuration database: an SQLite file by default, PostgreSQL when asked. One schema,
+//! written in the SQL both understand (TEXT, BIGINT; times as RFC 3339 text; nested settings
+//! as JSON text), applied by numbered migrations at start.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("config database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("config database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("config database: migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+    #[error("config database has schema version {found}; this server knows up to {known}: upgrade the server")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, DbError>;
+
+/// The schema, one migration per entry. Never edit one that shipped: add another.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE users (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT, role TEXT NOT NULL,
+        created TEXT NOT NULL);
+     CREATE TABLE api_tokens (
+        hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, name TEXT NOT NULL, created TEXT NOT NULL);
+     CREATE TABLE join_tokens (
+        secret_hash TEXT PRIMARY KEY, role TEXT NOT NULL, created TEXT NOT NULL, used TEXT);
+     CREATE TABLE nodes (
+        name TEXT PRIMARY KEY, role TEXT NOT NULL, address TEXT NOT NULL, serial TEXT NOT NULL,
+        joined TEXT NOT NULL, inventory TEXT, revoked BIGINT NOT NULL DEFAULT 0);
+     CREATE TABLE repositories (
+        name TEXT PRIMARY KEY, transport TEXT NOT NULL, path TEXT NOT NULL, max_tasks BIGINT NOT NULL,
+        password TEXT, created TEXT NOT NULL);
+     CREATE TABLE groups (
+        name TEXT PRIMARY KEY, computers TEXT NOT NULL, created TEXT NOT NULL);
+     CREATE TABLE jobs (
+        name TEXT PRIMARY KEY, spec TEXT NOT NULL, enabled BIGINT NOT NULL DEFAULT 1,
+        created TEXT NOT NULL, last_check TEXT);
+     CREATE TABLE sessions (
+        id TEXT PRIMARY KEY, job TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+        started TEXT NOT NULL, ended TEXT);
+     CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, session_id TEXT NOT NULL, computer TEXT NOT NULL, repository TEXT NOT NULL,
+        priority BIGINT NOT NULL, seq BIGINT NOT NULL, attempt BIGINT NOT NULL, status TEXT NOT NULL,
+        error TEXT, log TEXT, queued TEXT NOT NULL, not_before TEXT, started TEXT, ended TEXT,
+        sent_bytes BIGINT NOT NULL DEFAULT 0);
+     CREATE INDEX tasks_by_status ON tasks (status, priority, seq);
+     CREATE INDEX tasks_by_session ON tasks (session_id);
+     CREATE TABLE points (
+        id TEXT PRIMARY KEY, repository TEXT NOT NULL, task_id TEXT, computer TEXT NOT NULL,
+        name TEXT NOT NULL, kind TEXT NOT NULL, created TEXT NOT NULL, manifest TEXT NOT NULL);",
+)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// Now, as the database stores times.
+pub fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+impl Db {
+    /// Opens `url` (`sqlite:///path/file.db` or `postgres://…`) and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
+        let url_full =
+            if backend == Backend::Sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.into() };
+        // SQLite serialises writers anyway; one connection avoids "database is locked".
+        let max = if backend == Backend::Sqlite { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url_full)
+            .await
+            .map_err(|source| DbError::Open { url: redact(url), source })?;
+        let db = Db { pool, backend };
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&db.pool).await?;
+            sqlx::query("PRAGMA synchronous = FULL").execute(&db.pool).await?;
+        }
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&self.pool).await?;
+        let current: Option<i64> =
+            sqlx::query("SELECT MAX(version) AS v FROM schema_version").fetch_one(&self.pool).await?.try_get("v").ok();
+        let current = current.unwrap_or(0);
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > known {
+            return Err(DbError::TooNew { found: current, known });
+        }
+        for &(version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            let mut tx = self.pool.begin().await?;
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                sqlx::query(stmt).execute(&mut *tx).await.map_err(|source| DbError::Migration { version, source })?;
+            }
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Text column helpers: the Any driver hands back what the backend has.
+pub fn text(row: &AnyRow, col: &str) -> String {
+    row.try_get::<String, _>(col).unwrap_or_default()
+}
+
+pub fn opt_text(row: &AnyRow, col: &str) -> Option<String> {
+    row.try_get::<Option<String>, _>(col).ok().flatten()
+}
+
+pub fn int(row: &AnyRow, col: &str) -> i64 {
+    row.try_get::<i64, _>(col).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_passwords_in_messages() {
+        assert_eq!(super::redact("postgres://bw:s3cret@localhost/bulwark"), "postgres://bw:***@localhost/bulwark");
+        assert_eq!(super::redact("sqlite:///var/lib/bulwark/config.db"), "sqlite:///var/lib/bulwark/config.db");
+    }
+}

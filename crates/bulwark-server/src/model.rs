@@ -1,0 +1,296 @@
+//! What operators create through the API, and the checks that keep absurd values out of the
+//! config database. Every input refuses unknown fields: a misspelt setting is an error, not a
+//! silently ignored wish.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Schedule, Window};
+
+/// A name operators give objects: it appears in URLs and in restore point names.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} name {name:?}: use 1-64 letters, digits, '.', '_' and '-'"))
+    }
+}
+
+fn range(what: &str, v: i64, lo: i64, hi: i64) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{what} must be between {lo} and {hi}, not {v}"))
+    }
+}
+
+fn default_max_tasks() -> i64 {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryInput {
+    pub name: String,
+    /// The transport node whose data movers write it.
+    pub transport: String,
+    /// Its path on that node (under one of the node's roots).
+    pub path: String,
+    #[serde(default = "default_max_tasks")]
+    pub max_tasks: i64,
+    /// Encrypts a new repository; opens an existing encrypted one.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl RepositoryInput {
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("repository", &self.name)?;
+        range("max_tasks", self.max_tasks, 1, 256)?;
+        if !self.path.starts_with('/') {
+            return Err(format!("repository path {:?} must be absolute", self.path));
+        }
+        if self.password.as_deref().is_some_and(|p| p.len() < 8) {
+            return Err("a repository password needs at least 8 characters".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryUpdate {
+    pub max_tasks: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInput {
+    pub name: String,
+    pub computers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Restore points to keep per backup name (newest first).
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Tries in all (1: no retry).
+    pub tries: u32,
+    pub delay_minutes: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { tries: 3, delay_minutes: 10 }
+    }
+}
+
+fn default_mode() -> String {
+    "volumes".into()
+}
+
+fn default_streams() -> u32 {
+    2
+}
+
+/// A backup job: what, from which computers, to which repository, when, under which rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub name: String,
+    /// `volumes` (block devices or images) or `files` (directories).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub computers: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub repository: String,
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub block_size: Option<String>,
+    #[serde(default)]
+    pub compression: Option<String>,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub cbt: Option<String>,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    #[serde(default)]
+    pub window: Option<Window>,
+    /// IANA time zone for the schedule and window; the server's own when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub retries: Retries,
+    /// Throttle per task, MB/s (0 or absent: unlimited).
+    #[serde(default)]
+    pub throttle_mbps: Option<u64>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default = "default_streams")]
+    pub streams: u32,
+    #[serde(default)]
+    pub pre_command: Option<String>,
+    #[serde(default)]
+    pub post_command: Option<String>,
+}
+
+impl Job {
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("job", &self.name)?;
+        check_name("repository", &self.repository)?;
+        if !matches!(self.mode.as_str(), "volumes" | "files") {
+            return Err(format!("mode {:?}: volumes or files", self.mode));
+        }
+        if self.computers.is_empty() && self.groups.is_empty() {
+            return Err("a job needs at least one computer or group".into());
+        }
+        for c in &self.computers {
+            bulwark_proto::pki::validate_node_name(c)?;
+        }
+        if self.sources.is_empty() || self.sources.len() > 64 {
+            return Err("a job needs 1 to 64 sources".into());
+        }
+        if let Some(s) = self.sources.iter().find(|s| !s.starts_with('/')) {
+            return Err(format!("source {s:?} must be an absolute path"));
+        }
+        if let Some(b) = &self.block_size {
+            let b: bulwark_repo::BlockSize = b.parse()?;
+            if !bulwark_repo::BlockSize::OFFERED.contains(&b.bytes()) {
+                return Err(format!("block size {b} is not offered (256K, 512K, 1M, 4M)"));
+            }
+        }
+        if let Some(c) = &self.compression {
+            c.parse::<bulwark_repo::Compression>()?;
+        }
+        if let Some(s) = &self.snapshot {
+            if !matches!(s.as_str(), "auto" | "reflink" | "btrfs" | "lvm" | "none") {
+                return Err(format!("snapshot {s:?}: auto, reflink, btrfs, lvm or none"));
+            }
+        }
+        if let Some(c) = &self.cbt {
+            if !matches!(c.as_str(), "auto" | "extents" | "none") {
+                return Err(format!("cbt {c:?}: auto, extents or none"));
+            }
+        }
+        if let Some(s) = &self.schedule {
+            s.validate().map_err(|e| e.to_string())?;
+        }
+        if let Some(w) = &self.window {
+            w.validate().map_err(|e| e.to_string())?;
+        }
+        if let Some(tz) = &self.timezone {
+            jiff::tz::TimeZone::get(tz).map_err(|_| format!("unknown time zone {tz:?}"))?;
+        }
+        range("retries.tries", self.retries.tries.into(), 1, 10)?;
+        range("retries.delay_minutes", self.retries.delay_minutes.into(), 0, 1440)?;
+        range("priority", self.priority, -100, 100)?;
+        range("streams", self.streams.into(), 1, 16)?;
+        if let Some(t) = self.throttle_mbps {
+            range("throttle_mbps", t as i64, 0, 100_000)?;
+        }
+        Ok(())
+    }
+
+    pub fn time_zone(&self) -> jiff::tz::TimeZone {
+        self.timezone
+            .as_deref()
+            .and_then(|t| jiff::tz::TimeZone::get(t).ok())
+            .unwrap_or_else(jiff::tz::TimeZone::system)
+    }
+
+    /// The restore point name for one source of one computer: `computer-dev-vdb`.
+    pub fn point_name(computer: &str, source: &str) -> String {
+        let tail: String = source
+            .trim_matches('/')
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
+            .collect();
+        let tail = if tail.is_empty() { "root".to_string() } else { tail };
+        let mut name = format!("{computer}-{tail}");
+        name.truncate(128);
+        name
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserInput {
+    pub name: String,
+    pub password: String,
+    /// `admin` (everything) or `viewer` (reads only).
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub name: String,
+    pub password: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_names_come_from_computer_and_source() {
+        assert_eq!(Job::point_name("web-1", "/dev/vdb"), "web-1-dev-vdb");
+        assert_eq!(Job::point_name("web-1", "/"), "web-1-root");
+        assert_eq!(Job::point_name("db", "/var/lib/pg data"), "db-var-lib-pg-data");
+        bulwark_repo::point::validate_name(&Job::point_name("db", "/var/lib/pg data")).unwrap();
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_a_reason() {
+        let ok: Job = serde_json::from_value(serde_json::json!({
+            "name": "nightly", "computers": ["web-1"], "repository": "main", "sources": ["/dev/vdb"]
+        }))
+        .unwrap();
+        ok.validate().unwrap();
+        let bad = |patch: serde_json::Value| {
+            let mut v = serde_json::to_value(&ok).unwrap();
+            v.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+            match serde_json::from_value::<Job>(v) {
+                Ok(j) => j.validate().unwrap_err(),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert!(bad(serde_json::json!({"streams": 0})).contains("streams"));
+        assert!(bad(serde_json::json!({"priority": 1000})).contains("priority"));
+        assert!(bad(serde_json::json!({"block_size": "3M"})).contains("3M"));
+        assert!(bad(serde_json::json!({"sources": ["relative"]})).contains("absolute"));
+        assert!(bad(serde_json::json!({"retries": {"tries": 0, "delay_minutes": 1}})).contains("tries"));
+        assert!(bad(serde_json::json!({"bogus": 1})).contains("unknown field"));
+        assert!(bad(serde_json::json!({"streams": "two"})).contains("invalid type"));
+        assert!(bad(serde_json::json!({"timezone": "Mars/Olympus"})).contains("Mars"));
+    }
+}

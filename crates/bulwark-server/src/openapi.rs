@@ -1,0 +1,88 @@
+//! The API's OpenAPI 3.1 description, served at `/api/v1/openapi.json`.
+
+use serde_json::{json, Value};
+
+fn op(summary: &str, body: Option<&str>, admin: bool) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "done", "content": {"application/json": {"schema": {}}}},
+            "400": {"$ref": "#/components/responses/Error"},
+            "401": {"$ref": "#/components/responses/Error"},
+            "404": {"$ref": "#/components/responses/Error"},
+            "409": {"$ref": "#/components/responses/Error"},
+            "422": {"$ref": "#/components/responses/Error"}
+        }
+    });
+    if admin {
+        o["responses"]["403"] = json!({"$ref": "#/components/responses/Error"});
+    }
+    if let Some(b) = body {
+        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}}}});
+    }
+    o
+}
+
+fn name_param() -> Value {
+    json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+pub fn document() -> Value {
+    let s = |t: &str| json!({"type": t});
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Bulwark backup server", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/api/v1"}],
+        "paths": {
+            "/login": {"post": {"summary": "Trade a user's password for an API token", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Login"}}}}, "responses": {"200": {"description": "token"}, "401": {"$ref": "#/components/responses/Error"}}}},
+            "/users": {"post": op("Create a user", Some("UserInput"), true)},
+            "/tokens": {"post": op("Create a one-time join token for an agent or transport node", Some("TokenRequest"), true)},
+            "/computers": {"get": op("Joined agents", None, false)},
+            "/computers/{name}": {"parameters": name_param(), "get": op("A computer and its inventory", None, false), "delete": op("Remove a computer (revokes its certificate)", None, true)},
+            "/transports": {"get": op("Joined transport nodes", None, false)},
+            "/repositories": {"get": op("Repositories", None, false), "post": op("Create (or adopt) a repository on a transport node", Some("RepositoryInput"), true)},
+            "/repositories/{name}": {"parameters": name_param(), "get": op("A repository", None, false), "patch": op("Change a repository's task maximum", Some("RepositoryUpdate"), true), "delete": op("Forget a repository (its files stay)", None, true)},
+            "/groups": {"get": op("Protection groups", None, false), "post": op("Create a protection group", Some("GroupInput"), true)},
+            "/groups/{name}": {"parameters": name_param(), "delete": op("Delete a protection group", None, true)},
+            "/jobs": {"get": op("Jobs", None, false), "post": op("Create a job", Some("Job"), true)},
+            "/jobs/{name}": {"parameters": name_param(), "get": op("A job and its last session", None, false), "put": op("Replace a job's settings", Some("Job"), true), "delete": op("Delete a job", None, true)},
+            "/jobs/{name}/start": {"parameters": name_param(), "post": op("Start a session now", None, true)},
+            "/jobs/{name}/stop": {"parameters": name_param(), "post": op("Stop the running session", None, true)},
+            "/sessions": {"get": {"summary": "Sessions, newest first", "parameters": [{"name": "job", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "sessions"}}}},
+            "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks and their progress", None, false)},
+            "/points": {"get": {"summary": "Restore points in the catalog", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "what went wrong", "content": {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {"error": s("string")}}}}}},
+            "schemas": {
+                "Login": {"type": "object", "additionalProperties": false, "required": ["name", "password"], "properties": {"name": s("string"), "password": s("string")}},
+                "UserInput": {"type": "object", "additionalProperties": false, "required": ["name", "password", "role"], "properties": {"name": s("string"), "password": {"type": "string", "minLength": 10}, "role": {"enum": ["admin", "viewer"]}}},
+                "TokenRequest": {"type": "object", "additionalProperties": false, "required": ["role"], "properties": {"role": {"enum": ["agent", "transport"]}}},
+                "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}}},
+                "RepositoryUpdate": {"type": "object", "additionalProperties": false, "required": ["max_tasks"], "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}}},
+                "GroupInput": {"type": "object", "additionalProperties": false, "required": ["name", "computers"], "properties": {"name": s("string"), "computers": strings}},
+                "Job": {"type": "object", "additionalProperties": false, "required": ["name", "repository", "sources"], "properties": {
+                    "name": s("string"), "mode": {"enum": ["volumes", "files"]}, "computers": strings, "groups": strings,
+                    "repository": s("string"), "sources": strings, "exclude": strings,
+                    "block_size": {"enum": ["256K", "512K", "1M", "4M"]}, "compression": {"enum": ["none", "dedupe-friendly", "optimal", "high", "extreme"]},
+                    "snapshot": {"enum": ["auto", "reflink", "btrfs", "lvm", "none"]}, "cbt": {"enum": ["auto", "extents", "none"]},
+                    "schedule": {"oneOf": [
+                        {"type": "object", "properties": {"kind": {"const": "daily"}, "at": s("string"), "weekdays": strings}, "required": ["kind", "at"]},
+                        {"type": "object", "properties": {"kind": {"const": "monthly"}, "day": {"type": "integer", "minimum": 1, "maximum": 31}, "at": s("string")}, "required": ["kind", "day", "at"]},
+                        {"type": "object", "properties": {"kind": {"const": "periodic"}, "every_minutes": {"type": "integer", "minimum": 1}}, "required": ["kind", "every_minutes"]},
+                        {"type": "object", "properties": {"kind": {"const": "after"}, "job": s("string")}, "required": ["kind", "job"]}
+                    ]},
+                    "window": {"type": "object", "properties": {"start": s("string"), "end": s("string")}, "required": ["start", "end"]},
+                    "timezone": s("string"),
+                    "retention": {"type": "object", "properties": {"keep_last": s("integer"), "keep_daily": s("integer"), "keep_weekly": s("integer"), "keep_monthly": s("integer")}},
+                    "retries": {"type": "object", "properties": {"tries": {"type": "integer", "minimum": 1, "maximum": 10}, "delay_minutes": {"type": "integer", "minimum": 0, "maximum": 1440}}},
+                    "throttle_mbps": {"type": "integer", "minimum": 0}, "priority": {"type": "integer", "minimum": -100, "maximum": 100},
+                    "streams": {"type": "integer", "minimum": 1, "maximum": 16}, "pre_command": s("string"), "post_command": s("string")
+                }}
+            }
+        }
+    })
+}

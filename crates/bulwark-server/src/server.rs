@@ -1,0 +1,167 @@
+//! `bulwark server`: the config database, the CA, the REST API and node registration on one
+//! HTTPS port, the resource scheduler's dispatcher and the job scheduler.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_proto::pki::{Ca, Role};
+use bulwark_proto::tls::{self, Revocations, TlsIdentity, SERVER_NODE};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::ServiceExt;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::backup_manager::Core;
+use crate::db::Db;
+use crate::manager::Manager;
+use crate::registration::Registrar;
+use crate::schedule::{Clock, SystemClock};
+use crate::store::{self, DbNodes};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `postgres://…`; default an SQLite file in the data directory.
+    pub db_url: Option<String>,
+    /// How often the job scheduler looks at the clock.
+    pub tick: Duration,
+    /// Extra names (DNS or IP) the server's certificate carries, for clients dialling those.
+    pub tls_names: Vec<String>,
+}
+
+/// What the server says once it listens.
+pub struct Ready {
+    pub address: SocketAddr,
+    /// The first admin's credentials, when this start created them (shown once).
+    pub first_admin: Option<(String, String)>,
+}
+
+pub fn hash_password(pw: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).expect("random source");
+    let salt = SaltString::encode_b64(&salt).expect("salt");
+    argon2::Argon2::default().hash_password(pw.as_bytes(), &salt).expect("argon2id").to_string()
+}
+
+pub fn verify_password(pw: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+}
+
+fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ServerError + '_ {
+    move |e| ServerError::Setup(format!("{what}: {e}"))
+}
+
+/// Creates the first admin (user `admin`) on an empty database; its API token goes to
+/// `DATA_DIR/initial-admin-token` (0600).
+async fn first_admin(db: &Db, dir: &Path) -> Result<Option<(String, String)>, ServerError> {
+    if store::user_count(db).await? > 0 {
+        return Ok(None);
+    }
+    let password = store::random_hex(12);
+    let hash = {
+        let pw = password.clone();
+        tokio::task::spawn_blocking(move || hash_password(&pw)).await.map_err(|e| setup("hashing")(&e))?
+    };
+    let id = store::create_user(db, "admin", &hash, "admin").await?;
+    let token = store::create_api_token(db, &id, "initial").await?;
+    bulwark_proto::pki::write_private(&dir.join("initial-admin-token"), format!("{token}\n").as_bytes())
+        .map_err(|e| setup("writing the initial admin token")(&e))?;
+    Ok(Some((password, token)))
+}
+
+/// Runs the server until the process ends. `ready` is called once it listens.
+pub async fn run(opts: ServerOptions, ready: impl FnOnce(Ready)) -> Result<(), ServerError> {
+    run_with_clock(opts, Arc::new(SystemClock), ready).await
+}
+
+pub async fn run_with_clock(
+    opts: ServerOptions,
+    clock: Arc<dyn Clock>,
+    ready: impl FnOnce(Ready),
+) -> Result<(), ServerError> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| setup(&format!("creating {}", dir.display()))(&e))?;
+    let url = opts.db_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("config.db").display()));
+    let db = Db::open(&url).await?;
+    let ca = Arc::new(Ca::load_or_create(dir).map_err(|e| setup("certificate authority")(&e))?);
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| setup(&format!("listening on {}", opts.listen))(&e))?;
+    let address = listener.local_addr().map_err(|e| setup("listening")(&e))?;
+
+    // The server's own certificate, renewed at each start, for every name clients may dial.
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    if !host.is_empty() {
+        names.push(host);
+    }
+    if !address.ip().is_unspecified() {
+        names.push(address.ip().to_string());
+    }
+    names.extend(opts.tls_names.iter().cloned());
+    let identity =
+        ca.issue_with_names(Role::Server, SERVER_NODE, &names).map_err(|e| setup("server certificate")(&e))?;
+    let tls_id = TlsIdentity::new(&identity).map_err(|e| setup("server certificate")(&e))?;
+    let revoked = Revocations::default();
+    revoked.update(store::revoked_serials(&db).await?).map_err(|e| setup("revocations")(&e))?;
+    let mut web =
+        (*tls::server_config(&tls_id, tls::ClientAuth::Optional, &revoked).map_err(|e| setup("TLS")(&e))?).clone();
+    web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let client = tls::client_config(Some(&tls_id), None, &revoked).map_err(|e| setup("TLS")(&e))?;
+
+    let core = Core::new(db.clone(), Manager::new(client), clock).await?;
+    let first_admin = first_admin(&db, dir).await?;
+    core.reconcile().await;
+    tokio::spawn(core.clone().dispatcher());
+    tokio::spawn(core.clone().scheduler(opts.tick));
+
+    let registrar = Registrar::new(ca.clone(), Arc::new(DbNodes(db.clone())));
+    let app = api::router(Arc::new(AppState { core, ca }))
+        .route_service("/bulwark.v1.Registration/{*method}", registrar.into_server());
+    ready(Ready { address, first_admin });
+    info!("server listening on {address}");
+
+    let mut incoming = tls::incoming(listener, Arc::new(web));
+    while let Some(conn) = tokio_stream::StreamExt::next(&mut incoming).await {
+        let Ok(conn) = conn else { continue };
+        let info = tonic::transport::server::Connected::connect_info(&conn);
+        let svc = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            req
+        });
+        tokio::spawn(async move {
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(conn), svc)
+                .await
+            {
+                warn!("connection ended: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Prints what an operator needs once, when the server first starts.
+pub fn announce(r: &Ready, dir: &Path) {
+    println!("{}", serde_json::json!({ "listening": r.address, "ca": dir.join("ca.pem") }));
+    if let Some((password, token)) = &r.first_admin {
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "first start: created user admin with password {password}");
+        let _ = writeln!(e, "its API token (also in {}): {token}", dir.join("initial-admin-token").display());
+    }
+    let _ = std::io::stdout().flush();
+}

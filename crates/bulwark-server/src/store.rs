@@ -1,0 +1,467 @@
+//! The config database's objects: reads and writes, one function each.
+
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+
+use crate::db::{int, now, opt_text, text, Db, Result};
+use crate::model::{Job, RepositoryInput};
+use crate::registration::{JoinedNode, NodeStore};
+use bulwark_proto::pki::Role;
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::getrandom(&mut b).expect("random source");
+    hex::encode(b)
+}
+
+// ---- users and API tokens ----
+
+pub async fn user_count(db: &Db) -> Result<i64> {
+    Ok(int(&sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&db.pool).await?, "n"))
+}
+
+pub async fn create_user(db: &Db, name: &str, password_hash: &str, role: &str) -> Result<String> {
+    let id = random_hex(8);
+    sqlx::query("INSERT INTO users (id, name, password_hash, role, created) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&id)
+        .bind(name)
+        .bind(password_hash)
+        .bind(role)
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(id)
+}
+
+/// (user id, password hash, role) of a user.
+pub async fn user_by_name(db: &Db, name: &str) -> Result<Option<(String, String, String)>> {
+    let row = sqlx::query("SELECT id, password_hash, role FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| (text(&r, "id"), text(&r, "password_hash"), text(&r, "role"))))
+}
+
+/// A new API token for a user; only its hash is stored.
+pub async fn create_api_token(db: &Db, user_id: &str, name: &str) -> Result<String> {
+    let token = format!("bwa1.{}", random_hex(24));
+    sqlx::query("INSERT INTO api_tokens (hash, user_id, name, created) VALUES ($1, $2, $3, $4)")
+        .bind(sha256_hex(&token))
+        .bind(user_id)
+        .bind(name)
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(token)
+}
+
+/// (user name, role) behind an API token.
+pub async fn token_user(db: &Db, token: &str) -> Result<Option<(String, String)>> {
+    let row = sqlx::query(
+        "SELECT u.name AS name, u.role AS role FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
+    )
+    .bind(sha256_hex(token))
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|r| (text(&r, "name"), text(&r, "role"))))
+}
+
+// ---- join tokens and nodes ----
+
+pub async fn create_join_token(db: &Db, secret: &str, role: Role) -> Result<()> {
+    sqlx::query("INSERT INTO join_tokens (secret_hash, role, created) VALUES ($1, $2, $3)")
+        .bind(sha256_hex(secret))
+        .bind(role.as_str())
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+fn node_json(r: &AnyRow) -> Value {
+    let inventory = opt_text(r, "inventory").and_then(|i| serde_json::from_str::<Value>(&i).ok());
+    json!({
+        "name": text(r, "name"), "role": text(r, "role"), "address": text(r, "address"),
+        "certificate_serial": text(r, "serial"), "joined": text(r, "joined"),
+        "revoked": int(r, "revoked") != 0, "inventory": inventory,
+    })
+}
+
+pub async fn nodes(db: &Db, role: &str) -> Result<Vec<Value>> {
+    let rows = sqlx::query("SELECT * FROM nodes WHERE role = $1 ORDER BY name").bind(role).fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(node_json).collect())
+}
+
+pub async fn node(db: &Db, role: &str, name: &str) -> Result<Option<Value>> {
+    let row = sqlx::query("SELECT * FROM nodes WHERE role = $1 AND name = $2")
+        .bind(role)
+        .bind(name)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.as_ref().map(node_json))
+}
+
+pub async fn set_inventory(db: &Db, name: &str, inventory: &Value) -> Result<()> {
+    sqlx::query("UPDATE nodes SET inventory = $1 WHERE name = $2")
+        .bind(inventory.to_string())
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn revoke_node(db: &Db, role: &str, name: &str) -> Result<bool> {
+    let r = sqlx::query("UPDATE nodes SET revoked = 1 WHERE role = $1 AND name = $2")
+        .bind(role)
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn revoked_serials(db: &Db) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT serial FROM nodes WHERE revoked = 1").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(|r| text(r, "serial")).collect())
+}
+
+/// Join tokens and nodes in the config database.
+pub struct DbNodes(pub Db);
+
+#[tonic::async_trait]
+impl NodeStore for DbNodes {
+    async fn redeem(&self, secret: &str) -> Option<Role> {
+        let hash = sha256_hex(secret);
+        let used = sqlx::query("UPDATE join_tokens SET used = $1 WHERE secret_hash = $2 AND used IS NULL")
+            .bind(now())
+            .bind(&hash)
+            .execute(&self.0.pool)
+            .await
+            .ok()?;
+        if used.rows_affected() != 1 {
+            return None;
+        }
+        let row = sqlx::query("SELECT role FROM join_tokens WHERE secret_hash = $1")
+            .bind(&hash)
+            .fetch_one(&self.0.pool)
+            .await
+            .ok()?;
+        text(&row, "role").parse().ok()
+    }
+
+    async fn joined(&self, n: JoinedNode) -> std::result::Result<(), String> {
+        let db = &self.0;
+        let err = |e: sqlx::Error| format!("recording the node: {e}");
+        if let Some(r) = sqlx::query("SELECT role FROM nodes WHERE name = $1")
+            .bind(&n.name)
+            .fetch_optional(&db.pool)
+            .await
+            .map_err(err)?
+        {
+            // A joined node's name is not taken over by whoever holds a token: the operator
+            // removes (revokes) the node first.
+            if text(&r, "role") != n.role
+                || sqlx::query("SELECT revoked FROM nodes WHERE name = $1")
+                    .bind(&n.name)
+                    .fetch_one(&db.pool)
+                    .await
+                    .map(|r| int(&r, "revoked") == 0)
+                    .unwrap_or(true)
+            {
+                return Err(format!("the name {} is taken by a joined {}; remove it first", n.name, text(&r, "role")));
+            }
+            sqlx::query("UPDATE nodes SET address = $1, serial = $2, joined = $3, revoked = 0 WHERE name = $4")
+                .bind(&n.address)
+                .bind(&n.serial)
+                .bind(now())
+                .bind(&n.name)
+                .execute(&db.pool)
+                .await
+                .map_err(err)?;
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO nodes (name, role, address, serial, joined) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&n.name)
+            .bind(&n.role)
+            .bind(&n.address)
+            .bind(&n.serial)
+            .bind(now())
+            .execute(&db.pool)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+// ---- repositories and groups ----
+
+fn repository_json(r: &AnyRow) -> Value {
+    json!({
+        "name": text(r, "name"), "transport": text(r, "transport"), "path": text(r, "path"),
+        "max_tasks": int(r, "max_tasks"), "encrypted": opt_text(r, "password").is_some(), "created": text(r, "created"),
+    })
+}
+
+pub async fn insert_repository(db: &Db, r: &RepositoryInput) -> Result<()> {
+    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&r.name)
+        .bind(&r.transport)
+        .bind(&r.path)
+        .bind(r.max_tasks)
+        .bind(r.password.clone())
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn repositories(db: &Db) -> Result<Vec<Value>> {
+    let rows = sqlx::query("SELECT * FROM repositories ORDER BY name").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(repository_json).collect())
+}
+
+pub async fn repository(db: &Db, name: &str) -> Result<Option<Value>> {
+    let row = sqlx::query("SELECT * FROM repositories WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
+    Ok(row.as_ref().map(repository_json))
+}
+
+/// (transport, path, password) of a repository.
+pub async fn repository_access(db: &Db, name: &str) -> Result<Option<(String, String, Option<String>)>> {
+    let row = sqlx::query("SELECT transport, path, password FROM repositories WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| (text(&r, "transport"), text(&r, "path"), opt_text(&r, "password"))))
+}
+
+pub async fn update_repository(db: &Db, name: &str, max_tasks: i64) -> Result<bool> {
+    let r = sqlx::query("UPDATE repositories SET max_tasks = $1 WHERE name = $2")
+        .bind(max_tasks)
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn delete_row(db: &Db, table: &str, name: &str) -> Result<bool> {
+    // `table` is one of ours, never input.
+    let r = sqlx::query(&format!("DELETE FROM {table} WHERE name = $1")).bind(name).execute(&db.pool).await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn insert_group(db: &Db, name: &str, computers: &[String]) -> Result<()> {
+    sqlx::query("INSERT INTO groups (name, computers, created) VALUES ($1, $2, $3)")
+        .bind(name)
+        .bind(serde_json::to_string(computers).expect("json"))
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn groups(db: &Db) -> Result<Vec<Value>> {
+    let rows = sqlx::query("SELECT * FROM groups ORDER BY name").fetch_all(&db.pool).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let computers: Value = serde_json::from_str(&text(r, "computers")).unwrap_or_default();
+            json!({"name": text(r, "name"), "computers": computers, "created": text(r, "created")})
+        })
+        .collect())
+}
+
+pub async fn group_members(db: &Db, name: &str) -> Result<Option<Vec<String>>> {
+    let row = sqlx::query("SELECT computers FROM groups WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
+    Ok(row.map(|r| serde_json::from_str(&text(&r, "computers")).unwrap_or_default()))
+}
+
+// ---- jobs ----
+
+pub async fn insert_job(db: &Db, job: &Job) -> Result<()> {
+    sqlx::query("INSERT INTO jobs (name, spec, enabled, created) VALUES ($1, $2, 1, $3)")
+        .bind(&job.name)
+        .bind(serde_json::to_string(job).expect("json"))
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn update_job(db: &Db, job: &Job) -> Result<bool> {
+    let r = sqlx::query("UPDATE jobs SET spec = $1 WHERE name = $2")
+        .bind(serde_json::to_string(job).expect("json"))
+        .bind(&job.name)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A job with its creation time and when the scheduler last looked at it.
+pub struct JobRow {
+    pub job: Job,
+    pub created: String,
+    pub last_check: Option<String>,
+}
+
+fn job_row(r: &AnyRow) -> Option<JobRow> {
+    Some(JobRow {
+        job: serde_json::from_str(&text(r, "spec")).ok()?,
+        created: text(r, "created"),
+        last_check: opt_text(r, "last_check"),
+    })
+}
+
+pub async fn jobs(db: &Db) -> Result<Vec<JobRow>> {
+    let rows = sqlx::query("SELECT * FROM jobs ORDER BY name").fetch_all(&db.pool).await?;
+    Ok(rows.iter().filter_map(job_row).collect())
+}
+
+pub async fn job(db: &Db, name: &str) -> Result<Option<JobRow>> {
+    let row = sqlx::query("SELECT * FROM jobs WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
+    Ok(row.as_ref().and_then(job_row))
+}
+
+pub async fn set_last_check(db: &Db, name: &str, at: &str) -> Result<()> {
+    sqlx::query("UPDATE jobs SET last_check = $1 WHERE name = $2").bind(at).bind(name).execute(&db.pool).await?;
+    Ok(())
+}
+
+pub async fn jobs_using(db: &Db, field: &str, name: &str) -> Result<Vec<String>> {
+    Ok(jobs(db)
+        .await?
+        .into_iter()
+        .filter(|j| match field {
+            "repository" => j.job.repository == name,
+            "group" => j.job.groups.iter().any(|g| g == name),
+            _ => false,
+        })
+        .map(|j| j.job.name)
+        .collect())
+}
+
+// ---- sessions, tasks, points ----
+
+pub async fn insert_session(db: &Db, id: &str, job: &str) -> Result<()> {
+    sqlx::query("INSERT INTO sessions (id, job, status, started) VALUES ($1, $2, 'running', $3)")
+        .bind(id)
+        .bind(job)
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn running_session(db: &Db, job: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT id FROM sessions WHERE job = $1 AND status = 'running'")
+        .bind(job)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| text(&r, "id")))
+}
+
+pub async fn running_sessions(db: &Db) -> Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT id, job FROM sessions WHERE status = 'running'").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(|r| (text(r, "id"), text(r, "job"))).collect())
+}
+
+pub async fn end_session(db: &Db, id: &str, status: &str, reason: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE sessions SET status = $1, reason = $2, ended = $3 WHERE id = $4 AND status = 'running'")
+        .bind(status)
+        .bind(reason.map(str::to_string))
+        .bind(now())
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+fn session_json(r: &AnyRow) -> Value {
+    json!({
+        "id": text(r, "id"), "job": text(r, "job"), "status": text(r, "status"), "reason": opt_text(r, "reason"),
+        "started": text(r, "started"), "ended": opt_text(r, "ended"),
+    })
+}
+
+pub async fn sessions(db: &Db, job: Option<&str>) -> Result<Vec<Value>> {
+    let rows = match job {
+        Some(j) => {
+            sqlx::query("SELECT * FROM sessions WHERE job = $1 ORDER BY started DESC")
+                .bind(j)
+                .fetch_all(&db.pool)
+                .await?
+        }
+        None => sqlx::query("SELECT * FROM sessions ORDER BY started DESC").fetch_all(&db.pool).await?,
+    };
+    Ok(rows.iter().map(session_json).collect())
+}
+
+pub async fn session(db: &Db, id: &str) -> Result<Option<Value>> {
+    let Some(row) = sqlx::query("SELECT * FROM sessions WHERE id = $1").bind(id).fetch_optional(&db.pool).await? else {
+        return Ok(None);
+    };
+    let mut s = session_json(&row);
+    s["tasks"] = Value::Array(tasks(db, id).await?);
+    Ok(Some(s))
+}
+
+pub fn task_json(r: &AnyRow) -> Value {
+    let log: Value = opt_text(r, "log").and_then(|l| serde_json::from_str(&l).ok()).unwrap_or(Value::Null);
+    json!({
+        "id": text(r, "id"), "session": text(r, "session_id"), "computer": text(r, "computer"),
+        "repository": text(r, "repository"), "attempt": int(r, "attempt"), "status": text(r, "status"),
+        "error": opt_text(r, "error"), "queued": text(r, "queued"), "started": opt_text(r, "started"),
+        "ended": opt_text(r, "ended"), "sent_bytes": int(r, "sent_bytes"), "log": log,
+    })
+}
+
+pub async fn tasks(db: &Db, session: &str) -> Result<Vec<Value>> {
+    let rows =
+        sqlx::query("SELECT * FROM tasks WHERE session_id = $1 ORDER BY seq").bind(session).fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(task_json).collect())
+}
+
+pub async fn insert_point(
+    db: &Db,
+    repository: &str,
+    task: &str,
+    computer: &str,
+    m: &bulwark_repo::Manifest,
+) -> Result<()> {
+    sqlx::query("INSERT INTO points (id, repository, task_id, computer, name, kind, created, manifest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(m.id.as_str())
+        .bind(repository)
+        .bind(task)
+        .bind(computer)
+        .bind(&m.name)
+        .bind(format!("{:?}", m.kind).to_lowercase())
+        .bind(m.created.to_rfc3339())
+        .bind(serde_json::to_string(m).expect("manifest"))
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<Value>> {
+    let rows = match computer {
+        Some(c) => {
+            sqlx::query("SELECT * FROM points WHERE computer = $1 ORDER BY created").bind(c).fetch_all(&db.pool).await?
+        }
+        None => sqlx::query("SELECT * FROM points ORDER BY created").fetch_all(&db.pool).await?,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let m: Value = serde_json::from_str(&text(r, "manifest")).unwrap_or_default();
+            json!({
+                "id": text(r, "id"), "repository": text(r, "repository"), "computer": text(r, "computer"),
+                "name": text(r, "name"), "kind": text(r, "kind"), "created": text(r, "created"),
+                "task": opt_text(r, "task_id"), "stats": m.get("stats").cloned().unwrap_or_default(),
+                "source": m.get("source").cloned().unwrap_or_default(),
+            })
+        })
+        .collect())
+}

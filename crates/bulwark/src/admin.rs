@@ -1,0 +1,515 @@
+//! The admin CLI: `bulwark repository|computer|group|job|session|point|token …`, speaking the
+//! server's REST API (BULWARK_SERVER, BULWARK_TOKEN, BULWARK_CA_CERT).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Where the server is and how to prove who we are.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The server's URL.
+    #[arg(long, env = "BULWARK_SERVER", default_value = "https://localhost:9440", global = true)]
+    server: String,
+    /// An API token (the first admin's is in the server's data directory, initial-admin-token).
+    #[arg(long, env = "BULWARK_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// The server's CA certificate (its data directory's ca.pem).
+    #[arg(long, env = "BULWARK_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+struct Api {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(c: &Conn) -> Result<Api> {
+        let token = c.token.clone().context("no API token: set BULWARK_TOKEN (or --token)")?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &c.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
+            let cert = ureq::tls::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]));
+        }
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .new_agent();
+        Ok(Api { agent, base: format!("{}/api/v1", c.server.trim_end_matches('/')), token })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
+            ("POST", b) => self.agent.post(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
+            ("PUT", b) => self.agent.put(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
+            ("PATCH", b) => self.agent.patch(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
+            _ => unreachable!("methods are ours"),
+        };
+        let mut resp = resp.with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = resp.status();
+        let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = v["error"].as_str().map_or_else(|| v.to_string(), String::from);
+            bail!("server: {msg} ({status})");
+        }
+        Ok(v)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// A one-time join token for a new agent or transport node.
+    Create {
+        #[arg(long, value_parser = ["agent", "transport"])]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RepositoryCmd {
+    List,
+    Show {
+        name: String,
+    },
+    /// Create a repository on a transport node (or adopt the one at that path).
+    Create {
+        name: String,
+        /// The transport node whose data movers write it.
+        #[arg(long)]
+        transport: String,
+        /// Its path on that node (under one of the node's --root directories).
+        #[arg(long)]
+        path: String,
+        /// Tasks it takes at once.
+        #[arg(long, default_value_t = 4)]
+        max_tasks: i64,
+        /// Encrypt it (a new repository) or open it (an existing one) with the password in this file.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    Update {
+        name: String,
+        #[arg(long)]
+        max_tasks: i64,
+    },
+    /// Forget a repository (its files stay on the node).
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ComputerCmd {
+    List,
+    /// A computer and its inventory (asked afresh when it answers).
+    Show {
+        name: String,
+    },
+    /// Remove a computer: its certificate is revoked; its restore points stay.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long = "computer", required = true)]
+        computers: Vec<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct JobArgs {
+    name: String,
+    /// A computer to back up. Repeatable.
+    #[arg(long = "computer")]
+    computers: Vec<String>,
+    /// A protection group whose computers to back up. Repeatable.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    #[arg(long)]
+    repository: String,
+    /// A block device or image (volumes) or a directory (files). Repeatable.
+    #[arg(long = "source", required = true)]
+    sources: Vec<String>,
+    #[arg(long, default_value = "volumes", value_parser = ["volumes", "files"])]
+    mode: String,
+    #[arg(long)]
+    exclude: Vec<String>,
+    #[arg(long)]
+    block_size: Option<String>,
+    #[arg(long)]
+    compression: Option<String>,
+    #[arg(long)]
+    snapshot: Option<String>,
+    #[arg(long)]
+    cbt: Option<String>,
+    /// Run daily at HH:MM (with --weekdays, only on those days).
+    #[arg(long, conflicts_with_all = ["every_minutes", "monthly", "after"])]
+    daily: Option<String>,
+    /// Days for --daily: mon,tue,….
+    #[arg(long, value_delimiter = ',')]
+    weekdays: Vec<String>,
+    /// Run every N minutes.
+    #[arg(long)]
+    every_minutes: Option<u32>,
+    /// Run monthly: DAY@HH:MM.
+    #[arg(long)]
+    monthly: Option<String>,
+    /// Run when a session of this job ends.
+    #[arg(long)]
+    after: Option<String>,
+    /// Backup window HH:MM-HH:MM: a session still running at its end is stopped.
+    #[arg(long)]
+    window: Option<String>,
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Restore points to keep per source.
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Tries in all for a failed computer.
+    #[arg(long, default_value_t = 3)]
+    tries: u32,
+    #[arg(long, default_value_t = 10)]
+    retry_delay_minutes: u32,
+    #[arg(long)]
+    throttle_mbps: Option<u64>,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i64,
+    #[arg(long, default_value_t = 2)]
+    streams: u32,
+    #[arg(long)]
+    pre_command: Option<String>,
+    #[arg(long)]
+    post_command: Option<String>,
+}
+
+impl JobArgs {
+    fn to_json(&self) -> Result<Value> {
+        let schedule = if let Some(at) = &self.daily {
+            Some(json!({"kind": "daily", "at": at, "weekdays": self.weekdays}))
+        } else if let Some(m) = self.every_minutes {
+            Some(json!({"kind": "periodic", "every_minutes": m}))
+        } else if let Some(spec) = &self.monthly {
+            let (day, at) = spec.split_once('@').context("--monthly takes DAY@HH:MM")?;
+            Some(json!({"kind": "monthly", "day": day.parse::<u8>().context("--monthly: bad day")?, "at": at}))
+        } else {
+            self.after.as_ref().map(|j| json!({"kind": "after", "job": j}))
+        };
+        let window = match &self.window {
+            Some(w) => {
+                let (start, end) = w.split_once('-').context("--window takes HH:MM-HH:MM")?;
+                Some(json!({"start": start, "end": end}))
+            }
+            None => None,
+        };
+        let mut v = json!({
+            "name": self.name, "mode": self.mode, "computers": self.computers, "groups": self.groups,
+            "repository": self.repository, "sources": self.sources, "exclude": self.exclude,
+            "retries": {"tries": self.tries, "delay_minutes": self.retry_delay_minutes},
+            "priority": self.priority, "streams": self.streams,
+            "retention": {"keep_last": self.keep_last},
+        });
+        let opt = [
+            ("block_size", self.block_size.clone().map(Value::from)),
+            ("compression", self.compression.clone().map(Value::from)),
+            ("snapshot", self.snapshot.clone().map(Value::from)),
+            ("cbt", self.cbt.clone().map(Value::from)),
+            ("schedule", schedule),
+            ("window", window),
+            ("timezone", self.timezone.clone().map(Value::from)),
+            ("throttle_mbps", self.throttle_mbps.map(Value::from)),
+            ("pre_command", self.pre_command.clone().map(Value::from)),
+            ("post_command", self.post_command.clone().map(Value::from)),
+        ];
+        for (k, val) in opt {
+            if let Some(val) = val {
+                v[k] = val;
+            }
+        }
+        Ok(v)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    List,
+    Show {
+        name: String,
+    },
+    Create(Box<JobArgs>),
+    /// Replace a job's settings.
+    Update(Box<JobArgs>),
+    Delete {
+        name: String,
+    },
+    /// Start a session now; with --wait, follow it and exit non-zero if it failed.
+    Start {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop the running session.
+    Stop {
+        name: String,
+    },
+    /// Run the job again (the computers that failed get a new try within the session's retries).
+    Retry {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionCmd {
+    List {
+        #[arg(long)]
+        job: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PointCmd {
+    /// Restore points in the server's catalog.
+    List {
+        #[arg(long)]
+        computer: Option<String>,
+    },
+}
+
+fn print(c: &Conn, v: &Value, columns: &[&str]) {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+        return;
+    }
+    let rows: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let cell = |r: &Value, k: &str| match &r[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => {
+            a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), String::from)).collect::<Vec<_>>().join(",")
+        }
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> =
+        columns.iter().map(|k| rows.iter().map(|r| cell(r, k).len()).max().unwrap_or(0).max(k.len())).collect();
+    let line = |vals: Vec<String>| {
+        vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    for r in rows {
+        println!("{}", line(columns.iter().map(|k| cell(r, k)).collect()));
+    }
+}
+
+pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let TokenCmd::Create { role } = cmd;
+    let v = api.call("POST", "/tokens", Some(json!({"role": role})))?;
+    if c.json {
+        println!("{}", json!({"token": v["token"], "role": v["role"]}));
+    } else {
+        println!("{}", v["token"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let cols = ["name", "transport", "path", "max_tasks", "encrypted"];
+    let v = match cmd {
+        RepositoryCmd::List => api.call("GET", "/repositories", None)?,
+        RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
+        RepositoryCmd::Create { name, transport, path, max_tasks, password_file } => {
+            let password = match password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read password file {}", f.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks, "password": password});
+            api.call("POST", "/repositories", Some(body))?
+        }
+        RepositoryCmd::Update { name, max_tasks } => {
+            api.call("PATCH", &format!("/repositories/{name}"), Some(json!({"max_tasks": max_tasks})))?
+        }
+        RepositoryCmd::Delete { name } => api.call("DELETE", &format!("/repositories/{name}"), None)?,
+    };
+    print(&c, &v, &cols);
+    Ok(())
+}
+
+pub fn computer(c: Conn, cmd: ComputerCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let v = match cmd {
+        ComputerCmd::List => api.call("GET", "/computers", None)?,
+        ComputerCmd::Show { name } => api.call("GET", &format!("/computers/{name}"), None)?,
+        ComputerCmd::Delete { name } => api.call("DELETE", &format!("/computers/{name}"), None)?,
+    };
+    print(&c, &v, &["name", "address", "joined", "revoked", "online"]);
+    Ok(())
+}
+
+pub fn group(c: Conn, cmd: GroupCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let v = match cmd {
+        GroupCmd::List => api.call("GET", "/groups", None)?,
+        GroupCmd::Create { name, computers } => {
+            api.call("POST", "/groups", Some(json!({"name": name, "computers": computers})))?
+        }
+        GroupCmd::Delete { name } => api.call("DELETE", &format!("/groups/{name}"), None)?,
+    };
+    print(&c, &v, &["name", "computers"]);
+    Ok(())
+}
+
+/// Follows a session to its end with a progress display; its final state.
+fn wait_session(api: &Api, id: &str) -> Result<Value> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        b
+    });
+    loop {
+        let s = api.call("GET", &format!("/sessions/{id}"), None)?;
+        let tasks = s["tasks"].as_array().cloned().unwrap_or_default();
+        if let Some(b) = &bar {
+            let total: u64 = tasks.iter().filter_map(|t| t["progress"]["total_bytes"].as_u64()).sum();
+            let read: u64 = tasks.iter().filter_map(|t| t["progress"]["read_bytes"].as_u64()).sum();
+            let ended = tasks.iter().filter(|t| !matches!(t["status"].as_str(), Some("waiting" | "running"))).count();
+            b.set_length(total.max(read));
+            b.set_position(read);
+            b.set_message(format!("{}: {ended}/{} tasks", s["job"].as_str().unwrap_or_default(), tasks.len()));
+        }
+        if s["status"] != "running" {
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn session_outcome(c: &Conn, s: &Value) -> Result<()> {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(s).expect("json"));
+    } else {
+        println!(
+            "session {} of job {}: {}",
+            s["id"].as_str().unwrap_or_default(),
+            s["job"].as_str().unwrap_or_default(),
+            s["status"].as_str().unwrap_or_default()
+        );
+        print(c, &s["tasks"], &["computer", "attempt", "status", "sent_bytes", "error"]);
+    }
+    if s["status"] == "failed" {
+        bail!(
+            "session {} failed{}",
+            s["id"].as_str().unwrap_or_default(),
+            s["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn job(c: Conn, cmd: JobCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let cols = ["name", "mode", "computers", "groups", "repository", "sources"];
+    let v = match cmd {
+        JobCmd::List => api.call("GET", "/jobs", None)?,
+        JobCmd::Show { name } => api.call("GET", &format!("/jobs/{name}"), None)?,
+        JobCmd::Create(a) => api.call("POST", "/jobs", Some(a.to_json()?))?,
+        JobCmd::Update(a) => api.call("PUT", &format!("/jobs/{}", a.name), Some(a.to_json()?))?,
+        JobCmd::Delete { name } => api.call("DELETE", &format!("/jobs/{name}"), None)?,
+        JobCmd::Start { name, wait } | JobCmd::Retry { name, wait } => {
+            let s = api.call("POST", &format!("/jobs/{name}/start"), None)?;
+            let id = s["id"].as_str().unwrap_or_default().to_string();
+            if !wait {
+                print(&c, &s, &["id", "job", "status", "started"]);
+                return Ok(());
+            }
+            let s = wait_session(&api, &id)?;
+            return session_outcome(&c, &s);
+        }
+        JobCmd::Stop { name } => api.call("POST", &format!("/jobs/{name}/stop"), None)?,
+    };
+    print(&c, &v, &cols);
+    Ok(())
+}
+
+pub fn session(c: Conn, cmd: SessionCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    match cmd {
+        SessionCmd::List { job } => {
+            let q = job.map(|j| format!("?job={j}")).unwrap_or_default();
+            print(
+                &c,
+                &api.call("GET", &format!("/sessions{q}"), None)?,
+                &["id", "job", "status", "started", "ended", "reason"],
+            );
+            Ok(())
+        }
+        SessionCmd::Show { id } => {
+            let s = api.call("GET", &format!("/sessions/{id}"), None)?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&s).expect("json"));
+                return Ok(());
+            }
+            print(&c, &s, &["id", "job", "status", "started", "ended", "reason"]);
+            print(&c, &s["tasks"], &["computer", "attempt", "status", "sent_bytes", "error"]);
+            Ok(())
+        }
+    }
+}
+
+pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let PointCmd::List { computer } = cmd;
+    let q = computer.map(|c| format!("?computer={c}")).unwrap_or_default();
+    print(&c, &api.call("GET", &format!("/points{q}"), None)?, &["id", "computer", "name", "repository", "created"]);
+    Ok(())
+}
