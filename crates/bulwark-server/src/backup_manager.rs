@@ -404,7 +404,14 @@ impl Core {
             if let Ok(Some(n)) = store::node(&self.db, "agent", &computer).await {
                 let node =
                     NodeAddress { name: computer.clone(), address: n["address"].as_str().unwrap_or_default().into() };
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.manager.cancel(&node, &id)).await;
+                // Until the agent no longer knows the task (it cleans up its snapshot first), so
+                // that a retry finds the computer free. An agent that does not answer has no task.
+                for _ in 0..120 {
+                    match tokio::time::timeout(Duration::from_secs(5), self.manager.cancel(&node, &id)).await {
+                        Ok(Ok(true)) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        _ => break,
+                    }
+                }
             }
             warn!("task {id}: the server restarted while it ran; cancelled");
             let _ = sqlx::query("UPDATE tasks SET status = 'failed', error = $1, ended = $2 WHERE id = $3")

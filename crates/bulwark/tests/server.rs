@@ -1,0 +1,238 @@
+//! The backup server end to end, with real processes: `bulwark server` (on SQLite, and on a
+//! real PostgreSQL server when BULWARK_TEST_POSTGRES names one), a transport node and three
+//! agents joined with tokens from the CLI, each agent seeing its own disk at the same path (a
+//! mount namespace of its own). Objects are created through the CLI, a job runs for the three
+//! computers, every point restores to its own computer's disk, the repository's task maximum
+//! holds, and a server killed mid-session comes back and finishes the session.
+
+mod cluster;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use cluster::{bulwark_exe, restore, verify_clean, wait_for};
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    address: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log ---\n{}",
+                std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &Path, db: Option<&str>) -> Server {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
+    let mut cmd = Command::new(bulwark_exe());
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--tick-seconds", "1", "--data-dir"]).arg(dir);
+    if let Some(db) = db {
+        cmd.args(["--db", db]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        panic!("server did not start: {}", std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default())
+    });
+    Server { child, dir: dir.into(), address: v["listening"].as_str().unwrap().into() }
+}
+
+/// Runs the CLI against the server; its JSON output, or the failure's stderr as Err.
+fn cli(s: &Server, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new(bulwark_exe())
+        .args(args)
+        .arg("--json")
+        .env("BULWARK_SERVER", format!("https://{}", s.address))
+        .env("BULWARK_TOKEN", std::fs::read_to_string(s.dir.join("initial-admin-token")).unwrap().trim())
+        .env("BULWARK_CA_CERT", s.dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.trim().to_string())))
+}
+
+/// A node daemon; with `disk`, in a mount namespace where `disk` appears at `at`.
+fn start_node(
+    s: &Server,
+    role: &str,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    disk: Option<(&Path, &Path)>,
+) -> cluster::Daemon {
+    let token = cli(s, &["token", "create", "--role", role]).unwrap()["token"].as_str().unwrap().to_string();
+    let data_dir = dir.join(name);
+    let mut node = vec![bulwark_exe(), role.into(), "--name".into(), name.into()];
+    node.extend(["--data-dir".into(), data_dir.display().to_string(), "--listen".into(), "127.0.0.1:0".into()]);
+    node.extend(["--server".into(), format!("https://{}", s.address), "--join-token".into(), token]);
+    node.extend(extra.iter().map(|e| e.to_string()));
+    let cmd = match disk {
+        Some((disk, at)) => {
+            let mut c = Command::new("unshare");
+            let script = format!("mount --bind '{}' '{}' && exec \"$@\"", disk.display(), at.display());
+            c.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"]).args(&node);
+            c
+        }
+        None => {
+            let mut c = Command::new(&node[0]);
+            c.args(&node[1..]);
+            c
+        }
+    };
+    cluster::Cluster::spawn(cmd, name, data_dir)
+}
+
+/// Most tasks of `session` that ran at the same time on its repository.
+fn max_concurrent(session: &Value) -> usize {
+    let mut edges: Vec<(jiff::Timestamp, i32)> = Vec::new();
+    for t in session["tasks"].as_array().unwrap() {
+        if let (Some(a), Some(b)) = (t["started"].as_str(), t["ended"].as_str()) {
+            edges.push((a.parse().unwrap(), 1));
+            edges.push((b.parse().unwrap(), -1));
+        }
+    }
+    edges.sort();
+    let (mut now, mut max) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+fn end_to_end(db: Option<&str>) {
+    assert!(bulwark_testkit::is_root(), "needs root (mount namespaces)");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = start_server(&data, db);
+    let repos = dir.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let transport = start_node(&server, "transport", "store-1", dir.path(), &["--root", repos.to_str().unwrap()], None);
+
+    // Three computers, each with its own disk at the same path.
+    let at = dir.path().join("disk.img");
+    std::fs::write(&at, b"").unwrap();
+    let mut agents = Vec::new();
+    let mut disks = Vec::new();
+    for i in 0..3u64 {
+        let disk = dir.path().join(format!("disk-{i}.img"));
+        bulwark_imagegen::generate(&disk, 24 << 20, 40 + i).unwrap();
+        agents.push(start_node(&server, "agent", &format!("pc-{i}"), dir.path(), &[], Some((&disk, &at))));
+        disks.push(disk);
+    }
+    let computers = cli(&server, &["computer", "list"]).unwrap();
+    assert_eq!(computers.as_array().unwrap().len(), 3, "{computers}");
+
+    let repo = repos.join("main");
+    let r = cli(
+        &server,
+        &[
+            "repository",
+            "create",
+            "main",
+            "--transport",
+            "store-1",
+            "--path",
+            repo.to_str().unwrap(),
+            "--max-tasks",
+            "2",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["max_tasks"], 2);
+    assert!(repo.join("config").exists(), "the transport node did not create the repository");
+    let at_s = at.to_str().unwrap();
+    let job = ["job", "create", "nightly", "--computer", "pc-0", "--computer", "pc-1", "--computer", "pc-2"];
+    cli(&server, &[&job[..], &["--repository", "main", "--source", at_s, "--snapshot", "none"]].concat()).unwrap();
+
+    let session = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
+    assert_eq!(session["status"], "success", "{session:#}");
+    let tasks = session["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert!(max_concurrent(&session) <= 2, "the repository's maximum was exceeded: {session:#}");
+
+    let points = cli(&server, &["point", "list"]).unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 3, "{points:#}");
+    for (i, disk) in disks.iter().enumerate() {
+        let p = points.as_array().unwrap().iter().find(|p| p["computer"] == format!("pc-{i}")).unwrap();
+        assert_eq!(restore(&repo, p["id"].as_str().unwrap(), dir.path()), std::fs::read(disk).unwrap(), "pc-{i}");
+    }
+    verify_clean(&repo);
+
+    // A server killed in the middle of a session: on restart, the task it left running is
+    // cancelled on its agent and retried; the session ends, nothing is left running.
+    let slow = ["job", "create", "slow", "--computer", "pc-0", "--repository", "main", "--source", at_s];
+    cli(
+        &server,
+        &[&slow[..], &["--snapshot", "none", "--throttle-mbps", "2", "--tries", "2", "--retry-delay-minutes", "0"]]
+            .concat(),
+    )
+    .unwrap();
+    bulwark_imagegen::mutate(&disks[0], 30.0, 40, 1).unwrap();
+    let started = cli(&server, &["job", "start", "slow"]).unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for(30, "the task to run", || {
+        cli(&server, &["session", "show", &id]).unwrap()["tasks"][0]["status"] == "running"
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let addr = server.address.clone();
+    drop(server);
+    let server = start_server(&data, db);
+    assert_ne!(server.address, addr);
+    wait_for(120, "the session to end", || cli(&server, &["session", "show", &id]).unwrap()["status"] != "running");
+    let s = cli(&server, &["session", "show", &id]).unwrap();
+    assert_eq!(s["status"], "success", "{s:#}");
+    let t = s["tasks"].as_array().unwrap();
+    assert_eq!(t[0]["status"], "failed");
+    assert!(t[0]["error"].as_str().unwrap().contains("server restarted"), "{s:#}");
+    assert_eq!(t[1]["status"], "success", "{s:#}");
+    assert_eq!(restore(&repo, &latest_point(&server, "pc-0"), dir.path()), std::fs::read(&disks[0]).unwrap());
+    verify_clean(&repo);
+    drop((agents, transport));
+}
+
+fn latest_point(server: &Server, computer: &str) -> String {
+    let points = cli(server, &["point", "list", "--computer", computer]).unwrap();
+    points.as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn server_on_sqlite_runs_a_job_for_three_computers() {
+    end_to_end(None);
+}
+
+#[test]
+fn server_on_postgres_runs_a_job_for_three_computers() {
+    let Ok(admin) = std::env::var("BULWARK_TEST_POSTGRES") else {
+        eprintln!("BULWARK_TEST_POSTGRES is not set: PostgreSQL variant skipped (.ci/run sets it)");
+        return;
+    };
+    let name = format!("bulwark_test_{}", std::process::id());
+    let psql = |sql: &str| {
+        let st = Command::new("psql").arg(&admin).args(["-q", "-c", sql]).status().unwrap();
+        assert!(st.success(), "psql {sql}");
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&format!("CREATE DATABASE {name}"));
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    end_to_end(Some(&url));
+    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+}
