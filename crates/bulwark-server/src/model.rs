@@ -176,8 +176,8 @@ impl Job {
         if let Some(s) = self.sources.iter().find(|s| !s.starts_with('/')) {
             return Err(format!("source {s:?} must be an absolute path"));
         }
-        if let Some(b) = &self.block_size {
-            let b: bulwark_repo::BlockSize = b.parse()?;
+        if let Some(text) = &self.block_size {
+            let b: bulwark_repo::BlockSize = text.parse().map_err(|e| format!("block size {text:?}: {e}"))?;
             if !bulwark_repo::BlockSize::OFFERED.contains(&b.bytes()) {
                 return Err(format!("block size {b} is not offered (256K, 512K, 1M, 4M)"));
             }

@@ -236,3 +236,119 @@ fn server_on_postgres_runs_a_job_for_three_computers() {
     end_to_end(Some(&url));
     psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
 }
+
+/// Bad API input: unknown fields, wrong types, absurd values, unknown names, malformed JSON,
+/// missing, unknown or read-only tokens. Each is a 4xx with a message, and nothing changes.
+#[test]
+fn bad_api_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("server"), None);
+    let pem = std::fs::read(server.dir.join("ca.pem")).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[ureq::tls::Certificate::from_pem(&pem).unwrap()]))
+        .build();
+    let http = ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().new_agent();
+    let base = format!("https://{}/api/v1", server.address);
+    let admin = std::fs::read_to_string(server.dir.join("initial-admin-token")).unwrap().trim().to_string();
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<&str>| -> (u16, Value) {
+        let url = format!("{base}{path}");
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut resp = match method {
+            "GET" => {
+                let mut r = http.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call().unwrap()
+            }
+            "DELETE" => http.delete(&url).header("Authorization", auth.unwrap_or_default()).call().unwrap(),
+            m => {
+                let r = match m {
+                    "POST" => http.post(&url),
+                    "PUT" => http.put(&url),
+                    _ => http.patch(&url),
+                };
+                r.header("Authorization", auth.unwrap_or_default())
+                    .content_type("application/json")
+                    .send(body.unwrap_or("{}"))
+                    .unwrap()
+            }
+        };
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json().unwrap_or(Value::Null))
+    };
+    let a = Some(admin.as_str());
+    let state = || ["/jobs", "/repositories", "/groups", "/computers"].map(|p| call("GET", p, a, None).1);
+    let before = state();
+
+    let job = r#""name": "j", "repository": "main", "sources": ["/dev/vda"], "computers": ["pc"]"#;
+    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        ("POST", "/jobs", Some(format!("{{{job}, \"bogus\": 1}}")), 422, "unknown field `bogus`"),
+        (
+            "POST",
+            "/jobs",
+            Some(r#"{"name": "j", "repository": "main", "sources": "/dev/vda"}"#.into()),
+            422,
+            "invalid type",
+        ),
+        ("POST", "/jobs", Some(format!("{{{job}, \"streams\": 0}}")), 422, "streams"),
+        ("POST", "/jobs", Some(format!("{{{job}, \"block_size\": \"3M\"}}")), 422, "3M"),
+        ("POST", "/jobs", Some(format!("{{{job}}}")), 422, "no repository \"main\""),
+        ("POST", "/jobs", Some("{not json".into()), 400, ""),
+        (
+            "POST",
+            "/repositories",
+            Some(r#"{"name": "r", "transport": "t", "path": "/x", "max_tasks": 100000}"#.into()),
+            422,
+            "max_tasks",
+        ),
+        (
+            "POST",
+            "/repositories",
+            Some(r#"{"name": "r", "transport": "nobody", "path": "/x"}"#.into()),
+            422,
+            "no transport node \"nobody\"",
+        ),
+        (
+            "POST",
+            "/repositories",
+            Some(r#"{"name": "../etc", "transport": "t", "path": "/x"}"#.into()),
+            422,
+            "repository name",
+        ),
+        ("PATCH", "/repositories/main", Some(r#"{"max_tasks": 0}"#.into()), 422, "max_tasks"),
+        ("PATCH", "/repositories/main", Some(r#"{"max_tasks": 3}"#.into()), 404, "no repository"),
+        ("POST", "/tokens", Some(r#"{"role": "server"}"#.into()), 422, "agent or transport"),
+        ("POST", "/groups", Some(r#"{"name": "g", "computers": ["Not A Name"]}"#.into()), 422, "node name"),
+        ("GET", "/jobs/nope", None, 404, "no job"),
+        ("POST", "/jobs/nope/start", None, 404, "no job"),
+        ("DELETE", "/repositories/nope", None, 404, "no repository"),
+        ("GET", "/sessions/nope", None, 404, "no session"),
+        ("GET", "/computers/nope", None, 404, "no computer"),
+        ("GET", "/nothing/here", None, 404, "no such API path"),
+    ];
+    for (method, path, body, status, msg) in &cases {
+        let (got, v) = call(method, path, a, body.as_deref());
+        assert_eq!(got, *status, "{method} {path} {body:?}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(msg)), "{method} {path}: {v}");
+    }
+    // Tokens: none, unknown, and a viewer's (read only).
+    assert_eq!(call("GET", "/jobs", None, None).0, 401);
+    assert_eq!(call("GET", "/jobs", Some("bwa1.00"), None).0, 401);
+    let (st, _) = call("POST", "/users", a, Some(r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#));
+    assert_eq!(st, 200);
+    let (st, login) = call("POST", "/login", None, Some(r#"{"name": "eve", "password": "wrong-password"}"#));
+    assert_eq!(st, 401, "{login}");
+    let (_, login) = call("POST", "/login", None, Some(r#"{"name": "eve", "password": "0123456789ab"}"#));
+    let eve = login["token"].as_str().unwrap().to_string();
+    assert_eq!(call("GET", "/jobs", Some(&eve), None).0, 200);
+    let (st, v) = call("POST", "/tokens", Some(&eve), Some(r#"{"role": "agent"}"#));
+    assert_eq!(st, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("may only read"));
+
+    assert_eq!(state(), before, "bad input changed the configuration");
+    let (st, doc) = call("GET", "/openapi.json", None, None);
+    assert_eq!(st, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/jobs/{name}/start"]["post"].is_object());
+}
