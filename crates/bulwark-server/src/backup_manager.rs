@@ -522,7 +522,7 @@ mod tests {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                if state % 3 == 0 {
+                if state.is_multiple_of(3) {
                     sqlx::query("UPDATE tasks SET status = 'success' WHERE id = $1")
                         .bind(text(r, "id"))
                         .execute(&core.db.pool)
