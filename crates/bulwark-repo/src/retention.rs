@@ -118,3 +118,45 @@ mod tests {
         assert!(k[0].is_empty(), "the oldest point of the year falls out");
     }
 }
+
+/// What `forget` decided for one point.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Decision {
+    pub point: crate::RestorePointId,
+    pub created: DateTime<Utc>,
+    pub kept: bool,
+    pub reasons: Vec<&'static str>,
+}
+
+/// Applies `policy` to the points named `name`: those it does not keep are deleted (unless
+/// `dry_run`). A point a running backup builds on stays ("in-use") until the next forget.
+pub fn forget(repo: &crate::Repository, name: &str, policy: &Policy, dry_run: bool) -> crate::Result<Vec<Decision>> {
+    if !policy.keeps_anything() {
+        return Err(crate::RepoError::Invalid {
+            repo: repo.label(),
+            reason: format!(
+                "this policy keeps no point at all; to delete every point of {name:?} keep the last 1 at least"
+            ),
+        });
+    }
+    let points: Vec<_> = repo.list_points()?.into_iter().filter(|m| m.name == name).collect();
+    let created: Vec<_> = points.iter().map(|m| m.created).collect();
+    let decisions = apply(policy, &created);
+    let mut out = Vec::new();
+    for (m, why) in points.iter().zip(&decisions) {
+        let mut kept = !why.is_empty();
+        let mut reasons: Vec<&'static str> = why.iter().map(|w| w.name()).collect();
+        if !kept && !dry_run {
+            match repo.delete_point(&m.id) {
+                Ok(()) => {}
+                Err(crate::RepoError::PointInUse { .. }) => {
+                    kept = true;
+                    reasons.push("in-use");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.push(Decision { point: m.id.clone(), created: m.created, kept, reasons });
+    }
+    Ok(out)
+}

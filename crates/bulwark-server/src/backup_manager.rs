@@ -256,6 +256,11 @@ impl Core {
             Err(e) => ("failed".to_string(), Some(e), json!(null), 0),
         };
         info!("task {}: {status}{}", g.id, error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+        if status == "success" || status == "warning" {
+            if let Err(e) = self.apply_retention(&g).await {
+                warn!("task {}: retention not applied: {e}", g.id);
+            }
+        }
         let _ = sqlx::query(
             "UPDATE tasks SET status = $1, error = $2, log = $3, ended = $4, sent_bytes = $5 WHERE id = $6",
         )
@@ -270,6 +275,47 @@ impl Core {
         self.progress.lock().expect("lock").remove(&g.id);
         self.settle_session(&g.session).await;
         self.wake.notify_one();
+    }
+
+    /// After a successful task: the job's retention on the computer's backup names, on the
+    /// repository's transport node; deleted points leave the catalog.
+    async fn apply_retention(&self, g: &Grant) -> Result<(), String> {
+        let db_err = |e: crate::db::DbError| e.to_string();
+        let session = store::session(&self.db, &g.session).await.map_err(db_err)?.ok_or("session vanished")?;
+        let job_name = session["job"].as_str().unwrap_or_default();
+        let Some(job) = store::job(&self.db, job_name).await.map_err(db_err)?.map(|j| j.job) else { return Ok(()) };
+        let r = &job.retention;
+        if r.keep_last.is_none() && r.keep_daily.is_none() && r.keep_weekly.is_none() && r.keep_monthly.is_none() {
+            return Ok(());
+        }
+        let (transport, path, password) =
+            store::repository_access(&self.db, &g.repository).await.map_err(db_err)?.ok_or("repository vanished")?;
+        let tnode =
+            store::node(&self.db, "transport", &transport).await.map_err(db_err)?.ok_or("transport node vanished")?;
+        let node = NodeAddress { name: transport, address: tnode["address"].as_str().unwrap_or_default().into() };
+        let req = bulwark_proto::pb::RetentionRequest {
+            protocol: bulwark_proto::PROTOCOL,
+            path,
+            password: password.unwrap_or_default(),
+            names: job.sources.iter().map(|s| Job::point_name(&g.computer, s)).collect(),
+            keep_last: r.keep_last.unwrap_or(0),
+            keep_daily: r.keep_daily.unwrap_or(0),
+            keep_weekly: r.keep_weekly.unwrap_or(0),
+            keep_monthly: r.keep_monthly.unwrap_or(0),
+        };
+        let mut client = self.manager.transport(&node).await.map_err(|e| e.to_string())?;
+        let deleted = client.apply_retention(req).await.map_err(|s| s.message().to_string())?.into_inner().deleted;
+        for id in &deleted {
+            sqlx::query("DELETE FROM points WHERE id = $1")
+                .bind(id)
+                .execute(&self.db.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if !deleted.is_empty() {
+            info!("task {}: retention removed {} point(s)", g.id, deleted.len());
+        }
+        Ok(())
     }
 
     /// Builds the task from the job and runs it through the task driver.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bulwark_proto::pb::transport_server::{Transport, TransportServer};
 use bulwark_proto::pb::{
-    Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, RepositoryInfo, RepositoryInit,
-    Revocations as RevocationList,
+    Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, RepositoryInfo, RepositoryInit, RetentionReport,
+    RetentionRequest, Revocations as RevocationList,
 };
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
@@ -259,6 +259,38 @@ impl Transport for TransportService {
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
         info!("repository {} {}", r.path, if info.created { "created" } else { "checked" });
         Ok(Response::new(info))
+    }
+
+    async fn apply_retention(&self, req: Request<RetentionRequest>) -> Result<Response<RetentionReport>, Status> {
+        tls::require_peer(&req, &[Role::Server], "apply retention")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let path = self.repository_path(&r.path)?;
+        let policy = bulwark_repo::retention::Policy {
+            last: r.keep_last,
+            daily: r.keep_daily,
+            weekly: r.keep_weekly,
+            monthly: r.keep_monthly,
+            yearly: 0,
+        };
+        let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
+        let names = r.names;
+        let deleted = tokio::task::spawn_blocking(move || -> Result<Vec<String>, bulwark_repo::RepoError> {
+            let repo = bulwark_repo::Repository::open(&path, password.as_deref())?;
+            let mut deleted = Vec::new();
+            for n in &names {
+                let decisions = bulwark_repo::retention::forget(&repo, n, &policy, false)?;
+                deleted.extend(decisions.into_iter().filter(|d| !d.kept).map(|d| d.point.to_string()));
+            }
+            Ok(deleted)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        if !deleted.is_empty() {
+            info!("retention deleted {} point(s): {}", deleted.len(), deleted.join(", "));
+        }
+        Ok(Response::new(RetentionReport { deleted }))
     }
 
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {

@@ -585,37 +585,14 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 monthly: keep_monthly,
                 yearly: keep_yearly,
             };
-            if !policy.keeps_anything() {
-                bail!(
-                    "this policy keeps no point at all; to delete every point of {name:?} give --keep-last 1 at least"
-                );
-            }
             let r = repo.open()?;
-            let points: Vec<_> = r.list_points()?.into_iter().filter(|m| m.name == name).collect();
-            if points.is_empty() {
+            if !r.list_points()?.iter().any(|m| m.name == name) {
                 bail!("repository {}: no points named {name:?}", r.label());
             }
-            let created: Vec<_> = points.iter().map(|m| m.created).collect();
-            let decisions = bulwark_repo::retention::apply(&policy, &created);
-            let mut rows = Vec::new();
-            for (m, why) in points.iter().zip(&decisions) {
-                let mut keep = !why.is_empty();
-                let mut reasons: Vec<&str> = why.iter().map(|w| w.name()).collect();
-                if !keep && !dry_run {
-                    match r.delete_point(&m.id) {
-                        Ok(()) => {}
-                        // A running backup builds on it: it stays until the next forget.
-                        Err(bulwark_repo::RepoError::PointInUse { .. }) => {
-                            keep = true;
-                            reasons.push("in-use");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                rows.push(serde_json::json!({
-                    "point": m.id, "created": m.created, "kept": keep, "reasons": reasons,
-                }));
-            }
+            let rows: Vec<serde_json::Value> = bulwark_repo::retention::forget(&r, &name, &policy, dry_run)?
+                .into_iter()
+                .map(|d| serde_json::json!({"point": d.point, "created": d.created, "kept": d.kept, "reasons": d.reasons}))
+                .collect();
             if json {
                 ui::print_json(&serde_json::json!({"name": name, "dry_run": dry_run, "points": rows}));
             } else {

@@ -158,7 +158,11 @@ fn end_to_end(db: Option<&str>) {
     assert!(repo.join("config").exists(), "the transport node did not create the repository");
     let at_s = at.to_str().unwrap();
     let job = ["job", "create", "nightly", "--computer", "pc-0", "--computer", "pc-1", "--computer", "pc-2"];
-    cli(&server, &[&job[..], &["--repository", "main", "--source", at_s, "--snapshot", "none"]].concat()).unwrap();
+    cli(
+        &server,
+        &[&job[..], &["--repository", "main", "--source", at_s, "--snapshot", "none", "--keep-last", "1"]].concat(),
+    )
+    .unwrap();
 
     let session = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
     assert_eq!(session["status"], "success", "{session:#}");
@@ -173,6 +177,12 @@ fn end_to_end(db: Option<&str>) {
         assert_eq!(restore(&repo, p["id"].as_str().unwrap(), dir.path()), std::fs::read(disk).unwrap(), "pc-{i}");
     }
     verify_clean(&repo);
+
+    // The next session: retention keeps one point per computer, in the repository and the catalog.
+    let again = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
+    assert_eq!(again["status"], "success", "{again:#}");
+    assert_eq!(cli(&server, &["point", "list"]).unwrap().as_array().unwrap().len(), 3);
+    assert_eq!(cluster::points(&repo).len(), 3);
 
     // A server killed in the middle of a session: on restart, the task it left running is
     // cancelled on its agent and retried; the session ends, nothing is left running.
