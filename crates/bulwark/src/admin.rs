@@ -26,7 +26,7 @@ pub struct Conn {
     json: bool,
 }
 
-struct Api {
+pub struct Api {
     agent: ureq::Agent,
     base: String,
     token: String,
@@ -35,8 +35,13 @@ struct Api {
 impl Api {
     fn new(c: &Conn) -> Result<Api> {
         let token = c.token.clone().context("no API token: set BULWARK_TOKEN (or --token)")?;
+        Api::connect(&c.server, &token, c.ca_cert.as_deref())
+    }
+
+    pub fn connect(server: &str, token: &str, ca_cert: Option<&std::path::Path>) -> Result<Api> {
+        let token = token.to_string();
         let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(ca) = &c.ca_cert {
+        if let Some(ca) = ca_cert {
             let pem = std::fs::read(ca).with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
             let cert = ureq::tls::Certificate::from_pem(&pem)
                 .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
@@ -48,10 +53,10 @@ impl Api {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .new_agent();
-        Ok(Api { agent, base: format!("{}/api/v1", c.server.trim_end_matches('/')), token })
+        Ok(Api { agent, base: format!("{}/api/v1", server.trim_end_matches('/')), token })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let resp = match (method, body) {
@@ -305,7 +310,11 @@ pub enum PointCmd {
 }
 
 fn print(c: &Conn, v: &Value, columns: &[&str]) {
-    if c.json {
+    print_table(c.json, v, columns)
+}
+
+pub fn print_table(as_json: bool, v: &Value, columns: &[&str]) {
+    if as_json {
         println!("{}", serde_json::to_string_pretty(v).expect("json"));
         return;
     }
@@ -403,7 +412,7 @@ pub fn group(c: Conn, cmd: GroupCmd) -> Result<()> {
 }
 
 /// Follows a session to its end with a progress display; its final state.
-fn wait_session(api: &Api, id: &str) -> Result<Value> {
+pub fn wait_session(api: &Api, id: &str) -> Result<Value> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

@@ -25,7 +25,8 @@ fn file_digest(path: &Path) -> Result<blake3::Hash> {
     }
 }
 
-pub fn run(dir: &Path, size_mib: u64, cancel: &AtomicBool) -> Result<()> {
+/// A fresh demo directory (an earlier demo's is cleared, anything else refused).
+fn prepare(dir: &Path, size_mib: u64) -> Result<()> {
     if size_mib == 0 {
         bail!("--size-mib must be at least 1");
     }
@@ -33,10 +34,148 @@ pub fn run(dir: &Path, size_mib: u64, cancel: &AtomicBool) -> Result<()> {
         if !dir.join(MARKER).exists() {
             bail!("{} exists and was not made by `bulwark demo`; choose another --dir", dir.display());
         }
+        if let Ok(pids) = std::fs::read_to_string(dir.join("pids")) {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill(2) on the daemons an earlier demo started and recorded.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear the previous demo in {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join(MARKER), "made by bulwark demo\n")?;
+    Ok(())
+}
+
+/// Starts a daemon (this program) that outlives the demo; its first stdout line.
+fn daemon(dir: &Path, name: &str, args: &[&str]) -> Result<(u32, serde_json::Value)> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start the {name}"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let v = serde_json::from_str(&line)
+        .with_context(|| format!("the {name} did not start; see {}", dir.join(format!("{name}.log")).display()))?;
+    Ok((child.id(), v))
+}
+
+/// The all-in-one quick start: a server (SQLite), a transport node and an agent on loopback,
+/// joined with tokens; a job over a generated disk image run full, then incremental; the
+/// sessions and points shown; everything left running with what is needed to explore it.
+pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
+    prepare(dir, size_mib)?;
+    let dir = &dir.canonicalize()?;
+    let image = dir.join("disk.img");
+    let repos = dir.join("repositories");
+    std::fs::create_dir_all(&repos)?;
+    println!("1. generating a {size_mib} MiB disk image ({}): 35% zero, 35% text, 30% random", image.display());
+    bulwark_imagegen::generate(&image, size_mib << 20, 1)?;
+
+    let server_dir = dir.join("server");
+    let s = |p: &Path| p.display().to_string();
+    let (server_pid, v) = daemon(dir, "server", &["server", "--data-dir", &s(&server_dir), "--listen", "127.0.0.1:0"])?;
+    let mut pids = vec![server_pid];
+    let url = format!("https://{}", v["listening"].as_str().unwrap_or_default());
+    let token = std::fs::read_to_string(server_dir.join("initial-admin-token"))?.trim().to_string();
+    let ca = server_dir.join("ca.pem");
+    println!("2. server at {url} (config database: {})", server_dir.join("config.db").display());
+    let api = crate::admin::Api::connect(&url, &token, Some(&ca))?;
+    let join = |role: &str| -> Result<String> {
+        Ok(api.call("POST", "/tokens", Some(serde_json::json!({"role": role})))?["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let node = |role: &str, name: &str, extra: &[&str]| -> Result<u32> {
+        let t = join(role)?;
+        let data = s(&dir.join(name));
+        let mut args = vec![role, "--server", &url, "--join-token", &t, "--name", name, "--data-dir", &data];
+        args.extend(["--listen", "127.0.0.1:0"]);
+        args.extend(extra);
+        Ok(daemon(dir, name, &args)?.0)
+    };
+    pids.push(node("transport", "demo-store", &["--root", &s(&repos)])?);
+    pids.push(node("agent", "demo-computer", &[])?);
+    std::fs::write(dir.join("pids"), pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "))?;
+    println!("3. transport node demo-store and agent demo-computer joined with one-time tokens");
+    api.call(
+        "POST",
+        "/repositories",
+        Some(serde_json::json!({"name": "demo", "transport": "demo-store", "path": s(&repos.join("demo"))})),
+    )?;
+    api.call(
+        "POST",
+        "/jobs",
+        Some(serde_json::json!({
+            "name": "demo", "computers": ["demo-computer"], "repository": "demo", "sources": [s(&image)],
+            "retention": {"keep_last": 7}
+        })),
+    )?;
+    println!("4. repository demo and job demo created");
+    let mut sessions = Vec::new();
+    for (step, what) in [(5, "full backup"), (6, "incremental after changing 1% of the image")] {
+        if step == 6 {
+            bulwark_imagegen::mutate(&image, 1.0, 1, 0)?;
+        }
+        println!("{step}. job demo: {what}");
+        let started = api.call("POST", "/jobs/demo/start", None)?;
+        let done = crate::admin::wait_session(&api, started["id"].as_str().unwrap_or_default())?;
+        if done["status"] == "failed" {
+            bail!("the session failed: {}; see the logs in {}", done["tasks"][0]["error"], dir.display());
+        }
+        sessions.push(done);
+    }
+    let expected = file_digest(&image)?;
+    let points = api.call("GET", "/points", None)?;
+    let last = points.as_array().and_then(|p| p.last()).context("no restore point recorded")?;
+    let restored = dir.join("restored.img");
+    let repo = Repository::open(&repos.join("demo"), None)?;
+    let m = repo.resolve(last["id"].as_str().unwrap_or_default())?;
+    bulwark_agent::restore_volume(&repo, &m, &restored, &RestoreOptions::default(), &|_| {}, &AtomicBool::new(false))?;
+    if file_digest(&restored)? != expected {
+        bail!("the restored image differs from the source: this is a bug, please report it");
+    }
+    println!("7. the incremental point restores byte-identical to the image ({})", restored.display());
+    println!();
+    crate::admin::print_table(
+        false,
+        &api.call("GET", "/sessions", None)?,
+        &["id", "job", "status", "started", "ended"],
+    );
+    println!();
+    crate::admin::print_table(false, &points, &["id", "computer", "name", "repository", "created"]);
+    let sent: Vec<u64> = sessions.iter().map(|s| s["tasks"][0]["sent_bytes"].as_u64().unwrap_or(0)).collect();
+    println!();
+    println!(
+        "sent {:.1} MiB for the full backup, {:.1} MiB for the incremental",
+        sent[0] as f64 / 1048576.0,
+        sent[1] as f64 / 1048576.0
+    );
+    println!();
+    println!(
+        "The server, transport node and agent keep running (pids {}). To explore:",
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    );
+    println!("  export BULWARK_SERVER={url}");
+    println!("  export BULWARK_TOKEN={token}");
+    println!("  export BULWARK_CA_CERT={}", ca.display());
+    println!("  bulwark job list; bulwark session list; bulwark point list; bulwark computer show demo-computer");
+    println!("Stop them with: kill {}", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "));
+    Ok(())
+}
+
+/// The standalone demo: the data path straight against a repository, no server.
+pub fn run(dir: &Path, size_mib: u64, cancel: &AtomicBool) -> Result<()> {
+    prepare(dir, size_mib)?;
     let image = dir.join("disk.img");
     let repo_path = dir.join("repo");
 

@@ -260,15 +260,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the quick-start demo: generate a disk image, back it up, change 1%, back up again,
-    /// restore and verify both points, and print a summary.
+    /// Run the quick start: a backup server (SQLite), a transport node and an agent on
+    /// loopback, joined automatically; a job over a generated disk image run full, then
+    /// incremental after 1% changed; sessions and points shown; the incremental restored and
+    /// compared. The daemons keep running; the command prints the address, the admin token
+    /// and how to stop them. With --standalone: the same data path straight against a
+    /// repository, no server.
     Demo {
-        /// Working directory (created; reused if an earlier demo made it).
+        /// Working directory (created; an earlier demo's is cleared and its daemons stopped).
         #[arg(long, default_value = "bulwark-demo")]
         dir: PathBuf,
         /// Size of the generated disk image in MiB.
         #[arg(long, default_value_t = 1024)]
         size_mib: u64,
+        /// Without a server: back up, restore and verify straight against a repository.
+        #[arg(long)]
+        standalone: bool,
     },
 }
 
@@ -608,7 +615,8 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 ui::gc_summary(&report);
             }
         }
-        Command::Demo { dir, size_mib } => demo::run(&dir, size_mib, &CANCEL)?,
+        Command::Demo { dir, size_mib, standalone: true } => demo::run(&dir, size_mib, &CANCEL)?,
+        Command::Demo { dir, size_mib, standalone: false } => demo::run_managed(&dir, size_mib)?,
     }
     Ok(ExitCode::SUCCESS)
 }
