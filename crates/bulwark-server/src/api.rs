@@ -407,8 +407,25 @@ async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFi
     Ok(Json(Value::Array(store::sessions(&s.core.db, f.job.as_deref()).await?)))
 }
 
-async fn show_session(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
-    let mut v = store::session(&s.core.db, &id).await?.ok_or_else(|| missing("session", &id))?;
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionView {
+    /// Include each task's log and reports (`?logs=false` for a light poll).
+    #[serde(default = "yes")]
+    logs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn show_session(
+    _c: Caller,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Query(q): Query<SessionView>,
+) -> ApiResult {
+    let mut v = store::session_with(&s.core.db, &id, q.logs).await?.ok_or_else(|| missing("session", &id))?;
     let progress = s.core.progress.lock().expect("lock").clone();
     for t in v["tasks"].as_array_mut().into_iter().flatten() {
         if let Some(p) = t["id"].as_str().and_then(|id| progress.get(id)) {

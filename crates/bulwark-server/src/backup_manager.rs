@@ -195,32 +195,55 @@ impl Core {
             *per_repo.entry(text(&r, "repository")).or_default() += 1;
             busy.insert(text(&r, "computer"));
         }
-        let waiting = sqlx::query("SELECT * FROM tasks WHERE status = 'waiting' ORDER BY priority DESC, seq ASC")
-            .fetch_all(&db.pool)
-            .await?;
         let now = self.clock.now();
         let mut granted = Vec::new();
-        for r in &waiting {
-            let (computer, repository) = (text(r, "computer"), text(r, "repository"));
-            if opt_text(r, "not_before").and_then(|t| parse_ts(&t)).is_some_and(|t| t > now) || busy.contains(&computer)
-            {
-                continue;
-            }
-            let running = per_repo.entry(repository.clone()).or_default();
-            if *running >= limits.get(&repository).copied().unwrap_or(0) {
-                continue;
-            }
-            let id = text(r, "id");
-            let done =
-                sqlx::query("UPDATE tasks SET status = 'running', started = $1 WHERE id = $2 AND status = 'waiting'")
+        // Per repository with room, its waiting tasks a page at a time until it is full: the
+        // cost of a grant does not grow with the queue behind the slots.
+        let mut repos: Vec<(&String, &i64)> = limits.iter().collect();
+        repos.sort();
+        for (repository, max) in repos {
+            let mut offset = 0i64;
+            while per_repo.get(repository).copied().unwrap_or(0) < *max {
+                let page = sqlx::query(
+                    "SELECT id, session_id, computer, not_before FROM tasks WHERE status = 'waiting' AND repository = $1
+                     ORDER BY priority DESC, seq ASC LIMIT 64 OFFSET $2",
+                )
+                .bind(repository)
+                .bind(offset)
+                .fetch_all(&db.pool)
+                .await?;
+                if page.is_empty() {
+                    break;
+                }
+                offset += page.len() as i64;
+                for r in &page {
+                    let computer = text(r, "computer");
+                    let later = opt_text(r, "not_before").and_then(|t| parse_ts(&t)).is_some_and(|t| t > now);
+                    let running = per_repo.entry(repository.clone()).or_default();
+                    if later || busy.contains(&computer) || *running >= *max {
+                        continue;
+                    }
+                    let id = text(r, "id");
+                    let done = sqlx::query(
+                        "UPDATE tasks SET status = 'running', started = $1 WHERE id = $2 AND status = 'waiting'",
+                    )
                     .bind(crate::db::now())
                     .bind(&id)
                     .execute(&db.pool)
                     .await?;
-            if done.rows_affected() == 1 {
-                *running += 1;
-                busy.insert(computer.clone());
-                granted.push(Grant { id, session: text(r, "session_id"), computer, repository });
+                    if done.rows_affected() == 1 {
+                        *running += 1;
+                        busy.insert(computer.clone());
+                        granted.push(Grant {
+                            id,
+                            session: text(r, "session_id"),
+                            computer,
+                            repository: repository.clone(),
+                        });
+                        // A granted row left the waiting set: the next page starts one earlier.
+                        offset -= 1;
+                    }
+                }
             }
         }
         Ok(granted)
@@ -381,10 +404,15 @@ impl Core {
     /// Once a session's tasks have all ended: queue retries for failed computers (after the
     /// job's delay), or record the session's result and start the jobs that follow it.
     async fn settle_session(self: &Arc<Self>, session: &str) {
-        let Ok(tasks) = store::tasks(&self.db, session).await else { return };
-        if tasks.iter().any(|t| t["status"] == "waiting" || t["status"] == "running") {
+        let open =
+            sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE session_id = $1 AND status IN ('waiting', 'running')")
+                .bind(session)
+                .fetch_one(&self.db.pool)
+                .await;
+        if open.map_or(true, |r| int(&r, "n") > 0) {
             return;
         }
+        let Ok(tasks) = store::tasks(&self.db, session).await else { return };
         let Ok(Some(s)) = store::session(&self.db, session).await else { return };
         let job_name = s["job"].as_str().unwrap_or_default().to_string();
         let job = store::job(&self.db, &job_name).await.ok().flatten().map(|j| j.job);

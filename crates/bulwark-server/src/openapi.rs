@@ -51,7 +51,7 @@ pub fn document() -> Value {
             "/jobs/{name}/start": {"parameters": name_param(), "post": op("Start a session now", None, true)},
             "/jobs/{name}/stop": {"parameters": name_param(), "post": op("Stop the running session", None, true)},
             "/sessions": {"get": {"summary": "Sessions, newest first", "parameters": [{"name": "job", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "sessions"}}}},
-            "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks and their progress", None, false)},
+            "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks, their progress and (unless ?logs=false) their logs", None, false)},
             "/points": {"get": {"summary": "Restore points in the catalog", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
         },
         "components": {

@@ -400,11 +400,24 @@ pub async fn sessions(db: &Db, job: Option<&str>) -> Result<Vec<Value>> {
 }
 
 pub async fn session(db: &Db, id: &str) -> Result<Option<Value>> {
+    session_with(db, id, true).await
+}
+
+/// A session and its tasks, with or without the tasks' logs (which can be long).
+pub async fn session_with(db: &Db, id: &str, logs: bool) -> Result<Option<Value>> {
     let Some(row) = sqlx::query("SELECT * FROM sessions WHERE id = $1").bind(id).fetch_optional(&db.pool).await? else {
         return Ok(None);
     };
     let mut s = session_json(&row);
-    s["tasks"] = Value::Array(tasks(db, id).await?);
+    let mut t = tasks(db, id).await?;
+    if !logs {
+        for task in &mut t {
+            if let Some(o) = task.as_object_mut() {
+                o.remove("log");
+            }
+        }
+    }
+    s["tasks"] = Value::Array(t);
     Ok(Some(s))
 }
 

@@ -423,7 +423,7 @@ pub fn wait_session(api: &Api, id: &str) -> Result<Value> {
         b
     });
     loop {
-        let s = api.call("GET", &format!("/sessions/{id}"), None)?;
+        let s = api.call("GET", &format!("/sessions/{id}?logs=false"), None)?;
         let tasks = s["tasks"].as_array().cloned().unwrap_or_default();
         if let Some(b) = &bar {
             let total: u64 = tasks.iter().filter_map(|t| t["progress"]["total_bytes"].as_u64()).sum();
@@ -437,7 +437,7 @@ pub fn wait_session(api: &Api, id: &str) -> Result<Value> {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            return Ok(s);
+            return api.call("GET", &format!("/sessions/{id}"), None);
         }
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -7,113 +7,11 @@
 
 mod cluster;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use cluster::{bulwark_exe, restore, verify_clean, wait_for};
+use cluster::server::{cli, max_concurrent, start_node, start_server, Server};
+use cluster::{restore, verify_clean, wait_for};
 use serde_json::Value;
-
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- server log ---\n{}",
-                std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(dir: &Path, db: Option<&str>) -> Server {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
-    let mut cmd = Command::new(bulwark_exe());
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--tick-seconds", "1", "--data-dir"]).arg(dir);
-    if let Some(db) = db {
-        cmd.args(["--db", db]);
-    }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-        panic!("server did not start: {}", std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default())
-    });
-    Server { child, dir: dir.into(), address: v["listening"].as_str().unwrap().into() }
-}
-
-/// Runs the CLI against the server; its JSON output, or the failure's stderr as Err.
-fn cli(s: &Server, args: &[&str]) -> Result<Value, String> {
-    let out = Command::new(bulwark_exe())
-        .args(args)
-        .arg("--json")
-        .env("BULWARK_SERVER", format!("https://{}", s.address))
-        .env("BULWARK_TOKEN", std::fs::read_to_string(s.dir.join("initial-admin-token")).unwrap().trim())
-        .env("BULWARK_CA_CERT", s.dir.join("ca.pem"))
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.trim().to_string())))
-}
-
-/// A node daemon; with `disk`, in a mount namespace where `disk` appears at `at`.
-fn start_node(
-    s: &Server,
-    role: &str,
-    name: &str,
-    dir: &Path,
-    extra: &[&str],
-    disk: Option<(&Path, &Path)>,
-) -> cluster::Daemon {
-    let token = cli(s, &["token", "create", "--role", role]).unwrap()["token"].as_str().unwrap().to_string();
-    let data_dir = dir.join(name);
-    let mut node = vec![bulwark_exe(), role.into(), "--name".into(), name.into()];
-    node.extend(["--data-dir".into(), data_dir.display().to_string(), "--listen".into(), "127.0.0.1:0".into()]);
-    node.extend(["--server".into(), format!("https://{}", s.address), "--join-token".into(), token]);
-    node.extend(extra.iter().map(|e| e.to_string()));
-    let cmd = match disk {
-        Some((disk, at)) => {
-            let mut c = Command::new("unshare");
-            let script = format!("mount --bind '{}' '{}' && exec \"$@\"", disk.display(), at.display());
-            c.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"]).args(&node);
-            c
-        }
-        None => {
-            let mut c = Command::new(&node[0]);
-            c.args(&node[1..]);
-            c
-        }
-    };
-    cluster::Cluster::spawn(cmd, name, data_dir)
-}
-
-/// Most tasks of `session` that ran at the same time on its repository.
-fn max_concurrent(session: &Value) -> usize {
-    let mut edges: Vec<(jiff::Timestamp, i32)> = Vec::new();
-    for t in session["tasks"].as_array().unwrap() {
-        if let (Some(a), Some(b)) = (t["started"].as_str(), t["ended"].as_str()) {
-            edges.push((a.parse().unwrap(), 1));
-            edges.push((b.parse().unwrap(), -1));
-        }
-    }
-    edges.sort();
-    let (mut now, mut max) = (0, 0);
-    for (_, d) in edges {
-        now += d;
-        max = max.max(now);
-    }
-    max as usize
-}
 
 fn end_to_end(db: Option<&str>) {
     assert!(bulwark_testkit::is_root(), "needs root (mount namespaces)");
