@@ -304,9 +304,8 @@ impl Core {
     /// repository's transport node; deleted points leave the catalog.
     async fn apply_retention(&self, g: &Grant) -> Result<(), String> {
         let db_err = |e: crate::db::DbError| e.to_string();
-        let session = store::session(&self.db, &g.session).await.map_err(db_err)?.ok_or("session vanished")?;
-        let job_name = session["job"].as_str().unwrap_or_default();
-        let Some(job) = store::job(&self.db, job_name).await.map_err(db_err)?.map(|j| j.job) else { return Ok(()) };
+        let job_name = store::session_job(&self.db, &g.session).await.map_err(db_err)?.ok_or("session vanished")?;
+        let Some(job) = store::job(&self.db, &job_name).await.map_err(db_err)?.map(|j| j.job) else { return Ok(()) };
         let r = &job.retention;
         if r.keep_last.is_none() && r.keep_daily.is_none() && r.keep_weekly.is_none() && r.keep_monthly.is_none() {
             return Ok(());
@@ -344,8 +343,7 @@ impl Core {
     /// Builds the task from the job and runs it through the task driver.
     async fn drive(&self, g: &Grant) -> Result<crate::manager::TaskOutcome, String> {
         let db_err = |e: crate::db::DbError| e.to_string();
-        let session = store::session(&self.db, &g.session).await.map_err(db_err)?.ok_or("session vanished")?;
-        let job_name = session["job"].as_str().unwrap_or_default().to_string();
+        let job_name = store::session_job(&self.db, &g.session).await.map_err(db_err)?.ok_or("session vanished")?;
         let job =
             store::job(&self.db, &job_name).await.map_err(db_err)?.ok_or(format!("job {job_name} was deleted"))?.job;
         let agent = store::node(&self.db, "agent", &g.computer)

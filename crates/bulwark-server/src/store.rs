@@ -355,6 +355,12 @@ pub async fn insert_session(db: &Db, id: &str, job: &str) -> Result<()> {
     Ok(())
 }
 
+/// The job a session belongs to (without loading its tasks).
+pub async fn session_job(db: &Db, id: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT job FROM sessions WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
+    Ok(row.map(|r| text(&r, "job")))
+}
+
 pub async fn running_session(db: &Db, job: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT id FROM sessions WHERE job = $1 AND status = 'running'")
         .bind(job)
