@@ -26,6 +26,10 @@ use crate::store;
 pub struct AppState {
     pub core: Arc<Core>,
     pub ca: Arc<Ca>,
+    /// The server's own view of revoked certificates (its TLS checks them).
+    pub revoked: bulwark_proto::tls::Revocations,
+    /// Password checks in flight: argon2 is made to be costly, so few run at once.
+    pub logins: tokio::sync::Semaphore,
 }
 
 type S = Arc<AppState>;
@@ -48,7 +52,7 @@ impl From<DbError> for ApiError {
             }
         }
         tracing::warn!("{e}");
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server's log)".into())
     }
 }
 
@@ -142,12 +146,15 @@ pub fn router(state: S) -> Router {
 
 async fn login(State(s): State<S>, Input(l): Input<Login>) -> ApiResult {
     let denied = || ApiError(StatusCode::UNAUTHORIZED, "wrong user name or password".into());
-    let (id, hash, _) = store::user_by_name(&s.core.db, &l.name).await?.ok_or_else(denied)?;
+    let user = store::user_by_name(&s.core.db, &l.name).await?;
+    // An unknown user costs the same check as a known one: timing tells nothing.
+    let hash = user.as_ref().map_or_else(|| crate::server::DUMMY_HASH.to_string(), |u| u.1.clone());
+    let _permit = s.logins.acquire().await.map_err(|_| denied())?;
     let ok =
         tokio::task::spawn_blocking(move || crate::server::verify_password(&l.password, &hash)).await.unwrap_or(false);
-    if !ok {
+    let Some((id, _, _)) = user.filter(|_| ok) else {
         return Err(denied());
-    }
+    };
     Ok(Json(json!({ "token": store::create_api_token(&s.core.db, &id, "login").await? })))
 }
 
@@ -205,18 +212,31 @@ async fn remove_computer(c: Caller, State(s): State<S>, Path(name): Path<String>
         return Err(missing("computer", &name));
     }
     let serials = store::revoked_serials(&s.core.db).await?;
+    if let Err(e) = s.revoked.update(serials.clone()) {
+        tracing::warn!("revocation list: {e}");
+    }
+    // Every node at once, none waited on for long: an offline node gets the list when it is
+    // next told (the list is always sent whole).
+    let mut pushes = tokio::task::JoinSet::new();
     for role in ["transport", "agent"] {
-        for n in store::nodes(&s.core.db, role).await? {
+        for n in store::nodes(&s.core.db, role).await?.into_iter().filter(|n| n["revoked"] != true) {
             let node = NodeAddress {
                 name: n["name"].as_str().unwrap_or_default().into(),
                 address: n["address"].as_str().unwrap_or_default().into(),
             };
             let r = if role == "agent" { Role::Agent } else { Role::Transport };
-            if let Err(e) = s.core.manager.push_revocations(r, &node, serials.clone()).await {
-                tracing::warn!("revocation list not delivered: {e}");
-            }
+            let (manager, serials) = (s.core.manager.clone(), serials.clone());
+            pushes.spawn(async move {
+                let push = manager.push_revocations(r, &node, serials);
+                match tokio::time::timeout(std::time::Duration::from_secs(5), push).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("revocation list not delivered: {e}"),
+                    Err(_) => tracing::warn!("revocation list not delivered to {r} {}: no answer", node.name),
+                }
+            });
         }
     }
+    while pushes.join_next().await.is_some() {}
     Ok(Json(json!({ "removed": name })))
 }
 
@@ -282,6 +302,9 @@ async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
             format!("repository {name} is used by job(s) {}", users.join(", ")),
         ));
     }
+    if store::open_tasks_on(&s.core.db, &name).await? > 0 {
+        return Err(ApiError(StatusCode::CONFLICT, format!("repository {name} has tasks queued or running")));
+    }
     if !store::delete_row(&s.core.db, "repositories", &name).await? {
         return Err(missing("repository", &name));
     }
@@ -295,6 +318,9 @@ async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult {
 async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>) -> ApiResult {
     c.admin()?;
     check_name("group", &g.name).map_err(bad)?;
+    if g.computers.is_empty() {
+        return Err(bad("a group needs at least one computer"));
+    }
     for m in &g.computers {
         bulwark_proto::pki::validate_node_name(m).map_err(bad)?;
     }
@@ -328,6 +354,26 @@ async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
     for g in &j.groups {
         if store::group_members(&s.core.db, g).await?.is_none() {
             return Err(bad(format!("no group {g:?}")));
+        }
+    }
+    // A job that follows another: that one exists, and following never comes back here.
+    if let Some(crate::schedule::Schedule::After { job }) = &j.schedule {
+        check_name("followed job", job).map_err(bad)?;
+        let mut next = job.clone();
+        for _ in 0..64 {
+            if next == j.name {
+                return Err(bad(format!("job {} would follow itself (through {job})", j.name)));
+            }
+            let Some(row) = store::job(&s.core.db, &next).await? else {
+                if next == *job {
+                    return Err(bad(format!("no job {job:?} to follow")));
+                }
+                break;
+            };
+            match row.job.schedule {
+                Some(crate::schedule::Schedule::After { job }) => next = job,
+                _ => break,
+            }
         }
     }
     Ok(())

@@ -24,12 +24,29 @@ use crate::model::Job;
 use crate::schedule::{Clock, Schedule};
 use crate::store;
 
+/// Runs futures concurrently to their ends (a handful of node calls).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: impl IntoIterator<Item = F>) {
+    let handles: Vec<_> = fs.into_iter().collect();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pinned.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 pub struct Core {
     pub db: Db,
     pub manager: Manager,
     pub clock: Arc<dyn Clock>,
     wake: Notify,
     grant_lock: tokio::sync::Mutex<()>,
+    start_lock: tokio::sync::Mutex<()>,
+    settle_lock: tokio::sync::Mutex<()>,
     seq: AtomicI64,
     /// The latest progress report of each running task.
     pub progress: Mutex<HashMap<String, Progress>>,
@@ -57,6 +74,8 @@ impl Core {
             clock,
             wake: Notify::new(),
             grant_lock: tokio::sync::Mutex::new(()),
+            start_lock: tokio::sync::Mutex::new(()),
+            settle_lock: tokio::sync::Mutex::new(()),
             seq: AtomicI64::new(seq),
             progress: Mutex::new(HashMap::new()),
         }))
@@ -64,7 +83,13 @@ impl Core {
 
     /// Opens a session of `job`: one waiting task per computer. Errors are for the operator.
     pub async fn start_session(self: &Arc<Self>, job_name: &str) -> Result<String, String> {
-        let db_err = |e: crate::db::DbError| e.to_string();
+        // One start at a time: the scheduler and an operator starting the same job at the same
+        // moment make one session, not two (the database's unique index backs this up).
+        let _one_start = self.start_lock.lock().await;
+        let db_err = |e: crate::db::DbError| {
+            warn!("{e}");
+            "internal error (see the server's log)".to_string()
+        };
         let row = store::job(&self.db, job_name).await.map_err(db_err)?.ok_or(format!("no job {job_name:?}"))?;
         let job = row.job;
         if let Some(id) = store::running_session(&self.db, job_name).await.map_err(db_err)? {
@@ -77,42 +102,43 @@ impl Core {
         }
         let mut seen = HashSet::new();
         computers.retain(|c| seen.insert(c.clone()));
-        for c in &computers {
-            match store::node(&self.db, "agent", c).await.map_err(db_err)? {
-                Some(n) if n["revoked"] == true => return Err(format!("computer {c} is revoked")),
-                Some(_) => {}
-                None => return Err(format!("no computer {c:?} has joined")),
+        let mut usable = Vec::new();
+        for c in computers {
+            match store::node(&self.db, "agent", &c).await.map_err(db_err)? {
+                // A removed computer leaves its jobs, not stops them.
+                Some(n) if n["revoked"] == true => warn!("job {job_name}: computer {c} was removed; skipped"),
+                Some(_) => usable.push(c),
+                None => warn!("job {job_name}: computer {c} has not joined; skipped"),
             }
+        }
+        if usable.is_empty() {
+            return Err(format!("job {job_name} has no computer to back up (none joined, or all removed)"));
         }
         store::repository(&self.db, &job.repository)
             .await
             .map_err(db_err)?
             .ok_or(format!("no repository {:?}", job.repository))?;
+        let tz = job.time_zone();
+        let close = match &job.window {
+            Some(w) => Some(
+                w.closes_after(&tz, self.clock.now())
+                    .ok_or(format!("job {job_name} may run only between {} and {}", w.start, w.end))?,
+            ),
+            None => None,
+        };
         let id = format!("{}-{}", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"), store::random_hex(3));
-        store::insert_session(&self.db, &id, job_name).await.map_err(db_err)?;
-        for c in &computers {
+        store::insert_session(&self.db, &id, job_name).await.map_err(|e| match &e {
+            crate::db::DbError::Query(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                format!("job {job_name} is already running")
+            }
+            _ => db_err(e),
+        })?;
+        for c in &usable {
             self.queue_task(&id, c, &job, 1, None).await.map_err(db_err)?;
         }
-        info!("session {id} of job {job_name}: {} task(s)", computers.len());
-        if let Some(w) = job.window.clone() {
-            let tz = job.time_zone();
-            let now = self.clock.now();
-            match w.closes_after(&tz, now) {
-                Some(close) => {
-                    let (core, sid) = (self.clone(), id.clone());
-                    let wait = Duration::from_secs((close.as_second() - now.as_second()).max(0) as u64);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        core.stop_session(&sid, "stopped at the end of the backup window").await;
-                    });
-                }
-                None => {
-                    store::end_session(&self.db, &id, "failed", Some("started outside the backup window"))
-                        .await
-                        .map_err(db_err)?;
-                    self.cancel_waiting(&id).await;
-                }
-            }
+        info!("session {id} of job {job_name}: {} task(s)", usable.len());
+        if let Some(close) = close {
+            self.arm_window(&id, close);
         }
         self.wake.notify_one();
         Ok(id)
@@ -156,30 +182,57 @@ impl Core {
     }
 
     /// Stops a session: waiting tasks are cancelled, running ones cancelled on their agents.
+    /// Stops the session at the end of its backup window.
+    fn arm_window(self: &Arc<Self>, session: &str, close: jiff::Timestamp) {
+        let (core, sid) = (self.clone(), session.to_string());
+        let wait = Duration::from_secs((close.as_second() - self.clock.now().as_second()).max(0) as u64);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            core.stop_session(&sid, "stopped at the end of the backup window").await;
+        });
+    }
+
     pub async fn stop_session(self: &Arc<Self>, session: &str, reason: &str) {
-        let Ok(Some(s)) = store::session(&self.db, session).await else { return };
-        if s["status"] != "running" {
-            return;
+        {
+            // Under the grant lock: no task of this session is granted while it stops.
+            let _no_grants = self.grant_lock.lock().await;
+            if !store::end_session(&self.db, session, "failed", Some(reason)).await.unwrap_or(false) {
+                return;
+            }
+            self.cancel_waiting(session).await;
         }
         warn!("session {session}: {reason}");
-        let _ = store::end_session(&self.db, session, "failed", Some(reason)).await;
-        self.cancel_waiting(session).await;
-        for t in s["tasks"].as_array().into_iter().flatten().filter(|t| t["status"] == "running") {
-            let computer = t["computer"].as_str().unwrap_or_default();
-            if let Ok(Some(n)) = store::node(&self.db, "agent", computer).await {
-                let node =
-                    NodeAddress { name: computer.into(), address: n["address"].as_str().unwrap_or_default().into() };
-                let _ = self.manager.cancel(&node, t["id"].as_str().unwrap_or_default()).await;
+        let running = sqlx::query("SELECT id, computer FROM tasks WHERE session_id = $1 AND status = 'running'")
+            .bind(session)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap_or_default();
+        let cancels = running.iter().map(|t| async move {
+            let (id, computer) = (text(t, "id"), text(t, "computer"));
+            if let Ok(Some(n)) = store::node(&self.db, "agent", &computer).await {
+                let node = NodeAddress { name: computer, address: n["address"].as_str().unwrap_or_default().into() };
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.manager.cancel(&node, &id)).await;
             }
-        }
+        });
+        futures_join_all(cancels).await;
     }
 
     /// The resource scheduler: grants waiting tasks a slot, highest priority first and first
     /// come first within a priority, never more running tasks on a repository than its
     /// maximum, never two on one computer. A task that cannot run yet does not hold back
     /// tasks behind it that can.
-    async fn grant(&self) -> Result<Vec<Grant>, crate::db::DbError> {
+    async fn grant(&self) -> Vec<Grant> {
         let _one_at_a_time = self.grant_lock.lock().await;
+        let mut granted = Vec::new();
+        // Grants made before an error stand: they are returned and run, never left holding a
+        // slot with nothing running.
+        if let Err(e) = self.grant_into(&mut granted).await {
+            warn!("resource scheduler: {e}");
+        }
+        granted
+    }
+
+    async fn grant_into(&self, granted: &mut Vec<Grant>) -> Result<(), crate::db::DbError> {
         let db = &self.db;
         let limits: HashMap<String, i64> = sqlx::query("SELECT name, max_tasks FROM repositories")
             .fetch_all(&db.pool)
@@ -196,7 +249,6 @@ impl Core {
             busy.insert(text(&r, "computer"));
         }
         let now = self.clock.now();
-        let mut granted = Vec::new();
         // Per repository with room, its waiting tasks a page at a time until it is full: the
         // cost of a grant does not grow with the queue behind the slots.
         let mut repos: Vec<(&String, &i64)> = limits.iter().collect();
@@ -206,6 +258,7 @@ impl Core {
             while per_repo.get(repository).copied().unwrap_or(0) < *max {
                 let page = sqlx::query(
                     "SELECT id, session_id, computer, not_before FROM tasks WHERE status = 'waiting' AND repository = $1
+                     AND session_id IN (SELECT id FROM sessions WHERE status = 'running')
                      ORDER BY priority DESC, seq ASC LIMIT 64 OFFSET $2",
                 )
                 .bind(repository)
@@ -246,19 +299,14 @@ impl Core {
                 }
             }
         }
-        Ok(granted)
+        Ok(())
     }
 
     /// Grants slots whenever something changes (and every second, for retry delays).
     pub async fn dispatcher(self: Arc<Self>) {
         loop {
-            match self.grant().await {
-                Ok(grants) => {
-                    for g in grants {
-                        tokio::spawn(self.clone().run_task(g));
-                    }
-                }
-                Err(e) => warn!("resource scheduler: {e}"),
+            for g in self.grant().await {
+                tokio::spawn(self.clone().run_task(g));
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
         }
@@ -284,17 +332,27 @@ impl Core {
                 warn!("task {}: retention not applied: {e}", g.id);
             }
         }
-        let _ = sqlx::query(
-            "UPDATE tasks SET status = $1, error = $2, log = $3, ended = $4, sent_bytes = $5 WHERE id = $6",
-        )
-        .bind(&status)
-        .bind(error)
-        .bind(log.to_string())
-        .bind(now())
-        .bind(sent)
-        .bind(&g.id)
-        .execute(&self.db.pool)
-        .await;
+        // The task's end must reach the database, or its slot stays taken: retried until it does.
+        for attempt in 0u64.. {
+            let done = sqlx::query(
+                "UPDATE tasks SET status = $1, error = $2, log = $3, ended = $4, sent_bytes = $5 WHERE id = $6",
+            )
+            .bind(&status)
+            .bind(error.clone())
+            .bind(log.to_string())
+            .bind(now())
+            .bind(sent)
+            .bind(&g.id)
+            .execute(&self.db.pool)
+            .await;
+            match done {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!("task {}: recording its end (try {}): {e}", g.id, attempt + 1);
+                    tokio::time::sleep(Duration::from_secs(attempt.min(30) + 1)).await;
+                }
+            }
+        }
         self.progress.lock().expect("lock").remove(&g.id);
         self.settle_session(&g.session).await;
         self.wake.notify_one();
@@ -402,6 +460,9 @@ impl Core {
     /// Once a session's tasks have all ended: queue retries for failed computers (after the
     /// job's delay), or record the session's result and start the jobs that follow it.
     async fn settle_session(self: &Arc<Self>, session: &str) {
+        // Two tasks of a session ending together settle it one after the other: the second
+        // sees the first one's retries.
+        let _one_settle = self.settle_lock.lock().await;
         let open =
             sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE session_id = $1 AND status IN ('waiting', 'running')")
                 .bind(session)
@@ -450,7 +511,9 @@ impl Core {
         } else {
             "success"
         };
-        let _ = store::end_session(&self.db, session, status, None).await;
+        if !store::end_session(&self.db, session, status, None).await.unwrap_or(false) {
+            return;
+        }
         info!("session {session} of job {job_name}: {status}");
         // Jobs scheduled to follow this one.
         if let Ok(all) = store::jobs(&self.db).await {
@@ -467,23 +530,25 @@ impl Core {
     /// After a restart: tasks the previous server left running are cancelled on their agents
     /// and marked failed (their slots free again); sessions whose tasks all ended are settled.
     pub async fn reconcile(self: &Arc<Self>) {
-        let rows = sqlx::query("SELECT * FROM tasks WHERE status = 'running'")
+        let rows = sqlx::query("SELECT id, computer FROM tasks WHERE status = 'running'")
             .fetch_all(&self.db.pool)
             .await
             .unwrap_or_default();
-        for r in &rows {
+        let cancels = rows.iter().map(|r| async move {
             let (id, computer) = (text(r, "id"), text(r, "computer"));
             if let Ok(Some(n)) = store::node(&self.db, "agent", &computer).await {
                 let node =
                     NodeAddress { name: computer.clone(), address: n["address"].as_str().unwrap_or_default().into() };
                 // Until the agent no longer knows the task (it cleans up its snapshot first), so
-                // that a retry finds the computer free. An agent that does not answer has no task.
-                for _ in 0..120 {
-                    match tokio::time::timeout(Duration::from_secs(5), self.manager.cancel(&node, &id)).await {
-                        Ok(Ok(true)) => tokio::time::sleep(Duration::from_millis(500)).await,
-                        _ => break,
+                // that a retry finds the computer free; an agent that does not answer has none.
+                let wait = async {
+                    while let Ok(Ok(true)) =
+                        tokio::time::timeout(Duration::from_secs(5), self.manager.cancel(&node, &id)).await
+                    {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(120), wait).await;
             }
             warn!("task {id}: the server restarted while it ran; cancelled");
             let _ = sqlx::query("UPDATE tasks SET status = 'failed', error = $1, ended = $2 WHERE id = $3")
@@ -492,8 +557,18 @@ impl Core {
                 .bind(&id)
                 .execute(&self.db.pool)
                 .await;
-        }
-        for (id, _) in store::running_sessions(&self.db).await.unwrap_or_default() {
+        });
+        futures_join_all(cancels).await;
+        for (id, job) in store::running_sessions(&self.db).await.unwrap_or_default() {
+            // Windows outlive a restart.
+            if let Ok(Some(j)) = store::job(&self.db, &job).await {
+                if let Some(w) = &j.job.window {
+                    match w.closes_after(&j.job.time_zone(), self.clock.now()) {
+                        Some(close) => self.arm_window(&id, close),
+                        None => self.stop_session(&id, "stopped at the end of the backup window").await,
+                    }
+                }
+            }
             self.settle_session(&id).await;
         }
         self.wake.notify_one();
@@ -571,7 +646,7 @@ mod tests {
         let mut ran: Vec<String> = Vec::new();
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for round in 0..1000 {
-            for g in core.grant().await.unwrap() {
+            for g in core.grant().await {
                 ran.push(g.id.clone());
             }
             let running =

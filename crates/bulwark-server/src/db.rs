@@ -43,6 +43,8 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE TABLE sessions (
         id TEXT PRIMARY KEY, job TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
         started TEXT NOT NULL, ended TEXT);
+     CREATE UNIQUE INDEX sessions_one_running ON sessions (job) WHERE status = 'running';
+     CREATE TABLE revoked_certificates (serial TEXT PRIMARY KEY, node TEXT NOT NULL, revoked TEXT NOT NULL);
      CREATE TABLE tasks (
         id TEXT PRIMARY KEY, session_id TEXT NOT NULL, computer TEXT NOT NULL, repository TEXT NOT NULL,
         priority BIGINT NOT NULL, seq BIGINT NOT NULL, attempt BIGINT NOT NULL, status TEXT NOT NULL,

@@ -47,6 +47,11 @@ pub struct Ready {
     pub first_admin: Option<(String, String)>,
 }
 
+/// A well-formed hash no password is known to match, checked for unknown users so that they
+/// cost the same time as known ones.
+pub const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9mTTGlT5I3RTA2HdeyN3eY/DjxDYKlkHhBzRxbVNI0A";
+
 pub fn hash_password(pw: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut salt = [0u8; 16];
@@ -124,13 +129,17 @@ pub async fn run_with_clock(
 
     let core = Core::new(db.clone(), Manager::new(client), clock).await?;
     let first_admin = first_admin(&db, dir).await?;
-    core.reconcile().await;
-    tokio::spawn(core.clone().dispatcher());
-    tokio::spawn(core.clone().scheduler(opts.tick));
+    // Reconciling may wait on agents; the API serves meanwhile, slots are granted after.
+    let (starting, tick) = (core.clone(), opts.tick);
+    tokio::spawn(async move {
+        starting.reconcile().await;
+        tokio::spawn(starting.clone().scheduler(tick));
+        starting.dispatcher().await;
+    });
 
     let registrar = Registrar::new(ca.clone(), Arc::new(DbNodes(db.clone())));
-    let app = api::router(Arc::new(AppState { core, ca }))
-        .route_service("/bulwark.v1.Registration/{*method}", registrar.into_server());
+    let state = AppState { core, ca, revoked: revoked.clone(), logins: tokio::sync::Semaphore::new(2) };
+    let app = api::router(Arc::new(state)).route_service("/bulwark.v1.Registration/{*method}", registrar.into_server());
     ready(Ready { address, first_admin });
     info!("server listening on {address}");
 

@@ -115,18 +115,49 @@ pub async fn set_inventory(db: &Db, name: &str, inventory: &Value) -> Result<()>
     Ok(())
 }
 
+/// Marks a node removed and its certificate revoked for good (a later join of the same name
+/// gets a new certificate; the old one stays revoked).
 pub async fn revoke_node(db: &Db, role: &str, name: &str) -> Result<bool> {
-    let r = sqlx::query("UPDATE nodes SET revoked = 1 WHERE role = $1 AND name = $2")
+    let Some(row) = sqlx::query("SELECT serial FROM nodes WHERE role = $1 AND name = $2")
         .bind(role)
         .bind(name)
-        .execute(&db.pool)
+        .fetch_optional(&db.pool)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE nodes SET revoked = 1 WHERE role = $1 AND name = $2")
+        .bind(role)
+        .bind(name)
+        .execute(&mut *tx)
         .await?;
-    Ok(r.rows_affected() == 1)
+    sqlx::query("DELETE FROM revoked_certificates WHERE serial = $1")
+        .bind(text(&row, "serial"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO revoked_certificates (serial, node, revoked) VALUES ($1, $2, $3)")
+        .bind(text(&row, "serial"))
+        .bind(name)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 pub async fn revoked_serials(db: &Db) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT serial FROM nodes WHERE revoked = 1").fetch_all(&db.pool).await?;
+    let rows = sqlx::query("SELECT serial FROM revoked_certificates").fetch_all(&db.pool).await?;
     Ok(rows.iter().map(|r| text(r, "serial")).collect())
+}
+
+/// Tasks not yet ended on a repository.
+pub async fn open_tasks_on(db: &Db, repository: &str) -> Result<i64> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE repository = $1 AND status IN ('waiting', 'running')")
+        .bind(repository)
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(int(&r, "n"))
 }
 
 /// Join tokens and nodes in the config database.
@@ -374,15 +405,17 @@ pub async fn running_sessions(db: &Db) -> Result<Vec<(String, String)>> {
     Ok(rows.iter().map(|r| (text(r, "id"), text(r, "job"))).collect())
 }
 
-pub async fn end_session(db: &Db, id: &str, status: &str, reason: Option<&str>) -> Result<()> {
-    sqlx::query("UPDATE sessions SET status = $1, reason = $2, ended = $3 WHERE id = $4 AND status = 'running'")
-        .bind(status)
-        .bind(reason.map(str::to_string))
-        .bind(now())
-        .bind(id)
-        .execute(&db.pool)
-        .await?;
-    Ok(())
+/// Ends a running session; `false` if it had ended already.
+pub async fn end_session(db: &Db, id: &str, status: &str, reason: Option<&str>) -> Result<bool> {
+    let r =
+        sqlx::query("UPDATE sessions SET status = $1, reason = $2, ended = $3 WHERE id = $4 AND status = 'running'")
+            .bind(status)
+            .bind(reason.map(str::to_string))
+            .bind(now())
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 fn session_json(r: &AnyRow) -> Value {

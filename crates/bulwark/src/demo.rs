@@ -103,9 +103,15 @@ pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
         args.extend(extra);
         Ok(daemon(dir, name, &args)?.0)
     };
+    // Recorded as each starts, so a failed demo's daemons are stopped by the next one.
+    let record = |pids: &[u32]| {
+        std::fs::write(dir.join("pids"), pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "))
+    };
+    record(&pids)?;
     pids.push(node("transport", "demo-store", &["--root", &s(&repos)])?);
+    record(&pids)?;
     pids.push(node("agent", "demo-computer", &[])?);
-    std::fs::write(dir.join("pids"), pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "))?;
+    record(&pids)?;
     println!("3. transport node demo-store and agent demo-computer joined with one-time tokens");
     api.call(
         "POST",
