@@ -640,6 +640,7 @@ mod tests {
         for i in 0..60 {
             let (repo, prio) = (if i % 4 == 0 { "r2" } else { "r1" }, if i % 5 == 0 { 5 } else { 0 });
             let j = job(repo, prio);
+            store::insert_session(&core.db, &format!("s{i}"), &format!("j{i}")).await.unwrap();
             core.queue_task(&format!("s{i}"), &format!("c{}", i % 7), &j, 1, None).await.unwrap();
             order.push((format!("s{i}-c{}-1", i % 7), repo, prio));
         }
