@@ -354,6 +354,8 @@ pub fn backup_volume_with(
             stop.store(true, Ordering::Relaxed);
             drop(done_rx);
         }
+        // No more results are settled: a reader waiting for a slot must see the end, not wait.
+        drop(slot_rx);
         let read = reader.join().expect("reader does not panic");
         collected.and(read)
     });

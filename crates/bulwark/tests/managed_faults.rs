@@ -54,7 +54,12 @@ impl Setup {
             self.c.rt.spawn(async move { m.run_task(req, move |p| s.store(p.sent_bytes, Ordering::Relaxed)).await });
         wait_for(60, "data on the wire", || sent.load(Ordering::Relaxed) > 6 << 20);
         fault(self);
-        let out = self.c.rt.block_on(task).unwrap();
+        let out = self
+            .c
+            .rt
+            .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(300), task).await })
+            .expect("the interrupted task did not end within 5 minutes")
+            .unwrap();
         assert_eq!(out.status, "failed", "{out:?}");
         assert!(points(&self.repo).is_empty(), "a partial point is visible");
         out

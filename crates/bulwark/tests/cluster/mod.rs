@@ -142,8 +142,13 @@ impl Cluster {
         }
     }
 
+    /// Runs a task; a hang is a failure, not a stalled suite.
     pub fn run(&self, req: TaskRequest) -> TaskOutcome {
-        self.rt.block_on(self.manager.run_task(req, |_| {}))
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(300), self.manager.run_task(req, |_| {})).await
+            })
+            .expect("the task did not end within 5 minutes")
     }
 }
 
