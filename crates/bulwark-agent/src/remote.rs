@@ -272,6 +272,18 @@ impl RemoteTarget {
         })))
     }
 
+    /// A restore point the data mover serves for a restore (its manifest).
+    pub fn point(&self, id: &str) -> Result<Manifest> {
+        let inner = &self.0;
+        let mut s = inner.primary.lock().expect("stream lock");
+        match inner.ask(&mut s, agent_frame::Frame::Point(id.to_string()))? {
+            mover_frame::Frame::Manifest(j) if !j.is_empty() => {
+                serde_json::from_str(&j).map_err(|e| inner.err(format!("unreadable manifest: {e}")))
+            }
+            f => Err(inner.unexpected("point", &f)),
+        }
+    }
+
     /// Bytes sent so far (for progress reports).
     pub fn sent(&self) -> Arc<AtomicU64> {
         self.0.sent.clone()
@@ -378,6 +390,37 @@ impl BackupTarget for RemoteTarget {
         }
         inner.sent.fetch_add(stored.len() as u64 + 32, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn read_chunk_into(
+        &self,
+        codec: &mut ChunkCodec,
+        id: &ChunkId,
+        stored: &mut Vec<u8>,
+        block: &mut Vec<u8>,
+    ) -> Result<()> {
+        let inner = &self.0;
+        let ask = frame(agent_frame::Frame::FetchChunk(id.0.to_vec()));
+        let answer = match inner.data_stream() {
+            Some(d) => {
+                let rx = inner.data_send(d, ask, true)?.expect("a waiter");
+                inner.data_wait(rx)?
+            }
+            None => {
+                let mut s = inner.primary.lock().expect("stream lock");
+                inner.send(&mut s, ask)?;
+                inner.recv(&mut s)?
+            }
+        };
+        let mover_frame::Frame::ChunkData(data) = answer else {
+            return Err(inner.unexpected("fetch chunk", &answer));
+        };
+        *stored = data;
+        codec.decode_into(id, stored, block).map_err(|e| RepoError::DamagedChunk {
+            repo: inner.label.clone(),
+            id: *id,
+            reason: e.to_string(),
+        })
     }
 
     fn begin_point(&self, spec: PointSpec) -> Result<Box<dyn PointSink + '_>> {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bulwark_repo::{BlockRef, Compression, Manifest, Repository};
+use bulwark_repo::{BlockRef, Compression, Manifest};
+
+use crate::target::BackupTarget;
 use crossbeam_channel::bounded;
 use serde::Serialize;
 
@@ -51,7 +53,7 @@ const JOB_BLOCKS: usize = 8;
 
 /// Restores the point `m` onto `target` (a block device, or a file created or replaced).
 pub fn restore_volume(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     m: &Manifest,
     target: &Path,
     opts: &RestoreOptions,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_proto::pb::agent_server::{Agent, AgentServer};
 use bulwark_proto::pb::{
-    task_event, CancelReply, Empty, Finished, InventoryReply, InventoryRequest, Progress,
+    task_event, CancelReply, Empty, Finished, InventoryReply, InventoryRequest, Progress, RestoreSpec,
     Revocations as RevocationList, SourceDone, TaskEvent, TaskRef, TaskSpec,
 };
 use bulwark_proto::pki::Role;
@@ -260,8 +260,94 @@ fn run_task(
     let _ = events.blocking_send(event(task_event::Event::Finished(Finished { status: status.into(), error })));
 }
 
+/// Restores a point from the data mover onto this computer, on a thread of its own.
+fn run_restore(
+    spec: RestoreSpec,
+    events: Events,
+    cancel: Arc<AtomicBool>,
+    client_tls: Arc<bulwark_proto::rustls::ClientConfig>,
+    rt: tokio::runtime::Handle,
+) {
+    let task = spec.task_id.clone();
+    let outcome = (|| -> Result<String, String> {
+        let mover = spec.mover.as_ref().ok_or("the restore names no data mover")?;
+        let endpoint = MoverEndpoint {
+            address: mover.address.clone(),
+            node: mover.node.clone(),
+            ticket: mover.ticket.clone(),
+            streams: spec.streams.clamp(1, 16),
+        };
+        let target = rt.block_on(RemoteTarget::connect(&endpoint, client_tls)).map_err(|e| e.to_string())?;
+        let m = target.point(&spec.point).map_err(|e| e.to_string())?;
+        let to = PathBuf::from(&spec.target);
+        info!("task {task}: restoring {} ({}) to {}", m.id, m.name, to.display());
+        let done = AtomicU64::new(0);
+        let progress = |n: u64| {
+            done.fetch_add(n, Ordering::Relaxed);
+        };
+        if m.kind == bulwark_repo::PointKind::Files {
+            let opts = crate::files::FileRestoreOptions { overwrite: spec.overwrite, paths: spec.paths.clone() };
+            crate::files::restore_files(&target, &m, &to, &opts, &progress, &cancel)
+                .map(|r| serde_json::to_string(&r).expect("report"))
+        } else {
+            if !spec.paths.is_empty() {
+                return Err(format!("paths select files of a file-level point; {} is a volume point", m.id));
+            }
+            let opts = crate::RestoreOptions { overwrite: spec.overwrite, ..Default::default() };
+            crate::restore_volume(&target, &m, &to, &opts, &progress, &cancel)
+                .map(|r| serde_json::to_string(&r).expect("report"))
+        }
+        .map_err(|e| format!("{}: {e}", to.display()))
+    })();
+    let (status, error) = match outcome {
+        Ok(report) => {
+            let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: report })));
+            ("success", String::new())
+        }
+        Err(e) if cancel.load(Ordering::Relaxed) => ("cancelled", e),
+        Err(e) => ("failed", e),
+    };
+    if error.is_empty() {
+        info!("task {task}: restore {status}");
+    } else {
+        warn!("task {task}: restore {status}: {error}");
+    }
+    let _ = events.blocking_send(event(task_event::Event::Finished(Finished { status: status.into(), error })));
+}
+
 #[tonic::async_trait]
 impl Agent for AgentService {
+    type RunRestoreStream = ReceiverStream<Result<TaskEvent, Status>>;
+
+    async fn run_restore(&self, req: Request<RestoreSpec>) -> Result<Response<Self::RunRestoreStream>, Status> {
+        tls::require_peer(&req, &[Role::Server], "run a restore")?;
+        let spec = req.into_inner();
+        bulwark_proto::check_protocol(spec.protocol, "server")?;
+        if !spec.target.starts_with('/') {
+            return Err(Status::invalid_argument(format!("restore target {:?} must be an absolute path", spec.target)));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut running = self.running.lock().expect("lock");
+            if let Some(other) = running.keys().next() {
+                return Err(Status::failed_precondition(format!("task {other} is already running on this computer")));
+            }
+            running.insert(spec.task_id.clone(), cancel.clone());
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let (client_tls, running, rt) =
+            (self.client_tls.clone(), self.running.clone(), tokio::runtime::Handle::current());
+        std::thread::Builder::new()
+            .name(format!("restore-{}", spec.task_id))
+            .spawn(move || {
+                let id = spec.task_id.clone();
+                run_restore(spec, tx, cancel, client_tls, rt);
+                running.lock().expect("lock").remove(&id);
+            })
+            .map_err(|e| Status::internal(format!("starting the restore: {e}")))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn inventory(&self, req: Request<InventoryRequest>) -> Result<Response<InventoryReply>, Status> {
         tls::require_peer(&req, &[Role::Server], "read the inventory")?;
         bulwark_proto::check_protocol(req.get_ref().protocol, "server")?;

@@ -1,4 +1,4 @@
-//! Where a backup goes. The pipelines in [`crate::backup`] and [`crate::files`] write through
+//! Where a backup goes (and a restore comes from). The pipelines in [`crate::backup`] and [`crate::files`] write through
 //! [`BackupTarget`]: a repository opened on this computer (`bulwark backup`) or a data mover
 //! across the network ([`crate::remote`]), which stores what the agent sends.
 //!
@@ -53,6 +53,27 @@ pub trait BackupTarget: Sync {
     /// later call or at the commit, which never succeeds without every chunk.
     fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()>;
     fn begin_point(&self, spec: PointSpec) -> Result<Box<dyn PointSink + '_>>;
+    /// Reads, authenticates and decodes one chunk (restores read through this too).
+    fn read_chunk_into(
+        &self,
+        codec: &mut ChunkCodec,
+        id: &ChunkId,
+        stored: &mut Vec<u8>,
+        block: &mut Vec<u8>,
+    ) -> Result<()>;
+}
+
+/// Every entry of a file point's tree, in order.
+pub fn read_tree(
+    t: &dyn BackupTarget,
+    m: &Manifest,
+    mut f: impl FnMut(bulwark_repo::tree::TreeEntry) -> Result<()>,
+) -> Result<()> {
+    let mut cursor = t.tree_cursor(m)?;
+    while let Some(e) = cursor.next_entry()? {
+        f(e)?;
+    }
+    Ok(())
 }
 
 /// A restore point being written; dropped without a commit, it leaves nothing visible.
@@ -95,6 +116,15 @@ impl BackupTarget for Repository {
     }
     fn begin_point(&self, spec: PointSpec) -> Result<Box<dyn PointSink + '_>> {
         Ok(Box::new(Repository::begin_point(self, spec)?))
+    }
+    fn read_chunk_into(
+        &self,
+        codec: &mut ChunkCodec,
+        id: &ChunkId,
+        stored: &mut Vec<u8>,
+        block: &mut Vec<u8>,
+    ) -> Result<()> {
+        Repository::read_chunk_into(self, codec, id, stored, block)
     }
 }
 

@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use crate::backup_manager::Core;
 use crate::db::DbError;
 use crate::manager::NodeAddress;
-use crate::model::{check_name, GroupInput, Job, Login, RepositoryInput, RepositoryUpdate, TokenRequest, UserInput};
+use crate::model::{
+    check_name, GroupInput, Job, Login, RepositoryInput, RepositoryUpdate, RestoreInput, TokenRequest, UserInput,
+};
 use crate::store;
 
 pub struct AppState {
@@ -140,6 +142,7 @@ pub fn router(state: S) -> Router {
         .route("/api/v1/sessions", get(list_sessions))
         .route("/api/v1/sessions/{id}", get(show_session))
         .route("/api/v1/points", get(list_points))
+        .route("/api/v1/points/{id}/restore", post(restore_point))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path (see /api/v1/openapi.json)".into()) })
         .with_state(state)
 }
@@ -492,6 +495,51 @@ struct PointFilter {
 
 async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
     Ok(Json(Value::Array(store::points(&s.core.db, f.computer.as_deref()).await?)))
+}
+
+/// Restores a catalog point onto a computer (its own by default), through a data mover that
+/// serves only that point. Answers when the restore has ended.
+async fn restore_point(
+    c: Caller,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Input(r): Input<RestoreInput>,
+) -> ApiResult {
+    c.admin()?;
+    let (repository, computer, name) =
+        store::point(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?;
+    let computer = r.computer.unwrap_or(computer);
+    if !r.target.starts_with('/') {
+        return Err(bad(format!("restore target {:?} must be an absolute path", r.target)));
+    }
+    let agent = store::node(&s.core.db, "agent", &computer)
+        .await?
+        .ok_or_else(|| bad(format!("no computer {computer:?} has joined")))?;
+    let (transport, path, password) = store::repository_access(&s.core.db, &repository)
+        .await?
+        .ok_or_else(|| bad(format!("repository {repository} is gone")))?;
+    let tnode = store::node(&s.core.db, "transport", &transport)
+        .await?
+        .ok_or_else(|| bad(format!("transport node {transport} is gone")))?;
+    let addr = |n: &Value| n["address"].as_str().unwrap_or_default().to_string();
+    let req = crate::manager::RestoreRequest {
+        task_id: format!("restore-{}", store::random_hex(6)),
+        agent: NodeAddress { name: computer.clone(), address: addr(&agent) },
+        transport: NodeAddress { name: transport, address: addr(&tnode) },
+        repository: path,
+        password,
+        point: id.clone(),
+        name,
+        target: r.target.clone(),
+        overwrite: r.overwrite,
+        paths: r.paths,
+    };
+    let out = s.core.manager.run_restore(req).await;
+    tracing::info!("restore of {id} to {computer}:{}: {}", r.target, out.status);
+    Ok(Json(json!({
+        "task": out.task_id, "point": id, "computer": computer, "target": r.target,
+        "status": out.status, "error": out.error, "report": out.reports.first(),
+    })))
 }
 
 async fn openapi() -> Json<Value> {

@@ -37,6 +37,22 @@ pub struct TaskRequest {
     pub spec: TaskSpec,
 }
 
+/// A restore: a point of a repository onto a path of a computer.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub task_id: String,
+    pub agent: NodeAddress,
+    pub transport: NodeAddress,
+    pub repository: String,
+    pub password: Option<String>,
+    pub point: String,
+    /// The point's backup name (the only one the data mover serves).
+    pub name: String,
+    pub target: String,
+    pub overwrite: bool,
+    pub paths: Vec<String>,
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TaskOutcome {
@@ -125,6 +141,86 @@ impl Manager {
         Ok(reply.into_inner().found)
     }
 
+    /// Runs a restore to its end: a data mover serving only that point, and the agent
+    /// restoring from it.
+    pub async fn run_restore(&self, req: RestoreRequest) -> TaskOutcome {
+        let mut out = TaskOutcome { task_id: req.task_id.clone(), status: "failed".into(), ..Default::default() };
+        let mut transport = match self.transport(&req.transport).await {
+            Ok(t) => t,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        };
+        let spec = MoverSpec {
+            protocol: bulwark_proto::PROTOCOL,
+            task_id: req.task_id.clone(),
+            repository: req.repository.clone(),
+            password: req.password.clone().unwrap_or_default(),
+            agent: req.agent.name.clone(),
+            max_streams: 4,
+            connect_timeout_s: 120,
+            names: vec![req.name.clone()],
+            restore_point: req.point.clone(),
+            ..Default::default()
+        };
+        let started = match transport.start_mover(spec).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => {
+                out.error = Some(format!("transport {}: {}", req.transport.name, s.message()));
+                return out;
+            }
+        };
+        let mover = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: started.mover_id.clone() };
+        let restore = bulwark_proto::pb::RestoreSpec {
+            protocol: bulwark_proto::PROTOCOL,
+            task_id: req.task_id.clone(),
+            point: req.point.clone(),
+            target: req.target.clone(),
+            overwrite: req.overwrite,
+            paths: req.paths.clone(),
+            mover: Some(MoverAddress {
+                address: started.address,
+                node: req.transport.name.clone(),
+                ticket: started.ticket,
+            }),
+            streams: 4,
+        };
+        let result: Result<(String, String), String> = async {
+            let mut agent = self.agent(&req.agent).await.map_err(|e| e.to_string())?;
+            let mut events = agent
+                .run_restore(restore)
+                .await
+                .map_err(|s| format!("agent {}: {}", req.agent.name, s.message()))?
+                .into_inner();
+            loop {
+                match events.message().await {
+                    Ok(Some(e)) => match e.event {
+                        Some(task_event::Event::SourceDone(d)) => {
+                            out.reports.push(serde_json::from_str(&d.report_json).unwrap_or_default())
+                        }
+                        Some(task_event::Event::Finished(f)) => return Ok((f.status, f.error)),
+                        Some(task_event::Event::Log(l)) => out.log.push(l),
+                        _ => {}
+                    },
+                    Ok(None) => return Err(format!("agent {} ended the restore without an outcome", req.agent.name)),
+                    Err(s) => return Err(format!("lost contact with agent {}: {}", req.agent.name, s.message())),
+                }
+            }
+        }
+        .await;
+        // The agent is done with the data mover either way; it ends when the agent hangs up.
+        let _ = transport.stop_mover(mover).await;
+        match result {
+            Ok((status, error)) => {
+                out.status = status;
+                out.error = (!error.is_empty()).then_some(error);
+            }
+            Err(e) => out.error = Some(e),
+        }
+        out
+    }
+
     /// Runs a task to its end. `progress` sees the agent's reports as they come. Whatever
     /// happens, the outcome says so: this never leaves a data mover running.
     pub async fn run_task(&self, req: TaskRequest, mut progress: impl FnMut(&Progress)) -> TaskOutcome {
@@ -149,6 +245,7 @@ impl Manager {
             max_streams: req.spec.streams.max(1),
             connect_timeout_s: 120,
             names: req.spec.sources.iter().map(|s| s.name.clone()).collect(),
+            restore_point: String::new(),
         };
         let started = match transport.start_mover(mover_spec).await {
             Ok(s) => s.into_inner(),

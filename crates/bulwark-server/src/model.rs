@@ -235,6 +235,22 @@ impl Job {
     }
 }
 
+/// A restore through the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreInput {
+    /// Where to restore; the point's own computer when absent.
+    #[serde(default)]
+    pub computer: Option<String>,
+    /// An absolute path on that computer: a block device or file (volumes), a directory (files).
+    pub target: String,
+    #[serde(default)]
+    pub overwrite: bool,
+    /// File-level points: only these paths.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {

@@ -52,6 +52,7 @@ pub fn document() -> Value {
             "/jobs/{name}/stop": {"parameters": name_param(), "post": op("Stop the running session", None, true)},
             "/sessions": {"get": {"summary": "Sessions, newest first", "parameters": [{"name": "job", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "sessions"}}}},
             "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks, their progress and (unless ?logs=false) their logs", None, false)},
+            "/points/{id}/restore": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": op("Restore a catalog point onto a computer (answers when it has ended)", Some("RestoreInput"), true)},
             "/points": {"get": {"summary": "Restore points in the catalog", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
         },
         "components": {
@@ -60,6 +61,7 @@ pub fn document() -> Value {
             "schemas": {
                 "Login": {"type": "object", "additionalProperties": false, "required": ["name", "password"], "properties": {"name": s("string"), "password": s("string")}},
                 "UserInput": {"type": "object", "additionalProperties": false, "required": ["name", "password", "role"], "properties": {"name": s("string"), "password": {"type": "string", "minLength": 10}, "role": {"enum": ["admin", "viewer"]}}},
+                "RestoreInput": {"type": "object", "additionalProperties": false, "required": ["target"], "properties": {"computer": s("string"), "target": s("string"), "overwrite": s("boolean"), "paths": strings}},
                 "TokenRequest": {"type": "object", "additionalProperties": false, "required": ["role"], "properties": {"role": {"enum": ["agent", "transport"]}}},
                 "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}}},
                 "RepositoryUpdate": {"type": "object", "additionalProperties": false, "required": ["max_tasks"], "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}}},

@@ -497,6 +497,15 @@ pub async fn insert_point(
     Ok(())
 }
 
+/// (repository, computer, backup name) of a point in the catalog.
+pub async fn point(db: &Db, id: &str) -> Result<Option<(String, String, String)>> {
+    let row = sqlx::query("SELECT repository, computer, name FROM points WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| (text(&r, "repository"), text(&r, "computer"), text(&r, "name"))))
+}
+
 pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<Value>> {
     let rows = match computer {
         Some(c) => {

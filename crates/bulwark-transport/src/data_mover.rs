@@ -46,6 +46,9 @@ pub struct MoverConfig {
     pub ticket: String,
     /// The backup names the task may read and write.
     pub names: Vec<String>,
+    /// A restore: the mover serves only this point (its index and chunks) and writes nothing.
+    #[serde(default)]
+    pub restore_point: Option<String>,
     pub throttle: ThrottleRule,
     pub max_streams: u32,
     /// How long to wait for the agent before giving up.
@@ -123,7 +126,10 @@ impl Session {
         }
         let manifests = self.manifests.lock().expect("lock").clone();
         let error = self.failure.lock().expect("lock").clone();
-        let error = error.or_else(|| manifests.is_empty().then(|| "the agent committed no restore point".to_string()));
+        let restoring = self.cfg.restore_point.is_some();
+        let error = error.or_else(|| {
+            (manifests.is_empty() && !restoring).then(|| "the agent committed no restore point".to_string())
+        });
         MoverOutcome {
             status: if error.is_none() { "committed" } else { "failed" }.into(),
             error,
@@ -190,8 +196,19 @@ impl Session {
                 Err("chunks sent before a restore point was begun".to_string())
             }
         };
+        let writes = matches!(ask, Ask::Begin(_) | Ask::Put { .. } | Ask::Query(_) | Ask::Blocks(_) | Ask::Commit(_));
+        if writes && self.cfg.restore_point.is_some() {
+            return Err("this data mover serves a restore: it writes nothing".into());
+        }
         match ask {
             Ask::Open { .. } => return Err("open sent twice".into()),
+            Ask::Point(id) => {
+                if self.cfg.restore_point.as_deref() != Some(id.as_str()) {
+                    return Err(format!("point {id} is not the one this restore serves"));
+                }
+                let m = self.repo.load_manifest(&id).map_err(repo_err)?;
+                send(F::Manifest(serde_json::to_string(&m).expect("manifest")))?;
+            }
             Ask::Latest(name) => {
                 self.may_use(&name)?;
                 let m = self.repo.latest(&name).map_err(repo_err)?;
@@ -439,6 +456,17 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
         .await
         .map_err(|err| e(&format!("listening on {}", cfg.listen), &err))?;
     let port = listener.local_addr().map_err(|err| e("listening", &err))?.port();
+    // A restore reads one point: its index, and the chunks it references, nothing else.
+    let (mut readable, mut pieces) = (HashSet::new(), HashSet::new());
+    if let Some(id) = &cfg.restore_point {
+        let point: bulwark_repo::RestorePointId = id.parse().map_err(|err: String| e("restore point", &err))?;
+        let m = repo.load_manifest(&point).map_err(|err| e("restore point", &err))?;
+        repo.for_each_reference(&m, |c| {
+            pieces.insert(c);
+        })
+        .map_err(|err| e("restore point", &err))?;
+        readable.insert(id.clone());
+    }
     let session = Arc::new(Session {
         throttle: Throttle::new(cfg.throttle.clone()),
         cfg,
@@ -447,8 +475,8 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
         open_streams: Mutex::new(HashSet::new()),
         writer: Mutex::new(None),
         begun: AtomicBool::new(false),
-        readable: Mutex::new(HashSet::new()),
-        pieces: Mutex::new(HashSet::new()),
+        readable: Mutex::new(readable),
+        pieces: Mutex::new(pieces),
         manifests: Mutex::new(Vec::new()),
         received: AtomicU64::new(0),
         failure: Mutex::new(None),

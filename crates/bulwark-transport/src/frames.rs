@@ -18,6 +18,7 @@ pub enum Request {
     Blocks(Vec<BlockRef>),
     Commit(Box<Commit>),
     Flush,
+    Point(RestorePointId),
 }
 
 #[derive(Debug)]
@@ -96,6 +97,7 @@ impl TryFrom<AgentFrame> for Request {
                 Request::Commit(Box::new(Commit { stats, files }))
             }
             Frame::Flush(_) => Request::Flush,
+            Frame::Point(p) => Request::Point(p.parse().map_err(|e| format!("point: {e}"))?),
         })
     }
 }

@@ -141,6 +141,7 @@ impl Transport for TransportService {
             agent: spec.agent,
             ticket: ticket.clone(),
             names: spec.names,
+            restore_point: (!spec.restore_point.is_empty()).then_some(spec.restore_point),
             throttle,
             max_streams: spec.max_streams.clamp(1, 16),
             connect_timeout_s: if spec.connect_timeout_s == 0 { 300 } else { spec.connect_timeout_s.into() },

@@ -14,16 +14,16 @@ use serde_json::{json, Value};
 pub struct Conn {
     /// The server's URL.
     #[arg(long, env = "BULWARK_SERVER", default_value = "https://localhost:9440", global = true)]
-    server: String,
+    pub server: String,
     /// An API token (the first admin's is in the server's data directory, initial-admin-token).
     #[arg(long, env = "BULWARK_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub token: Option<String>,
     /// The server's CA certificate (its data directory's ca.pem).
     #[arg(long, env = "BULWARK_CA_CERT", global = true)]
-    ca_cert: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
 }
 
 pub struct Api {
@@ -50,7 +50,8 @@ impl Api {
         let agent = ureq::Agent::config_builder()
             .tls_config(tls.build())
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            // Restores answer when done, however long that takes; only connecting is bounded.
+            .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .new_agent();
         Ok(Api { agent, base: format!("{}/api/v1", server.trim_end_matches('/')), token })
@@ -513,6 +514,30 @@ pub fn session(c: Conn, cmd: SessionCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A restore through the server; non-zero exit if it failed.
+pub fn restore(
+    c: Conn,
+    point: &str,
+    to: &std::path::Path,
+    overwrite: bool,
+    paths: Vec<String>,
+    computer: Option<String>,
+) -> Result<()> {
+    let api = Api::new(&c)?;
+    let body =
+        json!({"target": to.display().to_string(), "overwrite": overwrite, "paths": paths, "computer": computer});
+    let v = api.call("POST", &format!("/points/{point}/restore"), Some(body))?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        print_table(false, &v, &["point", "computer", "target", "status", "error"]);
+    }
+    if v["status"] != "success" {
+        bail!("restore of {point} {}: {}", v["status"].as_str().unwrap_or("failed"), v["error"].as_str().unwrap_or(""));
+    }
+    Ok(())
 }
 
 pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {

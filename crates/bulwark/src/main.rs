@@ -175,15 +175,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a point onto a block device or into an image file.
+    /// Restore a point onto a block device, into an image file, or (file-level) a directory.
     ///
-    /// POINT is a point id or NAME:latest. A block device must be unmounted and at least as large
-    /// as the volume; it is refused before anything is written otherwise. A file is created (or
-    /// replaced with --overwrite) and appears only once completely restored.
+    /// With --repo, straight from that repository on this computer; POINT is a point id or
+    /// NAME:latest. Without --repo, through the backup server (BULWARK_SERVER, BULWARK_TOKEN,
+    /// BULWARK_CA_CERT): POINT is an id from `bulwark point list`, and the restore runs on
+    /// --computer (the point's own by default) from a data mover serving only that point.
+    /// A block device must be unmounted and at least as large as the volume; it is refused
+    /// before anything is written otherwise. A file is created (or replaced with --overwrite)
+    /// and appears only once completely restored.
     Restore {
         point: String,
-        #[command(flatten)]
-        repo: RepoArgs,
+        /// Repository directory (standalone restore); absent: through the server.
+        #[arg(long = "repo", value_name = "REPO")]
+        repo: Option<PathBuf>,
+        /// File whose first line is the repository password (else BULWARK_PASSWORD).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Through the server: the computer to restore on (default: the point's own).
+        #[arg(long)]
+        computer: Option<String>,
         /// Block device or file to restore to.
         #[arg(long)]
         to: PathBuf,
@@ -501,8 +512,12 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 ui::backup_summary(&report);
             }
         }
-        Command::Restore { point, repo, to, overwrite, path, json } => {
-            let r = repo.open()?;
+        Command::Restore { point, repo: None, to, overwrite, path, json, computer, .. } => {
+            let conn = admin::Conn { json, ..conn };
+            admin::restore(conn, &point, &to, overwrite, path, computer)?
+        }
+        Command::Restore { point, repo: Some(repo), password_file, to, overwrite, path, json, .. } => {
+            let r = RepoArgs { path: repo, password_file }.open()?;
             let m = r.resolve(&point)?;
             if m.kind == PointKind::Files {
                 let bar = ui::spinner_bytes("restore", json);

@@ -76,6 +76,21 @@ fn end_to_end(db: Option<&str>) {
     }
     verify_clean(&repo);
 
+    // A restore through the server: pc-1's point onto pc-2, from a data mover serving only it.
+    let pc1 = points.as_array().unwrap().iter().find(|p| p["computer"] == "pc-1").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = dir.path().join("via-server.img");
+    let r = cli(&server, &["restore", &pc1, "--to", target.to_str().unwrap(), "--computer", "pc-2"]).unwrap();
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&disks[1]).unwrap());
+    let e = cli(&server, &["restore", &pc1, "--to", target.to_str().unwrap(), "--computer", "pc-2"]).unwrap_err();
+    assert!(e.contains("overwrite") || e.contains("exists"), "{e}");
+    assert!(cli(&server, &["restore", "20200101T000000Z-000000", "--to", "/tmp/x"])
+        .unwrap_err()
+        .contains("no restore point"));
+
     // The next session: retention keeps one point per computer, in the repository and the catalog.
     let again = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
     assert_eq!(again["status"], "success", "{again:#}");

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bulwark_repo::tree::{EntryKind, TreeEntry};
-use bulwark_repo::{Compression, Manifest, Repository};
+use bulwark_repo::{Compression, Manifest};
+
+use crate::target::{read_tree, BackupTarget};
 use serde::Serialize;
 
 use super::meta::apply;
@@ -75,9 +77,14 @@ impl Selection {
 }
 
 /// Calls `f` for every entry at or under `path` (everything when `None`).
-pub fn list_tree(repo: &Repository, m: &Manifest, path: Option<&str>, mut f: impl FnMut(&TreeEntry)) -> Result<()> {
+pub fn list_tree(
+    repo: &dyn BackupTarget,
+    m: &Manifest,
+    path: Option<&str>,
+    mut f: impl FnMut(&TreeEntry),
+) -> Result<()> {
     let sel = Selection::new(&path.map(|p| vec![p.to_string()]).unwrap_or_default());
-    repo.read_tree(m, |e| {
+    read_tree(repo, m, |e| {
         if sel.covers(&e.path) {
             f(&e);
         }
@@ -87,7 +94,7 @@ pub fn list_tree(repo: &Repository, m: &Manifest, path: Option<&str>, mut f: imp
 }
 
 pub fn restore_files(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     m: &Manifest,
     target: &Path,
     opts: &FileRestoreOptions,
@@ -99,7 +106,7 @@ pub fn restore_files(
     let terr = |what: String, e: std::io::Error| AgentError::Target { path: target.into(), what, source: e };
     // Every requested path must be in the point before anything is written.
     let mut found: HashSet<Vec<u8>> = HashSet::new();
-    repo.read_tree(m, |e| {
+    read_tree(repo, m, |e| {
         if sel.0.contains(&e.path) {
             found.insert(e.path.clone());
         }
@@ -140,7 +147,7 @@ pub fn restore_files(
     let (mut stored, mut block) = (Vec::new(), Vec::new());
     // Directories whose metadata is applied when the walk leaves them.
     let mut open_dirs: Vec<(PathBuf, TreeEntry)> = Vec::new();
-    repo.read_tree(m, |e| {
+    read_tree(repo, m, |e| {
         if cancel.load(Ordering::Relaxed) {
             return Err(bulwark_repo::RepoError::Invalid { repo: repo.label(), reason: "cancelled".into() });
         }
@@ -235,7 +242,7 @@ enum Fail {
 
 #[allow(clippy::too_many_arguments)]
 fn restore_entry(
-    repo: &Repository,
+    repo: &dyn BackupTarget,
     codec: &mut bulwark_repo::ChunkCodec,
     stored: &mut Vec<u8>,
     block: &mut Vec<u8>,
