@@ -134,7 +134,7 @@ pub fn router(state: S) -> Router {
         .route("/api/v1/repositories", get(list_repositories).post(create_repository))
         .route("/api/v1/repositories/{name}", get(show_repository).patch(update_repository).delete(delete_repository))
         .route("/api/v1/groups", get(list_groups).post(create_group))
-        .route("/api/v1/groups/{name}", axum::routing::delete(delete_group))
+        .route("/api/v1/groups/{name}", get(show_group).put(update_group).delete(delete_group))
         .route("/api/v1/jobs", get(list_jobs).post(create_job))
         .route("/api/v1/jobs/{name}", get(show_job).put(update_job).delete(delete_job))
         .route("/api/v1/jobs/{name}/start", post(start_job))
@@ -142,6 +142,7 @@ pub fn router(state: S) -> Router {
         .route("/api/v1/sessions", get(list_sessions))
         .route("/api/v1/sessions/{id}", get(show_session))
         .route("/api/v1/points", get(list_points))
+        .route("/api/v1/points/{id}", get(show_point))
         .route("/api/v1/points/{id}/restore", post(restore_point))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path (see /api/v1/openapi.json)".into()) })
         .with_state(state)
@@ -331,6 +332,33 @@ async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>
     Ok(Json(json!({ "name": g.name, "computers": g.computers })))
 }
 
+async fn show_group(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    let members = store::group_members(&s.core.db, &name).await?.ok_or_else(|| missing("group", &name))?;
+    Ok(Json(json!({ "name": name, "computers": members })))
+}
+
+async fn update_group(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Input(g): Input<GroupInput>,
+) -> ApiResult {
+    c.admin()?;
+    if g.name != name {
+        return Err(bad(format!("the body names group {:?}, the path {name:?}", g.name)));
+    }
+    if g.computers.is_empty() {
+        return Err(bad("a group needs at least one computer"));
+    }
+    for m in &g.computers {
+        bulwark_proto::pki::validate_node_name(m).map_err(bad)?;
+    }
+    if !store::update_group(&s.core.db, &name, &g.computers).await? {
+        return Err(missing("group", &name));
+    }
+    Ok(Json(json!({ "name": name, "computers": g.computers })))
+}
+
 async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     c.admin()?;
     let users = store::jobs_using(&s.core.db, "group", &name).await?;
@@ -495,6 +523,10 @@ struct PointFilter {
 
 async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
     Ok(Json(Value::Array(store::points(&s.core.db, f.computer.as_deref()).await?)))
+}
+
+async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
+    Ok(Json(store::point_detail(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?))
 }
 
 /// Restores a catalog point onto a computer (its own by default), through a data mover that

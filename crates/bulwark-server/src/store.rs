@@ -497,6 +497,28 @@ pub async fn insert_point(
     Ok(())
 }
 
+/// A catalog point with its whole manifest.
+pub async fn point_detail(db: &Db, id: &str) -> Result<Option<Value>> {
+    let row = sqlx::query("SELECT * FROM points WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
+    Ok(row.map(|r| {
+        json!({
+            "id": text(&r, "id"), "repository": text(&r, "repository"), "computer": text(&r, "computer"),
+            "name": text(&r, "name"), "kind": text(&r, "kind"), "created": text(&r, "created"),
+            "task": opt_text(&r, "task_id"),
+            "manifest": serde_json::from_str::<Value>(&text(&r, "manifest")).unwrap_or_default(),
+        })
+    }))
+}
+
+pub async fn update_group(db: &Db, name: &str, computers: &[String]) -> Result<bool> {
+    let r = sqlx::query("UPDATE groups SET computers = $1 WHERE name = $2")
+        .bind(serde_json::to_string(computers).expect("json"))
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// (repository, computer, backup name) of a point in the catalog.
 pub async fn point(db: &Db, id: &str) -> Result<Option<(String, String, String)>> {
     let row = sqlx::query("SELECT repository, computer, name FROM points WHERE id = $1")

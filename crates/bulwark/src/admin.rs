@@ -137,7 +137,16 @@ pub enum ComputerCmd {
 #[derive(Subcommand)]
 pub enum GroupCmd {
     List,
+    Show {
+        name: String,
+    },
     Create {
+        name: String,
+        #[arg(long = "computer", required = true)]
+        computers: Vec<String>,
+    },
+    /// Replace a group's computers.
+    Update {
         name: String,
         #[arg(long = "computer", required = true)]
         computers: Vec<String>,
@@ -308,6 +317,8 @@ pub enum PointCmd {
         #[arg(long)]
         computer: Option<String>,
     },
+    /// A point and its manifest (what, when, how, statistics).
+    Show { id: String },
 }
 
 fn print(c: &Conn, v: &Value, columns: &[&str]) {
@@ -403,6 +414,10 @@ pub fn group(c: Conn, cmd: GroupCmd) -> Result<()> {
     let api = Api::new(&c)?;
     let v = match cmd {
         GroupCmd::List => api.call("GET", "/groups", None)?,
+        GroupCmd::Show { name } => api.call("GET", &format!("/groups/{name}"), None)?,
+        GroupCmd::Update { name, computers } => {
+            api.call("PUT", &format!("/groups/{name}"), Some(json!({"name": name, "computers": computers})))?
+        }
         GroupCmd::Create { name, computers } => {
             api.call("POST", "/groups", Some(json!({"name": name, "computers": computers})))?
         }
@@ -542,8 +557,28 @@ pub fn restore(
 
 pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
     let api = Api::new(&c)?;
-    let PointCmd::List { computer } = cmd;
-    let q = computer.map(|c| format!("?computer={c}")).unwrap_or_default();
-    print(&c, &api.call("GET", &format!("/points{q}"), None)?, &["id", "computer", "name", "repository", "created"]);
+    match cmd {
+        PointCmd::List { computer } => {
+            let q = computer.map(|c| format!("?computer={c}")).unwrap_or_default();
+            print(
+                &c,
+                &api.call("GET", &format!("/points{q}"), None)?,
+                &["id", "computer", "name", "repository", "created"],
+            );
+        }
+        PointCmd::Show { id } => {
+            let v = api.call("GET", &format!("/points/{id}"), None)?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            } else {
+                print(&c, &v, &["id", "computer", "name", "kind", "repository", "created"]);
+                let st = &v["manifest"]["stats"];
+                println!(
+                    "source {} bytes, read {}, new {}, stored {}",
+                    st["source_bytes"], st["read_bytes"], st["new_bytes"], st["stored_bytes"]
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -91,6 +91,13 @@ fn end_to_end(db: Option<&str>) {
         .unwrap_err()
         .contains("no restore point"));
 
+    let shown = cli(&server, &["point", "show", &pc1]).unwrap();
+    assert_eq!(shown["computer"], "pc-1");
+    assert_eq!(shown["manifest"]["volume_size"], 24 << 20);
+    cli(&server, &["group", "create", "racks", "--computer", "pc-0"]).unwrap();
+    cli(&server, &["group", "update", "racks", "--computer", "pc-0", "--computer", "pc-1"]).unwrap();
+    assert_eq!(cli(&server, &["group", "show", "racks"]).unwrap()["computers"].as_array().unwrap().len(), 2);
+
     // The next session: retention keeps one point per computer, in the repository and the catalog.
     let again = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
     assert_eq!(again["status"], "success", "{again:#}");
