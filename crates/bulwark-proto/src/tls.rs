@@ -417,6 +417,19 @@ pub fn require_peer<T>(req: &tonic::Request<T>, roles: &[Role], what: &str) -> R
     }
 }
 
+/// The server's `UpdateRevocations` call, as every node serves it: only the server may send the
+/// list, which replaces the node's whole list.
+pub fn serve_revocations(
+    revoked: &Revocations,
+    req: tonic::Request<crate::pb::Revocations>,
+) -> Result<tonic::Response<crate::pb::Empty>, tonic::Status> {
+    require_peer(&req, &[Role::Server], "update revocations")?;
+    let r = req.into_inner();
+    crate::check_protocol(r.protocol, "server")?;
+    revoked.update(r.serials).map_err(|e| tonic::Status::internal(format!("saving revocations: {e}")))?;
+    Ok(tonic::Response::new(crate::pb::Empty {}))
+}
+
 /// A channel to `addr` whose certificate must carry `expect` (an identity name).
 pub async fn connect(addr: &str, expect: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, TlsError> {
     let err = |reason: String| TlsError::Connect { addr: addr.to_string(), reason };

@@ -76,6 +76,30 @@ pub enum ManagerError {
     Node { node: String, reason: String },
 }
 
+/// Follows an agent's task events to the outcome it reports: (status, error).
+async fn follow(
+    agent: &str,
+    mut events: tonic::Streaming<bulwark_proto::pb::TaskEvent>,
+    out: &mut TaskOutcome,
+    mut progress: impl FnMut(&Progress),
+) -> Result<(String, String), String> {
+    loop {
+        match events.message().await {
+            Ok(Some(e)) => match e.event {
+                Some(task_event::Event::Progress(p)) => progress(&p),
+                Some(task_event::Event::Log(l)) => out.log.push(l),
+                Some(task_event::Event::SourceDone(d)) => {
+                    out.reports.push(serde_json::from_str(&d.report_json).unwrap_or_default())
+                }
+                Some(task_event::Event::Finished(f)) => return Ok((f.status, f.error)),
+                None => {}
+            },
+            Ok(None) => return Err(format!("agent {agent} ended the task without an outcome")),
+            Err(s) => return Err(format!("lost contact with agent {agent}: {}", s.message())),
+        }
+    }
+}
+
 /// The manager's connections, authenticated as the server.
 #[derive(Clone)]
 pub struct Manager {
@@ -186,27 +210,14 @@ impl Manager {
             }),
             streams: 4,
         };
-        let result: Result<(String, String), String> = async {
+        let result = async {
             let mut agent = self.agent(&req.agent).await.map_err(|e| e.to_string())?;
-            let mut events = agent
+            let events = agent
                 .run_restore(restore)
                 .await
                 .map_err(|s| format!("agent {}: {}", req.agent.name, s.message()))?
                 .into_inner();
-            loop {
-                match events.message().await {
-                    Ok(Some(e)) => match e.event {
-                        Some(task_event::Event::SourceDone(d)) => {
-                            out.reports.push(serde_json::from_str(&d.report_json).unwrap_or_default())
-                        }
-                        Some(task_event::Event::Finished(f)) => return Ok((f.status, f.error)),
-                        Some(task_event::Event::Log(l)) => out.log.push(l),
-                        _ => {}
-                    },
-                    Ok(None) => return Err(format!("agent {} ended the restore without an outcome", req.agent.name)),
-                    Err(s) => return Err(format!("lost contact with agent {}: {}", req.agent.name, s.message())),
-                }
-            }
+            follow(&req.agent.name, events, &mut out, |_| {}).await
         }
         .await;
         // The agent is done with the data mover either way; it ends when the agent hangs up.
@@ -261,28 +272,14 @@ impl Manager {
             node: req.transport.name.clone(),
             ticket: started.ticket.clone(),
         });
-        let agent_result: Result<(String, String), String> = async {
+        let agent_result = async {
             let mut agent = self.agent(&req.agent).await.map_err(|e| e.to_string())?;
-            let mut events = agent
+            let events = agent
                 .run_task(spec)
                 .await
                 .map_err(|s| format!("agent {}: {}", req.agent.name, s.message()))?
                 .into_inner();
-            loop {
-                match events.message().await {
-                    Ok(Some(e)) => match e.event {
-                        Some(task_event::Event::Progress(p)) => progress(&p),
-                        Some(task_event::Event::Log(l)) => out.log.push(l),
-                        Some(task_event::Event::SourceDone(d)) => {
-                            out.reports.push(serde_json::from_str(&d.report_json).unwrap_or_default())
-                        }
-                        Some(task_event::Event::Finished(f)) => return Ok((f.status, f.error)),
-                        None => {}
-                    },
-                    Ok(None) => return Err(format!("agent {} ended the task without an outcome", req.agent.name)),
-                    Err(s) => return Err(format!("lost contact with agent {}: {}", req.agent.name, s.message())),
-                }
-            }
+            follow(&req.agent.name, events, &mut out, &mut progress).await
         }
         .await;
         // The agent is done (or gone): the data mover ends by itself once the agent's streams

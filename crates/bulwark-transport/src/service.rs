@@ -295,11 +295,7 @@ impl Transport for TransportService {
     }
 
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {
-        tls::require_peer(&req, &[Role::Server], "update revocations")?;
-        let r = req.into_inner();
-        bulwark_proto::check_protocol(r.protocol, "server")?;
-        self.revoked.update(r.serials).map_err(|e| Status::internal(format!("saving revocations: {e}")))?;
-        Ok(Response::new(Empty {}))
+        tls::serve_revocations(&self.revoked, req)
     }
 }
 
