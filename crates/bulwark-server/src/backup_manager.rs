@@ -417,10 +417,21 @@ impl Core {
             .map_err(db_err)?
             .ok_or(format!("transport node {transport} is gone"))?;
         let addr = |n: &serde_json::Value| n["address"].as_str().unwrap_or_default().to_string();
+        // An entire computer: its whole disks, as its agent reports them now.
+        let sources = if job.mode == "computer" {
+            let node = NodeAddress { name: g.computer.clone(), address: addr(&agent) };
+            let inventory = self.manager.inventory(&node).await.map_err(|e| e.to_string())?;
+            let disks = crate::model::whole_disks(&inventory);
+            if disks.is_empty() {
+                return Err(format!("computer {} reports no disk to back up", g.computer));
+            }
+            disks
+        } else {
+            job.sources.clone()
+        };
         let spec = TaskSpec {
             kind: if job.mode == "files" { "files" } else { "volume" }.into(),
-            sources: job
-                .sources
+            sources: sources
                 .iter()
                 .map(|s| Source { path: s.clone(), name: Job::point_name(&g.computer, s) })
                 .collect(),

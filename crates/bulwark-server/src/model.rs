@@ -114,7 +114,8 @@ fn default_streams() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Job {
     pub name: String,
-    /// `volumes` (block devices or images) or `files` (directories).
+    /// `computer` (every whole disk the agent reports), `volumes` (block devices or images) or
+    /// `files` (directories).
     #[serde(default = "default_mode")]
     pub mode: String,
     #[serde(default)]
@@ -122,6 +123,8 @@ pub struct Job {
     #[serde(default)]
     pub groups: Vec<String>,
     pub repository: String,
+    /// Block devices or images (volumes), directories (files); none for an entire computer.
+    #[serde(default)]
     pub sources: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -161,8 +164,11 @@ impl Job {
     pub fn validate(&self) -> Result<(), String> {
         check_name("job", &self.name)?;
         check_name("repository", &self.repository)?;
-        if !matches!(self.mode.as_str(), "volumes" | "files") {
-            return Err(format!("mode {:?}: volumes or files", self.mode));
+        if !matches!(self.mode.as_str(), "volumes" | "files" | "computer") {
+            return Err(format!("mode {:?}: computer (every disk), volumes or files", self.mode));
+        }
+        if self.mode == "computer" && !self.sources.is_empty() {
+            return Err("mode computer backs up every disk: it takes no sources".into());
         }
         if self.computers.is_empty() && self.groups.is_empty() {
             return Err("a job needs at least one computer or group".into());
@@ -170,7 +176,7 @@ impl Job {
         for c in &self.computers {
             bulwark_proto::pki::validate_node_name(c)?;
         }
-        if self.sources.is_empty() || self.sources.len() > 64 {
+        if (self.sources.is_empty() && self.mode != "computer") || self.sources.len() > 64 {
             return Err("a job needs 1 to 64 sources".into());
         }
         if let Some(s) = self.sources.iter().find(|s| !s.starts_with('/')) {
@@ -251,6 +257,24 @@ pub struct RestoreInput {
     pub paths: Vec<String>,
 }
 
+/// The whole disks of an agent's inventory (what "entire computer" backs up): fixed disks and
+/// their kin (NVMe, virtio, MD, device-mapper), not partitions, loop devices, optical drives,
+/// removable media or read-only devices.
+pub fn whole_disks(inventory: &serde_json::Value) -> Vec<String> {
+    inventory["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| {
+            !matches!(d["kind"].as_str(), Some("loop" | "rom" | "part"))
+                && d["removable"] != true
+                && d["read_only"] != true
+                && d["size_bytes"].as_u64().unwrap_or(0) > 0
+        })
+        .filter_map(|d| d["path"].as_str().map(String::from))
+        .collect()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
@@ -283,6 +307,26 @@ mod tests {
         assert_eq!(Job::point_name("web-1", "/"), "web-1-root");
         assert_eq!(Job::point_name("db", "/var/lib/pg data"), "db-var-lib-pg-data");
         bulwark_repo::point::validate_name(&Job::point_name("db", "/var/lib/pg data")).unwrap();
+    }
+
+    #[test]
+    fn an_entire_computer_is_its_whole_fixed_disks() {
+        let inv = serde_json::json!({"devices": [
+            {"name": "vda", "path": "/dev/vda", "kind": "disk", "size_bytes": 1u64 << 34, "removable": false, "read_only": false,
+             "children": [{"name": "vda1", "path": "/dev/vda1", "kind": "part"}]},
+            {"name": "nvme0n1", "path": "/dev/nvme0n1", "kind": "disk", "size_bytes": 1u64 << 36, "removable": false, "read_only": false},
+            {"name": "loop0", "path": "/dev/loop0", "kind": "loop", "size_bytes": 1u64 << 20, "removable": false, "read_only": false},
+            {"name": "sr0", "path": "/dev/sr0", "kind": "rom", "size_bytes": 1u64 << 30, "removable": true, "read_only": true},
+            {"name": "sdb", "path": "/dev/sdb", "kind": "disk", "size_bytes": 1u64 << 33, "removable": true, "read_only": false}
+        ]});
+        assert_eq!(whole_disks(&inv), vec!["/dev/vda", "/dev/nvme0n1"]);
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "name": "all", "mode": "computer", "computers": ["pc"], "repository": "main"
+        }))
+        .unwrap();
+        job.validate().unwrap();
+        let with_sources = Job { sources: vec!["/dev/vda".into()], ..job };
+        assert!(with_sources.validate().unwrap_err().contains("takes no sources"));
     }
 
     #[test]

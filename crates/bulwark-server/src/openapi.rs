@@ -67,8 +67,8 @@ pub fn document() -> Value {
                 "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}}},
                 "RepositoryUpdate": {"type": "object", "additionalProperties": false, "required": ["max_tasks"], "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}}},
                 "GroupInput": {"type": "object", "additionalProperties": false, "required": ["name", "computers"], "properties": {"name": s("string"), "computers": strings}},
-                "Job": {"type": "object", "additionalProperties": false, "required": ["name", "repository", "sources"], "properties": {
-                    "name": s("string"), "mode": {"enum": ["volumes", "files"]}, "computers": strings, "groups": strings,
+                "Job": {"type": "object", "additionalProperties": false, "required": ["name", "repository"], "properties": {
+                    "name": s("string"), "mode": {"enum": ["computer", "volumes", "files"]}, "computers": strings, "groups": strings,
                     "repository": s("string"), "sources": strings, "exclude": strings,
                     "block_size": {"enum": ["256K", "512K", "1M", "4M"]}, "compression": {"enum": ["none", "dedupe-friendly", "optimal", "high", "extreme"]},
                     "snapshot": {"enum": ["auto", "reflink", "btrfs", "lvm", "none"]}, "cbt": {"enum": ["auto", "extents", "none"]},

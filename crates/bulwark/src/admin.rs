@@ -167,10 +167,12 @@ pub struct JobArgs {
     groups: Vec<String>,
     #[arg(long)]
     repository: String,
-    /// A block device or image (volumes) or a directory (files). Repeatable.
-    #[arg(long = "source", required = true)]
+    /// A block device or image (volumes) or a directory (files). Repeatable; none for
+    /// --mode computer.
+    #[arg(long = "source")]
     sources: Vec<String>,
-    #[arg(long, default_value = "volumes", value_parser = ["volumes", "files"])]
+    /// computer (every whole disk the agent reports), volumes or files.
+    #[arg(long, default_value = "volumes", value_parser = ["computer", "volumes", "files"])]
     mode: String,
     #[arg(long)]
     exclude: Vec<String>,
