@@ -221,7 +221,7 @@ fn mounts() -> Vec<Mount> {
 }
 
 /// The kernel writes space, tab, newline and backslash in these tables as octal escapes (`\040`).
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -172,22 +172,6 @@ impl Inner {
         }
         Some(&self.data[self.next.fetch_add(1, Ordering::Relaxed) % self.data.len()])
     }
-
-    fn fetch_piece(&self, codec: &mut ChunkCodec, id: &ChunkId) -> Result<Vec<u8>> {
-        let mut s = self.primary.lock().expect("stream lock");
-        match self.ask(&mut s, agent_frame::Frame::FetchChunk(id.0.to_vec()))? {
-            mover_frame::Frame::ChunkData(stored) => {
-                let mut plain = Vec::new();
-                codec.decode_into(id, &stored, &mut plain).map_err(|e| RepoError::DamagedChunk {
-                    repo: self.label.clone(),
-                    id: *id,
-                    reason: e.to_string(),
-                })?;
-                Ok(plain)
-            }
-            f => Err(self.unexpected("fetch chunk", &f)),
-        }
-    }
 }
 
 impl RemoteTarget {
@@ -347,8 +331,12 @@ impl BackupTarget for RemoteTarget {
 
     fn tree_cursor(&self, m: &Manifest) -> Result<TreeCursor> {
         let index = self.open_index(m)?;
-        let (inner, mut codec) = (self.0.clone(), self.codec(Compression::None));
-        let fetch = Box::new(move |id: &ChunkId| inner.fetch_piece(&mut codec, id));
+        let (target, mut codec) = (self.clone(), self.codec(Compression::None));
+        let fetch = Box::new(move |id: &ChunkId| {
+            let (mut stored, mut piece) = (Vec::new(), Vec::new());
+            BackupTarget::read_chunk_into(&target, &mut codec, id, &mut stored, &mut piece)?;
+            Ok(piece)
+        });
         Ok(TreeCursor::new(self.label(), m, index, fetch))
     }
 

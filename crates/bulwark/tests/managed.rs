@@ -73,8 +73,13 @@ fn join_run_tasks_and_restore_byte_identical() {
     spec.kind = "files".into();
     spec.pre_command = format!("touch {}", marker.display());
     spec.post_command = "echo post-step done".into();
-    let out = c.run(c.task("t3", &agent, &transport, &repo, spec));
+    let out = c.run(c.task("t3", &agent, &transport, &repo, spec.clone()));
     assert_eq!(out.status, "success", "{out:?}");
+    // An incremental merges with the previous tree, read piece by piece through the mover.
+    std::fs::write(tree.join("etc/hosts"), b"127.0.0.1 localhost web-1\n").unwrap();
+    let again = c.run(c.task("t4", &agent, &transport, &repo, spec));
+    assert_eq!(again.status, "success", "{again:?}");
+    assert!(again.points[0].parent.is_some(), "{again:?}");
     assert!(marker.exists());
     assert!(out.log.iter().any(|l| l.contains("post-step done")), "{:?}", out.log);
     let back = c.dir.path().join("tree-back");

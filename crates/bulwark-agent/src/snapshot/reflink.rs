@@ -162,7 +162,7 @@ pub(crate) fn mounts_backed_by(image: &Path) -> Vec<PathBuf> {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() > 4 && numbers.iter().any(|n| n == f[2]) && !seen.contains(&f[2]) {
             seen.push(f[2]);
-            out.push(PathBuf::from(unescape(f[4])));
+            out.push(PathBuf::from(crate::inventory::unescape(f[4])));
         }
     }
     out
@@ -184,21 +184,4 @@ pub(crate) fn loop_devices_of(image: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
