@@ -223,7 +223,8 @@ impl Session {
                     return Err(format!("point {id} is not this task's previous point"));
                 }
                 let m = self.repo.load_manifest(&id).map_err(repo_err)?;
-                if m.kind == PointKind::Files {
+                // (A restore's pieces were all collected when the mover started.)
+                if m.kind == PointKind::Files && self.cfg.restore_point.is_none() {
                     let mut ix = self.repo.open_index(&m).map_err(repo_err)?;
                     let mut pieces = self.pieces.lock().expect("lock");
                     while let Some(r) = ix.next_block().map_err(|e| format!("reading index of {id}: {e}"))? {
