@@ -229,6 +229,7 @@ pub fn backup_volume_with(
         parent: previous.as_ref().and(parent.as_ref()).map(|p| p.id.clone()),
         snapshot: snapshot.provider.to_string(),
         consistency: snapshot.consistency.as_str().to_string(),
+        key_scope: None,
     };
     let mut writer = repo.begin_point(spec)?;
 

@@ -87,7 +87,7 @@ pub fn restore_volume(
             let rx = rx.clone();
             let (out, written, zero, zeroes, stop, fail) = (&out, &written, &zero, &zeroes, &stop, &fail);
             s.spawn(move || {
-                let mut codec = repo.codec(Compression::None);
+                let mut codec = repo.point_codec(m, Compression::None);
                 let (mut stored, mut d) = (Vec::new(), Vec::new());
                 for job in rx.iter() {
                     for (block, r) in job {

@@ -34,6 +34,12 @@ pub trait BackupTarget: Sync {
     /// Names the target in messages.
     fn label(&self) -> String;
     fn codec(&self, compression: Compression) -> ChunkCodec;
+    /// A codec with the keys point `m` was written with (they differ from [`BackupTarget::codec`]'s
+    /// in a repository whose computers are isolated).
+    fn point_codec(&self, m: &Manifest, compression: Compression) -> ChunkCodec {
+        let _ = m;
+        self.codec(compression)
+    }
     /// The newest point of a backup name.
     fn latest(&self, name: &str) -> Result<Option<Manifest>>;
     fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader>;
@@ -98,6 +104,9 @@ impl BackupTarget for Repository {
     }
     fn codec(&self, compression: Compression) -> ChunkCodec {
         Repository::codec(self, compression)
+    }
+    fn point_codec(&self, m: &Manifest, compression: Compression) -> ChunkCodec {
+        self.for_point(m).codec(compression)
     }
     fn latest(&self, name: &str) -> Result<Option<Manifest>> {
         Repository::latest(self, name)

@@ -335,6 +335,7 @@ fn crafted_trees_cannot_restore_outside_the_target() {
             parent: None,
             snapshot: "none".into(),
             consistency: "crash-inconsistent".into(),
+            key_scope: None,
         };
         let w = repo.begin_point(spec).unwrap();
         let mut codec = repo.codec(Compression::None);

@@ -57,6 +57,7 @@ fn a_parent_cannot_be_deleted_from_under_a_running_backup() {
         parent: Some(pm.id.clone()),
         snapshot: "none".into(),
         consistency: "crash-inconsistent".into(),
+        key_scope: None,
     };
     let w = repo.begin_point(spec.clone()).unwrap();
     assert_eq!(w.parent(), Some(&pm.id), "the parent is pinned");
@@ -96,6 +97,7 @@ fn gc_spares_chunks_a_running_backup_reuses_from_a_forgotten_point() {
         parent: None,
         snapshot: "none".into(),
         consistency: "crash-inconsistent".into(),
+        key_scope: None,
     };
     let mut w = repo.begin_point(spec).unwrap();
     for r in &refs[..2] {

@@ -176,6 +176,16 @@ impl FromStr for JoinToken {
     }
 }
 
+/// Creates `dir` (and its parents) if needed and makes it enterable by its owner only: a node's
+/// data directory holds its private key and, on the server, the keys of the CA and of the
+/// database's secrets. A wider mode an older version left is taken back.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what, source| PkiError::Io { what, path: dir.into(), source };
+    fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io("securing", e))
+}
+
 /// Writes `data` to `path` readable by its owner only, atomically.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     let io = |source| PkiError::Io { what: "writing", path: path.into(), source };
@@ -236,7 +246,7 @@ impl Ca {
             let cert_der = pem_to_der(&cert_pem)?;
             return Ok(Ca { issuer, cert_pem, cert_der });
         }
-        fs::create_dir_all(dir).map_err(|source| PkiError::Io { what: "creating", path: dir.into(), source })?;
+        private_dir(dir)?;
         let key = KeyPair::generate().map_err(|e| PkiError::Invalid(format!("generating the CA key: {e}")))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("no names");
         p.distinguished_name.push(DnType::CommonName, format!("Bulwark CA {}", &random_hex::<4>()));
@@ -339,7 +349,7 @@ impl Identity {
     /// Stores the identity, every file readable by its owner only; the key last, since its
     /// presence is what [`Identity::load`] looks for.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).map_err(|source| PkiError::Io { what: "creating", path: dir.into(), source })?;
+        private_dir(dir)?;
         write_private(&dir.join(Self::FILES[0]), self.cert_pem.as_bytes())?;
         write_private(&dir.join(Self::FILES[2]), self.ca_pem.as_bytes())?;
         write_private(&dir.join(Self::FILES[1]), self.key_pem.as_bytes())

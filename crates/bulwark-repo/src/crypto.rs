@@ -81,6 +81,20 @@ impl Keys {
         Keys { seal: Some((cipher, id_key, Box::new(*master))) }
     }
 
+    /// The keys of one computer in a repository whose computers are isolated: derived from the
+    /// master key and the computer's name, so the repository (holding the master key) reads
+    /// every computer's points, while an agent given its own keys can neither read another
+    /// computer's chunks nor compute the name another computer's content is stored under.
+    /// `None` for an unencrypted repository (it has no secret to derive from).
+    pub fn scoped(&self, scope: &str) -> Option<Keys> {
+        let master = self.master_key()?;
+        let mut derived = [0u8; 64];
+        let mut h = blake3::Hasher::new_derive_key("bulwark 2026 per-computer keys");
+        h.update(&master).update(&(scope.len() as u64).to_le_bytes()).update(scope.as_bytes());
+        h.finalize_xof().fill(&mut derived);
+        Some(Keys::from_master(&derived))
+    }
+
     /// The master key, for a data mover to hand to the agent it serves (over mutual TLS), so
     /// that the agent encrypts at the source and never needs the password.
     pub fn master_key(&self) -> Option<[u8; 64]> {

@@ -30,4 +30,4 @@ pub use chunk::{ChunkCodec, ChunkId, Compression};
 pub use error::{RepoError, Result};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
 pub use point::{FileSummary, Manifest, PointKind, PointStats, RestorePointId};
-pub use repository::{InitOptions, PointSpec, PointWriter, Repository, TreeCursor, FORMAT_VERSION};
+pub use repository::{InitOptions, Isolation, PointSpec, PointWriter, Repository, TreeCursor, FORMAT_VERSION};

@@ -143,6 +143,10 @@ pub struct Manifest {
     pub snapshot: String,
     #[serde(default)]
     pub consistency: String,
+    /// In a repository whose computers are isolated: the computer whose keys wrote this
+    /// point's index and chunks (see [`crate::Repository::for_point`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_scope: Option<String>,
     pub stats: PointStats,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileSummary>,

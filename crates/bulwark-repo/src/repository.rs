@@ -14,7 +14,9 @@ use crate::storage::{LocalStorage, Storage, WriterLease};
 use crate::tree::{RecordSplitter, TreeEntry, PIECE};
 
 pub const FORMAT_NAME: &str = "bulwark-repository";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build reads and writes. Version 2 adds isolated computers; a
+/// repository without them is still written as version 1, which older builds read.
+pub const FORMAT_VERSION: u32 = 2;
 const MANIFEST_MAGIC: &[u8; 4] = b"BWM1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +26,47 @@ struct Config {
     id: String,
     created: chrono::DateTime<Utc>,
     encryption: String,
+    #[serde(default, skip_serializing_if = "Isolation::is_shared")]
+    isolation: Isolation,
+}
+
+/// Whom the agents writing a repository are trusted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// One key for every computer: a block backed up by two computers is stored once, and the
+    /// agents writing it are trusted with each other's data (each holds the key that reads it
+    /// all, and can ask whether any content is stored).
+    #[default]
+    Shared,
+    /// A key per computer, derived from the master key: dedup works within one computer's
+    /// points only, and an agent can neither read another computer's chunks nor learn whether
+    /// some content is stored for another computer. Needs encryption.
+    Computer,
+}
+
+impl Isolation {
+    fn is_shared(&self) -> bool {
+        *self == Isolation::Shared
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::Shared => "shared",
+            Isolation::Computer => "computer",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "shared" | "" => Ok(Isolation::Shared),
+            "computer" => Ok(Isolation::Computer),
+            _ => Err(format!("unknown isolation {s:?}: shared or computer")),
+        }
+    }
 }
 
 /// How to create a repository.
@@ -32,13 +75,21 @@ pub struct InitOptions {
     /// `Some(password)` encrypts the repository with AES-256-GCM.
     pub password: Option<Vec<u8>>,
     pub kdf: KdfParams,
+    pub isolation: Isolation,
 }
 
 /// An open repository. Cheap to clone: worker threads each hold one.
+///
+/// Manifests are always sealed with the master key, so whoever opens the repository lists every
+/// point. Chunks, indexes and trees are written with `keys`: the master key, or one computer's
+/// key in an isolated repository ([`Repository::scoped`], [`Repository::for_point`]).
 #[derive(Clone)]
 pub struct Repository {
     storage: Arc<dyn Storage>,
+    master: Keys,
     keys: Keys,
+    scope: Option<String>,
+    isolation: Isolation,
 }
 
 impl Repository {
@@ -58,6 +109,13 @@ impl Repository {
                 });
             }
         }
+        if opts.isolation == Isolation::Computer && opts.password.is_none() {
+            return Err(RepoError::Invalid {
+                repo: label,
+                reason: "isolated computers need an encrypted repository (their keys derive from its master key)"
+                    .into(),
+            });
+        }
         let mut dirs: Vec<String> = (0..=255u8).map(|b| format!("chunks/{b:02x}")).collect();
         dirs.extend(["points", "keys", "locks/writers"].map(String::from));
         storage.create_layout(&dirs).map_err(|e| ioe("creating directories", e))?;
@@ -73,15 +131,20 @@ impl Repository {
         };
         let config = Config {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: if opts.isolation == Isolation::Shared { 1 } else { FORMAT_VERSION },
             id: hex::encode(crypto::random_bytes::<16>()),
             created: Utc::now(),
             encryption: if keys.is_encrypted() { "aes256gcm" } else { "none" }.into(),
+            isolation: opts.isolation,
         };
         // The config is written last: a directory without it is not (yet) a repository.
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         storage.put("config", &json, true).map_err(|e| ioe("writing config", e))?;
-        Ok(Repository { storage: Arc::new(storage), keys })
+        Ok(Repository::new(storage, keys, opts.isolation))
+    }
+
+    fn new(storage: LocalStorage, keys: Keys, isolation: Isolation) -> Repository {
+        Repository { storage: Arc::new(storage), master: keys.clone(), keys, scope: None, isolation }
     }
 
     /// Opens the repository in `path`; `password` is needed when it is encrypted.
@@ -125,7 +188,45 @@ impl Repository {
                 })
             }
         };
-        Ok(Repository { storage: Arc::new(storage), keys })
+        if config.isolation == Isolation::Computer && !keys.is_encrypted() {
+            return Err(RepoError::Invalid { repo: label, reason: "isolated computers in an unencrypted repository".into() });
+        }
+        Ok(Repository::new(storage, keys, config.isolation))
+    }
+
+    /// Whom the repository's agents are trusted with.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    /// This repository as one computer writes and reads it: with that computer's keys when
+    /// computers are isolated, as it is when they share. Points begun through it record the
+    /// scope, so every reader knows which keys they need.
+    pub fn scoped(&self, computer: &str) -> Repository {
+        match (self.isolation, self.master.scoped(computer)) {
+            (Isolation::Computer, Some(keys)) => {
+                Repository { keys, scope: Some(computer.to_string()), ..self.clone() }
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// This repository with the keys point `m` was written with.
+    pub fn for_point(&self, m: &Manifest) -> Repository {
+        self.with_scope(m.key_scope.as_deref())
+    }
+
+    /// This repository with one computer's keys (`Some`), or the master key (`None`).
+    pub fn with_scope(&self, scope: Option<&str>) -> Repository {
+        match scope.and_then(|s| Some((s, self.master.scoped(s)?))) {
+            Some((s, keys)) => Repository { keys, scope: Some(s.to_string()), ..self.clone() },
+            None => Repository { keys: self.master.clone(), scope: None, ..self.clone() },
+        }
+    }
+
+    /// The computer whose keys this handle uses, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
     }
 
     /// Re-wraps the master key under a new password. Chunks are untouched.
@@ -226,6 +327,8 @@ impl Repository {
         let created = Utc::now();
         let id = RestorePointId::generate(created);
         let mut spec = spec;
+        // Whatever a writer claims, the point is of the keys it is written with.
+        spec.key_scope = self.scope.clone();
         let lease = {
             // Pin the parent: under the shared point lock, announce it, then check it still
             // exists. `delete_point` checks the leases under the exclusive lock, so either it saw
@@ -284,9 +387,9 @@ impl Repository {
         };
         let damaged =
             |reason: &str| RepoError::DamagedPoint { repo: self.label(), point: id.to_string(), reason: reason.into() };
-        let json = if self.keys.is_encrypted() {
+        let json = if self.master.is_encrypted() {
             let sealed = raw.strip_prefix(MANIFEST_MAGIC).ok_or_else(|| damaged("manifest has a bad header"))?;
-            self.keys
+            self.master
                 .open(manifest_aad(id).as_bytes(), sealed)
                 .ok_or_else(|| damaged("manifest fails authentication"))?
         } else {
@@ -321,7 +424,8 @@ impl Repository {
         let damaged = |reason: String| RepoError::DamagedPoint { repo: self.label(), point: m.id.to_string(), reason };
         let auth =
             m.index_auth_bytes().ok_or_else(|| damaged("manifest has a malformed index authenticator".into()))?;
-        let reader = BlockIndexReader::open(self.storage(), &m.id.index_key(), &self.keys, &auth).map_err(damaged)?;
+        let keys = &self.for_point(m).keys;
+        let reader = BlockIndexReader::open(self.storage(), &m.id.index_key(), keys, &auth).map_err(damaged)?;
         let h = reader.header();
         if h.volume_size != m.volume_size || h.block_size != m.block_size {
             return Err(damaged("index does not match its manifest".into()));
@@ -363,7 +467,8 @@ impl Repository {
                 reason: format!("point {} is not a file-level point", m.id),
             });
         }
-        let (repo, mut codec) = (self.clone(), self.codec(Compression::None));
+        let repo = self.for_point(m);
+        let mut codec = repo.codec(Compression::None);
         let fetch = Box::new(move |id: &ChunkId| repo.read_chunk(&mut codec, id));
         Ok(TreeCursor::new(self.label(), m, self.open_index(m)?, fetch))
     }
@@ -431,6 +536,9 @@ pub struct PointSpec {
     pub parent: Option<RestorePointId>,
     pub snapshot: String,
     pub consistency: String,
+    /// Set by [`Repository::begin_point`] from the keys it writes with; never taken from input.
+    #[serde(skip)]
+    pub key_scope: Option<String>,
 }
 
 /// A restore point being written. Dropped without [`PointWriter::commit`], it leaves nothing
@@ -513,15 +621,16 @@ impl PointWriter {
             parent: self.spec.parent,
             snapshot: self.spec.snapshot,
             consistency: self.spec.consistency,
+            key_scope: self.spec.key_scope,
             stats: PointStats::default(),
             files,
         };
         stats.stored_bytes = stats.stored_bytes.saturating_add(manifest.spec_index_len());
         manifest.stats = stats;
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        let body = if repo.keys.is_encrypted() {
+        let body = if repo.master.is_encrypted() {
             let mut b = MANIFEST_MAGIC.to_vec();
-            b.extend(repo.keys.seal(manifest_aad(&self.id).as_bytes(), json));
+            b.extend(repo.master.seal(manifest_aad(&self.id).as_bytes(), json));
             b
         } else {
             json

@@ -1,7 +1,7 @@
 //! The health check: re-reads every chunk the chosen points reference, re-hashes it, and names
 //! each damaged point with the block ranges a restore would get wrong.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -86,8 +86,9 @@ pub fn verify(
         }
     }
 
-    // Pass 1: every distinct chunk, from every readable index.
-    let mut wanted: HashSet<ChunkId> = HashSet::new();
+    // Pass 1: every distinct chunk, from every readable index, with the keys that read it (one
+    // computer's, where computers are isolated).
+    let mut wanted: HashMap<ChunkId, Option<String>> = HashMap::new();
     let mut readable = Vec::new();
     for m in manifests {
         match collect(repo, &m, &mut wanted) {
@@ -104,19 +105,22 @@ pub fn verify(
     }
 
     // Pass 2: check the chunks, in parallel.
-    let ids: Vec<ChunkId> = wanted.into_iter().collect();
+    let ids: Vec<(ChunkId, Option<String>)> = wanted.into_iter().collect();
     let next = AtomicUsize::new(0);
     let damaged: Mutex<HashMap<ChunkId, String>> = Mutex::new(HashMap::new());
     let bytes = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
-                let mut codec = repo.codec(Compression::None);
+                let mut codecs = HashMap::new();
                 let (mut stored, mut block) = (Vec::new(), Vec::new());
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(id) = ids.get(i) else { break };
-                    match repo.read_chunk_into(&mut codec, id, &mut stored, &mut block) {
+                    let Some((id, scope)) = ids.get(i) else { break };
+                    let codec = codecs
+                        .entry(scope.clone())
+                        .or_insert_with(|| repo.with_scope(scope.as_deref()).codec(Compression::None));
+                    match repo.read_chunk_into(codec, id, &mut stored, &mut block) {
                         Ok(()) => {
                             bytes.fetch_add(block.len() as u64, Ordering::Relaxed);
                             progress(block.len() as u64);
@@ -167,9 +171,9 @@ pub fn verify(
     })
 }
 
-fn collect(repo: &Repository, m: &Manifest, into: &mut HashSet<ChunkId>) -> Result<()> {
+fn collect(repo: &Repository, m: &Manifest, into: &mut HashMap<ChunkId, Option<String>>) -> Result<()> {
     repo.for_each_reference(m, |id| {
-        into.insert(id);
+        into.entry(id).or_insert_with(|| m.key_scope.clone());
     })
 }
 

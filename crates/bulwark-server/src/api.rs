@@ -269,12 +269,22 @@ async fn create_repository(c: Caller, State(s): State<S>, Input(r): Input<Reposi
         protocol: bulwark_proto::PROTOCOL,
         path: r.path.clone(),
         password: r.password.clone().unwrap_or_default(),
+        isolation: r.isolation.clone().unwrap_or_default(),
     };
     let info = client
         .init_repository(init)
         .await
         .map_err(|st| bad(format!("transport {}: {}", r.transport, st.message())))?
         .into_inner();
+    if info.encrypted != r.password.is_some() {
+        return Err(bad(format!(
+            "repository {} on {} is {}encrypted, but {} password was given",
+            r.path,
+            r.transport,
+            if info.encrypted { "" } else { "not " },
+            if r.password.is_some() { "a" } else { "no" }
+        )));
+    }
     store::insert_repository(&s.core.db, &r).await?;
     let mut v = store::repository(&s.core.db, &r.name).await?.unwrap_or_default();
     v["created_on_disk"] = json!(info.created);

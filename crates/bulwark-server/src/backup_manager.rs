@@ -22,7 +22,7 @@ use crate::db::{int, now, opt_text, text, Db};
 use crate::manager::{Manager, NodeAddress, TaskRequest};
 use crate::model::Job;
 use crate::schedule::{Clock, Schedule};
-use crate::store;
+use crate::store::{self, Chain};
 
 /// Runs futures concurrently to their ends (a handful of node calls).
 async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: impl IntoIterator<Item = F>) {
@@ -377,7 +377,9 @@ impl Core {
             protocol: bulwark_proto::PROTOCOL,
             path,
             password: password.unwrap_or_default(),
-            names: job.sources.iter().map(|s| Job::point_name(&g.computer, s)).collect(),
+            // Every chain of this job on this computer: also those of sources the job no longer
+            // names and the disks of an entire computer (which the job's sources do not list).
+            names: store::chain_names(&self.db, &job.name, &g.computer, &g.repository).await.map_err(db_err)?,
             keep_last: r.keep_last.unwrap_or(0),
             keep_daily: r.keep_daily.unwrap_or(0),
             keep_weekly: r.keep_weekly.unwrap_or(0),
@@ -429,12 +431,23 @@ impl Core {
         } else {
             job.sources.clone()
         };
+        let mut chained = Vec::with_capacity(sources.len());
+        for path in sources {
+            match store::chain_for(&self.db, &job.name, &g.computer, &path, &g.repository).await.map_err(db_err)? {
+                Chain::Ours(name) => chained.push(Source { path, name }),
+                Chain::OtherJob(other) => {
+                    return Err(format!(
+                        "job {other} already backs up {path} of computer {} into repository {}: two jobs on one \
+                         source in one repository would prune each other's restore points; remove the source \
+                         from one job or give it another repository",
+                        g.computer, g.repository
+                    ))
+                }
+            }
+        }
         let spec = TaskSpec {
             kind: if job.mode == "files" { "files" } else { "volume" }.into(),
-            sources: sources
-                .iter()
-                .map(|s| Source { path: s.clone(), name: Job::point_name(&g.computer, s) })
-                .collect(),
+            sources: chained,
             exclude: job.exclude.clone(),
             block_size: job
                 .block_size
@@ -618,7 +631,8 @@ mod tests {
     use bulwark_proto::tls::{client_config, Revocations, TlsIdentity};
 
     async fn core(dir: &std::path::Path) -> Arc<Core> {
-        let db = Db::open(&format!("sqlite://{}", dir.join("config.db").display())).await.unwrap();
+        let url = format!("sqlite://{}", dir.join("config.db").display());
+        let db = Db::open(&url, crate::secrets::Secrets::ephemeral()).await.unwrap();
         let ca = Ca::load_or_create(dir).unwrap();
         let id = TlsIdentity::new(&ca.issue(Role::Server, "main").unwrap()).unwrap();
         let manager = Manager::new(client_config(Some(&id), None, &Revocations::default()).unwrap());

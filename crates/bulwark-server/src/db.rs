@@ -5,6 +5,8 @@
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crate::secrets::Secrets;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("config database {url}: {source}")]
@@ -13,6 +15,8 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
     #[error("config database: migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     #[error("config database has schema version {found}; this server knows up to {known}: upgrade the server")]
     TooNew { found: i64, known: i64 },
 }
@@ -20,8 +24,9 @@ pub enum DbError {
 pub type Result<T> = std::result::Result<T, DbError>;
 
 /// The schema, one migration per entry. Never edit one that shipped: add another.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
     "CREATE TABLE users (
         id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT, role TEXT NOT NULL,
         created TEXT NOT NULL);
@@ -55,7 +60,18 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE TABLE points (
         id TEXT PRIMARY KEY, repository TEXT NOT NULL, task_id TEXT, computer TEXT NOT NULL,
         name TEXT NOT NULL, kind TEXT NOT NULL, created TEXT NOT NULL, manifest TEXT NOT NULL);",
-)];
+    ),
+    (
+        2,
+        // Backup chains: the server's identity for one source of one computer in one repository
+        // (see store::chain_for).
+        "CREATE TABLE chains (
+        name TEXT PRIMARY KEY, job TEXT NOT NULL, computer TEXT NOT NULL, source TEXT NOT NULL,
+        repository TEXT NOT NULL, created TEXT NOT NULL);
+     CREATE UNIQUE INDEX chains_identity ON chains (computer, source, repository);
+     ALTER TABLE repositories ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared';",
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -67,6 +83,8 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// Seals the secrets the database holds (see [`crate::secrets`]).
+    pub secrets: Secrets,
 }
 
 /// Now, as the database stores times.
@@ -75,8 +93,9 @@ pub fn now() -> String {
 }
 
 impl Db {
-    /// Opens `url` (`sqlite:///path/file.db` or `postgres://…`) and brings its schema up to date.
-    pub async fn open(url: &str) -> Result<Db> {
+    /// Opens `url` (`sqlite:///path/file.db` or `postgres://…`) and brings its schema up to date;
+    /// `secrets` seals what it stores of passwords.
+    pub async fn open(url: &str, secrets: Secrets) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
         let url_full =
@@ -88,12 +107,13 @@ impl Db {
             .connect(&url_full)
             .await
             .map_err(|source| DbError::Open { url: redact(url), source })?;
-        let db = Db { pool, backend };
+        let db = Db { pool, backend, secrets };
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&db.pool).await?;
             sqlx::query("PRAGMA synchronous = FULL").execute(&db.pool).await?;
         }
         db.migrate().await?;
+        crate::store::seal_clear_passwords(&db).await?;
         Ok(db)
     }
 

@@ -11,5 +11,6 @@ pub mod model;
 mod openapi;
 pub mod registration;
 pub mod schedule;
+pub mod secrets;
 pub mod server;
 pub mod store;

@@ -44,6 +44,10 @@ pub struct RepositoryInput {
     /// Encrypts a new repository; opens an existing encrypted one.
     #[serde(default)]
     pub password: Option<String>,
+    /// `shared` (default: one key, dedup across computers, whose agents are then trusted with
+    /// each other's data) or `computer` (a key per computer; needs a password).
+    #[serde(default)]
+    pub isolation: Option<String>,
 }
 
 impl RepositoryInput {
@@ -55,6 +59,10 @@ impl RepositoryInput {
         }
         if self.password.as_deref().is_some_and(|p| p.len() < 8) {
             return Err("a repository password needs at least 8 characters".into());
+        }
+        let isolation: bulwark_repo::Isolation = self.isolation.as_deref().unwrap_or_default().parse()?;
+        if isolation == bulwark_repo::Isolation::Computer && self.password.is_none() {
+            return Err("isolation computer needs an encrypted repository: give it a password".into());
         }
         Ok(())
     }
@@ -227,7 +235,9 @@ impl Job {
             .unwrap_or_else(jiff::tz::TimeZone::system)
     }
 
-    /// The restore point name for one source of one computer: `computer-dev-vdb`.
+    /// A readable restore point name for one source of one computer: `computer-dev-vdb`. Not
+    /// unique (`db` + `/prod-data` reads as `db-prod` + `/data`): the names points are written
+    /// under are the server's backup chains (`store::chain_for`), which start with this.
     pub fn point_name(computer: &str, source: &str) -> String {
         let tail: String = source
             .trim_matches('/')

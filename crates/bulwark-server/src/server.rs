@@ -19,6 +19,7 @@ use crate::db::Db;
 use crate::manager::Manager;
 use crate::registration::Registrar;
 use crate::schedule::{Clock, SystemClock};
+use crate::secrets::Secrets;
 use crate::store::{self, DbNodes};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,21 @@ pub fn verify_password(pw: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
 }
 
+/// Creates the SQLite file 0600 before SQLite does (its WAL and shared-memory files take the
+/// database file's mode), and takes back any wider mode an older server left.
+fn private_db_files(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(db)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let f = PathBuf::from(format!("{}{suffix}", db.display()));
+        match std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ServerError + '_ {
     move |e| ServerError::Setup(format!("{what}: {e}"))
 }
@@ -98,9 +114,19 @@ pub async fn run_with_clock(
     ready: impl FnOnce(Ready),
 ) -> Result<(), ServerError> {
     let dir = &opts.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| setup(&format!("creating {}", dir.display()))(&e))?;
-    let url = opts.db_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("config.db").display()));
-    let db = Db::open(&url).await?;
+    // The data directory holds the CA key, the secret key and (by default) the database: only
+    // the server's user may enter it, and its files are its user's alone.
+    bulwark_proto::pki::private_dir(dir).map_err(|e| setup("data directory")(&e))?;
+    let url = match &opts.db_url {
+        Some(url) => url.clone(),
+        None => {
+            let file = dir.join("config.db");
+            private_db_files(&file).map_err(|e| setup(&format!("securing {}", file.display()))(&e))?;
+            format!("sqlite://{}", file.display())
+        }
+    };
+    let secrets = Secrets::load_or_create(dir).map_err(|e| setup("secret key")(&e))?;
+    let db = Db::open(&url, secrets).await?;
     let ca = Arc::new(Ca::load_or_create(dir).map_err(|e| setup("certificate authority")(&e))?);
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

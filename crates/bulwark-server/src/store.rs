@@ -6,6 +6,7 @@ use sqlx::any::AnyRow;
 use crate::db::{int, now, opt_text, text, Db, Result};
 use crate::model::{Job, RepositoryInput};
 use crate::registration::{JoinedNode, NodeStore};
+use crate::secrets::Secrets;
 use bulwark_proto::pki::Role;
 
 pub fn sha256_hex(s: &str) -> String {
@@ -234,17 +235,24 @@ fn repository_json(r: &AnyRow) -> Value {
     json!({
         "name": text(r, "name"), "transport": text(r, "transport"), "path": text(r, "path"),
         "max_tasks": int(r, "max_tasks"), "encrypted": opt_text(r, "password").is_some(), "created": text(r, "created"),
+        "isolation": text(r, "isolation"),
     })
 }
 
+/// What a repository's password is sealed for: its row.
+fn password_row(repository: &str) -> String {
+    format!("repository {repository} password")
+}
+
 pub async fn insert_repository(db: &Db, r: &RepositoryInput) -> Result<()> {
-    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created) VALUES ($1, $2, $3, $4, $5, $6)")
+    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created, isolation) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(&r.name)
         .bind(&r.transport)
         .bind(&r.path)
         .bind(r.max_tasks)
-        .bind(r.password.clone())
+        .bind(r.password.as_deref().map(|p| db.secrets.seal(&password_row(&r.name), p)))
         .bind(now())
+        .bind(r.isolation.as_deref().unwrap_or("shared"))
         .execute(&db.pool)
         .await?;
     Ok(())
@@ -266,7 +274,29 @@ pub async fn repository_access(db: &Db, name: &str) -> Result<Option<(String, St
         .bind(name)
         .fetch_optional(&db.pool)
         .await?;
-    Ok(row.map(|r| (text(&r, "transport"), text(&r, "path"), opt_text(&r, "password"))))
+    let Some(r) = row else { return Ok(None) };
+    let password = match opt_text(&r, "password") {
+        Some(sealed) => Some(db.secrets.open(&password_row(name), &sealed)?),
+        None => None,
+    };
+    Ok(Some((text(&r, "transport"), text(&r, "path"), password)))
+}
+
+/// Seals the passwords that servers before sealing stored in clear (once, at start).
+pub async fn seal_clear_passwords(db: &Db) -> Result<()> {
+    let rows = sqlx::query("SELECT name, password FROM repositories WHERE password IS NOT NULL").fetch_all(&db.pool).await?;
+    for r in rows {
+        let (name, stored) = (text(&r, "name"), text(&r, "password"));
+        if !Secrets::is_sealed(&stored) {
+            sqlx::query("UPDATE repositories SET password = $1 WHERE name = $2")
+                .bind(db.secrets.seal(&password_row(&name), &stored))
+                .bind(&name)
+                .execute(&db.pool)
+                .await?;
+            tracing::info!("repository {name}: its password is now sealed in the config database");
+        }
+    }
+    Ok(())
 }
 
 pub async fn update_repository(db: &Db, name: &str, max_tasks: i64) -> Result<bool> {
@@ -372,6 +402,115 @@ pub async fn jobs_using(db: &Db, field: &str, name: &str) -> Result<Vec<String>>
         })
         .map(|j| j.job.name)
         .collect())
+}
+
+// ---- backup chains ----
+
+/// Whose backup chain a source of a computer in a repository is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chain {
+    /// The job's own: its restore points go under this name.
+    Ours(String),
+    /// Another job (named) backs this source up into the same repository.
+    OtherJob(String),
+}
+
+/// The backup chain of `source` on `computer` in `repository`, for `job`: the one name under
+/// which its restore points are written, found by the retention and as the previous point.
+///
+/// The name is an identity the server keeps, not a function of strings that two sources can
+/// share (`db` + `/prod-data` and `db-prod` + `/data` once made the same name): a readable
+/// prefix and a random suffix, unique in the catalog. A chain belongs to one job; another job
+/// backing up the same source into the same repository is refused, since each would prune the
+/// other's points. A chain whose job was deleted passes to the next job that backs it up. Points
+/// written before chains existed keep their name when it is unambiguous: every point of that name
+/// in the repository is of this computer and source.
+pub async fn chain_for(db: &Db, job: &str, computer: &str, source: &str, repository: &str) -> Result<Chain> {
+    let mut last_error = None;
+    for attempt in 0..5 {
+        let row = sqlx::query("SELECT name, job FROM chains WHERE computer = $1 AND source = $2 AND repository = $3")
+            .bind(computer)
+            .bind(source)
+            .bind(repository)
+            .fetch_optional(&db.pool)
+            .await?;
+        if let Some(r) = row {
+            let (name, owner) = (text(&r, "name"), text(&r, "job"));
+            if owner == job {
+                return Ok(Chain::Ours(name));
+            }
+            if job_exists(db, &owner).await? {
+                return Ok(Chain::OtherJob(owner));
+            }
+            sqlx::query("UPDATE chains SET job = $1 WHERE name = $2 AND job = $3")
+                .bind(job)
+                .bind(&name)
+                .bind(&owner)
+                .execute(&db.pool)
+                .await?;
+            continue;
+        }
+        let name = match attempt {
+            0 => legacy_name(db, computer, source, repository).await?,
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            let mut readable = Job::point_name(computer, source);
+            readable.truncate(120);
+            format!("{readable}.{}", random_hex(3))
+        });
+        let inserted = sqlx::query(
+            "INSERT INTO chains (name, job, computer, source, repository, created) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&name)
+        .bind(job)
+        .bind(computer)
+        .bind(source)
+        .bind(repository)
+        .bind(now())
+        .execute(&db.pool)
+        .await;
+        match inserted {
+            Ok(_) => return Ok(Chain::Ours(name)),
+            // The name was taken, or another task made this chain meanwhile: look again.
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.expect("five failed inserts").into())
+}
+
+async fn job_exists(db: &Db, name: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT name FROM jobs WHERE name = $1").bind(name).fetch_optional(&db.pool).await?.is_some())
+}
+
+/// The name points of this source had before chains, if it is unambiguously theirs.
+async fn legacy_name(db: &Db, computer: &str, source: &str, repository: &str) -> Result<Option<String>> {
+    let legacy = Job::point_name(computer, source);
+    let taken = sqlx::query("SELECT name FROM chains WHERE name = $1").bind(&legacy).fetch_optional(&db.pool).await?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    let rows = sqlx::query("SELECT computer, manifest FROM points WHERE name = $1 AND repository = $2")
+        .bind(&legacy)
+        .bind(repository)
+        .fetch_all(&db.pool)
+        .await?;
+    let theirs = |r: &AnyRow| {
+        let m: Option<Value> = serde_json::from_str(&text(r, "manifest")).ok();
+        text(r, "computer") == computer && m.is_some_and(|m| m["source"] == source)
+    };
+    Ok((!rows.is_empty() && rows.iter().all(theirs)).then_some(legacy))
+}
+
+/// The names of a job's chains on one computer in one repository: what its retention prunes.
+pub async fn chain_names(db: &Db, job: &str, computer: &str, repository: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT name FROM chains WHERE job = $1 AND computer = $2 AND repository = $3 ORDER BY name")
+        .bind(job)
+        .bind(computer)
+        .bind(repository)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(|r| text(r, "name")).collect())
 }
 
 // ---- sessions, tasks, points ----
@@ -547,4 +686,90 @@ pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<Value>> {
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    async fn db(dir: &std::path::Path) -> Db {
+        let url = format!("sqlite://{}", dir.join("config.db").display());
+        Db::open(&url, Secrets::ephemeral()).await.unwrap()
+    }
+
+    fn job(name: &str, sources: &[&str]) -> Job {
+        serde_json::from_value(json!({
+            "name": name, "computers": ["db"], "repository": "r", "sources": sources
+        }))
+        .unwrap()
+    }
+
+    async fn ours(db: &Db, job: &str, computer: &str, source: &str, repository: &str) -> String {
+        match chain_for(db, job, computer, source, repository).await.unwrap() {
+            Chain::Ours(name) => {
+                bulwark_repo::point::validate_name(&name).unwrap();
+                name
+            }
+            other => panic!("{job} {computer}:{source} in {repository}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sources_whose_readable_names_collide_get_chains_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path()).await;
+        insert_job(&db, &job("j1", &[])).await.unwrap();
+        let a = ours(&db, "j1", "db", "/prod-data", "r").await;
+        let b = ours(&db, "j1", "db-prod", "/data", "r").await;
+        let c = ours(&db, "j1", "db", "/srv/a-b", "r").await;
+        let d = ours(&db, "j1", "db", "/srv/a/b", "r").await;
+        let names: HashSet<_> = [&a, &b, &c, &d].into_iter().collect();
+        assert_eq!(names.len(), 4, "{a} {b} {c} {d}");
+        assert!(a.starts_with("db-prod-data.") && c.starts_with("db-srv-a-b."), "{a} {c}");
+        // The identity is kept: the next task of the same source finds the same chain.
+        assert_eq!(ours(&db, "j1", "db", "/prod-data", "r").await, a);
+        // Another repository is another chain.
+        assert_ne!(ours(&db, "j1", "db", "/prod-data", "r2").await, a);
+        // Retention sees every chain of the job on that computer, whatever the job's sources say
+        // (a job of mode computer names none).
+        let mut mine = chain_names(&db, "j1", "db", "r").await.unwrap();
+        mine.sort();
+        let mut want = vec![a.clone(), c, d];
+        want.sort();
+        assert_eq!(mine, want);
+        assert_eq!(chain_names(&db, "j1", "db-prod", "r").await.unwrap(), vec![b]);
+
+        // A second job on the same source and repository is refused while the first exists...
+        insert_job(&db, &job("j2", &["/prod-data"])).await.unwrap();
+        assert_eq!(chain_for(&db, "j2", "db", "/prod-data", "r").await.unwrap(), Chain::OtherJob("j1".into()));
+        // ...and takes the chain over once it is deleted.
+        delete_row(&db, "jobs", "j1").await.unwrap();
+        assert_eq!(ours(&db, "j2", "db", "/prod-data", "r").await, a);
+        assert_eq!(chain_names(&db, "j2", "db", "r").await.unwrap(), vec![a]);
+    }
+
+    #[tokio::test]
+    async fn points_from_before_chains_keep_their_name_only_when_it_is_unambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path()).await;
+        let point = |id: &str, computer: &str, name: &str, source: &str| {
+            let manifest = json!({ "source": source }).to_string();
+            let (id, computer, name) = (id.to_string(), computer.to_string(), name.to_string());
+            let db = db.clone();
+            async move {
+                sqlx::query("INSERT INTO points (id, repository, computer, name, kind, created, manifest) VALUES ($1, 'r', $2, $3, 'volume', 'now', $4)")
+                    .bind(id).bind(computer).bind(name).bind(manifest).execute(&db.pool).await.unwrap();
+            }
+        };
+        point("p1", "web", "web-dev-vdb", "/dev/vdb").await;
+        point("p2", "web", "web-dev-vdb", "/dev/vdb").await;
+        assert_eq!(ours(&db, "j", "web", "/dev/vdb", "r").await, "web-dev-vdb");
+        // Two sources wrote under one name: neither inherits it.
+        point("p3", "db", "db-prod-data", "/prod-data").await;
+        point("p4", "db-prod", "db-prod-data", "/data").await;
+        assert_ne!(ours(&db, "j", "db", "/prod-data", "r").await, "db-prod-data");
+        assert_ne!(ours(&db, "j", "db-prod", "/data", "r").await, "db-prod-data");
+    }
 }

@@ -25,7 +25,7 @@ use bulwark_proto::pb::data_mover_server::{DataMover, DataMoverServer};
 use bulwark_proto::pb::{mover_frame, AgentFrame, Empty, MoverFrame, Opened};
 use bulwark_proto::pki::{Identity, Role};
 use bulwark_proto::tls::{self, PeerInfo, Revocations, TlsIdentity};
-use bulwark_repo::{ChunkId, Manifest, PointKind, PointWriter, Repository};
+use bulwark_repo::{ChunkCodec, ChunkId, Compression, Manifest, PointKind, PointWriter, Repository};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -156,6 +156,7 @@ impl Session {
         tx: mpsc::Sender<Result<MoverFrame, Status>>,
         rt: tokio::runtime::Handle,
     ) {
+        let mut check = ChunkCheck { codec: self.repo.codec(Compression::None), block: Vec::new() };
         loop {
             let frame = match rt.block_on(inbound.message()) {
                 Ok(Some(f)) => f,
@@ -166,7 +167,7 @@ impl Session {
                 }
             };
             let outcome = Ask::try_from(frame).and_then(|ask| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(n, ask, &tx)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(n, ask, &tx, &mut check)))
                     .unwrap_or_else(|_| Err("internal error handling a frame (see the data mover's log)".into()))
             });
             if let Err(reason) = outcome {
@@ -183,7 +184,13 @@ impl Session {
         }
     }
 
-    fn handle(&self, n: u32, ask: Ask, tx: &mpsc::Sender<Result<MoverFrame, Status>>) -> Result<(), String> {
+    fn handle(
+        &self,
+        n: u32,
+        ask: Ask,
+        tx: &mpsc::Sender<Result<MoverFrame, Status>>,
+        check: &mut ChunkCheck,
+    ) -> Result<(), String> {
         use mover_frame::Frame as F;
         let send = |f: F| tx.blocking_send(Ok(reply(f))).map_err(|_| "the agent went away".to_string());
         let repo_err = |e: bulwark_repo::RepoError| e.to_string();
@@ -211,7 +218,9 @@ impl Session {
             }
             Ask::Latest(name) => {
                 self.may_use(&name)?;
-                let m = self.repo.latest(&name).map_err(repo_err)?;
+                // A point written with other keys (before its computer was isolated, or by a
+                // standalone backup) is none the agent can read: it starts afresh.
+                let m = self.repo.latest(&name).map_err(repo_err)?.filter(|m| m.key_scope.as_deref() == self.repo.scope());
                 if let Some(m) = &m {
                     self.readable.lock().expect("lock").insert(m.id.to_string());
                 }
@@ -261,6 +270,16 @@ impl Session {
                 // A chunk already there is never replaced: whatever an agent sends, it cannot
                 // change what other points reference. (Only a missing or empty one is written.)
                 if !self.repo.reuse_chunk(&id).map_err(repo_err)? {
+                    // Nor does a new chunk count before it is proven to hold what its name says:
+                    // otherwise an agent could plant forged content under the name of data
+                    // other computers will back up, and their backups would dedupe against it.
+                    check.codec.decode_into(&id, &data, &mut check.block).map_err(|fault| {
+                        format!(
+                            "chunk {id} sent by agent {} does not hold what its name says ({fault}): refused, \
+                             nothing stored",
+                            self.cfg.agent
+                        )
+                    })?;
                     self.repo.put_chunk(&id, &data).map_err(repo_err)?;
                 }
                 self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
@@ -307,6 +326,12 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// A stream's means of checking uploaded chunks against their names (reused for every chunk).
+struct ChunkCheck {
+    codec: ChunkCodec,
+    block: Vec<u8>,
 }
 
 fn reply(f: mover_frame::Frame) -> MoverFrame {
@@ -445,6 +470,9 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
     let e = |what: &str, err: &dyn std::fmt::Display| MoverError::Start(format!("{what}: {err}"));
     let repo = Repository::open(&cfg.repository, cfg.password.as_deref().map(str::as_bytes))
         .map_err(|err| e("opening the repository", &err))?;
+    // The keys the agent is handed: the repository's, or where computers are isolated its own
+    // computer's (a restore: those of the computer whose point it is).
+    let mut repo = repo.scoped(&cfg.agent);
     let identity = Identity::load(&cfg.data_dir)
         .map_err(|err| e("loading the node identity", &err))?
         .ok_or_else(|| MoverError::Start(format!("{} holds no node identity", cfg.data_dir.display())))?;
@@ -462,6 +490,7 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
     if let Some(id) = &cfg.restore_point {
         let point: bulwark_repo::RestorePointId = id.parse().map_err(|err: String| e("restore point", &err))?;
         let m = repo.load_manifest(&point).map_err(|err| e("restore point", &err))?;
+        repo = repo.for_point(&m);
         repo.for_each_reference(&m, |c| {
             pieces.insert(c);
         })

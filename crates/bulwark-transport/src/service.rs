@@ -246,14 +246,40 @@ impl Transport for TransportService {
         bulwark_proto::check_protocol(r.protocol, "server")?;
         let path = self.new_repository_path(&r.path)?;
         let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
+        let isolation: bulwark_repo::Isolation = r.isolation.parse().map_err(Status::invalid_argument)?;
         let info = tokio::task::spawn_blocking(move || -> Result<RepositoryInfo, bulwark_repo::RepoError> {
             if path.join("config").exists() {
                 let repo = bulwark_repo::Repository::open(&path, password.as_deref())?;
-                return Ok(RepositoryInfo { created: false, encrypted: repo.is_encrypted() });
+                if repo.isolation() != isolation {
+                    return Err(bulwark_repo::RepoError::Invalid {
+                        repo: path.display().to_string(),
+                        reason: format!(
+                            "it exists with isolation {}, not {}; the isolation of a repository is chosen when it \
+                             is created",
+                            repo.isolation().name(),
+                            isolation.name()
+                        ),
+                    });
+                }
+                // A password for a repository that has none would be reported as encryption
+                // that does not exist: backups would go on in clear.
+                if password.is_some() && !repo.is_encrypted() {
+                    return Err(bulwark_repo::RepoError::Invalid {
+                        repo: path.display().to_string(),
+                        reason: "it exists and is not encrypted, but a password was given: add it without a \
+                                 password, or give an encrypted repository another path"
+                            .into(),
+                    });
+                }
+                return Ok(RepositoryInfo {
+                    created: false,
+                    encrypted: repo.is_encrypted(),
+                    isolation: repo.isolation().name().into(),
+                });
             }
-            let opts = bulwark_repo::InitOptions { password, ..Default::default() };
+            let opts = bulwark_repo::InitOptions { password, isolation, ..Default::default() };
             let repo = bulwark_repo::Repository::init(&path, &opts)?;
-            Ok(RepositoryInfo { created: true, encrypted: repo.is_encrypted() })
+            Ok(RepositoryInfo { created: true, encrypted: repo.is_encrypted(), isolation: isolation.name().into() })
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

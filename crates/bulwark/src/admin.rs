@@ -109,6 +109,14 @@ pub enum RepositoryCmd {
         /// Encrypt it (a new repository) or open it (an existing one) with the password in this file.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Whom its agents are trusted with. `shared`: one key for all computers, so a block two
+        /// computers hold is stored once, and every agent writing the repository holds the key
+        /// that reads all of it and can ask whether any content is stored (trust them with each
+        /// other's data). `computer`: a key per computer, dedup within one computer's points
+        /// only, and an agent can neither read another computer's backups nor learn what they
+        /// hold. Needs --password-file; chosen at creation for good.
+        #[arg(long, default_value = "shared", value_parser = ["shared", "computer"])]
+        isolation: String,
     },
     Update {
         name: String,
@@ -373,11 +381,11 @@ pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
 
 pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
     let api = Api::new(&c)?;
-    let cols = ["name", "transport", "path", "max_tasks", "encrypted"];
+    let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation"];
     let v = match cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
-        RepositoryCmd::Create { name, transport, path, max_tasks, password_file } => {
+        RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation } => {
             let password = match password_file {
                 Some(f) => Some(
                     std::fs::read_to_string(&f)
@@ -389,8 +397,17 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
                 ),
                 None => None,
             };
-            let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks, "password": password});
-            api.call("POST", "/repositories", Some(body))?
+            let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks,
+                "password": password, "isolation": isolation});
+            let v = api.call("POST", "/repositories", Some(body))?;
+            if !c.json && v["isolation"] == "shared" {
+                eprintln!(
+                    "note: repository {} shares one key among its computers: every agent writing it is trusted with the \
+                     others' data (create it with --isolation computer to keep them apart)",
+                    v["name"].as_str().unwrap_or_default()
+                );
+            }
+            v
         }
         RepositoryCmd::Update { name, max_tasks } => {
             api.call("PATCH", &format!("/repositories/{name}"), Some(json!({"max_tasks": max_tasks})))?

@@ -301,6 +301,12 @@ enum RepoCommand {
         /// File whose first line is the password (else BULWARK_PASSWORD).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Whom agents writing it through data movers are trusted with: `shared` (one key; a
+        /// block two computers hold is stored once; every agent can read all) or `computer` (a
+        /// key per computer, derived from the master key: an agent reads and dedupes only its
+        /// own computer's data). `computer` needs encryption; chosen at creation for good.
+        #[arg(long, default_value = "shared", value_parser = ["shared", "computer"])]
+        isolation: String,
         #[arg(long)]
         json: bool,
     },
@@ -418,7 +424,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         Command::Agent { node } => nodes::run_agent(node)?,
         Command::Transport { node, roots } => nodes::run_transport(node, roots)?,
         Command::DataMover => return nodes::run_data_mover(),
-        Command::Repo(RepoCommand::Init { repo, encryption, password_file, json }) => {
+        Command::Repo(RepoCommand::Init { repo, encryption, password_file, isolation, json }) => {
             let password = match encryption {
                 Encryption::None => None,
                 Encryption::Aes256gcm => Some(read_password(password_file.as_deref())?.context(
@@ -426,11 +432,11 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 )?),
             };
             let encrypted = password.is_some();
-            Repository::init(&repo, &InitOptions { password, ..Default::default() })?;
+            let isolation = isolation.parse().map_err(anyhow::Error::msg)?;
+            Repository::init(&repo, &InitOptions { password, isolation, ..Default::default() })?;
             if json {
-                ui::print_json(
-                    &serde_json::json!({"repository": repo, "encryption": if encrypted {"aes256gcm"} else {"none"}}),
-                );
+                ui::print_json(&serde_json::json!({"repository": repo,
+                    "encryption": if encrypted {"aes256gcm"} else {"none"}, "isolation": isolation.name()}));
             } else {
                 println!(
                     "created repository {} ({})",

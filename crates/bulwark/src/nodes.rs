@@ -64,6 +64,8 @@ async fn start_node(
         None if bound.ip().is_unspecified() => format!("{}:{}", hostname(), bound.port()),
         None => bound.to_string(),
     };
+    // Its private key, revocation list and task markers are nobody else's business.
+    bulwark_proto::pki::private_dir(&args.data_dir)?;
     let identity = match Identity::load(&args.data_dir)? {
         Some(id) => id,
         None => {

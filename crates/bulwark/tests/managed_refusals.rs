@@ -84,7 +84,7 @@ fn refused(c: &Cluster, m: &MoverStarted, node: &str, id: Option<&Identity>, tic
     }
 }
 
-/// Sends raw frames on one stream and returns the mover's answers, or its refusal.
+/// Sends raw frames on one stream and returns the mover's answers (shortened), or its refusal.
 fn raw(
     c: &Cluster,
     m: &MoverStarted,
@@ -92,6 +92,23 @@ fn raw(
     id: &Identity,
     frames: Vec<AgentFrame>,
 ) -> Result<Vec<String>, String> {
+    Ok(raw_frames(c, m, node, id, frames)?
+        .into_iter()
+        .map(|f| match f {
+            mover_frame::Frame::Error(e) => format!("error: {e}"),
+            other => format!("{other:?}").chars().take(40).collect(),
+        })
+        .collect())
+}
+
+/// Sends raw frames on one stream and returns the mover's answers, or its refusal.
+fn raw_frames(
+    c: &Cluster,
+    m: &MoverStarted,
+    node: &str,
+    id: &Identity,
+    frames: Vec<AgentFrame>,
+) -> Result<Vec<mover_frame::Frame>, String> {
     let tls_id = TlsIdentity::new(id).unwrap();
     let cfg = tls::client_config(Some(&tls_id), None, &Revocations::default()).unwrap();
     c.rt.block_on(async {
@@ -112,11 +129,7 @@ fn raw(
                 Err(st) if out.is_empty() => return Err(st.message().to_string()),
                 Err(_) => break,
             };
-            match f.frame {
-                Some(mover_frame::Frame::Error(e)) => out.push(format!("error: {e}")),
-                Some(other) => out.push(format!("{other:?}").chars().take(40).collect()),
-                None => {}
-            }
+            out.extend(f.frame);
         }
         Ok(out)
     })
@@ -229,7 +242,7 @@ fn the_decoder_survives_the_fuzz_corpus() {
 }
 
 #[test]
-fn an_agent_cannot_replace_stored_chunks_or_read_other_backups() {
+fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     let c = Cluster::new();
     let repos = c.dir.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
@@ -279,6 +292,7 @@ fn an_agent_cannot_replace_stored_chunks_or_read_other_backups() {
         parent: None,
         snapshot: "none".into(),
         consistency: "crash".into(),
+        key_scope: None,
     };
     let frames = vec![
         open(&m.ticket, 1),
@@ -292,4 +306,136 @@ fn an_agent_cannot_replace_stored_chunks_or_read_other_backups() {
     std::io::Read::read_to_end(&mut repo.storage().open_read(&id.key()).unwrap(), &mut codec_free).unwrap();
     assert_eq!(codec_free, b"the original stored bytes");
     assert!(points(&repo_dir).is_empty());
+
+    // Dedup poisoning: the agent names content another computer will back up and uploads other
+    // bytes under that name. The mover checks the upload against its name, refuses it and fails
+    // the task; the name stays free, so the victim's own upload is what gets stored.
+    let mut codec = repo.codec(bulwark_repo::Compression::Optimal);
+    let victims_block = vec![0x5a_u8; 64 << 10];
+    let target = codec.digest(&victims_block);
+    let forged = codec.encode(&target, &vec![0xa5_u8; 64 << 10]);
+    let m = start(vec!["a1-disk".into()]);
+    let frames = vec![
+        open(&m.ticket, 1),
+        frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
+        frame(agent_frame::Frame::Put(Put { id: target.0.to_vec(), data: forged })),
+        frame(agent_frame::Frame::Flush(Default::default())),
+    ];
+    let answers = raw(&c, &m, "t1", &a1, frames).unwrap();
+    assert!(
+        answers.iter().any(|a| a.contains("does not hold what its name says") && a.contains("digest mismatch")),
+        "{answers:?}"
+    );
+    assert!(!answers.iter().any(|a| a.starts_with("Flushed")), "{answers:?}");
+    let report = c.rt.block_on(async {
+        let mut t = c.manager.transport(&transport.node()).await.unwrap();
+        let r = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: m.mover_id.clone() };
+        t.wait_mover(r).await.unwrap().into_inner()
+    });
+    assert_eq!(report.status, "failed");
+    assert!(report.error.contains(&format!("chunk {target} sent by agent a1")), "{}", report.error);
+    assert!(!repo.storage().exists(&target.key()).unwrap(), "the forged chunk was stored");
+    // An honest upload of the same name is stored and reads back as the victim's block.
+    let m = start(vec!["a1-disk".into()]);
+    let frames = vec![
+        open(&m.ticket, 1),
+        frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
+        frame(agent_frame::Frame::Put(Put { id: target.0.to_vec(), data: codec.encode(&target, &victims_block) })),
+        frame(agent_frame::Frame::Flush(Default::default())),
+    ];
+    let answers = raw(&c, &m, "t1", &a1, frames).unwrap();
+    assert!(answers.iter().any(|a| a.starts_with("Flushed")), "{answers:?}");
+    assert_eq!(repo.read_chunk(&mut codec, &target).unwrap(), victims_block);
+}
+
+/// Per-computer keys: an agent of an isolated repository is handed its own computer's keys, not
+/// the master key, and cannot learn whether content another computer backed up is stored; in a
+/// shared repository it gets the master key and can (the trust that setting documents).
+#[test]
+fn an_agent_learns_nothing_of_other_computers_in_an_isolated_repository() {
+    let c = Cluster::new();
+    let repos = c.dir.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let agent = c.start(Role::Agent, "a1", &[]);
+    let transport = c.start(Role::Transport, "t1", &["--root", repos.to_str().unwrap()]);
+    let a1 = Identity::load(&agent.data_dir).unwrap().unwrap();
+    let frame = |f: agent_frame::Frame| AgentFrame { frame: Some(f) };
+    let spec = bulwark_repo::PointSpec {
+        kind: bulwark_repo::PointKind::Volume,
+        name: "a1-disk".into(),
+        source: "/dev/vda".into(),
+        volume_size: 1 << 20,
+        block_size: bulwark_repo::BlockSize::DEFAULT,
+        compression: Default::default(),
+        parent: None,
+        snapshot: "none".into(),
+        consistency: "crash".into(),
+        key_scope: None,
+    };
+    let secret_block = vec![0x42_u8; 256 << 10];
+    for isolation in [bulwark_repo::Isolation::Computer, bulwark_repo::Isolation::Shared] {
+        let dir = repos.join(isolation.name());
+        let opts = bulwark_repo::InitOptions {
+            password: Some(b"correct horse".to_vec()),
+            kdf: bulwark_repo::crypto::KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+            isolation,
+        };
+        let repo = bulwark_repo::Repository::init(&dir, &opts).unwrap();
+        // Computer a2 stores a block the hostile agent a1 guesses it holds.
+        let victim = repo.scoped("a2");
+        let mut vc = victim.codec(Default::default());
+        let vid = vc.digest(&secret_block);
+        victim.put_chunk(&vid, &vc.encode(&vid, &secret_block)).unwrap();
+
+        let m = c.rt.block_on(async {
+            let mut t = c.manager.transport(&transport.node()).await.unwrap();
+            t.start_mover(MoverSpec {
+                protocol: bulwark_proto::PROTOCOL,
+                task_id: format!("curious-{}", isolation.name()),
+                repository: dir.display().to_string(),
+                password: "correct horse".into(),
+                agent: "a1".into(),
+                max_streams: 1,
+                connect_timeout_s: 30,
+                names: vec!["a1-disk".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        });
+        let handed = repo.scoped("a1").keys().master_key().unwrap();
+        let mut guess = bulwark_repo::ChunkCodec::new(bulwark_repo::crypto::Keys::from_master(&handed), Default::default());
+        let guessed = guess.digest(&secret_block);
+        let frames = vec![
+            open(&m.ticket, 1),
+            frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
+            frame(agent_frame::Frame::Query(bulwark_proto::pb::Query { ids: guessed.0.to_vec() })),
+            frame(agent_frame::Frame::Flush(Default::default())),
+        ];
+        let answers = raw_frames(&c, &m, "t1", &a1, frames).unwrap();
+        let key = answers.iter().find_map(|f| match f {
+            mover_frame::Frame::Opened(o) => Some(o.master_key.clone()),
+            _ => None,
+        });
+        let have = answers.iter().find_map(|f| match f {
+            mover_frame::Frame::Have(h) => Some(h.clone()),
+            _ => None,
+        });
+        assert_eq!(key.as_deref(), Some(&handed[..]), "{isolation:?}: the key the agent was handed");
+        let master = repo.keys().master_key().unwrap();
+        match isolation {
+            bulwark_repo::Isolation::Computer => {
+                assert_ne!(&handed[..], &master[..]);
+                assert_eq!(have, Some(vec![0]), "the isolated agent learned that a2 holds the block");
+                // With the keys it holds it cannot read a2's chunk either.
+                assert!(repo.scoped("a1").read_chunk(&mut guess, &vid).is_err());
+            }
+            bulwark_repo::Isolation::Shared => {
+                assert_eq!(&handed[..], &master[..]);
+                assert_eq!(have, Some(vec![1]), "a shared repository answers for every computer");
+            }
+        }
+        stop_mover(&c, &transport, &m);
+    }
 }

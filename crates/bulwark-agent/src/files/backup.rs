@@ -177,6 +177,7 @@ pub fn backup_files(
         parent: parent.as_ref().map(|p| p.id.clone()),
         snapshot: snapshot.provider.to_string(),
         consistency: snapshot.consistency.as_str().to_string(),
+        key_scope: None,
     };
     // The writer pins the parent first: its chunks then stay in the repository while this
     // backup reuses them, without touching each one.

@@ -143,7 +143,7 @@ pub fn restore_files(
         duration_s: 0.0,
         warnings: Vec::new(),
     };
-    let mut codec = repo.codec(Compression::None);
+    let mut codec = repo.point_codec(m, Compression::None);
     let (mut stored, mut block) = (Vec::new(), Vec::new());
     // Directories whose metadata is applied when the walk leaves them.
     let mut open_dirs: Vec<(PathBuf, TreeEntry)> = Vec::new();
