@@ -62,6 +62,8 @@ struct Plan {
     endpoint: MoverEndpoint,
     pre: String,
     post: String,
+    /// Secrets the steps read from their environment (never logged).
+    env: Vec<(String, String)>,
 }
 
 fn plan(spec: &TaskSpec) -> Result<Plan, String> {
@@ -107,11 +109,17 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
         },
         pre: spec.pre_command.clone(),
         post: spec.post_command.clone(),
+        env: spec
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("BULWARK_SECRET_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 
 /// Runs an operator's pre or post step; its output goes to the task's log.
-fn run_step(what: &str, cmd: &str, task: &str, log: &dyn Fn(String)) -> Result<(), String> {
+fn run_step(what: &str, cmd: &str, task: &str, env: &[(String, String)], log: &dyn Fn(String)) -> Result<(), String> {
     if cmd.is_empty() {
         return Ok(());
     }
@@ -119,6 +127,7 @@ fn run_step(what: &str, cmd: &str, task: &str, log: &dyn Fn(String)) -> Result<(
     let out = std::process::Command::new("/bin/sh")
         .args(["-c", cmd])
         .env("BULWARK_TASK_ID", task)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .map_err(|e| format!("{what} could not start: {e}"))?;
     for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
@@ -212,7 +221,7 @@ fn run_task(
         });
     }
     let outcome = (|| -> Result<bool, String> {
-        run_step("pre-step", &plan.pre, &task, &log)?;
+        run_step("pre-step", &plan.pre, &task, &plan.env, &log)?;
         let target = rt.block_on(RemoteTarget::connect(&plan.endpoint, client_tls)).map_err(|e| e.to_string())?;
         let target_sent = target.sent();
         let mut warned = false;
@@ -242,7 +251,7 @@ fn run_task(
         }
         Ok(warned)
     })();
-    let post = run_step("post-step", &plan.post, &task, &log);
+    let post = run_step("post-step", &plan.post, &task, &plan.env, &log);
     ticking.store(false, Ordering::Relaxed);
     let (status, error) = match (outcome, post) {
         (Err(e), _) if cancel.load(Ordering::Relaxed) => ("cancelled", e),

@@ -13,11 +13,8 @@ use bulwark_repo::{Compression, InitOptions, Isolation, Repository};
 use common::*;
 
 fn isolated(dir: &std::path::Path) -> Repository {
-    let opts = InitOptions {
-        password: Some(b"correct horse".to_vec()),
-        kdf: cheap_kdf(),
-        isolation: Isolation::Computer,
-    };
+    let opts =
+        InitOptions { password: Some(b"correct horse".to_vec()), kdf: cheap_kdf(), isolation: Isolation::Computer };
     Repository::init(&dir.join("repo"), &opts).unwrap()
 }
 
@@ -74,7 +71,10 @@ fn computers_of_an_isolated_repository_share_nothing_but_the_repository() {
     let src = dir.path().join("tree");
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::write(src.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
-    let fo = FileBackupOptions { snapshot: bulwark_agent::snapshot::SnapshotMode::None, ..FileBackupOptions::new("web-1-etc") };
+    let fo = FileBackupOptions {
+        snapshot: bulwark_agent::snapshot::SnapshotMode::None,
+        ..FileBackupOptions::new("web-1-etc")
+    };
     backup_files(&a, &src, &fo, &|_| {}, &NO_CANCEL).unwrap();
     let m = repo.resolve("web-1-etc:latest").unwrap();
     assert_eq!(m.key_scope.as_deref(), Some("web-1"));

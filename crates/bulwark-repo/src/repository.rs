@@ -189,7 +189,10 @@ impl Repository {
             }
         };
         if config.isolation == Isolation::Computer && !keys.is_encrypted() {
-            return Err(RepoError::Invalid { repo: label, reason: "isolated computers in an unencrypted repository".into() });
+            return Err(RepoError::Invalid {
+                repo: label,
+                reason: "isolated computers in an unencrypted repository".into(),
+            });
         }
         Ok(Repository::new(storage, keys, config.isolation))
     }
@@ -204,9 +207,7 @@ impl Repository {
     /// scope, so every reader knows which keys they need.
     pub fn scoped(&self, computer: &str) -> Repository {
         match (self.isolation, self.master.scoped(computer)) {
-            (Isolation::Computer, Some(keys)) => {
-                Repository { keys, scope: Some(computer.to_string()), ..self.clone() }
-            }
+            (Isolation::Computer, Some(keys)) => Repository { keys, scope: Some(computer.to_string()), ..self.clone() },
             _ => self.clone(),
         }
     }

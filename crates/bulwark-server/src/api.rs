@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bulwark_proto::pb::RepositoryInit;
 use bulwark_proto::pki::{Ca, JoinToken, Role};
@@ -21,7 +21,8 @@ use crate::backup_manager::Core;
 use crate::db::DbError;
 use crate::manager::NodeAddress;
 use crate::model::{
-    check_name, GroupInput, Job, Login, RepositoryInput, RepositoryUpdate, RestoreInput, TokenRequest, UserInput,
+    check_name, GroupInput, Job, Login, RepositoryInput, RepositoryUpdate, RestoreInput, SecretInput, TokenRequest,
+    UserInput,
 };
 use crate::store;
 
@@ -133,6 +134,8 @@ pub fn router(state: S) -> Router {
         .route("/api/v1/transports", get(|c: Caller, s: State<S>| list_nodes(c, s, "transport")))
         .route("/api/v1/repositories", get(list_repositories).post(create_repository))
         .route("/api/v1/repositories/{name}", get(show_repository).patch(update_repository).delete(delete_repository))
+        .route("/api/v1/secrets", get(list_secrets))
+        .route("/api/v1/secrets/{name}", put(set_secret).delete(delete_secret))
         .route("/api/v1/groups", get(list_groups).post(create_group))
         .route("/api/v1/groups/{name}", get(show_group).put(update_group).delete(delete_group))
         .route("/api/v1/jobs", get(list_jobs).post(create_job))
@@ -242,6 +245,35 @@ async fn remove_computer(c: Caller, State(s): State<S>, Path(name): Path<String>
     }
     while pushes.join_next().await.is_some() {}
     Ok(Json(json!({ "removed": name })))
+}
+
+/// Secrets for jobs' commands: admins set and delete them, nobody reads a value back.
+async fn list_secrets(c: Caller, State(s): State<S>) -> ApiResult {
+    c.admin()?;
+    Ok(Json(Value::Array(store::secret_names(&s.core.db).await?)))
+}
+
+async fn set_secret(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Input(v): Input<SecretInput>,
+) -> ApiResult {
+    c.admin()?;
+    crate::model::check_secret_name(&name).map_err(bad)?;
+    if v.value.is_empty() || v.value.len() > 65_536 {
+        return Err(bad("a secret's value holds 1 to 65536 bytes"));
+    }
+    store::set_secret(&s.core.db, &name, &v.value).await?;
+    Ok(Json(json!({"name": name, "variable": crate::model::secret_variable(&name)})))
+}
+
+async fn delete_secret(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    if !store::delete_row(&s.core.db, "secrets", &name).await? {
+        return Err(missing("secret", &name));
+    }
+    Ok(Json(json!({"deleted": name})))
 }
 
 async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult {

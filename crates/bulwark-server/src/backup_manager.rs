@@ -445,9 +445,16 @@ impl Core {
                 }
             }
         }
+        let env = match store::secret_values(&self.db, &job.secrets).await.map_err(db_err)? {
+            Ok(values) => values.into_iter().map(|(name, v)| (crate::model::secret_variable(&name), v)).collect(),
+            Err(missing) => {
+                return Err(format!("job {} uses secret {missing}, which is not set (bulwark secret set)", job.name))
+            }
+        };
         let spec = TaskSpec {
             kind: if job.mode == "files" { "files" } else { "volume" }.into(),
             sources: chained,
+            env,
             exclude: job.exclude.clone(),
             block_size: job
                 .block_size

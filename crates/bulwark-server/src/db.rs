@@ -27,7 +27,7 @@ pub type Result<T> = std::result::Result<T, DbError>;
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
-    "CREATE TABLE users (
+        "CREATE TABLE users (
         id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT, role TEXT NOT NULL,
         created TEXT NOT NULL);
      CREATE TABLE api_tokens (
@@ -69,7 +69,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
         name TEXT PRIMARY KEY, job TEXT NOT NULL, computer TEXT NOT NULL, source TEXT NOT NULL,
         repository TEXT NOT NULL, created TEXT NOT NULL);
      CREATE UNIQUE INDEX chains_identity ON chains (computer, source, repository);
-     ALTER TABLE repositories ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared';",
+     ALTER TABLE repositories ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared';
+     CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated TEXT NOT NULL);",
     ),
 ];
 

@@ -166,6 +166,10 @@ pub struct Job {
     pub pre_command: Option<String>,
     #[serde(default)]
     pub post_command: Option<String>,
+    /// Secrets from the server's sealed store that the pre and post commands receive as
+    /// environment variables `BULWARK_SECRET_<NAME>`, so their text holds no credential.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 impl Job {
@@ -186,6 +190,9 @@ impl Job {
         }
         if (self.sources.is_empty() && self.mode != "computer") || self.sources.len() > 64 {
             return Err("a job needs 1 to 64 sources".into());
+        }
+        for name in &self.secrets {
+            check_secret_name(name)?;
         }
         if let Some(s) = self.sources.iter().find(|s| !s.starts_with('/')) {
             return Err(format!("source {s:?} must be an absolute path"));
@@ -249,6 +256,31 @@ impl Job {
         name.truncate(128);
         name
     }
+}
+
+/// A secret's name: what an environment variable can be called after `BULWARK_SECRET_`.
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a secret name: letters, digits and '_', not starting with a digit (at most 64)"))
+    }
+}
+
+/// The environment variable a command reads a secret from.
+pub fn secret_variable(name: &str) -> String {
+    format!("BULWARK_SECRET_{}", name.to_ascii_uppercase())
+}
+
+/// A secret's value (write only: the API never returns it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretInput {
+    pub value: String,
 }
 
 /// A restore through the server.

@@ -44,6 +44,8 @@ pub fn document() -> Value {
             "/transports": {"get": op("Joined transport nodes", None, false)},
             "/repositories": {"get": op("Repositories", None, false), "post": op("Create (or adopt) a repository on a transport node", Some("RepositoryInput"), true)},
             "/repositories/{name}": {"parameters": name_param(), "get": op("A repository", None, false), "patch": op("Change a repository's task maximum", Some("RepositoryUpdate"), true), "delete": op("Forget a repository (its files stay)", None, true)},
+            "/secrets": {"get": op("Names of the secrets jobs' commands may use (never their values)", None, true)},
+            "/secrets/{name}": {"parameters": name_param(), "put": op("Set a secret (sealed at rest; commands read it as BULWARK_SECRET_<NAME>)", Some("SecretInput"), true), "delete": op("Delete a secret", None, true)},
             "/groups": {"get": op("Protection groups", None, false), "post": op("Create a protection group", Some("GroupInput"), true)},
             "/groups/{name}": {"parameters": name_param(), "get": op("A protection group", None, false), "put": op("Replace a group's computers", Some("GroupInput"), true), "delete": op("Delete a protection group", None, true)},
             "/jobs": {"get": op("Jobs", None, false), "post": op("Create a job", Some("Job"), true)},
@@ -83,8 +85,10 @@ pub fn document() -> Value {
                     "retention": {"type": "object", "properties": {"keep_last": s("integer"), "keep_daily": s("integer"), "keep_weekly": s("integer"), "keep_monthly": s("integer")}},
                     "retries": {"type": "object", "properties": {"tries": {"type": "integer", "minimum": 1, "maximum": 10}, "delay_minutes": {"type": "integer", "minimum": 0, "maximum": 1440}}},
                     "throttle_mbps": {"type": "integer", "minimum": 0}, "priority": {"type": "integer", "minimum": -100, "maximum": 100},
-                    "streams": {"type": "integer", "minimum": 1, "maximum": 16}, "pre_command": s("string"), "post_command": s("string")
-                }}
+                    "streams": {"type": "integer", "minimum": 1, "maximum": 16}, "pre_command": s("string"), "post_command": s("string"),
+                    "secrets": {"type": "array", "items": s("string")}
+                }},
+                "SecretInput": {"type": "object", "additionalProperties": false, "required": ["value"], "properties": {"value": s("string")}}
             }
         }
     })

@@ -284,7 +284,8 @@ pub async fn repository_access(db: &Db, name: &str) -> Result<Option<(String, St
 
 /// Seals the passwords that servers before sealing stored in clear (once, at start).
 pub async fn seal_clear_passwords(db: &Db) -> Result<()> {
-    let rows = sqlx::query("SELECT name, password FROM repositories WHERE password IS NOT NULL").fetch_all(&db.pool).await?;
+    let rows =
+        sqlx::query("SELECT name, password FROM repositories WHERE password IS NOT NULL").fetch_all(&db.pool).await?;
     for r in rows {
         let (name, stored) = (text(&r, "name"), text(&r, "password"));
         if !Secrets::is_sealed(&stored) {
@@ -404,6 +405,44 @@ pub async fn jobs_using(db: &Db, field: &str, name: &str) -> Result<Vec<String>>
         .collect())
 }
 
+// ---- secrets for commands ----
+
+fn secret_row(name: &str) -> String {
+    format!("secret {name}")
+}
+
+/// Stores (or replaces) a secret, sealed.
+pub async fn set_secret(db: &Db, name: &str, value: &str) -> Result<()> {
+    let sealed = db.secrets.seal(&secret_row(name), value);
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO secrets (name, value, updated) VALUES ($1, $2, $3)")
+        .bind(name)
+        .bind(sealed)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The secrets' names and when each was set: never their values.
+pub async fn secret_names(db: &Db) -> Result<Vec<Value>> {
+    let rows = sqlx::query("SELECT name, updated FROM secrets ORDER BY name").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(|r| json!({"name": text(r, "name"), "updated": text(r, "updated")})).collect())
+}
+
+/// The values of `names`, unsealed, for a task's commands; `Ok(Err(name))` names one missing.
+pub async fn secret_values(db: &Db, names: &[String]) -> Result<std::result::Result<Vec<(String, String)>, String>> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let row = sqlx::query("SELECT value FROM secrets WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
+        let Some(r) = row else { return Ok(Err(name.clone())) };
+        out.push((name.clone(), db.secrets.open(&secret_row(name), &text(&r, "value"))?));
+    }
+    Ok(Ok(out))
+}
+
 // ---- backup chains ----
 
 /// Whose backup chain a source of a computer in a repository is.
@@ -504,12 +543,13 @@ async fn legacy_name(db: &Db, computer: &str, source: &str, repository: &str) ->
 
 /// The names of a job's chains on one computer in one repository: what its retention prunes.
 pub async fn chain_names(db: &Db, job: &str, computer: &str, repository: &str) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT name FROM chains WHERE job = $1 AND computer = $2 AND repository = $3 ORDER BY name")
-        .bind(job)
-        .bind(computer)
-        .bind(repository)
-        .fetch_all(&db.pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT name FROM chains WHERE job = $1 AND computer = $2 AND repository = $3 ORDER BY name")
+            .bind(job)
+            .bind(computer)
+            .bind(repository)
+            .fetch_all(&db.pool)
+            .await?;
     Ok(rows.iter().map(|r| text(r, "name")).collect())
 }
 

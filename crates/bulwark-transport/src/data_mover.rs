@@ -220,7 +220,8 @@ impl Session {
                 self.may_use(&name)?;
                 // A point written with other keys (before its computer was isolated, or by a
                 // standalone backup) is none the agent can read: it starts afresh.
-                let m = self.repo.latest(&name).map_err(repo_err)?.filter(|m| m.key_scope.as_deref() == self.repo.scope());
+                let m =
+                    self.repo.latest(&name).map_err(repo_err)?.filter(|m| m.key_scope.as_deref() == self.repo.scope());
                 if let Some(m) = &m {
                     self.readable.lock().expect("lock").insert(m.id.to_string());
                 }

@@ -226,10 +226,16 @@ pub struct JobArgs {
     priority: i64,
     #[arg(long, default_value_t = 2)]
     streams: u32,
+    /// Run on the computer before the snapshot (`/bin/sh -c`); a failure fails the task.
     #[arg(long)]
     pre_command: Option<String>,
+    /// Run on the computer after the transfer; a failure makes the task a warning.
     #[arg(long)]
     post_command: Option<String>,
+    /// A secret (see `bulwark secret set`) the commands receive as BULWARK_SECRET_<NAME>,
+    /// so that no credential is written into their text. Repeat for several.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
 }
 
 impl JobArgs {
@@ -255,7 +261,7 @@ impl JobArgs {
             "name": self.name, "mode": self.mode, "computers": self.computers, "groups": self.groups,
             "repository": self.repository, "sources": self.sources, "exclude": self.exclude,
             "retries": {"tries": self.tries, "delay_minutes": self.retry_delay_minutes},
-            "priority": self.priority, "streams": self.streams,
+            "priority": self.priority, "streams": self.streams, "secrets": self.secrets,
             "retention": {"keep_last": self.keep_last},
         });
         let opt = [
@@ -365,6 +371,43 @@ pub fn print_table(as_json: bool, v: &Value, columns: &[&str]) {
     for r in rows {
         println!("{}", line(columns.iter().map(|k| cell(r, k)).collect()));
     }
+}
+
+#[derive(Subcommand)]
+pub enum SecretCmd {
+    /// Names of the secrets and when each was set (values are never shown).
+    List,
+    /// Set (or replace) a secret from the first line of a file, or of standard input with `-`.
+    /// It is sealed in the server's database; jobs naming it with `--secret NAME` hand it to
+    /// their pre and post commands as the environment variable BULWARK_SECRET_<NAME>.
+    Set {
+        name: String,
+        #[arg(long)]
+        value_file: PathBuf,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+pub fn secret(c: Conn, cmd: SecretCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let v = match cmd {
+        SecretCmd::List => api.call("GET", "/secrets", None)?,
+        SecretCmd::Set { name, value_file } => {
+            let text = if value_file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read the secret from standard input")?
+            } else {
+                std::fs::read_to_string(&value_file)
+                    .with_context(|| format!("cannot read secret file {}", value_file.display()))?
+            };
+            let value = text.lines().next().unwrap_or_default().to_string();
+            api.call("PUT", &format!("/secrets/{name}"), Some(json!({ "value": value })))?
+        }
+        SecretCmd::Delete { name } => api.call("DELETE", &format!("/secrets/{name}"), None)?,
+    };
+    print(&c, &v, &["name", "updated", "variable"]);
+    Ok(())
 }
 
 pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {

@@ -99,6 +99,9 @@ enum Command {
     /// Repositories the server knows (through the server).
     #[command(subcommand)]
     Repository(admin::RepositoryCmd),
+    /// Secrets for jobs' pre and post commands, sealed on the server (through the server).
+    #[command(subcommand)]
+    Secret(admin::SecretCmd),
     /// Protected computers (joined agents).
     #[command(subcommand)]
     Computer(admin::ComputerCmd),
@@ -416,6 +419,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         }
         Command::Token(c) => admin::token(conn, c)?,
         Command::Repository(c) => admin::repository(conn, c)?,
+        Command::Secret(c) => admin::secret(conn, c)?,
         Command::Computer(c) => admin::computer(conn, c)?,
         Command::Group(c) => admin::group(conn, c)?,
         Command::Job(c) => admin::job(conn, c)?,

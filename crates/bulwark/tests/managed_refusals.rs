@@ -135,6 +135,22 @@ fn raw_frames(
     })
 }
 
+/// The point agent a1's tasks in these tests may begin.
+fn a1_disk() -> bulwark_repo::PointSpec {
+    bulwark_repo::PointSpec {
+        kind: bulwark_repo::PointKind::Volume,
+        name: "a1-disk".into(),
+        source: "/dev/vda".into(),
+        volume_size: 1 << 20,
+        block_size: bulwark_repo::BlockSize::DEFAULT,
+        compression: Default::default(),
+        parent: None,
+        snapshot: "none".into(),
+        consistency: "crash".into(),
+        key_scope: None,
+    }
+}
+
 fn open(ticket: &str, protocol: u32) -> AgentFrame {
     AgentFrame { frame: Some(agent_frame::Frame::Open(Open { protocol, ticket: ticket.into(), stream: 0 })) }
 }
@@ -282,18 +298,7 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     assert!(answers.iter().any(|a| a.contains("\"web-2-disk\" is not one of task sneaky's")), "{answers:?}");
 
     let m = start(vec!["a1-disk".into()]);
-    let spec = bulwark_repo::PointSpec {
-        kind: bulwark_repo::PointKind::Volume,
-        name: "a1-disk".into(),
-        source: "/dev/vda".into(),
-        volume_size: 1 << 20,
-        block_size: bulwark_repo::BlockSize::DEFAULT,
-        compression: Default::default(),
-        parent: None,
-        snapshot: "none".into(),
-        consistency: "crash".into(),
-        key_scope: None,
-    };
+    let spec = a1_disk();
     let frames = vec![
         open(&m.ticket, 1),
         frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
@@ -360,18 +365,7 @@ fn an_agent_learns_nothing_of_other_computers_in_an_isolated_repository() {
     let transport = c.start(Role::Transport, "t1", &["--root", repos.to_str().unwrap()]);
     let a1 = Identity::load(&agent.data_dir).unwrap().unwrap();
     let frame = |f: agent_frame::Frame| AgentFrame { frame: Some(f) };
-    let spec = bulwark_repo::PointSpec {
-        kind: bulwark_repo::PointKind::Volume,
-        name: "a1-disk".into(),
-        source: "/dev/vda".into(),
-        volume_size: 1 << 20,
-        block_size: bulwark_repo::BlockSize::DEFAULT,
-        compression: Default::default(),
-        parent: None,
-        snapshot: "none".into(),
-        consistency: "crash".into(),
-        key_scope: None,
-    };
+    let spec = a1_disk();
     let secret_block = vec![0x42_u8; 256 << 10];
     for isolation in [bulwark_repo::Isolation::Computer, bulwark_repo::Isolation::Shared] {
         let dir = repos.join(isolation.name());
@@ -405,7 +399,8 @@ fn an_agent_learns_nothing_of_other_computers_in_an_isolated_repository() {
             .into_inner()
         });
         let handed = repo.scoped("a1").keys().master_key().unwrap();
-        let mut guess = bulwark_repo::ChunkCodec::new(bulwark_repo::crypto::Keys::from_master(&handed), Default::default());
+        let mut guess =
+            bulwark_repo::ChunkCodec::new(bulwark_repo::crypto::Keys::from_master(&handed), Default::default());
         let guessed = guess.digest(&secret_block);
         let frames = vec![
             open(&m.ticket, 1),

@@ -104,9 +104,15 @@ fn end_to_end(db: Option<&str>) {
     assert_eq!(cli(&server, &["point", "list"]).unwrap().as_array().unwrap().len(), 3);
     assert_eq!(cluster::points(&repo).len(), 3);
 
+    // A second job on the same source and repository would prune the first one's points: it
+    // goes to a repository of its own.
+    let second = repos.join("second");
+    let create = ["repository", "create", "second", "--transport", "store-1", "--path", second.to_str().unwrap()];
+    cli(&server, &create).unwrap();
+
     // A server killed in the middle of a session: on restart, the task it left running is
     // cancelled on its agent and retried; the session ends, nothing is left running.
-    let slow = ["job", "create", "slow", "--computer", "pc-0", "--repository", "main", "--source", at_s];
+    let slow = ["job", "create", "slow", "--computer", "pc-0", "--repository", "second", "--source", at_s];
     cli(
         &server,
         &[&slow[..], &["--snapshot", "none", "--throttle-mbps", "2", "--tries", "2", "--retry-delay-minutes", "0"]]
@@ -134,8 +140,8 @@ fn end_to_end(db: Option<&str>) {
     assert_eq!(t[0]["status"], "failed");
     assert!(t[0]["error"].as_str().unwrap().contains("server restarted"), "{s:#}");
     assert_eq!(t[1]["status"], "success", "{s:#}");
-    assert_eq!(restore(&repo, &latest_point(&server, "pc-0"), dir.path()), std::fs::read(&disks[0]).unwrap());
-    verify_clean(&repo);
+    assert_eq!(restore(&second, &latest_point(&server, "pc-0"), dir.path()), std::fs::read(&disks[0]).unwrap());
+    verify_clean(&second);
     drop((agents, transport));
 }
 

@@ -3,7 +3,8 @@
 //! their own restore points (retention and the previous point stay in one backup chain); a
 //! second job on the same source and repository is refused; repository passwords are sealed in
 //! the config database, whose directory and files are private, and a copy of the database
-//! without the server's secret key unseals nothing; a password for an unencrypted repository is
+//! without the server's secret key unseals nothing; commands take credentials from the sealed
+//! store as environment variables; a password for an unencrypted repository is
 //! refused instead of reported as encryption.
 
 mod cluster;
@@ -29,10 +30,10 @@ fn restored_file(repo: &Path, id: &str, dir: &Path, file: &str) -> String {
     std::fs::read_to_string(out.join(file)).unwrap()
 }
 
-/// The error of the first task of the newest session of `job`.
+/// The error of the first task of the newest session of `job` (sessions are listed newest first).
 fn last_task_error(server: &cluster::server::Server, job: &str) -> String {
     let sessions = cli(server, &["session", "list", "--job", job]).unwrap();
-    let id = sessions.as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    let id = sessions.as_array().unwrap()[0]["id"].as_str().unwrap().to_string();
     let s = cli(server, &["session", "show", &id]).unwrap();
     assert_eq!(s["status"], "failed", "{s:#}");
     s["tasks"][0]["error"].as_str().unwrap_or_default().to_string()
@@ -69,7 +70,8 @@ fn colliding_sources_keep_their_own_chains_and_secrets_stay_sealed() {
     std::fs::create_dir_all(&dash).unwrap();
     std::fs::create_dir_all(&slash).unwrap();
     let main = repos.join("main");
-    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", main.to_str().unwrap()]).unwrap();
+    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", main.to_str().unwrap()])
+        .unwrap();
     let (dash_s, slash_s) = (dash.to_str().unwrap(), slash.to_str().unwrap());
     let job = ["job", "create", "files", "--computer", "db", "--repository", "main", "--mode", "files"];
     cli(&server, &[&job[..], &["--source", dash_s, "--source", slash_s, "--keep-last", "1"]].concat()).unwrap();
@@ -106,13 +108,33 @@ fn colliding_sources_keep_their_own_chains_and_secrets_stay_sealed() {
     let create = ["repository", "create", "vault", "--transport", "store-1", "--path", vault.to_str().unwrap()];
     let r = cli(&server, &[&create[..], &["--password-file", pw.to_str().unwrap()]].concat()).unwrap();
     assert_eq!(r["encrypted"], true);
+    // A command's credential comes from the sealed store, not from the command's text.
+    let db_password = "pg-s3cret-for-the-pre-step";
+    let value = dir.path().join("value");
+    std::fs::write(&value, format!("{db_password}\n")).unwrap();
+    let marker = dir.path().join("pre-step-saw-the-secret");
+    let pre = format!("printf %s \"$BULWARK_SECRET_PGPASS\" > '{}'", marker.display());
     let job = ["job", "create", "sealed", "--computer", "db", "--repository", "vault", "--mode", "files"];
-    cli(&server, &[&job[..], &["--source", dash_s, "--tries", "1"]].concat()).unwrap();
+    cli(
+        &server,
+        &[&job[..], &["--source", dash_s, "--tries", "1", "--pre-command", &pre, "--secret", "pgpass"]].concat(),
+    )
+    .unwrap();
+    cli(&server, &["job", "start", "sealed", "--wait"]).unwrap_err();
+    assert!(last_task_error(&server, "sealed").contains("secret pgpass, which is not set"));
+    cli(&server, &["secret", "set", "pgpass", "--value-file", value.to_str().unwrap()]).unwrap();
+    let listed = cli(&server, &["secret", "list"]).unwrap();
+    assert_eq!(listed[0]["name"], "pgpass");
+    assert!(!listed.to_string().contains(db_password), "{listed}");
     let s = cli(&server, &["job", "start", "sealed", "--wait"]).unwrap();
     assert_eq!(s["status"], "success", "{s:#}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), db_password, "the pre-step's environment");
+    assert!(!s.to_string().contains(db_password), "the task's log shows the secret");
     for f in ["config.db", "config.db-wal"] {
         let bytes = std::fs::read(data.join(f)).unwrap_or_default();
-        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{f} holds the password in clear");
+        for clear in [secret, db_password] {
+            assert!(!bytes.windows(clear.len()).any(|w| w == clear.as_bytes()), "{f} holds {clear:?} in clear");
+        }
     }
 
     // A password for a repository that exists unencrypted: refused, not recorded as encrypted.
