@@ -126,3 +126,51 @@ fn verify_forget_and_gc_work_on_file_points() {
     assert_eq!(files.as_array().unwrap(), &vec![serde_json::json!("docs/report.bin")], "{v}");
     assert_ne!(v["points"][0]["point"], first["point"]);
 }
+
+/// Runs `bulwark ARGS` as the unprivileged user 65534 (nobody).
+fn as_nobody(args: &[&std::ffi::OsStr]) -> Run {
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .env_remove("BULWARK_PASSWORD"))
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// A directory the user cannot list or enter is not backed up as an empty point that looks
+/// like a success: the backup fails naming it, and nothing is committed.
+#[test]
+fn backing_up_a_directory_the_user_cannot_enter_fails() {
+    assert!(bulwark_testkit::is_root(), "needs root to switch users; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let repo = init_repo(dir.path());
+    assert!(Command::new("chown").args(["-R", "65534:65534"]).arg(&repo).status().unwrap().success());
+    // 0700: cannot list; 0744: can list, cannot enter (no entry's metadata is readable).
+    for mode in [0o700, 0o744] {
+        let src = dir.path().join(format!("src-{mode:o}"));
+        std::fs::create_dir_all(src.join("inside")).unwrap();
+        std::fs::write(src.join("file"), b"data").unwrap();
+        chmod(&src, mode);
+        let r = as_nobody(&[
+            "backup".as_ref(),
+            src.as_ref(),
+            "--repo".as_ref(),
+            repo.as_ref(),
+            "--name".as_ref(),
+            "src".as_ref(),
+        ]);
+        assert_eq!(r.code, 1, "mode {mode:o}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&*src.to_string_lossy()) && r.stderr.contains("cannot list or enter"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    }
+    let points = json(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert_eq!(points.as_array().unwrap().len(), 0, "nothing committed: {points}");
+}
