@@ -179,6 +179,11 @@ fn attr(dir: &Path, name: &str) -> Option<String> {
     fs::read_to_string(dir.join(name)).ok().map(|s| s.trim().to_string())
 }
 
+/// Where the device `path` (major:minor `major_minor`) is mounted now, "[SWAP]" for swap.
+pub(crate) fn mount_points_of(major_minor: &str, path: &str) -> Vec<String> {
+    mounts().into_iter().filter(|m| m.is_of(major_minor, path)).map(|m| m.target).collect()
+}
+
 /// A mount (from /proc/self/mountinfo) or an active swap area (from /proc/swaps).
 struct Mount {
     dev: String,

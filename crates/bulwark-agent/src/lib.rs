@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod change_tracking;
+mod device_guard;
 mod error;
 pub mod files;
 pub mod filter;

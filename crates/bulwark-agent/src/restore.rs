@@ -239,11 +239,21 @@ impl Drop for StagedFile {
     }
 }
 
+/// A short name for a file being restored, unique among the restores of this process (the
+/// agent runs several at once): short, because the name it stands in for may already be as long
+/// as Linux allows.
+pub(crate) fn staging_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(".bulwark-restore-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Opens the target; for files, returns the staged path to rename into place on success.
 fn open_target(path: &Path, size: u64, overwrite: bool) -> Result<(Target, Option<(PathBuf, PathBuf)>)> {
     let terr = |what: &str, e| AgentError::Target { path: path.into(), what: what.into(), source: e };
     match std::fs::metadata(path) {
-        Ok(md) if md.file_type().is_block_device() => return Ok((open_device_target(path, size)?, None)),
+        Ok(md) if md.file_type().is_block_device() => {
+            return Ok((open_device_target(path, size, overwrite)?, None));
+        }
         Ok(md) if md.is_file() => {
             if md.len() > 0 && !overwrite {
                 return Err(AgentError::BadTarget {
@@ -261,13 +271,10 @@ fn open_target(path: &Path, size: u64, overwrite: bool) -> Result<(Target, Optio
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(terr("cannot inspect", e)),
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| AgentError::BadTarget { path: path.into(), reason: "has no file name".into() })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".bulwark-restore-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    if path.file_name().is_none() {
+        return Err(AgentError::BadTarget { path: path.into(), reason: "has no file name".into() });
+    }
+    let tmp = path.with_file_name(staging_name());
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -295,18 +295,32 @@ fn run_restore(
             done.fetch_add(n, Ordering::Relaxed);
         };
         if m.kind == bulwark_repo::PointKind::Files {
-            let opts = crate::files::FileRestoreOptions { overwrite: spec.overwrite, paths: spec.paths.clone() };
-            crate::files::restore_files(&target, &m, &to, &opts, &progress, &cancel)
-                .map(|r| serde_json::to_string(&r).expect("report"))
+            let opts = crate::files::FileRestoreOptions {
+                overwrite: spec.overwrite,
+                paths: spec.paths.clone(),
+                safe: spec.safe,
+            };
+            let report = crate::files::restore_files(&target, &m, &to, &opts, &progress, &cancel)
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+            let json = serde_json::to_string(&report).expect("report");
+            if !report.complete {
+                // The report still reaches the server: it lists what is missing.
+                let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: json })));
+                return Err(format!("{}: {}", to.display(), report.incomplete_summary()));
+            }
+            Ok(json)
         } else {
             if !spec.paths.is_empty() {
                 return Err(format!("paths select files of a file-level point; {} is a volume point", m.id));
             }
+            if spec.safe {
+                return Err(format!("safe restores are for file-level points; {} is a volume point", m.id));
+            }
             let opts = crate::RestoreOptions { overwrite: spec.overwrite, ..Default::default() };
             crate::restore_volume(&target, &m, &to, &opts, &progress, &cancel)
                 .map(|r| serde_json::to_string(&r).expect("report"))
+                .map_err(|e| format!("{}: {e}", to.display()))
         }
-        .map_err(|e| format!("{}: {e}", to.display()))
     })();
     let (status, error) = match outcome {
         Ok(report) => {

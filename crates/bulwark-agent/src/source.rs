@@ -51,11 +51,14 @@ pub struct Target {
     pub kind: VolumeKind,
 }
 
-/// Opens a block device for restore: exclusively (the kernel refuses while it is mounted) and
-/// only if it can hold `size` bytes. Nothing is written here.
-pub fn open_device_target(path: &Path, size: u64) -> Result<Target> {
+/// Opens a block device for restore: only if it is not in use, exclusively (the kernel refuses
+/// while it is mounted), only if it can hold `size` bytes, and, unless `overwrite`, only if it
+/// is empty ([`crate::device_guard`]). Nothing is written here.
+pub fn open_device_target(path: &Path, size: u64, overwrite: bool) -> Result<Target> {
     let err = |what: &str, e: io::Error| AgentError::Target { path: path.into(), what: what.into(), source: e };
+    crate::device_guard::refuse_if_in_use(path)?;
     let mut file = OpenOptions::new()
+        .read(true)
         .write(true)
         .custom_flags(libc::O_EXCL)
         .open(path)
@@ -67,5 +70,6 @@ pub fn open_device_target(path: &Path, size: u64) -> Result<Target> {
             reason: format!("too small: it holds {have} bytes, the volume needs {size}; nothing was written"),
         });
     }
+    crate::device_guard::refuse_if_not_empty(path, &file, have, overwrite)?;
     Ok(Target { file, fresh: false, kind: VolumeKind::BlockDevice })
 }

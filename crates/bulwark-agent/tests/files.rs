@@ -269,7 +269,7 @@ fn partial_restore_and_existing_targets() {
     assert!(err.to_string().contains("--overwrite"), "{err}");
     assert_eq!(std::fs::read(out.join("etc/ssh/sshd_config")).unwrap(), b"local edit");
     // …and a path the point lacks is refused before anything is written.
-    let o = FileRestoreOptions { paths: vec!["etc/nope".into()], overwrite: true };
+    let o = FileRestoreOptions { paths: vec!["etc/nope".into()], overwrite: true, ..Default::default() };
     assert!(restore_files(&repo, &m, &out, &o, &|_| {}, &NO_CANCEL).unwrap_err().to_string().contains("no path"));
     assert_eq!(std::fs::read(out.join("etc/ssh/sshd_config")).unwrap(), b"local edit");
     let o = FileRestoreOptions { overwrite: true, ..Default::default() };
@@ -300,51 +300,194 @@ fn excluded_globs_are_not_backed_up() {
     assert_eq!(paths, vec!["", "home", "home/ann", "home/ann/keep", "var"]);
 }
 
+/// Commits a point whose tree is exactly `entries`, as a tampered repository could hold.
+fn crafted_point(repo: &Repository, entries: &[bulwark_repo::tree::TreeEntry]) -> bulwark_repo::Manifest {
+    use bulwark_repo::{BlockSize, Compression, FileSummary, PointKind, PointSpec, PointStats};
+    let mut stream = Vec::new();
+    for e in entries {
+        e.encode(&mut stream);
+    }
+    let spec = PointSpec {
+        kind: PointKind::Files,
+        name: "evil".into(),
+        source: "crafted".into(),
+        volume_size: 0,
+        block_size: BlockSize::new(1 << 20).unwrap(),
+        compression: Compression::None,
+        parent: None,
+        snapshot: "none".into(),
+        consistency: "crash-inconsistent".into(),
+        key_scope: None,
+    };
+    let w = repo.begin_point(spec).unwrap();
+    let mut codec = repo.codec(Compression::None);
+    let id = codec.digest(&stream);
+    repo.put_chunk(&id, &codec.encode(&id, &stream)).unwrap();
+    w.commit_files(&[id], stream.len() as u64, PointStats::default(), FileSummary::default()).unwrap()
+}
+
+fn entry(kind: bulwark_repo::tree::EntryKind, path: &str, target: &str) -> bulwark_repo::tree::TreeEntry {
+    let mut e = bulwark_repo::tree::TreeEntry::new(kind, path.as_bytes().to_vec());
+    e.target = target.as_bytes().to_vec();
+    e.mode = 0o644;
+    e
+}
+
+/// The entries a restore reported as not restored, with the reasons.
+fn failed(r: &bulwark_agent::files::FileRestoreReport) -> Vec<(String, String)> {
+    r.failed.iter().map(|f| (f.path.clone(), f.reason.clone())).collect()
+}
+
 /// A point whose tree was crafted to escape the target: `../` paths, absolute paths and paths
-/// through a symlink are refused, and nothing lands outside the target.
+/// through a symlink are refused and reported, and nothing lands outside the target.
 #[test]
 fn crafted_trees_cannot_restore_outside_the_target() {
-    use bulwark_repo::tree::{EntryKind, TreeEntry};
-    use bulwark_repo::{BlockSize, Compression, FileSummary, PointKind, PointSpec, PointStats};
-    for evil in [
-        vec![TreeEntry::new(EntryKind::Dir, vec![]), TreeEntry::new(EntryKind::Fifo, b"../escaped".to_vec())],
-        vec![TreeEntry::new(EntryKind::Dir, vec![]), TreeEntry::new(EntryKind::Fifo, b"/escaped".to_vec())],
-        vec![
-            TreeEntry::new(EntryKind::Dir, vec![]),
-            {
-                let mut l = TreeEntry::new(EntryKind::Symlink, b"a".to_vec());
-                l.target = b"..".to_vec();
-                l
-            },
-            TreeEntry::new(EntryKind::Fifo, b"a/escaped".to_vec()),
-        ],
+    use bulwark_repo::tree::EntryKind::{Dir, Fifo, Symlink};
+    for (evil, refused) in [
+        (vec![entry(Dir, "", ""), entry(Fifo, "../escaped", "")], "../escaped"),
+        (vec![entry(Dir, "", ""), entry(Fifo, "/escaped", "")], "/escaped"),
+        (vec![entry(Dir, "", ""), entry(Symlink, "a", ".."), entry(Fifo, "a/escaped", "")], "a/escaped"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let repo = new_repo(dir.path(), false);
-        let mut stream = Vec::new();
-        for e in &evil {
-            e.encode(&mut stream);
-        }
-        let spec = PointSpec {
-            kind: PointKind::Files,
-            name: "evil".into(),
-            source: "crafted".into(),
-            volume_size: 0,
-            block_size: BlockSize::new(1 << 20).unwrap(),
-            compression: Compression::None,
-            parent: None,
-            snapshot: "none".into(),
-            consistency: "crash-inconsistent".into(),
-            key_scope: None,
-        };
-        let w = repo.begin_point(spec).unwrap();
-        let mut codec = repo.codec(Compression::None);
-        let id = codec.digest(&stream);
-        repo.put_chunk(&id, &codec.encode(&id, &stream)).unwrap();
-        let m = w.commit_files(&[id], stream.len() as u64, PointStats::default(), FileSummary::default()).unwrap();
+        let m = crafted_point(&repo, &evil);
         let out = dir.path().join("deep/out");
-        let err = restore_files(&repo, &m, &out, &FileRestoreOptions::default(), &|_| {}, &NO_CANCEL).unwrap_err();
-        assert!(err.to_string().contains("outside its directory"), "{err}");
+        let r = restore_files(&repo, &m, &out, &FileRestoreOptions::default(), &|_| {}, &NO_CANCEL).unwrap();
+        assert!(!r.complete);
+        let f = failed(&r);
+        assert!(f.iter().any(|(p, why)| p == refused && why.contains("outside its directory")), "{f:?}");
         assert!(!dir.path().join("deep/escaped").exists() && !Path::new("/escaped").exists());
     }
+}
+
+/// The attack of a hostile computer's tree: a symlink `x` to a directory outside the target,
+/// then a hard link `y` to `x/secret` (and a file `x/planted`). Restored as root, a naive
+/// restore would link the outside file into the target (and plant one outside). Neither
+/// happens, the entries are reported, and the rest of the tree is restored.
+#[test]
+fn hard_links_and_paths_through_a_restored_symlink_are_refused() {
+    use bulwark_repo::tree::EntryKind::{Dir, File, HardLink, Symlink};
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"root's secret").unwrap();
+    let repo = new_repo(dir.path(), false);
+    let out = dir.path().join("out");
+    let m = crafted_point(
+        &repo,
+        &[
+            entry(Dir, "", ""),
+            entry(File, "fine", ""),
+            entry(Symlink, "x", outside.to_str().unwrap()),
+            entry(File, "x/planted", ""),
+            entry(HardLink, "y", "x/secret"),
+            entry(HardLink, "z", "fine"),
+        ],
+    );
+    let r = restore_files(&repo, &m, &out, &FileRestoreOptions::default(), &|_| {}, &NO_CANCEL).unwrap();
+    let f = failed(&r);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f[0].0 == "x/planted" && f[0].1.contains("outside its directory"), "{f:?}");
+    assert!(f[1].0 == "y" && f[1].1.contains("refused") && f[1].1.contains("x/secret"), "{f:?}");
+    assert!(!r.complete);
+    assert!(!out.join("y").exists(), "nothing linked");
+    assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().nlink(), 1, "the outside file gained no link");
+    let outside_now: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(outside_now, vec![std::ffi::OsString::from("secret")], "nothing planted outside");
+    // The legitimate link is made.
+    assert_eq!(std::fs::metadata(out.join("z")).unwrap().ino(), std::fs::metadata(out.join("fine")).unwrap().ino());
+
+    // The same through a symlink already in the target (not from the tree), with --overwrite.
+    let out2 = dir.path().join("out2");
+    std::fs::create_dir(&out2).unwrap();
+    std::os::unix::fs::symlink(&outside, out2.join("x")).unwrap();
+    let m = crafted_point(&repo, &[entry(Dir, "", ""), entry(HardLink, "y", "x/secret")]);
+    let o = FileRestoreOptions { overwrite: true, ..Default::default() };
+    let r = restore_files(&repo, &m, &out2, &o, &|_| {}, &NO_CANCEL).unwrap();
+    assert!(failed(&r).iter().any(|(p, why)| p == "y" && why.contains("refused")), "{:?}", r.failed);
+    assert!(!out2.join("y").exists());
+    assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().nlink(), 1);
+}
+
+/// Names of 255 bytes (the most Linux allows), for files, directories, symlinks and hard
+/// links, back up and restore.
+#[test]
+fn names_of_255_bytes_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let long = |c: char| c.to_string().repeat(255);
+    let sub = src.join(long('d'));
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join(long('f')), random_bytes(3 << 20, 11)).unwrap();
+    std::fs::write(src.join(long('g')), b"small").unwrap();
+    std::fs::hard_link(src.join(long('g')), sub.join(long('h'))).unwrap();
+    std::os::unix::fs::symlink(long('t'), src.join(long('s'))).unwrap();
+    let want = describe_tree(&src);
+    let repo = new_repo(dir.path(), false);
+    let r = backup(&repo, &src);
+    let out = dir.path().join("out");
+    let m = repo.resolve(&r.point).unwrap();
+    let report = restore_files(&repo, &m, &out, &FileRestoreOptions::default(), &|_| {}, &NO_CANCEL).unwrap();
+    assert!(report.complete, "{:?}", report.failed);
+    assert_same_tree(&describe_tree(&out), &want, "255-byte names");
+}
+
+/// A restore for files of an untrusted computer: no device nodes or fifos, no set-id or
+/// sticky bits on files, no owners, no `security.*` or `trusted.*` attributes; the rest as
+/// it was.
+#[test]
+fn safe_restore_drops_devices_set_id_bits_owners_and_privileged_attributes() {
+    assert!(bulwark_testkit::is_root(), "device nodes and owners need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("shared")).unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    std::fs::write(src.join("suid"), b"#!/bin/sh\n").unwrap();
+    mode(&src.join("suid"), 0o4755);
+    std::fs::write(src.join("sgid"), b"x").unwrap();
+    mode(&src.join("sgid"), 0o2711);
+    std::fs::write(src.join("sticky"), b"x").unwrap();
+    mode(&src.join("sticky"), 0o1644);
+    mode(&src.join("shared"), 0o3777);
+    std::fs::write(src.join("owned"), b"x").unwrap();
+    std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(5678)).unwrap();
+    set_xattr(&src.join("owned"), "user.note", b"kept");
+    set_xattr(&src.join("owned"), "trusted.evil", b"dropped");
+    assert!(Command::new("mkfifo").arg(src.join("fifo")).status().unwrap().success());
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("mem"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 1),
+    )
+    .unwrap();
+    let repo = new_repo(dir.path(), false);
+    let r = backup(&repo, &src);
+    let m = repo.resolve(&r.point).unwrap();
+    let out = dir.path().join("out");
+    let o = FileRestoreOptions { safe: true, ..Default::default() };
+    let report = restore_files(&repo, &m, &out, &o, &|_| {}, &NO_CANCEL).unwrap();
+    assert!(report.complete, "{:?}", report.failed);
+    assert!(!out.join("fifo").exists() && !out.join("mem").exists(), "no device nodes or fifos");
+    for what in ["mem", "fifo"] {
+        assert!(report.warnings.iter().any(|w| w.contains(what) && w.contains("skipped")), "{:?}", report.warnings);
+    }
+    let got = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap();
+    assert_eq!(got("suid").mode() & 0o7777, 0o755);
+    assert_eq!(got("sgid").mode() & 0o7777, 0o711);
+    assert_eq!(got("sticky").mode() & 0o7777, 0o644);
+    assert_eq!(got("shared").mode() & 0o7777, 0o1777, "a directory keeps its sticky bit, loses set-group-id");
+    // The test's own temporary directory belongs to the user running it.
+    let me = std::fs::metadata(dir.path()).map(|m| (m.uid(), m.gid())).unwrap();
+    assert_eq!((got("owned").uid(), got("owned").gid()), me, "owned by the restoring user");
+    assert_eq!(std::fs::read(out.join("owned")).unwrap(), b"x");
+    let attrs: Vec<String> = xattr_names(&out.join("owned"));
+    assert_eq!(attrs, vec!["user.note".to_string()]);
+}
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut buf).unwrap();
+    buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8_lossy(n).into_owned()).collect()
 }

@@ -607,6 +607,7 @@ async fn restore_point(
         target: r.target.clone(),
         overwrite: r.overwrite,
         paths: r.paths,
+        safe: r.safe,
     };
     let out = s.core.manager.run_restore(req).await;
     tracing::info!("restore of {id} to {computer}:{}: {}", r.target, out.status);

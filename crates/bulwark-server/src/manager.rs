@@ -51,6 +51,7 @@ pub struct RestoreRequest {
     pub target: String,
     pub overwrite: bool,
     pub paths: Vec<String>,
+    pub safe: bool,
 }
 
 /// How a task ended.
@@ -203,6 +204,7 @@ impl Manager {
             target: req.target.clone(),
             overwrite: req.overwrite,
             paths: req.paths.clone(),
+            safe: req.safe,
             mover: Some(MoverAddress {
                 address: started.address,
                 node: req.transport.name.clone(),

@@ -297,6 +297,11 @@ pub struct RestoreInput {
     /// File-level points: only these paths.
     #[serde(default)]
     pub paths: Vec<String>,
+    /// File-level points from a computer that is not trusted: no device nodes or fifos, no
+    /// set-id bits, no owners (everything owned by the agent's user), no `security.*` or
+    /// `trusted.*` attributes.
+    #[serde(default)]
+    pub safe: bool,
 }
 
 /// The whole disks of an agent's inventory (what "entire computer" backs up): fixed disks and

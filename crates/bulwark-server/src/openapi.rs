@@ -64,7 +64,7 @@ pub fn document() -> Value {
             "schemas": {
                 "Login": {"type": "object", "additionalProperties": false, "required": ["name", "password"], "properties": {"name": s("string"), "password": s("string")}},
                 "UserInput": {"type": "object", "additionalProperties": false, "required": ["name", "password", "role"], "properties": {"name": s("string"), "password": {"type": "string", "minLength": 10}, "role": {"enum": ["admin", "viewer"]}}},
-                "RestoreInput": {"type": "object", "additionalProperties": false, "required": ["target"], "properties": {"computer": s("string"), "target": s("string"), "overwrite": s("boolean"), "paths": strings}},
+                "RestoreInput": {"type": "object", "additionalProperties": false, "required": ["target"], "properties": {"computer": s("string"), "target": s("string"), "overwrite": s("boolean"), "paths": strings, "safe": s("boolean")}},
                 "TokenRequest": {"type": "object", "additionalProperties": false, "required": ["role"], "properties": {"role": {"enum": ["agent", "transport"]}}},
                 "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}, "isolation": {"enum": ["shared", "computer"], "default": "shared"}}},
                 "RepositoryUpdate": {"type": "object", "additionalProperties": false, "required": ["max_tasks"], "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}}},

@@ -593,18 +593,22 @@ pub fn session(c: Conn, cmd: SessionCmd) -> Result<()> {
     }
 }
 
+/// What a restore through the server asks for.
+pub struct RestoreAsk {
+    pub to: std::path::PathBuf,
+    pub overwrite: bool,
+    pub paths: Vec<String>,
+    pub computer: Option<String>,
+    pub safe: bool,
+}
+
 /// A restore through the server; non-zero exit if it failed.
-pub fn restore(
-    c: Conn,
-    point: &str,
-    to: &std::path::Path,
-    overwrite: bool,
-    paths: Vec<String>,
-    computer: Option<String>,
-) -> Result<()> {
+pub fn restore(c: Conn, point: &str, ask: RestoreAsk) -> Result<()> {
     let api = Api::new(&c)?;
-    let body =
-        json!({"target": to.display().to_string(), "overwrite": overwrite, "paths": paths, "computer": computer});
+    let body = json!({
+        "target": ask.to.display().to_string(), "overwrite": ask.overwrite, "paths": ask.paths,
+        "computer": ask.computer, "safe": ask.safe,
+    });
     let v = api.call("POST", &format!("/points/{point}/restore"), Some(body))?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));

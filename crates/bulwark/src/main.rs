@@ -184,9 +184,15 @@ enum Command {
     /// NAME:latest. Without --repo, through the backup server (BULWARK_SERVER, BULWARK_TOKEN,
     /// BULWARK_CA_CERT): POINT is an id from `bulwark point list`, and the restore runs on
     /// --computer (the point's own by default) from a data mover serving only that point.
-    /// A block device must be unmounted and at least as large as the volume; it is refused
-    /// before anything is written otherwise. A file is created (or replaced with --overwrite)
-    /// and appears only once completely restored.
+    /// A block device must be unmounted, not in use, at least as large as the volume and empty
+    /// (no filesystem, partition table or any data at its start or end) unless --overwrite is
+    /// given; it is refused before anything is written otherwise. A file is created (or
+    /// replaced with --overwrite) and appears only once completely restored.
+    ///
+    /// A file-level restore goes on past an entry it cannot restore (damaged content, a full
+    /// disk): that entry is left out (a file appears only once whole), the report and --json
+    /// list every such entry with the reason, and the exit status is 1. Nothing is ever
+    /// created outside the target directory, whatever the point's tree holds.
     Restore {
         point: String,
         /// Repository directory (standalone restore); absent: through the server.
@@ -201,12 +207,23 @@ enum Command {
         /// Block device or file to restore to.
         #[arg(long)]
         to: PathBuf,
-        /// Replace an existing non-empty target file, or restore into a non-empty directory.
+        /// Replace an existing non-empty target file, write over a block device that holds
+        /// data (a filesystem, a partition table, anything), or restore into a non-empty
+        /// directory.
         #[arg(long)]
         overwrite: bool,
         /// File-level points: restore only this path (and what is under it). Repeatable.
         #[arg(long, value_name = "PATH")]
         path: Vec<String>,
+        /// File-level points: restore files of a computer that is not trusted onto this one.
+        /// Device nodes and fifos are skipped (with a warning); set-user-id and set-group-id
+        /// bits, and the sticky bit of files, are cleared; owners are not applied (everything
+        /// belongs to the user running the restore); extended attributes that grant
+        /// privileges or steer the kernel (`security.*`, such as file capabilities and
+        /// SELinux labels, and `trusted.*`) are not restored. Modes, times, ACLs and `user.*`
+        /// attributes are.
+        #[arg(long)]
+        safe: bool,
         #[arg(long)]
         json: bool,
     },
@@ -522,16 +539,16 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 ui::backup_summary(&report);
             }
         }
-        Command::Restore { point, repo: None, to, overwrite, path, json, computer, .. } => {
+        Command::Restore { point, repo: None, to, overwrite, path, safe, json, computer, .. } => {
             let conn = admin::Conn { json, ..conn };
-            admin::restore(conn, &point, &to, overwrite, path, computer)?
+            admin::restore(conn, &point, admin::RestoreAsk { to, overwrite, paths: path, computer, safe })?
         }
-        Command::Restore { point, repo: Some(repo), password_file, to, overwrite, path, json, .. } => {
+        Command::Restore { point, repo: Some(repo), password_file, to, overwrite, path, safe, json, .. } => {
             let r = RepoArgs { path: repo, password_file }.open()?;
             let m = r.resolve(&point)?;
             if m.kind == PointKind::Files {
                 let bar = ui::spinner_bytes("restore", json);
-                let opts = FileRestoreOptions { overwrite, paths: path };
+                let opts = FileRestoreOptions { overwrite, paths: path, safe };
                 let report = bulwark_agent::files::restore_files(&r, &m, &to, &opts, &|n| bar.inc(n), &CANCEL)?;
                 bar.finish_and_clear();
                 if json {
@@ -539,10 +556,16 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 } else {
                     ui::file_restore_summary(&report);
                 }
+                if !report.complete {
+                    bail!("restore into {} is incomplete: {}", to.display(), report.incomplete_summary());
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             if !path.is_empty() {
                 bail!("--path selects files of a file-level point; {} is a volume point", m.id);
+            }
+            if safe {
+                bail!("--safe is for file-level points; {} is a volume point", m.id);
             }
             let bar = ui::bar(m.volume_size, "restore", json);
             let opts = RestoreOptions { overwrite, ..Default::default() };

@@ -237,6 +237,15 @@ pub fn file_restore_summary(r: &bulwark_agent::files::FileRestoreReport) {
     for w in &r.warnings {
         println!("  warning: {w}");
     }
+    if !r.complete {
+        println!("INCOMPLETE: {} entries were not restored (everything else was):", r.failed_total);
+        for f in &r.failed {
+            println!("  not restored: {}: {}", f.path, f.reason);
+        }
+        if r.failed_total > r.failed.len() as u64 {
+            println!("  … and {} more", r.failed_total - r.failed.len() as u64);
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 
 #[test]
@@ -131,10 +133,75 @@ fn restore_onto_a_used_block_device_is_identical() {
     // The device holds old data everywhere, so zero blocks must really be written.
     let dev = bulwark_testkit::LoopDevice::create(dir.path(), "dev.img", 16 << 20);
     std::fs::write(&dev.device, vec![0xeeu8; 16 << 20]).unwrap();
-    let r = restore(&repo, "a:latest", &dev.device);
+    let r =
+        run(bulwark().args(["restore", "a:latest", "--overwrite", "--repo"]).arg(&repo).arg("--to").arg(&dev.device));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let got = std::fs::read(&dev.device).unwrap();
     assert!(got[..data.len()] == data[..], "restored device differs");
+}
+
+/// One mistyped device name must not destroy a disk: a device holding a filesystem, a
+/// partition table or any data is refused without --overwrite (naming the device and what it
+/// holds, writing nothing); a mounted one is refused even with it.
+#[test]
+fn a_device_that_holds_data_or_is_mounted_is_refused() {
+    assert!(bulwark_testkit::is_root(), "loop devices need root; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let data = bulwark_testkit::mixed_bytes(8 << 20, 1 << 20, 5);
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, &data).unwrap();
+    backup(&repo, &img, "a");
+    let dev = bulwark_testkit::LoopDevice::create(dir.path(), "dev.img", 16 << 20);
+    let shown = dev.device.display().to_string();
+    let restore_to = |overwrite: bool| {
+        let mut c = bulwark();
+        c.args(["restore", "a:latest", "--repo"]).arg(&repo).arg("--to").arg(&dev.device);
+        if overwrite {
+            c.arg("--overwrite");
+        }
+        run(&mut c)
+    };
+    let partition_table = || {
+        let mut mbr = vec![0u8; 512];
+        mbr[446 + 4] = 0x83;
+        mbr[510..].copy_from_slice(&[0x55, 0xaa]);
+        mbr
+    };
+    bulwark_testkit::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dev.device));
+    for (what, expect) in [("filesystem", "ext4"), ("partition table", "MBR"), ("stray bytes", "offset 16252928")] {
+        match what {
+            "partition table" => {
+                std::fs::write(&dev.device, vec![0u8; 16 << 20]).unwrap();
+                std::fs::write(&dev.device, partition_table()).unwrap();
+            }
+            "stray bytes" => {
+                std::fs::write(&dev.device, vec![0u8; 16 << 20]).unwrap();
+                let f = std::fs::OpenOptions::new().write(true).open(&dev.device).unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&f, b"x", 16252928).unwrap();
+            }
+            _ => {}
+        }
+        let before = std::fs::read(&dev.device).unwrap();
+        let r = restore_to(false);
+        assert_eq!(r.code, 1, "{what}: {}", r.stderr);
+        assert!(r.stderr.contains(&shown) && r.stderr.contains("not empty"), "{what}: {}", r.stderr);
+        assert!(r.stderr.contains(expect) && r.stderr.contains("--overwrite"), "{what}: {}", r.stderr);
+        assert!(std::fs::read(&dev.device).unwrap() == before, "{what}: nothing was written");
+    }
+    let r = restore_to(true);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(std::fs::read(&dev.device).unwrap()[..data.len()] == data[..], "restored with --overwrite");
+
+    let fs = bulwark_testkit::MountedFs::create(dir.path(), "ext4", 16 << 20);
+    let r = run(bulwark()
+        .args(["restore", "a:latest", "--overwrite", "--repo"])
+        .arg(&repo)
+        .arg("--to")
+        .arg(&fs.loopdev.device));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is mounted at") && r.stderr.contains(&*fs.path().to_string_lossy()), "{}", r.stderr);
+    assert!(fs.path().join("lost+found").exists(), "the mounted filesystem is intact");
 }
 
 #[test]

@@ -126,3 +126,144 @@ fn verify_forget_and_gc_work_on_file_points() {
     assert_eq!(files.as_array().unwrap(), &vec![serde_json::json!("docs/report.bin")], "{v}");
     assert_ne!(v["points"][0]["point"], first["point"]);
 }
+
+/// Runs `bulwark ARGS` as the unprivileged user 65534 (nobody).
+fn as_nobody(args: &[&std::ffi::OsStr]) -> Run {
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .env_remove("BULWARK_PASSWORD"))
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// One file whose content is damaged in the repository does not stop the restore: the rest
+/// comes back, the damaged file is absent (not half written), the report and --json name it
+/// with the reason, and the exit status is 1.
+#[test]
+fn a_damaged_file_is_reported_and_everything_else_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::write(src.join("a-first"), b"first").unwrap();
+    std::fs::write(src.join("docs/big.bin"), bulwark_testkit::random_bytes(3 << 20, 21)).unwrap();
+    std::fs::write(src.join("z-last"), b"last").unwrap();
+    let repo = init_repo(dir.path());
+    backup(&repo, &src, "src");
+    // The big file's chunks are the only large ones (the tree's piece is small).
+    for d in std::fs::read_dir(repo.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if std::fs::metadata(&p).unwrap().len() > 200_000 {
+                std::fs::write(&p, b"garbage").unwrap();
+            }
+        }
+    }
+    let out = dir.path().join("out");
+    let r = run(bulwark().args(["restore", "src:latest", "--json", "--repo"]).arg(&repo).arg("--to").arg(&out));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("incomplete") && r.stderr.contains("docs/big.bin"), "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["failed_total"], 1);
+    assert_eq!(v["failed"][0]["path"], "docs/big.bin", "{v:#}");
+    assert!(v["failed"][0]["reason"].as_str().unwrap().contains("damaged"), "{v:#}");
+    assert_eq!(std::fs::read(out.join("a-first")).unwrap(), b"first");
+    assert_eq!(std::fs::read(out.join("z-last")).unwrap(), b"last");
+    let left: Vec<_> = std::fs::read_dir(out.join("docs")).unwrap().collect();
+    assert!(left.is_empty(), "no half file and no temporary file: {left:?}");
+
+    let out = dir.path().join("out-human");
+    let r = restore(&repo, "src:latest", &out);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("INCOMPLETE") && r.stdout.contains("not restored: docs/big.bin"), "{}", r.stdout);
+}
+
+/// Restoring as an unprivileged user: owners cannot be set, and that costs nothing else:
+/// modes, extended attributes and the times of files and directories are applied.
+#[test]
+fn an_unprivileged_restore_keeps_modes_times_and_attributes() {
+    assert!(bulwark_testkit::is_root(), "needs root to switch users; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/shared"), b"group-writable").unwrap();
+    chmod(&src.join("sub/shared"), 0o664);
+    std::os::unix::fs::lchown(src.join("sub/shared"), Some(1000), Some(1000)).unwrap();
+    rustix::fs::lsetxattr(src.join("sub/shared").as_path(), "user.note", b"kept", rustix::fs::XattrFlags::empty())
+        .unwrap();
+    chmod(&src.join("sub"), 0o750);
+    std::os::unix::fs::lchown(src.join("sub"), Some(1000), Some(1000)).unwrap();
+    let old = rustix::fs::Timespec { tv_sec: 1_500_000_000, tv_nsec: 123_456_789 };
+    for p in [src.join("sub/shared"), src.join("sub")] {
+        let ts = rustix::fs::Timestamps { last_access: old, last_modification: old };
+        rustix::fs::utimensat(rustix::fs::CWD, &p, &ts, rustix::fs::AtFlags::empty()).unwrap();
+    }
+    let repo = init_repo(dir.path());
+    backup(&repo, &src, "src");
+    assert!(Command::new("chown").args(["-R", "65534:65534"]).arg(&repo).status().unwrap().success());
+    // An empty directory the user may write: where such a user restores.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::lchown(&out, Some(65534), Some(65534)).unwrap();
+    let r = as_nobody(&[
+        "restore".as_ref(),
+        "src:latest".as_ref(),
+        "--repo".as_ref(),
+        repo.as_ref(),
+        "--to".as_ref(),
+        out.as_ref(),
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("cannot set owner"), "the owner is a warning: {}", r.stdout);
+    let md = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(md("sub/shared").mode() & 0o7777, 0o664);
+    assert_eq!(md("sub").mode() & 0o7777, 0o750);
+    assert_eq!(md("sub/shared").uid(), 65534);
+    for p in ["sub/shared", "sub"] {
+        assert_eq!((md(p).mtime(), md(p).mtime_nsec()), (old.tv_sec, old.tv_nsec), "{p}: times applied");
+    }
+    let mut v = vec![0u8; 64];
+    let n = rustix::fs::lgetxattr(out.join("sub/shared").as_path(), "user.note", &mut v).unwrap();
+    assert_eq!(&v[..n], b"kept");
+}
+
+/// A directory the user cannot list or enter is not backed up as an empty point that looks
+/// like a success: the backup fails naming it, and nothing is committed.
+#[test]
+fn backing_up_a_directory_the_user_cannot_enter_fails() {
+    assert!(bulwark_testkit::is_root(), "needs root to switch users; run the suite as root");
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let repo = init_repo(dir.path());
+    assert!(Command::new("chown").args(["-R", "65534:65534"]).arg(&repo).status().unwrap().success());
+    // 0700: cannot list; 0744: can list, cannot enter (no entry's metadata is readable).
+    for mode in [0o700, 0o744] {
+        let src = dir.path().join(format!("src-{mode:o}"));
+        std::fs::create_dir_all(src.join("inside")).unwrap();
+        std::fs::write(src.join("file"), b"data").unwrap();
+        chmod(&src, mode);
+        let r = as_nobody(&[
+            "backup".as_ref(),
+            src.as_ref(),
+            "--repo".as_ref(),
+            repo.as_ref(),
+            "--name".as_ref(),
+            "src".as_ref(),
+        ]);
+        assert_eq!(r.code, 1, "mode {mode:o}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&*src.to_string_lossy()) && r.stderr.contains("cannot list or enter"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    }
+    let points = json(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert_eq!(points.as_array().unwrap().len(), 0, "nothing committed: {points}");
+}

@@ -68,6 +68,9 @@ fn join_run_tasks_and_restore_byte_identical() {
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
     std::fs::write(tree.join("big.bin"), bulwark_testkit::random_bytes(3 << 20, 9)).unwrap();
+    std::fs::write(tree.join("etc/tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(tree.join("etc/tool"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(tree.join("pipe")).status().unwrap().success());
     let marker = c.dir.path().join("pre-ran");
     let mut spec = volume_spec(&tree, "web-1-files");
     spec.kind = "files".into();
@@ -93,6 +96,29 @@ fn join_run_tasks_and_restore_byte_identical() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     use bulwark_testkit::describe_tree;
     bulwark_testkit::assert_same_tree(&describe_tree(&back), &describe_tree(&tree), "file-level restore");
+
+    // A safe restore through the backup manager: the agent gets `safe` and drops the fifo and
+    // the set-user-id bit.
+    let safe_to = c.dir.path().join("tree-safe");
+    let req = bulwark_server::manager::RestoreRequest {
+        task_id: "r1".into(),
+        agent: agent.node(),
+        transport: transport.node(),
+        repository: repo.display().to_string(),
+        password: None,
+        point: again.points[0].id.to_string(),
+        name: "web-1-files".into(),
+        target: safe_to.display().to_string(),
+        overwrite: false,
+        paths: Vec::new(),
+        safe: true,
+    };
+    let r = c.rt.block_on(c.manager.run_restore(req));
+    assert_eq!(r.status, "success", "{r:?}");
+    let mode = std::fs::metadata(safe_to.join("etc/tool")).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777, 0o755, "set-user-id cleared");
+    assert!(!safe_to.join("pipe").exists(), "no fifo");
+    assert_eq!(std::fs::read(safe_to.join("big.bin")).unwrap(), std::fs::read(tree.join("big.bin")).unwrap());
     verify_clean(&repo);
 }
 

@@ -87,6 +87,15 @@ fn end_to_end(db: Option<&str>) {
     assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&disks[1]).unwrap());
     let e = cli(&server, &["restore", &pc1, "--to", target.to_str().unwrap(), "--computer", "pc-2"]).unwrap_err();
     assert!(e.contains("overwrite") || e.contains("exists"), "{e}");
+    // A device that holds data is refused through the server too, unless overwrite is asked.
+    let dev = bulwark_testkit::LoopDevice::create(dir.path(), "target-dev.img", 24 << 20);
+    bulwark_testkit::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dev.device));
+    let to_dev = ["restore", &pc1, "--to", dev.device.to_str().unwrap(), "--computer", "pc-2"];
+    let e = cli(&server, &to_dev).unwrap_err();
+    assert!(e.contains("not empty") && e.contains("ext4") && e.contains(dev.device.to_str().unwrap()), "{e}");
+    let r = cli(&server, &[&to_dev[..], &["--overwrite"]].concat()).unwrap();
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert!(std::fs::read(&dev.device).unwrap() == std::fs::read(&disks[1]).unwrap());
     assert!(cli(&server, &["restore", "20200101T000000Z-000000", "--to", "/tmp/x"])
         .unwrap_err()
         .contains("no restore point"));

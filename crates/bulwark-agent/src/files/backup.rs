@@ -135,6 +135,7 @@ pub fn backup_files(
     if !md.is_dir() {
         return Err(AgentError::BadSource { path: source.into(), reason: "not a directory".into() });
     }
+    check_enterable(source)?;
     let provider: Box<dyn SnapshotProvider> = match opts.snapshot {
         SnapshotMode::Auto if is_btrfs_subvolume(source) => Box::new(BtrfsProvider),
         SnapshotMode::Auto | SnapshotMode::None => Box::new(NoSnapshot),
@@ -329,6 +330,21 @@ pub fn backup_files(
     })
 }
 
+/// A directory this user cannot list or enter would back up as an empty point that looks like
+/// a success: refuse it before anything is written.
+fn check_enterable(dir: &Path) -> Result<()> {
+    let refused = |e: std::io::Error| AgentError::Source {
+        path: dir.into(),
+        what: "cannot list or enter the directory to back up (run the backup as a user who can, such as \
+               root); nothing was backed up"
+            .into(),
+        source: e,
+    };
+    std::fs::read_dir(dir).map_err(refused)?;
+    // Looking `.` up inside needs the search permission that reading any entry's metadata needs.
+    std::fs::symlink_metadata(dir.join(".")).map(drop).map_err(refused)
+}
+
 /// Counts a warning and keeps the first [`MAX_WARNINGS`] for the report.
 fn add_warning(summary: &mut FileSummary, w: String) {
     summary.warnings_total += 1;
@@ -376,6 +392,8 @@ impl Walker<'_> {
             what: "cannot stat".into(),
             source: e,
         })?;
+        // A snapshot's root is checked too: the source's was checked before it was taken.
+        check_enterable(root)?;
         let entry = entry_for(root, Vec::new(), &md, &self.names).expect("a directory has an entry");
         self.send(entry, root.to_path_buf(), None, false)?;
         self.visit_dir(root, &[])

@@ -105,26 +105,64 @@ pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// How much of an entry's metadata a restore applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetaPolicy {
+    /// For files from a computer that is not trusted: no owners (the restoring user keeps
+    /// them), no set-user-id, set-group-id or (on files) sticky bits, and no extended attributes
+    /// that grant privileges or that the kernel and security modules act on (`security.*`,
+    /// which holds file capabilities and labels, and `trusted.*`).
+    pub safe: bool,
+}
+
+impl MetaPolicy {
+    /// The permission bits to apply.
+    pub fn mode(&self, e: &TreeEntry) -> u32 {
+        let mode = e.mode & 0o7777;
+        if !self.safe {
+            return mode;
+        }
+        let sticky = if e.kind == EntryKind::Dir { 0 } else { 0o1000 };
+        mode & !(0o6000 | sticky)
+    }
+
+    fn xattr_wanted(&self, name: &[u8]) -> bool {
+        !self.safe || !(name.starts_with(b"security.") || name.starts_with(b"trusted."))
+    }
+}
+
 /// Applies owner, mode, extended attributes and timestamps, in the order that keeps each:
-/// `chown` clears set-id bits, so the mode follows it; times come last.
-pub fn apply(path: &Path, e: &TreeEntry) -> Result<(), String> {
-    let err = |what: &str, x: std::io::Error| format!("{}: {what}: {x}", path.display());
-    std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid)).map_err(|x| err("cannot set owner", x))?;
+/// `chown` clears set-id bits, so the mode follows it; times come last. Each piece is applied
+/// on its own: one that fails (an owner, when not restoring as root) is a warning and the
+/// others still apply. Returns the warnings.
+pub fn apply(path: &Path, e: &TreeEntry, policy: MetaPolicy) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut warn = |what: &str, x: std::io::Error| warnings.push(format!("{}: {what}: {x}", path.display()));
+    if !policy.safe {
+        if let Err(x) = std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid)) {
+            warn(&format!("cannot set owner {}:{}", e.uid, e.gid), x);
+        }
+    }
     if e.kind != EntryKind::Symlink {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(e.mode & 0o7777))
-            .map_err(|x| err("cannot set mode", x))?;
+        let mode = policy.mode(e);
+        if let Err(x) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            warn(&format!("cannot set mode {mode:04o}"), x);
+        }
     }
-    for (k, v) in &e.xattrs {
-        rustix::fs::lsetxattr(path, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
-            .map_err(|x| err(&format!("cannot set attribute {}", String::from_utf8_lossy(k)), x.into()))?;
+    for (k, v) in e.xattrs.iter().filter(|(k, _)| policy.xattr_wanted(k)) {
+        if let Err(x) = rustix::fs::lsetxattr(path, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty()) {
+            warn(&format!("cannot set attribute {}", String::from_utf8_lossy(k)), x.into());
+        }
     }
     let ts = |t: Time| rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ };
-    rustix::fs::utimensat(
+    if let Err(x) = rustix::fs::utimensat(
         rustix::fs::CWD,
         path,
         &rustix::fs::Timestamps { last_access: ts(e.atime), last_modification: ts(e.mtime) },
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|x| err("cannot set times", x.into()))
+    ) {
+        warn("cannot set times", x.into());
+    }
+    warnings
 }

@@ -3,11 +3,23 @@
 //! The tree is streamed once to check that every requested path is in the point, then again to
 //! restore. Directories get their metadata when the walk leaves them (so restoring their
 //! children does not disturb their times). Every chunk is checked against its digest as it is
-//! read: damaged content stops the restore with the file named, never written as if it were
-//! right. An existing target is only written into with `overwrite`.
+//! read: damaged content is never written as if it were right. An existing target is only
+//! written into with `overwrite`.
+//!
+//! One entry that cannot be restored (damaged content, a full disk, a name the target refuses)
+//! does not stop the restore: a backup administrator wants everything that can be restored. It
+//! is left out (a file appears only once whole) and listed in the report with the reason, and
+//! the report is then incomplete. Only what makes every further entry pointless stops it: an
+//! unreadable tree, an unreachable repository, a cancel.
+//!
+//! Nothing is ever written outside the target, whatever the tree says: an entry is created only
+//! in a directory this restore made (or, with `overwrite`, found there as a real directory), so
+//! no path passes through a symlink; a hard link's first path is resolved one component at a
+//! time without following symlinks.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -15,12 +27,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bulwark_repo::tree::{EntryKind, TreeEntry};
-use bulwark_repo::{Compression, Manifest};
+use bulwark_repo::{ChunkCodec, Compression, Manifest, RepoError};
 
 use crate::target::{read_tree, BackupTarget};
 use serde::Serialize;
 
-use super::meta::apply;
+use super::meta::{apply, MetaPolicy};
 use crate::error::{AgentError, Result};
 use crate::Progress;
 
@@ -30,6 +42,17 @@ pub struct FileRestoreOptions {
     pub overwrite: bool,
     /// Restore only these paths (and what is under them); everything when empty.
     pub paths: Vec<String>,
+    /// The files come from a computer that is not trusted: no device nodes or fifos, no
+    /// set-id bits, no owners (the restoring user owns everything), no privilege-granting
+    /// extended attributes. See [`MetaPolicy`].
+    pub safe: bool,
+}
+
+/// An entry the restore left out, or could not restore completely.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotRestored {
+    pub path: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,15 +64,43 @@ pub struct FileRestoreReport {
     pub files: u64,
     pub written_bytes: u64,
     pub duration_s: f64,
-    /// Metadata that could not be applied (for example an owner, when not restoring as root).
+    /// Whether every selected entry was restored: when false, `failed` says which were not.
+    pub complete: bool,
+    /// Entries not restored (the first [`MAX_LISTED`]), with the reason; the rest of the tree
+    /// was restored.
+    pub failed: Vec<NotRestored>,
+    pub failed_total: u64,
+    /// Metadata that could not be applied (for example an owner, when not restoring as root),
+    /// and entries a safe restore skipped on purpose.
     pub warnings: Vec<String>,
 }
 
+/// How many failed entries and warnings a report lists (the totals count them all).
+pub const MAX_LISTED: usize = 1000;
+
 impl FileRestoreReport {
-    /// Keeps the first hundred warnings.
+    /// One sentence for an incomplete restore: how many entries are missing and the first.
+    pub fn incomplete_summary(&self) -> String {
+        let first = self.failed.first().map(|f| format!("; first: {}: {}", f.path, f.reason)).unwrap_or_default();
+        format!(
+            "{} entr{} not restored (the rest of the tree was){first}",
+            self.failed_total,
+            if self.failed_total == 1 { "y was" } else { "ies were" }
+        )
+    }
+
     fn warn(&mut self, w: String) {
-        if self.warnings.len() < 100 {
+        if self.warnings.len() < MAX_LISTED {
             self.warnings.push(w);
+        }
+    }
+
+    fn fail(&mut self, path: &[u8], reason: String) {
+        self.complete = false;
+        self.failed_total += 1;
+        if self.failed.len() < MAX_LISTED {
+            let path = if path.is_empty() { ".".into() } else { String::from_utf8_lossy(path).into_owned() };
+            self.failed.push(NotRestored { path, reason });
         }
     }
 }
@@ -93,6 +144,10 @@ pub fn list_tree(
     Ok(())
 }
 
+/// Restores the selected entries of the file point `m` into the directory `target`. Entries
+/// that could not be restored are in the report (`complete` false); an error means the restore
+/// could not go on at all (or never started: a requested path the point lacks, a non-empty
+/// target without `overwrite`).
 pub fn restore_files(
     repo: &dyn BackupTarget,
     m: &Manifest,
@@ -103,8 +158,49 @@ pub fn restore_files(
 ) -> Result<FileRestoreReport> {
     let started = Instant::now();
     let sel = Selection::new(&opts.paths);
-    let terr = |what: String, e: std::io::Error| AgentError::Target { path: target.into(), what, source: e };
-    // Every requested path must be in the point before anything is written.
+    check_selection(repo, m, target, &sel)?;
+    prepare_target(target, opts.overwrite)?;
+    let mut r = Restorer {
+        repo,
+        target,
+        sel,
+        overwrite: opts.overwrite,
+        safe: opts.safe,
+        policy: MetaPolicy { safe: opts.safe },
+        progress,
+        codec: repo.point_codec(m, Compression::None),
+        stored: Vec::new(),
+        block: Vec::new(),
+        open_dirs: Vec::new(),
+        failed_dirs: HashSet::new(),
+        report: FileRestoreReport {
+            point: m.id.to_string(),
+            name: m.name.clone(),
+            target: target.display().to_string(),
+            entries: 0,
+            files: 0,
+            written_bytes: 0,
+            duration_s: 0.0,
+            complete: true,
+            failed: Vec::new(),
+            failed_total: 0,
+            warnings: Vec::new(),
+        },
+    };
+    read_tree(repo, m, |e| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RepoError::Invalid { repo: repo.label(), reason: "cancelled".into() });
+        }
+        r.entry(e)
+    })
+    .map_err(|e| if cancel.load(Ordering::Relaxed) { AgentError::Cancelled } else { e.into() })?;
+    r.close_dirs(None);
+    r.report.duration_s = started.elapsed().as_secs_f64();
+    Ok(r.report)
+}
+
+/// Every requested path must be in the point before anything is written.
+fn check_selection(repo: &dyn BackupTarget, m: &Manifest, target: &Path, sel: &Selection) -> Result<()> {
     let mut found: HashSet<Vec<u8>> = HashSet::new();
     read_tree(repo, m, |e| {
         if sel.0.contains(&e.path) {
@@ -112,246 +208,353 @@ pub fn restore_files(
         }
         Ok(())
     })?;
-    if let Some(missing) = sel.0.iter().find(|p| !found.contains(*p)) {
-        return Err(AgentError::BadTarget {
+    match sel.0.iter().find(|p| !found.contains(*p)) {
+        Some(missing) => Err(AgentError::BadTarget {
             path: target.into(),
             reason: format!("point {} has no path {:?}; nothing was written", m.id, String::from_utf8_lossy(missing)),
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// Creates the target directory, or checks that an existing one may be written into.
+fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
+    let terr = |what: &str, e: std::io::Error| AgentError::Target { path: target.into(), what: what.into(), source: e };
     match std::fs::read_dir(target) {
         Ok(mut rd) => {
-            if rd.next().is_some() && !opts.overwrite {
+            if rd.next().is_some() && !overwrite {
                 return Err(AgentError::BadTarget {
                     path: target.into(),
                     reason: "exists and is not empty; pass --overwrite to restore into it".into(),
                 });
             }
+            Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(target).map_err(|e| terr("cannot create".into(), e))?
+            std::fs::create_dir_all(target).map_err(|e| terr("cannot create", e))
         }
-        Err(e) => return Err(terr("is not a usable directory".into(), e)),
+        Err(e) => Err(terr("is not a usable directory", e)),
     }
+}
 
-    let mut report = FileRestoreReport {
-        point: m.id.to_string(),
-        name: m.name.clone(),
-        target: target.display().to_string(),
-        entries: 0,
-        files: 0,
-        written_bytes: 0,
-        duration_s: 0.0,
-        warnings: Vec::new(),
-    };
-    let mut codec = repo.point_codec(m, Compression::None);
-    let (mut stored, mut block) = (Vec::new(), Vec::new());
-    // Directories whose metadata is applied when the walk leaves them.
-    let mut open_dirs: Vec<(PathBuf, TreeEntry)> = Vec::new();
-    read_tree(repo, m, |e| {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(bulwark_repo::RepoError::Invalid { repo: repo.label(), reason: "cancelled".into() });
-        }
-        if !sel.wants(&e.path) {
+/// Why one entry was not restored.
+enum Fail {
+    /// Left out; the restore goes on.
+    Entry(String),
+    /// The restore cannot go on (the repository is unreachable or unusable).
+    Fatal(RepoError),
+}
+
+impl From<String> for Fail {
+    fn from(reason: String) -> Self {
+        Fail::Entry(reason)
+    }
+}
+
+/// What happened to an entry that did not fail.
+enum Done {
+    Restored,
+    /// A hard link made to a file restored earlier: its metadata is that file's.
+    Linked,
+    /// Left out on purpose (a device node in a safe restore); already warned about.
+    Skipped,
+}
+
+struct Restorer<'a> {
+    repo: &'a dyn BackupTarget,
+    target: &'a Path,
+    sel: Selection,
+    overwrite: bool,
+    safe: bool,
+    policy: MetaPolicy,
+    progress: Progress<'a>,
+    codec: ChunkCodec,
+    stored: Vec<u8>,
+    block: Vec<u8>,
+    /// Directories this restore made (or found as real directories, with `overwrite`): the
+    /// only places an entry may be created. Their metadata is applied when the walk leaves them.
+    open_dirs: Vec<(PathBuf, TreeEntry)>,
+    /// Directories that could not be restored: what is under them cannot be either.
+    failed_dirs: HashSet<Vec<u8>>,
+    report: FileRestoreReport,
+}
+
+impl Restorer<'_> {
+    fn entry(&mut self, e: TreeEntry) -> bulwark_repo::Result<()> {
+        if !self.sel.wants(&e.path) {
             return Ok(());
         }
-        while let Some((_, top)) = open_dirs.last() {
-            if Selection::under(&e.path, &top.path) && e.path != top.path {
-                break;
-            }
-            let (p, d) = open_dirs.pop().expect("not empty");
-            if let Err(w) = apply(&p, &d) {
-                report.warn(w);
-            }
-        }
-        // A tree from the repository is authenticated, but restore must stay inside the target
-        // whatever the records say: only plain relative paths, and only under a directory this
-        // restore created (a symlink of the tree or of the target never leads outside).
-        let unsafe_path =
-            |p: &[u8]| p.starts_with(b"/") || p.split(|&c| c == b'/').any(|c| c.is_empty() || c == b"." || c == b"..");
-        let parent_ok = match e.path.iter().rposition(|&c| c == b'/') {
-            _ if e.path.is_empty() => true,
-            Some(i) => open_dirs.last().is_some_and(|(_, d)| d.path == e.path[..i]),
-            None => open_dirs.last().is_some_and(|(_, d)| d.path.is_empty()),
+        self.close_dirs(Some(&e.path));
+        let placed = self.check_place(&e).map(|()| self.dest(&e.path));
+        let outcome = match placed {
+            Ok(dest) => self.restore(&e, &dest).map(|done| (dest, done)),
+            Err(reason) => Err(Fail::Entry(reason)),
         };
-        if (!e.path.is_empty() && unsafe_path(&e.path))
-            || (e.kind == EntryKind::HardLink && unsafe_path(&e.target))
-            || !parent_ok
-        {
-            return Err(bulwark_repo::RepoError::DamagedPoint {
-                repo: repo.label(),
-                point: m.id.to_string(),
-                reason: format!(
-                    "tree entry {:?} would restore outside its directory; the restore stopped there",
-                    e.path_lossy()
-                ),
-            });
-        }
-        let dest = if e.path.is_empty() { target.to_path_buf() } else { target.join(OsStr::from_bytes(&e.path)) };
-        let outcome = restore_entry(
-            repo,
-            &mut codec,
-            &mut stored,
-            &mut block,
-            &e,
-            &dest,
-            target,
-            &sel,
-            opts.overwrite,
-            progress,
-            &mut report,
-        );
         match outcome {
-            Ok(()) => {}
-            Err(Fail::Data(err)) => {
-                return Err(bulwark_repo::RepoError::DamagedPoint {
-                    repo: repo.label(),
-                    point: m.id.to_string(),
-                    reason: format!("{}: {err}; the restore stopped there", e.path_lossy()),
-                })
+            Ok((dest, Done::Restored)) => {
+                self.report.entries += 1;
+                if e.kind == EntryKind::Dir {
+                    self.open_dirs.push((dest, e));
+                } else {
+                    self.apply(&dest, &e);
+                }
             }
-            Err(Fail::Io(what, err)) => {
-                return Err(bulwark_repo::RepoError::Invalid {
-                    repo: repo.label(),
-                    reason: format!("{}: {what}: {err}", dest.display()),
-                })
+            Ok((_, Done::Linked)) => self.report.entries += 1,
+            Ok((_, Done::Skipped)) => {}
+            Err(Fail::Entry(reason)) => {
+                if e.kind == EntryKind::Dir {
+                    self.failed_dirs.insert(e.path.clone());
+                }
+                self.report.fail(&e.path, reason);
             }
-        }
-        report.entries += 1;
-        if e.kind == EntryKind::Dir {
-            open_dirs.push((dest, e));
-        } else if e.kind != EntryKind::HardLink {
-            if let Err(w) = apply(&dest, &e) {
-                report.warn(w);
-            }
+            Err(Fail::Fatal(err)) => return Err(err),
         }
         Ok(())
-    })?;
-    while let Some((p, d)) = open_dirs.pop() {
-        if let Err(w) = apply(&p, &d) {
-            report.warn(w);
+    }
+
+    fn dest(&self, path: &[u8]) -> PathBuf {
+        if path.is_empty() {
+            self.target.to_path_buf()
+        } else {
+            self.target.join(OsStr::from_bytes(path))
         }
     }
-    report.duration_s = started.elapsed().as_secs_f64();
-    Ok(report)
-}
 
-enum Fail {
-    Data(bulwark_repo::RepoError),
-    Io(&'static str, std::io::Error),
-}
-
-#[allow(clippy::too_many_arguments)]
-fn restore_entry(
-    repo: &dyn BackupTarget,
-    codec: &mut bulwark_repo::ChunkCodec,
-    stored: &mut Vec<u8>,
-    block: &mut Vec<u8>,
-    e: &TreeEntry,
-    dest: &Path,
-    target: &Path,
-    sel: &Selection,
-    overwrite: bool,
-    progress: Progress,
-    report: &mut FileRestoreReport,
-) -> std::result::Result<(), Fail> {
-    let io = |what: &'static str| move |err: std::io::Error| Fail::Io(what, err);
-    let replace = |dest: &Path| -> std::result::Result<(), Fail> {
-        match std::fs::symlink_metadata(dest) {
-            Ok(md) if md.is_dir() => std::fs::remove_dir_all(dest).map_err(io("cannot replace")),
-            Ok(_) => std::fs::remove_file(dest).map_err(io("cannot replace")),
-            Err(_) => Ok(()),
+    fn apply(&mut self, dest: &Path, e: &TreeEntry) {
+        for w in apply(dest, e, self.policy) {
+            self.report.warn(w);
         }
-    };
-    // A regular file replaces what is there only once it is whole (below); anything else is
-    // created in place.
-    let writes_file = matches!(e.kind, EntryKind::File) || (e.kind == EntryKind::HardLink && !sel.covers(&e.target));
-    if overwrite && e.kind != EntryKind::Dir && !e.path.is_empty() && !writes_file {
-        replace(dest)?;
     }
-    match e.kind {
-        EntryKind::Dir => {
-            if !e.path.is_empty() {
-                match std::fs::create_dir(dest) {
-                    Ok(()) => {}
-                    // An existing directory, not a symlink to one: children must land inside.
-                    Err(err)
-                        if err.kind() == std::io::ErrorKind::AlreadyExists
-                            && overwrite
-                            && std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) => {}
-                    Err(err) => return Err(Fail::Io("cannot create directory", err)),
-                }
+
+    /// Applies the metadata of the directories the walk has left: all of them when `next` is
+    /// `None`, else those `next` is not under.
+    fn close_dirs(&mut self, next: Option<&[u8]>) {
+        while let Some((_, top)) = self.open_dirs.last() {
+            if next.is_some_and(|p| Selection::under(p, &top.path) && p != top.path) {
+                break;
             }
+            let (p, d) = self.open_dirs.pop().expect("not empty");
+            self.apply(&p, &d);
         }
-        EntryKind::HardLink if sel.covers(&e.target) => {
-            std::fs::hard_link(target.join(OsStr::from_bytes(&e.target)), dest).map_err(io("cannot link"))?;
-            report.files += 1;
-        }
-        EntryKind::File | EntryKind::HardLink => {
-            let name = dest.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
-            let mut tmp_name = b".".to_vec();
-            tmp_name.extend_from_slice(&name);
-            tmp_name.extend_from_slice(format!(".bulwark-restore-{}", std::process::id()).as_bytes());
-            let tmp = dest.with_file_name(OsStr::from_bytes(&tmp_name));
-            let mut staged = Staged(Some(tmp.clone()));
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io("cannot create"))?;
-            // Holes stay holes: only extents with content are written.
-            f.set_len(e.size).map_err(io("cannot size"))?;
-            for x in &e.extents {
-                let Some(id) = x.chunk else { continue };
-                repo.read_chunk_into(codec, &id, stored, block).map_err(Fail::Data)?;
-                if block.len() as u64 != x.length {
-                    return Err(Fail::Data(bulwark_repo::RepoError::DamagedChunk {
-                        repo: repo.label(),
-                        id,
-                        reason: "content has the wrong length for its place".into(),
-                    }));
-                }
-                f.write_all_at(block, x.offset).map_err(io("write failed"))?;
-                report.written_bytes += x.length;
-                progress(x.length);
-            }
-            drop(f);
-            if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
-                replace(dest)?;
-            }
-            std::fs::rename(&tmp, dest).map_err(io("cannot move into place"))?;
-            staged.0 = None;
-            report.files += 1;
-            if e.kind == EntryKind::HardLink {
-                // Restored as a file of its own (its first link was not selected): metadata too.
-                if let Err(w) = apply(dest, e) {
-                    report.warn(w);
-                }
-            }
-        }
-        EntryKind::Symlink => {
-            std::os::unix::fs::symlink(OsStr::from_bytes(&e.target), dest).map_err(io("cannot create symlink"))?
-        }
-        EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo => {
-            let ft = match e.kind {
-                EntryKind::CharDev => rustix::fs::FileType::CharacterDevice,
-                EntryKind::BlockDev => rustix::fs::FileType::BlockDevice,
-                _ => rustix::fs::FileType::Fifo,
+    }
+
+    /// A tree from the repository is authenticated, but a restore must stay inside the target
+    /// whatever the records say: only plain relative paths, and only in a directory this
+    /// restore holds open (so never through a symlink of the tree or of the target).
+    fn check_place(&self, e: &TreeEntry) -> std::result::Result<(), String> {
+        let unsafe_path =
+            |p: &[u8]| p.starts_with(b"/") || p.split(|&c| c == b'/').any(|c| c.is_empty() || c == b"." || c == b"..");
+        if e.path.is_empty() {
+            return match e.kind {
+                EntryKind::Dir => Ok(()),
+                _ => Err("the top of the tree is not a directory; the tree is malformed".into()),
             };
-            rustix::fs::mknodat(rustix::fs::CWD, dest, ft, rustix::fs::Mode::from_raw_mode(e.mode & 0o7777), e.rdev)
-                .map_err(|err| Fail::Io("cannot create node", err.into()))?;
+        }
+        if unsafe_path(&e.path) {
+            return Err("would restore outside its directory (an absolute path or a `.`, `..` or empty \
+                        component); the tree is malformed"
+                .into());
+        }
+        if e.kind == EntryKind::HardLink && unsafe_path(&e.target) {
+            return Err(format!(
+                "a hard link to {:?}, outside its directory; the tree is malformed",
+                String::from_utf8_lossy(&e.target)
+            ));
+        }
+        let parent = match e.path.iter().rposition(|&c| c == b'/') {
+            Some(i) => &e.path[..i],
+            None => &[][..],
+        };
+        if self.open_dirs.last().is_some_and(|(_, d)| d.path == parent) {
+            return Ok(());
+        }
+        if self.failed_dirs.contains(parent) {
+            return Err(format!("its directory {:?} was not restored", String::from_utf8_lossy(parent)));
+        }
+        Err(format!(
+            "would restore outside its directory: {:?} is not a directory this restore made (a symlink, \
+             or out of order); the tree is malformed",
+            String::from_utf8_lossy(parent)
+        ))
+    }
+
+    fn restore(&mut self, e: &TreeEntry, dest: &Path) -> std::result::Result<Done, Fail> {
+        let io = |what: &str, err: std::io::Error| Fail::Entry(format!("{what}: {err}"));
+        // A regular file replaces what is there only once it is whole (in `write_file`);
+        // anything else is created in place.
+        let links = e.kind == EntryKind::HardLink && self.sel.covers(&e.target);
+        let writes_file = e.kind == EntryKind::File || (e.kind == EntryKind::HardLink && !links);
+        let node = matches!(e.kind, EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo);
+        if node && self.safe {
+            self.report.warn(format!("{}: {} skipped (safe restore)", dest.display(), kind_name(e.kind)));
+            return Ok(Done::Skipped);
+        }
+        if self.overwrite && e.kind != EntryKind::Dir && !e.path.is_empty() && !writes_file {
+            replace(dest).map_err(|err| io("cannot replace what is there", err))?;
+        }
+        match e.kind {
+            EntryKind::Dir => {
+                if !e.path.is_empty() {
+                    match std::fs::create_dir(dest) {
+                        Ok(()) => {}
+                        // An existing directory, not a symlink to one: children must land inside.
+                        Err(err)
+                            if err.kind() == std::io::ErrorKind::AlreadyExists
+                                && self.overwrite
+                                && std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) => {}
+                        Err(err) => return Err(io("cannot create directory", err)),
+                    }
+                }
+                Ok(Done::Restored)
+            }
+            EntryKind::HardLink if links => {
+                link_beneath(self.target, &e.target, dest)?;
+                self.report.files += 1;
+                Ok(Done::Linked)
+            }
+            // Restored as a file of its own (its first link was not selected): metadata too.
+            EntryKind::File | EntryKind::HardLink => {
+                self.write_file(e, dest)?;
+                self.report.files += 1;
+                Ok(Done::Restored)
+            }
+            EntryKind::Symlink => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&e.target), dest)
+                    .map_err(|err| io("cannot create symlink", err))?;
+                Ok(Done::Restored)
+            }
+            EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo => {
+                let ft = match e.kind {
+                    EntryKind::CharDev => rustix::fs::FileType::CharacterDevice,
+                    EntryKind::BlockDev => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::Fifo,
+                };
+                let mode = rustix::fs::Mode::from_raw_mode(e.mode & 0o7777);
+                rustix::fs::mknodat(rustix::fs::CWD, dest, ft, mode, e.rdev)
+                    .map_err(|err| io("cannot create node", err.into()))?;
+                Ok(Done::Restored)
+            }
         }
     }
-    Ok(())
+
+    /// Writes a regular file under a short temporary name in its directory and moves it into
+    /// place only when whole. (A name built from the file's own would be too long for a file
+    /// whose name already has the 255 bytes Linux allows.)
+    fn write_file(&mut self, e: &TreeEntry, dest: &Path) -> std::result::Result<(), Fail> {
+        let io = |what: &str, err: std::io::Error| Fail::Entry(format!("{what}: {err}"));
+        let dir = dest.parent().expect("an entry below the target has a parent");
+        let (f, staged) = create_staged(dir).map_err(|err| io("cannot create a temporary file", err))?;
+        // Holes stay holes: only extents with content are written.
+        f.set_len(e.size).map_err(|err| io("cannot size", err))?;
+        for x in &e.extents {
+            let Some(id) = x.chunk else { continue };
+            match self.repo.read_chunk_into(&mut self.codec, &id, &mut self.stored, &mut self.block) {
+                Ok(()) if self.block.len() as u64 == x.length => {}
+                Ok(()) => {
+                    let reason = "content has the wrong length for its place".to_string();
+                    let err = RepoError::DamagedChunk { repo: self.repo.label(), id, reason };
+                    return Err(Fail::Entry(format!("content at offset {} is damaged: {err}", x.offset)));
+                }
+                Err(err @ (RepoError::DamagedChunk { .. } | RepoError::MissingChunk { .. })) => {
+                    return Err(Fail::Entry(format!("content at offset {} is damaged: {err}", x.offset)))
+                }
+                Err(err) => return Err(Fail::Fatal(err)),
+            }
+            f.write_all_at(&self.block, x.offset).map_err(|err| io("write failed", err))?;
+            self.report.written_bytes += x.length;
+            (self.progress)(x.length);
+        }
+        drop(f);
+        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+            replace(dest).map_err(|err| io("cannot replace the directory there", err))?;
+        }
+        std::fs::rename(&staged.0, dest).map_err(|err| io("cannot move into place", err))?;
+        staged.keep();
+        Ok(())
+    }
 }
 
-/// A file being restored under a temporary name; removed unless moved into place.
-struct Staged(Option<PathBuf>);
+fn kind_name(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::CharDev => "character device",
+        EntryKind::BlockDev => "block device",
+        EntryKind::Fifo => "fifo",
+        EntryKind::Dir => "directory",
+        EntryKind::Symlink => "symlink",
+        EntryKind::File | EntryKind::HardLink => "file",
+    }
+}
+
+/// Removes what is at `dest` (a directory with everything in it; a symlink itself, never
+/// what it points to).
+fn replace(dest: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(dest),
+        Ok(_) => std::fs::remove_file(dest),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Makes `dest` a hard link of the regular file at `first` (a path relative to `target`),
+/// resolving `first` one component at a time from `target` without following a symlink, so
+/// the link can only be to a file inside the target, never one a symlink leads to.
+fn link_beneath(target: &Path, first: &[u8], dest: &Path) -> std::result::Result<(), String> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let shown = String::from_utf8_lossy(first);
+    let refuse = |why: String| format!("refused: a hard link to {shown:?}, which {why}");
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir: OwnedFd = rustix::fs::openat(rustix::fs::CWD, target, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|e| format!("cannot open the target: {e}"))?;
+    let mut parts = first.split(|&c| c == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let part = OsStr::from_bytes(part);
+        if parts.peek().is_none() {
+            let st = rustix::fs::statat(&dir, part, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| refuse(format!("is not there ({e})")))?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+                return Err(refuse("is not a regular file".into()));
+            }
+            return rustix::fs::linkat(&dir, part, rustix::fs::CWD, dest, AtFlags::empty())
+                .map_err(|e| format!("cannot link to {shown:?}: {e}"));
+        }
+        // With O_NOFOLLOW and O_DIRECTORY a symlink is refused rather than followed; the
+        // fstat is a second guard (O_PATH opens a symlink itself on some kernels).
+        dir = rustix::fs::openat(&dir, part, flags, Mode::empty())
+            .map_err(|e| refuse(format!("passes through something that is not a directory ({e})")))?;
+        let st = rustix::fs::fstat(&dir).map_err(|e| format!("cannot inspect {shown:?}: {e}"))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+            return Err(refuse("passes through something that is not a directory".into()));
+        }
+    }
+    Err(refuse("is empty".into()))
+}
+
+/// A file being restored under a temporary name; removed unless kept.
+struct Staged(PathBuf, bool);
+
+impl Staged {
+    fn keep(mut self) {
+        self.1 = true;
+    }
+}
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if !self.1 {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A new file with a short, unused name in `dir`, readable only by the restoring user until
+/// its metadata is applied.
+fn create_staged(dir: &Path) -> std::io::Result<(std::fs::File, Staged)> {
+    loop {
+        let tmp = dir.join(crate::restore::staging_name());
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+            Ok(f) => return Ok((f, Staged(tmp, false))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
         }
     }
 }
