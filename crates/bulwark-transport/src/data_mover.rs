@@ -7,8 +7,10 @@
 //!
 //! Stream 0 of the session carries the conversation in order (the previous point, its index,
 //! begin, block entries, commit); streams 1.. carry chunk queries and uploads in parallel. Each
-//! stream is served by its own thread, in order, so `flush` answered on a stream means every
-//! chunk sent before it on that stream is stored.
+//! stream is served by its own thread, in order, and its uploads and flushes by a second one,
+//! in order, so `flush` answered on a stream means every chunk sent before it on that stream is
+//! stored. Every new chunk is checked against its name (authenticated, decompressed, hashed)
+//! before it is stored: what an agent uploads cannot pose as other content.
 //!
 //! A session that ends any other way than by its commits (the agent dies, the connection is cut,
 //! a frame is malformed, the disk fills) drops the point being written: nothing partial becomes
@@ -148,7 +150,9 @@ impl Session {
         }
     }
 
-    /// Serves one stream, in order, on a blocking thread.
+    /// Serves one stream, in order, on a blocking thread. Its uploads are checked and stored by
+    /// a thread of their own, in order, while this one receives the next frames: checking a
+    /// chunk against its name costs about what receiving it does, and the two overlap.
     fn serve_stream(
         &self,
         n: u32,
@@ -156,25 +160,17 @@ impl Session {
         tx: mpsc::Sender<Result<MoverFrame, Status>>,
         rt: tokio::runtime::Handle,
     ) {
-        let mut check = ChunkCheck { codec: self.repo.codec(Compression::None), block: Vec::new() };
-        loop {
-            let frame = match rt.block_on(inbound.message()) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    self.fail(format!("stream {n} from the agent broke: {}", e.message()));
-                    return;
-                }
-            };
-            let outcome = Ask::try_from(frame).and_then(|ask| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(n, ask, &tx, &mut check)))
-                    .unwrap_or_else(|_| Err("internal error handling a frame (see the data mover's log)".into()))
-            });
-            if let Err(reason) = outcome {
-                let _ = tx.blocking_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
-                self.fail(reason);
-                return;
-            }
+        let (store, stored) = std::sync::mpsc::sync_channel::<Store>(8);
+        let ended = std::thread::scope(|scope| {
+            let tx = &tx;
+            scope.spawn(move || self.store_chunks(stored, tx));
+            let ended = self.receive(n, &mut inbound, tx, &store, &rt);
+            // The storing thread ends once it has stored what it was given.
+            drop(store);
+            ended
+        });
+        if !ended {
+            return;
         }
         if n == 0 {
             if self.writer.lock().expect("lock").is_some() {
@@ -184,12 +180,81 @@ impl Session {
         }
     }
 
+    /// Receives a stream's frames and acts on them, until the agent closes it (`true`) or the
+    /// session fails (`false`).
+    fn receive(
+        &self,
+        n: u32,
+        inbound: &mut Streaming<AgentFrame>,
+        tx: &mpsc::Sender<Result<MoverFrame, Status>>,
+        store: &std::sync::mpsc::SyncSender<Store>,
+        rt: &tokio::runtime::Handle,
+    ) -> bool {
+        loop {
+            let frame = match rt.block_on(inbound.message()) {
+                Ok(Some(f)) => f,
+                Ok(None) => return true,
+                Err(e) => {
+                    self.fail(format!("stream {n} from the agent broke: {}", e.message()));
+                    return false;
+                }
+            };
+            let outcome = Ask::try_from(frame).and_then(|ask| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(n, ask, tx, store)))
+                    .unwrap_or_else(|_| Err("internal error handling a frame (see the data mover's log)".into()))
+            });
+            if let Err(reason) = outcome {
+                let _ = tx.blocking_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
+                self.fail(reason);
+                return false;
+            }
+        }
+    }
+
+    /// Checks and stores a stream's uploads in the order they came; answers its flushes once
+    /// every upload before them is stored.
+    fn store_chunks(&self, jobs: std::sync::mpsc::Receiver<Store>, tx: &mpsc::Sender<Result<MoverFrame, Status>>) {
+        let mut check = ChunkCheck { codec: self.repo.codec(Compression::None), block: Vec::new() };
+        for job in jobs {
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+                Store::Put(id, data) => self.store_chunk(&id, &data, &mut check),
+                Store::Flush => tx
+                    .blocking_send(Ok(reply(mover_frame::Frame::Flushed(Empty {}))))
+                    .map_err(|_| "the agent went away".to_string()),
+            }))
+            .unwrap_or_else(|_| Err("internal error storing a chunk (see the data mover's log)".into()));
+            if let Err(reason) = done {
+                let _ = tx.blocking_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
+                self.fail(reason);
+                return;
+            }
+        }
+    }
+
+    fn store_chunk(&self, id: &ChunkId, data: &[u8], check: &mut ChunkCheck) -> Result<(), String> {
+        // A chunk already there is never replaced: whatever an agent sends, it cannot change
+        // what other points reference. (Only a missing or empty one is written.)
+        if self.repo.reuse_chunk(id).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        // Nor does a new chunk count before it is proven to hold what its name says: otherwise
+        // an agent could plant forged content under the name of data other computers will back
+        // up, and their backups would dedupe against it.
+        check.codec.decode_into(id, data, &mut check.block).map_err(|fault| {
+            format!(
+                "chunk {id} sent by agent {} does not hold what its name says ({fault}): refused, nothing stored",
+                self.cfg.agent
+            )
+        })?;
+        self.repo.put_chunk(id, data).map_err(|e| e.to_string())
+    }
+
     fn handle(
         &self,
         n: u32,
         ask: Ask,
         tx: &mpsc::Sender<Result<MoverFrame, Status>>,
-        check: &mut ChunkCheck,
+        store: &std::sync::mpsc::SyncSender<Store>,
     ) -> Result<(), String> {
         use mover_frame::Frame as F;
         let send = |f: F| tx.blocking_send(Ok(reply(f))).map_err(|_| "the agent went away".to_string());
@@ -268,22 +333,9 @@ impl Session {
             Ask::Put { id, data } => {
                 begun()?;
                 self.throttle.take(data.len() as u64);
-                // A chunk already there is never replaced: whatever an agent sends, it cannot
-                // change what other points reference. (Only a missing or empty one is written.)
-                if !self.repo.reuse_chunk(&id).map_err(repo_err)? {
-                    // Nor does a new chunk count before it is proven to hold what its name says:
-                    // otherwise an agent could plant forged content under the name of data
-                    // other computers will back up, and their backups would dedupe against it.
-                    check.codec.decode_into(&id, &data, &mut check.block).map_err(|fault| {
-                        format!(
-                            "chunk {id} sent by agent {} does not hold what its name says ({fault}): refused, \
-                             nothing stored",
-                            self.cfg.agent
-                        )
-                    })?;
-                    self.repo.put_chunk(&id, &data).map_err(repo_err)?;
-                }
                 self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
+                // (When the storing thread has failed, the session is over: its reason is out.)
+                store.send(Store::Put(id, data)).map_err(|_| "the session ended".to_string())?;
             }
             Ask::Begin(spec) => {
                 primary("begin")?;
@@ -323,10 +375,16 @@ impl Session {
                 send(F::Committed(serde_json::to_string(&m).expect("manifest")))?;
                 self.manifests.lock().expect("lock").push(m);
             }
-            Ask::Flush => send(F::Flushed(Empty {}))?,
+            Ask::Flush => store.send(Store::Flush).map_err(|_| "the session ended".to_string())?,
         }
         Ok(())
     }
+}
+
+/// What a stream's storing thread is given, in the order the agent sent it.
+enum Store {
+    Put(ChunkId, Vec<u8>),
+    Flush,
 }
 
 /// A stream's means of checking uploaded chunks against their names (reused for every chunk).
