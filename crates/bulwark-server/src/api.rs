@@ -32,6 +32,8 @@ pub struct AppState {
     pub revoked: bulwark_proto::tls::Revocations,
     /// Password checks in flight: argon2 is made to be costly, so few run at once.
     pub logins: tokio::sync::Semaphore,
+    /// Failed logins per user and address, and the lockouts they earned.
+    pub login_guard: crate::login_guard::LoginGuard,
 }
 
 type S = Arc<AppState>;
@@ -148,8 +150,32 @@ pub fn router(state: S) -> Router {
         .with_state(state)
 }
 
-async fn login(State(s): State<S>, Input(l): Input<Login>) -> ApiResult {
+/// The client's address, when the request came through our TLS listener.
+fn client_ip(peer: &Option<axum::Extension<bulwark_proto::tls::PeerInfo>>) -> Option<std::net::IpAddr> {
+    peer.as_ref().map(|p| p.remote.ip())
+}
+
+async fn login(
+    State(s): State<S>,
+    peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
+    Input(l): Input<Login>,
+) -> ApiResult {
+    use crate::login_guard::Lockout;
     let denied = || ApiError(StatusCode::UNAUTHORIZED, "wrong user name or password".into());
+    let ip = client_ip(&peer);
+    let from = ip.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+    if let Err(lock) = s.login_guard.check(&l.name, ip) {
+        let secs = lock.remaining().as_secs().max(1);
+        let who = match lock {
+            Lockout::User(_) => format!("user {}", l.name),
+            Lockout::Address(_) => format!("address {from}"),
+        };
+        tracing::warn!("login of user {} from {from} refused: {who} is locked out for {secs} s more", l.name);
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins for {who}: try again in {secs} s"),
+        ));
+    }
     let user = store::user_by_name(&s.core.db, &l.name).await?;
     // An unknown user costs the same check as a known one: timing tells nothing.
     let hash = user.as_ref().map_or_else(|| crate::server::DUMMY_HASH.to_string(), |u| u.1.clone());
@@ -157,8 +183,22 @@ async fn login(State(s): State<S>, Input(l): Input<Login>) -> ApiResult {
     let ok =
         tokio::task::spawn_blocking(move || crate::server::verify_password(&l.password, &hash)).await.unwrap_or(false);
     let Some((id, _, _)) = user.filter(|_| ok) else {
+        match s.login_guard.failed(&l.name, ip) {
+            Some(Lockout::User(d)) => tracing::warn!(
+                "failed login of user {} from {from}: the user is locked out for {} s",
+                l.name,
+                d.as_secs_f64()
+            ),
+            Some(Lockout::Address(d)) => tracing::warn!(
+                "failed login of user {} from {from}: the address is locked out for {} s",
+                l.name,
+                d.as_secs_f64()
+            ),
+            None => tracing::warn!("failed login of user {} from {from}", l.name),
+        }
         return Err(denied());
     };
+    s.login_guard.succeeded(&l.name, ip);
     Ok(Json(json!({ "token": store::create_api_token(&s.core.db, &id, "login").await? })))
 }
 

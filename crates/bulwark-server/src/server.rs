@@ -38,6 +38,8 @@ pub struct ServerOptions {
     pub tick: Duration,
     /// Extra names (DNS or IP) the server's certificate carries, for clients dialling those.
     pub tls_names: Vec<String>,
+    /// Lockouts after failed logins.
+    pub login_policy: crate::login_guard::LoginPolicy,
 }
 
 /// What the server says once it listens.
@@ -138,7 +140,13 @@ pub async fn run_with_clock(
     });
 
     let registrar = Registrar::new(ca.clone(), Arc::new(DbNodes(db.clone())));
-    let state = AppState { core, ca, revoked: revoked.clone(), logins: tokio::sync::Semaphore::new(2) };
+    let state = AppState {
+        core,
+        ca,
+        revoked: revoked.clone(),
+        logins: tokio::sync::Semaphore::new(2),
+        login_guard: crate::login_guard::LoginGuard::new(opts.login_policy.clone()),
+    };
     let app = api::router(Arc::new(state)).route_service("/bulwark.v1.Registration/{*method}", registrar.into_server());
     ready(Ready { address, first_admin });
     info!("server listening on {address}");

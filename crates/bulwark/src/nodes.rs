@@ -175,6 +175,7 @@ pub fn run_server(
             db_url: db,
             tick: Duration::from_secs(tick_seconds.max(1)),
             tls_names,
+            login_policy: bulwark_server::login_guard::LoginPolicy::from_env(),
         };
         let serve = bulwark_server::server::run(opts, |r| bulwark_server::server::announce(&r, &data_dir));
         tokio::select! {
