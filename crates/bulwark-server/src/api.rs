@@ -97,6 +97,10 @@ pub struct Caller {
 }
 
 impl Caller {
+    fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
     fn admin(&self) -> Result<(), ApiError> {
         if self.role == "admin" {
             Ok(())
@@ -450,14 +454,38 @@ async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list_jobs(_c: Caller, State(s): State<S>) -> ApiResult {
-    let jobs = store::jobs(&s.core.db).await?;
-    Ok(Json(Value::Array(jobs.into_iter().map(|j| serde_json::to_value(j.job).unwrap_or_default()).collect())))
+/// Pre and post commands, and what they print, often hold credentials (a database password
+/// for a dump, say): only admins see them.
+fn job_for(c: &Caller, job: &Job) -> Value {
+    let mut v = serde_json::to_value(job).unwrap_or_default();
+    if !c.is_admin() {
+        for k in ["pre_command", "post_command"] {
+            if !v[k].is_null() {
+                v[k] = json!("(hidden)");
+            }
+        }
+    }
+    v
 }
 
-async fn show_job(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// A task's log without the lines of its pre and post steps, for viewers (see [`job_for`]).
+fn hide_steps(c: &Caller, task: &mut Value) {
+    if c.is_admin() {
+        return;
+    }
+    if let Some(lines) = task["log"]["lines"].as_array_mut() {
+        lines.retain(|l| !l.as_str().is_some_and(|l| l.starts_with("pre-step") || l.starts_with("post-step")));
+    }
+}
+
+async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult {
+    let jobs = store::jobs(&s.core.db).await?;
+    Ok(Json(Value::Array(jobs.iter().map(|j| job_for(&c, &j.job)).collect())))
+}
+
+async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     let j = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?;
-    let mut v = serde_json::to_value(&j.job).unwrap_or_default();
+    let mut v = job_for(&c, &j.job);
     v["created"] = json!(j.created);
     v["last_session"] = store::sessions(&s.core.db, Some(&name)).await?.into_iter().next().unwrap_or(Value::Null);
     Ok(Json(v))
@@ -537,7 +565,7 @@ fn yes() -> bool {
 }
 
 async fn show_session(
-    _c: Caller,
+    c: Caller,
     State(s): State<S>,
     Path(id): Path<String>,
     Query(q): Query<SessionView>,
@@ -545,6 +573,7 @@ async fn show_session(
     let mut v = store::session_with(&s.core.db, &id, q.logs).await?.ok_or_else(|| missing("session", &id))?;
     let progress = s.core.progress.lock().expect("lock").clone();
     for t in v["tasks"].as_array_mut().into_iter().flatten() {
+        hide_steps(&c, t);
         if let Some(p) = t["id"].as_str().and_then(|id| progress.get(id)) {
             t["progress"] = json!({
                 "total_bytes": p.total_bytes, "read_bytes": p.read_bytes,
