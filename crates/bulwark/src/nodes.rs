@@ -17,8 +17,16 @@ pub struct NodeArgs {
     #[arg(long, env = "BULWARK_SERVER")]
     server: Option<String>,
     /// One-time join token from `bulwark token create`; needed only the first time.
-    #[arg(long)]
+    ///
+    /// A token given here is visible to every user of this computer in the process list
+    /// while the node joins: prefer --join-token-file or the BULWARK_JOIN_TOKEN environment
+    /// variable. Once joined, the node starts itself again without this argument.
+    #[arg(long, env = "BULWARK_JOIN_TOKEN", hide_env_values = true, conflicts_with = "join_token_file")]
     join_token: Option<String>,
+    /// A file whose first line is the join token (keep it mode 0600 and delete it once the
+    /// node has joined); needed only the first time.
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
     /// This node's name (lowercase letters, digits, hyphens); defaults to the host name.
     #[arg(long)]
     name: Option<String>,
@@ -67,17 +75,21 @@ async fn start_node(
     let identity = match Identity::load(&args.data_dir)? {
         Some(id) => id,
         None => {
-            let (Some(server), Some(token)) = (&args.server, &args.join_token) else {
+            let (Some(server), Some(token)) = (&args.server, join_token(args)?) else {
                 bail!(
-                    "{} holds no identity: join a server first with --server URL --join-token TOKEN",
+                    "{} holds no identity: join a server first with --server URL and --join-token-file FILE \
+                     (or BULWARK_JOIN_TOKEN)",
                     args.data_dir.display()
                 );
             };
             let name = args.name.clone().unwrap_or_else(hostname);
             let id =
-                bulwark_proto::node::join(server, token, role, &name, &advertise).await.map_err(anyhow::Error::msg)?;
+                bulwark_proto::node::join(server, &token, role, &name, &advertise).await.map_err(anyhow::Error::msg)?;
             id.save(&args.data_dir)?;
             tracing::info!("joined {server} as {role} {name}");
+            if token_in_arguments() {
+                return Err(restart_without_token(bound));
+            }
             id
         }
     };
@@ -92,6 +104,46 @@ async fn start_node(
     }
     let revoked = Revocations::persistent(&args.data_dir.join("revoked"))?;
     Ok((listener, tls_id, revoked, advertise))
+}
+
+/// The join token from --join-token-file, --join-token or BULWARK_JOIN_TOKEN.
+fn join_token(args: &NodeArgs) -> Result<Option<String>> {
+    let Some(file) = &args.join_token_file else { return Ok(args.join_token.clone()) };
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read join token file {}", file.display()))?;
+    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t.to_string())),
+        None => bail!("join token file {} is empty: put the token from `bulwark token create` in it", file.display()),
+    }
+}
+
+fn token_in_arguments() -> bool {
+    std::env::args_os().any(|a| a.to_str().is_some_and(|a| a == "--join-token" || a.starts_with("--join-token=")))
+}
+
+/// Replaces this process with the same program and arguments, less the join token (spent now,
+/// and readable by any user in the process list for as long as it stays there), listening on
+/// the port the server has just recorded. Returns only if that fails.
+fn restart_without_token(bound: SocketAddr) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let mut kept = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--join-token" | "--listen") => {
+                args.next();
+            }
+            Some(s) if s.starts_with("--join-token=") || s.starts_with("--listen=") => {}
+            _ => kept.push(a),
+        }
+    }
+    kept.push("--listen".into());
+    kept.push(bound.to_string().into());
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow::anyhow!("joined, but cannot find this program to restart without the token: {e}"),
+    };
+    let err = std::process::Command::new(&exe).args(kept).env_remove("BULWARK_JOIN_TOKEN").exec();
+    anyhow::anyhow!("joined, but restarting {} without the token failed: {err}; start it again with --data-dir only", exe.display())
 }
 
 /// Scripts and tests wait for this line on stdout.
