@@ -20,8 +20,9 @@ pub enum DbError {
 pub type Result<T> = std::result::Result<T, DbError>;
 
 /// The schema, one migration per entry. Never edit one that shipped: add another.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
     "CREATE TABLE users (
         id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT, role TEXT NOT NULL,
         created TEXT NOT NULL);
@@ -55,7 +56,23 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE TABLE points (
         id TEXT PRIMARY KEY, repository TEXT NOT NULL, task_id TEXT, computer TEXT NOT NULL,
         name TEXT NOT NULL, kind TEXT NOT NULL, created TEXT NOT NULL, manifest TEXT NOT NULL);",
-)];
+    ),
+    // Credentials: tokens with an id (to list and revoke them by) and an expiry; join tokens
+    // bound to a node name (NULL: any new name) and allowed, or not, to take back a removed
+    // one; removed nodes an operator readmitted.
+    (
+        3,
+        "ALTER TABLE api_tokens ADD COLUMN id TEXT;
+     ALTER TABLE api_tokens ADD COLUMN expires TEXT;
+     UPDATE api_tokens SET id = substr(hash, 1, 16);
+     ALTER TABLE join_tokens ADD COLUMN id TEXT;
+     ALTER TABLE join_tokens ADD COLUMN name TEXT;
+     ALTER TABLE join_tokens ADD COLUMN replace_removed BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE join_tokens ADD COLUMN expires TEXT;
+     UPDATE join_tokens SET id = substr(secret_hash, 1, 16);
+     ALTER TABLE nodes ADD COLUMN readmitted BIGINT NOT NULL DEFAULT 0",
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -72,6 +89,17 @@ pub struct Db {
 /// Now, as the database stores times.
 pub fn now() -> String {
     jiff::Timestamp::now().to_string()
+}
+
+/// A time to the second, in one fixed width, so that the database compares such times as text
+/// (expiries).
+pub fn stamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// [`stamp`] of now plus `seconds`.
+pub fn stamp_in(seconds: i64) -> String {
+    stamp(jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or(jiff::Timestamp::MAX))
 }
 
 impl Db {

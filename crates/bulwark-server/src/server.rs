@@ -83,7 +83,9 @@ async fn first_admin(db: &Db, dir: &Path) -> Result<Option<(String, String)>, Se
         tokio::task::spawn_blocking(move || hash_password(&pw)).await.map_err(|e| setup("hashing")(&e))?
     };
     let id = store::create_user(db, "admin", &hash, "admin").await?;
-    let token = store::create_api_token(db, &id, "initial").await?;
+    // It does not expire: it is how the operator gets in at all. Revoke it once other admins
+    // exist (`bulwark token revoke`).
+    let (_, token) = store::create_api_token(db, &id, "initial", None).await?;
     bulwark_proto::pki::write_private(&dir.join("initial-admin-token"), format!("{token}\n").as_bytes())
         .map_err(|e| setup("writing the initial admin token")(&e))?;
     Ok(Some((password, token)))

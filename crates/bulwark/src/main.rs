@@ -93,15 +93,21 @@ enum Command {
         #[arg(long)]
         tls_name: Vec<String>,
     },
-    /// Join tokens for new agents and transport nodes (through the server).
+    /// Tokens: join tokens for agents and transport nodes, API tokens; list, revoke.
     #[command(subcommand)]
     Token(admin::TokenCmd),
+    /// Users of the server's API: create, change passwords, delete.
+    #[command(subcommand)]
+    User(admin::UserCmd),
     /// Repositories the server knows (through the server).
     #[command(subcommand)]
     Repository(admin::RepositoryCmd),
-    /// Protected computers (joined agents).
+    /// Protected computers (joined agents): list, show, remove, readmit.
     #[command(subcommand)]
     Computer(admin::ComputerCmd),
+    /// Transport nodes (joined repository hosts): list, remove, readmit.
+    #[command(subcommand)]
+    TransportNode(admin::TransportNodeCmd),
     /// Protection groups.
     #[command(subcommand)]
     Group(admin::GroupCmd),
@@ -411,6 +417,8 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         Command::Token(c) => admin::token(conn, c)?,
         Command::Repository(c) => admin::repository(conn, c)?,
         Command::Computer(c) => admin::computer(conn, c)?,
+        Command::TransportNode(c) => admin::transport_node(conn, c)?,
+        Command::User(c) => admin::user(conn, c)?,
         Command::Group(c) => admin::group(conn, c)?,
         Command::Job(c) => admin::job(conn, c)?,
         Command::Session(c) => admin::session(conn, c)?,

@@ -79,8 +79,7 @@ pub fn cli_as(s: &Server, token: &str, args: &[&str]) -> Result<Value, String> {
 
 /// A one-time join token for `role` `name`.
 pub fn join_token(s: &Server, role: &str, name: &str) -> String {
-    let _ = name;
-    cli(s, &["token", "create", "--role", role]).unwrap()["token"].as_str().unwrap().to_string()
+    cli(s, &["token", "create", "--role", role, "--name", name]).unwrap()["token"].as_str().unwrap().to_string()
 }
 
 /// A node daemon; with `disk`, in a mount namespace where `disk` appears at `at`.
