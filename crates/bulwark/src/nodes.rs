@@ -41,6 +41,29 @@ pub struct NodeArgs {
     advertise: Option<String>,
 }
 
+/// Raises this process's soft limit on open files to its hard limit: a daemon serving many
+/// peers should run out of patience with idle ones (`tls::Limits`) long before it runs out of
+/// descriptors.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only into the struct we pass, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+    // SAFETY: setrlimit only reads the struct we pass; any process may raise its soft limit
+    // up to its hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::warn!("cannot raise the open files limit to {}: {}", lim.rlim_max, std::io::Error::last_os_error());
+    }
+}
+
+/// Logging to stderr, and the open files limit raised, for a daemon.
+fn init_daemon() {
+    init_logging();
+    raise_open_files_limit();
+}
+
 pub fn init_logging() {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
@@ -160,7 +183,7 @@ async fn until_stopped() {
 }
 
 pub fn run_agent(args: NodeArgs) -> Result<()> {
-    init_logging();
+    init_daemon();
     runtime()?.block_on(async {
         let (listener, id, revoked, advertise) = start_node(&args, Role::Agent, 9441).await?;
         let bound = listener.local_addr()?;
@@ -168,9 +191,10 @@ pub fn run_agent(args: NodeArgs) -> Result<()> {
             .map_err(anyhow::Error::msg)?;
         let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
         announce(Role::Agent, &id.peer.name, &advertise, bound);
-        let serve = tls::server_builder()
+        let limits = tls::Limits::from_env();
+        let serve = tls::server_builder(&limits)
             .add_service(service.into_server())
-            .serve_with_incoming(tls::incoming(listener, server_cfg));
+            .serve_with_incoming(tls::incoming(listener, server_cfg, limits.clone()));
         tokio::select! {
             r = serve => r.context("agent service")?,
             () = until_stopped() => tracing::info!("agent stopping"),
@@ -180,7 +204,7 @@ pub fn run_agent(args: NodeArgs) -> Result<()> {
 }
 
 pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
-    init_logging();
+    init_daemon();
     if roots.is_empty() {
         bail!("a transport node needs at least one --root for its repositories");
     }
@@ -219,7 +243,7 @@ pub fn run_server(
     tick_seconds: u64,
     tls_names: Vec<String>,
 ) -> Result<()> {
-    init_logging();
+    init_daemon();
     runtime()?.block_on(async {
         let opts = bulwark_server::server::ServerOptions {
             data_dir: data_dir.clone(),
@@ -228,6 +252,7 @@ pub fn run_server(
             tick: Duration::from_secs(tick_seconds.max(1)),
             tls_names,
             login_policy: bulwark_server::login_guard::LoginPolicy::from_env(),
+            limits: tls::Limits::from_env(),
         };
         let serve = bulwark_server::server::run(opts, |r| bulwark_server::server::announce(&r, &data_dir));
         tokio::select! {
@@ -240,7 +265,7 @@ pub fn run_server(
 
 /// The data mover process: its configuration on stdin, its report on stdout.
 pub fn run_data_mover() -> Result<std::process::ExitCode> {
-    init_logging();
+    init_daemon();
     let cfg: bulwark_transport::MoverConfig =
         serde_json::from_reader(std::io::stdin().lock()).context("reading the data mover's configuration")?;
     let code = bulwark_transport::data_mover::run(cfg, &mut std::io::stdout().lock());

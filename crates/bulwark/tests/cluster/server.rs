@@ -91,6 +91,19 @@ pub fn start_node(
     extra: &[&str],
     disk: Option<(&Path, &Path)>,
 ) -> super::Daemon {
+    start_node_with(s, role, name, dir, extra, disk, &[])
+}
+
+/// [`start_node`] with environment variables.
+pub fn start_node_with(
+    s: &Server,
+    role: &str,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    disk: Option<(&Path, &Path)>,
+    env: &[(&str, &str)],
+) -> super::Daemon {
     let token = join_token(s, role, name);
     let data_dir = dir.join(name);
     let mut node = vec![bulwark_exe(), role.into(), "--name".into(), name.into()];
@@ -110,6 +123,8 @@ pub fn start_node(
             c
         }
     };
+    let mut cmd = cmd;
+    cmd.envs(env.iter().copied());
     super::Cluster::spawn(cmd, name, data_dir)
 }
 
