@@ -600,8 +600,7 @@ async fn handshake(
     };
     let Some(tls) = admitted else { return };
     let established = Established { gate, ip: remote.ip() };
-    let identity =
-        tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| pki::peer_identity(c).ok());
+    let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| pki::peer_identity(c).ok());
     let conn = TlsConn {
         inner: tls,
         info: PeerInfo { remote, identity, connection },

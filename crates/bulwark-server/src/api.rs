@@ -153,9 +153,15 @@ pub fn router(state: S) -> Router {
             "/api/v1/computers/{name}",
             get(show_computer).delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "agent")),
         )
-        .route("/api/v1/computers/{name}/readmit", post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "agent")))
+        .route(
+            "/api/v1/computers/{name}/readmit",
+            post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "agent")),
+        )
         .route("/api/v1/transports", get(|c: Caller, s: State<S>| list_nodes(c, s, "transport")))
-        .route("/api/v1/transports/{name}", delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "transport")))
+        .route(
+            "/api/v1/transports/{name}",
+            delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "transport")),
+        )
         .route(
             "/api/v1/transports/{name}/readmit",
             post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "transport")),

@@ -23,7 +23,7 @@ pub type Result<T> = std::result::Result<T, DbError>;
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
-    "CREATE TABLE users (
+        "CREATE TABLE users (
         id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, password_hash TEXT, role TEXT NOT NULL,
         created TEXT NOT NULL);
      CREATE TABLE api_tokens (

@@ -153,8 +153,9 @@ impl LoginGuard {
     /// Records a wrong password; the lockout it earned the name or the address, if any.
     pub fn failed(&self, user: &str, address: Option<IpAddr>) -> Option<Lockout> {
         let now = Instant::now();
-        let by_address =
-            address.and_then(|a| self.addresses.lock().expect("lock").fail(&a, &self.policy, now)).map(Lockout::Address);
+        let by_address = address
+            .and_then(|a| self.addresses.lock().expect("lock").fail(&a, &self.policy, now))
+            .map(Lockout::Address);
         let by_user = self.users.lock().expect("lock").fail(&user.to_string(), &self.policy, now).map(Lockout::User);
         by_user.or(by_address)
     }

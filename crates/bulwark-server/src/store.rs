@@ -54,12 +54,7 @@ fn token_id(hash: &str) -> String {
 
 /// A new API token for a user, valid until `expires` ([`crate::db::stamp`]) or for good; only
 /// its hash is stored. Its id and the token.
-pub async fn create_api_token(
-    db: &Db,
-    user_id: &str,
-    name: &str,
-    expires: Option<String>,
-) -> Result<(String, String)> {
+pub async fn create_api_token(db: &Db, user_id: &str, name: &str, expires: Option<String>) -> Result<(String, String)> {
     let token = format!("bwa1.{}", random_hex(24));
     let hash = sha256_hex(&token);
     sqlx::query("INSERT INTO api_tokens (hash, id, user_id, name, created, expires) VALUES ($1, $2, $3, $4, $5, $6)")
@@ -107,7 +102,10 @@ pub async fn token_user(db: &Db, token: &str) -> Result<Option<TokenHolder>> {
 /// Forgets tokens that have expired (logins leave one each).
 pub async fn purge_expired_tokens(db: &Db) -> Result<()> {
     let now = stamp_in(0);
-    sqlx::query("DELETE FROM api_tokens WHERE expires IS NOT NULL AND expires <= $1").bind(&now).execute(&db.pool).await?;
+    sqlx::query("DELETE FROM api_tokens WHERE expires IS NOT NULL AND expires <= $1")
+        .bind(&now)
+        .execute(&db.pool)
+        .await?;
     sqlx::query("DELETE FROM join_tokens WHERE used IS NULL AND expires IS NOT NULL AND expires <= $1")
         .bind(&now)
         .execute(&db.pool)
@@ -135,7 +133,8 @@ pub async fn tokens(db: &Db, user_id: Option<&str>, join: bool) -> Result<Vec<Va
         })
         .collect();
     if join {
-        let rows = sqlx::query("SELECT * FROM join_tokens WHERE used IS NULL ORDER BY created").fetch_all(&db.pool).await?;
+        let rows =
+            sqlx::query("SELECT * FROM join_tokens WHERE used IS NULL ORDER BY created").fetch_all(&db.pool).await?;
         out.extend(rows.iter().map(|r| {
             json!({
                 "id": opt_text(r, "id"), "kind": "join", "role": text(r, "role"),
@@ -166,7 +165,10 @@ pub async fn revoke_token(db: &Db, id: &str, user_id: Option<&str>, join: bool) 
 
 pub async fn users(db: &Db) -> Result<Vec<Value>> {
     let rows = sqlx::query("SELECT name, role, created FROM users ORDER BY name").fetch_all(&db.pool).await?;
-    Ok(rows.iter().map(|r| json!({"name": text(r, "name"), "role": text(r, "role"), "created": text(r, "created")})).collect())
+    Ok(rows
+        .iter()
+        .map(|r| json!({"name": text(r, "name"), "role": text(r, "role"), "created": text(r, "created")}))
+        .collect())
 }
 
 /// Sets a user's password; their login tokens but `keep` (the caller's) are revoked, so a

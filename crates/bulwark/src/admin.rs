@@ -446,7 +446,8 @@ pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
             let v = if role == "api" {
                 api.call("POST", "/api-tokens", Some(json!({"name": name, "expires": expires})))?
             } else {
-                let body = json!({"role": role, "name": name, "any_name": any_name, "replace": replace, "expires": expires});
+                let body =
+                    json!({"role": role, "name": name, "any_name": any_name, "replace": replace, "expires": expires});
                 api.call("POST", "/tokens", Some(body))?
             };
             if c.json {
@@ -455,7 +456,9 @@ pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
                 println!("{}", v["token"].as_str().unwrap_or_default());
             }
         }
-        TokenCmd::List => print(&c, &api.call("GET", "/tokens", None)?, &["id", "kind", "user", "role", "name", "expires"]),
+        TokenCmd::List => {
+            print(&c, &api.call("GET", "/tokens", None)?, &["id", "kind", "user", "role", "name", "expires"])
+        }
         TokenCmd::Revoke { id } => print(&c, &api.call("DELETE", &format!("/tokens/{id}"), None)?, &["revoked"]),
     }
     Ok(())

@@ -132,7 +132,8 @@ async fn start_node(
 /// The join token from --join-token-file, --join-token or BULWARK_JOIN_TOKEN.
 fn join_token(args: &NodeArgs) -> Result<Option<String>> {
     let Some(file) = &args.join_token_file else { return Ok(args.join_token.clone()) };
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read join token file {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read join token file {}", file.display()))?;
     match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => Ok(Some(t.to_string())),
         None => bail!("join token file {} is empty: put the token from `bulwark token create` in it", file.display()),
@@ -166,7 +167,10 @@ fn restart_without_token(bound: SocketAddr) -> anyhow::Error {
         Err(e) => return anyhow::anyhow!("joined, but cannot find this program to restart without the token: {e}"),
     };
     let err = std::process::Command::new(&exe).args(kept).env_remove("BULWARK_JOIN_TOKEN").exec();
-    anyhow::anyhow!("joined, but restarting {} without the token failed: {err}; start it again with --data-dir only", exe.display())
+    anyhow::anyhow!(
+        "joined, but restarting {} without the token failed: {err}; start it again with --data-dir only",
+        exe.display()
+    )
 }
 
 /// Scripts and tests wait for this line on stdout.
@@ -192,9 +196,11 @@ pub fn run_agent(args: NodeArgs) -> Result<()> {
         let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
         announce(Role::Agent, &id.peer.name, &advertise, bound);
         let limits = tls::Limits::from_env();
-        let serve = tls::server_builder(&limits)
-            .add_service(service.into_server())
-            .serve_with_incoming(tls::incoming(listener, server_cfg, limits.clone()));
+        let serve = tls::server_builder(&limits).add_service(service.into_server()).serve_with_incoming(tls::incoming(
+            listener,
+            server_cfg,
+            limits.clone(),
+        ));
         tokio::select! {
             r = serve => r.context("agent service")?,
             () = until_stopped() => tracing::info!("agent stopping"),

@@ -79,8 +79,12 @@ fn join_tokens_from_a_file_or_the_environment_and_none_left_in_ps() {
 
 /// A viewer: created by the admin, logged in; its token.
 fn viewer(http: &Http, admin: &str) -> String {
-    let (st, v) =
-        http.call("POST", "/users", Some(admin), Some(r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#));
+    let (st, v) = http.call(
+        "POST",
+        "/users",
+        Some(admin),
+        Some(r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#),
+    );
     assert_eq!(st, 200, "{v}");
     let (st, v) = http.login("eve", "0123456789ab");
     assert_eq!(st, 200, "{v}");
@@ -93,12 +97,14 @@ fn viewers_never_see_pre_and_post_commands_or_their_output() {
     let server = start_server(&dir.path().join("server"), None);
     let repos = dir.path().join("repos");
     std::fs::create_dir_all(&repos).unwrap();
-    let _transport = start_node(&server, "transport", "store-1", dir.path(), &["--root", repos.to_str().unwrap()], None);
+    let _transport =
+        start_node(&server, "transport", "store-1", dir.path(), &["--root", repos.to_str().unwrap()], None);
     let _agent = start_node(&server, "agent", "pc-0", dir.path(), &[], None);
     let disk = dir.path().join("disk.img");
     bulwark_imagegen::generate(&disk, 4 << 20, 7).unwrap();
     let repo = repos.join("main");
-    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", repo.to_str().unwrap()]).unwrap();
+    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", repo.to_str().unwrap()])
+        .unwrap();
     cli(
         &server,
         &[
@@ -154,8 +160,12 @@ fn repeated_wrong_passwords_lock_out_the_user_then_the_address() {
     let server = start_server_with(&dir.path().join("server"), None, &[("BULWARK_LOGIN_POLICY", "3,6,1500,1500")]);
     let http = Http::new(&server);
     let admin = admin_token(&server);
-    let (st, _) =
-        http.call("POST", "/users", Some(&admin), Some(r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#));
+    let (st, _) = http.call(
+        "POST",
+        "/users",
+        Some(&admin),
+        Some(r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#),
+    );
     assert_eq!(st, 200);
 
     for _ in 0..3 {
@@ -255,9 +265,11 @@ fn join_tokens_admit_their_own_name_and_removed_names_need_the_operator() {
     assert!(e.contains("was removed"), "{e}");
     let replace = cli(&server, &["token", "create", "--role", "agent", "--name", "web-1", "--replace"]).unwrap();
     fresh("web-1");
-    let _agent = Cluster::spawn(node("agent", "web-1", replace["token"].as_str().unwrap()), "web-1", dir.path().join("web-1"));
+    let _agent =
+        Cluster::spawn(node("agent", "web-1", replace["token"].as_str().unwrap()), "web-1", dir.path().join("web-1"));
     let any2 = cli(&server, &["token", "create", "--role", "agent", "--any-name"]).unwrap();
-    let _other = Cluster::spawn(node("agent", "web-9", any2["token"].as_str().unwrap()), "web-9", dir.path().join("web-9"));
+    let _other =
+        Cluster::spawn(node("agent", "web-9", any2["token"].as_str().unwrap()), "web-9", dir.path().join("web-9"));
 
     // Transport nodes are removed (revoked) and readmitted the same way.
     let repos = dir.path().join("repos");
@@ -268,8 +280,11 @@ fn join_tokens_admit_their_own_name_and_removed_names_need_the_operator() {
     let listed = cli(&server, &["transport-node", "list"]).unwrap();
     assert_eq!(listed[0]["revoked"], true, "{listed}");
     // The server no longer trusts it.
-    let e = cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", repos.join("main").to_str().unwrap()])
-        .unwrap_err();
+    let e = cli(
+        &server,
+        &["repository", "create", "main", "--transport", "store-1", "--path", repos.join("main").to_str().unwrap()],
+    )
+    .unwrap_err();
     assert!(e.to_lowercase().contains("revoked"), "{e}");
     store.kill9();
     fresh("store-1");
@@ -279,8 +294,11 @@ fn join_tokens_admit_their_own_name_and_removed_names_need_the_operator() {
     fresh("store-1");
     let t = join_token(&server, "transport", "store-1");
     let _store = Cluster::spawn(node("transport", "store-1", &t), "store-1", dir.path().join("store-1"));
-    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", repos.join("main").to_str().unwrap()])
-        .unwrap();
+    cli(
+        &server,
+        &["repository", "create", "main", "--transport", "store-1", "--path", repos.join("main").to_str().unwrap()],
+    )
+    .unwrap();
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
@@ -301,7 +319,11 @@ fn api_tokens_expire_and_are_revoked_and_passwords_rotate() {
     let token = short["token"].as_str().unwrap().to_string();
     assert!(cli_as(&server, &token, &["job", "list"]).is_ok());
     let listed = cli(&server, &["token", "list"]).unwrap();
-    assert!(listed.as_array().unwrap().iter().any(|t| t["id"] == short["id"] && t["kind"] == "api" && t["name"] == "script"));
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == short["id"] && t["kind"] == "api" && t["name"] == "script"));
     assert!(listed.as_array().unwrap().iter().any(|t| t["name"] == "initial" && t["expires"].is_null()));
     assert!(!listed.to_string().contains(&token));
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -340,7 +362,8 @@ fn api_tokens_expire_and_are_revoked_and_passwords_rotate() {
     // A viewer lists only its own tokens and cannot revoke others'.
     let mine = cli_as(&server, eve1, &["token", "list"]).unwrap();
     assert_eq!(mine.as_array().unwrap().len(), 2, "{mine}");
-    let initial = listed.as_array().unwrap().iter().find(|t| t["name"] == "initial").unwrap()["id"].as_str().unwrap().to_string();
+    let initial =
+        listed.as_array().unwrap().iter().find(|t| t["name"] == "initial").unwrap()["id"].as_str().unwrap().to_string();
     assert!(cli_as(&server, eve1, &["token", "revoke", &initial]).unwrap_err().contains("no token"));
 
     // Changing one's password needs the current one, and ends the other login sessions.
@@ -357,7 +380,9 @@ fn api_tokens_expire_and_are_revoked_and_passwords_rotate() {
     assert!(cli_as(&server, eve1, &["job", "list"]).is_ok(), "the session the change was made with ended");
     assert!(cli_as(&server, eve2, &["job", "list"]).is_err(), "another session survived the password change");
     // A viewer changes no one else's; an admin changes anyone's without the current one.
-    assert!(cli_as(&server, eve1, &["user", "passwd", "admin", "--password-file", &new_pw]).unwrap_err().contains("403"));
+    assert!(cli_as(&server, eve1, &["user", "passwd", "admin", "--password-file", &new_pw])
+        .unwrap_err()
+        .contains("403"));
     cli(&server, &["user", "passwd", "eve", "--password-file", &write(d, "third", "third-password-3")]).unwrap();
     assert_eq!(http.login("eve", "third-password-3").0, 200);
 

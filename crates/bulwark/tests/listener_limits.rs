@@ -164,7 +164,8 @@ fn idle_connections_neither_block_a_job_nor_stay_open() {
     let disk = dir.path().join("disk.img");
     bulwark_imagegen::generate(&disk, 16 << 20, 11).unwrap();
     let repo = repos.join("main");
-    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", repo.to_str().unwrap()]).unwrap();
+    cli(&server, &["repository", "create", "main", "--transport", "store-1", "--path", repo.to_str().unwrap()])
+        .unwrap();
     let job = ["job", "create", "nightly", "--computer", "pc-0", "--repository", "main", "--source"];
     cli(&server, &[&job[..], &[disk.to_str().unwrap(), "--snapshot", "none", "--tries", "1"]].concat()).unwrap();
 
