@@ -5,7 +5,9 @@ mod cluster;
 
 use std::process::Command;
 
-use cluster::server::{admin_token, cli, cli_as, join_token, start_node, start_server, start_server_with, Http};
+use cluster::server::{
+    admin_token, cli, cli_as, join_token, start_node, start_server, start_server_with, Http, PostgresDb,
+};
 use cluster::{bulwark_exe, Cluster};
 
 fn cmdline(pid: u32) -> String {
@@ -206,8 +208,19 @@ fn join_refused(mut c: Command) -> String {
 
 #[test]
 fn join_tokens_admit_their_own_name_and_removed_names_need_the_operator() {
+    join_tokens_bound_to_names(None);
+}
+
+#[test]
+fn join_tokens_admit_their_own_name_on_postgres() {
+    if let Some(db) = PostgresDb::create("join") {
+        join_tokens_bound_to_names(Some(&db.url));
+    }
+}
+
+fn join_tokens_bound_to_names(db: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(&dir.path().join("server"), None);
+    let server = start_server(&dir.path().join("server"), db);
     let node = |role: &str, name: &str, token: &str| {
         let mut c = node_command(&server, role, name, dir.path());
         c.env("BULWARK_JOIN_TOKEN", token);
@@ -309,8 +322,19 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
 
 #[test]
 fn api_tokens_expire_and_are_revoked_and_passwords_rotate() {
+    credentials_rotate(None);
+}
+
+#[test]
+fn api_tokens_expire_and_passwords_rotate_on_postgres() {
+    if let Some(db) = PostgresDb::create("tokens") {
+        credentials_rotate(Some(&db.url));
+    }
+}
+
+fn credentials_rotate(db: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(&dir.path().join("server"), None);
+    let server = start_server(&dir.path().join("server"), db);
     let http = Http::new(&server);
     let d = dir.path();
 

@@ -188,3 +188,36 @@ impl Http {
         self.call("POST", "/login", None, Some(&body))
     }
 }
+
+/// A fresh PostgreSQL database on the server BULWARK_TEST_POSTGRES names (dropped with the
+/// guard), or `None` when it names none.
+pub struct PostgresDb {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl PostgresDb {
+    pub fn create(tag: &str) -> Option<PostgresDb> {
+        let Ok(admin) = std::env::var("BULWARK_TEST_POSTGRES") else {
+            eprintln!("BULWARK_TEST_POSTGRES is not set: PostgreSQL variant skipped (.ci/run sets it)");
+            return None;
+        };
+        let name = format!("bulwark_{tag}_{}", std::process::id());
+        let db = PostgresDb { url: format!("{}/{name}", admin.rsplit_once('/').unwrap().0), admin, name };
+        db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name));
+        db.psql(&format!("CREATE DATABASE {}", db.name));
+        Some(db)
+    }
+
+    fn psql(&self, sql: &str) {
+        let st = Command::new("psql").arg(&self.admin).args(["-q", "-c", sql]).status().unwrap();
+        assert!(st.success(), "psql {sql}");
+    }
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
