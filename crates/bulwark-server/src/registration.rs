@@ -49,11 +49,12 @@ pub fn noun(role: &str) -> &'static str {
 }
 
 /// Whether a token granting `grant` admits `role` `name`, given the node of that name on
-/// record (if any) and whether the catalog holds restore points of that name. A name is never
-/// taken over silently: a joined node must be removed first, a removed one comes back only by
-/// an operator's word (a token made for it with `replace`, or a readmission), and a token for
-/// any name takes only names nothing refers to.
-pub fn admission(grant: &Grant, role: Role, name: &str, known: Option<&Known>, has_points: bool) -> Result<(), String> {
+/// record (if any) and whether jobs, groups or restore points refer to that name (`referenced`).
+/// A name is never taken over silently: a joined node must be removed first, a removed one
+/// comes back only by an operator's word (a token made for it with `replace`, or a
+/// readmission), and a token for any name takes only names nothing refers to (whoever takes a
+/// name inherits its jobs and restore points).
+pub fn admission(grant: &Grant, role: Role, name: &str, known: Option<&Known>, referenced: bool) -> Result<(), String> {
     if grant.role != role {
         return Err(format!("the token is for role {}, not {role}", grant.role));
     }
@@ -71,9 +72,9 @@ pub fn admission(grant: &Grant, role: Role, name: &str, known: Option<&Known>, h
             "{role} {name} was removed: it joins again only after `bulwark {cli} readmit {name}` or with a token \
              made for it (`bulwark token create --role {role} --name {name} --replace`)"
         )),
-        None if grant.name.is_none() && has_points => Err(format!(
-            "the catalog holds restore points of {name}: a token for any new name cannot claim it; create one \
-             with --name {name}"
+        None if grant.name.is_none() && referenced => Err(format!(
+            "jobs, groups or restore points refer to {name}: a token for any new name cannot claim it; create \
+             one with --name {name}"
         )),
         None => Ok(()),
     }
@@ -185,7 +186,7 @@ mod tests {
         assert!(e.contains("the token is for role agent, not transport"), "{e}");
         assert!(admission(&grant(None, false), Role::Agent, "new", None, false).is_ok());
         let e = admission(&grant(None, false), Role::Agent, "old", None, true).unwrap_err();
-        assert!(e.contains("restore points of old"), "{e}");
+        assert!(e.contains("restore points refer to old"), "{e}");
     }
 
     #[test]

@@ -359,11 +359,8 @@ impl DbNodes {
                 removed: int(&r, "revoked") != 0,
                 readmitted: int(&r, "readmitted") != 0,
             });
-        let points = sqlx::query("SELECT COUNT(*) AS n FROM points WHERE computer = $1")
-            .bind(&n.name)
-            .fetch_one(&mut *tx)
-            .await?;
-        admission(&grant, role, &n.name, known.as_ref(), int(&points, "n") > 0).map_err(Refusal::No)?;
+        let referenced = grant.name.is_none() && known.is_none() && referenced(&mut tx, &n.name).await?;
+        admission(&grant, role, &n.name, known.as_ref(), referenced).map_err(Refusal::No)?;
         let spent = sqlx::query("UPDATE join_tokens SET used = $1 WHERE secret_hash = $2 AND used IS NULL")
             .bind(now())
             .bind(&hash)
@@ -385,6 +382,25 @@ impl DbNodes {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Whether jobs, groups or catalog points name the computer `name`.
+async fn referenced(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> std::result::Result<bool, sqlx::Error> {
+    let points =
+        sqlx::query("SELECT COUNT(*) AS n FROM points WHERE computer = $1").bind(name).fetch_one(&mut **tx).await?;
+    if int(&points, "n") > 0 {
+        return Ok(true);
+    }
+    let names = |json: &str| serde_json::from_str::<Vec<String>>(json).unwrap_or_default();
+    let groups = sqlx::query("SELECT computers FROM groups").fetch_all(&mut **tx).await?;
+    if groups.iter().any(|g| names(&text(g, "computers")).iter().any(|c| c == name)) {
+        return Ok(true);
+    }
+    let jobs = sqlx::query("SELECT spec FROM jobs").fetch_all(&mut **tx).await?;
+    Ok(jobs
+        .iter()
+        .filter_map(|j| serde_json::from_str::<Job>(&text(j, "spec")).ok())
+        .any(|j| j.computers.iter().any(|c| c == name)))
 }
 
 /// Why a join was refused: the token does not allow it, or the database failed.

@@ -257,6 +257,11 @@ fn join_tokens_bound_to_names(db: Option<&str>) {
     let e = attempt("agent", "web-1", &any);
     assert!(e.contains("has joined already"), "{e}");
 
+    // Nor a name that a job (or group, or catalog point) refers to: its taker would inherit it.
+    cli(&server, &["group", "create", "racks", "--computer", "db-1"]).unwrap();
+    let e = attempt("agent", "db-1", &any);
+    assert!(e.contains("jobs, groups or restore points refer to db-1"), "{e}");
+
     // Removed: a plain token made for the name is refused until the operator readmits it.
     agent.kill9();
     cli(&server, &["computer", "delete", "web-1"]).unwrap();
