@@ -84,18 +84,19 @@ pub enum TokenCmd {
     /// Create a one-time join token for an agent or transport node, or an API token for yourself.
     ///
     /// A join token admits one node: the role and the name it was made for (--name), or, with
-    /// --any-name, whatever name the node gives, as long as no node ever had it and the catalog
-    /// holds no restore points of it. A removed node's name joins again only with a token made
-    /// for it with --replace, or after `bulwark computer readmit NAME` (`transport-node` for
-    /// transport nodes). The token is spent only by a successful join. Prints the token once:
-    /// only its hash is kept.
+    /// --any-name, whatever name the node gives, as long as no node ever had it and no job,
+    /// group or restore point refers to it (whoever takes a name inherits them). A removed
+    /// node's name joins again only with a token made for it with --replace, or after `bulwark
+    /// computer readmit NAME` (`transport-node` for transport nodes). The token is spent only by
+    /// a successful join. Prints the token once: only its hash is kept.
     ///
     /// `--role api` creates an API token for the caller, for scripts (--name labels it).
     Create {
         /// agent or transport (a join token), or api (an API token for yourself).
         #[arg(long, value_parser = ["agent", "transport", "api"])]
         role: String,
-        /// The node name the join token admits; the label of an API token.
+        /// The node name the join token admits (this or --any-name is required); the label of
+        /// an API token (required).
         #[arg(long, required_unless_present = "any_name")]
         name: Option<String>,
         /// The join token admits any name no node has had (an installation script for many

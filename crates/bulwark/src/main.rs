@@ -43,9 +43,9 @@ enum Command {
     /// Run the agent service: this computer's inventory and its backup tasks, on the server's
     /// orders.
     ///
-    /// The first start joins the server with a one-time token (`--server URL --join-token T`):
-    /// the agent generates its key, gets a certificate from the server's CA and keeps both in
-    /// --data-dir (mode 0600). Later starts need only --data-dir. Every connection is mutual
+    /// The first start joins the server with a one-time token made for this node's name
+    /// (`--server URL --join-token-file F`): the agent generates its key, gets a certificate
+    /// from the server's CA and keeps both in --data-dir (mode 0600). Later starts need only --data-dir. Every connection is mutual
     /// TLS 1.3; only the server may call the agent. A snapshot left by a task that was running
     /// when the agent died is removed at the next start. Prints one JSON line with the address
     /// once listening; logs to stderr. SIGTERM or SIGINT stops it.
