@@ -5,13 +5,13 @@
 //! read it with [`require_peer`]. A client connects with [`connect`], naming the identity it
 //! expects at the other end ([`crate::pki::identity_name`]), whatever the address.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -308,10 +308,177 @@ pub struct PeerInfo {
     pub connection: u64,
 }
 
+/// What keeps peers that never authenticate, or never let go, from using up a listener.
+///
+/// Handshakes are cheap to start and free to leave hanging, so they are bounded in time, in
+/// number per address and in all; when a bound is reached the *oldest* pending handshake is
+/// dropped, never the new one, and first the oldest of those whose peer has sent nothing at
+/// all: squatters holding idle connections then lose them as fast as they open new ones, and
+/// a real peer, which speaks at once and is done in milliseconds, gets through.
+/// Established connections are capped per address; idle ones are closed (HTTP/1 on the API)
+/// or probed (HTTP/2 keepalive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a peer has to complete its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once, from all addresses.
+    pub pending: usize,
+    /// Handshakes in progress at once from one address.
+    pub pending_per_address: usize,
+    /// Established connections from one address.
+    pub established_per_address: usize,
+    /// An API connection that sends nothing for this long is closed; HTTP/2 peers are pinged
+    /// at this interval and dropped when they do not answer.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(5),
+            pending: 256,
+            pending_per_address: 16,
+            established_per_address: 128,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, or what the internal `BULWARK_NET_LIMITS` variable sets
+    /// (`HANDSHAKE_MS,IDLE_MS,PENDING_PER_ADDRESS,ESTABLISHED_PER_ADDRESS`): tests shorten
+    /// the times and lower the caps.
+    pub fn from_env() -> Limits {
+        let v = std::env::var("BULWARK_NET_LIMITS").unwrap_or_default();
+        let n: Vec<u64> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+        match n[..] {
+            [handshake, idle, pending, established] => Limits {
+                handshake_timeout: Duration::from_millis(handshake),
+                idle_timeout: Duration::from_millis(idle),
+                pending_per_address: pending as usize,
+                established_per_address: established as usize,
+                ..Limits::default()
+            },
+            _ => Limits::default(),
+        }
+    }
+}
+
+/// A handshake in progress, which may be dropped to make room.
+struct Pending {
+    id: u64,
+    ip: IpAddr,
+    task: tokio::task::AbortHandle,
+    /// The peer has sent something (its ClientHello, for a real one).
+    spoke: Arc<AtomicBool>,
+}
+
+/// The listener's book of pending handshakes and established connections.
+#[derive(Default)]
+struct Gate {
+    pending: VecDeque<Pending>,
+    established: HashMap<IpAddr, usize>,
+    /// Handshakes dropped to make room since the last report, and when that was.
+    evicted: u64,
+    reported: Option<std::time::Instant>,
+}
+
+impl Gate {
+    /// Makes room for one more handshake from `ip`: drops the oldest pending one from that
+    /// address, or the oldest of all, when a bound is reached.
+    fn make_room(&mut self, ip: IpAddr, limits: &Limits) {
+        let from_ip = self.pending.iter().filter(|p| p.ip == ip).count();
+        let candidate: fn(&Pending, IpAddr) -> bool = if from_ip >= limits.pending_per_address {
+            |p, ip| p.ip == ip
+        } else if self.pending.len() >= limits.pending {
+            |_, _| true
+        } else {
+            |_, _| false
+        };
+        let silent = self.pending.iter().position(|p| candidate(p, ip) && !p.spoke.load(Ordering::Relaxed));
+        let victim = silent.or_else(|| self.pending.iter().position(|p| candidate(p, ip)));
+        if let Some(p) = victim.and_then(|i| self.pending.remove(i)) {
+            p.task.abort();
+            self.evicted += 1;
+        }
+        // One line now and then, not one per connection, while under attack.
+        let due = self.reported.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if self.evicted > 0 && due {
+            warn!(
+                "{} pending TLS handshakes dropped to make room (most recently for {ip}): peers are opening \
+                 connections without completing them",
+                self.evicted
+            );
+            self.evicted = 0;
+            self.reported = Some(std::time::Instant::now());
+        }
+    }
+
+    fn finished(&mut self, id: u64) {
+        self.pending.retain(|p| p.id != id);
+    }
+
+    /// Counts an established connection from `ip`, unless the address has its share.
+    fn establish(&mut self, ip: IpAddr, limits: &Limits) -> bool {
+        let n = self.established.entry(ip).or_default();
+        if *n >= limits.established_per_address {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn closed(&mut self, ip: IpAddr) {
+        if let Some(n) = self.established.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.established.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Counts a connection as established until it is dropped.
+struct Established {
+    gate: Arc<Mutex<Gate>>,
+    ip: IpAddr,
+}
+
+impl Drop for Established {
+    fn drop(&mut self) {
+        self.gate.lock().expect("lock").closed(self.ip);
+    }
+}
+
 /// One accepted, verified TLS connection.
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    _established: Established,
+    /// When the peer last sent something (milliseconds since the connection's start).
+    last_read: Arc<AtomicU64>,
+    start: std::time::Instant,
+}
+
+impl TlsConn {
+    /// How long since the peer last sent anything.
+    pub fn idle_for(&self) -> IdleClock {
+        IdleClock { last_read: self.last_read.clone(), start: self.start }
+    }
+}
+
+/// How long a connection has been idle, readable after the connection moved elsewhere.
+#[derive(Clone)]
+pub struct IdleClock {
+    last_read: Arc<AtomicU64>,
+    start: std::time::Instant,
+}
+
+impl IdleClock {
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_read.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
 }
 
 impl Connected for TlsConn {
@@ -323,7 +490,12 @@ impl Connected for TlsConn {
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last_read.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
     }
 }
 
@@ -342,50 +514,36 @@ impl AsyncWrite for TlsConn {
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts connections on `listener` and completes their handshakes (each on its own task, so
-/// a slow or hostile peer holds up no one); failed handshakes are logged with their reason.
+/// a slow or hostile peer holds up no one) within [`Limits`]; failed handshakes are logged
+/// with their reason.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    limits: Limits,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    // Handshakes in progress at once: peers that never finish cannot use up the process.
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
+    let gate = Arc::new(Mutex::new(Gate::default()));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
+                    // Out of descriptors, say: the pending handshakes' timeouts free some.
                     warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                warn!("refused connection from {remote}: too many handshakes in progress");
-                continue;
-            };
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(Duration::from_secs(15), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let identity = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| pki::peer_identity(c).ok());
-                        let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-                        let _ = conn_tx
-                            .send(Ok(TlsConn { inner: tls, info: PeerInfo { remote, identity, connection } }))
-                            .await;
-                    }
-                    Ok(Err(e)) => warn!("refused connection from {remote}: TLS handshake failed: {e}"),
-                    Err(_) => warn!("refused connection from {remote}: TLS handshake timed out"),
-                }
-            });
+            let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+            let spoke = Arc::new(AtomicBool::new(false));
+            let mut book = gate.lock().expect("lock");
+            book.make_room(remote.ip(), &limits);
+            let peer = Peer { tcp, remote, connection: id, spoke: spoke.clone() };
+            let task = tokio::spawn(handshake(acceptor.clone(), peer, gate.clone(), limits.clone(), tx.clone()));
+            book.pending.push_back(Pending { id, ip: remote.ip(), task: task.abort_handle(), spoke });
+            drop(book);
             if tx.is_closed() {
                 return;
             }
@@ -394,11 +552,73 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// A tonic server builder with the windows bulk transfer needs.
-pub fn server_builder() -> tonic::transport::Server {
+/// An accepted TCP connection, before its handshake.
+struct Peer {
+    tcp: TcpStream,
+    remote: SocketAddr,
+    connection: u64,
+    spoke: Arc<AtomicBool>,
+}
+
+/// One peer's handshake; the connection, verified, goes to `conn_tx`.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    peer: Peer,
+    gate: Arc<Mutex<Gate>>,
+    limits: Limits,
+    conn_tx: tokio::sync::mpsc::Sender<io::Result<TlsConn>>,
+) {
+    let Peer { tcp, remote, connection, spoke } = peer;
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let done = match tokio::time::timeout_at(deadline, tcp.readable()).await {
+        Ok(_) => {
+            spoke.store(true, Ordering::Relaxed);
+            tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await
+        }
+        Err(e) => Err(e),
+    };
+    // The guard stays inside this block: it must not be held across an await.
+    let admitted = {
+        let mut book = gate.lock().expect("lock");
+        book.finished(connection);
+        match done {
+            Ok(Ok(tls)) if book.establish(remote.ip(), &limits) => Some(tls),
+            Ok(Ok(_)) => {
+                let n = limits.established_per_address;
+                warn!("refused connection from {remote}: {n} connections from that address are open already");
+                None
+            }
+            Ok(Err(e)) => {
+                warn!("refused connection from {remote}: TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                warn!("refused connection from {remote}: TLS handshake timed out");
+                None
+            }
+        }
+    };
+    let Some(tls) = admitted else { return };
+    let established = Established { gate, ip: remote.ip() };
+    let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| pki::peer_identity(c).ok());
+    let conn = TlsConn {
+        inner: tls,
+        info: PeerInfo { remote, identity, connection },
+        _established: established,
+        last_read: Arc::default(),
+        start: std::time::Instant::now(),
+    };
+    let _ = conn_tx.send(Ok(conn)).await;
+}
+
+/// A tonic server builder with the windows bulk transfer needs; peers that stop answering
+/// its pings (every `limits.idle_timeout`) are dropped.
+pub fn server_builder(limits: &Limits) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(limits.idle_timeout))
+        .http2_keepalive_timeout(Some(limits.idle_timeout.min(Duration::from_secs(20))))
         .tcp_nodelay(true)
 }
 

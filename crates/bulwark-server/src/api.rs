@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bulwark_proto::pb::RepositoryInit;
 use bulwark_proto::pki::{Ca, JoinToken, Role};
@@ -21,9 +21,10 @@ use crate::backup_manager::Core;
 use crate::db::DbError;
 use crate::manager::NodeAddress;
 use crate::model::{
-    check_name, GroupInput, Job, Login, RepositoryInput, RepositoryUpdate, RestoreInput, SecretInput, TokenRequest,
-    UserInput,
+    check_name, check_password, parse_lifetime, ApiTokenRequest, GroupInput, Job, Login, PasswordChange,
+    RepositoryInput, RepositoryUpdate, RestoreInput, SecretInput, TokenRequest, UserInput,
 };
+use crate::registration::Grant;
 use crate::store;
 
 pub struct AppState {
@@ -33,6 +34,8 @@ pub struct AppState {
     pub revoked: bulwark_proto::tls::Revocations,
     /// Password checks in flight: argon2 is made to be costly, so few run at once.
     pub logins: tokio::sync::Semaphore,
+    /// Failed logins per user and address, and the lockouts they earned.
+    pub login_guard: crate::login_guard::LoginGuard,
 }
 
 type S = Arc<AppState>;
@@ -93,9 +96,16 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Input<T> {
 pub struct Caller {
     pub name: String,
     pub role: String,
+    pub user_id: String,
+    /// The id of the token the call came with.
+    pub token: String,
 }
 
 impl Caller {
+    fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
     fn admin(&self) -> Result<(), ApiError> {
         if self.role == "admin" {
             Ok(())
@@ -117,9 +127,13 @@ impl FromRequestParts<S> for Caller {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| unauthorized("the Authorization header must be Bearer TOKEN"))?;
-        let (name, role) =
-            store::token_user(&state.core.db, token.trim()).await?.ok_or_else(|| unauthorized("unknown API token"))?;
-        Ok(Caller { name, role })
+        let holder = store::token_user(&state.core.db, token.trim())
+            .await?
+            .ok_or_else(|| unauthorized("unknown or revoked API token"))?;
+        if let Some(at) = holder.expired {
+            return Err(unauthorized(&format!("the API token expired at {at}: log in again or create another")));
+        }
+        Ok(Caller { name: holder.user, role: holder.role, user_id: holder.user_id, token: holder.token })
     }
 }
 
@@ -127,11 +141,31 @@ pub fn router(state: S) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/login", post(login))
-        .route("/api/v1/users", post(create_user))
-        .route("/api/v1/tokens", post(create_join_token))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{name}", delete(delete_user))
+        .route("/api/v1/users/{name}/password", put(change_password))
+        .route("/api/v1/tokens", get(list_tokens).post(create_join_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/api-tokens", post(create_api_token))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/computers", get(|c: Caller, s: State<S>| list_nodes(c, s, "agent")))
-        .route("/api/v1/computers/{name}", get(show_computer).delete(remove_computer))
+        .route(
+            "/api/v1/computers/{name}",
+            get(show_computer).delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "agent")),
+        )
+        .route(
+            "/api/v1/computers/{name}/readmit",
+            post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "agent")),
+        )
         .route("/api/v1/transports", get(|c: Caller, s: State<S>| list_nodes(c, s, "transport")))
+        .route(
+            "/api/v1/transports/{name}",
+            delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "transport")),
+        )
+        .route(
+            "/api/v1/transports/{name}/readmit",
+            post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "transport")),
+        )
         .route("/api/v1/repositories", get(list_repositories).post(create_repository))
         .route("/api/v1/repositories/{name}", get(show_repository).patch(update_repository).delete(delete_repository))
         .route("/api/v1/secrets", get(list_secrets))
@@ -151,8 +185,32 @@ pub fn router(state: S) -> Router {
         .with_state(state)
 }
 
-async fn login(State(s): State<S>, Input(l): Input<Login>) -> ApiResult {
+/// The client's address, when the request came through our TLS listener.
+fn client_ip(peer: &Option<axum::Extension<bulwark_proto::tls::PeerInfo>>) -> Option<std::net::IpAddr> {
+    peer.as_ref().map(|p| p.remote.ip())
+}
+
+async fn login(
+    State(s): State<S>,
+    peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
+    Input(l): Input<Login>,
+) -> ApiResult {
+    use crate::login_guard::Lockout;
     let denied = || ApiError(StatusCode::UNAUTHORIZED, "wrong user name or password".into());
+    let ip = client_ip(&peer);
+    let from = ip.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+    if let Err(lock) = s.login_guard.check(&l.name, ip) {
+        let secs = lock.remaining().as_secs().max(1);
+        let who = match lock {
+            Lockout::User(_) => format!("user {}", l.name),
+            Lockout::Address(_) => format!("address {from}"),
+        };
+        tracing::warn!("login of user {} from {from} refused: {who} is locked out for {secs} s more", l.name);
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins for {who}: try again in {secs} s"),
+        ));
+    }
     let user = store::user_by_name(&s.core.db, &l.name).await?;
     // An unknown user costs the same check as a known one: timing tells nothing.
     let hash = user.as_ref().map_or_else(|| crate::server::DUMMY_HASH.to_string(), |u| u.1.clone());
@@ -160,9 +218,46 @@ async fn login(State(s): State<S>, Input(l): Input<Login>) -> ApiResult {
     let ok =
         tokio::task::spawn_blocking(move || crate::server::verify_password(&l.password, &hash)).await.unwrap_or(false);
     let Some((id, _, _)) = user.filter(|_| ok) else {
+        match s.login_guard.failed(&l.name, ip) {
+            Some(Lockout::User(d)) => tracing::warn!(
+                "failed login of user {} from {from}: the user is locked out for {} s",
+                l.name,
+                d.as_secs_f64()
+            ),
+            Some(Lockout::Address(d)) => tracing::warn!(
+                "failed login of user {} from {from}: the address is locked out for {} s",
+                l.name,
+                d.as_secs_f64()
+            ),
+            None => tracing::warn!("failed login of user {} from {from}", l.name),
+        }
         return Err(denied());
     };
-    Ok(Json(json!({ "token": store::create_api_token(&s.core.db, &id, "login").await? })))
+    s.login_guard.succeeded(&l.name, ip);
+    // Every login leaves a token: those that expired go now, so they do not pile up.
+    store::purge_expired_tokens(&s.core.db).await?;
+    let expires = crate::db::stamp_in(LOGIN_TOKEN_SECONDS);
+    let (id, token) = store::create_api_token(&s.core.db, &id, "login", Some(expires.clone())).await?;
+    Ok(Json(json!({ "token": token, "id": id, "expires": expires })))
+}
+
+/// How long a login's token lasts.
+const LOGIN_TOKEN_SECONDS: i64 = 12 * 3600;
+/// Default lifetimes of created tokens.
+const API_TOKEN_DEFAULT: &str = "90d";
+const JOIN_TOKEN_DEFAULT: &str = "7d";
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || crate::server::hash_password(&password)).await.map_err(|e| bad(e.to_string()))
+}
+
+async fn whoami(c: Caller) -> ApiResult {
+    Ok(Json(json!({ "name": c.name, "role": c.role, "token": c.token })))
+}
+
+async fn list_users(c: Caller, State(s): State<S>) -> ApiResult {
+    c.admin()?;
+    Ok(Json(Value::Array(store::users(&s.core.db).await?)))
 }
 
 async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult {
@@ -171,14 +266,67 @@ async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) 
     if !matches!(u.role.as_str(), "admin" | "viewer") {
         return Err(bad(format!("role {:?}: admin or viewer", u.role)));
     }
-    if u.password.len() < 10 {
-        return Err(bad("a password needs at least 10 characters"));
-    }
-    let hash = tokio::task::spawn_blocking(move || crate::server::hash_password(&u.password))
-        .await
-        .map_err(|e| bad(e.to_string()))?;
-    store::create_user(&s.core.db, &u.name, &hash, &u.role).await?;
+    check_password(&u.password).map_err(bad)?;
+    store::create_user(&s.core.db, &u.name, &hash(u.password).await?, &u.role).await?;
     Ok(Json(json!({ "name": u.name, "role": u.role })))
+}
+
+/// Users change their own password (giving the current one); admins anyone's. The user's
+/// other login tokens are revoked.
+async fn change_password(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Input(p): Input<PasswordChange>,
+) -> ApiResult {
+    let own = name == c.name;
+    if !own {
+        c.admin()?;
+    }
+    check_password(&p.password).map_err(bad)?;
+    let (id, current_hash, _) = store::user_by_name(&s.core.db, &name).await?.ok_or_else(|| missing("user", &name))?;
+    if own {
+        let current = p.current.ok_or_else(|| bad("changing your own password needs the current one"))?;
+        let ok = tokio::task::spawn_blocking(move || crate::server::verify_password(&current, &current_hash))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            tracing::warn!("password change of user {name} refused: wrong current password");
+            return Err(ApiError(StatusCode::FORBIDDEN, "the current password is wrong".into()));
+        }
+    }
+    let keep = own.then_some(c.token.as_str());
+    store::set_password(&s.core.db, &id, &hash(p.password).await?, keep).await?;
+    tracing::info!("password of user {name} changed by {}", c.name);
+    Ok(Json(json!({ "name": name, "changed": true })))
+}
+
+async fn delete_user(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    c.admin()?;
+    match store::delete_user(&s.core.db, &name).await? {
+        store::UserDeletion::Deleted => {
+            tracing::info!("user {name} deleted by {}", c.name);
+            Ok(Json(json!({ "deleted": name })))
+        }
+        store::UserDeletion::NoSuchUser => Err(missing("user", &name)),
+        store::UserDeletion::LastAdmin => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("user {name} is the last admin: create another admin before deleting it"),
+        )),
+    }
+}
+
+fn lifetime(text: Option<&str>, default: &str) -> Result<Option<String>, ApiError> {
+    Ok(parse_lifetime(text.unwrap_or(default)).map_err(bad)?.map(crate::db::stamp_in))
+}
+
+async fn create_api_token(c: Caller, State(s): State<S>, Input(t): Input<ApiTokenRequest>) -> ApiResult {
+    let name = t.name.unwrap_or_else(|| "created".into());
+    check_name("token", &name).map_err(bad)?;
+    let expires = lifetime(t.expires.as_deref(), API_TOKEN_DEFAULT)?;
+    let (id, token) = store::create_api_token(&s.core.db, &c.user_id, &name, expires.clone()).await?;
+    tracing::info!("API token {id} ({name}) created for user {}", c.name);
+    Ok(Json(json!({ "token": token, "id": id, "kind": "api", "user": c.name, "name": name, "expires": expires })))
 }
 
 async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult {
@@ -188,9 +336,36 @@ async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenR
         "transport" => Role::Transport,
         other => return Err(bad(format!("role {other:?}: agent or transport"))),
     };
+    match (&t.name, t.any_name) {
+        (Some(n), false) => bulwark_proto::pki::validate_node_name(n).map_err(bad)?,
+        (None, true) if !t.replace => {}
+        (None, true) => return Err(bad("--replace takes back one removed name: give it with --name")),
+        _ => return Err(bad("a join token is for one node name (name) or for any new name (any_name), not both")),
+    }
+    let expires = lifetime(t.expires.as_deref(), JOIN_TOKEN_DEFAULT)?;
+    let grant = Grant { role, name: t.name.clone(), replace: t.replace };
     let token = JoinToken::generate(&s.ca.fingerprint());
-    store::create_join_token(&s.core.db, &token.secret, role).await?;
-    Ok(Json(json!({ "token": token.to_string(), "role": t.role })))
+    let id = store::create_join_token(&s.core.db, &token.secret, &grant, expires.clone()).await?;
+    Ok(Json(json!({
+        "token": token.to_string(), "id": id, "kind": "join", "role": t.role, "name": t.name,
+        "replace": t.replace, "expires": expires,
+    })))
+}
+
+/// API tokens (an admin's listing has everyone's and the unused join tokens).
+async fn list_tokens(c: Caller, State(s): State<S>) -> ApiResult {
+    let mine = (!c.is_admin()).then_some(c.user_id.as_str());
+    Ok(Json(Value::Array(store::tokens(&s.core.db, mine, c.is_admin()).await?)))
+}
+
+/// Revokes a token by its id: users their own API tokens, admins any token.
+async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
+    let mine = (!c.is_admin()).then_some(c.user_id.as_str());
+    if !store::revoke_token(&s.core.db, &id, mine, c.is_admin()).await? {
+        return Err(missing("token", &id));
+    }
+    tracing::info!("token {id} revoked by {}", c.name);
+    Ok(Json(json!({ "revoked": id })))
 }
 
 async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
@@ -212,12 +387,38 @@ async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>)
     Ok(Json(n))
 }
 
-/// Removing a computer revokes its certificate everywhere; its restore points stay.
-async fn remove_computer(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
-    c.admin()?;
-    if !store::revoke_node(&s.core.db, "agent", &name).await? {
-        return Err(missing("computer", &name));
+fn node_noun(role: &str) -> &'static str {
+    if role == "agent" {
+        "computer"
+    } else {
+        "transport node"
     }
+}
+
+/// A removed node's name may join again, with a token made for that name.
+async fn readmit(c: Caller, State(s): State<S>, Path(name): Path<String>, role: &str) -> ApiResult {
+    c.admin()?;
+    match store::readmit_node(&s.core.db, role, &name).await? {
+        Some(true) => {
+            tracing::info!("{role} {name} readmitted by {}", c.name);
+            Ok(Json(json!({ "readmitted": name, "role": role })))
+        }
+        Some(false) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{} {name} has not been removed: nothing to readmit", node_noun(role)),
+        )),
+        None => Err(missing(node_noun(role), &name)),
+    }
+}
+
+/// Removing a computer or transport node revokes its certificate everywhere; restore points
+/// stay.
+async fn remove_node(c: Caller, State(s): State<S>, Path(name): Path<String>, role: &str) -> ApiResult {
+    c.admin()?;
+    if !store::revoke_node(&s.core.db, role, &name).await? {
+        return Err(missing(node_noun(role), &name));
+    }
+    tracing::info!("{role} {name} removed by {}: its certificate is revoked", c.name);
     let serials = store::revoked_serials(&s.core.db).await?;
     if let Err(e) = s.revoked.update(serials.clone()) {
         tracing::warn!("revocation list: {e}");
@@ -452,14 +653,38 @@ async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list_jobs(_c: Caller, State(s): State<S>) -> ApiResult {
-    let jobs = store::jobs(&s.core.db).await?;
-    Ok(Json(Value::Array(jobs.into_iter().map(|j| serde_json::to_value(j.job).unwrap_or_default()).collect())))
+/// Pre and post commands, and what they print, often hold credentials (a database password
+/// for a dump, say): only admins see them.
+fn job_for(c: &Caller, job: &Job) -> Value {
+    let mut v = serde_json::to_value(job).unwrap_or_default();
+    if !c.is_admin() {
+        for k in ["pre_command", "post_command"] {
+            if !v[k].is_null() {
+                v[k] = json!("(hidden)");
+            }
+        }
+    }
+    v
 }
 
-async fn show_job(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// A task's log without the lines of its pre and post steps, for viewers (see [`job_for`]).
+fn hide_steps(c: &Caller, task: &mut Value) {
+    if c.is_admin() {
+        return;
+    }
+    if let Some(lines) = task["log"]["lines"].as_array_mut() {
+        lines.retain(|l| !l.as_str().is_some_and(|l| l.starts_with("pre-step") || l.starts_with("post-step")));
+    }
+}
+
+async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult {
+    let jobs = store::jobs(&s.core.db).await?;
+    Ok(Json(Value::Array(jobs.iter().map(|j| job_for(&c, &j.job)).collect())))
+}
+
+async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     let j = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?;
-    let mut v = serde_json::to_value(&j.job).unwrap_or_default();
+    let mut v = job_for(&c, &j.job);
     v["created"] = json!(j.created);
     v["last_session"] = store::sessions(&s.core.db, Some(&name)).await?.into_iter().next().unwrap_or(Value::Null);
     Ok(Json(v))
@@ -539,7 +764,7 @@ fn yes() -> bool {
 }
 
 async fn show_session(
-    _c: Caller,
+    c: Caller,
     State(s): State<S>,
     Path(id): Path<String>,
     Query(q): Query<SessionView>,
@@ -547,6 +772,7 @@ async fn show_session(
     let mut v = store::session_with(&s.core.db, &id, q.logs).await?.ok_or_else(|| missing("session", &id))?;
     let progress = s.core.progress.lock().expect("lock").clone();
     for t in v["tasks"].as_array_mut().into_iter().flatten() {
+        hide_steps(&c, t);
         if let Some(p) = t["id"].as_str().and_then(|id| progress.get(id)) {
             t["progress"] = json!({
                 "total_bytes": p.total_bytes, "read_bytes": p.read_bytes,

@@ -72,6 +72,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
      ALTER TABLE repositories ADD COLUMN isolation TEXT NOT NULL DEFAULT 'shared';
      CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated TEXT NOT NULL);",
     ),
+    // Credentials: tokens with an id (to list and revoke them by) and an expiry; join tokens
+    // bound to a node name (NULL: any new name) and allowed, or not, to take back a removed
+    // one; removed nodes an operator readmitted.
+    (
+        3,
+        "ALTER TABLE api_tokens ADD COLUMN id TEXT;
+     ALTER TABLE api_tokens ADD COLUMN expires TEXT;
+     UPDATE api_tokens SET id = substr(hash, 1, 16);
+     ALTER TABLE join_tokens ADD COLUMN id TEXT;
+     ALTER TABLE join_tokens ADD COLUMN name TEXT;
+     ALTER TABLE join_tokens ADD COLUMN replace_removed BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE join_tokens ADD COLUMN expires TEXT;
+     UPDATE join_tokens SET id = substr(secret_hash, 1, 16);
+     ALTER TABLE nodes ADD COLUMN readmitted BIGINT NOT NULL DEFAULT 0",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +106,17 @@ pub struct Db {
 /// Now, as the database stores times.
 pub fn now() -> String {
     jiff::Timestamp::now().to_string()
+}
+
+/// A time to the second, in one fixed width, so that the database compares such times as text
+/// (expiries).
+pub fn stamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// [`stamp`] of now plus `seconds`.
+pub fn stamp_in(seconds: i64) -> String {
+    stamp(jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or(jiff::Timestamp::MAX))
 }
 
 impl Db {

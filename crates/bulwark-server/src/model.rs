@@ -322,10 +322,70 @@ pub fn whole_disks(inventory: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// A join token: for `role`, and the node `name` or, with `any_name`, any name no node has had.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub role: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub any_name: bool,
+    /// May take back the name of a removed node.
+    #[serde(default)]
+    pub replace: bool,
+    /// How long it stays valid ([`parse_lifetime`]); 7 days when absent.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// An API token for the caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenRequest {
+    /// A label to recognise it by in listings.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How long it stays valid ([`parse_lifetime`]); 90 days when absent.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// A new password; `current` is needed when users change their own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub password: String,
+    #[serde(default)]
+    pub current: Option<String>,
+}
+
+/// A token's lifetime in seconds: `30s`, `90m`, `12h`, `30d`, or `never` (`None`), at most
+/// ten years.
+pub fn parse_lifetime(text: &str) -> Result<Option<i64>, String> {
+    if text == "never" {
+        return Ok(None);
+    }
+    let bad = || format!("lifetime {text:?}: a number with s, m, h or d (30d, 12h), or never");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n: i64 = text[..text.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(scale).filter(|s| (1..=10 * 366 * 86_400).contains(s)).ok_or_else(bad)?;
+    Ok(Some(secs))
+}
+
+/// A password good enough to be worth hashing.
+pub fn check_password(pw: &str) -> Result<(), String> {
+    if pw.chars().count() < 10 {
+        return Err("a password needs at least 10 characters".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -374,6 +434,17 @@ mod tests {
         job.validate().unwrap();
         let with_sources = Job { sources: vec!["/dev/vda".into()], ..job };
         assert!(with_sources.validate().unwrap_err().contains("takes no sources"));
+    }
+
+    #[test]
+    fn lifetimes_have_a_unit_and_a_bound() {
+        assert_eq!(parse_lifetime("90s"), Ok(Some(90)));
+        assert_eq!(parse_lifetime("12h"), Ok(Some(12 * 3600)));
+        assert_eq!(parse_lifetime("30d"), Ok(Some(30 * 86_400)));
+        assert_eq!(parse_lifetime("never"), Ok(None));
+        for bad in ["", "d", "12", "0s", "-5m", "12w", "999999999d"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

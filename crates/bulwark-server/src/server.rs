@@ -4,12 +4,14 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_proto::pki::{Ca, Role};
 use bulwark_proto::tls::{self, Revocations, TlsIdentity, SERVER_NODE};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tonic::transport::server::Connected;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
@@ -39,6 +41,10 @@ pub struct ServerOptions {
     pub tick: Duration,
     /// Extra names (DNS or IP) the server's certificate carries, for clients dialling those.
     pub tls_names: Vec<String>,
+    /// Lockouts after failed logins.
+    pub login_policy: crate::login_guard::LoginPolicy,
+    /// Handshake, idle and per-address bounds of the HTTPS port.
+    pub limits: tls::Limits,
 }
 
 /// What the server says once it listens.
@@ -97,7 +103,9 @@ async fn first_admin(db: &Db, dir: &Path) -> Result<Option<(String, String)>, Se
         tokio::task::spawn_blocking(move || hash_password(&pw)).await.map_err(|e| setup("hashing")(&e))?
     };
     let id = store::create_user(db, "admin", &hash, "admin").await?;
-    let token = store::create_api_token(db, &id, "initial").await?;
+    // It does not expire: it is how the operator gets in at all. Revoke it once other admins
+    // exist (`bulwark token revoke`).
+    let (_, token) = store::create_api_token(db, &id, "initial", None).await?;
     bulwark_proto::pki::write_private(&dir.join("initial-admin-token"), format!("{token}\n").as_bytes())
         .map_err(|e| setup("writing the initial admin token")(&e))?;
     Ok(Some((password, token)))
@@ -164,30 +172,104 @@ pub async fn run_with_clock(
     });
 
     let registrar = Registrar::new(ca.clone(), Arc::new(DbNodes(db.clone())));
-    let state = AppState { core, ca, revoked: revoked.clone(), logins: tokio::sync::Semaphore::new(2) };
+    let state = AppState {
+        core,
+        ca,
+        revoked: revoked.clone(),
+        logins: tokio::sync::Semaphore::new(2),
+        login_guard: crate::login_guard::LoginGuard::new(opts.login_policy.clone()),
+    };
     let app = api::router(Arc::new(state)).route_service("/bulwark.v1.Registration/{*method}", registrar.into_server());
     ready(Ready { address, first_admin });
     info!("server listening on {address}");
 
-    let mut incoming = tls::incoming(listener, Arc::new(web));
+    let limits = opts.limits.clone();
+    let mut incoming = tls::incoming(listener, Arc::new(web), limits.clone());
     while let Some(conn) = tokio_stream::StreamExt::next(&mut incoming).await {
         let Ok(conn) = conn else { continue };
         let info = tonic::transport::server::Connected::connect_info(&conn);
-        let svc = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(info.clone());
-            req
-        });
-        tokio::spawn(async move {
-            let svc = hyper_util::service::TowerToHyperService::new(svc);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(conn), svc)
-                .await
-            {
-                warn!("connection ended: {e}");
-            }
-        });
+        let busy = Arc::new(AtomicUsize::new(0));
+        let counter = busy.clone();
+        let svc = app
+            .clone()
+            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                req
+            })
+            .map_future(move |answer| {
+                let call = Busy::enter(&counter);
+                async move {
+                    let r = answer.await;
+                    drop(call);
+                    r
+                }
+            });
+        tokio::spawn(serve_connection(conn, svc, busy, limits.idle_timeout));
     }
     Ok(())
+}
+
+/// Counts a call in progress on a connection until dropped.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(counter: &Arc<AtomicUsize>) -> Busy {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Busy(counter.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one API connection. One with no call in progress (`busy`) that sends nothing for
+/// `idle` is shut down, gracefully first, then for good if the peer does not go, so idle
+/// peers cannot hold descriptors; a call in progress is never cut (a restore's answer can take
+/// hours). HTTP/1 requests must also arrive within `idle` once begun.
+async fn serve_connection<Svc>(conn: tls::TlsConn, svc: Svc, busy: Arc<AtomicUsize>, idle: Duration)
+where
+    Svc: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let clock = conn.idle_for();
+    let remote = conn.connect_info().remote;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+    let svc = hyper_util::service::TowerToHyperService::new(svc);
+    let served = builder.serve_connection(TokioIo::new(conn), svc);
+    tokio::pin!(served);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    warn!("connection from {remote} ended: {e}");
+                }
+                return;
+            }
+            () = tokio::time::sleep(idle / 4) => {
+                if busy.load(Ordering::Relaxed) > 0 || clock.idle() < idle {
+                    continue;
+                }
+                if shutting_down {
+                    tracing::debug!("dropping the connection from {remote}: it did not close when asked");
+                    return;
+                }
+                tracing::debug!("closing the connection from {remote}: idle for {} s", clock.idle().as_secs());
+                served.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    }
 }
 
 /// Prints what an operator needs once, when the server first starts.

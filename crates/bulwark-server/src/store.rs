@@ -3,9 +3,9 @@
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 
-use crate::db::{int, now, opt_text, text, Db, Result};
+use crate::db::{int, now, opt_text, stamp_in, text, Db, Result};
 use crate::model::{Job, RepositoryInput};
-use crate::registration::{JoinedNode, NodeStore};
+use crate::registration::{admission, Grant, JoinedNode, Known, NodeStore};
 use crate::secrets::Secrets;
 use bulwark_proto::pki::Role;
 
@@ -48,40 +48,194 @@ pub async fn user_by_name(db: &Db, name: &str) -> Result<Option<(String, String,
     Ok(row.map(|r| (text(&r, "id"), text(&r, "password_hash"), text(&r, "role"))))
 }
 
-/// A new API token for a user; only its hash is stored.
-pub async fn create_api_token(db: &Db, user_id: &str, name: &str) -> Result<String> {
+/// A token's id: the start of its hash, so that listing and revoking never need the secret.
+fn token_id(hash: &str) -> String {
+    hash[..16].to_string()
+}
+
+/// A new API token for a user, valid until `expires` ([`crate::db::stamp`]) or for good; only
+/// its hash is stored. Its id and the token.
+pub async fn create_api_token(db: &Db, user_id: &str, name: &str, expires: Option<String>) -> Result<(String, String)> {
     let token = format!("bwa1.{}", random_hex(24));
-    sqlx::query("INSERT INTO api_tokens (hash, user_id, name, created) VALUES ($1, $2, $3, $4)")
-        .bind(sha256_hex(&token))
+    let hash = sha256_hex(&token);
+    sqlx::query("INSERT INTO api_tokens (hash, id, user_id, name, created, expires) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&hash)
+        .bind(token_id(&hash))
         .bind(user_id)
         .bind(name)
         .bind(now())
+        .bind(expires)
         .execute(&db.pool)
         .await?;
-    Ok(token)
+    Ok((token_id(&hash), token))
 }
 
-/// (user name, role) behind an API token.
-pub async fn token_user(db: &Db, token: &str) -> Result<Option<(String, String)>> {
+/// Who holds an API token.
+#[derive(Debug, Clone)]
+pub struct TokenHolder {
+    pub user: String,
+    pub user_id: String,
+    pub role: String,
+    /// The token's id.
+    pub token: String,
+    /// When it expired, if it has.
+    pub expired: Option<String>,
+}
+
+/// The user behind an API token.
+pub async fn token_user(db: &Db, token: &str) -> Result<Option<TokenHolder>> {
     let row = sqlx::query(
-        "SELECT u.name AS name, u.role AS role FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
+        "SELECT u.name AS name, u.id AS uid, u.role AS role, t.id AS id, t.expires AS expires \
+         FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
     )
     .bind(sha256_hex(token))
     .fetch_optional(&db.pool)
     .await?;
-    Ok(row.map(|r| (text(&r, "name"), text(&r, "role"))))
+    Ok(row.map(|r| TokenHolder {
+        user: text(&r, "name"),
+        user_id: text(&r, "uid"),
+        role: text(&r, "role"),
+        token: text(&r, "id"),
+        expired: opt_text(&r, "expires").filter(|e| *e <= stamp_in(0)),
+    }))
+}
+
+/// Forgets tokens that have expired (logins leave one each).
+pub async fn purge_expired_tokens(db: &Db) -> Result<()> {
+    let now = stamp_in(0);
+    sqlx::query("DELETE FROM api_tokens WHERE expires IS NOT NULL AND expires <= $1")
+        .bind(&now)
+        .execute(&db.pool)
+        .await?;
+    sqlx::query("DELETE FROM join_tokens WHERE used IS NULL AND expires IS NOT NULL AND expires <= $1")
+        .bind(&now)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// API tokens (of one user, or everyone's) and, with `join`, unused join tokens: never their
+/// secrets, only what identifies them.
+pub async fn tokens(db: &Db, user_id: Option<&str>, join: bool) -> Result<Vec<Value>> {
+    let rows = sqlx::query(
+        "SELECT t.id AS id, t.name AS name, t.created AS created, t.expires AS expires, u.name AS uname, \
+         u.id AS uid FROM api_tokens t JOIN users u ON u.id = t.user_id ORDER BY t.created",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out: Vec<Value> = rows
+        .iter()
+        .filter(|r| user_id.is_none_or(|u| text(r, "uid") == u))
+        .map(|r| {
+            json!({
+                "id": text(r, "id"), "kind": "api", "user": text(r, "uname"), "name": text(r, "name"),
+                "created": text(r, "created"), "expires": opt_text(r, "expires"),
+            })
+        })
+        .collect();
+    if join {
+        let rows =
+            sqlx::query("SELECT * FROM join_tokens WHERE used IS NULL ORDER BY created").fetch_all(&db.pool).await?;
+        out.extend(rows.iter().map(|r| {
+            json!({
+                "id": opt_text(r, "id"), "kind": "join", "role": text(r, "role"),
+                "name": opt_text(r, "name").unwrap_or_else(|| "(any new name)".into()),
+                "replace": int(r, "replace_removed") != 0, "created": text(r, "created"),
+                "expires": opt_text(r, "expires"),
+            })
+        }));
+    }
+    Ok(out)
+}
+
+/// Revokes the token `id`: an API token (only `user_id`'s, when given), or an unused join
+/// token (when `join`). Whether there was one.
+pub async fn revoke_token(db: &Db, id: &str, user_id: Option<&str>, join: bool) -> Result<bool> {
+    let r = match user_id {
+        Some(u) => sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND user_id = $2").bind(id).bind(u),
+        None => sqlx::query("DELETE FROM api_tokens WHERE id = $1").bind(id),
+    }
+    .execute(&db.pool)
+    .await?;
+    if r.rows_affected() > 0 || !join {
+        return Ok(r.rows_affected() > 0);
+    }
+    let r = sqlx::query("DELETE FROM join_tokens WHERE id = $1 AND used IS NULL").bind(id).execute(&db.pool).await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn users(db: &Db) -> Result<Vec<Value>> {
+    let rows = sqlx::query("SELECT name, role, created FROM users ORDER BY name").fetch_all(&db.pool).await?;
+    Ok(rows
+        .iter()
+        .map(|r| json!({"name": text(r, "name"), "role": text(r, "role"), "created": text(r, "created")}))
+        .collect())
+}
+
+/// Sets a user's password; their login tokens but `keep` (the caller's) are revoked, so a
+/// password believed stolen takes the sessions opened with it along.
+pub async fn set_password(db: &Db, user_id: &str, password_hash: &str, keep: Option<&str>) -> Result<()> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        .bind(password_hash)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND name = 'login' AND id <> $2")
+        .bind(user_id)
+        .bind(keep.unwrap_or(""))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Why a user was not deleted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UserDeletion {
+    Deleted,
+    NoSuchUser,
+    LastAdmin,
+}
+
+/// Deletes a user and their tokens, unless they are the last admin.
+pub async fn delete_user(db: &Db, name: &str) -> Result<UserDeletion> {
+    let mut tx = db.pool.begin().await?;
+    let Some(u) = sqlx::query("SELECT id, role FROM users WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?
+    else {
+        return Ok(UserDeletion::NoSuchUser);
+    };
+    if text(&u, "role") == "admin" {
+        let admins = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE role = 'admin'").fetch_one(&mut *tx).await?;
+        if int(&admins, "n") <= 1 {
+            return Ok(UserDeletion::LastAdmin);
+        }
+    }
+    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(text(&u, "id")).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(text(&u, "id")).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(UserDeletion::Deleted)
 }
 
 // ---- join tokens and nodes ----
 
-pub async fn create_join_token(db: &Db, secret: &str, role: Role) -> Result<()> {
-    sqlx::query("INSERT INTO join_tokens (secret_hash, role, created) VALUES ($1, $2, $3)")
-        .bind(sha256_hex(secret))
-        .bind(role.as_str())
-        .bind(now())
-        .execute(&db.pool)
-        .await?;
-    Ok(())
+/// Records a join token for what `grant` allows, until `expires`; its id.
+pub async fn create_join_token(db: &Db, secret: &str, grant: &Grant, expires: Option<String>) -> Result<String> {
+    let hash = sha256_hex(secret);
+    sqlx::query(
+        "INSERT INTO join_tokens (secret_hash, id, role, name, replace_removed, created, expires) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&hash)
+    .bind(token_id(&hash))
+    .bind(grant.role.as_str())
+    .bind(grant.name.clone())
+    .bind(i64::from(grant.replace))
+    .bind(now())
+    .bind(expires)
+    .execute(&db.pool)
+    .await?;
+    Ok(token_id(&hash))
 }
 
 fn node_json(r: &AnyRow) -> Value {
@@ -147,6 +301,20 @@ pub async fn revoke_node(db: &Db, role: &str, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Lets a removed node's name join again (with a token made for that name). `None` if there
+/// is no such node, `Some(false)` if it was not removed.
+pub async fn readmit_node(db: &Db, role: &str, name: &str) -> Result<Option<bool>> {
+    let r = sqlx::query("UPDATE nodes SET readmitted = 1 WHERE role = $1 AND name = $2 AND revoked = 1")
+        .bind(role)
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    if r.rows_affected() == 1 {
+        return Ok(Some(true));
+    }
+    Ok(node(db, role, name).await?.map(|_| false))
+}
+
 pub async fn revoked_serials(db: &Db) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT serial FROM revoked_certificates").fetch_all(&db.pool).await?;
     Ok(rows.iter().map(|r| text(r, "serial")).collect())
@@ -164,68 +332,101 @@ pub async fn open_tasks_on(db: &Db, repository: &str) -> Result<i64> {
 /// Join tokens and nodes in the config database.
 pub struct DbNodes(pub Db);
 
+impl DbNodes {
+    /// [`NodeStore::admit`] within one transaction: the token is spent and the node recorded
+    /// together, or neither.
+    async fn admit_in(&self, secret: &str, role: Role, n: &JoinedNode) -> std::result::Result<(), Refusal> {
+        let mut tx = self.0.pool.begin().await?;
+        let hash = sha256_hex(secret);
+        let token = sqlx::query("SELECT * FROM join_tokens WHERE secret_hash = $1 AND used IS NULL")
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Refusal::No("unknown or already used join token".into()))?;
+        if let Some(e) = opt_text(&token, "expires").filter(|e| *e <= stamp_in(0)) {
+            return Err(Refusal::No(format!("the join token expired at {e}; create another")));
+        }
+        let grant = Grant {
+            role: text(&token, "role").parse().map_err(Refusal::No)?,
+            name: opt_text(&token, "name"),
+            replace: int(&token, "replace_removed") != 0,
+        };
+        let known = sqlx::query("SELECT role, revoked, readmitted FROM nodes WHERE name = $1")
+            .bind(&n.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| Known {
+                role: text(&r, "role"),
+                removed: int(&r, "revoked") != 0,
+                readmitted: int(&r, "readmitted") != 0,
+            });
+        let referenced = grant.name.is_none() && known.is_none() && referenced(&mut tx, &n.name).await?;
+        admission(&grant, role, &n.name, known.as_ref(), referenced).map_err(Refusal::No)?;
+        let spent = sqlx::query("UPDATE join_tokens SET used = $1 WHERE secret_hash = $2 AND used IS NULL")
+            .bind(now())
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        if spent.rows_affected() != 1 {
+            return Err(Refusal::No("unknown or already used join token".into()));
+        }
+        let q = if known.is_some() {
+            "UPDATE nodes SET address = $1, serial = $2, joined = $3, revoked = 0, readmitted = 0 WHERE name = $4"
+        } else {
+            "INSERT INTO nodes (address, serial, joined, name, role) VALUES ($1, $2, $3, $4, $5)"
+        };
+        let mut q = sqlx::query(q).bind(&n.address).bind(&n.serial).bind(now()).bind(&n.name);
+        if known.is_none() {
+            q = q.bind(&n.role);
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Whether jobs, groups or catalog points name the computer `name`.
+async fn referenced(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> std::result::Result<bool, sqlx::Error> {
+    let points =
+        sqlx::query("SELECT COUNT(*) AS n FROM points WHERE computer = $1").bind(name).fetch_one(&mut **tx).await?;
+    if int(&points, "n") > 0 {
+        return Ok(true);
+    }
+    let names = |json: &str| serde_json::from_str::<Vec<String>>(json).unwrap_or_default();
+    let groups = sqlx::query("SELECT computers FROM groups").fetch_all(&mut **tx).await?;
+    if groups.iter().any(|g| names(&text(g, "computers")).iter().any(|c| c == name)) {
+        return Ok(true);
+    }
+    let jobs = sqlx::query("SELECT spec FROM jobs").fetch_all(&mut **tx).await?;
+    Ok(jobs
+        .iter()
+        .filter_map(|j| serde_json::from_str::<Job>(&text(j, "spec")).ok())
+        .any(|j| j.computers.iter().any(|c| c == name)))
+}
+
+/// Why a join was refused: the token does not allow it, or the database failed.
+enum Refusal {
+    No(String),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(e: sqlx::Error) -> Self {
+        Refusal::Db(e)
+    }
+}
+
 #[tonic::async_trait]
 impl NodeStore for DbNodes {
-    async fn redeem(&self, secret: &str) -> Option<Role> {
-        let hash = sha256_hex(secret);
-        let used = sqlx::query("UPDATE join_tokens SET used = $1 WHERE secret_hash = $2 AND used IS NULL")
-            .bind(now())
-            .bind(&hash)
-            .execute(&self.0.pool)
-            .await
-            .ok()?;
-        if used.rows_affected() != 1 {
-            return None;
-        }
-        let row = sqlx::query("SELECT role FROM join_tokens WHERE secret_hash = $1")
-            .bind(&hash)
-            .fetch_one(&self.0.pool)
-            .await
-            .ok()?;
-        text(&row, "role").parse().ok()
-    }
-
-    async fn joined(&self, n: JoinedNode) -> std::result::Result<(), String> {
-        let db = &self.0;
-        let err = |e: sqlx::Error| format!("recording the node: {e}");
-        if let Some(r) = sqlx::query("SELECT role FROM nodes WHERE name = $1")
-            .bind(&n.name)
-            .fetch_optional(&db.pool)
-            .await
-            .map_err(err)?
-        {
-            // A joined node's name is not taken over by whoever holds a token: the operator
-            // removes (revokes) the node first.
-            if text(&r, "role") != n.role
-                || sqlx::query("SELECT revoked FROM nodes WHERE name = $1")
-                    .bind(&n.name)
-                    .fetch_one(&db.pool)
-                    .await
-                    .map(|r| int(&r, "revoked") == 0)
-                    .unwrap_or(true)
-            {
-                return Err(format!("the name {} is taken by a joined {}; remove it first", n.name, text(&r, "role")));
+    async fn admit(&self, secret: &str, role: Role, node: JoinedNode) -> std::result::Result<(), String> {
+        match self.admit_in(secret, role, &node).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::No(why)) => Err(why),
+            Err(Refusal::Db(e)) => {
+                tracing::warn!("config database: recording {role} {}: {e}", node.name);
+                Err("the server could not record the node (see its log); try again".into())
             }
-            sqlx::query("UPDATE nodes SET address = $1, serial = $2, joined = $3, revoked = 0 WHERE name = $4")
-                .bind(&n.address)
-                .bind(&n.serial)
-                .bind(now())
-                .bind(&n.name)
-                .execute(&db.pool)
-                .await
-                .map_err(err)?;
-            return Ok(());
         }
-        sqlx::query("INSERT INTO nodes (name, role, address, serial, joined) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&n.name)
-            .bind(&n.role)
-            .bind(&n.address)
-            .bind(&n.serial)
-            .bind(now())
-            .execute(&db.pool)
-            .await
-            .map_err(err)?;
-        Ok(())
     }
 }
 

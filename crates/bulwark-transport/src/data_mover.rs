@@ -575,9 +575,10 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
     let svc = DataMoverServer::new(Service(session.clone()))
         .max_decoding_message_size(tls::MAX_MESSAGE)
         .max_encoding_message_size(tls::MAX_MESSAGE);
-    let incoming = tls::incoming(listener, server_cfg);
+    let limits = tls::Limits::from_env();
+    let incoming = tls::incoming(listener, server_cfg, limits.clone());
     tokio::spawn(async move {
-        if let Err(err) = tls::server_builder().add_service(svc).serve_with_incoming(incoming).await {
+        if let Err(err) = tls::server_builder(&limits).add_service(svc).serve_with_incoming(incoming).await {
             warn!("data mover server ended: {err}");
         }
     });

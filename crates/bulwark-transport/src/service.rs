@@ -331,6 +331,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls_cfg: Arc<bulwark_proto::rustls::ServerConfig>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tls::incoming(listener, tls_cfg);
-    tls::server_builder().add_service(service.into_server()).serve_with_incoming(incoming).await
+    let limits = tls::Limits::from_env();
+    let incoming = tls::incoming(listener, tls_cfg, limits.clone());
+    tls::server_builder(&limits).add_service(service.into_server()).serve_with_incoming(incoming).await
 }

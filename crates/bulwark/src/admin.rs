@@ -81,11 +81,72 @@ impl Api {
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
-    /// A one-time join token for a new agent or transport node.
+    /// Create a one-time join token for an agent or transport node, or an API token for yourself.
+    ///
+    /// A join token admits one node: the role and the name it was made for (--name), or, with
+    /// --any-name, whatever name the node gives, as long as no node ever had it and no job,
+    /// group or restore point refers to it (whoever takes a name inherits them). A removed
+    /// node's name joins again only with a token made for it with --replace, or after `bulwark
+    /// computer readmit NAME` (`transport-node` for transport nodes). The token is spent only by
+    /// a successful join. Prints the token once: only its hash is kept.
+    ///
+    /// `--role api` creates an API token for the caller, for scripts (--name labels it).
     Create {
-        #[arg(long, value_parser = ["agent", "transport"])]
+        /// agent or transport (a join token), or api (an API token for yourself).
+        #[arg(long, value_parser = ["agent", "transport", "api"])]
         role: String,
+        /// The node name the join token admits (this or --any-name is required); the label of
+        /// an API token (required).
+        #[arg(long, required_unless_present = "any_name")]
+        name: Option<String>,
+        /// The join token admits any name no node has had (an installation script for many
+        /// computers, say).
+        #[arg(long, conflicts_with = "name")]
+        any_name: bool,
+        /// The join token may take back the name of a removed node (its new certificate
+        /// replaces the revoked one; it inherits the name's jobs and restore points).
+        #[arg(long, requires = "name")]
+        replace: bool,
+        /// How long the token stays valid: 30m, 12h, 30d, or never. Default: 7d for a join
+        /// token, 90d for an API token.
+        #[arg(long, value_name = "LIFETIME")]
+        expires: Option<String>,
     },
+    /// API tokens (an admin sees everyone's, and the join tokens not used yet): their ids,
+    /// owners, labels and expiries, never the tokens themselves.
+    List,
+    /// Revoke a token by the id `token list` shows: at once, every call with it is refused.
+    /// Users may revoke their own API tokens, admins any token.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Users of the API and their roles (admins only).
+    List,
+    /// Create a user: admin (everything) or viewer (reads; never sees pre and post commands).
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["admin", "viewer"])]
+        role: String,
+        /// A file whose first line is the password (at least 10 characters); - for stdin.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+    },
+    /// Change a password: your own (NAME omitted or yours; --current-password-file needed), or,
+    /// as an admin, anyone's. The user's other login tokens are revoked.
+    Passwd {
+        /// The user; yourself when omitted.
+        name: Option<String>,
+        /// A file whose first line is the new password (at least 10 characters); - for stdin.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// A file whose first line is your current password (changing your own).
+        #[arg(long, value_name = "FILE")]
+        current_password_file: Option<PathBuf>,
+    },
+    /// Delete a user and revoke their tokens. The last admin cannot be deleted.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +199,26 @@ pub enum ComputerCmd {
     },
     /// Remove a computer: its certificate is revoked; its restore points stay.
     Delete {
+        name: String,
+    },
+    /// Let a removed computer's name join again, with a token made for it (`bulwark token
+    /// create --role agent --name NAME`). It inherits the name's jobs and restore points.
+    Readmit {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TransportNodeCmd {
+    List,
+    /// Remove a transport node: its certificate is revoked everywhere, so it can no longer
+    /// take tasks or serve repositories; repositories on it stay in the configuration.
+    Delete {
+        name: String,
+    },
+    /// Let a removed transport node's name join again, with a token made for it (`bulwark
+    /// token create --role transport --name NAME`).
+    Readmit {
         name: String,
     },
 }
@@ -412,13 +493,72 @@ pub fn secret(c: Conn, cmd: SecretCmd) -> Result<()> {
 
 pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
     let api = Api::new(&c)?;
-    let TokenCmd::Create { role } = cmd;
-    let v = api.call("POST", "/tokens", Some(json!({"role": role})))?;
-    if c.json {
-        println!("{}", json!({"token": v["token"], "role": v["role"]}));
-    } else {
-        println!("{}", v["token"].as_str().unwrap_or_default());
+    match cmd {
+        TokenCmd::Create { role, name, any_name, replace, expires } => {
+            let v = if role == "api" {
+                api.call("POST", "/api-tokens", Some(json!({"name": name, "expires": expires})))?
+            } else {
+                let body =
+                    json!({"role": role, "name": name, "any_name": any_name, "replace": replace, "expires": expires});
+                api.call("POST", "/tokens", Some(body))?
+            };
+            if c.json {
+                println!("{v}");
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            }
+        }
+        TokenCmd::List => {
+            print(&c, &api.call("GET", "/tokens", None)?, &["id", "kind", "user", "role", "name", "expires"])
+        }
+        TokenCmd::Revoke { id } => print(&c, &api.call("DELETE", &format!("/tokens/{id}"), None)?, &["revoked"]),
     }
+    Ok(())
+}
+
+/// The first line of a password file, or of stdin for `-`.
+fn read_password(file: &std::path::Path) -> Result<String> {
+    let text = if file == std::path::Path::new("-") {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+        line
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read password file {}", file.display()))?
+    };
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+pub fn user(c: Conn, cmd: UserCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let v = match cmd {
+        UserCmd::List => api.call("GET", "/users", None)?,
+        UserCmd::Create { name, role, password_file } => {
+            let body = json!({"name": name, "role": role, "password": read_password(&password_file)?});
+            api.call("POST", "/users", Some(body))?
+        }
+        UserCmd::Passwd { name, password_file, current_password_file } => {
+            let name = match name {
+                Some(n) => n,
+                None => api.call("GET", "/whoami", None)?["name"].as_str().unwrap_or_default().to_string(),
+            };
+            let current = current_password_file.as_deref().map(read_password).transpose()?;
+            let body = json!({"password": read_password(&password_file)?, "current": current});
+            api.call("PUT", &format!("/users/{name}/password"), Some(body))?
+        }
+        UserCmd::Delete { name } => api.call("DELETE", &format!("/users/{name}"), None)?,
+    };
+    print(&c, &v, &["name", "role", "created", "changed", "deleted"]);
+    Ok(())
+}
+
+pub fn transport_node(c: Conn, cmd: TransportNodeCmd) -> Result<()> {
+    let api = Api::new(&c)?;
+    let v = match cmd {
+        TransportNodeCmd::List => api.call("GET", "/transports", None)?,
+        TransportNodeCmd::Delete { name } => api.call("DELETE", &format!("/transports/{name}"), None)?,
+        TransportNodeCmd::Readmit { name } => api.call("POST", &format!("/transports/{name}/readmit"), None)?,
+    };
+    print(&c, &v, &["name", "address", "joined", "revoked", "removed", "readmitted"]);
     Ok(())
 }
 
@@ -467,8 +607,9 @@ pub fn computer(c: Conn, cmd: ComputerCmd) -> Result<()> {
         ComputerCmd::List => api.call("GET", "/computers", None)?,
         ComputerCmd::Show { name } => api.call("GET", &format!("/computers/{name}"), None)?,
         ComputerCmd::Delete { name } => api.call("DELETE", &format!("/computers/{name}"), None)?,
+        ComputerCmd::Readmit { name } => api.call("POST", &format!("/computers/{name}/readmit"), None)?,
     };
-    print(&c, &v, &["name", "address", "joined", "revoked", "online"]);
+    print(&c, &v, &["name", "address", "joined", "revoked", "online", "removed", "readmitted"]);
     Ok(())
 }
 

@@ -89,14 +89,14 @@ pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
     let ca = server_dir.join("ca.pem");
     println!("2. server at {url} (config database: {})", server_dir.join("config.db").display());
     let api = crate::admin::Api::connect(&url, &token, Some(&ca))?;
-    let join = |role: &str| -> Result<String> {
-        Ok(api.call("POST", "/tokens", Some(serde_json::json!({"role": role})))?["token"]
+    let join = |role: &str, name: &str| -> Result<String> {
+        Ok(api.call("POST", "/tokens", Some(serde_json::json!({"role": role, "name": name})))?["token"]
             .as_str()
             .unwrap_or_default()
             .to_string())
     };
     let node = |role: &str, name: &str, extra: &[&str]| -> Result<u32> {
-        let t = join(role)?;
+        let t = join(role, name)?;
         let data = s(&dir.join(name));
         let mut args = vec![role, "--server", &url, "--join-token", &t, "--name", name, "--data-dir", &data];
         args.extend(["--listen", "127.0.0.1:0"]);

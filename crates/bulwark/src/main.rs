@@ -43,9 +43,9 @@ enum Command {
     /// Run the agent service: this computer's inventory and its backup tasks, on the server's
     /// orders.
     ///
-    /// The first start joins the server with a one-time token (`--server URL --join-token T`):
-    /// the agent generates its key, gets a certificate from the server's CA and keeps both in
-    /// --data-dir (mode 0600). Later starts need only --data-dir. Every connection is mutual
+    /// The first start joins the server with a one-time token made for this node's name
+    /// (`--server URL --join-token-file F`): the agent generates its key, gets a certificate
+    /// from the server's CA and keeps both in --data-dir (mode 0600). Later starts need only --data-dir. Every connection is mutual
     /// TLS 1.3; only the server may call the agent. A snapshot left by a task that was running
     /// when the agent died is removed at the next start. Prints one JSON line with the address
     /// once listening; logs to stderr. SIGTERM or SIGINT stops it.
@@ -93,18 +93,24 @@ enum Command {
         #[arg(long)]
         tls_name: Vec<String>,
     },
-    /// Join tokens for new agents and transport nodes (through the server).
+    /// Tokens: join tokens for agents and transport nodes, API tokens; list, revoke.
     #[command(subcommand)]
     Token(admin::TokenCmd),
+    /// Users of the server's API: create, change passwords, delete.
+    #[command(subcommand)]
+    User(admin::UserCmd),
     /// Repositories the server knows (through the server).
     #[command(subcommand)]
     Repository(admin::RepositoryCmd),
     /// Secrets for jobs' pre and post commands, sealed on the server (through the server).
     #[command(subcommand)]
     Secret(admin::SecretCmd),
-    /// Protected computers (joined agents).
+    /// Protected computers (joined agents): list, show, remove, readmit.
     #[command(subcommand)]
     Computer(admin::ComputerCmd),
+    /// Transport nodes (joined repository hosts): list, remove, readmit.
+    #[command(subcommand)]
+    TransportNode(admin::TransportNodeCmd),
     /// Protection groups.
     #[command(subcommand)]
     Group(admin::GroupCmd),
@@ -438,6 +444,8 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         Command::Repository(c) => admin::repository(conn, c)?,
         Command::Secret(c) => admin::secret(conn, c)?,
         Command::Computer(c) => admin::computer(conn, c)?,
+        Command::TransportNode(c) => admin::transport_node(conn, c)?,
+        Command::User(c) => admin::user(conn, c)?,
         Command::Group(c) => admin::group(conn, c)?,
         Command::Job(c) => admin::job(conn, c)?,
         Command::Session(c) => admin::session(conn, c)?,

@@ -17,8 +17,16 @@ pub struct NodeArgs {
     #[arg(long, env = "BULWARK_SERVER")]
     server: Option<String>,
     /// One-time join token from `bulwark token create`; needed only the first time.
-    #[arg(long)]
+    ///
+    /// A token given here is visible to every user of this computer in the process list
+    /// while the node joins: prefer --join-token-file or the BULWARK_JOIN_TOKEN environment
+    /// variable. Once joined, the node starts itself again without this argument.
+    #[arg(long, env = "BULWARK_JOIN_TOKEN", hide_env_values = true, conflicts_with = "join_token_file")]
     join_token: Option<String>,
+    /// A file whose first line is the join token (keep it mode 0600 and delete it once the
+    /// node has joined); needed only the first time.
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
     /// This node's name (lowercase letters, digits, hyphens); defaults to the host name.
     #[arg(long)]
     name: Option<String>,
@@ -31,6 +39,29 @@ pub struct NodeArgs {
     /// Address the server should call (when it differs from --listen, behind NAT say).
     #[arg(long)]
     advertise: Option<String>,
+}
+
+/// Raises this process's soft limit on open files to its hard limit: a daemon serving many
+/// peers should run out of patience with idle ones (`tls::Limits`) long before it runs out of
+/// descriptors.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only into the struct we pass, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+    // SAFETY: setrlimit only reads the struct we pass; any process may raise its soft limit
+    // up to its hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::warn!("cannot raise the open files limit to {}: {}", lim.rlim_max, std::io::Error::last_os_error());
+    }
+}
+
+/// Logging to stderr, and the open files limit raised, for a daemon.
+fn init_daemon() {
+    init_logging();
+    raise_open_files_limit();
 }
 
 pub fn init_logging() {
@@ -69,17 +100,21 @@ async fn start_node(
     let identity = match Identity::load(&args.data_dir)? {
         Some(id) => id,
         None => {
-            let (Some(server), Some(token)) = (&args.server, &args.join_token) else {
+            let (Some(server), Some(token)) = (&args.server, join_token(args)?) else {
                 bail!(
-                    "{} holds no identity: join a server first with --server URL --join-token TOKEN",
+                    "{} holds no identity: join a server first with --server URL and --join-token-file FILE \
+                     (or BULWARK_JOIN_TOKEN)",
                     args.data_dir.display()
                 );
             };
             let name = args.name.clone().unwrap_or_else(hostname);
             let id =
-                bulwark_proto::node::join(server, token, role, &name, &advertise).await.map_err(anyhow::Error::msg)?;
+                bulwark_proto::node::join(server, &token, role, &name, &advertise).await.map_err(anyhow::Error::msg)?;
             id.save(&args.data_dir)?;
             tracing::info!("joined {server} as {role} {name}");
+            if token_in_arguments() {
+                return Err(restart_without_token(bound));
+            }
             id
         }
     };
@@ -96,6 +131,50 @@ async fn start_node(
     Ok((listener, tls_id, revoked, advertise))
 }
 
+/// The join token from --join-token-file, --join-token or BULWARK_JOIN_TOKEN.
+fn join_token(args: &NodeArgs) -> Result<Option<String>> {
+    let Some(file) = &args.join_token_file else { return Ok(args.join_token.clone()) };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read join token file {}", file.display()))?;
+    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t.to_string())),
+        None => bail!("join token file {} is empty: put the token from `bulwark token create` in it", file.display()),
+    }
+}
+
+fn token_in_arguments() -> bool {
+    std::env::args_os().any(|a| a.to_str().is_some_and(|a| a == "--join-token" || a.starts_with("--join-token=")))
+}
+
+/// Replaces this process with the same program and arguments, less the join token (spent now,
+/// and readable by any user in the process list for as long as it stays there), listening on
+/// the port the server has just recorded. Returns only if that fails.
+fn restart_without_token(bound: SocketAddr) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let mut kept = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--join-token" | "--listen") => {
+                args.next();
+            }
+            Some(s) if s.starts_with("--join-token=") || s.starts_with("--listen=") => {}
+            _ => kept.push(a),
+        }
+    }
+    kept.push("--listen".into());
+    kept.push(bound.to_string().into());
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow::anyhow!("joined, but cannot find this program to restart without the token: {e}"),
+    };
+    let err = std::process::Command::new(&exe).args(kept).env_remove("BULWARK_JOIN_TOKEN").exec();
+    anyhow::anyhow!(
+        "joined, but restarting {} without the token failed: {err}; start it again with --data-dir only",
+        exe.display()
+    )
+}
+
 /// Scripts and tests wait for this line on stdout.
 fn announce(role: Role, name: &str, address: &str, bound: SocketAddr) {
     println!("{}", serde_json::json!({ "role": role.as_str(), "name": name, "address": address, "listening": bound }));
@@ -110,7 +189,7 @@ async fn until_stopped() {
 }
 
 pub fn run_agent(args: NodeArgs) -> Result<()> {
-    init_logging();
+    init_daemon();
     runtime()?.block_on(async {
         let (listener, id, revoked, advertise) = start_node(&args, Role::Agent, 9441).await?;
         let bound = listener.local_addr()?;
@@ -118,9 +197,12 @@ pub fn run_agent(args: NodeArgs) -> Result<()> {
             .map_err(anyhow::Error::msg)?;
         let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
         announce(Role::Agent, &id.peer.name, &advertise, bound);
-        let serve = tls::server_builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tls::incoming(listener, server_cfg));
+        let limits = tls::Limits::from_env();
+        let serve = tls::server_builder(&limits).add_service(service.into_server()).serve_with_incoming(tls::incoming(
+            listener,
+            server_cfg,
+            limits.clone(),
+        ));
         tokio::select! {
             r = serve => r.context("agent service")?,
             () = until_stopped() => tracing::info!("agent stopping"),
@@ -130,7 +212,7 @@ pub fn run_agent(args: NodeArgs) -> Result<()> {
 }
 
 pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
-    init_logging();
+    init_daemon();
     if roots.is_empty() {
         bail!("a transport node needs at least one --root for its repositories");
     }
@@ -169,7 +251,7 @@ pub fn run_server(
     tick_seconds: u64,
     tls_names: Vec<String>,
 ) -> Result<()> {
-    init_logging();
+    init_daemon();
     runtime()?.block_on(async {
         let opts = bulwark_server::server::ServerOptions {
             data_dir: data_dir.clone(),
@@ -177,6 +259,8 @@ pub fn run_server(
             db_url: db,
             tick: Duration::from_secs(tick_seconds.max(1)),
             tls_names,
+            login_policy: bulwark_server::login_guard::LoginPolicy::from_env(),
+            limits: tls::Limits::from_env(),
         };
         let serve = bulwark_server::server::run(opts, |r| bulwark_server::server::announce(&r, &data_dir));
         tokio::select! {
@@ -189,7 +273,7 @@ pub fn run_server(
 
 /// The data mover process: its configuration on stdin, its report on stdout.
 pub fn run_data_mover() -> Result<std::process::ExitCode> {
-    init_logging();
+    init_daemon();
     let cfg: bulwark_transport::MoverConfig =
         serde_json::from_reader(std::io::stdin().lock()).context("reading the data mover's configuration")?;
     let code = bulwark_transport::data_mover::run(cfg, &mut std::io::stdout().lock());

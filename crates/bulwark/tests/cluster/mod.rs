@@ -88,9 +88,9 @@ impl Cluster {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let server_addr = listener.local_addr().unwrap().to_string();
         rt.spawn(async move {
-            tls::server_builder()
+            tls::server_builder(&tls::Limits::default())
                 .add_service(registrar.into_server())
-                .serve_with_incoming(tls::incoming(listener, server_cfg))
+                .serve_with_incoming(tls::incoming(listener, server_cfg, tls::Limits::default()))
                 .await
                 .unwrap();
         });
