@@ -40,7 +40,7 @@ pub trait BackupTarget: Sync {
         let _ = m;
         self.codec(compression)
     }
-    /// The newest point of a backup name.
+    /// The newest point of a backup name that a backup through this target may build on.
     fn latest(&self, name: &str) -> Result<Option<Manifest>>;
     fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader>;
     fn tree_cursor(&self, m: &Manifest) -> Result<TreeCursor>;
@@ -109,7 +109,7 @@ impl BackupTarget for Repository {
         self.for_point(m).codec(compression)
     }
     fn latest(&self, name: &str) -> Result<Option<Manifest>> {
-        Repository::latest(self, name)
+        Repository::latest_own(self, name)
     }
     fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader> {
         Repository::open_index(self, m)

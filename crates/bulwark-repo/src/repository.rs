@@ -420,6 +420,14 @@ impl Repository {
         Ok(self.list_points()?.into_iter().rev().find(|m| m.name == name))
     }
 
+    /// The newest point of a backup name that a backup through this handle may build on: one
+    /// written with this handle's keys. A point of other keys (where computers are isolated:
+    /// another computer's, or the master key's) would mix keys in the new point; the backup
+    /// starts afresh instead.
+    pub fn latest_own(&self, name: &str) -> Result<Option<Manifest>> {
+        Ok(self.latest(name)?.filter(|m| m.key_scope.as_deref() == self.scope()))
+    }
+
     /// Opens a point's block index, authenticated against its manifest.
     pub fn open_index(&self, m: &Manifest) -> Result<BlockIndexReader> {
         let damaged = |reason: String| RepoError::DamagedPoint { repo: self.label(), point: m.id.to_string(), reason };

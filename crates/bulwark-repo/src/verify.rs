@@ -1,7 +1,7 @@
 //! The health check: re-reads every chunk the chosen points reference, re-hashes it, and names
 //! each damaged point with the block ranges a restore would get wrong.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -88,7 +88,7 @@ pub fn verify(
 
     // Pass 1: every distinct chunk, from every readable index, with the keys that read it (one
     // computer's, where computers are isolated).
-    let mut wanted: HashMap<ChunkId, Option<String>> = HashMap::new();
+    let mut wanted: HashSet<Scoped> = HashSet::new();
     let mut readable = Vec::new();
     for m in manifests {
         match collect(repo, &m, &mut wanted) {
@@ -105,9 +105,9 @@ pub fn verify(
     }
 
     // Pass 2: check the chunks, in parallel.
-    let ids: Vec<(ChunkId, Option<String>)> = wanted.into_iter().collect();
+    let ids: Vec<Scoped> = wanted.into_iter().collect();
     let next = AtomicUsize::new(0);
-    let damaged: Mutex<HashMap<ChunkId, String>> = Mutex::new(HashMap::new());
+    let damaged: Mutex<HashMap<Scoped, String>> = Mutex::new(HashMap::new());
     let bytes = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -131,7 +131,7 @@ pub fn verify(
                                 RepoError::DamagedChunk { reason, .. } => reason,
                                 other => other.to_string(),
                             };
-                            damaged.lock().expect("no panics while held").insert(*id, reason);
+                            damaged.lock().expect("no panics while held").insert((*id, scope.clone()), reason);
                         }
                     }
                 }
@@ -146,7 +146,11 @@ pub fn verify(
         let mut files = Vec::new();
         if !damaged.is_empty() && m.kind == PointKind::Files {
             repo.read_tree(&m, |e| {
-                if files.len() < 100 && e.extents.iter().any(|x| x.chunk.is_some_and(|c| damaged.contains_key(&c))) {
+                if files.len() < 100
+                    && e.extents
+                        .iter()
+                        .any(|x| x.chunk.is_some_and(|c| damaged.contains_key(&(c, m.key_scope.clone()))))
+                {
                     files.push(e.path_lossy());
                 }
                 Ok(())
@@ -171,13 +175,17 @@ pub fn verify(
     })
 }
 
-fn collect(repo: &Repository, m: &Manifest, into: &mut HashMap<ChunkId, Option<String>>) -> Result<()> {
+/// A chunk and the computer whose keys read it (`None`: the master key). The same name under
+/// two computers' keys is two chunks to check, each with its own keys.
+type Scoped = (ChunkId, Option<String>);
+
+fn collect(repo: &Repository, m: &Manifest, into: &mut HashSet<Scoped>) -> Result<()> {
     repo.for_each_reference(m, |id| {
-        into.entry(id).or_insert_with(|| m.key_scope.clone());
+        into.insert((id, m.key_scope.clone()));
     })
 }
 
-fn ranges_of(repo: &Repository, m: &Manifest, damaged: &HashMap<ChunkId, String>) -> Result<Vec<DamagedRange>> {
+fn ranges_of(repo: &Repository, m: &Manifest, damaged: &HashMap<Scoped, String>) -> Result<Vec<DamagedRange>> {
     let mut index = repo.open_index(m)?;
     let header = index.header();
     let bs = header.block_size.bytes() as u64;
@@ -185,7 +193,7 @@ fn ranges_of(repo: &Repository, m: &Manifest, damaged: &HashMap<ChunkId, String>
     let mut block = 0u64;
     while let Some(r) = index.next_block().map_err(|e| repo.io_err(format!("reading index of {}", m.id), e))? {
         if let BlockRef::Chunk(id) = r {
-            if let Some(reason) = damaged.get(&id) {
+            if let Some(reason) = damaged.get(&(id, m.key_scope.clone())) {
                 let len = header.block_len(block) as u64;
                 match out.last_mut() {
                     Some(last) if last.last_block + 1 == block => {

@@ -40,6 +40,21 @@ pub struct AppState {
 
 type S = Arc<AppState>;
 
+impl AppState {
+    /// Refuses a password check for `user` from `ip` while either is locked out (logged).
+    fn login_guard_check(&self, user: &str, ip: Option<std::net::IpAddr>, from: &str) -> Result<(), ApiError> {
+        use crate::login_guard::Lockout;
+        let Err(lock) = self.login_guard.check(user, ip) else { return Ok(()) };
+        let secs = lock.remaining().as_secs().max(1);
+        let who = match lock {
+            Lockout::User(_) => format!("user {user}"),
+            Lockout::Address(_) => format!("address {from}"),
+        };
+        tracing::warn!("password check of user {user} from {from} refused: {who} is locked out for {secs} s more");
+        Err(ApiError(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins for {who}: try again in {secs} s")))
+    }
+}
+
 /// An error for the caller: a status and a message (as `{"error": …}`).
 #[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);
@@ -199,22 +214,14 @@ async fn login(
     let denied = || ApiError(StatusCode::UNAUTHORIZED, "wrong user name or password".into());
     let ip = client_ip(&peer);
     let from = ip.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
-    if let Err(lock) = s.login_guard.check(&l.name, ip) {
-        let secs = lock.remaining().as_secs().max(1);
-        let who = match lock {
-            Lockout::User(_) => format!("user {}", l.name),
-            Lockout::Address(_) => format!("address {from}"),
-        };
-        tracing::warn!("login of user {} from {from} refused: {who} is locked out for {secs} s more", l.name);
-        return Err(ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed logins for {who}: try again in {secs} s"),
-        ));
-    }
+    s.login_guard_check(&l.name, ip, &from)?;
     let user = store::user_by_name(&s.core.db, &l.name).await?;
     // An unknown user costs the same check as a known one: timing tells nothing.
     let hash = user.as_ref().map_or_else(|| crate::server::DUMMY_HASH.to_string(), |u| u.1.clone());
     let _permit = s.logins.acquire().await.map_err(|_| denied())?;
+    // Again with the permit: guesses sent all at once waited here, and those behind the ones
+    // that earned the lockout must not be checked.
+    s.login_guard_check(&l.name, ip, &from)?;
     let ok =
         tokio::task::spawn_blocking(move || crate::server::verify_password(&l.password, &hash)).await.unwrap_or(false);
     let Some((id, _, _)) = user.filter(|_| ok) else {
@@ -277,6 +284,7 @@ async fn change_password(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
+    peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
     Input(p): Input<PasswordChange>,
 ) -> ApiResult {
     let own = name == c.name;
@@ -287,10 +295,16 @@ async fn change_password(
     let (id, current_hash, _) = store::user_by_name(&s.core.db, &name).await?.ok_or_else(|| missing("user", &name))?;
     if own {
         let current = p.current.ok_or_else(|| bad("changing your own password needs the current one"))?;
+        // A stolen token must not make this a way around the login's throttling.
+        let ip = client_ip(&peer);
+        let from = ip.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        let _permit = s.logins.acquire().await.map_err(|_| bad("the server is shutting down"))?;
+        s.login_guard_check(&name, ip, &from)?;
         let ok = tokio::task::spawn_blocking(move || crate::server::verify_password(&current, &current_hash))
             .await
             .unwrap_or(false);
         if !ok {
+            s.login_guard.failed(&name, ip);
             tracing::warn!("password change of user {name} refused: wrong current password");
             return Err(ApiError(StatusCode::FORBIDDEN, "the current password is wrong".into()));
         }
@@ -717,6 +731,8 @@ async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> 
     if !store::delete_row(&s.core.db, "jobs", &name).await? {
         return Err(missing("job", &name));
     }
+    // Its chains (and their points) stay; a new job of the same name must not prune them.
+    store::release_chains(&s.core.db, &name).await?;
     Ok(Json(json!({ "deleted": name })))
 }
 

@@ -80,6 +80,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE api_tokens ADD COLUMN id TEXT;
      ALTER TABLE api_tokens ADD COLUMN expires TEXT;
      UPDATE api_tokens SET id = substr(hash, 1, 16);
+     UPDATE api_tokens SET expires = '2000-01-01T00:00:00Z' WHERE name = 'login';
      ALTER TABLE join_tokens ADD COLUMN id TEXT;
      ALTER TABLE join_tokens ADD COLUMN name TEXT;
      ALTER TABLE join_tokens ADD COLUMN replace_removed BIGINT NOT NULL DEFAULT 0;

@@ -181,7 +181,9 @@ pub async fn set_password(db: &Db, user_id: &str, password_hash: &str, keep: Opt
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND name = 'login' AND id <> $2")
+    // Every token of the user but the caller's: a token minted with a stolen login token must
+    // not outlive the password change either.
+    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1 AND id <> $2")
         .bind(user_id)
         .bind(keep.unwrap_or(""))
         .execute(&mut *tx)
@@ -742,6 +744,13 @@ async fn legacy_name(db: &Db, computer: &str, source: &str, repository: &str) ->
     Ok((!rows.is_empty() && rows.iter().all(theirs)).then_some(legacy))
 }
 
+/// Frees the chains of a deleted job: nobody's retention prunes them; the next job that backs
+/// one of their sources up into the same repository takes it over.
+pub async fn release_chains(db: &Db, job: &str) -> Result<()> {
+    sqlx::query("UPDATE chains SET job = '' WHERE job = $1").bind(job).execute(&db.pool).await?;
+    Ok(())
+}
+
 /// The names of a job's chains on one computer in one repository: what its retention prunes.
 pub async fn chain_names(db: &Db, job: &str, computer: &str, repository: &str) -> Result<Vec<String>> {
     let rows =
@@ -985,8 +994,11 @@ mod tests {
         // A second job on the same source and repository is refused while the first exists...
         insert_job(&db, &job("j2", &["/prod-data"])).await.unwrap();
         assert_eq!(chain_for(&db, "j2", "db", "/prod-data", "r").await.unwrap(), Chain::OtherJob("j1".into()));
-        // ...and takes the chain over once it is deleted.
+        // ...and takes the chain over once it is deleted; a new job of the old name prunes none.
         delete_row(&db, "jobs", "j1").await.unwrap();
+        release_chains(&db, "j1").await.unwrap();
+        insert_job(&db, &job("j1", &[])).await.unwrap();
+        assert!(chain_names(&db, "j1", "db", "r").await.unwrap().is_empty());
         assert_eq!(ours(&db, "j2", "db", "/prod-data", "r").await, a);
         assert_eq!(chain_names(&db, "j2", "db", "r").await.unwrap(), vec![a]);
     }

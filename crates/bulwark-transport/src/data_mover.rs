@@ -211,16 +211,18 @@ impl Session {
         }
     }
 
-    /// Checks and stores a stream's uploads in the order they came; answers its flushes once
-    /// every upload before them is stored.
+    /// Checks and stores a stream's uploads in the order they came, and answers each barrier
+    /// once every upload before it is stored. It sends the agent nothing but a failure: every
+    /// answer on a stream leaves from its receiving thread, in order.
     fn store_chunks(&self, jobs: std::sync::mpsc::Receiver<Store>, tx: &mpsc::Sender<Result<MoverFrame, Status>>) {
         let mut check = ChunkCheck { codec: self.repo.codec(Compression::None), block: Vec::new() };
         for job in jobs {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                 Store::Put(id, data) => self.store_chunk(&id, &data, &mut check),
-                Store::Flush => tx
-                    .blocking_send(Ok(reply(mover_frame::Frame::Flushed(Empty {}))))
-                    .map_err(|_| "the agent went away".to_string()),
+                Store::Barrier(reached) => {
+                    let _ = reached.send(());
+                    Ok(())
+                }
             }))
             .unwrap_or_else(|_| Err("internal error storing a chunk (see the data mover's log)".into()));
             if let Err(reason) = done {
@@ -268,6 +270,14 @@ impl Session {
                 Err("chunks sent before a restore point was begun".to_string())
             }
         };
+        // (When the storing thread has failed, the session is over: its reason is out.)
+        let ended = || "the session ended".to_string();
+        // Waits until this stream's storing thread has stored every upload queued so far.
+        let stored_so_far = || {
+            let (reached, wait) = std::sync::mpsc::sync_channel(1);
+            store.send(Store::Barrier(reached)).map_err(|_| ended())?;
+            wait.recv().map_err(|_| ended())
+        };
         let writes = matches!(ask, Ask::Begin(_) | Ask::Put { .. } | Ask::Query(_) | Ask::Blocks(_) | Ask::Commit(_));
         if writes && self.cfg.restore_point.is_some() {
             return Err("this data mover serves a restore: it writes nothing".into());
@@ -283,10 +293,7 @@ impl Session {
             }
             Ask::Latest(name) => {
                 self.may_use(&name)?;
-                // A point written with other keys (before its computer was isolated, or by a
-                // standalone backup) is none the agent can read: it starts afresh.
-                let m =
-                    self.repo.latest(&name).map_err(repo_err)?.filter(|m| m.key_scope.as_deref() == self.repo.scope());
+                let m = self.repo.latest_own(&name).map_err(repo_err)?;
                 if let Some(m) = &m {
                     self.readable.lock().expect("lock").insert(m.id.to_string());
                 }
@@ -334,8 +341,7 @@ impl Session {
                 begun()?;
                 self.throttle.take(data.len() as u64);
                 self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
-                // (When the storing thread has failed, the session is over: its reason is out.)
-                store.send(Store::Put(id, data)).map_err(|_| "the session ended".to_string())?;
+                store.send(Store::Put(id, data)).map_err(|_| ended())?;
             }
             Ask::Begin(spec) => {
                 primary("begin")?;
@@ -364,6 +370,13 @@ impl Session {
             }
             Ask::Commit(c) => {
                 primary("commit")?;
+                // Everything the point refers to must be stored (and was checked) before its
+                // manifest is written: the uploads this stream queued, and (flushed by the agent
+                // before it commits) those of the others. A session that failed commits nothing.
+                stored_so_far()?;
+                if let Some(reason) = self.failure.lock().expect("lock").clone() {
+                    return Err(reason);
+                }
                 let writer = self.writer.lock().expect("lock").take().ok_or("commit before begin")?;
                 let Commit { stats, files } = *c;
                 let m = match files {
@@ -375,7 +388,10 @@ impl Session {
                 send(F::Committed(serde_json::to_string(&m).expect("manifest")))?;
                 self.manifests.lock().expect("lock").push(m);
             }
-            Ask::Flush => store.send(Store::Flush).map_err(|_| "the session ended".to_string())?,
+            Ask::Flush => {
+                stored_so_far()?;
+                send(F::Flushed(Empty {}))?;
+            }
         }
         Ok(())
     }
@@ -384,7 +400,8 @@ impl Session {
 /// What a stream's storing thread is given, in the order the agent sent it.
 enum Store {
     Put(ChunkId, Vec<u8>),
-    Flush,
+    /// Answered once every upload before it is stored.
+    Barrier(std::sync::mpsc::SyncSender<()>),
 }
 
 /// A stream's means of checking uploaded chunks against their names (reused for every chunk).
@@ -549,6 +566,13 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
     if let Some(id) = &cfg.restore_point {
         let point: bulwark_repo::RestorePointId = id.parse().map_err(|err: String| e("restore point", &err))?;
         let m = repo.load_manifest(&point).map_err(|err| e("restore point", &err))?;
+        if repo.isolation() == bulwark_repo::Isolation::Computer && m.key_scope.is_none() {
+            // Its keys are the master key, which no agent of an isolated repository gets.
+            return Err(MoverError::Start(format!(
+                "point {id} was written with the repository's own key (a backup made on the repository host): \
+                 restore it there with `bulwark restore --repo`"
+            )));
+        }
         repo = repo.for_point(&m);
         repo.for_each_reference(&m, |c| {
             pieces.insert(c);

@@ -395,6 +395,11 @@ fn credentials_rotate(db: Option<&str>) {
         listed.as_array().unwrap().iter().find(|t| t["name"] == "initial").unwrap()["id"].as_str().unwrap().to_string();
     assert!(cli_as(&server, eve1, &["token", "revoke", &initial]).unwrap_err().contains("no token"));
 
+    // A token minted with a login (maybe a stolen one) is no way around a password change.
+    let minted = cli_as(&server, eve1, &["token", "create", "--role", "api", "--name", "mine", "--expires", "never"]);
+    let minted = minted.unwrap()["token"].as_str().unwrap().to_string();
+    assert!(cli_as(&server, &minted, &["job", "list"]).is_ok());
+
     // Changing one's password needs the current one, and ends the other login sessions.
     let new_pw = write(d, "new", "another-password-1");
     let e = cli_as(&server, eve1, &["user", "passwd", "--password-file", &new_pw]).unwrap_err();
@@ -408,6 +413,7 @@ fn credentials_rotate(db: Option<&str>) {
     assert_eq!(http.login("eve", "another-password-1").0, 200);
     assert!(cli_as(&server, eve1, &["job", "list"]).is_ok(), "the session the change was made with ended");
     assert!(cli_as(&server, eve2, &["job", "list"]).is_err(), "another session survived the password change");
+    assert!(cli_as(&server, &minted, &["job", "list"]).is_err(), "a minted token survived the password change");
     // A viewer changes no one else's; an admin changes anyone's without the current one.
     assert!(cli_as(&server, eve1, &["user", "passwd", "admin", "--password-file", &new_pw])
         .unwrap_err()

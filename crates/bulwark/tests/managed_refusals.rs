@@ -340,6 +340,21 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     assert_eq!(report.status, "failed");
     assert!(report.error.contains(&format!("chunk {target} sent by agent a1")), "{}", report.error);
     assert!(!repo.storage().exists(&target.key()).unwrap(), "the forged chunk was stored");
+    // Nor does a commit right behind the forged upload (one stream, no flush) make a point of it.
+    let m = start(vec!["a1-disk".into()]);
+    let stats = serde_json::to_string(&bulwark_repo::PointStats::default()).unwrap();
+    let frames = vec![
+        open(&m.ticket, 1),
+        frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
+        frame(agent_frame::Frame::Put(Put { id: target.0.to_vec(), data: codec.encode(&target, &[0xa5; 64 << 10]) })),
+        frame(agent_frame::Frame::Blocks(target.0.to_vec())),
+        frame(agent_frame::Frame::Commit(bulwark_proto::pb::Commit { stats_json: stats, ..Default::default() })),
+    ];
+    let answers = raw(&c, &m, "t1", &a1, frames).unwrap();
+    assert!(answers.iter().any(|a| a.contains("does not hold what its name says")), "{answers:?}");
+    assert!(!answers.iter().any(|a| a.starts_with("Committed")), "{answers:?}");
+    assert!(points(&repo_dir).is_empty(), "a point was committed on a refused chunk");
+    assert!(!repo.storage().exists(&target.key()).unwrap());
     // An honest upload of the same name is stored and reads back as the victim's block.
     let m = start(vec!["a1-disk".into()]);
     let frames = vec![
