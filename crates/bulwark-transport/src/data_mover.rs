@@ -103,6 +103,9 @@ struct Session {
     /// Every stream's way back to the agent.
     streams: Mutex<Vec<mpsc::Sender<Result<MoverFrame, Status>>>>,
     done: Notify,
+    /// Uploads queued on any stream and not yet stored (or refused): a commit waits for none.
+    unstored: Mutex<u64>,
+    stored: std::sync::Condvar,
 }
 
 impl Session {
@@ -117,7 +120,24 @@ impl Session {
                 let _ = tx.try_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
             }
         }
+        drop(f);
+        self.stored.notify_all();
         self.done.notify_one();
+    }
+
+    /// Waits until every upload queued on any stream is stored; an error once the session failed.
+    /// The agent flushes its streams before it commits; a commit never relies on that.
+    fn all_stored(&self) -> Result<(), String> {
+        let mut n = self.unstored.lock().expect("lock");
+        loop {
+            if let Some(reason) = self.failure.lock().expect("lock").clone() {
+                return Err(reason);
+            }
+            if *n == 0 {
+                return Ok(());
+            }
+            n = self.stored.wait(n).expect("lock");
+        }
     }
 
     fn outcome(&self) -> MoverOutcome {
@@ -218,7 +238,12 @@ impl Session {
         let mut check = ChunkCheck { codec: self.repo.codec(Compression::None), block: Vec::new() };
         for job in jobs {
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-                Store::Put(id, data) => self.store_chunk(&id, &data, &mut check),
+                Store::Put(id, data) => {
+                    let r = self.store_chunk(&id, &data, &mut check);
+                    *self.unstored.lock().expect("lock") -= 1;
+                    self.stored.notify_all();
+                    r
+                }
                 Store::Barrier(reached) => {
                     let _ = reached.send(());
                     Ok(())
@@ -341,7 +366,11 @@ impl Session {
                 begun()?;
                 self.throttle.take(data.len() as u64);
                 self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
-                store.send(Store::Put(id, data)).map_err(|_| ended())?;
+                *self.unstored.lock().expect("lock") += 1;
+                if store.send(Store::Put(id, data)).is_err() {
+                    *self.unstored.lock().expect("lock") -= 1;
+                    return Err(ended());
+                }
             }
             Ask::Begin(spec) => {
                 primary("begin")?;
@@ -371,12 +400,9 @@ impl Session {
             Ask::Commit(c) => {
                 primary("commit")?;
                 // Everything the point refers to must be stored (and was checked) before its
-                // manifest is written: the uploads this stream queued, and (flushed by the agent
-                // before it commits) those of the others. A session that failed commits nothing.
-                stored_so_far()?;
-                if let Some(reason) = self.failure.lock().expect("lock").clone() {
-                    return Err(reason);
-                }
+                // manifest is written: the uploads queued on every stream. A session that
+                // failed commits nothing.
+                self.all_stored()?;
                 let writer = self.writer.lock().expect("lock").take().ok_or("commit before begin")?;
                 let Commit { stats, files } = *c;
                 let m = match files {
@@ -595,6 +621,8 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
         failure: Mutex::new(None),
         streams: Mutex::new(Vec::new()),
         done: Notify::new(),
+        unstored: Mutex::new(0),
+        stored: std::sync::Condvar::new(),
     });
     let svc = DataMoverServer::new(Service(session.clone()))
         .max_decoding_message_size(tls::MAX_MESSAGE)
