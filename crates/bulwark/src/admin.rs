@@ -462,13 +462,15 @@ pub enum SecretCmd {
     /// It is sealed in the server's database; jobs naming it with `--secret NAME` hand it to
     /// their pre and post commands as the environment variable BULWARK_SECRET_<NAME>.
     Set {
+        /// Letters, digits and '_'; the variable is BULWARK_SECRET_ and the name in capitals.
         name: String,
-        #[arg(long)]
+        /// The file whose first line is the value (`-`: standard input). Keep it out of shell
+        /// history and command lines: they are readable by other users.
+        #[arg(long, value_name = "FILE")]
         value_file: PathBuf,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a secret (jobs that name it then fail their tasks until it is set again).
+    Delete { name: String },
 }
 
 pub fn secret(c: Conn, cmd: SecretCmd) -> Result<()> {
