@@ -478,13 +478,7 @@ pub fn secret(c: Conn, cmd: SecretCmd) -> Result<()> {
     let v = match cmd {
         SecretCmd::List => api.call("GET", "/secrets", None)?,
         SecretCmd::Set { name, value_file } => {
-            let text = if value_file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("cannot read the secret from standard input")?
-            } else {
-                std::fs::read_to_string(&value_file)
-                    .with_context(|| format!("cannot read secret file {}", value_file.display()))?
-            };
-            let value = text.lines().next().unwrap_or_default().to_string();
+            let value = first_line(&value_file, "secret")?;
             api.call("PUT", &format!("/secrets/{name}"), Some(json!({ "value": value })))?
         }
         SecretCmd::Delete { name } => api.call("DELETE", &format!("/secrets/{name}"), None)?,
@@ -520,12 +514,17 @@ pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
 
 /// The first line of a password file, or of stdin for `-`.
 fn read_password(file: &std::path::Path) -> Result<String> {
+    first_line(file, "password")
+}
+
+/// The first line of a file holding `what` (a password, a secret), or of stdin for `-`.
+fn first_line(file: &std::path::Path, what: &str) -> Result<String> {
     let text = if file == std::path::Path::new("-") {
         let mut line = String::new();
-        std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+        std::io::stdin().read_line(&mut line).with_context(|| format!("reading the {what} from stdin"))?;
         line
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read password file {}", file.display()))?
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {what} file {}", file.display()))?
     };
     Ok(text.lines().next().unwrap_or_default().to_string())
 }
@@ -571,17 +570,7 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
         RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation } => {
-            let password = match password_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("cannot read password file {}", f.display()))?
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-                None => None,
-            };
+            let password = password_file.as_deref().map(read_password).transpose()?;
             let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks,
                 "password": password, "isolation": isolation});
             let v = api.call("POST", "/repositories", Some(body))?;
