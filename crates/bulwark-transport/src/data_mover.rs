@@ -7,9 +7,9 @@
 //!
 //! Stream 0 of the session carries the conversation in order (the previous point, its index,
 //! begin, block entries, commit); streams 1.. carry chunk queries and uploads in parallel. Each
-//! stream is served by its own thread, in order, and its uploads and flushes by a second one,
-//! in order, so `flush` answered on a stream means every chunk sent before it on that stream is
-//! stored. Every new chunk is checked against its name (authenticated, decompressed, hashed)
+//! stream is served by its own thread, in order, and its uploads by a second one, in order;
+//! `flush` and `commit` are answered once every chunk queued on any stream is stored. Every new
+//! chunk is checked against its name (authenticated, decompressed, hashed)
 //! before it is stored: what an agent uploads cannot pose as other content.
 //!
 //! A session that ends any other way than by its commits (the agent dies, the connection is cut,
@@ -180,7 +180,7 @@ impl Session {
         tx: mpsc::Sender<Result<MoverFrame, Status>>,
         rt: tokio::runtime::Handle,
     ) {
-        let (store, stored) = std::sync::mpsc::sync_channel::<Store>(8);
+        let (store, stored) = std::sync::mpsc::sync_channel::<Upload>(8);
         let ended = std::thread::scope(|scope| {
             let tx = &tx;
             scope.spawn(move || self.store_chunks(stored, tx));
@@ -207,7 +207,7 @@ impl Session {
         n: u32,
         inbound: &mut Streaming<AgentFrame>,
         tx: &mpsc::Sender<Result<MoverFrame, Status>>,
-        store: &std::sync::mpsc::SyncSender<Store>,
+        store: &std::sync::mpsc::SyncSender<Upload>,
         rt: &tokio::runtime::Handle,
     ) -> bool {
         loop {
@@ -231,28 +231,23 @@ impl Session {
         }
     }
 
-    /// Checks and stores a stream's uploads in the order they came, and answers each barrier
-    /// once every upload before it is stored. It sends the agent nothing but a failure: every
-    /// answer on a stream leaves from its receiving thread, in order.
-    fn store_chunks(&self, jobs: std::sync::mpsc::Receiver<Store>, tx: &mpsc::Sender<Result<MoverFrame, Status>>) {
+    /// Checks and stores a stream's uploads in the order they came. It sends the agent nothing
+    /// but a failure: every answer on a stream leaves from its receiving thread, in order.
+    fn store_chunks(&self, uploads: std::sync::mpsc::Receiver<Upload>, tx: &mpsc::Sender<Result<MoverFrame, Status>>) {
         let mut check = ChunkCheck { codec: self.repo.codec(Compression::None), block: Vec::new() };
-        for job in jobs {
-            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-                Store::Put(id, data) => {
-                    let r = self.store_chunk(&id, &data, &mut check);
-                    *self.unstored.lock().expect("lock") -= 1;
-                    self.stored.notify_all();
-                    r
-                }
-                Store::Barrier(reached) => {
-                    let _ = reached.send(());
-                    Ok(())
-                }
-            }))
-            .unwrap_or_else(|_| Err("internal error storing a chunk (see the data mover's log)".into()));
-            if let Err(reason) = done {
+        for (id, data) in uploads {
+            let done =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.store_chunk(&id, &data, &mut check)))
+                    .unwrap_or_else(|_| Err("internal error storing a chunk (see the data mover's log)".into()));
+            // A refused chunk fails the session before it stops counting as unstored: a commit
+            // waiting for the count must see the failure, never a count of zero alone.
+            if let Err(reason) = &done {
+                self.fail(reason.clone());
                 let _ = tx.blocking_send(Ok(reply(mover_frame::Frame::Error(reason.clone()))));
-                self.fail(reason);
+            }
+            *self.unstored.lock().expect("lock") -= 1;
+            self.stored.notify_all();
+            if done.is_err() {
                 return;
             }
         }
@@ -281,7 +276,7 @@ impl Session {
         n: u32,
         ask: Ask,
         tx: &mpsc::Sender<Result<MoverFrame, Status>>,
-        store: &std::sync::mpsc::SyncSender<Store>,
+        store: &std::sync::mpsc::SyncSender<Upload>,
     ) -> Result<(), String> {
         use mover_frame::Frame as F;
         let send = |f: F| tx.blocking_send(Ok(reply(f))).map_err(|_| "the agent went away".to_string());
@@ -297,12 +292,6 @@ impl Session {
         };
         // (When the storing thread has failed, the session is over: its reason is out.)
         let ended = || "the session ended".to_string();
-        // Waits until this stream's storing thread has stored every upload queued so far.
-        let stored_so_far = || {
-            let (reached, wait) = std::sync::mpsc::sync_channel(1);
-            store.send(Store::Barrier(reached)).map_err(|_| ended())?;
-            wait.recv().map_err(|_| ended())
-        };
         let writes = matches!(ask, Ask::Begin(_) | Ask::Put { .. } | Ask::Query(_) | Ask::Blocks(_) | Ask::Commit(_));
         if writes && self.cfg.restore_point.is_some() {
             return Err("this data mover serves a restore: it writes nothing".into());
@@ -367,7 +356,7 @@ impl Session {
                 self.throttle.take(data.len() as u64);
                 self.received.fetch_add(data.len() as u64 + 32, Ordering::Relaxed);
                 *self.unstored.lock().expect("lock") += 1;
-                if store.send(Store::Put(id, data)).is_err() {
+                if store.send((id, data)).is_err() {
                     *self.unstored.lock().expect("lock") -= 1;
                     return Err(ended());
                 }
@@ -414,8 +403,10 @@ impl Session {
                 send(F::Committed(serde_json::to_string(&m).expect("manifest")))?;
                 self.manifests.lock().expect("lock").push(m);
             }
+            // The agent flushes its streams once, before it commits: every upload queued on any
+            // stream is stored by the answer.
             Ask::Flush => {
-                stored_so_far()?;
+                self.all_stored()?;
                 send(F::Flushed(Empty {}))?;
             }
         }
@@ -423,12 +414,8 @@ impl Session {
     }
 }
 
-/// What a stream's storing thread is given, in the order the agent sent it.
-enum Store {
-    Put(ChunkId, Vec<u8>),
-    /// Answered once every upload before it is stored.
-    Barrier(std::sync::mpsc::SyncSender<()>),
-}
+/// An upload for a stream's storing thread: a chunk's name and its stored form.
+type Upload = (ChunkId, Vec<u8>);
 
 /// A stream's means of checking uploaded chunks against their names (reused for every chunk).
 struct ChunkCheck {
