@@ -13,6 +13,7 @@ pub mod files;
 pub mod filter;
 pub mod inventory;
 pub mod remote;
+pub mod repair;
 pub mod restore;
 pub mod service;
 pub mod snapshot;

@@ -93,9 +93,13 @@ fn isolation_needs_encryption_and_older_builds_are_told_the_format_is_newer() {
     isolated(dir.path());
     let config = std::fs::read_to_string(dir.path().join("repo/config")).unwrap();
     assert!(config.contains("\"version\": 2") && config.contains("\"isolation\": \"computer\""), "{config}");
-    // A shared repository stays at version 1, which earlier builds read.
+    // A shared encrypted repository stays at version 1, which earlier builds read; a plain one
+    // is at 3 (its manifests carry integrity digests).
     let shared = new_repo(&dir.path().join("s"), true);
     drop(shared);
     let config = std::fs::read_to_string(dir.path().join("s/repo/config")).unwrap();
     assert!(config.contains("\"version\": 1") && !config.contains("isolation"), "{config}");
+    drop(new_repo(&dir.path().join("p"), false));
+    let config = std::fs::read_to_string(dir.path().join("p/repo/config")).unwrap();
+    assert!(config.contains("\"version\": 3"), "{config}");
 }

@@ -23,6 +23,15 @@ pub enum RepoError {
     PasswordRequired { path: PathBuf },
     #[error("repository {path}: wrong password")]
     WrongPassword { path: PathBuf },
+    /// The key file predates integrity digests: a damaged one looks like a wrong password.
+    #[error(
+        "repository {path}: wrong password, or a damaged key file (keys/default predates integrity \
+         digests, so the two cannot be told apart; `bulwark repo upgrade` adds them)"
+    )]
+    WrongPasswordOrDamagedKey { path: PathBuf },
+    /// One of the repository's own objects (config, key file) is damaged.
+    #[error("repository {repo}: {object} is damaged: {reason}; {remedy}")]
+    DamagedObject { repo: String, object: String, reason: String, remedy: String },
     #[error("repository {repo}: {what}: {source}")]
     Io {
         repo: String,

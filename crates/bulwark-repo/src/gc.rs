@@ -16,8 +16,11 @@
 //!   wrote is younger than the cutoff. One that began later began after `start`, likewise. A
 //!   touch cannot slip between the collector's "is it old?" and "delete", because the collector
 //!   holds the exclusive chunk lock over both and the touch needs the shared one.
-//! - A lease whose process died is seen as dead (its flock is free) and ignored; its staged files
-//!   and orphaned index are removed once older than the cutoff.
+//! - A lease whose process died is seen as dead (its flock is free) and ignored; its staged files,
+//!   the index it may have committed and the lease itself are removed once older than the cutoff.
+//! - What is not understood is kept. A point whose manifest is damaged, and an index whose
+//!   manifest vanished without a forget (an *orphan*), keep every chunk their index names (read
+//!   without authentication); the collector never deletes them. `forget --point` does, when told.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -42,7 +45,12 @@ pub struct GcReport {
     /// Unreferenced but too young to delete (a running backup may be about to use them).
     pub spared_chunks: u64,
     pub removed_staged_files: u64,
+    /// Indexes of backups that died before their manifest, and of interrupted forgets.
     pub removed_orphan_indexes: u64,
+    /// Points whose manifest is damaged, kept with every chunk their index names.
+    pub damaged_points_kept: Vec<String>,
+    /// Indexes whose manifest was lost (not forgotten), kept with their chunks.
+    pub orphan_indexes_kept: Vec<String>,
 }
 
 pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
@@ -54,20 +62,44 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     let cutoff = oldest.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { live_backups: writers.len(), ..Default::default() };
 
-    // Mark. A damaged point stops the collection: without its index we cannot tell which chunks
-    // it needs, and deleting them would turn a repairable point into a lost one.
+    // Mark. A damaged or orphaned point keeps what its index names: deleting its chunks would
+    // turn a repairable point into a lost one.
     let mut marked: HashSet<ChunkId> = HashSet::new();
     // The shared point lock keeps every point listed here (and every parent a running backup
     // reuses chunks from) from being deleted until marking is done; otherwise a point that
     // commits meanwhile could lose its parent, and with it the only marked reference to the
     // chunks it reused.
     let points_guard = storage.lock_points(false).map_err(|e| ioe("taking the point lock", e))?;
-    let points = repo.list_points()?;
-    report.points = points.len();
-    for m in &points {
-        repo.for_each_reference(m, |id| {
+    let catalog = repo.catalog()?;
+    report.points = catalog.points.len();
+    for m in &catalog.points {
+        let marked_all = repo.for_each_reference(m, |id| {
+            marked.insert(id);
+        });
+        if let Err(e) = marked_all {
+            // Its index or tree is damaged: keep what can still be read of it.
+            report.damaged_points_kept.push(format!("{} ({e})", m.id));
+            repo.salvage_references(&m.id, |id| {
+                marked.insert(id);
+            })?;
+        }
+    }
+    for d in &catalog.damaged {
+        report.damaged_points_kept.push(d.id.to_string());
+        repo.salvage_references(&d.id, |id| {
             marked.insert(id);
         })?;
+    }
+    for id in &catalog.orphans {
+        report.orphan_indexes_kept.push(id.to_string());
+        repo.salvage_references(id, |c| {
+            marked.insert(c);
+        })?;
+    }
+    // A forget interrupted before it deleted the manifest took no effect: its tombstone goes.
+    // (Under the point lock: a forget running now holds it exclusively.)
+    for m in &catalog.points {
+        storage.delete(&format!("points/{}.forgotten", m.id)).map_err(|e| ioe("clearing a tombstone", e))?;
     }
     drop(points_guard);
     report.referenced_chunks = marked.len();
@@ -97,21 +129,36 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
         }
     }
 
-    // Leftovers of dead backups and interrupted forgets in points/ and locks/.
+    // Leftovers of dead backups and interrupted forgets in points/ and locks/: an index without a
+    // manifest whose lease says its backup died, or whose tombstone says it was forgotten.
     let live: HashSet<&str> = writers.iter().map(|w| w.id.as_str()).collect();
-    let committed: HashSet<&str> = points.iter().map(|m| m.id.as_str()).collect();
+    let dead = storage.dead_writers().map_err(|e| ioe("listing dead backups", e))?;
+    let orphans: HashSet<String> = catalog.orphans.iter().map(|o| o.to_string()).collect();
+    let committed: HashSet<&str> = catalog.points.iter().map(|m| m.id.as_str()).collect();
+    let damaged: HashSet<&str> = catalog.damaged.iter().map(|d| d.id.as_str()).collect();
     for e in storage.list("points/").map_err(|e| ioe("listing points", e))? {
-        let Some(id) = e.name.strip_suffix(".index") else { continue };
-        if id.parse::<RestorePointId>().is_err() || committed.contains(id) || live.contains(id) || e.modified >= cutoff
-        {
+        let Some((id, ext)) = e.name.rsplit_once('.') else { continue };
+        if !matches!(ext, "index" | "forgotten") || id.parse::<RestorePointId>().is_err() {
+            continue;
+        }
+        let kept = committed.contains(id) || damaged.contains(id) || orphans.contains(id) || live.contains(id);
+        if kept || e.modified >= cutoff {
             continue;
         }
         // Between listing manifests and now a backup may have committed this one.
         if storage.exists(&format!("points/{id}.manifest")).map_err(|e| ioe("checking a manifest", e))? {
             continue;
         }
-        storage.delete(&format!("points/{}", e.name)).map_err(|e| ioe("deleting an orphaned index", e))?;
-        report.removed_orphan_indexes += 1;
+        storage.delete(&format!("points/{id}.index")).map_err(|e| ioe("deleting an orphaned index", e))?;
+        if ext == "index" {
+            report.removed_orphan_indexes += 1;
+        }
+        storage.delete(&format!("points/{id}.forgotten")).map_err(|e| ioe("deleting a tombstone", e))?;
+    }
+    for w in dead.iter().filter(|w| w.started < cutoff) {
+        if !storage.exists(&format!("points/{}.index", w.id)).map_err(|e| ioe("checking an index", e))? {
+            storage.delete(&format!("locks/writers/{}", w.id)).map_err(|e| ioe("clearing a dead lease", e))?;
+        }
     }
     for dir in ["points/", "locks/"] {
         for e in storage.list_stale_staged(dir).map_err(|e| ioe("listing staged files", e))? {

@@ -19,6 +19,7 @@ pub mod crypto;
 mod error;
 pub mod gc;
 pub mod index;
+mod integrity;
 pub mod point;
 mod repository;
 pub mod retention;
@@ -30,4 +31,6 @@ pub use chunk::{ChunkCodec, ChunkId, Compression};
 pub use error::{RepoError, Result};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
 pub use point::{FileSummary, Manifest, PointKind, PointStats, RestorePointId};
-pub use repository::{InitOptions, Isolation, PointSpec, PointWriter, Repository, TreeCursor, FORMAT_VERSION};
+pub use repository::{
+    Catalog, DamagedManifest, InitOptions, Isolation, PointSpec, PointWriter, Repository, TreeCursor, FORMAT_VERSION,
+};

@@ -32,6 +32,11 @@ impl RestorePointId {
     pub(crate) fn index_key(&self) -> String {
         format!("points/{}.index", self.0)
     }
+
+    /// Written before a forget deletes anything, removed after: marks an interrupted forget.
+    pub(crate) fn tombstone_key(&self) -> String {
+        format!("points/{}.forgotten", self.0)
+    }
 }
 
 impl FromStr for RestorePointId {

@@ -9,14 +9,20 @@ use crate::chunk::{ChunkCodec, ChunkId, Compression};
 use crate::crypto::{self, KdfParams, KeyFile, Keys};
 use crate::error::{RepoError, Result};
 use crate::index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize, IndexHeader};
+use crate::integrity;
 use crate::point::{validate_name, FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 use crate::storage::{LocalStorage, Storage, WriterLease};
 use crate::tree::{RecordSplitter, TreeEntry, PIECE};
+use std::collections::HashSet;
 
 pub const FORMAT_NAME: &str = "bulwark-repository";
-/// The newest format this build reads and writes. Version 2 adds isolated computers; a
-/// repository without them is still written as version 1, which older builds read.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest format this build reads and writes. Version 2 added isolated computers; version
+/// 3 puts an integrity digest in the manifests of unencrypted repositories (older builds refuse
+/// such manifests, so the version says they are there). A repository is written at the oldest
+/// version with what it uses; `bulwark repo upgrade` takes an unencrypted one to 3.
+pub const FORMAT_VERSION: u32 = 3;
+/// The first version whose plain manifests carry integrity digests.
+const SEALED_MANIFESTS: u32 = 3;
 const MANIFEST_MAGIC: &[u8; 4] = b"BWM1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +96,8 @@ pub struct Repository {
     keys: Keys,
     scope: Option<String>,
     isolation: Isolation,
+    /// Plain manifests carry (and must carry) an integrity digest.
+    sealed: bool,
 }
 
 impl Repository {
@@ -123,57 +131,46 @@ impl Repository {
             Some(pw) => {
                 let (keys, file) = Keys::generate(pw, opts.kdf)
                     .map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
-                let json = serde_json::to_vec_pretty(&file).expect("key file serializes");
-                storage.put("keys/default", &json, true).map_err(|e| ioe("writing key file", e))?;
+                storage.put(KEY_FILE, &integrity::seal(&file), true).map_err(|e| ioe("writing key file", e))?;
                 keys
             }
             None => Keys::none(),
         };
         let config = Config {
             format: FORMAT_NAME.into(),
-            version: if opts.isolation == Isolation::Shared { 1 } else { FORMAT_VERSION },
+            // The oldest version that has what this repository uses, so older builds read it
+            // where they can: digests change plain manifests only.
+            version: match (keys.is_encrypted(), opts.isolation) {
+                (false, _) => SEALED_MANIFESTS,
+                (true, Isolation::Computer) => 2,
+                (true, Isolation::Shared) => 1,
+            },
             id: hex::encode(crypto::random_bytes::<16>()),
             created: Utc::now(),
             encryption: if keys.is_encrypted() { "aes256gcm" } else { "none" }.into(),
             isolation: opts.isolation,
         };
         // The config is written last: a directory without it is not (yet) a repository.
-        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        storage.put("config", &json, true).map_err(|e| ioe("writing config", e))?;
-        Ok(Repository::new(storage, keys, opts.isolation))
+        storage.put("config", &integrity::seal(&config), true).map_err(|e| ioe("writing config", e))?;
+        Ok(Repository::new(storage, keys, &config))
     }
 
-    fn new(storage: LocalStorage, keys: Keys, isolation: Isolation) -> Repository {
-        Repository { storage: Arc::new(storage), master: keys.clone(), keys, scope: None, isolation }
+    fn new(storage: LocalStorage, keys: Keys, config: &Config) -> Repository {
+        Repository {
+            storage: Arc::new(storage),
+            master: keys.clone(),
+            keys,
+            scope: None,
+            isolation: config.isolation,
+            sealed: config.version >= SEALED_MANIFESTS,
+        }
     }
 
     /// Opens the repository in `path`; `password` is needed when it is encrypted.
     pub fn open(path: &Path, password: Option<&[u8]>) -> Result<Repository> {
         let storage = LocalStorage::new(path);
+        let config = read_config(&storage, path)?;
         let label = path.display().to_string();
-        let raw = match storage.read("config") {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NotARepository { path: path.into() })
-            }
-            Err(e) => return Err(RepoError::Io { repo: label, what: "reading config".into(), source: e }),
-        };
-        let config: Config = match serde_json::from_slice(&raw) {
-            Ok(c) => c,
-            Err(_) => {
-                let found = serde_json::from_slice::<serde_json::Value>(&raw)
-                    .ok()
-                    .and_then(|v| v.get("format").and_then(|f| f.as_str()).map(String::from))
-                    .unwrap_or_else(|| "unreadable".into());
-                return Err(RepoError::ForeignFormat { path: path.into(), found });
-            }
-        };
-        if config.format != FORMAT_NAME {
-            return Err(RepoError::ForeignFormat { path: path.into(), found: config.format });
-        }
-        if config.version > FORMAT_VERSION {
-            return Err(RepoError::NewerFormat { path: path.into(), found: config.version, supported: FORMAT_VERSION });
-        }
         let keys = match config.encryption.as_str() {
             "none" => Keys::none(),
             "aes256gcm" => {
@@ -181,20 +178,63 @@ impl Repository {
                 let (keys, _) = unlock(&storage, &label, pw)?;
                 keys
             }
-            other => {
-                return Err(RepoError::Invalid {
-                    repo: label,
-                    reason: format!("unknown encryption {other:?} in config"),
-                })
-            }
+            other => return Err(damaged_config(&label, format!("it names an unknown encryption {other:?}"))),
         };
         if config.isolation == Isolation::Computer && !keys.is_encrypted() {
-            return Err(RepoError::Invalid {
-                repo: label,
-                reason: "isolated computers in an unencrypted repository".into(),
-            });
+            return Err(damaged_config(&label, "it isolates computers in an unencrypted repository".into()));
         }
-        Ok(Repository::new(storage, keys, config.isolation))
+        Ok(Repository::new(storage, keys, &config))
+    }
+
+    /// Takes a repository of an older format to [`FORMAT_VERSION`]: seals the manifests of an
+    /// unencrypted repository and the key file with integrity digests, then the config. Safe to
+    /// interrupt and run again; returns how many manifests it sealed.
+    pub fn upgrade(path: &Path, password: Option<&[u8]>) -> Result<usize> {
+        let repo = Repository::open(path, password)?;
+        let mut config = read_config(&LocalStorage::new(path), path)?;
+        let ioe = |what: String, e| repo.io_err(what, e);
+        let _points = repo.storage.lock_points(true).map_err(|e| ioe("taking the point lock".into(), e))?;
+        let mut sealed = 0;
+        if !repo.master.is_encrypted() {
+            let catalog = repo.catalog()?;
+            if let Some(d) = catalog.damaged.first() {
+                return Err(RepoError::DamagedPoint {
+                    repo: repo.label(),
+                    point: d.id.to_string(),
+                    reason: format!(
+                        "{}; sealing it would make the damage look whole: forget it (`bulwark forget --point {}`) first",
+                        d.reason, d.id
+                    ),
+                });
+            }
+            for m in &catalog.points {
+                let raw = repo
+                    .storage
+                    .read(&m.id.manifest_key())
+                    .map_err(|e| ioe(format!("reading manifest of {}", m.id), e))?;
+                if matches!(integrity::check(&raw), integrity::Checked::Unsealed(_)) {
+                    repo.storage
+                        .put(&m.id.manifest_key(), &integrity::seal(m), true)
+                        .map_err(|e| ioe(format!("writing manifest of {}", m.id), e))?;
+                    sealed += 1;
+                }
+            }
+        } else if let Some(pw) = password {
+            let raw = repo.storage.read(KEY_FILE).map_err(|e| ioe("reading key file".into(), e))?;
+            if let integrity::Checked::Unsealed(v) = integrity::check(&raw) {
+                let file: KeyFile = serde_json::from_value(v).map_err(|e| damaged_key(&repo.label(), e.to_string()))?;
+                // Only a key file this password opens is sealed as it is.
+                unlock(&LocalStorage::new(path), &repo.label(), pw)?;
+                repo.storage
+                    .put(KEY_FILE, &integrity::seal(&file), true)
+                    .map_err(|e| ioe("writing key file".into(), e))?;
+            }
+        }
+        if !repo.master.is_encrypted() {
+            config.version = config.version.max(SEALED_MANIFESTS);
+        }
+        repo.storage.put("config", &integrity::seal(&config), true).map_err(|e| ioe("writing config".into(), e))?;
+        Ok(sealed)
     }
 
     /// Whom the repository's agents are trusted with.
@@ -241,8 +281,7 @@ impl Repository {
         let (_, master) = unlock(&storage, &label, old)?;
         let file =
             crypto::wrap(&master, new, kdf).map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
-        let json = serde_json::to_vec_pretty(&file).expect("key file serializes");
-        storage.put("keys/default", &json, true).map_err(|e| RepoError::Io {
+        storage.put(KEY_FILE, &integrity::seal(&file), true).map_err(|e| RepoError::Io {
             repo: label,
             what: "writing key file".into(),
             source: e,
@@ -288,7 +327,8 @@ impl Repository {
         stored: &mut Vec<u8>,
         block: &mut Vec<u8>,
     ) -> Result<()> {
-        match self.storage.read_into(&id.key(), stored) {
+        let key = id.key();
+        match self.storage.read_into(&key, stored) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(RepoError::MissingChunk { repo: self.label(), id: *id })
@@ -299,12 +339,25 @@ impl Repository {
             repo: self.label(),
             id: *id,
             reason: f.to_string(),
-        })
+        })?;
+        // Read whole and matching its name: a backup may build on it without reading it again.
+        // Best effort: a repository this user may only read keeps no marks.
+        if self.storage.checked_size(&key).ok().flatten() != Some(stored.len() as u64) {
+            let _ = self.storage.mark_checked(&key, stored.len() as u64);
+        }
+        Ok(())
     }
 
-    /// Marks chunk `id` as used by the point being written; `false` if the repository lacks it.
-    /// Only meaningful inside a [`PointWriter`]'s lifetime (its lease is what protects the chunk
-    /// from a concurrent garbage collection).
+    /// Marks chunk `id` as used by the point being written; `false` if the repository lacks it
+    /// *or it cannot be trusted*, so the caller stores it again. Only meaningful inside a
+    /// [`PointWriter`]'s lifetime (its lease is what protects the chunk from a concurrent
+    /// garbage collection).
+    ///
+    /// A new point is never built on unchecked data: a chunk is reused when it was checked
+    /// whole since it was written (by `verify`, a restore, or an earlier backup's reuse, which
+    /// leave a mark recording its size), or after it is checked now, once; the check reads,
+    /// decodes and hashes it like a restore would. A damaged chunk reads as absent, and the
+    /// backup's good copy replaces it.
     pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
         let key = id.key();
         if !self.storage.touch_shared(&key).map_err(|e| self.io_err(format!("touching chunk {id}"), e))? {
@@ -314,7 +367,18 @@ impl Repository {
         // during a backup that never committed, its name can survive with no content. Such a
         // chunk counts as absent, so this backup writes it again.
         let len = self.storage.size(&key).map_err(|e| self.io_err(format!("reading chunk {id}"), e))?;
-        Ok(len >= crate::chunk::MIN_STORED_LEN)
+        if len < crate::chunk::MIN_STORED_LEN {
+            return Ok(false);
+        }
+        if self.storage.checked_size(&key).map_err(|e| self.io_err(format!("reading chunk {id}"), e))? == Some(len) {
+            return Ok(true);
+        }
+        let (mut stored, mut block) = (Vec::new(), Vec::new());
+        match self.read_chunk_into(&mut self.codec(Compression::None), id, &mut stored, &mut block) {
+            Ok(()) => Ok(true),
+            Err(RepoError::DamagedChunk { .. } | RepoError::MissingChunk { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores an encoded chunk (see [`ChunkCodec::encode`]). Durable at the point's commit.
@@ -360,22 +424,60 @@ impl Repository {
         BlockIndexWriter::new(staged, &self.keys, header).map_err(|e| self.io_err("writing the block index", e))
     }
 
-    /// All restore points, oldest first. Unreadable manifests are errors (run verify).
+    /// All readable restore points, oldest first. A point whose manifest is damaged is left out
+    /// (see [`Repository::catalog`]): one bad object never hides the others.
     pub fn list_points(&self) -> Result<Vec<Manifest>> {
+        Ok(self.catalog()?.points)
+    }
+
+    /// Every point the repository holds, readable or not, and the indexes that lost their
+    /// manifest.
+    pub fn catalog(&self) -> Result<Catalog> {
         let entries = self.storage.list("points/").map_err(|e| self.io_err("listing points", e))?;
-        let mut out = Vec::new();
-        for e in entries {
-            let Some(id) = e.name.strip_suffix(".manifest") else { continue };
+        let mut catalog = Catalog::default();
+        let (mut manifests, mut indexes, mut forgotten) = (Vec::new(), Vec::new(), HashSet::new());
+        for e in &entries {
+            let Some((id, ext)) = e.name.rsplit_once('.') else { continue };
             let Ok(id) = id.parse::<RestorePointId>() else { continue };
-            match self.load_manifest(&id) {
-                Ok(m) => out.push(m),
-                // Forgotten between listing and reading: not an error.
-                Err(RepoError::NoSuchPoint { .. }) => continue,
-                Err(e) => return Err(e),
+            match ext {
+                "manifest" => manifests.push(id),
+                "index" => indexes.push(id),
+                "forgotten" => {
+                    forgotten.insert(id);
+                }
+                _ => {}
             }
         }
-        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(out)
+        for id in &manifests {
+            match self.load_manifest(id) {
+                Ok(m) => catalog.points.push(m),
+                // Forgotten between listing and reading: not an error.
+                Err(RepoError::NoSuchPoint { .. }) => {}
+                Err(RepoError::DamagedPoint { reason, .. }) => {
+                    catalog.damaged.push(DamagedManifest { id: id.clone(), reason })
+                }
+                Err(e) => catalog.damaged.push(DamagedManifest { id: id.clone(), reason: e.to_string() }),
+            }
+        }
+        let with_manifest: HashSet<&RestorePointId> = manifests.iter().collect();
+        for id in indexes {
+            if with_manifest.contains(&id) || forgotten.contains(&id) {
+                continue;
+            }
+            // A backup that is running, or died before writing its manifest, still has its
+            // lease: its index is no orphan.
+            let lease = format!("locks/writers/{id}");
+            if self.storage.exists(&lease).map_err(|e| self.io_err("checking a backup's lease", e))? {
+                continue;
+            }
+            // Committed between listing and now.
+            if self.storage.exists(&id.manifest_key()).map_err(|e| self.io_err("checking a manifest", e))? {
+                continue;
+            }
+            catalog.orphans.push(id);
+        }
+        catalog.points.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(catalog)
     }
 
     pub fn load_manifest(&self, id: &RestorePointId) -> Result<Manifest> {
@@ -388,19 +490,76 @@ impl Repository {
         };
         let damaged =
             |reason: &str| RepoError::DamagedPoint { repo: self.label(), point: id.to_string(), reason: reason.into() };
-        let json = if self.master.is_encrypted() {
-            let sealed = raw.strip_prefix(MANIFEST_MAGIC).ok_or_else(|| damaged("manifest has a bad header"))?;
-            self.master
+        let value: serde_json::Value = if self.master.is_encrypted() {
+            let sealed = raw.strip_prefix(MANIFEST_MAGIC).ok_or_else(|| damaged("its manifest has a bad header"))?;
+            let json = self
+                .master
                 .open(manifest_aad(id).as_bytes(), sealed)
-                .ok_or_else(|| damaged("manifest fails authentication"))?
+                .ok_or_else(|| damaged("its manifest fails authentication (altered or damaged)"))?;
+            serde_json::from_slice(&json).map_err(|e| damaged(&format!("its manifest is unreadable: {e}")))?
         } else {
-            raw
+            match integrity::check(&raw) {
+                integrity::Checked::Intact(v) => v,
+                integrity::Checked::Unsealed(_) if self.sealed => {
+                    return Err(damaged("its manifest has lost its integrity digest"))
+                }
+                integrity::Checked::Unsealed(v) => v,
+                integrity::Checked::Damaged(reason) => return Err(damaged(&format!("its manifest: {reason}"))),
+            }
         };
-        let m: Manifest = serde_json::from_slice(&json).map_err(|e| damaged(&format!("manifest unreadable: {e}")))?;
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| damaged(&format!("its manifest is unreadable: {e}")))?;
         if m.id != *id {
-            return Err(damaged("manifest belongs to another point"));
+            return Err(damaged("its manifest belongs to another point"));
         }
         Ok(m)
+    }
+
+    /// Every chunk a point whose manifest is lost or damaged may still reference, as far as its
+    /// index (read without authentication, which needs the manifest) tells. Garbage collection
+    /// keeps them, so a point it cannot read is never made worse.
+    pub fn salvage_references(&self, id: &RestorePointId, mut f: impl FnMut(ChunkId)) -> Result<()> {
+        let reader = match crate::index::BlockIndexReader::open_unauthenticated(self.storage(), &id.index_key()) {
+            Ok(r) => r,
+            Err(_) => return Ok(()),
+        };
+        let mut index = reader;
+        let mut pieces = Vec::new();
+        while let Ok(Some(r)) = index.next_block() {
+            if let BlockRef::Chunk(c) = r {
+                f(c);
+                pieces.push(c);
+            }
+        }
+        // A file point's index lists its tree pieces; the tree names the content. The keys are
+        // the master key's or, where computers are isolated, one of theirs: try each known one.
+        if index.header().block_size.bytes() as usize != PIECE {
+            return Ok(());
+        }
+        let mut scopes: Vec<Option<String>> = vec![None];
+        if self.isolation == Isolation::Computer {
+            let known = self.list_points()?.into_iter().filter_map(|m| m.key_scope);
+            scopes.extend(known.collect::<HashSet<_>>().into_iter().map(Some));
+        }
+        let Some(scope) = pieces.first().and_then(|first| {
+            scopes.into_iter().find(|s| {
+                let repo = self.with_scope(s.as_deref());
+                repo.read_chunk(&mut repo.codec(Compression::None), first).is_ok()
+            })
+        }) else {
+            return Ok(());
+        };
+        let repo = self.with_scope(scope.as_deref());
+        let mut codec = repo.codec(Compression::None);
+        let mut splitter = RecordSplitter::default();
+        for p in pieces {
+            let Ok(piece) = repo.read_chunk(&mut codec, &p) else { break };
+            let Ok(entries) = splitter.feed(&piece) else { break };
+            for e in entries {
+                e.extents.iter().filter_map(|x| x.chunk).for_each(&mut f);
+            }
+        }
+        Ok(())
     }
 
     /// Resolves a point given as its id or as `NAME:latest`.
@@ -500,37 +659,130 @@ impl Repository {
         Ok(())
     }
 
-    /// Deletes a point: the manifest first (the point is gone at once), then its index.
-    /// Chunks are left to garbage collection; no other point is touched.
+    /// Deletes a point (readable, damaged, or an orphaned index): a tombstone first, so what an
+    /// interruption leaves is known to be a forget and not a lost manifest; then the manifest
+    /// (the point is gone at once), its index, and the tombstone. Chunks are left to garbage
+    /// collection; no other point is touched.
     pub fn delete_point(&self, id: &RestorePointId) -> Result<()> {
         let _points = self.storage.lock_points(true).map_err(|e| self.io_err("taking the point lock", e))?;
         let writers = self.storage.live_writers().map_err(|e| self.io_err("listing running backups", e))?;
         if let Some(w) = writers.iter().find(|w| w.parent.as_deref() == Some(id.as_str())) {
             return Err(RepoError::PointInUse { repo: self.label(), point: id.to_string(), writer: w.id.clone() });
         }
+        let exists = |key: String| self.storage.exists(&key).map_err(|e| self.io_err("checking a point", e));
+        if !exists(id.manifest_key())? && !exists(id.index_key())? {
+            return Err(RepoError::NoSuchPoint { repo: self.label(), point: id.to_string() });
+        }
+        let tomb = id.tombstone_key();
+        self.storage.put(&tomb, b"forgotten\n", true).map_err(|e| self.io_err(format!("forgetting {id}"), e))?;
         self.storage.delete(&id.manifest_key()).map_err(|e| self.io_err(format!("deleting manifest of {id}"), e))?;
         self.storage.sync().map_err(|e| self.io_err("syncing", e))?;
-        self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))
+        self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))?;
+        self.storage.delete(&tomb).map_err(|e| self.io_err(format!("forgetting {id}"), e))
+    }
+}
+
+const KEY_FILE: &str = "keys/default";
+
+/// Reads and checks the config: a damaged one is named as such, not as another product's.
+fn read_config(storage: &LocalStorage, path: &Path) -> Result<Config> {
+    let label = path.display().to_string();
+    let raw = match storage.read("config") {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotARepository { path: path.into() }),
+        Err(e) => return Err(RepoError::Io { repo: label, what: "reading config".into(), source: e }),
+    };
+    let value = match integrity::check(&raw) {
+        integrity::Checked::Intact(v) | integrity::Checked::Unsealed(v) => v,
+        integrity::Checked::Damaged(reason) => {
+            // Another product's config (not even JSON, say) is not damage to ours.
+            let ours = [&b"bulwark"[..], b"integrity"].iter().any(|w| raw.windows(w.len()).any(|x| x == *w));
+            if !ours {
+                return Err(RepoError::ForeignFormat { path: path.into(), found: "unreadable".into() });
+            }
+            return Err(damaged_config(&label, reason));
+        }
+    };
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT_NAME) => {}
+        Some(other) if integrity::near(other, FORMAT_NAME) => {
+            return Err(damaged_config(&label, format!("its format field reads {other:?}")))
+        }
+        Some(other) => return Err(RepoError::ForeignFormat { path: path.into(), found: other.into() }),
+        None if raw.windows(7).any(|w| w == b"bulwark") => {
+            return Err(damaged_config(&label, "it has no format field".into()))
+        }
+        None => return Err(RepoError::ForeignFormat { path: path.into(), found: "unreadable".into() }),
+    }
+    let config: Config = serde_json::from_value(value).map_err(|e| damaged_config(&label, format!("{e}")))?;
+    if config.version > FORMAT_VERSION {
+        return Err(RepoError::NewerFormat { path: path.into(), found: config.version, supported: FORMAT_VERSION });
+    }
+    Ok(config)
+}
+
+fn damaged_config(label: &str, reason: String) -> RepoError {
+    RepoError::DamagedObject {
+        repo: label.into(),
+        object: "its config file".into(),
+        reason,
+        remedy: "copy `config` back from a copy of this repository (it holds no secrets and changes only with \
+                 `repo upgrade`)"
+            .into(),
+    }
+}
+
+fn damaged_key(label: &str, reason: String) -> RepoError {
+    RepoError::DamagedObject {
+        repo: label.into(),
+        object: "its key file (keys/default)".into(),
+        reason,
+        remedy: "without it nothing here can be decrypted: copy keys/default back from a copy of this repository"
+            .into(),
     }
 }
 
 fn unlock(storage: &LocalStorage, label: &str, pw: &[u8]) -> Result<(Keys, [u8; 64])> {
-    let raw = storage.read("keys/default").map_err(|e| RepoError::Io {
+    let raw = storage.read(KEY_FILE).map_err(|e| RepoError::Io {
         repo: label.into(),
         what: "reading key file".into(),
         source: e,
     })?;
-    let file: KeyFile = serde_json::from_slice(&raw)
-        .map_err(|e| RepoError::Invalid { repo: label.into(), reason: format!("key file unreadable: {e}") })?;
+    let (value, sealed) = match integrity::check(&raw) {
+        integrity::Checked::Intact(v) => (v, true),
+        integrity::Checked::Unsealed(v) => (v, false),
+        integrity::Checked::Damaged(reason) => return Err(damaged_key(label, reason)),
+    };
+    let file: KeyFile = serde_json::from_value(value).map_err(|e| damaged_key(label, e.to_string()))?;
     match Keys::unlock(&file, pw) {
         Ok(Some(k)) => Ok(k),
-        Ok(None) => Err(RepoError::WrongPassword { path: label.into() }),
-        Err(reason) => Err(RepoError::Invalid { repo: label.into(), reason }),
+        Ok(None) if sealed => Err(RepoError::WrongPassword { path: label.into() }),
+        Ok(None) => Err(RepoError::WrongPasswordOrDamagedKey { path: label.into() }),
+        Err(reason) => Err(damaged_key(label, reason)),
     }
 }
 
 fn manifest_aad(id: &RestorePointId) -> String {
     format!("bulwark manifest {id}")
+}
+
+/// A restore point whose manifest cannot be read: listed as damaged, never an error for the
+/// other points.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedManifest {
+    pub id: RestorePointId,
+    pub reason: String,
+}
+
+/// What [`Repository::catalog`] found in `points/`.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Readable points, oldest first.
+    pub points: Vec<Manifest>,
+    pub damaged: Vec<DamagedManifest>,
+    /// Indexes whose manifest is gone though no forget removed it and no backup is writing
+    /// it: a lost manifest. Garbage collection keeps them and the chunks they name.
+    pub orphans: Vec<RestorePointId>,
 }
 
 /// What a new restore point is of.
@@ -636,13 +888,15 @@ impl PointWriter {
         };
         stats.stored_bytes = stats.stored_bytes.saturating_add(manifest.spec_index_len());
         manifest.stats = stats;
-        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         let body = if repo.master.is_encrypted() {
+            let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
             let mut b = MANIFEST_MAGIC.to_vec();
             b.extend(repo.master.seal(manifest_aad(&self.id).as_bytes(), json));
             b
+        } else if repo.sealed {
+            integrity::seal(&manifest)
         } else {
-            json
+            serde_json::to_vec_pretty(&manifest).expect("manifest serializes")
         };
         // Everything the manifest refers to must be on disk before the manifest is.
         self.sync.sync().map_err(|e| repo.io_err("syncing chunks and index", e))?;

@@ -7,9 +7,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use rustix::fs::XattrFlags;
 
 /// One object as a listing shows it.
 #[derive(Debug, Clone)]
@@ -100,8 +102,21 @@ pub trait Storage: Send + Sync {
     /// Announces a writer and the point it builds on; the lease ends when dropped or when its
     /// process dies.
     fn lease_writer(&self, id: &str, parent: Option<&str>) -> io::Result<Box<dyn WriterLease>>;
-    /// The writers alive now; leases of dead processes are cleared.
+    /// The writers alive now.
     fn live_writers(&self) -> io::Result<Vec<LiveWriter>>;
+    /// Leases left by writers that died (kill -9, a crash) before committing: garbage
+    /// collection clears them with what they left. Until then they say that an index without a
+    /// manifest is an interrupted backup's, not a point whose manifest was lost.
+    fn dead_writers(&self) -> io::Result<Vec<LiveWriter>>;
+    /// Records that the object at `key`, `size` bytes long, was checked whole (read, decoded,
+    /// its digest matched). `Ok(false)` when this storage keeps no such marks.
+    fn mark_checked(&self, key: &str, size: u64) -> io::Result<bool>;
+    /// The size recorded by [`Storage::mark_checked`] for the object at `key`, if it has a mark.
+    /// Rewriting an object drops its mark.
+    fn checked_size(&self, key: &str) -> io::Result<Option<u64>>;
+    /// Moves a damaged object out of its key (kept beside it for inspection, as `KEY.damaged`):
+    /// the key then reads as missing, so the next backup that has the data stores it again.
+    fn quarantine(&self, key: &str) -> io::Result<()>;
     /// The point lock: shared while a writer pins its parent, exclusive while a point is
     /// deleted, so a point is never deleted from under a backup that builds on it.
     fn lock_points(&self, exclusive: bool) -> io::Result<Box<dyn Guard>>;
@@ -110,13 +125,18 @@ pub trait Storage: Send + Sync {
 /// A repository in a directory of a local filesystem.
 pub struct LocalStorage {
     root: PathBuf,
+    /// Mode of new objects: owner-only, plus group read when the repository is shared with a
+    /// group (its config is group-readable), so points written later stay readable to it.
+    file_mode: u32,
 }
 
 const STAGED_PREFIX: &str = ".tmp-";
 
 impl LocalStorage {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalStorage { root: root.into() }
+        let root = root.into();
+        let shared = fs::metadata(root.join("config")).is_ok_and(|m| m.mode() & 0o040 != 0);
+        LocalStorage { root, file_mode: if shared { 0o640 } else { 0o600 } }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -244,7 +264,7 @@ impl Storage for LocalStorage {
         let dest = self.path(key);
         let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
         let tmp = dest.with_file_name(format!("{STAGED_PREFIX}{name}-{}", unique_suffix()));
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let file = OpenOptions::new().write(true).create_new(true).mode(self.file_mode).open(&tmp)?;
         Ok(Box::new(LocalStaged { written: 0, file: Some(file), tmp, dest }))
     }
 
@@ -367,24 +387,65 @@ impl Storage for LocalStorage {
     }
 
     fn live_writers(&self) -> io::Result<Vec<LiveWriter>> {
-        let mut live = Vec::new();
+        Ok(self.writers()?.into_iter().filter_map(|(w, alive)| alive.then_some(w)).collect())
+    }
+
+    fn dead_writers(&self) -> io::Result<Vec<LiveWriter>> {
+        Ok(self.writers()?.into_iter().filter_map(|(w, alive)| (!alive).then_some(w)).collect())
+    }
+
+    fn mark_checked(&self, key: &str, size: u64) -> io::Result<bool> {
+        match rustix::fs::setxattr(self.path(key), CHECKED_XATTR, size.to_string().as_bytes(), XattrFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOTSUP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn checked_size(&self, key: &str) -> io::Result<Option<u64>> {
+        let mut buf = [0u8; 24];
+        match rustix::fs::getxattr(self.path(key), CHECKED_XATTR, &mut buf) {
+            Ok(n) => Ok(std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.parse().ok())),
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP | rustix::io::Errno::RANGE) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn quarantine(&self, key: &str) -> io::Result<()> {
+        let from = self.path(key);
+        let mut to = from.clone().into_os_string();
+        to.push(".damaged");
+        fs::rename(&from, &to)?;
+        if let Some(dir) = from.parent() {
+            fsync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The extended attribute that marks a chunk as checked whole; its value is the size checked.
+const CHECKED_XATTR: &str = "user.bulwark.checked";
+
+impl LocalStorage {
+    /// Every lease, and whether its writer is alive (holds the lease's lock).
+    fn writers(&self) -> io::Result<Vec<(LiveWriter, bool)>> {
+        let mut out = Vec::new();
         for e in list_dir(&self.path("locks/writers/"), |_| true)? {
             let path = self.path(&format!("locks/writers/{}", e.name));
             let Ok(mut f) = File::open(&path) else { continue };
-            match f.try_lock() {
+            let alive = match f.try_lock() {
                 Ok(()) => {
-                    // Its writer died (kill -9, crash): the lease is stale.
-                    let _ = fs::remove_file(&path);
+                    let _ = f.unlock();
+                    false
                 }
-                Err(_) => {
-                    let mut text = String::new();
-                    let _ = f.read_to_string(&mut text);
-                    let parent = text.lines().find_map(|l| l.strip_prefix("parent ")).map(String::from);
-                    live.push(LiveWriter { id: e.name, started: e.modified, parent });
-                }
-            }
+                Err(_) => true,
+            };
+            let mut text = String::new();
+            let _ = f.read_to_string(&mut text);
+            let parent = text.lines().find_map(|l| l.strip_prefix("parent ")).map(String::from);
+            out.push((LiveWriter { id: e.name, started: e.modified, parent }, alive));
         }
-        Ok(live)
+        Ok(out)
     }
 }
 

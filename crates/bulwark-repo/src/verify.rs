@@ -1,5 +1,11 @@
 //! The health check: re-reads every chunk the chosen points reference, re-hashes it, and names
-//! each damaged point with the block ranges a restore would get wrong.
+//! each damaged point with the block ranges (or files) a restore would get wrong.
+//!
+//! What it learns it leaves behind: every chunk found whole is marked checked (a backup builds
+//! on it without reading it again), and every chunk found damaged is moved aside
+//! ([`crate::storage::Storage::quarantine`]), so it reads as missing and the next backup that
+//! has its data stores it again, which makes the damaged points whole again too. A repository
+//! the user may only read is checked all the same; nothing is marked or moved.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +16,7 @@ use serde::Serialize;
 use crate::chunk::{ChunkId, Compression};
 use crate::error::{RepoError, Result};
 use crate::index::BlockRef;
-use crate::point::{Manifest, PointKind, RestorePointId};
+use crate::point::{Manifest, PointKind};
 use crate::Repository;
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,9 +39,32 @@ pub struct PointHealth {
     /// Damage to the point's own metadata (manifest or index), if any.
     pub problem: Option<String>,
     pub damaged_ranges: Vec<DamagedRange>,
-    /// For a file point: the files whose content is damaged (at most 100 listed).
+    /// For a file point: the files whose content is damaged (at most 100 listed), with the
+    /// first damaged chunk of each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub damaged_files: Vec<String>,
+    pub damaged_files: Vec<DamagedFile>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedChunk {
+    pub chunk: String,
+    /// The computer whose keys it is under, where computers are isolated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedFile {
+    pub path: String,
+    pub chunk: String,
+    pub reason: String,
+}
+
+impl PointHealth {
+    fn problem(point: String, name: Option<String>, problem: String) -> PointHealth {
+        PointHealth { point, name, ok: false, problem: Some(problem), damaged_ranges: vec![], damaged_files: vec![] }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +72,16 @@ pub struct VerifyReport {
     pub ok: bool,
     pub points: Vec<PointHealth>,
     pub chunks_checked: usize,
+    /// Chunks missing or damaged.
     pub chunks_damaged: usize,
+    /// Each of them (what `verify --repair` looks for in a source).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_chunks: Vec<DamagedChunk>,
+    /// Damaged chunks moved aside, so the next backup with their data stores them again.
+    pub chunks_quarantined: usize,
+    /// Why damaged chunks were left in place (a repository this user may only read), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_failed: Option<String>,
     pub bytes_checked: u64,
 }
 
@@ -65,24 +103,23 @@ pub fn verify(
     match which {
         Selection::One(spec) => manifests.push(repo.resolve(spec)?),
         Selection::All => {
-            for e in repo.storage().list("points/").map_err(|e| repo.io_err("listing points", e))? {
-                let Some(id) = e.name.strip_suffix(".manifest").and_then(|i| i.parse::<RestorePointId>().ok()) else {
-                    continue;
-                };
-                match repo.load_manifest(&id) {
-                    Ok(m) => manifests.push(m),
-                    Err(RepoError::NoSuchPoint { .. }) => {}
-                    Err(e) => health.push(PointHealth {
-                        point: id.to_string(),
-                        name: None,
-                        ok: false,
-                        problem: Some(e.to_string()),
-                        damaged_ranges: vec![],
-                        damaged_files: vec![],
-                    }),
-                }
+            let catalog = repo.catalog()?;
+            manifests = catalog.points;
+            for d in catalog.damaged {
+                let problem = format!(
+                    "{}; the point cannot be restored. Its index and chunks are kept; `bulwark forget --point {}` \
+                     removes it",
+                    d.reason, d.id
+                );
+                health.push(PointHealth::problem(d.id.to_string(), None, problem));
             }
-            manifests.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+            for id in catalog.orphans {
+                let problem = format!(
+                    "its manifest is gone (deleted or lost, not forgotten): the point cannot be restored. Its index \
+                     and chunks are kept; `bulwark forget --point {id}` removes them"
+                );
+                health.push(PointHealth::problem(id.to_string(), None, problem));
+            }
         }
     }
 
@@ -93,14 +130,7 @@ pub fn verify(
     for m in manifests {
         match collect(repo, &m, &mut wanted) {
             Ok(()) => readable.push(m),
-            Err(e) => health.push(PointHealth {
-                point: m.id.to_string(),
-                name: Some(m.name.clone()),
-                ok: false,
-                problem: Some(e.to_string()),
-                damaged_ranges: vec![],
-                damaged_files: vec![],
-            }),
+            Err(e) => health.push(PointHealth::problem(m.id.to_string(), Some(m.name.clone()), e.to_string())),
         }
     }
 
@@ -129,7 +159,7 @@ pub fn verify(
                             let reason = match e {
                                 RepoError::MissingChunk { .. } => "missing".to_string(),
                                 RepoError::DamagedChunk { reason, .. } => reason,
-                                other => other.to_string(),
+                                other => format!("{UNREADABLE}{other}"),
                             };
                             damaged.lock().expect("no panics while held").insert((*id, scope.clone()), reason);
                         }
@@ -139,6 +169,16 @@ pub fn verify(
         }
     });
     let damaged = damaged.into_inner().expect("no panics while held");
+    let (mut quarantined, mut quarantine_failed) = (0, None);
+    for ((id, _), reason) in &damaged {
+        if reason == "missing" || reason.starts_with(UNREADABLE) {
+            continue;
+        }
+        match repo.storage().quarantine(&id.key()) {
+            Ok(()) => quarantined += 1,
+            Err(e) => quarantine_failed = Some(format!("chunk {id} not moved aside: {e}")),
+        }
+    }
 
     // Pass 3: map damaged chunks back onto each point's blocks.
     for m in readable {
@@ -146,12 +186,12 @@ pub fn verify(
         let mut files = Vec::new();
         if !damaged.is_empty() && m.kind == PointKind::Files {
             repo.read_tree(&m, |e| {
-                if files.len() < 100
-                    && e.extents
-                        .iter()
-                        .any(|x| x.chunk.is_some_and(|c| damaged.contains_key(&(c, m.key_scope.clone()))))
-                {
-                    files.push(e.path_lossy());
+                let bad = e.extents.iter().find_map(|x| {
+                    let c = x.chunk?;
+                    damaged.get(&(c, m.key_scope.clone())).map(|reason| (c, reason))
+                });
+                if let (Some((c, reason)), true) = (bad, files.len() < 100) {
+                    files.push(DamagedFile { path: e.path_lossy(), chunk: c.to_hex(), reason: reason.clone() });
                 }
                 Ok(())
             })?;
@@ -171,9 +211,27 @@ pub fn verify(
         points: health,
         chunks_checked: ids.len(),
         chunks_damaged: damaged.len(),
+        damaged_chunks: {
+            let mut v: Vec<DamagedChunk> = damaged
+                .iter()
+                .map(|((id, scope), reason)| DamagedChunk {
+                    chunk: id.to_hex(),
+                    scope: scope.clone(),
+                    reason: reason.clone(),
+                })
+                .collect();
+            v.sort_by(|a, b| a.chunk.cmp(&b.chunk));
+            v
+        },
+        chunks_quarantined: quarantined,
+        quarantine_failed,
         bytes_checked: bytes.into_inner(),
     })
 }
+
+/// Marks a reason as a read that failed (an I/O error), not content found wrong: such a chunk
+/// is not moved aside, the disk may read it next time.
+const UNREADABLE: &str = "unreadable: ";
 
 /// A chunk and the computer whose keys read it (`None`: the master key). The same name under
 /// two computers' keys is two chunks to check, each with its own keys.

@@ -255,27 +255,46 @@ enum Command {
     },
     /// Health check: re-read and re-hash every chunk the points reference.
     ///
-    /// Names every damaged point and the block ranges a restore would lose. Exits with status 3
-    /// when anything is damaged.
+    /// Names every damaged point with the block ranges (volume points) or files (file-level
+    /// points) a restore would lose, and points whose manifest is damaged or lost. Chunks found
+    /// whole are marked checked, so backups build on them without reading them again; chunks
+    /// found damaged are moved aside (as `NAME.damaged`), so the next backup that has their data
+    /// stores them again, and the damaged points are whole again. On a repository this user
+    /// may only read, nothing is marked or moved. Exits with status 3 when anything is damaged.
     Verify {
         /// Check only this point (id or NAME:latest); all points otherwise.
         point: Option<String>,
         #[command(flatten)]
         repo: RepoArgs,
+        /// Store damaged and missing chunks again from the data in --from, then check the
+        /// damaged points again and say which are whole.
+        #[arg(long, requires = "from")]
+        repair: bool,
+        /// With --repair: where the data still is. A block device or image file (the blocks of
+        /// damaged volume points are read at their offsets) or a directory (the damaged files
+        /// of file-level points are read at their paths under it). Repeatable.
+        #[arg(long, value_name = "SOURCE")]
+        from: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
-    /// Delete the points of a backup name that a retention policy does not keep.
+    /// Delete the points of a backup name that a retention policy does not keep, or given points.
     ///
-    /// Keeps the newest --keep-last points, plus the newest point of each of the last D days,
-    /// W ISO weeks, M months and Y years (UTC). Space is freed by `bulwark gc`.
+    /// With --name: keeps the newest --keep-last points, plus the newest point of each of the
+    /// last D days, W ISO weeks, M months and Y years (UTC); damaged points are never deleted by
+    /// a policy. With --point: deletes exactly those points, readable, damaged (a manifest that
+    /// no longer reads) or orphaned (an index whose manifest is lost), as `bulwark verify` names
+    /// them. Space is freed by `bulwark gc`.
     Forget {
         #[command(flatten)]
         repo: RepoArgs,
+        #[arg(long, required_unless_present = "point", conflicts_with = "point", requires = "keep_last")]
+        name: Option<String>,
+        /// Delete this point (an id); repeatable.
+        #[arg(long, value_name = "ID")]
+        point: Vec<String>,
         #[arg(long)]
-        name: String,
-        #[arg(long)]
-        keep_last: u32,
+        keep_last: Option<u32>,
         #[arg(long, default_value_t = 0)]
         keep_daily: u32,
         #[arg(long, default_value_t = 0)]
@@ -343,6 +362,14 @@ enum RepoCommand {
         /// File holding the new password.
         #[arg(long)]
         new_password_file: PathBuf,
+    },
+    /// Bring a repository of an older format to this version's: adds integrity digests to the
+    /// manifests of an unencrypted repository and to the key file of an encrypted one (so a
+    /// damaged key file is told from a wrong password). Refuses while a manifest is damaged.
+    /// Safe to interrupt and run again; builds older than this one cannot read the result.
+    Upgrade {
+        #[command(flatten)]
+        repo: RepoArgs,
     },
 }
 
@@ -477,6 +504,16 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Repo(RepoCommand::Upgrade { repo }) => {
+            let pw = read_password(repo.password_file.as_deref())?;
+            let sealed = Repository::upgrade(&repo.path, pw.as_deref())?;
+            println!(
+                "{} is at format version {}{}",
+                repo.path.display(),
+                bulwark_repo::FORMAT_VERSION,
+                if sealed > 0 { format!(" ({sealed} manifests sealed with integrity digests)") } else { String::new() }
+            );
+        }
         Command::Repo(RepoCommand::Passwd { repo, new_password_file }) => {
             let old = read_password(repo.password_file.as_deref())?
                 .context("give the current password with --password-file or BULWARK_PASSWORD")?;
@@ -604,26 +641,66 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         }
         Command::Points { repo, name, json } => {
             let r = repo.open()?;
-            let points: Vec<_> =
-                r.list_points()?.into_iter().filter(|m| name.as_ref().is_none_or(|n| &m.name == n)).collect();
+            let catalog = r.catalog()?;
+            let points: Vec<_> = catalog.points.iter().filter(|m| name.as_ref().is_none_or(|n| &m.name == n)).collect();
             if json {
-                ui::print_json(&points);
+                // Damaged points have no name to filter by: they are always listed.
+                let mut rows: Vec<serde_json::Value> = points
+                    .iter()
+                    .map(|m| {
+                        let mut v = serde_json::to_value(m).expect("manifests serialize");
+                        v["status"] = "ok".into();
+                        v
+                    })
+                    .collect();
+                rows.extend(
+                    catalog
+                        .damaged
+                        .iter()
+                        .map(|d| serde_json::json!({"id": d.id, "status": "damaged", "problem": d.reason})),
+                );
+                rows.extend(
+                    catalog.orphans.iter().map(
+                        |id| serde_json::json!({"id": id, "status": "damaged", "problem": "its manifest is lost"}),
+                    ),
+                );
+                ui::print_json(&rows);
             } else {
-                ui::points_table(&points);
+                ui::points_table(&points, &catalog);
             }
         }
-        Command::Verify { point, repo, json } => {
+        Command::Verify { point, repo, repair, from, json } => {
             let r = repo.open()?;
-            let which = match &point {
+            let which = || match &point {
                 Some(p) => bulwark_repo::verify::Selection::One(p),
                 None => bulwark_repo::verify::Selection::All,
             };
+            let threads = bulwark_agent::default_threads();
             let bar = ui::spinner_bytes("verify", json);
-            let report = bulwark_repo::verify::verify(&r, which, bulwark_agent::default_threads(), &|n| bar.inc(n))?;
+            let mut report = bulwark_repo::verify::verify(&r, which(), threads, &|n| bar.inc(n))?;
             bar.finish_and_clear();
+            let mut repaired = None;
+            if repair && !report.ok {
+                let bar = ui::spinner_bytes("repair", json);
+                let rep = bulwark_agent::repair::repair(&r, &report, &from, &|n| bar.inc(n))?;
+                bar.finish_and_clear();
+                if rep.stored_chunks > 0 {
+                    let bar = ui::spinner_bytes("verify", json);
+                    report = bulwark_repo::verify::verify(&r, which(), threads, &|n| bar.inc(n))?;
+                    bar.finish_and_clear();
+                }
+                repaired = Some(rep);
+            }
             if json {
-                ui::print_json(&report);
+                let mut v = serde_json::to_value(&report)?;
+                if let Some(rep) = &repaired {
+                    v["repair"] = serde_json::to_value(rep)?;
+                }
+                ui::print_json(&v);
             } else {
+                if let Some(rep) = &repaired {
+                    ui::repair_summary(rep);
+                }
                 ui::verify_summary(&r.label(), &report);
             }
             if !report.ok {
@@ -633,6 +710,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         Command::Forget {
             repo,
             name,
+            point,
             keep_last,
             keep_daily,
             keep_weekly,
@@ -641,14 +719,28 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
             dry_run,
             json,
         } => {
-            let policy = Policy {
-                last: keep_last,
-                daily: keep_daily,
-                weekly: keep_weekly,
-                monthly: keep_monthly,
-                yearly: keep_yearly,
-            };
+            let policy =
+                Policy { last: 0, daily: keep_daily, weekly: keep_weekly, monthly: keep_monthly, yearly: keep_yearly };
             let r = repo.open()?;
+            if !point.is_empty() {
+                let ids = point
+                    .iter()
+                    .map(|p| p.parse::<bulwark_repo::RestorePointId>().map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()?;
+                for id in &ids {
+                    r.delete_point(id)?;
+                }
+                if json {
+                    ui::print_json(&serde_json::json!({"deleted": ids}));
+                } else {
+                    for id in &ids {
+                        println!("deleted {id}");
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (name, keep_last) = (name.expect("clap requires it"), keep_last.expect("clap requires it"));
+            let policy = Policy { last: keep_last, ..policy };
             if !r.list_points()?.iter().any(|m| m.name == name) {
                 bail!("repository {}: no points named {name:?}", r.label());
             }

@@ -112,7 +112,16 @@ pub fn restore_summary(r: &RestoreReport) {
     println!("  duration            {:.2} s ({})", r.duration_s, rate(r.volume_size, r.duration_s));
 }
 
-pub fn points_table(points: &[Manifest]) {
+pub fn points_table(points: &[&Manifest], catalog: &bulwark_repo::Catalog) {
+    for d in &catalog.damaged {
+        println!("DAMAGED  {}: {}", d.id, d.reason);
+    }
+    for id in &catalog.orphans {
+        println!("DAMAGED  {id}: its manifest is lost (the index is still there)");
+    }
+    if !catalog.damaged.is_empty() || !catalog.orphans.is_empty() {
+        println!("(run `bulwark verify` for details; the other points are not affected)");
+    }
     if points.is_empty() {
         println!("no restore points");
         return;
@@ -158,21 +167,54 @@ pub fn verify_summary(repo: &str, r: &VerifyReport) {
                 d.offset,
                 d.offset + d.length,
                 d.reason,
-                &d.chunks[0][..16],
-                if d.chunks.len() > 1 { ", …" } else { "" }
+                d.chunks[0],
+                if d.chunks.len() > 1 { format!(" and {} more", d.chunks.len() - 1) } else { String::new() }
             );
         }
+        for f in &p.damaged_files {
+            println!("         file {}: {} [chunk {}]", f.path, f.reason, f.chunk);
+        }
     }
+    let unreadable = r.points.iter().filter(|p| p.problem.is_some()).count();
+    let damaged = r.points.iter().filter(|p| !p.ok).count();
     println!(
-        "{repo}: {} points, {} chunks ({}) checked, {} damaged: {}",
+        "{repo}: {} points, {} chunks ({}) checked: {}",
         r.points.len(),
         r.chunks_checked,
         human(r.bytes_checked),
-        r.chunks_damaged,
-        if r.ok { "healthy" } else { "DAMAGE FOUND" }
+        if r.ok {
+            "healthy".to_string()
+        } else {
+            format!(
+                "DAMAGE FOUND in {damaged} points ({} chunks missing or damaged, {unreadable} points with damaged metadata)",
+                r.chunks_damaged
+            )
+        }
     );
-    if !r.ok {
-        println!("the next backup of a damaged point's name stores the lost blocks again if its source still has them");
+    if r.chunks_quarantined > 0 {
+        println!("{} damaged chunks moved aside (as chunks/…/NAME.damaged)", r.chunks_quarantined);
+    }
+    if let Some(why) = &r.quarantine_failed {
+        println!("damaged chunks left in place: {why}");
+    }
+    if r.chunks_damaged > 0 {
+        println!(
+            "the next backup of a damaged point's name stores the lost blocks and files again if its source still \
+             has them, and every point that used them is whole again; `bulwark verify --repair --from SOURCE` does \
+             it now"
+        );
+    }
+}
+
+pub fn repair_summary(r: &bulwark_agent::repair::RepairReport) {
+    println!(
+        "repair: {} of {} damaged or missing chunks stored again from {}",
+        r.stored_chunks,
+        r.wanted_chunks,
+        if r.sources.is_empty() { "nothing".to_string() } else { r.sources.join(", ") }
+    );
+    for n in &r.notes {
+        println!("  {n}");
     }
 }
 
@@ -194,6 +236,12 @@ pub fn forget_summary(rows: &[serde_json::Value], dry_run: bool) {
 }
 
 pub fn gc_summary(r: &GcReport) {
+    for p in &r.damaged_points_kept {
+        println!("kept damaged point {p} and every chunk its index names (run `bulwark verify`)");
+    }
+    for p in &r.orphan_indexes_kept {
+        println!("kept index {p}, whose manifest is lost, and its chunks (`bulwark forget --point {p}` removes them)");
+    }
     println!(
         "{} points reference {} chunks; deleted {} chunks ({}); spared {} recent chunks; removed {} staged files and {} orphaned indexes{}",
         r.points,

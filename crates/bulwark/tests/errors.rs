@@ -54,14 +54,27 @@ fn not_a_repository_foreign_and_newer_formats_are_refused() {
     let repo = init_repo(dir.path());
     let config = repo.join("config");
     let original = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, original.replace("\"version\": 1", "\"version\": 99")).unwrap();
+    // What a newer build writes: another version, and its own digest (here: none).
+    let mut newer: serde_json::Value = serde_json::from_str(&original).unwrap();
+    newer.as_object_mut().unwrap().remove("integrity");
+    newer["version"] = 99.into();
+    std::fs::write(&config, serde_json::to_vec(&newer).unwrap()).unwrap();
     let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("newer than this Bulwark understands"), "{}", r.stderr);
 
-    std::fs::write(&config, original.replace("bulwark-repository", "restic")).unwrap();
+    std::fs::write(&config, br#"{"format": "restic", "version": 2}"#).unwrap();
     let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
     assert!(r.code == 1 && r.stderr.contains("not a Bulwark repository"), "{}", r.stderr);
+
+    // Our own config, changed by damage: named as damaged, not as someone else's.
+    std::fs::write(&config, original.replace("\"version\": 3", "\"version\": 2")).unwrap();
+    let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert!(r.code == 1 && r.stderr.contains("config file is damaged"), "{}", r.stderr);
+    std::fs::write(&config, original.replace("bulwark-repository", "bulwark-repositorz")).unwrap();
+    let r = run(bulwark().arg("points").arg("--repo").arg(&repo));
+    assert!(r.code == 1 && r.stderr.contains("config file is damaged"), "{}", r.stderr);
+    std::fs::write(&config, &original).unwrap();
 
     let r = run(bulwark().args(["repo", "init"]).arg(&repo));
     assert!(r.code == 1 && r.stderr.contains("already exists"), "{}", r.stderr);

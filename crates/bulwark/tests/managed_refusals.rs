@@ -266,8 +266,11 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     init_repo(&repo_dir);
     let repo = bulwark_repo::Repository::open(&repo_dir, None).unwrap();
     // A chunk another computer's point uses.
-    let id = bulwark_repo::ChunkId([7; 32]);
-    repo.put_chunk(&id, b"the original stored bytes").unwrap();
+    let mut codec = repo.codec(bulwark_repo::Compression::Optimal);
+    let block = b"another computer's block".repeat(100);
+    let id = codec.digest(&block);
+    let original = codec.encode(&id, &block);
+    repo.put_chunk(&id, &original).unwrap();
     let agent = c.start(Role::Agent, "a1", &[]);
     let transport = c.start(Role::Transport, "t1", &["--root", repos.to_str().unwrap()]);
     let a1 = Identity::load(&agent.data_dir).unwrap().unwrap();
@@ -309,13 +312,12 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     assert!(answers.iter().any(|a| a.starts_with("Flushed")), "{answers:?}");
     let mut codec_free = Vec::new();
     std::io::Read::read_to_end(&mut repo.storage().open_read(&id.key()).unwrap(), &mut codec_free).unwrap();
-    assert_eq!(codec_free, b"the original stored bytes");
+    assert_eq!(codec_free, original);
     assert!(points(&repo_dir).is_empty());
 
     // Dedup poisoning: the agent names content another computer will back up and uploads other
     // bytes under that name. The mover checks the upload against its name, refuses it and fails
     // the task; the name stays free, so the victim's own upload is what gets stored.
-    let mut codec = repo.codec(bulwark_repo::Compression::Optimal);
     let victims_block = vec![0x5a_u8; 64 << 10];
     let target = codec.digest(&victims_block);
     let forged = codec.encode(&target, &vec![0xa5_u8; 64 << 10]);

@@ -533,17 +533,46 @@ fn worker(
 ) {
     let mut codec = repo.codec(compression);
     let (mut buf, mut encoded) = (Vec::new(), Vec::new());
-    for batch in batches.iter() {
-        let r: Result<Vec<Outcome>> = batch
-            .jobs
-            .into_iter()
-            .map(|job| process(repo, &mut codec, job, &mut buf, &mut encoded, progress))
-            .collect();
+    for mut batch in batches.iter() {
+        let r: Result<Vec<Outcome>> = check_reuse(repo, &mut batch).and_then(|()| {
+            batch.jobs.into_iter().map(|job| process(repo, &mut codec, job, &mut buf, &mut encoded, progress)).collect()
+        });
         let failed = r.is_err();
         if done.send(r.map(|o| (batch.seq, o))).is_err() || failed {
             return;
         }
     }
+}
+
+/// An unchanged file is reused unread only if the repository still has every chunk of it, whole
+/// (see [`bulwark_repo::Repository::reuse_chunk`]): one question for the whole batch. A file
+/// with a chunk lost or found damaged is read again, which stores the chunk again.
+fn check_reuse(repo: &dyn BackupTarget, batch: &mut Batch) -> Result<()> {
+    let mut ids: Vec<ChunkId> = Vec::new();
+    for job in &batch.jobs {
+        if let Job::Entry(EntryJob { reuse: Some(extents), .. }) = job {
+            ids.extend(extents.iter().filter_map(|x| x.chunk));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let have = repo.have_chunks(&ids)?;
+    if have.iter().all(|&h| h) {
+        return Ok(());
+    }
+    let lost: std::collections::HashSet<ChunkId> =
+        ids.iter().zip(have).filter_map(|(id, h)| (!h).then_some(*id)).collect();
+    for job in &mut batch.jobs {
+        if let Job::Entry(j) = job {
+            if j.reuse.as_ref().is_some_and(|x| x.iter().any(|x| x.chunk.is_some_and(|c| lost.contains(&c)))) {
+                j.reuse = None;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn process(
