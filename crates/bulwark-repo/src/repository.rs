@@ -131,7 +131,7 @@ impl Repository {
             Some(pw) => {
                 let (keys, file) = Keys::generate(pw, opts.kdf)
                     .map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
-                storage.put(KEY_FILE, &integrity::seal(&file), true).map_err(|e| ioe("writing key file", e))?;
+                put_twice(&storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| ioe("writing key file", e))?;
                 keys
             }
             None => Keys::none(),
@@ -151,7 +151,7 @@ impl Repository {
             isolation: opts.isolation,
         };
         // The config is written last: a directory without it is not (yet) a repository.
-        storage.put("config", &integrity::seal(&config), true).map_err(|e| ioe("writing config", e))?;
+        put_twice(&storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config", e))?;
         Ok(Repository::new(storage, keys, &config))
     }
 
@@ -220,20 +220,21 @@ impl Repository {
                 }
             }
         } else if let Some(pw) = password {
-            let raw = repo.storage.read(KEY_FILE).map_err(|e| ioe("reading key file".into(), e))?;
-            if let integrity::Checked::Unsealed(v) = integrity::check(&raw) {
+            // (Opening it above healed a damaged primary from its copy, or failed.)
+            let storage = LocalStorage::new(path);
+            let raw = storage.read(KEY_FILE).map_err(|e| ioe("reading key file".into(), e))?;
+            if let integrity::Checked::Intact(v) | integrity::Checked::Unsealed(v) = integrity::check(&raw) {
                 let file: KeyFile = serde_json::from_value(v).map_err(|e| damaged_key(&repo.label(), e.to_string()))?;
-                // Only a key file this password opens is sealed as it is.
-                unlock(&LocalStorage::new(path), &repo.label(), pw)?;
-                repo.storage
-                    .put(KEY_FILE, &integrity::seal(&file), true)
+                unlock_one(&raw, &repo.label(), pw)?;
+                put_twice(&storage, KEY_FILE, &integrity::seal(&file))
                     .map_err(|e| ioe("writing key file".into(), e))?;
             }
         }
         if !repo.master.is_encrypted() {
             config.version = config.version.max(SEALED_MANIFESTS);
         }
-        repo.storage.put("config", &integrity::seal(&config), true).map_err(|e| ioe("writing config".into(), e))?;
+        put_twice(&LocalStorage::new(path), CONFIG, &integrity::seal(&config))
+            .map_err(|e| ioe("writing config".into(), e))?;
         Ok(sealed)
     }
 
@@ -281,7 +282,7 @@ impl Repository {
         let (_, master) = unlock(&storage, &label, old)?;
         let file =
             crypto::wrap(&master, new, kdf).map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
-        storage.put(KEY_FILE, &integrity::seal(&file), true).map_err(|e| RepoError::Io {
+        put_twice(&storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| RepoError::Io {
             repo: label,
             what: "writing key file".into(),
             source: e,
@@ -684,14 +685,62 @@ impl Repository {
 
 const KEY_FILE: &str = "keys/default";
 
+const CONFIG: &str = "config";
+
+/// The repository's own objects (config, key file) are stored twice, `KEY` and `KEY.copy`:
+/// losing either would lose every point. The copy is written first, so an interrupted write
+/// leaves one whole.
+fn put_twice(storage: &LocalStorage, key: &str, bytes: &[u8]) -> io::Result<()> {
+    storage.put(&format!("{key}.copy"), bytes, true)?;
+    storage.put(key, bytes, true)
+}
+
+/// Reads one of the objects [`put_twice`] wrote: the primary, or when it is damaged or gone
+/// and the copy `parse`s, the copy, which then replaces the primary (best effort: a repository
+/// this user may only read is left as it is).
+fn read_twice<T>(storage: &LocalStorage, key: &str, parse: impl Fn(Option<&[u8]>) -> Result<T>) -> Result<T> {
+    let primary = storage.read(key);
+    let first = match &primary {
+        Ok(raw) => parse(Some(raw)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => parse(None),
+        Err(e) => Err(RepoError::Io {
+            repo: storage.describe(),
+            what: format!("reading {key}"),
+            source: io::Error::new(e.kind(), e.to_string()),
+        }),
+    };
+    let healable = matches!(
+        first,
+        Err(RepoError::DamagedObject { .. }
+            | RepoError::NotARepository { .. }
+            | RepoError::WrongPassword { .. }
+            | RepoError::WrongPasswordOrDamagedKey { .. }
+            | RepoError::Io { .. })
+    );
+    if !healable {
+        return first;
+    }
+    let Ok(copy) = storage.read(&format!("{key}.copy")) else { return first };
+    if primary.as_ref().is_ok_and(|p| *p == copy) {
+        return first;
+    }
+    match parse(Some(&copy)) {
+        Ok(v) => {
+            let _ = storage.put(key, &copy, true);
+            Ok(v)
+        }
+        Err(_) => first,
+    }
+}
+
 /// Reads and checks the config: a damaged one is named as such, not as another product's.
 fn read_config(storage: &LocalStorage, path: &Path) -> Result<Config> {
+    read_twice(storage, CONFIG, |raw| parse_config(raw, path))
+}
+
+fn parse_config(raw: Option<&[u8]>, path: &Path) -> Result<Config> {
     let label = path.display().to_string();
-    let raw = match storage.read("config") {
-        Ok(raw) => raw,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RepoError::NotARepository { path: path.into() }),
-        Err(e) => return Err(RepoError::Io { repo: label, what: "reading config".into(), source: e }),
-    };
+    let Some(raw) = raw else { return Err(RepoError::NotARepository { path: path.into() }) };
     let value = match integrity::check(&raw) {
         integrity::Checked::Intact(v) | integrity::Checked::Unsealed(v) => v,
         integrity::Checked::Damaged(reason) => {
@@ -743,12 +792,18 @@ fn damaged_key(label: &str, reason: String) -> RepoError {
 }
 
 fn unlock(storage: &LocalStorage, label: &str, pw: &[u8]) -> Result<(Keys, [u8; 64])> {
-    let raw = storage.read(KEY_FILE).map_err(|e| RepoError::Io {
-        repo: label.into(),
-        what: "reading key file".into(),
-        source: e,
-    })?;
-    let (value, sealed) = match integrity::check(&raw) {
+    read_twice(storage, KEY_FILE, |raw| match raw {
+        Some(raw) => unlock_one(raw, label, pw),
+        None => Err(RepoError::Io {
+            repo: label.into(),
+            what: "reading key file".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "keys/default is missing or unreadable"),
+        }),
+    })
+}
+
+fn unlock_one(raw: &[u8], label: &str, pw: &[u8]) -> Result<(Keys, [u8; 64])> {
+    let (value, sealed) = match integrity::check(raw) {
         integrity::Checked::Intact(v) => (v, true),
         integrity::Checked::Unsealed(v) => (v, false),
         integrity::Checked::Damaged(reason) => return Err(damaged_key(label, reason)),
