@@ -47,6 +47,8 @@ pub struct GcReport {
     pub removed_staged_files: u64,
     /// Indexes of backups that died before their manifest, and of interrupted forgets.
     pub removed_orphan_indexes: u64,
+    /// Damaged chunks that verify had moved aside, deleted once stored again or unneeded.
+    pub removed_damaged_copies: u64,
     /// Points whose manifest is damaged, kept with every chunk their index names.
     pub damaged_points_kept: Vec<String>,
     /// Indexes whose manifest was lost (not forgotten), kept with their chunks.
@@ -109,6 +111,16 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
         let dir = format!("chunks/{b:02x}/");
         let _guard = storage.lock_chunks_exclusive().map_err(|e| ioe("taking the chunk lock", e))?;
         for e in storage.list(&dir).map_err(|e| ioe("listing chunks", e))? {
+            if let Some(id) = e.name.strip_suffix(".damaged").and_then(ChunkId::from_hex) {
+                // A damaged copy kept for inspection goes once a good one is stored again, or
+                // no point needs it any more.
+                let replaced = storage.exists(&id.key()).map_err(|e| ioe("checking a chunk", e))?;
+                if (replaced || !marked.contains(&id)) && e.modified < cutoff {
+                    storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a damaged chunk", e))?;
+                    report.removed_damaged_copies += 1;
+                }
+                continue;
+            }
             let Some(id) = ChunkId::from_hex(&e.name) else { continue };
             if marked.contains(&id) {
                 continue;

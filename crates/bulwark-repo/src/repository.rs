@@ -594,10 +594,20 @@ impl Repository {
         let auth =
             m.index_auth_bytes().ok_or_else(|| damaged("manifest has a malformed index authenticator".into()))?;
         let keys = &self.for_point(m).keys;
-        let reader = BlockIndexReader::open(self.storage(), &m.id.index_key(), keys, &auth).map_err(damaged)?;
+        // Where nothing checks the manifest itself (a plain repository from before digests), a
+        // mismatch may be the manifest's fault as much as the index's: say so.
+        let unchecked = !self.master.is_encrypted() && !self.sealed;
+        let blame = |reason: String| {
+            damaged(if unchecked {
+                format!("{reason}; or its manifest is damaged (it predates integrity digests: `bulwark repo upgrade`)")
+            } else {
+                reason
+            })
+        };
+        let reader = BlockIndexReader::open(self.storage(), &m.id.index_key(), keys, &auth).map_err(blame)?;
         let h = reader.header();
         if h.volume_size != m.volume_size || h.block_size != m.block_size {
-            return Err(damaged("index does not match its manifest".into()));
+            return Err(blame("its index does not match its manifest".into()));
         }
         Ok(reader)
     }

@@ -170,8 +170,13 @@ pub fn verify(
     });
     let damaged = damaged.into_inner().expect("no panics while held");
     let (mut quarantined, mut quarantine_failed) = (0, None);
-    for ((id, _), reason) in &damaged {
+    for ((id, scope), reason) in &damaged {
         if reason == "missing" || reason.starts_with(UNREADABLE) {
+            continue;
+        }
+        // A backup may have stored a good copy since: check again right before moving it.
+        let scoped = repo.with_scope(scope.as_deref());
+        if scoped.read_chunk(&mut scoped.codec(Compression::None), id).is_ok() {
             continue;
         }
         match repo.storage().quarantine(&id.key()) {

@@ -398,6 +398,24 @@ fn parse_block_size(s: &str) -> Result<BlockSize, String> {
     }
 }
 
+/// [`Repository::resolve`], warning when `NAME:latest` may not be the newest point of NAME:
+/// points whose manifest is damaged have no name to compare.
+fn resolve_noting_damage(r: &Repository, spec: &str) -> Result<bulwark_repo::Manifest> {
+    let m = r.resolve(spec)?;
+    if spec.ends_with(":latest") {
+        let c = r.catalog()?;
+        let unknown = c.damaged.iter().map(|d| &d.id).chain(&c.orphans).filter(|id| **id > m.id).count();
+        if unknown > 0 {
+            eprintln!(
+                "warning: {unknown} newer points are damaged (their names cannot be read): {} is the newest readable \
+                 one of its name; `bulwark verify` tells more",
+                m.id
+            );
+        }
+    }
+    Ok(m)
+}
+
 fn read_password(file: Option<&Path>) -> Result<Option<Vec<u8>>> {
     if let Some(f) = file {
         let text = std::fs::read(f).with_context(|| format!("cannot read password file {}", f.display()))?;
@@ -590,7 +608,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         }
         Command::Restore { point, repo: Some(repo), password_file, to, overwrite, path, safe, json, .. } => {
             let r = RepoArgs { path: repo, password_file }.open()?;
-            let m = r.resolve(&point)?;
+            let m = resolve_noting_damage(&r, &point)?;
             if m.kind == PointKind::Files {
                 let bar = ui::spinner_bytes("restore", json);
                 let opts = FileRestoreOptions { overwrite, paths: path, safe };
@@ -624,7 +642,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
         }
         Command::Ls { point, path, repo, json } => {
             let r = repo.open()?;
-            let m = r.resolve(&point)?;
+            let m = resolve_noting_damage(&r, &point)?;
             if m.kind != PointKind::Files {
                 bail!("{} is a volume point; `bulwark ls` lists file-level points", m.id);
             }
