@@ -1,4 +1,4 @@
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -356,8 +356,9 @@ impl Repository {
     ///
     /// A new point is never built on unchecked data: a chunk is reused when it was checked
     /// whole since it was written (by `verify`, a restore, or an earlier backup's reuse, which
-    /// leave a mark recording its size), or after it is checked now, once; the check reads,
-    /// decodes and hashes it like a restore would. A damaged chunk reads as absent, and the
+    /// leave a mark recording its size), or after it is checked now, once: its stored bytes
+    /// against the digest recorded when it was written, or (a chunk from before such digests)
+    /// read, decoded and hashed like a restore would. A damaged chunk reads as absent, and the
     /// backup's good copy replaces it.
     pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
         let key = id.key();
@@ -371,8 +372,21 @@ impl Repository {
         if len < crate::chunk::MIN_STORED_LEN {
             return Ok(false);
         }
-        if self.storage.checked_size(&key).map_err(|e| self.io_err(format!("reading chunk {id}"), e))? == Some(len) {
+        let io = |e| self.io_err(format!("reading chunk {id}"), e);
+        if self.storage.checked_size(&key).map_err(io)? == Some(len) {
             return Ok(true);
+        }
+        if let Some(sum) = self.storage.stored_sum(&key).map_err(io)? {
+            let mut stored = Vec::new();
+            return match self.storage.read_into(&key, &mut stored) {
+                Ok(()) if *blake3::hash(&stored).as_bytes() == sum => {
+                    let _ = self.storage.mark_checked(&key, stored.len() as u64);
+                    Ok(true)
+                }
+                Ok(()) => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io(e)),
+            };
         }
         let (mut stored, mut block) = (Vec::new(), Vec::new());
         match self.read_chunk_into(&mut self.codec(Compression::None), id, &mut stored, &mut block) {
@@ -383,8 +397,14 @@ impl Repository {
     }
 
     /// Stores an encoded chunk (see [`ChunkCodec::encode`]). Durable at the point's commit.
+    /// The digest of its stored bytes goes with it, so the first backup that reuses it checks
+    /// it with a read and a hash instead of a decode.
     pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
-        self.storage.put(&id.key(), stored, false).map_err(|e| self.io_err(format!("writing chunk {id}"), e))
+        let io = |e| self.io_err(format!("writing chunk {id}"), e);
+        let mut staged = self.storage.create(&id.key()).map_err(io)?;
+        staged.write_all(stored).map_err(io)?;
+        staged.set_sum(blake3::hash(stored).as_bytes()).map_err(io)?;
+        staged.commit(false).map_err(io)
     }
 
     /// Starts a restore point; nothing is visible until [`PointWriter::commit`].

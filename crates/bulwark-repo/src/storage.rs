@@ -26,6 +26,12 @@ pub trait StagedObject: Write + Send {
     /// Makes the object visible under its key, atomically. Durability follows at the next
     /// [`Storage::sync`] (or at once with `durable`).
     fn commit(self: Box<Self>, durable: bool) -> io::Result<()>;
+    /// Records the digest of the object's bytes with it (see [`Storage::stored_sum`]); a storage
+    /// that keeps no such records ignores it.
+    fn set_sum(&mut self, sum: &[u8; 32]) -> io::Result<()> {
+        let _ = sum;
+        Ok(())
+    }
 }
 
 /// See [`Storage::sync_point`].
@@ -114,6 +120,10 @@ pub trait Storage: Send + Sync {
     /// The size recorded by [`Storage::mark_checked`] for the object at `key`, if it has a mark.
     /// Rewriting an object drops its mark.
     fn checked_size(&self, key: &str) -> io::Result<Option<u64>>;
+    /// The BLAKE3 digest of the object's bytes recorded when it was written
+    /// ([`StagedObject::set_sum`]), if any: checking what is stored against it needs a read and
+    /// a hash, no decoding.
+    fn stored_sum(&self, key: &str) -> io::Result<Option<[u8; 32]>>;
     /// Moves a damaged object out of its key (kept beside it for inspection, as `KEY.damaged`):
     /// the key then reads as missing, so the next backup that has the data stores it again.
     fn quarantine(&self, key: &str) -> io::Result<()>;
@@ -193,6 +203,14 @@ impl Write for LocalStaged {
 }
 
 impl StagedObject for LocalStaged {
+    fn set_sum(&mut self, sum: &[u8; 32]) -> io::Result<()> {
+        let file = self.file.as_ref().expect("not committed");
+        match rustix::fs::fsetxattr(file, SUM_XATTR, sum, XattrFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOTSUP) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn commit(mut self: Box<Self>, durable: bool) -> io::Result<()> {
         let file = self.file.take().expect("committed once");
         if durable {
@@ -411,6 +429,15 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn stored_sum(&self, key: &str) -> io::Result<Option<[u8; 32]>> {
+        let mut buf = [0u8; 32];
+        match rustix::fs::getxattr(self.path(key), SUM_XATTR, &mut buf) {
+            Ok(32) => Ok(Some(buf)),
+            Ok(_) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP | rustix::io::Errno::RANGE) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn quarantine(&self, key: &str) -> io::Result<()> {
         let from = self.path(key);
         let mut to = from.clone().into_os_string();
@@ -425,6 +452,9 @@ impl Storage for LocalStorage {
 
 /// The extended attribute that marks a chunk as checked whole; its value is the size checked.
 const CHECKED_XATTR: &str = "user.bulwark.checked";
+/// The extended attribute holding the BLAKE3 digest of a chunk's stored bytes, set before the
+/// chunk becomes visible.
+const SUM_XATTR: &str = "user.bulwark.sum";
 
 impl LocalStorage {
     /// Every lease, and whether its writer is alive (holds the lease's lock).

@@ -130,7 +130,19 @@ pub fn verify(
     for m in manifests {
         match collect(repo, &m, &mut wanted) {
             Ok(()) => readable.push(m),
-            Err(e) => health.push(PointHealth::problem(m.id.to_string(), Some(m.name.clone()), e.to_string())),
+            Err(e) => {
+                // Chunk errors here are the file tree's pieces: name them as the tree's.
+                let problem = match e {
+                    RepoError::MissingChunk { id, .. } => format!("its file tree is damaged: piece {id} is missing"),
+                    RepoError::DamagedChunk { id, reason, .. } => {
+                        format!("its file tree is damaged: piece {id}: {reason}")
+                    }
+                    RepoError::DamagedPoint { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                let problem = format!("{problem}; its files cannot be listed or restored");
+                health.push(PointHealth::problem(m.id.to_string(), Some(m.name.clone()), problem))
+            }
         }
     }
 
