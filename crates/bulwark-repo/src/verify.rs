@@ -140,7 +140,10 @@ pub fn verify(
                     RepoError::DamagedPoint { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                let problem = format!("{problem}; its files cannot be listed or restored");
+                let problem = match m.kind {
+                    PointKind::Files => format!("{problem}; its files cannot be listed or restored"),
+                    PointKind::Volume => format!("{problem}; it cannot be restored"),
+                };
                 health.push(PointHealth::problem(m.id.to_string(), Some(m.name.clone()), problem))
             }
         }
