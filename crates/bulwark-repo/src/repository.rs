@@ -771,7 +771,7 @@ fn read_config(storage: &LocalStorage, path: &Path) -> Result<Config> {
 fn parse_config(raw: Option<&[u8]>, path: &Path) -> Result<Config> {
     let label = path.display().to_string();
     let Some(raw) = raw else { return Err(RepoError::NotARepository { path: path.into() }) };
-    let value = match integrity::check(&raw) {
+    let value = match integrity::check(raw) {
         integrity::Checked::Intact(v) | integrity::Checked::Unsealed(v) => v,
         integrity::Checked::Damaged(reason) => {
             // Another product's config (not even JSON, say) is not damage to ours.
