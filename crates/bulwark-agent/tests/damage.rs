@@ -135,3 +135,99 @@ fn an_empty_chunk_left_by_a_power_cut_is_written_again() {
     assert_same(&restore_bytes(&repo, dir.path(), &r.point), &img, "point over an empty chunk");
     assert!(verify(&repo, Selection::All, 2, &|_| {}).unwrap().ok);
 }
+
+fn flip_middle(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    // In place, as the disk would: same file, same size.
+    std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&std::fs::File::options().write(true).open(path).unwrap(), &bytes, 0)
+        .unwrap();
+}
+
+fn first_image() -> Vec<u8> {
+    let mut img = vec![0u8; 6 * BS as usize];
+    for (i, b) in img.chunks_mut(BS as usize).enumerate() {
+        b.fill(i as u8 + 1);
+    }
+    img
+}
+
+#[test]
+fn a_flipped_chunk_is_not_built_on_even_before_verify_sees_it() {
+    for encrypted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, bad, _, chunk) = setup(dir.path());
+        let repo = if encrypted {
+            drop(plain);
+            let d = dir.path().join("enc");
+            std::fs::create_dir_all(&d).unwrap();
+            let (repo, bad, _, chunk) = {
+                let repo = new_repo(&d, true);
+                let a = backup_bytes(&repo, &d, &first_image(), &opts("vol", BS, Compression::Optimal));
+                let m = repo.resolve(&a.point).unwrap();
+                let mut ix = repo.open_index(&m).unwrap();
+                ix.next_block().unwrap();
+                ix.next_block().unwrap();
+                let BlockRef::Chunk(id) = ix.next_block().unwrap().unwrap() else { panic!("block 2 holds data") };
+                (repo, a.point, (), d.join("repo").join(id.key()))
+            };
+            flip_middle(&chunk);
+            (repo, bad, d)
+        } else {
+            flip_middle(&chunk);
+            (plain, bad, dir.path().to_path_buf())
+        };
+        let (repo, bad, d) = repo;
+        // No verify between: the backup checks, once, every chunk it has not seen checked.
+        let again = backup_bytes(&repo, &d, &first_image(), &opts("vol", BS, Compression::Optimal));
+        assert_eq!(again.stats.new_bytes, BS as u64, "the damaged block is stored again (encrypted: {encrypted})");
+        assert_same(&restore_bytes(&repo, &d, &again.point), &first_image(), "the new point");
+        assert_same(&restore_bytes(&repo, &d, &bad), &first_image(), "the old point heals too");
+        assert!(verify(&repo, Selection::All, 2, &|_| {}).unwrap().ok);
+        // Checked chunks carry their mark: the next backup reuses them without reading them.
+        let marked = repo.storage().checked_size(&chunk_key(&repo, &again.point, 0)).unwrap();
+        assert!(marked.is_some(), "a reused chunk is marked checked");
+    }
+}
+
+fn chunk_key(repo: &Repository, point: &str, block: u64) -> String {
+    let m = repo.resolve(point).unwrap();
+    let mut ix = repo.open_index(&m).unwrap();
+    for _ in 0..block {
+        ix.next_block().unwrap();
+    }
+    let BlockRef::Chunk(id) = ix.next_block().unwrap().unwrap() else { panic!("block {block} holds data") };
+    id.key()
+}
+
+#[test]
+fn a_damaged_chunk_of_an_unchanged_file_is_stored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), false);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = bulwark_testkit::mixed_bytes(3 << 20, 64 << 10, 7);
+    std::fs::write(src.join("big"), &data).unwrap();
+    let opts = bulwark_agent::files::FileBackupOptions::new("files");
+    let first = bulwark_agent::files::backup_files(&repo, &src, &opts, &|_| {}, &NO_CANCEL).unwrap();
+    let m = repo.resolve(&first.point).unwrap();
+    let mut content = Vec::new();
+    repo.read_tree(&m, |e| {
+        content.extend(e.extents.iter().filter_map(|x| x.chunk));
+        Ok(())
+    })
+    .unwrap();
+    let victim = dir.path().join("repo").join(content[0].key());
+    flip_middle(&victim);
+    let second = bulwark_agent::files::backup_files(&repo, &src, &opts, &|_| {}, &NO_CANCEL).unwrap();
+    assert_eq!(second.summary.unchanged_files, 0, "the file with a damaged chunk is read again");
+    assert!(second.stats.new_bytes > 0);
+    let r = verify(&repo, Selection::All, 2, &|_| {}).unwrap();
+    assert!(r.ok, "both points whole: {r:?}");
+    let out = dir.path().join("out");
+    let m = repo.resolve(&first.point).unwrap();
+    bulwark_agent::files::restore_files(&repo, &m, &out, &Default::default(), &|_| {}, &NO_CANCEL).unwrap();
+    assert_same(&std::fs::read(out.join("big")).unwrap(), &data, "the first point's file");
+}
