@@ -197,11 +197,18 @@ pub fn verify_summary(repo: &str, r: &VerifyReport) {
     if let Some(why) = &r.quarantine_failed {
         println!("damaged chunks left in place: {why}");
     }
-    if r.chunks_damaged > 0 {
+    if r.points.iter().any(|p| !p.damaged_ranges.is_empty() || !p.damaged_files.is_empty()) {
         println!(
             "the next backup of a damaged point's name stores the lost blocks and files again if its source still \
              has them, and every point that used them is whole again; `bulwark verify --repair --from SOURCE` does \
              it now"
+        );
+    }
+    if unreadable > 0 {
+        println!(
+            "a point whose manifest, index or file tree is damaged cannot be made whole (nothing else holds that \
+             description of it): the next backup of its name makes a new, whole point; `bulwark forget --point ID` \
+             removes the damaged one"
         );
     }
 }
