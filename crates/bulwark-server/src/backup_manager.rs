@@ -50,6 +50,8 @@ pub struct Core {
     seq: AtomicI64,
     /// The latest progress report of each running task.
     pub progress: Mutex<HashMap<String, Progress>>,
+    /// Repositories whose health check is running.
+    pub health: crate::health::Running,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,7 @@ impl Core {
             settle_lock: tokio::sync::Mutex::new(()),
             seq: AtomicI64::new(seq),
             progress: Mutex::new(HashMap::new()),
+            health: Default::default(),
         }))
     }
 

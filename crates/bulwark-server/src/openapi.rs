@@ -52,6 +52,7 @@ pub fn document() -> Value {
             "/transports": {"get": op("Joined transport nodes", None, false)},
             "/repositories": {"get": op("Repositories", None, false), "post": op("Create (or adopt) a repository on a transport node", Some("RepositoryInput"), true)},
             "/repositories/{name}": {"parameters": name_param(), "get": op("A repository", None, false), "patch": op("Change a repository's task maximum", Some("RepositoryUpdate"), true), "delete": op("Forget a repository (its files stay)", None, true)},
+            "/repositories/{name}/verify": {"parameters": name_param(), "post": op("Health check: the repository's transport node re-reads and re-hashes every chunk its points reference; the catalog records each point's health (ok or damaged, with what is lost). Reports points the repository holds that the catalog does not know and catalog points whose manifest is gone. Answers when the check has ended; ok is false when damage was found (409: a check of this repository is running; 502: the transport node failed)", None, true)},
             "/secrets": {"get": op("Names of the secrets jobs' commands may use (never their values)", None, true)},
             "/secrets/{name}": {"parameters": name_param(), "put": op("Set a secret (sealed at rest; commands read it as BULWARK_SECRET_<NAME>)", Some("SecretInput"), true), "delete": op("Delete a secret", None, true)},
             "/groups": {"get": op("Protection groups", None, false), "post": op("Create a protection group", Some("GroupInput"), true)},
@@ -64,7 +65,7 @@ pub fn document() -> Value {
             "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks, their progress and (unless ?logs=false) their logs", None, false)},
             "/points/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A catalog point and its manifest", None, false)},
             "/points/{id}/restore": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": op("Restore a catalog point onto a computer (answers when it has ended)", Some("RestoreInput"), true)},
-            "/points": {"get": {"summary": "Restore points in the catalog", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
+            "/points": {"get": {"summary": "Restore points in the catalog, each with its health as the last check of its repository found it (health: ok, damaged or null for never checked; health_detail; verified_at)", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

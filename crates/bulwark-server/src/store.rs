@@ -893,7 +893,8 @@ pub async fn point_detail(db: &Db, id: &str) -> Result<Option<Value>> {
         json!({
             "id": text(&r, "id"), "repository": text(&r, "repository"), "computer": text(&r, "computer"),
             "name": text(&r, "name"), "kind": text(&r, "kind"), "created": text(&r, "created"),
-            "task": opt_text(&r, "task_id"),
+            "task": opt_text(&r, "task_id"), "health": opt_text(&r, "health"),
+            "health_detail": opt_text(&r, "health_detail"), "verified_at": opt_text(&r, "verified_at"),
             "manifest": serde_json::from_str::<Value>(&text(&r, "manifest")).unwrap_or_default(),
         })
     }))
@@ -933,6 +934,8 @@ pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<Value>> {
                 "name": text(r, "name"), "kind": text(r, "kind"), "created": text(r, "created"),
                 "task": opt_text(r, "task_id"), "stats": m.get("stats").cloned().unwrap_or_default(),
                 "source": m.get("source").cloned().unwrap_or_default(),
+                "health": opt_text(r, "health"), "health_detail": opt_text(r, "health_detail"),
+                "verified_at": opt_text(r, "verified_at"),
             })
         })
         .collect())
