@@ -188,6 +188,27 @@ pub enum RepositoryCmd {
     Delete {
         name: String,
     },
+    /// Check a repository's health and record each restore point's in the catalog.
+    ///
+    /// The repository's transport node re-reads and re-hashes every chunk the repository's
+    /// restore points reference. The server's catalog then holds each point as `ok` or
+    /// `damaged`, with what is wrong and when it was checked (`bulwark point list` shows it).
+    ///
+    /// A damaged point is named with what a restore would lose: block ranges of a volume, files
+    /// of a file-level point, or a damaged manifest or index. The next run of the job that backs
+    /// the point's source up stores the damaged blocks again, as far as the source still holds
+    /// them; the next check then finds the point ok again. Points the repository holds that the
+    /// catalog does not know, and catalog points whose manifest is gone from the repository, are
+    /// listed too; the latter cannot be restored and are marked damaged.
+    ///
+    /// The command waits for the check, which reads every chunk once: it takes about as long
+    /// as reading the repository's stored data from its disks. Backups may run meanwhile; points
+    /// they commit are checked next time. One check of a repository runs at a time.
+    ///
+    /// Exit status: 0 healthy; 3 damage found; 1 the check could not run.
+    Verify {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -409,12 +430,14 @@ pub enum SessionCmd {
 
 #[derive(Subcommand)]
 pub enum PointCmd {
-    /// Restore points in the server's catalog.
+    /// Restore points in the server's catalog, with their health as the last check of their
+    /// repository found it (`bulwark repository verify`): ok, damaged, or - when never
+    /// checked (`point show` and --json say what is damaged and when it was checked).
     List {
         #[arg(long)]
         computer: Option<String>,
     },
-    /// A point and its manifest (what, when, how, statistics).
+    /// A point: its manifest (what, when, how, statistics) and its health.
     Show { id: String },
 }
 
@@ -563,7 +586,8 @@ pub fn transport_node(c: Conn, cmd: TransportNodeCmd) -> Result<()> {
     Ok(())
 }
 
-pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
+/// `bulwark repository …`; its exit status (`verify` has one of its own).
+pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode> {
     let api = Api::new(&c)?;
     let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation"];
     let v = match cmd {
@@ -587,9 +611,76 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
             api.call("PATCH", &format!("/repositories/{name}"), Some(json!({"max_tasks": max_tasks})))?
         }
         RepositoryCmd::Delete { name } => api.call("DELETE", &format!("/repositories/{name}"), None)?,
+        RepositoryCmd::Verify { name } => return verify_repository(c, &name),
     };
     print(&c, &v, &cols);
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `bulwark repository verify`: the health check through the server; exit status 3 when it
+/// found damage.
+pub fn verify_repository(c: Conn, name: &str) -> Result<std::process::ExitCode> {
+    let api = Api::new(&c)?;
+    let v = api.call("POST", &format!("/repositories/{name}/verify"), None)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        health_summary(&v);
+    }
+    Ok(if v["ok"] == true { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(3) })
+}
+
+fn health_summary(v: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let (points, missing, unknown) = (list(&v["points"]), list(&v["missing"]), list(&v["unknown"]));
+    for p in points.iter().chain(&missing) {
+        let damaged = p["health"] != "ok";
+        let was = if !damaged && p["previous_health"] == "damaged" { " (was damaged)" } else { "" };
+        println!(
+            "{:<8} {}  {} {}{was}",
+            if damaged { "DAMAGED" } else { "ok" },
+            s(&p["id"]),
+            s(&p["computer"]),
+            s(&p["source"])
+        );
+        if damaged {
+            println!("         {}", s(&p["detail"]));
+        }
+    }
+    for u in &unknown {
+        println!(
+            "{:<8} {}  ({}) not in the catalog{}",
+            if u["health"] == "ok" { "ok" } else { "DAMAGED" },
+            s(&u["id"]),
+            s(&u["name"]),
+            u["detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
+        );
+    }
+    let not_checked = list(&v["not_checked"]);
+    if !not_checked.is_empty() {
+        let ids: Vec<String> = not_checked.iter().map(s).collect();
+        println!("committed during the check, not checked: {}", ids.join(", "));
+    }
+    let damaged = points.iter().filter(|p| p["health"] != "ok").count() + missing.len();
+    println!(
+        "repository {} (transport node {}): {} catalog point(s), {} chunk(s) ({}) checked, {} damaged{}{}: {}",
+        s(&v["repository"]),
+        s(&v["transport"]),
+        points.len() + missing.len(),
+        v["chunks_checked"],
+        crate::ui::human(v["bytes_checked"].as_u64().unwrap_or(0)),
+        v["chunks_damaged"],
+        if missing.is_empty() { String::new() } else { format!(", {} missing", missing.len()) },
+        if unknown.is_empty() { String::new() } else { format!(", {} not in the catalog", unknown.len()) },
+        if v["ok"] == true { "healthy" } else { "DAMAGE FOUND" }
+    );
+    if damaged > 0 {
+        println!("what to do about the {damaged} damaged point(s):");
+    }
+    for a in list(&v["advice"]) {
+        println!("  - {}", s(&a));
+    }
 }
 
 pub fn computer(c: Conn, cmd: ComputerCmd) -> Result<()> {
@@ -761,7 +852,7 @@ pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
             print(
                 &c,
                 &api.call("GET", &format!("/points{q}"), None)?,
-                &["id", "computer", "name", "repository", "created"],
+                &["id", "computer", "name", "repository", "created", "health"],
             );
         }
         PointCmd::Show { id } => {
@@ -775,6 +866,14 @@ pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
                     "source {} bytes, read {}, new {}, stored {}",
                     st["source_bytes"], st["read_bytes"], st["new_bytes"], st["stored_bytes"]
                 );
+                match v["health"].as_str() {
+                    Some(h) => println!(
+                        "health {h} (checked {}){}",
+                        v["verified_at"].as_str().unwrap_or("-"),
+                        v["health_detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
+                    ),
+                    None => println!("health never checked (bulwark repository verify)"),
+                }
             }
         }
     }

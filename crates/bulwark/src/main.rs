@@ -441,7 +441,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
             nodes::run_server(data_dir, listen, db, tick_seconds, tls_name)?
         }
         Command::Token(c) => admin::token(conn, c)?,
-        Command::Repository(c) => admin::repository(conn, c)?,
+        Command::Repository(c) => return admin::repository(conn, c),
         Command::Secret(c) => admin::secret(conn, c)?,
         Command::Computer(c) => admin::computer(conn, c)?,
         Command::TransportNode(c) => admin::transport_node(conn, c)?,
