@@ -546,10 +546,8 @@ async fn update_repository(
     Input(u): Input<RepositoryUpdate>,
 ) -> ApiResult {
     c.admin()?;
-    if !(1..=256).contains(&u.max_tasks) {
-        return Err(bad(format!("max_tasks must be between 1 and 256, not {}", u.max_tasks)));
-    }
-    if !store::update_repository(&s.core.db, &name, u.max_tasks).await? {
+    u.validate().map_err(bad)?;
+    if !store::update_repository(&s.core.db, &name, &u).await? {
         return Err(missing("repository", &name));
     }
     show_repository(c, State(s), Path(name)).await

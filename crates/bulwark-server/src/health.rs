@@ -43,13 +43,13 @@ pub enum HealthError {
 #[derive(Default)]
 pub struct Running(Mutex<HashSet<String>>);
 
-struct RunningGuard<'a> {
+pub(crate) struct RunningGuard<'a> {
     running: &'a Running,
     repository: String,
 }
 
 impl Running {
-    fn start(&self, repository: &str) -> Result<RunningGuard<'_>, HealthError> {
+    pub(crate) fn start(&self, repository: &str) -> Result<RunningGuard<'_>, HealthError> {
         if !self.0.lock().expect("no panics while held").insert(repository.to_string()) {
             return Err(HealthError::Running(repository.to_string()));
         }
@@ -222,9 +222,26 @@ fn summary(p: &PointReport) -> Option<String> {
 
 const MISSING: &str = "its manifest is gone from the repository: it cannot be restored";
 
-/// Runs the health check of `repository` and records the outcome in the catalog.
+/// Runs the health check of `repository` and records the outcome in the catalog (each
+/// point's) and on the repository (the check's, also when it could not run).
 pub async fn check(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> {
     let _running = core.health.start(repository)?;
+    let result = run(core, repository).await;
+    let outcome = match &result {
+        Ok(h) => serde_json::json!({
+            "at": h.verified_at, "ok": h.ok, "points": h.points.len() + h.missing.len(),
+            "damaged": h.damaged().count(), "missing": h.missing.len(), "unknown": h.unknown.len(),
+        }),
+        Err(HealthError::NoRepository(_)) => return result,
+        Err(e) => serde_json::json!({"at": now(), "ok": false, "error": e.to_string()}),
+    };
+    if let Err(e) = store::set_last_verify(&core.db, repository, &outcome).await {
+        warn!("repository {repository}: recording the health check's outcome: {e}");
+    }
+    result
+}
+
+async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> {
     let (transport, path, password) = store::repository_access(&core.db, repository)
         .await?
         .ok_or_else(|| HealthError::NoRepository(repository.to_string()))?;
