@@ -178,11 +178,26 @@ pub enum RepositoryCmd {
         /// hold. Needs --password-file; chosen at creation for good.
         #[arg(long, default_value = "shared", value_parser = ["shared", "computer"])]
         isolation: String,
+        #[command(flatten)]
+        verify: VerifyScheduleArgs,
     },
+    /// Change a repository's task maximum or the schedule of its health check.
+    ///
+    /// A scheduled health check does what `bulwark repository verify` does, on the server's
+    /// own: the catalog records each point's health (`bulwark point list`), the repository the
+    /// check's outcome (`bulwark repository show`, and the server's log names damaged points).
+    /// Times are the server's local time. A check still running when the next one comes due
+    /// makes that one skip its turn.
     Update {
         name: String,
+        /// Tasks it takes at once.
         #[arg(long)]
-        max_tasks: i64,
+        max_tasks: Option<i64>,
+        #[command(flatten)]
+        verify: VerifyScheduleArgs,
+        /// Stop checking the repository's health on a schedule.
+        #[arg(long, conflicts_with_all = ["verify_daily", "verify_monthly", "verify_every_minutes"])]
+        no_verify_schedule: bool,
     },
     /// Forget a repository (its files stay on the node).
     Delete {
@@ -207,8 +222,79 @@ pub enum RepositoryCmd {
     ///
     /// Exit status: 0 healthy; 3 damage found; 1 the check could not run.
     Verify {
+        /// The repository, as `bulwark repository list` names it.
         name: String,
     },
+}
+
+/// When the server checks a repository's health on its own (see `repository update --help`).
+#[derive(Args)]
+pub struct VerifyScheduleArgs {
+    /// Check the repository's health daily at HH:MM, server time (with --verify-weekdays, only
+    /// on those days).
+    #[arg(long, value_name = "HH:MM", conflicts_with_all = ["verify_monthly", "verify_every_minutes"])]
+    verify_daily: Option<String>,
+    /// Days for --verify-daily: mon,tue,….
+    #[arg(long, value_delimiter = ',', requires = "verify_daily")]
+    verify_weekdays: Vec<String>,
+    /// Check the repository's health monthly: DAY@HH:MM (31: the month's last day).
+    #[arg(long, value_name = "DAY@HH:MM", conflicts_with = "verify_every_minutes")]
+    verify_monthly: Option<String>,
+    /// Check the repository's health every N minutes, counted from its creation.
+    #[arg(long, value_name = "N")]
+    verify_every_minutes: Option<u32>,
+}
+
+impl VerifyScheduleArgs {
+    /// The schedule as the API takes it (None: none given).
+    fn to_json(&self) -> Result<Option<Value>> {
+        Ok(if let Some(at) = &self.verify_daily {
+            Some(json!({"kind": "daily", "at": at, "weekdays": self.verify_weekdays}))
+        } else if let Some(spec) = &self.verify_monthly {
+            let (day, at) = spec.split_once('@').context("--verify-monthly takes DAY@HH:MM")?;
+            Some(json!({"kind": "monthly", "day": day.parse::<u8>().context("--verify-monthly: bad day")?, "at": at}))
+        } else {
+            self.verify_every_minutes.map(|m| json!({"kind": "periodic", "every_minutes": m}))
+        })
+    }
+}
+
+/// A schedule as the API gives it, in words.
+fn schedule_text(v: &Value) -> String {
+    match v["kind"].as_str() {
+        Some("daily") => match v["weekdays"].as_array().filter(|w| !w.is_empty()) {
+            Some(days) => format!(
+                "daily {} on {}",
+                v["at"].as_str().unwrap_or("?"),
+                days.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+            ),
+            None => format!("daily {}", v["at"].as_str().unwrap_or("?")),
+        },
+        Some("monthly") => format!("monthly {}@{}", v["day"], v["at"].as_str().unwrap_or("?")),
+        Some("periodic") => format!("every {} min", v["every_minutes"]),
+        _ => "-".into(),
+    }
+}
+
+/// The repository rows with their health check in words, for the table.
+fn repository_rows(v: &Value) -> Value {
+    let row = |r: &Value| {
+        let mut r = r.clone();
+        r["verify"] = json!(schedule_text(&r["verify_schedule"]));
+        let last = r["last_verify"].clone();
+        r["health"] = match (last["ok"].as_bool(), last["error"].is_string()) {
+            (None, _) => Value::Null,
+            (Some(true), _) => json!("healthy"),
+            (Some(false), true) => json!("check failed"),
+            (Some(false), false) => json!(format!("{} damaged", last["damaged"])),
+        };
+        r["verified"] = last["at"].clone();
+        r
+    };
+    match v {
+        Value::Array(a) => Value::Array(a.iter().map(row).collect()),
+        other => row(other),
+    }
 }
 
 #[derive(Subcommand)]
@@ -589,14 +675,14 @@ pub fn transport_node(c: Conn, cmd: TransportNodeCmd) -> Result<()> {
 /// `bulwark repository …`; its exit status (`verify` has one of its own).
 pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode> {
     let api = Api::new(&c)?;
-    let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation"];
+    let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation", "verify", "health", "verified"];
     let v = match cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
-        RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation } => {
+        RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation, verify } => {
             let password = password_file.as_deref().map(read_password).transpose()?;
             let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks,
-                "password": password, "isolation": isolation});
+                "password": password, "isolation": isolation, "verify_schedule": verify.to_json()?});
             let v = api.call("POST", "/repositories", Some(body))?;
             if !c.json && v["isolation"] == "shared" {
                 eprintln!(
@@ -607,13 +693,29 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode>
             }
             v
         }
-        RepositoryCmd::Update { name, max_tasks } => {
-            api.call("PATCH", &format!("/repositories/{name}"), Some(json!({"max_tasks": max_tasks})))?
+        RepositoryCmd::Update { name, max_tasks, verify, no_verify_schedule } => {
+            let mut body = json!({});
+            if let Some(m) = max_tasks {
+                body["max_tasks"] = json!(m);
+            }
+            if let Some(schedule) = verify.to_json()? {
+                body["verify_schedule"] = schedule;
+            } else if no_verify_schedule {
+                body["verify_schedule"] = Value::Null;
+            }
+            if body.as_object().is_some_and(|b| b.is_empty()) {
+                bail!("nothing to change: give --max-tasks, a --verify-… schedule or --no-verify-schedule");
+            }
+            api.call("PATCH", &format!("/repositories/{name}"), Some(body))?
         }
         RepositoryCmd::Delete { name } => api.call("DELETE", &format!("/repositories/{name}"), None)?,
         RepositoryCmd::Verify { name } => return verify_repository(c, &name),
     };
-    print(&c, &v, &cols);
+    if c.json {
+        print(&c, &v, &cols);
+    } else {
+        print(&c, &repository_rows(&v), &cols);
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
