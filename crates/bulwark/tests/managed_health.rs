@@ -4,7 +4,7 @@
 //! damaged (exit status 3, the point named, the catalog marks it damaged while the other
 //! computer's point stays ok), finds it whole again once the chunk is repaired, and reports
 //! points the repository holds that the catalog does not know and catalog points whose
-//! manifest is gone.
+//! manifest is gone. A check scheduled on the repository finds damage on its own.
 
 mod cluster;
 
@@ -175,6 +175,24 @@ fn health_check(db: Option<&str>) {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.lines().any(|l| l.contains(&stray) && l.contains("not in the catalog")), "{out}");
     assert_eq!(catalog_point(&server, &whole)["health"], "ok");
+
+    // A scheduled check (every minute, counted from the repository's creation) finds damage
+    // on its own: the catalog and the repository's last outcome say so.
+    let last_at = |server: &Server| cli(server, &["repository", "show", "main"]).unwrap()["last_verify"]["at"].clone();
+    let before = last_at(&server);
+    assert!(before.is_string(), "every check leaves its outcome on the repository");
+    std::fs::write(&chunk, &flipped).unwrap();
+    let r = cli(&server, &["repository", "update", "main", "--verify-every-minutes", "1"]).unwrap();
+    assert_eq!(r["verify_schedule"]["every_minutes"], 1, "{r:#}");
+    cluster::wait_for(150, "the scheduled health check", || last_at(&server) != before);
+    let r = cli(&server, &["repository", "show", "main"]).unwrap();
+    assert_eq!(r["last_verify"]["ok"], false, "{r:#}");
+    assert_eq!(r["last_verify"]["damaged"], 1, "{r:#}");
+    assert_eq!(catalog_point(&server, &damaged)["health"], "damaged");
+    assert_eq!(catalog_point(&server, &whole)["health"], "ok");
+    let r = cli(&server, &["repository", "update", "main", "--no-verify-schedule"]).unwrap();
+    assert!(r["verify_schedule"].is_null(), "{r:#}");
+    std::fs::write(&chunk, &original).unwrap();
 
     // An unknown repository is named.
     let (code, _, err) = verify(&server, "nowhere", false);
