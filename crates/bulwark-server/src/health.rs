@@ -6,9 +6,9 @@
 //! whose manifest is gone, are reported, never passed over.
 //!
 //! Tasks may commit and retention may forget points while a check runs. The transport node
-//! therefore also lists the manifests present once the check has ended, and the catalog is
-//! read only then: a point committed meanwhile is "not checked" rather than "unknown" or
-//! "missing", and one forgotten meanwhile is no damage.
+//! therefore also lists the points the repository holds once the check has ended, and the
+//! catalog is read only then: a point committed meanwhile is "not checked" rather than
+//! "unknown" or "missing", and one forgotten meanwhile is no damage.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -94,7 +94,24 @@ struct PointReport {
     #[serde(default)]
     damaged_ranges: Vec<DamagedRange>,
     #[serde(default)]
-    damaged_files: Vec<String>,
+    damaged_files: Vec<DamagedFile>,
+}
+
+/// A damaged file of a file-level point: its path alone (repositories before the integrity
+/// work), or its path with the chunk and reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DamagedFile {
+    Path(String),
+    Detail { path: String },
+}
+
+impl DamagedFile {
+    fn path(&self) -> &str {
+        match self {
+            DamagedFile::Path(p) | DamagedFile::Detail { path: p } => p,
+        }
+    }
 }
 
 /// `bulwark_repo::verify::VerifyReport` off the wire.
@@ -207,7 +224,7 @@ fn summary(p: &PointReport) -> Option<String> {
         ));
     }
     if !p.damaged_files.is_empty() {
-        let shown: Vec<&str> = p.damaged_files.iter().take(5).map(String::as_str).collect();
+        let shown: Vec<&str> = p.damaged_files.iter().take(5).map(DamagedFile::path).collect();
         parts.push(format!(
             "damaged file(s): {}{}",
             shown.join(", "),
@@ -262,10 +279,12 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
     let report: Report = serde_json::from_str(&reply.report_json)
         .map_err(|e| HealthError::Report { node: transport.clone(), reason: e.to_string() })?;
     let verified_at = now();
-    let present: HashSet<&str> = reply.present.iter().map(String::as_str).collect();
-    // A point in the report but no longer present was forgotten during the check: no damage.
+    let manifests: HashSet<&str> = reply.manifests.iter().map(String::as_str).collect();
+    let held: HashSet<&str> = manifests.iter().copied().chain(reply.indexes_only.iter().map(String::as_str)).collect();
+    // A point in the report that the repository no longer holds was forgotten during the
+    // check: no damage.
     let found: HashMap<&str, &PointReport> =
-        report.points.iter().filter(|p| present.contains(p.point.as_str())).map(|p| (p.point.as_str(), p)).collect();
+        report.points.iter().filter(|p| held.contains(p.point.as_str())).map(|p| (p.point.as_str(), p)).collect();
 
     let rows = sqlx::query(
         "SELECT id, computer, name, created, manifest, health FROM points WHERE repository = $1 ORDER BY created",
@@ -324,11 +343,11 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
                     point.health = "damaged".into();
                     point.detail = summary(h);
                     point.damaged_ranges = h.damaged_ranges.clone();
-                    point.damaged_files = h.damaged_files.clone();
+                    point.damaged_files = h.damaged_files.iter().map(|f| f.path().to_string()).collect();
                 }
                 out.points.push(point);
             }
-            None if present.contains(point.id.as_str()) => out.not_checked.push(point.id),
+            None if manifests.contains(point.id.as_str()) => out.not_checked.push(point.id),
             None => {
                 point.health = "damaged".into();
                 point.detail = Some(MISSING.into());
@@ -337,7 +356,7 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
         }
     }
     for p in &report.points {
-        if present.contains(p.point.as_str()) && !known.contains(&p.point) {
+        if found.contains_key(p.point.as_str()) && !known.contains(&p.point) {
             out.unknown.push(UnknownPoint {
                 id: p.point.clone(),
                 name: p.name.clone(),
@@ -478,5 +497,12 @@ mod tests {
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!((back.chunks_checked, back.chunks_damaged, back.bytes_checked), (12, 1, 49152));
         assert_eq!(summary(&back.points[0]).unwrap(), "1 damaged range(s), 4096 bytes: block 2 (digest mismatch)");
+        // Damaged files as paths, or as paths with their chunk and reason.
+        let files = serde_json::json!({"points": [{
+            "point": "p", "ok": false, "damaged_ranges": [],
+            "damaged_files": ["etc/hosts", {"path": "big.bin", "chunk": "ab", "reason": "missing"}]
+        }]});
+        let back: Report = serde_json::from_value(files).unwrap();
+        assert_eq!(summary(&back.points[0]).unwrap(), "damaged file(s): etc/hosts, big.bin");
     }
 }

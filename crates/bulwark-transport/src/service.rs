@@ -2,7 +2,7 @@
 //! the backup server asks, and reports what each did. A data mover is a process of its own so
 //! that one task crashing cannot take the others down; it dies with the service.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -327,7 +327,7 @@ impl Transport for TransportService {
         let path = self.repository_path(&r.path)?;
         let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
         info!("repository {}: health check started", r.path);
-        let (report, present) = tokio::task::spawn_blocking(move || {
+        let (report, (manifests, indexes_only)) = tokio::task::spawn_blocking(move || {
             let repo = bulwark_repo::Repository::open(&path, password.as_deref())?;
             let report = health_check(&repo)?;
             Ok::<_, bulwark_repo::RepoError>((report, point_ids(&repo)?))
@@ -345,7 +345,7 @@ impl Transport for TransportService {
         );
         let report_json =
             serde_json::to_string(&report).map_err(|e| Status::internal(format!("health check report: {e}")))?;
-        Ok(Response::new(VerifyReply { report_json, present }))
+        Ok(Response::new(VerifyReply { report_json, manifests, indexes_only }))
     }
 
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {
@@ -360,14 +360,29 @@ fn health_check(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<bulwark
     bulwark_repo::verify::verify(repo, bulwark_repo::verify::Selection::All, threads, &|_| {})
 }
 
-/// The ids of the points whose manifests the repository holds now.
-fn point_ids(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<Vec<String>> {
+/// The ids of the points the repository holds now: those with a manifest, and those with an
+/// index but no manifest that are not being forgotten (a `.forgotten` tombstone).
+fn point_ids(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<(Vec<String>, Vec<String>)> {
     let entries = repo.storage().list("points/").map_err(|source| bulwark_repo::RepoError::Io {
         repo: repo.label(),
         what: "listing points".into(),
         source,
     })?;
-    Ok(entries.into_iter().filter_map(|e| e.name.strip_suffix(".manifest").map(String::from)).collect())
+    let (mut manifests, mut indexes, mut forgotten) = (Vec::new(), Vec::new(), HashSet::new());
+    for e in entries {
+        match e.name.rsplit_once('.') {
+            Some((id, "manifest")) => manifests.push(id.to_string()),
+            Some((id, "index")) => indexes.push(id.to_string()),
+            Some((id, "forgotten")) => {
+                forgotten.insert(id.to_string());
+            }
+            _ => {}
+        }
+    }
+    let with_manifest: HashSet<&String> = manifests.iter().collect();
+    let indexes_only =
+        indexes.iter().filter(|id| !with_manifest.contains(id) && !forgotten.contains(*id)).cloned().collect();
+    Ok((manifests, indexes_only))
 }
 
 /// Serves the transport service on `listener` until the process ends.
