@@ -181,7 +181,7 @@ pub struct HealthCheck {
     pub unknown: Vec<UnknownPoint>,
     /// Catalog points committed while the check ran: the next check reads them.
     pub not_checked: Vec<String>,
-    /// What to do about the damage, one line per backup chain.
+    /// What to do about the damage, per backup chain.
     pub advice: Vec<String>,
 }
 
@@ -402,7 +402,8 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
     Ok(out)
 }
 
-/// What to do about damaged catalog points, one line per backup chain.
+/// What to do about damaged catalog points, per backup chain: lost blocks come back with the
+/// next run of the chain's job; a point whose manifest or index is damaged or gone does not.
 fn advice(c: &HealthCheck) -> Vec<String> {
     let mut chains: Vec<(&str, Vec<&CheckedPoint>)> = Vec::new();
     for p in c.damaged() {
@@ -411,28 +412,36 @@ fn advice(c: &HealthCheck) -> Vec<String> {
             None => chains.push((&p.name, vec![p])),
         }
     }
+    let ids = |ps: &[&CheckedPoint]| ps.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ");
     let mut out = Vec::new();
     for (_, points) in chains {
-        let first = points[0];
-        let ids: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
-        let what = format!("{} of computer {} (point {})", first.source, first.computer, ids.join(", "));
-        let blocks_lost = points.iter().any(|p| p.detail.as_deref() != Some(MISSING));
-        out.push(match (&first.job, blocks_lost) {
-            (Some(job), true) => format!(
-                "{what}: the next run of job {job} stores the damaged blocks again from the source, as far as the \
-                 source still holds them (`bulwark job start {job}`); then check again with `bulwark repository \
-                 verify {}`; until then, restore from a point found ok",
+        let what = format!("{} of computer {}", points[0].source, points[0].computer);
+        let (blocks, lost): (Vec<&CheckedPoint>, Vec<&CheckedPoint>) =
+            points.iter().partition(|p| !p.damaged_ranges.is_empty() || !p.damaged_files.is_empty());
+        let Some(job) = &points[0].job else {
+            out.push(format!(
+                "{what}: point(s) {} damaged, and no job backs this source up any more: restore from a point \
+                 found ok, or back the source up with a job",
+                ids(&points)
+            ));
+            continue;
+        };
+        if !blocks.is_empty() {
+            out.push(format!(
+                "{what}: point(s) {} lost blocks; the next run of job {job} stores them again from the source, as \
+                 far as it still holds them (`bulwark job start {job}`), and the next check (`bulwark repository \
+                 verify {}`) finds the point(s) whole again; until then, restore from a point found ok",
+                ids(&blocks),
                 c.repository
-            ),
-            (Some(job), false) => format!(
-                "{what}: gone from the repository; the next run of job {job} makes a new point \
-                 (`bulwark job start {job}`)"
-            ),
-            (None, _) => format!(
-                "{what}: no job backs this source up any more; restore from a point found ok, or back the source up \
-                 with a job"
-            ),
-        });
+            ));
+        }
+        if !lost.is_empty() {
+            out.push(format!(
+                "{what}: point(s) {} cannot be restored (manifest or index damaged or gone); the next run of job \
+                 {job} makes a new point (`bulwark job start {job}`)",
+                ids(&lost)
+            ));
+        }
     }
     if c.unknown.iter().any(|u| u.health != "ok") {
         out.push(
@@ -479,6 +488,58 @@ mod tests {
         assert_eq!(summary(&whole), None);
         let meta = PointReport { problem: Some("index fails authentication".into()), damaged_ranges: vec![], ..p };
         assert_eq!(summary(&meta).unwrap(), "index fails authentication");
+    }
+
+    #[test]
+    fn advice_names_the_job_and_tells_lost_blocks_from_lost_points() {
+        let point = |id: &str, name: &str, job: Option<&str>, detail: &str, ranges: usize| CheckedPoint {
+            id: id.into(),
+            computer: "pc".into(),
+            name: name.into(),
+            source: format!("/dev/{name}"),
+            created: String::new(),
+            job: job.map(String::from),
+            health: "damaged".into(),
+            previous_health: None,
+            detail: Some(detail.into()),
+            damaged_ranges: (0..ranges)
+                .map(|b| DamagedRange {
+                    first_block: b as u64,
+                    last_block: b as u64,
+                    offset: 0,
+                    length: 1,
+                    chunks: vec![],
+                    reason: "missing".into(),
+                })
+                .collect(),
+            damaged_files: vec![],
+        };
+        let check = HealthCheck {
+            repository: "main".into(),
+            transport: "t".into(),
+            started: String::new(),
+            verified_at: String::new(),
+            ok: false,
+            chunks_checked: 0,
+            chunks_damaged: 1,
+            bytes_checked: 0,
+            points: vec![
+                point("p1", "vda", Some("nightly"), "1 damaged range(s)", 1),
+                point("p3", "vdc", None, "x", 1),
+            ],
+            missing: vec![point("p2", "vda", Some("nightly"), MISSING, 0)],
+            unknown: vec![],
+            not_checked: vec![],
+            advice: vec![],
+        };
+        let a = advice(&check);
+        assert_eq!(a.len(), 3, "{a:#?}");
+        assert!(
+            a[0].starts_with("/dev/vda of computer pc: point(s) p1 lost blocks")
+                && a[0].contains("`bulwark job start nightly`")
+        );
+        assert!(a[1].starts_with("/dev/vda of computer pc: point(s) p2 cannot be restored"), "{a:#?}");
+        assert!(a[2].contains("p3 damaged, and no job backs this source up"), "{a:#?}");
     }
 
     /// The report as the repository's verify writes it reads back, and fields it may gain

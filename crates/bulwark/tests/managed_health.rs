@@ -154,9 +154,14 @@ fn health_check(db: Option<&str>) {
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let stray = serde_json::from_slice::<Value>(&st.stdout).unwrap()["point"].as_str().unwrap().to_string();
-    let manifest = repo.join("points").join(format!("{whole}.manifest"));
-    let aside = dir.path().join("aside.manifest");
-    std::fs::rename(&manifest, &aside).unwrap();
+    // Gone as a point forgotten behind the server's back is: manifest and index.
+    let gone: Vec<(PathBuf, PathBuf)> = ["manifest", "index"]
+        .iter()
+        .map(|ext| (repo.join("points").join(format!("{whole}.{ext}")), dir.path().join(format!("aside.{ext}"))))
+        .collect();
+    for (from, to) in &gone {
+        std::fs::rename(from, to).unwrap();
+    }
     let (code, out, err) = verify(&server, "main", true);
     assert_eq!(code, 3, "a missing point is damage: {out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -169,8 +174,10 @@ fn health_check(db: Option<&str>) {
     assert!(p["health_detail"].as_str().unwrap().contains("manifest is gone"), "{p:#}");
     assert_eq!(catalog_point(&server, &damaged)["health"], "ok");
 
-    // The manifest back: healthy again; the stray point is still reported.
-    std::fs::rename(&aside, &manifest).unwrap();
+    // The point back: healthy again; the stray point is still reported.
+    for (from, to) in &gone {
+        std::fs::rename(to, from).unwrap();
+    }
     let (code, out, err) = verify(&server, "main", false);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.lines().any(|l| l.contains(&stray) && l.contains("not in the catalog")), "{out}");
