@@ -183,6 +183,7 @@ pub fn router(state: S) -> Router {
         )
         .route("/api/v1/repositories", get(list_repositories).post(create_repository))
         .route("/api/v1/repositories/{name}", get(show_repository).patch(update_repository).delete(delete_repository))
+        .route("/api/v1/repositories/{name}/verify", post(verify_repository))
         .route("/api/v1/secrets", get(list_secrets))
         .route("/api/v1/secrets/{name}", put(set_secret).delete(delete_secret))
         .route("/api/v1/groups", get(list_groups).post(create_group))
@@ -545,10 +546,8 @@ async fn update_repository(
     Input(u): Input<RepositoryUpdate>,
 ) -> ApiResult {
     c.admin()?;
-    if !(1..=256).contains(&u.max_tasks) {
-        return Err(bad(format!("max_tasks must be between 1 and 256, not {}", u.max_tasks)));
-    }
-    if !store::update_repository(&s.core.db, &name, u.max_tasks).await? {
+    u.validate().map_err(bad)?;
+    if !store::update_repository(&s.core.db, &name, &u).await? {
         return Err(missing("repository", &name));
     }
     show_repository(c, State(s), Path(name)).await
@@ -570,6 +569,30 @@ async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
         return Err(missing("repository", &name));
     }
     Ok(Json(json!({ "deleted": name, "note": "the repository's files stay on its transport node" })))
+}
+
+/// The repository's health check, on its transport node; the catalog records each point's
+/// health. Answers when the check has ended (`ok: false` when damage was found).
+async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    use crate::health::HealthError;
+    c.admin()?;
+    let core = s.core.clone();
+    // A caller who hangs up does not stop the check: the catalog still learns its outcome.
+    let check = tokio::spawn(async move { crate::health::check(&core, &name).await });
+    let outcome = check.await.map_err(|e| {
+        tracing::warn!("health check: {e}");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server's log)".into())
+    })?;
+    match outcome {
+        Ok(h) => Ok(Json(serde_json::to_value(h).unwrap_or_default())),
+        Err(e @ HealthError::NoRepository(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ HealthError::Running(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ HealthError::NoTransport(_)) => Err(bad(e.to_string())),
+        Err(e @ (HealthError::Node { .. } | HealthError::Report { .. })) => {
+            Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+        Err(HealthError::Db(e)) => Err(e.into()),
+    }
 }
 
 async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult {

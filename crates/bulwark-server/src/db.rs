@@ -88,6 +88,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
      UPDATE join_tokens SET id = substr(secret_hash, 1, 16);
      ALTER TABLE nodes ADD COLUMN readmitted BIGINT NOT NULL DEFAULT 0",
     ),
+    // Health of catalog points as the last health check of their repository found it ('ok',
+    // 'damaged'; NULL: never checked) and what it found wrong; per repository, when the server
+    // checks it on its own (a schedule as JSON), when the scheduler last looked, and the last
+    // check's outcome (JSON).
+    (
+        4,
+        "ALTER TABLE points ADD COLUMN health TEXT;
+     ALTER TABLE points ADD COLUMN health_detail TEXT;
+     ALTER TABLE points ADD COLUMN verified_at TEXT;
+     ALTER TABLE repositories ADD COLUMN verify_schedule TEXT;
+     ALTER TABLE repositories ADD COLUMN verify_last_check TEXT;
+     ALTER TABLE repositories ADD COLUMN last_verify TEXT",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

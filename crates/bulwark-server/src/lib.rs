@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backup_manager;
 pub mod db;
+pub mod health;
 pub mod login_guard;
 pub mod manager;
 pub mod model;

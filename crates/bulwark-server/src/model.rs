@@ -48,12 +48,27 @@ pub struct RepositoryInput {
     /// each other's data) or `computer` (a key per computer; needs a password).
     #[serde(default)]
     pub isolation: Option<String>,
+    /// When the server checks the repository's health on its own (server's time zone).
+    #[serde(default)]
+    pub verify_schedule: Option<Schedule>,
+}
+
+/// A health check runs by the calendar or the clock; following a job would check a repository
+/// while that job's next session may already be writing it.
+fn check_verify_schedule(s: &Schedule) -> Result<(), String> {
+    if matches!(s, Schedule::After { .. }) {
+        return Err("a repository's health check runs daily, monthly or every N minutes, not after a job".into());
+    }
+    s.validate().map_err(|e| format!("verify_schedule: {e}"))
 }
 
 impl RepositoryInput {
     pub fn validate(&self) -> Result<(), String> {
         check_name("repository", &self.name)?;
         range("max_tasks", self.max_tasks, 1, 256)?;
+        if let Some(s) = &self.verify_schedule {
+            check_verify_schedule(s)?;
+        }
         if !self.path.starts_with('/') {
             return Err(format!("repository path {:?} must be absolute", self.path));
         }
@@ -71,7 +86,31 @@ impl RepositoryInput {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryUpdate {
-    pub max_tasks: i64,
+    #[serde(default)]
+    pub max_tasks: Option<i64>,
+    /// Absent: unchanged; null: no scheduled health check; a schedule: this one.
+    #[serde(default, deserialize_with = "present")]
+    pub verify_schedule: Option<Option<Schedule>>,
+}
+
+/// A field that is there, even as null, as opposed to absent (`#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl RepositoryUpdate {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_tasks.is_none() && self.verify_schedule.is_none() {
+            return Err("nothing to change: give max_tasks or verify_schedule".into());
+        }
+        if let Some(m) = self.max_tasks {
+            range("max_tasks", m, 1, 256)?;
+        }
+        if let Some(Some(s)) = &self.verify_schedule {
+            check_verify_schedule(s)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,5 +509,25 @@ mod tests {
         assert!(bad(serde_json::json!({"bogus": 1})).contains("unknown field"));
         assert!(bad(serde_json::json!({"streams": "two"})).contains("invalid type"));
         assert!(bad(serde_json::json!({"timezone": "Mars/Olympus"})).contains("Mars"));
+    }
+
+    #[test]
+    fn a_repository_update_tells_a_cleared_schedule_from_an_absent_one() {
+        let update = |v: serde_json::Value| serde_json::from_value::<RepositoryUpdate>(v).unwrap();
+        let u = update(serde_json::json!({"max_tasks": 3}));
+        assert_eq!((u.max_tasks, u.verify_schedule.is_none()), (Some(3), true));
+        u.validate().unwrap();
+        let u = update(serde_json::json!({"verify_schedule": null}));
+        assert!(matches!(u.verify_schedule, Some(None)));
+        u.validate().unwrap();
+        let u = update(serde_json::json!({"verify_schedule": {"kind": "daily", "at": "03:00"}}));
+        assert!(matches!(u.verify_schedule, Some(Some(Schedule::Daily { .. }))));
+        u.validate().unwrap();
+        assert!(update(serde_json::json!({})).validate().unwrap_err().contains("nothing to change"));
+        let after = update(serde_json::json!({"verify_schedule": {"kind": "after", "job": "nightly"}}));
+        assert!(after.validate().unwrap_err().contains("not after a job"));
+        let bad_time = update(serde_json::json!({"verify_schedule": {"kind": "daily", "at": "25:00"}}));
+        assert!(bad_time.validate().unwrap_err().contains("25:00"));
+        assert!(update(serde_json::json!({"max_tasks": 0})).validate().unwrap_err().contains("max_tasks"));
     }
 }

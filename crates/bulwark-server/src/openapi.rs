@@ -31,6 +31,13 @@ fn name_param() -> Value {
 pub fn document() -> Value {
     let s = |t: &str| json!({"type": t});
     let strings = json!({"type": "array", "items": {"type": "string"}});
+    // Schedules by the calendar or the clock: jobs and repositories' health checks.
+    let timed = [
+        json!({"type": "object", "properties": {"kind": {"const": "daily"}, "at": s("string"), "weekdays": strings}, "required": ["kind", "at"]}),
+        json!({"type": "object", "properties": {"kind": {"const": "monthly"}, "day": {"type": "integer", "minimum": 1, "maximum": 31}, "at": s("string")}, "required": ["kind", "day", "at"]}),
+        json!({"type": "object", "properties": {"kind": {"const": "periodic"}, "every_minutes": {"type": "integer", "minimum": 1}}, "required": ["kind", "every_minutes"]}),
+    ];
+    let verify_schedule = json!({"oneOf": [timed[0], timed[1], timed[2], {"type": "null"}], "description": "When the server checks the repository's health on its own (server's time zone); null: never"});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Bulwark backup server", "version": env!("CARGO_PKG_VERSION")},
@@ -50,8 +57,9 @@ pub fn document() -> Value {
             "/computers": {"get": op("Joined agents", None, false)},
             "/computers/{name}": {"parameters": name_param(), "get": op("A computer and its inventory", None, false), "delete": op("Remove a computer (revokes its certificate)", None, true)},
             "/transports": {"get": op("Joined transport nodes", None, false)},
-            "/repositories": {"get": op("Repositories", None, false), "post": op("Create (or adopt) a repository on a transport node", Some("RepositoryInput"), true)},
-            "/repositories/{name}": {"parameters": name_param(), "get": op("A repository", None, false), "patch": op("Change a repository's task maximum", Some("RepositoryUpdate"), true), "delete": op("Forget a repository (its files stay)", None, true)},
+            "/repositories": {"get": op("Repositories, with the schedule and outcome of their health checks (last_verify)", None, false), "post": op("Create (or adopt) a repository on a transport node", Some("RepositoryInput"), true)},
+            "/repositories/{name}": {"parameters": name_param(), "get": op("A repository", None, false), "patch": op("Change a repository's task maximum or the schedule of its health check", Some("RepositoryUpdate"), true), "delete": op("Forget a repository (its files stay)", None, true)},
+            "/repositories/{name}/verify": {"parameters": name_param(), "post": op("Health check: the repository's transport node re-reads and re-hashes every chunk its points reference; the catalog records each point's health (ok or damaged, with what is lost). Reports points the repository holds that the catalog does not know and catalog points whose manifest is gone. Answers when the check has ended; ok is false when damage was found (409: a check of this repository is running; 502: the transport node failed)", None, true)},
             "/secrets": {"get": op("Names of the secrets jobs' commands may use (never their values)", None, true)},
             "/secrets/{name}": {"parameters": name_param(), "put": op("Set a secret (sealed at rest; commands read it as BULWARK_SECRET_<NAME>)", Some("SecretInput"), true), "delete": op("Delete a secret", None, true)},
             "/groups": {"get": op("Protection groups", None, false), "post": op("Create a protection group", Some("GroupInput"), true)},
@@ -64,7 +72,7 @@ pub fn document() -> Value {
             "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks, their progress and (unless ?logs=false) their logs", None, false)},
             "/points/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A catalog point and its manifest", None, false)},
             "/points/{id}/restore": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": op("Restore a catalog point onto a computer (answers when it has ended)", Some("RestoreInput"), true)},
-            "/points": {"get": {"summary": "Restore points in the catalog", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
+            "/points": {"get": {"summary": "Restore points in the catalog, each with its health as the last check of its repository found it (health: ok, damaged or null for never checked; health_detail; verified_at)", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -76,8 +84,8 @@ pub fn document() -> Value {
                 "TokenRequest": {"type": "object", "additionalProperties": false, "required": ["role"], "properties": {"role": {"enum": ["agent", "transport"]}, "name": s("string"), "any_name": s("boolean"), "replace": s("boolean"), "expires": {"type": "string", "description": "30m, 12h, 7d (default) or never"}}},
                 "ApiTokenRequest": {"type": "object", "additionalProperties": false, "properties": {"name": s("string"), "expires": {"type": "string", "description": "30m, 12h, 90d (default) or never"}}},
                 "PasswordChange": {"type": "object", "additionalProperties": false, "required": ["password"], "properties": {"password": {"type": "string", "minLength": 10}, "current": s("string")}},
-                "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}, "isolation": {"enum": ["shared", "computer"], "default": "shared"}}},
-                "RepositoryUpdate": {"type": "object", "additionalProperties": false, "required": ["max_tasks"], "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}}},
+                "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}, "isolation": {"enum": ["shared", "computer"], "default": "shared"}, "verify_schedule": verify_schedule}},
+                "RepositoryUpdate": {"type": "object", "additionalProperties": false, "minProperties": 1, "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}, "verify_schedule": verify_schedule}},
                 "GroupInput": {"type": "object", "additionalProperties": false, "required": ["name", "computers"], "properties": {"name": s("string"), "computers": strings}},
                 "Job": {"type": "object", "additionalProperties": false, "required": ["name", "repository"], "properties": {
                     "name": s("string"), "mode": {"enum": ["computer", "volumes", "files"]}, "computers": strings, "groups": strings,
@@ -85,9 +93,7 @@ pub fn document() -> Value {
                     "block_size": {"enum": ["256K", "512K", "1M", "4M"]}, "compression": {"enum": ["none", "dedupe-friendly", "optimal", "high", "extreme"]},
                     "snapshot": {"enum": ["auto", "reflink", "btrfs", "lvm", "none"]}, "cbt": {"enum": ["auto", "extents", "none"]},
                     "schedule": {"oneOf": [
-                        {"type": "object", "properties": {"kind": {"const": "daily"}, "at": s("string"), "weekdays": strings}, "required": ["kind", "at"]},
-                        {"type": "object", "properties": {"kind": {"const": "monthly"}, "day": {"type": "integer", "minimum": 1, "maximum": 31}, "at": s("string")}, "required": ["kind", "day", "at"]},
-                        {"type": "object", "properties": {"kind": {"const": "periodic"}, "every_minutes": {"type": "integer", "minimum": 1}}, "required": ["kind", "every_minutes"]},
+                        timed[0], timed[1], timed[2],
                         {"type": "object", "properties": {"kind": {"const": "after"}, "job": s("string")}, "required": ["kind", "job"]}
                     ]},
                     "window": {"type": "object", "properties": {"start": s("string"), "end": s("string")}, "required": ["start", "end"]},

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 
 use crate::db::{int, now, opt_text, stamp_in, text, Db, Result};
-use crate::model::{Job, RepositoryInput};
+use crate::model::{Job, RepositoryInput, RepositoryUpdate};
 use crate::registration::{admission, Grant, JoinedNode, Known, NodeStore};
 use crate::secrets::Secrets;
 use bulwark_proto::pki::Role;
@@ -439,6 +439,8 @@ fn repository_json(r: &AnyRow) -> Value {
         "name": text(r, "name"), "transport": text(r, "transport"), "path": text(r, "path"),
         "max_tasks": int(r, "max_tasks"), "encrypted": opt_text(r, "password").is_some(), "created": text(r, "created"),
         "isolation": text(r, "isolation"),
+        "verify_schedule": opt_text(r, "verify_schedule").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+        "last_verify": opt_text(r, "last_verify").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
     })
 }
 
@@ -448,14 +450,17 @@ fn password_row(repository: &str) -> String {
 }
 
 pub async fn insert_repository(db: &Db, r: &RepositoryInput) -> Result<()> {
-    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created, isolation) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+    let created = now();
+    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created, isolation, verify_schedule, verify_last_check) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
         .bind(&r.name)
         .bind(&r.transport)
         .bind(&r.path)
         .bind(r.max_tasks)
         .bind(r.password.as_deref().map(|p| db.secrets.seal(&password_row(&r.name), p)))
-        .bind(now())
+        .bind(&created)
         .bind(r.isolation.as_deref().unwrap_or("shared"))
+        .bind(r.verify_schedule.as_ref().map(|s| serde_json::to_string(s).expect("schedule")))
+        .bind(&created)
         .execute(&db.pool)
         .await?;
     Ok(())
@@ -503,13 +508,82 @@ pub async fn seal_clear_passwords(db: &Db) -> Result<()> {
     Ok(())
 }
 
-pub async fn update_repository(db: &Db, name: &str, max_tasks: i64) -> Result<bool> {
-    let r = sqlx::query("UPDATE repositories SET max_tasks = $1 WHERE name = $2")
-        .bind(max_tasks)
-        .bind(name)
+/// Changes what `u` gives; whether the repository exists.
+pub async fn update_repository(db: &Db, name: &str, u: &RepositoryUpdate) -> Result<bool> {
+    let mut tx = db.pool.begin().await?;
+    let exists =
+        sqlx::query("SELECT name FROM repositories WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    if let Some(max_tasks) = u.max_tasks {
+        sqlx::query("UPDATE repositories SET max_tasks = $1 WHERE name = $2")
+            .bind(max_tasks)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(schedule) = &u.verify_schedule {
+        // Counted from now: runs the old schedule (or none) missed do not start a check at once.
+        sqlx::query("UPDATE repositories SET verify_schedule = $1, verify_last_check = $2 WHERE name = $3")
+            .bind(schedule.as_ref().map(|s| serde_json::to_string(s).expect("schedule")))
+            .bind(now())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A repository whose health the server checks on its own.
+#[derive(Debug, Clone)]
+pub struct VerifySchedule {
+    pub repository: String,
+    /// When the repository was recorded: periodic checks count from it.
+    pub created: String,
+    pub schedule: crate::schedule::Schedule,
+    /// When the scheduler last looked.
+    pub last_check: Option<String>,
+}
+
+/// Repositories with a scheduled health check (a schedule that no longer reads is skipped).
+pub async fn verify_schedules(db: &Db) -> Result<Vec<VerifySchedule>> {
+    let rows = sqlx::query(
+        "SELECT name, created, verify_schedule, verify_last_check FROM repositories WHERE verify_schedule IS NOT NULL",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some(VerifySchedule {
+                repository: text(r, "name"),
+                created: text(r, "created"),
+                schedule: serde_json::from_str(&opt_text(r, "verify_schedule")?).ok()?,
+                last_check: opt_text(r, "verify_last_check"),
+            })
+        })
+        .collect())
+}
+
+pub async fn set_verify_last_check(db: &Db, repository: &str, at: &str) -> Result<()> {
+    sqlx::query("UPDATE repositories SET verify_last_check = $1 WHERE name = $2")
+        .bind(at)
+        .bind(repository)
         .execute(&db.pool)
         .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(())
+}
+
+/// Records the outcome of a repository's latest health check.
+pub async fn set_last_verify(db: &Db, repository: &str, outcome: &Value) -> Result<()> {
+    sqlx::query("UPDATE repositories SET last_verify = $1 WHERE name = $2")
+        .bind(outcome.to_string())
+        .bind(repository)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
 }
 
 pub async fn delete_row(db: &Db, table: &str, name: &str) -> Result<bool> {
@@ -893,7 +967,8 @@ pub async fn point_detail(db: &Db, id: &str) -> Result<Option<Value>> {
         json!({
             "id": text(&r, "id"), "repository": text(&r, "repository"), "computer": text(&r, "computer"),
             "name": text(&r, "name"), "kind": text(&r, "kind"), "created": text(&r, "created"),
-            "task": opt_text(&r, "task_id"),
+            "task": opt_text(&r, "task_id"), "health": opt_text(&r, "health"),
+            "health_detail": opt_text(&r, "health_detail"), "verified_at": opt_text(&r, "verified_at"),
             "manifest": serde_json::from_str::<Value>(&text(&r, "manifest")).unwrap_or_default(),
         })
     }))
@@ -933,6 +1008,8 @@ pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<Value>> {
                 "name": text(r, "name"), "kind": text(r, "kind"), "created": text(r, "created"),
                 "task": opt_text(r, "task_id"), "stats": m.get("stats").cloned().unwrap_or_default(),
                 "source": m.get("source").cloned().unwrap_or_default(),
+                "health": opt_text(r, "health"), "health_detail": opt_text(r, "health_detail"),
+                "verified_at": opt_text(r, "verified_at"),
             })
         })
         .collect())

@@ -2,7 +2,7 @@
 //! the backup server asks, and reports what each did. A data mover is a process of its own so
 //! that one task crashing cannot take the others down; it dies with the service.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use std::time::Duration;
 use bulwark_proto::pb::transport_server::{Transport, TransportServer};
 use bulwark_proto::pb::{
     Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, RepositoryInfo, RepositoryInit, RetentionReport,
-    RetentionRequest, Revocations as RevocationList,
+    RetentionRequest, Revocations as RevocationList, VerifyReply, VerifyRequest,
 };
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
@@ -320,9 +320,69 @@ impl Transport for TransportService {
         Ok(Response::new(RetentionReport { deleted }))
     }
 
+    async fn verify_repository(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
+        tls::require_peer(&req, &[Role::Server], "check a repository's health")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let path = self.repository_path(&r.path)?;
+        let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
+        info!("repository {}: health check started", r.path);
+        let (report, (manifests, indexes_only)) = tokio::task::spawn_blocking(move || {
+            let repo = bulwark_repo::Repository::open(&path, password.as_deref())?;
+            let report = health_check(&repo)?;
+            Ok::<_, bulwark_repo::RepoError>((report, point_ids(&repo)?))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("health check: {e}")))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let damaged = report.points.iter().filter(|p| !p.ok).count();
+        info!(
+            "repository {}: health check of {} point(s), {} chunk(s): {}",
+            r.path,
+            report.points.len(),
+            report.chunks_checked,
+            if damaged == 0 { "healthy".to_string() } else { format!("{damaged} point(s) damaged") }
+        );
+        let report_json =
+            serde_json::to_string(&report).map_err(|e| Status::internal(format!("health check report: {e}")))?;
+        Ok(Response::new(VerifyReply { report_json, manifests, indexes_only }))
+    }
+
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {
         tls::serve_revocations(&self.revoked, req)
     }
+}
+
+/// The health check of a whole repository, on every core. The one call into the repository's
+/// verify: its options change here alone.
+fn health_check(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<bulwark_repo::verify::VerifyReport> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    bulwark_repo::verify::verify(repo, bulwark_repo::verify::Selection::All, threads, &|_| {})
+}
+
+/// The ids of the points the repository holds now: those with a manifest, and those with an
+/// index but no manifest that are not being forgotten (a `.forgotten` tombstone).
+fn point_ids(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<(Vec<String>, Vec<String>)> {
+    let entries = repo.storage().list("points/").map_err(|source| bulwark_repo::RepoError::Io {
+        repo: repo.label(),
+        what: "listing points".into(),
+        source,
+    })?;
+    let (mut manifests, mut indexes, mut forgotten) = (Vec::new(), Vec::new(), HashSet::new());
+    for e in entries {
+        match e.name.rsplit_once('.') {
+            Some((id, "manifest")) => manifests.push(id.to_string()),
+            Some((id, "index")) => indexes.push(id.to_string()),
+            Some((id, "forgotten")) => {
+                forgotten.insert(id.to_string());
+            }
+            _ => {}
+        }
+    }
+    let with_manifest: HashSet<&String> = manifests.iter().collect();
+    let indexes_only =
+        indexes.iter().filter(|id| !with_manifest.contains(id) && !forgotten.contains(*id)).cloned().collect();
+    Ok((manifests, indexes_only))
 }
 
 /// Serves the transport service on `listener` until the process ends.

@@ -178,16 +178,123 @@ pub enum RepositoryCmd {
         /// hold. Needs --password-file; chosen at creation for good.
         #[arg(long, default_value = "shared", value_parser = ["shared", "computer"])]
         isolation: String,
+        #[command(flatten)]
+        verify: VerifyScheduleArgs,
     },
+    /// Change a repository's task maximum or the schedule of its health check.
+    ///
+    /// A scheduled health check does what `bulwark repository verify` does, on the server's
+    /// own: the catalog records each point's health (`bulwark point list`), the repository the
+    /// check's outcome (`bulwark repository show`, and the server's log names damaged points).
+    /// Times are the server's local time. A check still running when the next one comes due
+    /// makes that one skip its turn.
     Update {
         name: String,
+        /// Tasks it takes at once.
         #[arg(long)]
-        max_tasks: i64,
+        max_tasks: Option<i64>,
+        #[command(flatten)]
+        verify: VerifyScheduleArgs,
+        /// Stop checking the repository's health on a schedule.
+        #[arg(long, conflicts_with_all = ["verify_daily", "verify_monthly", "verify_every_minutes"])]
+        no_verify_schedule: bool,
     },
     /// Forget a repository (its files stay on the node).
     Delete {
         name: String,
     },
+    /// Check a repository's health and record each restore point's in the catalog.
+    ///
+    /// The repository's transport node re-reads and re-hashes every chunk the repository's
+    /// restore points reference. The server's catalog then holds each point as `ok` or
+    /// `damaged`, with what is wrong and when it was checked (`bulwark point list` shows it).
+    ///
+    /// A damaged point is named with what a restore would lose: block ranges of a volume, files
+    /// of a file-level point, or a damaged manifest or index. The next run of the job that backs
+    /// the point's source up stores the damaged blocks again, as far as the source still holds
+    /// them; the next check then finds the point ok again. Points the repository holds that the
+    /// catalog does not know, and catalog points whose manifest is gone from the repository, are
+    /// listed too; the latter cannot be restored and are marked damaged.
+    ///
+    /// The command waits for the check, which reads every chunk once: it takes about as long
+    /// as reading the repository's stored data from its disks. Backups may run meanwhile; points
+    /// they commit are checked next time. One check of a repository runs at a time.
+    ///
+    /// Exit status: 0 healthy; 3 damage found; 1 the check could not run.
+    Verify {
+        /// The repository, as `bulwark repository list` names it.
+        name: String,
+    },
+}
+
+/// When the server checks a repository's health on its own (see `repository update --help`).
+#[derive(Args)]
+pub struct VerifyScheduleArgs {
+    /// Check the repository's health daily at HH:MM, server time (with --verify-weekdays, only
+    /// on those days).
+    #[arg(long, value_name = "HH:MM", conflicts_with_all = ["verify_monthly", "verify_every_minutes"])]
+    verify_daily: Option<String>,
+    /// Days for --verify-daily: mon,tue,….
+    #[arg(long, value_delimiter = ',', requires = "verify_daily")]
+    verify_weekdays: Vec<String>,
+    /// Check the repository's health monthly: DAY@HH:MM (31: the month's last day).
+    #[arg(long, value_name = "DAY@HH:MM", conflicts_with = "verify_every_minutes")]
+    verify_monthly: Option<String>,
+    /// Check the repository's health every N minutes, counted from its creation.
+    #[arg(long, value_name = "N")]
+    verify_every_minutes: Option<u32>,
+}
+
+impl VerifyScheduleArgs {
+    /// The schedule as the API takes it (None: none given).
+    fn to_json(&self) -> Result<Option<Value>> {
+        Ok(if let Some(at) = &self.verify_daily {
+            Some(json!({"kind": "daily", "at": at, "weekdays": self.verify_weekdays}))
+        } else if let Some(spec) = &self.verify_monthly {
+            let (day, at) = spec.split_once('@').context("--verify-monthly takes DAY@HH:MM")?;
+            Some(json!({"kind": "monthly", "day": day.parse::<u8>().context("--verify-monthly: bad day")?, "at": at}))
+        } else {
+            self.verify_every_minutes.map(|m| json!({"kind": "periodic", "every_minutes": m}))
+        })
+    }
+}
+
+/// A schedule as the API gives it, in words.
+fn schedule_text(v: &Value) -> String {
+    match v["kind"].as_str() {
+        Some("daily") => match v["weekdays"].as_array().filter(|w| !w.is_empty()) {
+            Some(days) => format!(
+                "daily {} on {}",
+                v["at"].as_str().unwrap_or("?"),
+                days.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+            ),
+            None => format!("daily {}", v["at"].as_str().unwrap_or("?")),
+        },
+        Some("monthly") => format!("monthly {}@{}", v["day"], v["at"].as_str().unwrap_or("?")),
+        Some("periodic") => format!("every {} min", v["every_minutes"]),
+        _ => "-".into(),
+    }
+}
+
+/// The repository rows with their health check in words, for the table.
+fn repository_rows(v: &Value) -> Value {
+    let row = |r: &Value| {
+        let mut r = r.clone();
+        r["verify"] = json!(schedule_text(&r["verify_schedule"]));
+        let last = r["last_verify"].clone();
+        r["health"] = match (last["ok"].as_bool(), last["error"].is_string()) {
+            (None, _) => Value::Null,
+            (Some(true), _) => json!("healthy"),
+            (Some(false), true) => json!("check failed"),
+            (Some(false), false) => json!(format!("{} damaged", last["damaged"])),
+        };
+        r["verified"] = last["at"].clone();
+        r
+    };
+    match v {
+        Value::Array(a) => Value::Array(a.iter().map(row).collect()),
+        other => row(other),
+    }
 }
 
 #[derive(Subcommand)]
@@ -409,12 +516,14 @@ pub enum SessionCmd {
 
 #[derive(Subcommand)]
 pub enum PointCmd {
-    /// Restore points in the server's catalog.
+    /// Restore points in the server's catalog, with their health as the last check of their
+    /// repository found it (`bulwark repository verify`): ok, damaged, or - when never
+    /// checked (`point show` and --json say what is damaged and when it was checked).
     List {
         #[arg(long)]
         computer: Option<String>,
     },
-    /// A point and its manifest (what, when, how, statistics).
+    /// A point: its manifest (what, when, how, statistics) and its health.
     Show { id: String },
 }
 
@@ -563,16 +672,17 @@ pub fn transport_node(c: Conn, cmd: TransportNodeCmd) -> Result<()> {
     Ok(())
 }
 
-pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
+/// `bulwark repository …`; its exit status (`verify` has one of its own).
+pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode> {
     let api = Api::new(&c)?;
-    let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation"];
+    let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation", "verify", "health", "verified"];
     let v = match cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
-        RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation } => {
+        RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation, verify } => {
             let password = password_file.as_deref().map(read_password).transpose()?;
             let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks,
-                "password": password, "isolation": isolation});
+                "password": password, "isolation": isolation, "verify_schedule": verify.to_json()?});
             let v = api.call("POST", "/repositories", Some(body))?;
             if !c.json && v["isolation"] == "shared" {
                 eprintln!(
@@ -583,13 +693,96 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<()> {
             }
             v
         }
-        RepositoryCmd::Update { name, max_tasks } => {
-            api.call("PATCH", &format!("/repositories/{name}"), Some(json!({"max_tasks": max_tasks})))?
+        RepositoryCmd::Update { name, max_tasks, verify, no_verify_schedule } => {
+            let mut body = json!({});
+            if let Some(m) = max_tasks {
+                body["max_tasks"] = json!(m);
+            }
+            if let Some(schedule) = verify.to_json()? {
+                body["verify_schedule"] = schedule;
+            } else if no_verify_schedule {
+                body["verify_schedule"] = Value::Null;
+            }
+            if body.as_object().is_some_and(|b| b.is_empty()) {
+                bail!("nothing to change: give --max-tasks, a --verify-… schedule or --no-verify-schedule");
+            }
+            api.call("PATCH", &format!("/repositories/{name}"), Some(body))?
         }
         RepositoryCmd::Delete { name } => api.call("DELETE", &format!("/repositories/{name}"), None)?,
+        RepositoryCmd::Verify { name } => return verify_repository(c, &name),
     };
-    print(&c, &v, &cols);
-    Ok(())
+    if c.json {
+        print(&c, &v, &cols);
+    } else {
+        print(&c, &repository_rows(&v), &cols);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `bulwark repository verify`: the health check through the server; exit status 3 when it
+/// found damage.
+pub fn verify_repository(c: Conn, name: &str) -> Result<std::process::ExitCode> {
+    let api = Api::new(&c)?;
+    let v = api.call("POST", &format!("/repositories/{name}/verify"), None)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        health_summary(&v);
+    }
+    Ok(if v["ok"] == true { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(3) })
+}
+
+fn health_summary(v: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let (points, missing, unknown) = (list(&v["points"]), list(&v["missing"]), list(&v["unknown"]));
+    for p in points.iter().chain(&missing) {
+        let damaged = p["health"] != "ok";
+        let was = if !damaged && p["previous_health"] == "damaged" { " (was damaged)" } else { "" };
+        println!(
+            "{:<8} {}  {} {}{was}",
+            if damaged { "DAMAGED" } else { "ok" },
+            s(&p["id"]),
+            s(&p["computer"]),
+            s(&p["source"])
+        );
+        if damaged {
+            println!("         {}", s(&p["detail"]));
+        }
+    }
+    for u in &unknown {
+        println!(
+            "{:<8} {}  ({}) not in the catalog{}",
+            if u["health"] == "ok" { "ok" } else { "DAMAGED" },
+            s(&u["id"]),
+            s(&u["name"]),
+            u["detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
+        );
+    }
+    let not_checked = list(&v["not_checked"]);
+    if !not_checked.is_empty() {
+        let ids: Vec<String> = not_checked.iter().map(s).collect();
+        println!("committed during the check, not checked: {}", ids.join(", "));
+    }
+    let damaged = points.iter().filter(|p| p["health"] != "ok").count() + missing.len();
+    println!(
+        "repository {} (transport node {}): {} catalog point(s), {} chunk(s) ({}) checked, {} damaged{}{}: {}",
+        s(&v["repository"]),
+        s(&v["transport"]),
+        points.len() + missing.len(),
+        v["chunks_checked"],
+        crate::ui::human(v["bytes_checked"].as_u64().unwrap_or(0)),
+        v["chunks_damaged"],
+        if missing.is_empty() { String::new() } else { format!(", {} missing", missing.len()) },
+        if unknown.is_empty() { String::new() } else { format!(", {} not in the catalog", unknown.len()) },
+        if v["ok"] == true { "healthy" } else { "DAMAGE FOUND" }
+    );
+    if damaged > 0 {
+        println!("what to do about the {damaged} damaged point(s):");
+    }
+    for a in list(&v["advice"]) {
+        println!("  - {}", s(&a));
+    }
 }
 
 pub fn computer(c: Conn, cmd: ComputerCmd) -> Result<()> {
@@ -761,7 +954,7 @@ pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
             print(
                 &c,
                 &api.call("GET", &format!("/points{q}"), None)?,
-                &["id", "computer", "name", "repository", "created"],
+                &["id", "computer", "name", "repository", "created", "health"],
             );
         }
         PointCmd::Show { id } => {
@@ -775,6 +968,14 @@ pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
                     "source {} bytes, read {}, new {}, stored {}",
                     st["source_bytes"], st["read_bytes"], st["new_bytes"], st["stored_bytes"]
                 );
+                match v["health"].as_str() {
+                    Some(h) => println!(
+                        "health {h} (checked {}){}",
+                        v["verified_at"].as_str().unwrap_or("-"),
+                        v["health_detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
+                    ),
+                    None => println!("health never checked (bulwark repository verify)"),
+                }
             }
         }
     }

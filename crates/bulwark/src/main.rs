@@ -28,7 +28,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// BULWARK_PASSWORD environment variable.
 ///
 /// Exit status: 0 success; 1 failure (the message says what and where); 2 bad usage;
-/// 3 `verify` found damage.
+/// 3 `verify` or `repository verify` found damage.
 #[derive(Parser)]
 #[command(name = "bulwark", version, max_term_width = 100)]
 struct Cli {
@@ -99,7 +99,7 @@ enum Command {
     /// Users of the server's API: create, change passwords, delete.
     #[command(subcommand)]
     User(admin::UserCmd),
-    /// Repositories the server knows (through the server).
+    /// Repositories the server knows, and their health checks (through the server).
     #[command(subcommand)]
     Repository(admin::RepositoryCmd),
     /// Secrets for jobs' pre and post commands, sealed on the server (through the server).
@@ -486,7 +486,7 @@ fn run(command: Command, conn: admin::Conn) -> Result<ExitCode> {
             nodes::run_server(data_dir, listen, db, tick_seconds, tls_name)?
         }
         Command::Token(c) => admin::token(conn, c)?,
-        Command::Repository(c) => admin::repository(conn, c)?,
+        Command::Repository(c) => return admin::repository(conn, c),
         Command::Secret(c) => admin::secret(conn, c)?,
         Command::Computer(c) => admin::computer(conn, c)?,
         Command::TransportNode(c) => admin::transport_node(conn, c)?,
