@@ -55,6 +55,11 @@ pub trait BackupTarget: Sync {
     fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         Ok(self.have_chunks(std::slice::from_ref(id))?[0])
     }
+    /// For each chunk of the pinned parent point, whether it is present and sound (see
+    /// [`Repository::chunk_is_sound`]). Across the network this is [`BackupTarget::have_chunks`].
+    fn parent_chunks_sound(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.have_chunks(ids)
+    }
     /// Stores an encoded chunk. May return before it is stored; a failure then surfaces at a
     /// later call or at the commit, which never succeeds without every chunk.
     fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()>;
@@ -119,6 +124,9 @@ impl BackupTarget for Repository {
     }
     fn have_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         ids.iter().map(|id| self.reuse_chunk(id)).collect()
+    }
+    fn parent_chunks_sound(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        ids.iter().map(|id| self.chunk_is_sound(id)).collect()
     }
     fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
         Repository::put_chunk(self, id, stored)

@@ -361,10 +361,16 @@ impl Repository {
     /// read, decoded and hashed like a restore would. A damaged chunk reads as absent, and the
     /// backup's good copy replaces it.
     pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
-        let key = id.key();
-        if !self.storage.touch_shared(&key).map_err(|e| self.io_err(format!("touching chunk {id}"), e))? {
+        if !self.storage.touch_shared(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))? {
             return Ok(false);
         }
+        self.chunk_is_sound(id)
+    }
+
+    /// The check of [`Repository::reuse_chunk`] without the touch: for chunks of a point a
+    /// writer has pinned (its parent), which a collection cannot remove anyway.
+    pub fn chunk_is_sound(&self, id: &ChunkId) -> Result<bool> {
+        let key = id.key();
         // A chunk is made durable with its point, after it became visible: after a power cut
         // during a backup that never committed, its name can survive with no content. Such a
         // chunk counts as absent, so this backup writes it again.

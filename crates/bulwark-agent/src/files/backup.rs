@@ -545,7 +545,7 @@ fn worker(
 }
 
 /// An unchanged file is reused unread only if the repository still has every chunk of it, whole
-/// (see [`bulwark_repo::Repository::reuse_chunk`]): one question for the whole batch. A file
+/// (see [`bulwark_repo::Repository::chunk_is_sound`]): one question for the whole batch. A file
 /// with a chunk lost or found damaged is read again, which stores the chunk again.
 fn check_reuse(repo: &dyn BackupTarget, batch: &mut Batch) -> Result<()> {
     let mut ids: Vec<ChunkId> = Vec::new();
@@ -559,7 +559,8 @@ fn check_reuse(repo: &dyn BackupTarget, batch: &mut Batch) -> Result<()> {
     }
     ids.sort_unstable();
     ids.dedup();
-    let have = repo.have_chunks(&ids)?;
+    // The parent is pinned, so its chunks need no touch, only the check.
+    let have = repo.parent_chunks_sound(&ids)?;
     if have.iter().all(|&h| h) {
         return Ok(());
     }
