@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ChunkId, Compression};
 use crate::error::{RepoError, Result};
@@ -19,7 +19,7 @@ use crate::index::BlockRef;
 use crate::point::{Manifest, PointKind};
 use crate::Repository;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DamagedRange {
     pub first_block: u64,
     pub last_block: u64,
@@ -31,7 +31,7 @@ pub struct DamagedRange {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PointHealth {
     pub point: String,
     pub name: Option<String>,
@@ -41,20 +41,20 @@ pub struct PointHealth {
     pub damaged_ranges: Vec<DamagedRange>,
     /// For a file point: the files whose content is damaged (at most 100 listed), with the
     /// first damaged chunk of each.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged_files: Vec<DamagedFile>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DamagedChunk {
     pub chunk: String,
     /// The computer whose keys it is under, where computers are isolated.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DamagedFile {
     pub path: String,
     pub chunk: String,
@@ -67,7 +67,7 @@ impl PointHealth {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub ok: bool,
     pub points: Vec<PointHealth>,
@@ -75,12 +75,12 @@ pub struct VerifyReport {
     /// Chunks missing or damaged.
     pub chunks_damaged: usize,
     /// Each of them (what `verify --repair` looks for in a source).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged_chunks: Vec<DamagedChunk>,
     /// Damaged chunks moved aside, so the next backup with their data stores them again.
     pub chunks_quarantined: usize,
     /// Why damaged chunks were left in place (a repository this user may only read), if so.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_failed: Option<String>,
     pub bytes_checked: u64,
 }

@@ -13,9 +13,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
+
+use bulwark_repo::verify::{DamagedRange, PointHealth, VerifyReport};
 
 use crate::backup_manager::Core;
 use crate::db::{now, opt_text, text, DbError};
@@ -66,64 +68,6 @@ impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.running.0.lock().expect("no panics while held").remove(&self.repository);
     }
-}
-
-/// A damaged stretch of a volume point (`bulwark_repo::verify::DamagedRange` off the wire).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DamagedRange {
-    pub first_block: u64,
-    pub last_block: u64,
-    pub offset: u64,
-    pub length: u64,
-    #[serde(default)]
-    pub chunks: Vec<String>,
-    #[serde(default)]
-    pub reason: String,
-}
-
-/// One point as the repository's check found it (`bulwark_repo::verify::PointHealth`). Fields
-/// the repository adds later are passed over, not refused.
-#[derive(Debug, Clone, Deserialize)]
-struct PointReport {
-    point: String,
-    #[serde(default)]
-    name: Option<String>,
-    ok: bool,
-    #[serde(default)]
-    problem: Option<String>,
-    #[serde(default)]
-    damaged_ranges: Vec<DamagedRange>,
-    #[serde(default)]
-    damaged_files: Vec<DamagedFile>,
-}
-
-/// A damaged file of a file-level point: its path alone (repositories before the integrity
-/// work), or its path with the chunk and reason.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum DamagedFile {
-    Path(String),
-    Detail { path: String },
-}
-
-impl DamagedFile {
-    fn path(&self) -> &str {
-        match self {
-            DamagedFile::Path(p) | DamagedFile::Detail { path: p } => p,
-        }
-    }
-}
-
-/// `bulwark_repo::verify::VerifyReport` off the wire.
-#[derive(Debug, Clone, Deserialize)]
-struct Report {
-    points: Vec<PointReport>,
-    #[serde(default)]
-    chunks_checked: u64,
-    #[serde(default)]
-    chunks_damaged: u64,
-    #[serde(default)]
-    bytes_checked: u64,
 }
 
 /// A catalog point and what the check found.
@@ -193,7 +137,7 @@ impl HealthCheck {
 }
 
 /// What is wrong with a point, in one line (None: nothing).
-fn summary(p: &PointReport) -> Option<String> {
+fn summary(p: &PointHealth) -> Option<String> {
     if p.ok {
         return None;
     }
@@ -224,7 +168,7 @@ fn summary(p: &PointReport) -> Option<String> {
         ));
     }
     if !p.damaged_files.is_empty() {
-        let shown: Vec<&str> = p.damaged_files.iter().take(5).map(DamagedFile::path).collect();
+        let shown: Vec<&str> = p.damaged_files.iter().take(5).map(|f| f.path.as_str()).collect();
         parts.push(format!(
             "damaged file(s): {}{}",
             shown.join(", "),
@@ -276,14 +220,14 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
         password: password.unwrap_or_default(),
     };
     let reply = client.verify_repository(req).await.map_err(|s| node_err(s.message().to_string()))?.into_inner();
-    let report: Report = serde_json::from_str(&reply.report_json)
+    let report: VerifyReport = serde_json::from_str(&reply.report_json)
         .map_err(|e| HealthError::Report { node: transport.clone(), reason: e.to_string() })?;
     let verified_at = now();
     let manifests: HashSet<&str> = reply.manifests.iter().map(String::as_str).collect();
     let held: HashSet<&str> = manifests.iter().copied().chain(reply.indexes_only.iter().map(String::as_str)).collect();
     // A point in the report that the repository no longer holds was forgotten during the
     // check: no damage.
-    let found: HashMap<&str, &PointReport> =
+    let found: HashMap<&str, &PointHealth> =
         report.points.iter().filter(|p| held.contains(p.point.as_str())).map(|p| (p.point.as_str(), p)).collect();
 
     let rows = sqlx::query(
@@ -309,8 +253,8 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
         started,
         verified_at: verified_at.clone(),
         ok: true,
-        chunks_checked: report.chunks_checked,
-        chunks_damaged: report.chunks_damaged,
+        chunks_checked: report.chunks_checked as u64,
+        chunks_damaged: report.chunks_damaged as u64,
         bytes_checked: report.bytes_checked,
         points: Vec::new(),
         missing: Vec::new(),
@@ -343,7 +287,7 @@ async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> 
                     point.health = "damaged".into();
                     point.detail = summary(h);
                     point.damaged_ranges = h.damaged_ranges.clone();
-                    point.damaged_files = h.damaged_files.iter().map(|f| f.path().to_string()).collect();
+                    point.damaged_files = h.damaged_files.iter().map(|f| f.path.clone()).collect();
                 }
                 out.points.push(point);
             }
@@ -467,7 +411,7 @@ mod tests {
             chunks: vec!["ab".into()],
             reason: reason.into(),
         };
-        let p = PointReport {
+        let p = PointHealth {
             point: "p".into(),
             name: Some("n".into()),
             ok: false,
@@ -484,9 +428,9 @@ mod tests {
             summary(&p).unwrap(),
             "4 damaged range(s), 24576 bytes: block 3 (missing), blocks 7-9 (digest mismatch), block 20 (missing), …"
         );
-        let whole = PointReport { ok: true, damaged_ranges: vec![], ..p.clone() };
+        let whole = PointHealth { ok: true, damaged_ranges: vec![], ..p.clone() };
         assert_eq!(summary(&whole), None);
-        let meta = PointReport { problem: Some("index fails authentication".into()), damaged_ranges: vec![], ..p };
+        let meta = PointHealth { problem: Some("index fails authentication".into()), damaged_ranges: vec![], ..p };
         assert_eq!(summary(&meta).unwrap(), "index fails authentication");
     }
 
@@ -547,23 +491,20 @@ mod tests {
     #[test]
     fn the_repository_report_reads_back() {
         let v = serde_json::json!({
-            "ok": false, "chunks_checked": 12, "chunks_damaged": 1, "bytes_checked": 49152,
-            "quarantined": ["ab"],
+            "ok": false, "chunks_checked": 12, "chunks_damaged": 1, "chunks_quarantined": 1,
+            "bytes_checked": 49152, "a_later_field": true,
             "points": [{
                 "point": "20261125T220000Z-3f2a9c", "name": "web-1-disk", "ok": false, "problem": null,
                 "damaged_ranges": [{"first_block": 2, "last_block": 2, "offset": 8192, "length": 4096,
                     "chunks": ["ab"], "reason": "digest mismatch"}]
+            }, {
+                "point": "p", "name": null, "ok": false, "problem": null, "damaged_ranges": [],
+                "damaged_files": [{"path": "big.bin", "chunk": "ab", "reason": "missing"}]
             }]
         });
-        let back: Report = serde_json::from_value(v).unwrap();
+        let back: VerifyReport = serde_json::from_value(v).unwrap();
         assert_eq!((back.chunks_checked, back.chunks_damaged, back.bytes_checked), (12, 1, 49152));
         assert_eq!(summary(&back.points[0]).unwrap(), "1 damaged range(s), 4096 bytes: block 2 (digest mismatch)");
-        // Damaged files as paths, or as paths with their chunk and reason.
-        let files = serde_json::json!({"points": [{
-            "point": "p", "ok": false, "damaged_ranges": [],
-            "damaged_files": ["etc/hosts", {"path": "big.bin", "chunk": "ab", "reason": "missing"}]
-        }]});
-        let back: Report = serde_json::from_value(files).unwrap();
-        assert_eq!(summary(&back.points[0]).unwrap(), "damaged file(s): etc/hosts, big.bin");
+        assert_eq!(summary(&back.points[1]).unwrap(), "damaged file(s): big.bin");
     }
 }
