@@ -150,7 +150,7 @@ pub fn points_table(points: &[&Manifest], catalog: &bulwark_repo::Catalog) {
 
 pub fn verify_summary(repo: &str, r: &VerifyReport) {
     for p in &r.points {
-        let name = p.name.as_deref().unwrap_or("?");
+        let name = p.name.as_deref().unwrap_or("name unreadable");
         if p.ok {
             println!("ok       {} ({name})", p.point);
             continue;
