@@ -491,3 +491,26 @@ fn xattr_names(p: &Path) -> Vec<String> {
     let n = rustix::fs::llistxattr(p, &mut buf).unwrap();
     buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8_lossy(n).into_owned()).collect()
 }
+
+#[test]
+fn a_backup_moves_no_access_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), false);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/file"), b"content").unwrap();
+    // Access times older than the modification times: relatime would move them on any read.
+    let old = std::fs::FileTimes::new().set_accessed(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 20));
+    for p in [src.join("sub/file"), src.join("sub"), src.clone()] {
+        std::fs::File::open(&p).unwrap().set_times(old).unwrap();
+    }
+    let atimes = || -> Vec<i64> {
+        [src.join("sub/file"), src.join("sub"), src.clone()]
+            .iter()
+            .map(|p| std::os::unix::fs::MetadataExt::atime(&std::fs::metadata(p).unwrap()))
+            .collect()
+    };
+    let before = atimes();
+    backup(&repo, &src);
+    assert_eq!(atimes(), before, "the walk and the reads left every access time as it was");
+}

@@ -206,9 +206,9 @@ pub fn verify_summary(repo: &str, r: &VerifyReport) {
     }
     if unreadable > 0 {
         println!(
-            "a point whose manifest, index or file tree is damaged cannot be made whole (nothing else holds that \
-             description of it): the next backup of its name makes a new, whole point; `bulwark forget --point ID` \
-             removes the damaged one"
+            "a point whose manifest or index is damaged cannot be made whole (nothing else holds that description \
+             of it), and one whose file tree is damaged only if the next backup finds every file as it was: the \
+             next backup of its name makes a new, whole point; `bulwark forget --point ID` removes the damaged one"
         );
     }
 }

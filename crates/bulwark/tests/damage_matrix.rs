@@ -201,11 +201,11 @@ impl Target {
         matches!(self, Target::Block | Target::Content | Target::Piece)
     }
 
-    /// Data that the next backup (or a repair) stores again, healing the old point. A tree
-    /// piece is the old point's own description of its files (times included): nothing
-    /// recreates it, so that point stays damaged, named, and is forgotten by hand.
+    /// Data that the next backup stores again, healing the old point. A tree piece is the old
+    /// point's own description of its files, times included: the next backup of an unchanged
+    /// source describes them identically (backups move no access times), so it heals too.
     fn heals(self) -> bool {
-        matches!(self, Target::Block | Target::Content)
+        matches!(self, Target::Block | Target::Content | Target::Piece)
     }
 }
 

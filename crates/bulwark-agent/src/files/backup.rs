@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -345,6 +345,27 @@ fn check_enterable(dir: &Path) -> Result<()> {
     std::fs::symlink_metadata(dir.join(".")).map(drop).map_err(refused)
 }
 
+/// The names in `dir`, read without moving its access time where the kernel allows it (the
+/// owner, or root): a backup leaves the source as it found it, and an unchanged directory
+/// gives the next backup an identical tree, whose pieces then deduplicate (and can replace a
+/// damaged one).
+fn list_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(dir, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::open(dir, flags, Mode::empty())?,
+        r => r?,
+    };
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
+    Ok(names)
+}
+
 /// Counts a warning and keeps the first [`MAX_WARNINGS`] for the report.
 fn add_warning(summary: &mut FileSummary, w: String) {
     summary.warnings_total += 1;
@@ -457,8 +478,8 @@ impl Walker<'_> {
     }
 
     fn visit_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
-        let mut names: Vec<OsString> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+        let mut names: Vec<OsString> = match list_names(dir) {
+            Ok(names) => names,
             Err(e) => return self.warn(format!("{}: cannot list: {e}", dir.display())),
         };
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
