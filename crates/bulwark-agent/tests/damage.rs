@@ -236,3 +236,26 @@ fn a_damaged_chunk_of_an_unchanged_file_is_stored_again() {
     bulwark_agent::files::restore_files(&repo, &m, &out, &Default::default(), &|_| {}, &NO_CANCEL).unwrap();
     assert_same(&std::fs::read(out.join("big")).unwrap(), &data, "the first point's file");
 }
+
+/// The data mover's batch answer: marked chunks at a glance, the rest read back on several
+/// threads, a damaged or missing one answered "absent".
+#[test]
+fn reuse_answers_for_a_batch_check_unmarked_chunks_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(dir.path(), true);
+    let mut codec = repo.codec(Compression::Optimal);
+    let ids: Vec<_> = (0..6u8)
+        .map(|i| {
+            let block = vec![i + 1; 64 << 10];
+            let id = codec.digest(&block);
+            repo.put_chunk(&id, &codec.encode(&id, &block)).unwrap();
+            id
+        })
+        .collect();
+    flip_middle(&dir.path().join("repo").join(ids[2].key()));
+    std::fs::remove_file(dir.path().join("repo").join(ids[4].key())).unwrap();
+    let want = [true, true, false, true, false, true];
+    assert_eq!(repo.reuse_chunks(&ids, 3).unwrap(), want);
+    // Now marked (the sound ones): the same answer without reading.
+    assert_eq!(repo.reuse_chunks(&ids, 3).unwrap(), want);
+}

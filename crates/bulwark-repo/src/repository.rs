@@ -367,21 +367,80 @@ impl Repository {
         self.chunk_is_sound(id)
     }
 
+    /// [`Repository::reuse_chunk`] for many chunks, the reads of unmarked ones spread over
+    /// `threads` threads (a data mover answers an agent's queries on one thread per stream).
+    pub fn reuse_chunks(&self, ids: &[ChunkId], threads: usize) -> Result<Vec<bool>> {
+        let mut answers = Vec::with_capacity(ids.len());
+        let mut unmarked = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if !self.storage.touch_shared(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))? {
+                answers.push(false);
+                continue;
+            }
+            match self.sound_at_a_glance(id)? {
+                Some(sound) => answers.push(sound),
+                None => {
+                    answers.push(false);
+                    unmarked.push(i);
+                }
+            }
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let checked = std::sync::Mutex::new(Vec::new());
+        let work = || -> Result<()> {
+            while let Some(&i) = unmarked.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                let sound = self.check_stored(&ids[i])?;
+                checked.lock().expect("no panics while held").push((i, sound));
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let helpers: Vec<_> = (1..threads.min(unmarked.len())).map(|_| s.spawn(work)).collect();
+            let mine = work();
+            helpers
+                .into_iter()
+                .map(|h| h.join().expect("a chunk check does not panic"))
+                .chain([mine])
+                .collect::<Result<()>>()
+        })?;
+        for (i, sound) in checked.into_inner().expect("no panics while held") {
+            answers[i] = sound;
+        }
+        Ok(answers)
+    }
+
     /// The check of [`Repository::reuse_chunk`] without the touch: for chunks of a point a
     /// writer has pinned (its parent), which a collection cannot remove anyway.
     pub fn chunk_is_sound(&self, id: &ChunkId) -> Result<bool> {
+        match self.sound_at_a_glance(id)? {
+            Some(sound) => Ok(sound),
+            None => self.check_stored(id),
+        }
+    }
+
+    /// What metadata alone tells of a chunk: absent or empty (`Some(false)`), marked checked at
+    /// its size (`Some(true)`), or nothing: it must be read (`None`).
+    fn sound_at_a_glance(&self, id: &ChunkId) -> Result<Option<bool>> {
         let key = id.key();
         // A chunk is made durable with its point, after it became visible: after a power cut
         // during a backup that never committed, its name can survive with no content. Such a
         // chunk counts as absent, so this backup writes it again.
-        let len = self.storage.size(&key).map_err(|e| self.io_err(format!("reading chunk {id}"), e))?;
-        if len < crate::chunk::MIN_STORED_LEN {
-            return Ok(false);
-        }
         let io = |e| self.io_err(format!("reading chunk {id}"), e);
-        if self.storage.checked_size(&key).map_err(io)? == Some(len) {
-            return Ok(true);
+        let len = self.storage.size(&key).map_err(io)?;
+        if len < crate::chunk::MIN_STORED_LEN {
+            return Ok(Some(false));
         }
+        if self.storage.checked_size(&key).map_err(io)? == Some(len) {
+            return Ok(Some(true));
+        }
+        Ok(None)
+    }
+
+    /// Reads an unmarked chunk whole: its stored bytes against the digest recorded when it was
+    /// written, or (a chunk from before such digests) decoded like a restore. Marks it if sound.
+    fn check_stored(&self, id: &ChunkId) -> Result<bool> {
+        let key = id.key();
+        let io = |e| self.io_err(format!("reading chunk {id}"), e);
         if let Some(sum) = self.storage.stored_sum(&key).map_err(io)? {
             let mut stored = Vec::new();
             return match self.storage.read_into(&key, &mut stored) {

@@ -348,8 +348,11 @@ impl Session {
             }
             Ask::Query(ids) => {
                 begun()?;
-                let have: Result<Vec<u8>, _> = ids.iter().map(|id| self.repo.reuse_chunk(id).map(u8::from)).collect();
-                send(F::Have(have.map_err(repo_err)?))?;
+                // Chunks not yet checked since they were written are read back here: on every
+                // core, or this stream's first incremental waits on one.
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let have = self.repo.reuse_chunks(&ids, threads).map_err(repo_err)?;
+                send(F::Have(have.into_iter().map(u8::from).collect()))?;
             }
             Ask::Put { id, data } => {
                 begun()?;
