@@ -7,7 +7,7 @@
 //! the same for whatever it reads; this is for when that is not soon enough, or the source is
 //! an old copy.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -48,13 +48,10 @@ pub fn repair(
 ) -> Result<RepairReport> {
     let mut out =
         RepairReport { sources: sources.iter().map(|s| s.display().to_string()).collect(), ..Default::default() };
-    let wanted: HashMap<(ChunkId, Option<String>), ()> = report
-        .damaged_chunks
-        .iter()
-        .filter_map(|d| Some(((ChunkId::from_hex(&d.chunk)?, d.scope.clone()), ())))
-        .collect();
+    let wanted: HashSet<(ChunkId, Option<String>)> =
+        report.damaged_chunks.iter().filter_map(|d| Some((ChunkId::from_hex(&d.chunk)?, d.scope.clone()))).collect();
     out.wanted_chunks = wanted.len();
-    let mut stored: HashMap<(ChunkId, Option<String>), ()> = HashMap::new();
+    let mut stored: HashSet<(ChunkId, Option<String>)> = HashSet::new();
     for health in report.points.iter().filter(|p| !p.ok && p.problem.is_none()) {
         let m = repo.resolve(&health.point)?;
         let places = places_of(repo, &m, &wanted, &stored)?;
@@ -73,7 +70,7 @@ pub fn repair(
             let mut buf = Vec::new();
             for (id, place) in &places {
                 let key = (*id, m.key_scope.clone());
-                if stored.contains_key(&key) {
+                if stored.contains(&key) {
                     continue;
                 }
                 let read = match (place, &volume) {
@@ -92,11 +89,11 @@ pub fn repair(
                 }
                 let encoded = codec.encode(id, &buf);
                 point_repo.put_chunk(id, &encoded)?;
-                stored.insert(key, ());
+                stored.insert(key);
                 found += 1;
             }
         }
-        let missing = places.iter().filter(|(id, _)| !stored.contains_key(&(*id, m.key_scope.clone()))).count();
+        let missing = places.iter().filter(|(id, _)| !stored.contains(&(*id, m.key_scope.clone()))).count();
         if missing > 0 {
             out.notes.push(format!(
                 "point {} ({}): {missing} damaged pieces not found in the sources given{}",
@@ -124,12 +121,12 @@ fn read_at(f: &File, offset: u64, len: u64, buf: &mut Vec<u8>) -> std::io::Resul
 fn places_of(
     repo: &Repository,
     m: &Manifest,
-    wanted: &HashMap<(ChunkId, Option<String>), ()>,
-    stored: &HashMap<(ChunkId, Option<String>), ()>,
+    wanted: &HashSet<(ChunkId, Option<String>)>,
+    stored: &HashSet<(ChunkId, Option<String>)>,
 ) -> Result<Vec<(ChunkId, Place)>> {
     let want = |id: &ChunkId| {
         let key = (*id, m.key_scope.clone());
-        wanted.contains_key(&key) && !stored.contains_key(&key)
+        wanted.contains(&key) && !stored.contains(&key)
     };
     let mut places = Vec::new();
     match m.kind {

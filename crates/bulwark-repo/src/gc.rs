@@ -100,8 +100,8 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     }
     // A forget interrupted before it deleted the manifest took no effect: its tombstone goes.
     // (Under the point lock: a forget running now holds it exclusively.)
-    for m in &catalog.points {
-        storage.delete(&format!("points/{}.forgotten", m.id)).map_err(|e| ioe("clearing a tombstone", e))?;
+    for m in catalog.points.iter().filter(|m| catalog.forgotten.contains(&m.id)) {
+        storage.delete(&m.id.tombstone_key()).map_err(|e| ioe("clearing a tombstone", e))?;
     }
     drop(points_guard);
     report.referenced_chunks = marked.len();

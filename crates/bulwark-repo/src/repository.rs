@@ -521,7 +521,7 @@ impl Repository {
     pub fn catalog(&self) -> Result<Catalog> {
         let entries = self.storage.list("points/").map_err(|e| self.io_err("listing points", e))?;
         let mut catalog = Catalog::default();
-        let (mut manifests, mut indexes, mut forgotten) = (Vec::new(), Vec::new(), HashSet::new());
+        let (mut manifests, mut indexes) = (Vec::new(), Vec::new());
         for e in &entries {
             let Some((id, ext)) = e.name.rsplit_once('.') else { continue };
             let Ok(id) = id.parse::<RestorePointId>() else { continue };
@@ -529,7 +529,7 @@ impl Repository {
                 "manifest" => manifests.push(id),
                 "index" => indexes.push(id),
                 "forgotten" => {
-                    forgotten.insert(id);
+                    catalog.forgotten.insert(id);
                 }
                 _ => {}
             }
@@ -547,7 +547,7 @@ impl Repository {
         }
         let with_manifest: HashSet<&RestorePointId> = manifests.iter().collect();
         for id in indexes {
-            if with_manifest.contains(&id) || forgotten.contains(&id) {
+            if with_manifest.contains(&id) || catalog.forgotten.contains(&id) {
                 continue;
             }
             // A backup that is running, or died before writing its manifest, still has its
@@ -662,7 +662,7 @@ impl Repository {
 
     /// The newest point of a backup name.
     pub fn latest(&self, name: &str) -> Result<Option<Manifest>> {
-        Ok(self.list_points()?.into_iter().rev().find(|m| m.name == name))
+        Ok(self.catalog()?.latest(name).cloned())
     }
 
     /// The newest point of a backup name that a backup through this handle may build on: one
@@ -933,6 +933,15 @@ pub struct Catalog {
     /// Indexes whose manifest is gone though no forget removed it and no backup is writing
     /// it: a lost manifest. Garbage collection keeps them and the chunks they name.
     pub orphans: Vec<RestorePointId>,
+    /// Points with a forget's tombstone (`points/ID.forgotten`): the forget was interrupted.
+    pub forgotten: HashSet<RestorePointId>,
+}
+
+impl Catalog {
+    /// The newest readable point of a backup name.
+    pub fn latest(&self, name: &str) -> Option<&Manifest> {
+        self.points.iter().rev().find(|m| m.name == name)
+    }
 }
 
 /// What a new restore point is of.

@@ -2,7 +2,7 @@
 //! the backup server asks, and reports what each did. A data mover is a process of its own so
 //! that one task crashing cannot take the others down; it dies with the service.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -360,29 +360,12 @@ fn health_check(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<bulwark
     bulwark_repo::verify::verify(repo, bulwark_repo::verify::Selection::All, threads, &|_| {})
 }
 
-/// The ids of the points the repository holds now: those with a manifest, and those with an
-/// index but no manifest that are not being forgotten (a `.forgotten` tombstone).
+/// The ids of the points the repository holds now: those with a manifest (readable or not), and
+/// indexes whose manifest is lost (the catalog's orphans: not forgotten, no backup writing them).
 fn point_ids(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<(Vec<String>, Vec<String>)> {
-    let entries = repo.storage().list("points/").map_err(|source| bulwark_repo::RepoError::Io {
-        repo: repo.label(),
-        what: "listing points".into(),
-        source,
-    })?;
-    let (mut manifests, mut indexes, mut forgotten) = (Vec::new(), Vec::new(), HashSet::new());
-    for e in entries {
-        match e.name.rsplit_once('.') {
-            Some((id, "manifest")) => manifests.push(id.to_string()),
-            Some((id, "index")) => indexes.push(id.to_string()),
-            Some((id, "forgotten")) => {
-                forgotten.insert(id.to_string());
-            }
-            _ => {}
-        }
-    }
-    let with_manifest: HashSet<&String> = manifests.iter().collect();
-    let indexes_only =
-        indexes.iter().filter(|id| !with_manifest.contains(id) && !forgotten.contains(*id)).cloned().collect();
-    Ok((manifests, indexes_only))
+    let c = repo.catalog()?;
+    let manifests = c.points.iter().map(|m| &m.id).chain(c.damaged.iter().map(|d| &d.id)).map(|id| id.to_string());
+    Ok((manifests.collect(), c.orphans.iter().map(|id| id.to_string()).collect()))
 }
 
 /// Serves the transport service on `listener` until the process ends.

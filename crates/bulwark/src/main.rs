@@ -401,19 +401,19 @@ fn parse_block_size(s: &str) -> Result<BlockSize, String> {
 /// [`Repository::resolve`], warning when `NAME:latest` may not be the newest point of NAME:
 /// points whose manifest is damaged have no name to compare.
 fn resolve_noting_damage(r: &Repository, spec: &str) -> Result<bulwark_repo::Manifest> {
-    let m = r.resolve(spec)?;
-    if spec.ends_with(":latest") {
-        let c = r.catalog()?;
-        let unknown = c.damaged.iter().map(|d| &d.id).chain(&c.orphans).filter(|id| **id > m.id).count();
-        if unknown > 0 {
-            eprintln!(
-                "warning: {unknown} newer points are damaged (their names cannot be read): {} is the newest readable \
-                 one of its name; `bulwark verify` tells more",
-                m.id
-            );
-        }
+    let Some(name) = spec.strip_suffix(":latest") else { return Ok(r.resolve(spec)?) };
+    // One listing serves both the answer and the warning.
+    let c = r.catalog()?;
+    let Some(m) = c.latest(name) else { return Ok(r.resolve(spec)?) };
+    let unknown = c.damaged.iter().map(|d| &d.id).chain(&c.orphans).filter(|id| **id > m.id).count();
+    if unknown > 0 {
+        eprintln!(
+            "warning: {unknown} newer points are damaged (their names cannot be read): {} is the newest readable one \
+             of its name; `bulwark verify` tells more",
+            m.id
+        );
     }
-    Ok(m)
+    Ok(m.clone())
 }
 
 fn read_password(file: Option<&Path>) -> Result<Option<Vec<u8>>> {
