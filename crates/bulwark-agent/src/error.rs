@@ -32,3 +32,37 @@ pub enum AgentError {
     #[error("cancelled")]
     Cancelled,
 }
+
+impl AgentError {
+    /// Whether a retry can help (see [`bulwark_repo::RepoError::is_permanent`]): a source or
+    /// target that does not exist, is not what the task says or may not be touched fails every
+    /// time; a snapshot that could not be made now, a lost connection or a read error may not.
+    pub fn failure(&self) -> bulwark_proto::domain::Failure {
+        use bulwark_proto::domain::Failure;
+        let permanent = match self {
+            AgentError::Repo(e) => e.is_permanent(),
+            AgentError::Source { source, .. } | AgentError::Target { source, .. } => is_permanent_io(source),
+            AgentError::BadSource { .. } | AgentError::BadTarget { .. } => true,
+            AgentError::RestoreFailed { cause, .. } => return cause.failure(),
+            AgentError::Snapshot { .. } | AgentError::Cancelled => false,
+        };
+        if permanent {
+            Failure::Permanent
+        } else {
+            Failure::Transient
+        }
+    }
+}
+
+/// Errors of a path that stay until someone changes the path.
+fn is_permanent_io(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::NotADirectory
+            | io::ErrorKind::IsADirectory
+            | io::ErrorKind::ReadOnlyFilesystem
+            | io::ErrorKind::InvalidInput
+    )
+}

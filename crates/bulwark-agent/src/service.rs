@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bulwark_proto::domain::{Failure, TaskKind, TaskStatus};
 use bulwark_proto::pb::agent_server::{Agent, AgentServer};
 use bulwark_proto::pb::{
     task_event, CancelReply, Empty, Finished, InventoryReply, InventoryRequest, Progress, RestoreSpec,
@@ -42,8 +43,8 @@ pub struct AgentService {
 /// A task in progress, as recorded on disk.
 #[derive(Serialize, Deserialize)]
 struct Marker {
-    kind: String,
-    snapshot: String,
+    kind: TaskKind,
+    snapshot: SnapshotMode,
     sources: Vec<PathBuf>,
 }
 
@@ -55,7 +56,7 @@ fn event(e: task_event::Event) -> Result<TaskEvent, Status> {
 
 /// What a task asks for, checked before anything starts.
 struct Plan {
-    kind: String,
+    kind: TaskKind,
     sources: Vec<(PathBuf, String)>,
     volume: BackupOptions,
     files: FileBackupOptions,
@@ -71,10 +72,9 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
         return Err("the task has no sources".into());
     }
     let mover = spec.mover.as_ref().ok_or("the task names no data mover")?;
-    let compression: Compression =
-        if spec.compression.is_empty() { Compression::default() } else { spec.compression.parse()? };
-    let snapshot: SnapshotMode = if spec.snapshot.is_empty() { SnapshotMode::Auto } else { spec.snapshot.parse()? };
-    let cbt: CbtMode = if spec.cbt.is_empty() { CbtMode::Auto } else { spec.cbt.parse()? };
+    let compression = Compression::try_from(spec.compression())?;
+    let snapshot = SnapshotMode::try_from(spec.snapshot())?;
+    let cbt = CbtMode::try_from(spec.cbt())?;
     let block_size = if spec.block_size == 0 { BlockSize::DEFAULT } else { BlockSize::new(spec.block_size)? };
     let mut volume = BackupOptions::new("");
     volume.block_size = block_size;
@@ -87,10 +87,7 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
     files.snapshot = snapshot;
     files.exclude = spec.exclude.clone();
     files.full = spec.full;
-    let kind = match spec.kind.as_str() {
-        "volume" | "files" => spec.kind.clone(),
-        other => return Err(format!("unknown task kind {other:?} (volume or files)")),
-    };
+    let kind = TaskKind::try_from(spec.kind())?;
     let mut sources = Vec::new();
     for s in &spec.sources {
         bulwark_repo::point::validate_name(&s.name)?;
@@ -165,12 +162,10 @@ impl AgentService {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Marker>(&b).map_err(|e| e.to_string()))
             {
-                let mode: SnapshotMode = m.snapshot.parse().unwrap_or(SnapshotMode::Auto);
                 for src in &m.sources {
-                    let provider: Box<dyn crate::snapshot::SnapshotProvider> = if m.kind == "files" {
-                        Box::new(crate::snapshot::BtrfsProvider)
-                    } else {
-                        provider_for(mode, src)
+                    let provider: Box<dyn crate::snapshot::SnapshotProvider> = match m.kind {
+                        TaskKind::Files => Box::new(crate::snapshot::BtrfsProvider),
+                        TaskKind::Volume => provider_for(m.snapshot, src),
                     };
                     for s in provider.remove_stale(src) {
                         warn!("removed snapshot {s} left by an interrupted task");
@@ -220,21 +215,22 @@ fn run_task(
             }
         });
     }
-    let outcome = (|| -> Result<bool, String> {
-        run_step("pre-step", &plan.pre, &task, &plan.env, &log)?;
-        let target = rt.block_on(RemoteTarget::connect(&plan.endpoint, client_tls)).map_err(|e| e.to_string())?;
+    let outcome = (|| -> Result<bool, (String, Failure)> {
+        // An operator's step that fails may work next time (a database that was restarting).
+        run_step("pre-step", &plan.pre, &task, &plan.env, &log).map_err(|e| (e, Failure::Transient))?;
+        let target = rt.block_on(RemoteTarget::connect(&plan.endpoint, client_tls)).map_err(|e| failed(&e))?;
         let target_sent = target.sent();
         let mut warned = false;
         for (path, name) in &plan.sources {
             if cancel.load(Ordering::Relaxed) {
-                return Err("cancelled".into());
+                return Err(("cancelled".into(), Failure::Transient));
             }
             let progress = |n: u64| {
                 read.fetch_add(n, Ordering::Relaxed);
                 sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
             };
             log(format!("backing up {} as {name}", path.display()));
-            let report = if plan.kind == "volume" {
+            let report = if plan.kind == TaskKind::Volume {
                 let opts = BackupOptions { name: name.clone(), ..plan.volume.clone() };
                 crate::backup_volume(&target, path, &opts, &progress, &cancel)
                     .map(|r| serde_json::to_string(&r).expect("report"))
@@ -245,7 +241,7 @@ fn run_task(
                     serde_json::to_string(&r).expect("report")
                 })
             }
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| (format!("{}: {e}", path.display()), e.failure()))?;
             sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
             let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: report })));
         }
@@ -253,12 +249,12 @@ fn run_task(
     })();
     let post = run_step("post-step", &plan.post, &task, &plan.env, &log);
     ticking.store(false, Ordering::Relaxed);
-    let (status, error) = match (outcome, post) {
-        (Err(e), _) if cancel.load(Ordering::Relaxed) => ("cancelled", e),
-        (Err(e), _) => ("failed", e),
-        (Ok(_), Err(e)) => ("warning", e),
-        (Ok(true), Ok(())) => ("warning", String::new()),
-        (Ok(false), Ok(())) => ("success", String::new()),
+    let (status, error, failure) = match (outcome, post) {
+        (Err((e, _)), _) if cancel.load(Ordering::Relaxed) => (TaskStatus::Cancelled, e, Failure::Transient),
+        (Err((e, failure)), _) => (TaskStatus::Failed, e, failure),
+        (Ok(_), Err(e)) => (TaskStatus::Warning, e, Failure::Transient),
+        (Ok(true), Ok(())) => (TaskStatus::Warning, String::new(), Failure::Transient),
+        (Ok(false), Ok(())) => (TaskStatus::Success, String::new(), Failure::Transient),
     };
     if !error.is_empty() {
         warn!("task {task}: {status}: {error}");
@@ -266,7 +262,7 @@ fn run_task(
         info!("task {task}: {status}");
     }
     let _ = std::fs::remove_file(&marker);
-    let _ = events.blocking_send(event(task_event::Event::Finished(Finished { status: status.into(), error })));
+    let _ = events.blocking_send(finished(status, error, failure));
 }
 
 /// Restores a point from the data mover onto this computer, on a thread of its own.
@@ -278,16 +274,17 @@ fn run_restore(
     rt: tokio::runtime::Handle,
 ) {
     let task = spec.task_id.clone();
-    let outcome = (|| -> Result<String, String> {
-        let mover = spec.mover.as_ref().ok_or("the restore names no data mover")?;
+    let outcome = (|| -> Result<String, (String, Failure)> {
+        let permanent = |e: String| (e, Failure::Permanent);
+        let mover = spec.mover.as_ref().ok_or_else(|| permanent("the restore names no data mover".into()))?;
         let endpoint = MoverEndpoint {
             address: mover.address.clone(),
             node: mover.node.clone(),
             ticket: mover.ticket.clone(),
             streams: spec.streams.clamp(1, 16),
         };
-        let target = rt.block_on(RemoteTarget::connect(&endpoint, client_tls)).map_err(|e| e.to_string())?;
-        let m = target.point(&spec.point).map_err(|e| e.to_string())?;
+        let target = rt.block_on(RemoteTarget::connect(&endpoint, client_tls)).map_err(|e| failed(&e))?;
+        let m = target.point(&spec.point).map_err(|e| failed(&e))?;
         let to = PathBuf::from(&spec.target);
         info!("task {task}: restoring {} ({}) to {}", m.id, m.name, to.display());
         let done = AtomicU64::new(0);
@@ -301,41 +298,56 @@ fn run_restore(
                 safe: spec.safe,
             };
             let report = crate::files::restore_files(&target, &m, &to, &opts, &progress, &cancel)
-                .map_err(|e| format!("{}: {e}", to.display()))?;
+                .map_err(|e| (format!("{}: {e}", to.display()), e.failure()))?;
             let json = serde_json::to_string(&report).expect("report");
             if !report.complete {
                 // The report still reaches the server: it lists what is missing.
                 let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: json })));
-                return Err(format!("{}: {}", to.display(), report.incomplete_summary()));
+                // What could not be restored now will not be next time either.
+                return Err(permanent(format!("{}: {}", to.display(), report.incomplete_summary())));
             }
             Ok(json)
         } else {
             if !spec.paths.is_empty() {
-                return Err(format!("paths select files of a file-level point; {} is a volume point", m.id));
+                return Err(permanent(format!("paths select files of a file-level point; {} is a volume point", m.id)));
             }
             if spec.safe {
-                return Err(format!("safe restores are for file-level points; {} is a volume point", m.id));
+                return Err(permanent(format!("safe restores are for file-level points; {} is a volume point", m.id)));
             }
             let opts = crate::RestoreOptions { overwrite: spec.overwrite, ..Default::default() };
             crate::restore_volume(&target, &m, &to, &opts, &progress, &cancel)
                 .map(|r| serde_json::to_string(&r).expect("report"))
-                .map_err(|e| format!("{}: {e}", to.display()))
+                .map_err(|e| (format!("{}: {e}", to.display()), e.failure()))
         }
     })();
-    let (status, error) = match outcome {
+    let (status, error, failure) = match outcome {
         Ok(report) => {
             let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: report })));
-            ("success", String::new())
+            (TaskStatus::Success, String::new(), Failure::Transient)
         }
-        Err(e) if cancel.load(Ordering::Relaxed) => ("cancelled", e),
-        Err(e) => ("failed", e),
+        Err((e, _)) if cancel.load(Ordering::Relaxed) => (TaskStatus::Cancelled, e, Failure::Transient),
+        Err((e, failure)) => (TaskStatus::Failed, e, failure),
     };
     if error.is_empty() {
         info!("task {task}: restore {status}");
     } else {
         warn!("task {task}: restore {status}: {error}");
     }
-    let _ = events.blocking_send(event(task_event::Event::Finished(Finished { status: status.into(), error })));
+    let _ = events.blocking_send(finished(status, error, failure));
+}
+
+/// An error of the repository (here, the data mover's) with whether a retry can help.
+fn failed(e: &bulwark_repo::RepoError) -> (String, Failure) {
+    (e.to_string(), if e.is_permanent() { Failure::Permanent } else { Failure::Transient })
+}
+
+fn finished(status: TaskStatus, error: String, failure: Failure) -> Result<TaskEvent, Status> {
+    let mut f = Finished { error, ..Default::default() };
+    f.set_status(status.into());
+    if status == TaskStatus::Failed {
+        f.set_failure(failure.into());
+    }
+    event(task_event::Event::Finished(f))
 }
 
 #[tonic::async_trait]
@@ -353,7 +365,8 @@ impl Agent for AgentService {
         {
             let mut running = self.running.lock().expect("lock");
             if let Some(other) = running.keys().next() {
-                return Err(Status::failed_precondition(format!("task {other} is already running on this computer")));
+                // Busy, not broken: the server tries again later.
+                return Err(Status::unavailable(format!("task {other} is already running on this computer")));
             }
             running.insert(spec.task_id.clone(), cancel.clone());
         }
@@ -395,14 +408,15 @@ impl Agent for AgentService {
         {
             let mut running = self.running.lock().expect("lock");
             if let Some(other) = running.keys().next() {
-                return Err(Status::failed_precondition(format!("task {other} is already running on this computer")));
+                // Busy, not broken: the server tries again later.
+                return Err(Status::unavailable(format!("task {other} is already running on this computer")));
             }
             running.insert(spec.task_id.clone(), cancel.clone());
         }
         let marker = self.markers().join(format!("{}.json", hex_name(&spec.task_id)));
         let m = Marker {
-            kind: plan.kind.clone(),
-            snapshot: spec.snapshot.clone(),
+            kind: plan.kind,
+            snapshot: plan.volume.snapshot,
             sources: plan.sources.iter().map(|(p, _)| p.clone()).collect(),
         };
         let _ = std::fs::create_dir_all(self.markers());

@@ -3,6 +3,7 @@
 //! `pb` is generated from `proto/bulwark.proto`. `pki` is the certificate authority and the
 //! nodes' certificates; `tls` turns them into mutual-TLS listeners and channels for tonic.
 
+pub mod domain;
 pub mod node;
 pub mod pki;
 pub mod tls;
@@ -15,7 +16,7 @@ pub mod pb {
 }
 
 /// The protocol version this build speaks. Bumped on any incompatible change to `pb`.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Refuses a peer that speaks another protocol version, naming both.
 pub fn check_protocol(peer: u32, peer_kind: &str) -> Result<(), tonic::Status> {

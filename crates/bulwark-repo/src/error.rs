@@ -55,3 +55,19 @@ pub enum RepoError {
     #[error("{repo}: {reason}")]
     Remote { repo: String, reason: String },
 }
+
+impl RepoError {
+    /// Whether the same operation fails the same way until someone changes something: a path
+    /// that is no repository, a wrong or missing password, a damaged key or point, a name that
+    /// does not exist. Input/output errors and a peer across the network may recover.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RepoError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ),
+            RepoError::Remote { .. } | RepoError::PointInUse { .. } => false,
+            _ => true,
+        }
+    }
+}

@@ -17,9 +17,8 @@ use bulwark_proto::pki::{Ca, JoinToken, Role};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::backup_manager::Core;
+use crate::backup_manager::BackupManager;
 use crate::db::DbError;
-use crate::manager::NodeAddress;
 use crate::model::{
     check_name, check_password, parse_lifetime, ApiTokenRequest, GroupInput, Job, Login, PasswordChange,
     RepositoryInput, RepositoryUpdate, RestoreInput, SecretInput, TokenRequest, UserInput,
@@ -28,7 +27,7 @@ use crate::registration::Grant;
 use crate::store;
 
 pub struct AppState {
-    pub core: Arc<Core>,
+    pub core: Arc<BackupManager>,
     pub ca: Arc<Ca>,
     /// The server's own view of revoked certificates (its TLS checks them).
     pub revoked: bulwark_proto::tls::Revocations,
@@ -384,22 +383,22 @@ async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> 
 }
 
 async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
-    Ok(Json(Value::Array(store::nodes(&s.core.db, role).await?)))
+    Ok(Json(json!(store::nodes(&s.core.db, role).await?)))
 }
 
 async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     let mut n = store::node(&s.core.db, "agent", &name).await?.ok_or_else(|| missing("computer", &name))?;
     // Fresh inventory when the agent answers; the last one known otherwise.
-    let node = NodeAddress { name: name.clone(), address: n["address"].as_str().unwrap_or_default().into() };
+    let node = n.address();
     if let Ok(Ok(inv)) = tokio::time::timeout(std::time::Duration::from_secs(5), s.core.manager.inventory(&node)).await
     {
         store::set_inventory(&s.core.db, &name, &inv).await?;
-        n["inventory"] = inv;
-        n["online"] = json!(true);
+        n.inventory = Some(inv);
+        n.online = Some(true);
     } else {
-        n["online"] = json!(false);
+        n.online = Some(false);
     }
-    Ok(Json(n))
+    Ok(Json(json!(n)))
 }
 
 fn node_noun(role: &str) -> &'static str {
@@ -442,11 +441,8 @@ async fn remove_node(c: Caller, State(s): State<S>, Path(name): Path<String>, ro
     // next told (the list is always sent whole).
     let mut pushes = tokio::task::JoinSet::new();
     for role in ["transport", "agent"] {
-        for n in store::nodes(&s.core.db, role).await?.into_iter().filter(|n| n["revoked"] != true) {
-            let node = NodeAddress {
-                name: n["name"].as_str().unwrap_or_default().into(),
-                address: n["address"].as_str().unwrap_or_default().into(),
-            };
+        for n in store::nodes(&s.core.db, role).await?.into_iter().filter(|n| !n.revoked) {
+            let node = n.address();
             let r = if role == "agent" { Role::Agent } else { Role::Transport };
             let (manager, serials) = (s.core.manager.clone(), serials.clone());
             pushes.spawn(async move {
@@ -493,11 +489,11 @@ async fn delete_secret(c: Caller, State(s): State<S>, Path(name): Path<String>) 
 }
 
 async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult {
-    Ok(Json(Value::Array(store::repositories(&s.core.db).await?)))
+    Ok(Json(json!(store::repositories(&s.core.db).await?)))
 }
 
 async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
-    Ok(Json(store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?))
+    Ok(Json(json!(store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?)))
 }
 
 /// Creates the repository on its transport node (or checks the one there), then records it.
@@ -510,7 +506,7 @@ async fn create_repository(c: Caller, State(s): State<S>, Input(r): Input<Reposi
     let t = store::node(&s.core.db, "transport", &r.transport)
         .await?
         .ok_or_else(|| bad(format!("no transport node {:?} has joined", r.transport)))?;
-    let node = NodeAddress { name: r.transport.clone(), address: t["address"].as_str().unwrap_or_default().into() };
+    let node = t.address();
     let mut client =
         s.core.manager.transport(&node).await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let init = RepositoryInit {
@@ -534,9 +530,9 @@ async fn create_repository(c: Caller, State(s): State<S>, Input(r): Input<Reposi
         )));
     }
     store::insert_repository(&s.core.db, &r).await?;
-    let mut v = store::repository(&s.core.db, &r.name).await?.unwrap_or_default();
-    v["created_on_disk"] = json!(info.created);
-    Ok(Json(v))
+    let mut v = store::repository(&s.core.db, &r.name).await?.ok_or_else(|| missing("repository", &r.name))?;
+    v.created_on_disk = Some(info.created);
+    Ok(Json(json!(v)))
 }
 
 async fn update_repository(
@@ -705,11 +701,11 @@ fn job_for(c: &Caller, job: &Job) -> Value {
 }
 
 /// A task's log without the lines of its pre and post steps, for viewers (see [`job_for`]).
-fn hide_steps(c: &Caller, task: &mut Value) {
+fn hide_steps(c: &Caller, log: &mut Value) {
     if c.is_admin() {
         return;
     }
-    if let Some(lines) = task["log"]["lines"].as_array_mut() {
+    if let Some(lines) = log["lines"].as_array_mut() {
         lines.retain(|l| !l.as_str().is_some_and(|l| l.starts_with("pre-step") || l.starts_with("post-step")));
     }
 }
@@ -723,7 +719,7 @@ async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> Ap
     let j = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?;
     let mut v = job_for(&c, &j.job);
     v["created"] = json!(j.created);
-    v["last_session"] = store::sessions(&s.core.db, Some(&name)).await?.into_iter().next().unwrap_or(Value::Null);
+    v["last_session"] = json!(store::last_session(&s.core.db, &name).await?);
     Ok(Json(v))
 }
 
@@ -764,10 +760,13 @@ async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> A
     if store::job(&s.core.db, &name).await?.is_none() {
         return Err(missing("job", &name));
     }
+    use crate::session::StartError;
     match s.core.start_session(&name).await {
-        Ok(id) => Ok(Json(store::session(&s.core.db, &id).await?.unwrap_or_default())),
-        Err(e) if e.contains("already running") => Err(ApiError(StatusCode::CONFLICT, e)),
-        Err(e) => Err(bad(e)),
+        Ok(id) => Ok(Json(json!(store::session_with(&s.core.db, &id, true).await?))),
+        Err(e @ StartError::AlreadyRunning { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ StartError::NoJob(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ StartError::Refused(_)) => Err(bad(e.to_string())),
+        Err(StartError::Db(e)) => Err(e.into()),
     }
 }
 
@@ -777,7 +776,7 @@ async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> Ap
         .await?
         .ok_or_else(|| ApiError(StatusCode::CONFLICT, format!("job {name} is not running")))?;
     s.core.stop_session(&id, &format!("stopped by {}", c.name)).await;
-    Ok(Json(store::session(&s.core.db, &id).await?.unwrap_or_default()))
+    Ok(Json(json!(store::session_with(&s.core.db, &id, true).await?)))
 }
 
 #[derive(serde::Deserialize)]
@@ -787,7 +786,7 @@ struct SessionFilter {
 }
 
 async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult {
-    Ok(Json(Value::Array(store::sessions(&s.core.db, f.job.as_deref()).await?)))
+    Ok(Json(json!(store::sessions(&s.core.db, f.job.as_deref()).await?)))
 }
 
 #[derive(serde::Deserialize)]
@@ -810,16 +809,18 @@ async fn show_session(
 ) -> ApiResult {
     let mut v = store::session_with(&s.core.db, &id, q.logs).await?.ok_or_else(|| missing("session", &id))?;
     let progress = s.core.progress.lock().expect("lock").clone();
-    for t in v["tasks"].as_array_mut().into_iter().flatten() {
-        hide_steps(&c, t);
-        if let Some(p) = t["id"].as_str().and_then(|id| progress.get(id)) {
-            t["progress"] = json!({
+    for t in v.tasks.iter_mut().flatten() {
+        if let Some(log) = &mut t.log {
+            hide_steps(&c, log);
+        }
+        if let Some(p) = progress.get(&t.id) {
+            t.progress = Some(json!({
                 "total_bytes": p.total_bytes, "read_bytes": p.read_bytes,
                 "sent_bytes": p.sent_bytes, "rate_bytes_per_s": p.rate_bytes_per_s,
-            });
+            }));
         }
     }
-    Ok(Json(v))
+    Ok(Json(json!(v)))
 }
 
 #[derive(serde::Deserialize)]
@@ -829,11 +830,11 @@ struct PointFilter {
 }
 
 async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
-    Ok(Json(Value::Array(store::points(&s.core.db, f.computer.as_deref()).await?)))
+    Ok(Json(json!(store::points(&s.core.db, f.computer.as_deref()).await?)))
 }
 
 async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(store::point_detail(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?))
+    Ok(Json(json!(store::point_detail(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?)))
 }
 
 /// Restores a catalog point onto a computer (its own by default), through a data mover that
@@ -851,22 +852,12 @@ async fn restore_point(
     if !r.target.starts_with('/') {
         return Err(bad(format!("restore target {:?} must be an absolute path", r.target)));
     }
-    let agent = store::node(&s.core.db, "agent", &computer)
-        .await?
-        .ok_or_else(|| bad(format!("no computer {computer:?} has joined")))?;
-    let (transport, path, password) = store::repository_access(&s.core.db, &repository)
-        .await?
-        .ok_or_else(|| bad(format!("repository {repository} is gone")))?;
-    let tnode = store::node(&s.core.db, "transport", &transport)
-        .await?
-        .ok_or_else(|| bad(format!("transport node {transport} is gone")))?;
-    let addr = |n: &Value| n["address"].as_str().unwrap_or_default().to_string();
-    let req = crate::manager::RestoreRequest {
-        task_id: format!("restore-{}", store::random_hex(6)),
-        agent: NodeAddress { name: computer.clone(), address: addr(&agent) },
-        transport: NodeAddress { name: transport, address: addr(&tnode) },
-        repository: path,
-        password,
+    match store::node(&s.core.db, "agent", &computer).await? {
+        None => return Err(bad(format!("no computer {computer:?} has joined"))),
+        Some(n) if n.revoked => return Err(bad(format!("computer {computer} was removed"))),
+        Some(_) => {}
+    }
+    let order = store::RestoreOrder {
         point: id.clone(),
         name,
         target: r.target.clone(),
@@ -874,11 +865,24 @@ async fn restore_point(
         paths: r.paths,
         safe: r.safe,
     };
-    let out = s.core.manager.run_restore(req).await;
-    tracing::info!("restore of {id} to {computer}:{}: {}", r.target, out.status);
+    // The restore waits for a slot on the repository and the computer like a backup (ahead of
+    // them); the caller hears when it has ended. One who hangs up does not stop it.
+    let (session, task) = s.core.start_restore(&computer, &repository, order).await.map_err(|e| match e {
+        crate::session::StartError::Db(e) => e.into(),
+        e => bad(e.to_string()),
+    })?;
+    let ended = loop {
+        match store::task(&s.core.db, &task).await? {
+            Some(t) if !t.status.is_open() => break t,
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            None => return Err(missing("restore task", &task)),
+        }
+    };
+    tracing::info!("restore of {id} to {computer}:{}: {}", r.target, ended.status);
+    let report = ended.log.as_ref().and_then(|l| l["reports"].get(0).cloned());
     Ok(Json(json!({
-        "task": out.task_id, "point": id, "computer": computer, "target": r.target,
-        "status": out.status, "error": out.error, "report": out.reports.first(),
+        "session": session, "task": task, "point": id, "computer": computer, "target": r.target,
+        "status": ended.status, "error": ended.error, "failure": ended.failure, "report": report,
     })))
 }
 

@@ -101,6 +101,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
      ALTER TABLE repositories ADD COLUMN verify_last_check TEXT;
      ALTER TABLE repositories ADD COLUMN last_verify TEXT",
     ),
+    // Why a failed task failed ('transient': retried by its job's policy; 'permanent': not);
+    // restores as sessions of their own ('restore', job ''), whose one task holds what to
+    // restore where (JSON) and takes a slot like a backup; one running session per job only
+    // among backups.
+    (
+        5,
+        "ALTER TABLE tasks ADD COLUMN failure TEXT;
+     ALTER TABLE tasks ADD COLUMN restore TEXT;
+     ALTER TABLE sessions ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';
+     DROP INDEX sessions_one_running;
+     CREATE UNIQUE INDEX sessions_one_running ON sessions (job) WHERE status = 'running' AND kind = 'backup'",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,8 @@ use tracing::{info, warn};
 
 use bulwark_repo::verify::{DamagedRange, PointHealth, VerifyReport};
 
-use crate::backup_manager::Core;
+use crate::backup_manager::BackupManager;
 use crate::db::{now, opt_text, text, DbError};
-use crate::manager::NodeAddress;
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +184,7 @@ const MISSING: &str = "its manifest is gone from the repository: it cannot be re
 
 /// Runs the health check of `repository` and records the outcome in the catalog (each
 /// point's) and on the repository (the check's, also when it could not run).
-pub async fn check(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> {
+pub async fn check(core: &BackupManager, repository: &str) -> Result<HealthCheck, HealthError> {
     let _running = core.health.start(repository)?;
     let result = run(core, repository).await;
     let outcome = match &result {
@@ -202,14 +201,14 @@ pub async fn check(core: &Core, repository: &str) -> Result<HealthCheck, HealthE
     result
 }
 
-async fn run(core: &Core, repository: &str) -> Result<HealthCheck, HealthError> {
+async fn run(core: &BackupManager, repository: &str) -> Result<HealthCheck, HealthError> {
     let (transport, path, password) = store::repository_access(&core.db, repository)
         .await?
         .ok_or_else(|| HealthError::NoRepository(repository.to_string()))?;
     let tnode = store::node(&core.db, "transport", &transport)
         .await?
         .ok_or_else(|| HealthError::NoTransport(transport.clone()))?;
-    let node = NodeAddress { name: transport.clone(), address: tnode["address"].as_str().unwrap_or_default().into() };
+    let node = tnode.address();
     let node_err = |reason: String| HealthError::Node { node: transport.clone(), reason };
     let started = now();
     info!("repository {repository}: health check started on transport node {transport}");

@@ -1,18 +1,24 @@
 #![recursion_limit = "512"]
 
-//! The backup server's side of a task: the certificate authority and node registration, and
-//! the backup manager's task driver (transport service, data mover, agent, in that order).
+//! The backup server: the certificate authority and node registration, the REST API, and the
+//! job model's parts — the job scheduler, sessions, the resource scheduler, the backup manager
+//! and its task driver (transport service, data mover, agent, in that order) — over the config
+//! database, whose every query is in `store`.
 
 pub mod api;
 pub mod backup_manager;
 pub mod db;
 pub mod health;
+pub mod job_scheduler;
 pub mod login_guard;
-pub mod manager;
 pub mod model;
 mod openapi;
+mod reconcile;
 pub mod registration;
+pub mod resource_scheduler;
 pub mod schedule;
 pub mod secrets;
 pub mod server;
+pub mod session;
 pub mod store;
+pub mod task_driver;

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use bulwark_proto::domain::{CbtMode, Compression, JobMode, SnapshotMode};
+
 use crate::schedule::{Schedule, Window};
 
 /// A name operators give objects: it appears in URLs and in restore point names.
@@ -148,8 +150,8 @@ impl Default for Retries {
     }
 }
 
-fn default_mode() -> String {
-    "volumes".into()
+fn default_mode() -> JobMode {
+    JobMode::Volumes
 }
 
 fn default_streams() -> u32 {
@@ -164,7 +166,7 @@ pub struct Job {
     /// `computer` (every whole disk the agent reports), `volumes` (block devices or images) or
     /// `files` (directories).
     #[serde(default = "default_mode")]
-    pub mode: String,
+    pub mode: JobMode,
     #[serde(default)]
     pub computers: Vec<String>,
     #[serde(default)]
@@ -178,11 +180,11 @@ pub struct Job {
     #[serde(default)]
     pub block_size: Option<String>,
     #[serde(default)]
-    pub compression: Option<String>,
+    pub compression: Option<Compression>,
     #[serde(default)]
-    pub snapshot: Option<String>,
+    pub snapshot: Option<SnapshotMode>,
     #[serde(default)]
-    pub cbt: Option<String>,
+    pub cbt: Option<CbtMode>,
     #[serde(default)]
     pub schedule: Option<Schedule>,
     #[serde(default)]
@@ -215,10 +217,7 @@ impl Job {
     pub fn validate(&self) -> Result<(), String> {
         check_name("job", &self.name)?;
         check_name("repository", &self.repository)?;
-        if !matches!(self.mode.as_str(), "volumes" | "files" | "computer") {
-            return Err(format!("mode {:?}: computer (every disk), volumes or files", self.mode));
-        }
-        if self.mode == "computer" && !self.sources.is_empty() {
+        if self.mode == JobMode::Computer && !self.sources.is_empty() {
             return Err("mode computer backs up every disk: it takes no sources".into());
         }
         if self.computers.is_empty() && self.groups.is_empty() {
@@ -227,7 +226,7 @@ impl Job {
         for c in &self.computers {
             bulwark_proto::pki::validate_node_name(c)?;
         }
-        if (self.sources.is_empty() && self.mode != "computer") || self.sources.len() > 64 {
+        if (self.sources.is_empty() && self.mode != JobMode::Computer) || self.sources.len() > 64 {
             return Err("a job needs 1 to 64 sources".into());
         }
         for name in &self.secrets {
@@ -240,19 +239,6 @@ impl Job {
             let b: bulwark_repo::BlockSize = text.parse().map_err(|e| format!("block size {text:?}: {e}"))?;
             if !bulwark_repo::BlockSize::OFFERED.contains(&b.bytes()) {
                 return Err(format!("block size {b} is not offered (256K, 512K, 1M, 4M)"));
-            }
-        }
-        if let Some(c) = &self.compression {
-            c.parse::<bulwark_repo::Compression>()?;
-        }
-        if let Some(s) = &self.snapshot {
-            if !matches!(s.as_str(), "auto" | "reflink" | "btrfs" | "lvm" | "none") {
-                return Err(format!("snapshot {s:?}: auto, reflink, btrfs, lvm or none"));
-            }
-        }
-        if let Some(c) = &self.cbt {
-            if !matches!(c.as_str(), "auto" | "extents" | "none") {
-                return Err(format!("cbt {c:?}: auto, extents or none"));
             }
         }
         if let Some(s) = &self.schedule {

@@ -16,13 +16,13 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
-use crate::backup_manager::Core;
+use crate::backup_manager::BackupManager;
 use crate::db::Db;
-use crate::manager::Manager;
 use crate::registration::Registrar;
 use crate::schedule::{Clock, SystemClock};
 use crate::secrets::Secrets;
 use crate::store::{self, DbNodes};
+use crate::task_driver::Manager;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -161,7 +161,7 @@ pub async fn run_with_clock(
     web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let client = tls::client_config(Some(&tls_id), None, &revoked).map_err(|e| setup("TLS")(&e))?;
 
-    let core = Core::new(db.clone(), Manager::new(client), clock).await?;
+    let core = BackupManager::new(db.clone(), Manager::new(client), clock).await?;
     let first_admin = first_admin(&db, dir).await?;
     // Reconciling may wait on agents; the API serves meanwhile, slots are granted after.
     let (starting, tick) = (core.clone(), opts.tick);

@@ -3,9 +3,13 @@
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 
+use bulwark_proto::domain::{Failure, SessionKind, SessionStatus, TaskStatus};
+use sqlx::Row;
+
 use crate::db::{int, now, opt_text, stamp_in, text, Db, Result};
 use crate::model::{Job, RepositoryInput, RepositoryUpdate};
 use crate::registration::{admission, Grant, JoinedNode, Known, NodeStore};
+use crate::resource_scheduler::Waiting;
 use crate::secrets::Secrets;
 use bulwark_proto::pki::Role;
 
@@ -240,27 +244,56 @@ pub async fn create_join_token(db: &Db, secret: &str, grant: &Grant, expires: Op
     Ok(token_id(&hash))
 }
 
-fn node_json(r: &AnyRow) -> Value {
-    let inventory = opt_text(r, "inventory").and_then(|i| serde_json::from_str::<Value>(&i).ok());
-    json!({
-        "name": text(r, "name"), "role": text(r, "role"), "address": text(r, "address"),
-        "certificate_serial": text(r, "serial"), "joined": text(r, "joined"),
-        "revoked": int(r, "revoked") != 0, "inventory": inventory,
-    })
+/// A joined node: a computer's agent or a transport node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub role: String,
+    /// host:port of its service.
+    pub address: String,
+    pub certificate_serial: String,
+    pub joined: String,
+    /// Removed: its certificate is revoked.
+    pub revoked: bool,
+    /// A computer's last known inventory (the agent's report).
+    pub inventory: Option<Value>,
+    /// Whether it answered just now (only where the API asked it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
 }
 
-pub async fn nodes(db: &Db, role: &str) -> Result<Vec<Value>> {
+impl NodeRow {
+    /// Where the task driver reaches it.
+    pub fn address(&self) -> crate::task_driver::NodeAddress {
+        crate::task_driver::NodeAddress { name: self.name.clone(), address: self.address.clone() }
+    }
+}
+
+fn node_row(r: &AnyRow) -> NodeRow {
+    NodeRow {
+        name: text(r, "name"),
+        role: text(r, "role"),
+        address: text(r, "address"),
+        certificate_serial: text(r, "serial"),
+        joined: text(r, "joined"),
+        revoked: int(r, "revoked") != 0,
+        inventory: opt_text(r, "inventory").and_then(|i| serde_json::from_str::<Value>(&i).ok()),
+        online: None,
+    }
+}
+
+pub async fn nodes(db: &Db, role: &str) -> Result<Vec<NodeRow>> {
     let rows = sqlx::query("SELECT * FROM nodes WHERE role = $1 ORDER BY name").bind(role).fetch_all(&db.pool).await?;
-    Ok(rows.iter().map(node_json).collect())
+    Ok(rows.iter().map(node_row).collect())
 }
 
-pub async fn node(db: &Db, role: &str, name: &str) -> Result<Option<Value>> {
+pub async fn node(db: &Db, role: &str, name: &str) -> Result<Option<NodeRow>> {
     let row = sqlx::query("SELECT * FROM nodes WHERE role = $1 AND name = $2")
         .bind(role)
         .bind(name)
         .fetch_optional(&db.pool)
         .await?;
-    Ok(row.as_ref().map(node_json))
+    Ok(row.as_ref().map(node_row))
 }
 
 pub async fn set_inventory(db: &Db, name: &str, inventory: &Value) -> Result<()> {
@@ -434,14 +467,37 @@ impl NodeStore for DbNodes {
 
 // ---- repositories and groups ----
 
-fn repository_json(r: &AnyRow) -> Value {
-    json!({
-        "name": text(r, "name"), "transport": text(r, "transport"), "path": text(r, "path"),
-        "max_tasks": int(r, "max_tasks"), "encrypted": opt_text(r, "password").is_some(), "created": text(r, "created"),
-        "isolation": text(r, "isolation"),
-        "verify_schedule": opt_text(r, "verify_schedule").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
-        "last_verify": opt_text(r, "last_verify").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
-    })
+/// A repository as operators see it (never its password).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepositoryRow {
+    pub name: String,
+    pub transport: String,
+    pub path: String,
+    pub max_tasks: i64,
+    pub encrypted: bool,
+    pub created: String,
+    pub isolation: String,
+    pub verify_schedule: Option<crate::schedule::Schedule>,
+    /// The last health check's outcome.
+    pub last_verify: Option<Value>,
+    /// After a create: whether the transport node made it (or found one there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_on_disk: Option<bool>,
+}
+
+fn repository_row(r: &AnyRow) -> RepositoryRow {
+    RepositoryRow {
+        name: text(r, "name"),
+        transport: text(r, "transport"),
+        path: text(r, "path"),
+        max_tasks: int(r, "max_tasks"),
+        encrypted: opt_text(r, "password").is_some(),
+        created: text(r, "created"),
+        isolation: text(r, "isolation"),
+        verify_schedule: opt_text(r, "verify_schedule").and_then(|s| serde_json::from_str(&s).ok()),
+        last_verify: opt_text(r, "last_verify").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+        created_on_disk: None,
+    }
 }
 
 /// What a repository's password is sealed for: its row.
@@ -466,14 +522,14 @@ pub async fn insert_repository(db: &Db, r: &RepositoryInput) -> Result<()> {
     Ok(())
 }
 
-pub async fn repositories(db: &Db) -> Result<Vec<Value>> {
+pub async fn repositories(db: &Db) -> Result<Vec<RepositoryRow>> {
     let rows = sqlx::query("SELECT * FROM repositories ORDER BY name").fetch_all(&db.pool).await?;
-    Ok(rows.iter().map(repository_json).collect())
+    Ok(rows.iter().map(repository_row).collect())
 }
 
-pub async fn repository(db: &Db, name: &str) -> Result<Option<Value>> {
+pub async fn repository(db: &Db, name: &str) -> Result<Option<RepositoryRow>> {
     let row = sqlx::query("SELECT * FROM repositories WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
-    Ok(row.as_ref().map(repository_json))
+    Ok(row.as_ref().map(repository_row))
 }
 
 /// (transport, path, password) of a repository.
@@ -837,42 +893,119 @@ pub async fn chain_names(db: &Db, job: &str, computer: &str, repository: &str) -
     Ok(rows.iter().map(|r| text(r, "name")).collect())
 }
 
-// ---- sessions, tasks, points ----
+// ---- sessions and tasks ----
 
-pub async fn insert_session(db: &Db, id: &str, job: &str) -> Result<()> {
-    sqlx::query("INSERT INTO sessions (id, job, status, started) VALUES ($1, $2, 'running', $3)")
+/// A session as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    /// The job it runs ('' for a restore).
+    pub job: String,
+    pub kind: SessionKind,
+    pub status: SessionStatus,
+    /// Why it ended as it did (stopped, a window closed).
+    pub reason: Option<String>,
+    pub started: String,
+    pub ended: Option<String>,
+    /// With [`session_with`], while a retry waits: when the first one is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
+    /// With [`session_with`]: its tasks, in queue order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskRow>>,
+}
+
+fn session_row(r: &AnyRow) -> SessionRow {
+    SessionRow {
+        id: text(r, "id"),
+        job: text(r, "job"),
+        kind: text(r, "kind").parse().unwrap_or(SessionKind::Backup),
+        status: text(r, "status").parse().unwrap_or(SessionStatus::Failed),
+        reason: opt_text(r, "reason"),
+        started: text(r, "started"),
+        ended: opt_text(r, "ended"),
+        next_retry: None,
+        tasks: None,
+    }
+}
+
+/// A task as operators see it: one attempt of one computer in a session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskRow {
+    pub id: String,
+    pub session: String,
+    pub computer: String,
+    pub repository: String,
+    pub attempt: i64,
+    pub status: TaskStatus,
+    pub error: Option<String>,
+    /// Failed: whether its job's retries apply.
+    pub failure: Option<Failure>,
+    pub queued: String,
+    /// Waiting: not before this time (a retry's delay).
+    pub not_before: Option<String>,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    pub sent_bytes: i64,
+    /// Its log lines and the agent's reports (absent from light reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<Value>,
+    /// The latest progress report while it runs (filled in by the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+}
+
+fn task_row(r: &AnyRow, logs: bool) -> TaskRow {
+    TaskRow {
+        id: text(r, "id"),
+        session: text(r, "session_id"),
+        computer: text(r, "computer"),
+        repository: text(r, "repository"),
+        attempt: int(r, "attempt"),
+        status: text(r, "status").parse().unwrap_or(TaskStatus::Failed),
+        error: opt_text(r, "error"),
+        failure: opt_text(r, "failure").and_then(|f| f.parse().ok()),
+        queued: text(r, "queued"),
+        not_before: opt_text(r, "not_before"),
+        started: opt_text(r, "started"),
+        ended: opt_text(r, "ended"),
+        sent_bytes: int(r, "sent_bytes"),
+        log: logs.then(|| opt_text(r, "log").and_then(|l| serde_json::from_str(&l).ok()).unwrap_or(Value::Null)),
+        progress: None,
+    }
+}
+
+pub async fn insert_session(db: &Db, id: &str, job: &str, kind: SessionKind) -> Result<()> {
+    sqlx::query("INSERT INTO sessions (id, job, status, started, kind) VALUES ($1, $2, 'running', $3, $4)")
         .bind(id)
         .bind(job)
         .bind(now())
+        .bind(kind.as_str())
         .execute(&db.pool)
         .await?;
     Ok(())
 }
 
-/// The job a session belongs to (without loading its tasks).
-pub async fn session_job(db: &Db, id: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT job FROM sessions WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
-    Ok(row.map(|r| text(&r, "job")))
-}
-
+/// The running backup session of a job.
 pub async fn running_session(db: &Db, job: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT id FROM sessions WHERE job = $1 AND status = 'running'")
+    let row = sqlx::query("SELECT id FROM sessions WHERE job = $1 AND status = 'running' AND kind = 'backup'")
         .bind(job)
         .fetch_optional(&db.pool)
         .await?;
     Ok(row.map(|r| text(&r, "id")))
 }
 
-pub async fn running_sessions(db: &Db) -> Result<Vec<(String, String)>> {
-    let rows = sqlx::query("SELECT id, job FROM sessions WHERE status = 'running'").fetch_all(&db.pool).await?;
-    Ok(rows.iter().map(|r| (text(r, "id"), text(r, "job"))).collect())
+/// Sessions still running (after a restart: to settle, and to re-arm their windows).
+pub async fn running_sessions(db: &Db) -> Result<Vec<SessionRow>> {
+    let rows = sqlx::query("SELECT * FROM sessions WHERE status = 'running'").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(session_row).collect())
 }
 
 /// Ends a running session; `false` if it had ended already.
-pub async fn end_session(db: &Db, id: &str, status: &str, reason: Option<&str>) -> Result<bool> {
+pub async fn end_session(db: &Db, id: &str, status: SessionStatus, reason: Option<&str>) -> Result<bool> {
     let r =
         sqlx::query("UPDATE sessions SET status = $1, reason = $2, ended = $3 WHERE id = $4 AND status = 'running'")
-            .bind(status)
+            .bind(status.as_str())
             .bind(reason.map(str::to_string))
             .bind(now())
             .bind(id)
@@ -881,63 +1014,308 @@ pub async fn end_session(db: &Db, id: &str, status: &str, reason: Option<&str>) 
     Ok(r.rows_affected() == 1)
 }
 
-fn session_json(r: &AnyRow) -> Value {
-    json!({
-        "id": text(r, "id"), "job": text(r, "job"), "status": text(r, "status"), "reason": opt_text(r, "reason"),
-        "started": text(r, "started"), "ended": opt_text(r, "ended"),
-    })
-}
-
-pub async fn sessions(db: &Db, job: Option<&str>) -> Result<Vec<Value>> {
+/// Sessions, newest first (the API's order since the start); of one job when given.
+pub async fn sessions(db: &Db, job: Option<&str>) -> Result<Vec<SessionRow>> {
     let rows = match job {
         Some(j) => {
-            sqlx::query("SELECT * FROM sessions WHERE job = $1 ORDER BY started DESC")
+            sqlx::query("SELECT * FROM sessions WHERE job = $1 ORDER BY started DESC, id DESC")
                 .bind(j)
                 .fetch_all(&db.pool)
                 .await?
         }
-        None => sqlx::query("SELECT * FROM sessions ORDER BY started DESC").fetch_all(&db.pool).await?,
+        None => sqlx::query("SELECT * FROM sessions ORDER BY started DESC, id DESC").fetch_all(&db.pool).await?,
     };
-    Ok(rows.iter().map(session_json).collect())
+    Ok(rows.iter().map(session_row).collect())
 }
 
-pub async fn session(db: &Db, id: &str) -> Result<Option<Value>> {
-    session_with(db, id, true).await
+/// The latest session of a job.
+pub async fn last_session(db: &Db, job: &str) -> Result<Option<SessionRow>> {
+    let row = sqlx::query("SELECT * FROM sessions WHERE job = $1 ORDER BY started DESC, id DESC LIMIT 1")
+        .bind(job)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.as_ref().map(session_row))
 }
 
 /// A session and its tasks, with or without the tasks' logs (which can be long).
-pub async fn session_with(db: &Db, id: &str, logs: bool) -> Result<Option<Value>> {
+pub async fn session_with(db: &Db, id: &str, logs: bool) -> Result<Option<SessionRow>> {
     let Some(row) = sqlx::query("SELECT * FROM sessions WHERE id = $1").bind(id).fetch_optional(&db.pool).await? else {
         return Ok(None);
     };
-    let mut s = session_json(&row);
-    let mut t = tasks(db, id).await?;
-    if !logs {
-        for task in &mut t {
-            if let Some(o) = task.as_object_mut() {
-                o.remove("log");
-            }
-        }
-    }
-    s["tasks"] = Value::Array(t);
+    let mut s = session_row(&row);
+    let tasks = tasks(db, id, logs).await?;
+    s.next_retry = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Waiting)
+        .filter_map(|t| t.not_before.as_deref()?.parse::<jiff::Timestamp>().ok())
+        .min()
+        .map(|t| t.to_string());
+    s.tasks = Some(tasks);
     Ok(Some(s))
 }
 
-pub fn task_json(r: &AnyRow) -> Value {
-    let log: Value = opt_text(r, "log").and_then(|l| serde_json::from_str(&l).ok()).unwrap_or(Value::Null);
-    json!({
-        "id": text(r, "id"), "session": text(r, "session_id"), "computer": text(r, "computer"),
-        "repository": text(r, "repository"), "attempt": int(r, "attempt"), "status": text(r, "status"),
-        "error": opt_text(r, "error"), "queued": text(r, "queued"), "started": opt_text(r, "started"),
-        "ended": opt_text(r, "ended"), "sent_bytes": int(r, "sent_bytes"), "log": log,
-    })
-}
-
-pub async fn tasks(db: &Db, session: &str) -> Result<Vec<Value>> {
+/// A session's tasks in queue order.
+pub async fn tasks(db: &Db, session: &str, logs: bool) -> Result<Vec<TaskRow>> {
     let rows =
         sqlx::query("SELECT * FROM tasks WHERE session_id = $1 ORDER BY seq").bind(session).fetch_all(&db.pool).await?;
-    Ok(rows.iter().map(task_json).collect())
+    Ok(rows.iter().map(|r| task_row(r, logs)).collect())
 }
+
+/// One task.
+pub async fn task(db: &Db, id: &str) -> Result<Option<TaskRow>> {
+    let row = sqlx::query("SELECT * FROM tasks WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
+    Ok(row.as_ref().map(|r| task_row(r, true)))
+}
+
+/// A task to queue.
+#[derive(Debug, Clone)]
+pub struct NewTask<'a> {
+    pub id: String,
+    pub session: &'a str,
+    pub computer: &'a str,
+    pub repository: &'a str,
+    pub priority: i64,
+    pub seq: i64,
+    pub attempt: i64,
+    pub not_before: Option<String>,
+    /// A restore: what to restore where.
+    pub restore: Option<&'a RestoreOrder>,
+}
+
+pub async fn insert_task(db: &Db, t: &NewTask<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tasks (id, session_id, computer, repository, priority, seq, attempt, status, queued, not_before, restore)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'waiting', $8, $9, $10)",
+    )
+    .bind(&t.id)
+    .bind(t.session)
+    .bind(t.computer)
+    .bind(t.repository)
+    .bind(t.priority)
+    .bind(t.seq)
+    .bind(t.attempt)
+    .bind(now())
+    .bind(t.not_before.clone())
+    .bind(t.restore.map(|r| serde_json::to_string(r).expect("restore order")))
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// The highest queue position given so far.
+pub async fn max_task_seq(db: &Db) -> Result<i64> {
+    let max = sqlx::query("SELECT MAX(seq) AS m FROM tasks").fetch_one(&db.pool).await?;
+    Ok(max.try_get::<Option<i64>, _>("m").ok().flatten().unwrap_or(0))
+}
+
+/// Cancels a session's waiting tasks.
+pub async fn cancel_waiting(db: &Db, session: &str) -> Result<()> {
+    sqlx::query("UPDATE tasks SET status = 'cancelled', ended = $1 WHERE session_id = $2 AND status = 'waiting'")
+        .bind(now())
+        .bind(session)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// A running task: what holds a slot.
+#[derive(Debug, Clone)]
+pub struct RunningTask {
+    pub id: String,
+    pub session: String,
+    pub computer: String,
+    pub repository: String,
+}
+
+/// Running tasks, of one session or all.
+pub async fn running_tasks(db: &Db, session: Option<&str>) -> Result<Vec<RunningTask>> {
+    let rows = match session {
+        Some(s) => {
+            sqlx::query("SELECT * FROM tasks WHERE status = 'running' AND session_id = $1")
+                .bind(s)
+                .fetch_all(&db.pool)
+                .await?
+        }
+        None => sqlx::query("SELECT * FROM tasks WHERE status = 'running'").fetch_all(&db.pool).await?,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| RunningTask {
+            id: text(r, "id"),
+            session: text(r, "session_id"),
+            computer: text(r, "computer"),
+            repository: text(r, "repository"),
+        })
+        .collect())
+}
+
+/// Every repository's task maximum.
+pub async fn repository_limits(db: &Db) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("SELECT name, max_tasks FROM repositories").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(|r| (text(r, "name"), int(r, "max_tasks"))).collect())
+}
+
+/// A page of the tasks waiting on a repository in running sessions, in grant order.
+pub async fn waiting_tasks(db: &Db, repository: &str, offset: i64, limit: i64) -> Result<Vec<Waiting>> {
+    let rows = sqlx::query(
+        "SELECT id, computer, repository, priority, seq, not_before FROM tasks WHERE status = 'waiting' AND repository = $1
+         AND session_id IN (SELECT id FROM sessions WHERE status = 'running')
+         ORDER BY priority DESC, seq ASC LIMIT $2 OFFSET $3",
+    )
+    .bind(repository)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Waiting {
+            id: text(r, "id"),
+            computer: text(r, "computer"),
+            repository: text(r, "repository"),
+            priority: int(r, "priority"),
+            seq: int(r, "seq"),
+            not_before: opt_text(r, "not_before").and_then(|t| t.parse().ok()),
+        })
+        .collect())
+}
+
+/// Marks a granted task running; `false` if it was no longer waiting.
+pub async fn mark_running(db: &Db, id: &str) -> Result<bool> {
+    let done = sqlx::query("UPDATE tasks SET status = 'running', started = $1 WHERE id = $2 AND status = 'waiting'")
+        .bind(now())
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How a task ended, as recorded.
+#[derive(Debug, Clone)]
+pub struct TaskEnd {
+    pub status: TaskStatus,
+    pub error: Option<String>,
+    pub failure: Option<Failure>,
+    pub log: Value,
+    pub sent_bytes: i64,
+}
+
+pub async fn end_task(db: &Db, id: &str, end: &TaskEnd) -> Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET status = $1, error = $2, failure = $3, log = $4, ended = $5, sent_bytes = $6 WHERE id = $7",
+    )
+    .bind(end.status.as_str())
+    .bind(end.error.clone())
+    .bind(end.failure.map(|f| f.as_str().to_string()))
+    .bind(end.log.to_string())
+    .bind(now())
+    .bind(end.sent_bytes)
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Tasks of a session still waiting or running.
+pub async fn open_task_count(db: &Db, session: &str) -> Result<i64> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE session_id = $1 AND status IN ('waiting', 'running')")
+        .bind(session)
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(int(&r, "n"))
+}
+
+/// What a restore task restores where.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RestoreOrder {
+    pub point: String,
+    /// The point's backup name (the only one its data mover serves).
+    pub name: String,
+    pub target: String,
+    pub overwrite: bool,
+    pub paths: Vec<String>,
+    pub safe: bool,
+}
+
+/// Where a repository is and how to open it.
+#[derive(Debug, Clone)]
+pub struct RepositoryAccess {
+    pub transport: String,
+    /// The transport node's address; `None` if it has gone.
+    pub transport_address: Option<String>,
+    pub path: String,
+    pub password: Option<String>,
+}
+
+/// Everything the task driver needs of a granted task, read at once.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub id: String,
+    pub session: String,
+    pub kind: SessionKind,
+    pub computer: String,
+    pub repository: String,
+    /// A backup's job (`None` if it was deleted meanwhile).
+    pub job: Option<Job>,
+    /// The computer's agent address; `None` if it never joined or was removed.
+    pub agent_address: Option<String>,
+    /// `None` if the repository was forgotten meanwhile.
+    pub access: Option<RepositoryAccess>,
+    pub restore: Option<RestoreOrder>,
+}
+
+pub async fn task_context(db: &Db, id: &str) -> Result<Option<TaskContext>> {
+    let row = sqlx::query(
+        "SELECT t.id, t.session_id, t.computer, t.repository, t.restore, s.kind, j.spec,
+                a.address AS agent_address, a.revoked AS agent_revoked,
+                r.transport, r.path, r.password, n.address AS transport_address
+         FROM tasks t JOIN sessions s ON s.id = t.session_id
+         LEFT JOIN jobs j ON j.name = s.job
+         LEFT JOIN nodes a ON a.role = 'agent' AND a.name = t.computer
+         LEFT JOIN repositories r ON r.name = t.repository
+         LEFT JOIN nodes n ON n.role = 'transport' AND n.name = r.transport
+         WHERE t.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let repository = text(&r, "repository");
+    let access = match opt_text(&r, "path") {
+        Some(path) => Some(RepositoryAccess {
+            transport: text(&r, "transport"),
+            transport_address: opt_text(&r, "transport_address"),
+            path,
+            password: match opt_text(&r, "password") {
+                Some(sealed) => Some(db.secrets.open(&password_row(&repository), &sealed)?),
+                None => None,
+            },
+        }),
+        None => None,
+    };
+    let revoked = r.try_get::<Option<i64>, _>("agent_revoked").ok().flatten().unwrap_or(0) != 0;
+    Ok(Some(TaskContext {
+        id: text(&r, "id"),
+        session: text(&r, "session_id"),
+        kind: text(&r, "kind").parse().unwrap_or(SessionKind::Backup),
+        computer: text(&r, "computer"),
+        repository,
+        job: opt_text(&r, "spec").and_then(|s| serde_json::from_str(&s).ok()),
+        agent_address: opt_text(&r, "agent_address").filter(|_| !revoked),
+        access,
+        restore: opt_text(&r, "restore").and_then(|s| serde_json::from_str(&s).ok()),
+    }))
+}
+
+/// Removes points from the catalog (retention deleted them from their repository).
+pub async fn delete_points(db: &Db, ids: &[String]) -> Result<()> {
+    for id in ids {
+        sqlx::query("DELETE FROM points WHERE id = $1").bind(id).execute(&db.pool).await?;
+    }
+    Ok(())
+}
+
+// ---- points ----
 
 pub async fn insert_point(
     db: &Db,
@@ -960,18 +1338,55 @@ pub async fn insert_point(
     Ok(())
 }
 
+/// A restore point in the catalog.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PointRow {
+    pub id: String,
+    pub repository: String,
+    pub computer: String,
+    /// Its backup name (chain).
+    pub name: String,
+    pub kind: String,
+    pub created: String,
+    /// The task that wrote it.
+    pub task: Option<String>,
+    /// As the last health check of its repository found it: ok, damaged or `None` (never checked).
+    pub health: Option<String>,
+    pub health_detail: Option<String>,
+    pub verified_at: Option<String>,
+    /// From its manifest: what it is a backup of and its statistics (in listings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Value>,
+    /// The whole manifest (one point's detail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Value>,
+}
+
+fn point_row(r: &AnyRow, whole: bool) -> PointRow {
+    let m: Value = serde_json::from_str(&text(r, "manifest")).unwrap_or_default();
+    PointRow {
+        id: text(r, "id"),
+        repository: text(r, "repository"),
+        computer: text(r, "computer"),
+        name: text(r, "name"),
+        kind: text(r, "kind"),
+        created: text(r, "created"),
+        task: opt_text(r, "task_id"),
+        health: opt_text(r, "health"),
+        health_detail: opt_text(r, "health_detail"),
+        verified_at: opt_text(r, "verified_at"),
+        source: (!whole).then(|| m.get("source").cloned().unwrap_or_default()),
+        stats: (!whole).then(|| m.get("stats").cloned().unwrap_or_default()),
+        manifest: whole.then_some(m),
+    }
+}
+
 /// A catalog point with its whole manifest.
-pub async fn point_detail(db: &Db, id: &str) -> Result<Option<Value>> {
+pub async fn point_detail(db: &Db, id: &str) -> Result<Option<PointRow>> {
     let row = sqlx::query("SELECT * FROM points WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
-    Ok(row.map(|r| {
-        json!({
-            "id": text(&r, "id"), "repository": text(&r, "repository"), "computer": text(&r, "computer"),
-            "name": text(&r, "name"), "kind": text(&r, "kind"), "created": text(&r, "created"),
-            "task": opt_text(&r, "task_id"), "health": opt_text(&r, "health"),
-            "health_detail": opt_text(&r, "health_detail"), "verified_at": opt_text(&r, "verified_at"),
-            "manifest": serde_json::from_str::<Value>(&text(&r, "manifest")).unwrap_or_default(),
-        })
-    }))
+    Ok(row.as_ref().map(|r| point_row(r, true)))
 }
 
 pub async fn update_group(db: &Db, name: &str, computers: &[String]) -> Result<bool> {
@@ -992,27 +1407,15 @@ pub async fn point(db: &Db, id: &str) -> Result<Option<(String, String, String)>
     Ok(row.map(|r| (text(&r, "repository"), text(&r, "computer"), text(&r, "name"))))
 }
 
-pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<Value>> {
+/// Catalog points, oldest first; of one computer when given.
+pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<PointRow>> {
     let rows = match computer {
         Some(c) => {
             sqlx::query("SELECT * FROM points WHERE computer = $1 ORDER BY created").bind(c).fetch_all(&db.pool).await?
         }
         None => sqlx::query("SELECT * FROM points ORDER BY created").fetch_all(&db.pool).await?,
     };
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let m: Value = serde_json::from_str(&text(r, "manifest")).unwrap_or_default();
-            json!({
-                "id": text(r, "id"), "repository": text(r, "repository"), "computer": text(r, "computer"),
-                "name": text(r, "name"), "kind": text(r, "kind"), "created": text(r, "created"),
-                "task": opt_text(r, "task_id"), "stats": m.get("stats").cloned().unwrap_or_default(),
-                "source": m.get("source").cloned().unwrap_or_default(),
-                "health": opt_text(r, "health"), "health_detail": opt_text(r, "health_detail"),
-                "verified_at": opt_text(r, "verified_at"),
-            })
-        })
-        .collect())
+    Ok(rows.iter().map(|r| point_row(r, false)).collect())
 }
 
 #[cfg(test)]

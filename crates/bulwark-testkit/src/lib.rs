@@ -124,6 +124,23 @@ pub fn mount_read_only(image: &Path) -> MountedFs {
     MountedFs { mountpoint, loopdev }
 }
 
+/// The PostgreSQL server tests may create databases on (`BULWARK_TEST_POSTGRES`, an admin URL
+/// ending in a database name). `None` skips a PostgreSQL variant, saying so; where the run
+/// promised one (`BULWARK_REQUIRE_POSTGRES`, as `.ci/run` sets it) a missing server is a
+/// failure, not a silent pass.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("BULWARK_TEST_POSTGRES") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("BULWARK_REQUIRE_POSTGRES").is_some() => {
+            panic!("BULWARK_REQUIRE_POSTGRES is set but BULWARK_TEST_POSTGRES is not: no PostgreSQL to test against")
+        }
+        Err(_) => {
+            eprintln!("BULWARK_TEST_POSTGRES is not set: PostgreSQL variant skipped (.ci/run sets it)");
+            None
+        }
+    }
+}
+
 /// Whether the tests run as root (loop devices and mounts need it).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

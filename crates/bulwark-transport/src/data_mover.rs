@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bulwark_proto::domain::{Failure, MoverStatus};
 use bulwark_proto::pb::data_mover_server::{DataMover, DataMoverServer};
 use bulwark_proto::pb::{mover_frame, AgentFrame, Empty, MoverFrame, Opened};
 use bulwark_proto::pki::{Identity, Role};
@@ -64,8 +65,10 @@ pub struct MoverConfig {
 /// What the data mover did, its last line on stdout.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MoverOutcome {
-    /// `committed` or `failed`.
-    pub status: String,
+    pub status: MoverStatus,
+    /// Failed: whether a retry can help.
+    #[serde(default)]
+    pub failure: Option<Failure>,
     pub error: Option<String>,
     pub manifests: Vec<Manifest>,
     pub received_bytes: u64,
@@ -153,7 +156,8 @@ impl Session {
             (manifests.is_empty() && !restoring).then(|| "the agent committed no restore point".to_string())
         });
         MoverOutcome {
-            status: if error.is_none() { "committed" } else { "failed" }.into(),
+            status: if error.is_none() { MoverStatus::Committed } else { MoverStatus::Failed },
+            failure: error.is_some().then_some(Failure::Transient),
             error,
             manifests,
             received_bytes: self.received.load(Ordering::Relaxed),
@@ -518,8 +522,8 @@ impl DataMover for Service {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoverError {
-    #[error("{0}")]
-    Start(String),
+    #[error("{reason}")]
+    Start { reason: String, failure: Failure },
 }
 
 /// Runs a data mover to its end, reporting on `out`; returns the process's exit code.
@@ -537,8 +541,8 @@ pub fn run(cfg: MoverConfig, out: &mut dyn Write) -> i32 {
     let started = rt.block_on(start(cfg));
     let (session, port) = match started {
         Ok(s) => s,
-        Err(MoverError::Start(e)) => {
-            say(serde_json::json!({ "error": e }));
+        Err(MoverError::Start { reason, failure }) => {
+            say(serde_json::json!({ "error": reason, "failure": failure }));
             return 1;
         }
     };
@@ -551,7 +555,7 @@ pub fn run(cfg: MoverConfig, out: &mut dyn Write) -> i32 {
         }
     });
     let outcome = session.outcome();
-    let code = if outcome.status == "committed" { 0 } else { 1 };
+    let code = if outcome.status == MoverStatus::Committed { 0 } else { 1 };
     say(serde_json::to_value(&outcome).expect("outcome"));
     // Threads still blocked on streams the agent left open are abandoned: the process is done.
     rt.shutdown_background();
@@ -559,15 +563,28 @@ pub fn run(cfg: MoverConfig, out: &mut dyn Write) -> i32 {
 }
 
 async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
-    let e = |what: &str, err: &dyn std::fmt::Display| MoverError::Start(format!("{what}: {err}"));
+    let e = |what: &str, err: &dyn std::fmt::Display| MoverError::Start {
+        reason: format!("{what}: {err}"),
+        failure: Failure::Transient,
+    };
+    // A repository that is not there or will not open with this password stays so: the
+    // server should not retry until an operator acts. The node's own troubles may pass.
+    let repo_err = |what: &str, err: &bulwark_repo::RepoError| MoverError::Start {
+        reason: format!("{what}: {err}"),
+        failure: if err.is_permanent() { Failure::Permanent } else { Failure::Transient },
+    };
     let repo = Repository::open(&cfg.repository, cfg.password.as_deref().map(str::as_bytes))
-        .map_err(|err| e("opening the repository", &err))?;
+        .map_err(|err| repo_err("opening the repository", &err))?;
     // The keys the agent is handed: the repository's, or where computers are isolated its own
     // computer's (a restore: those of the computer whose point it is).
     let mut repo = repo.scoped(&cfg.agent);
-    let identity = Identity::load(&cfg.data_dir)
-        .map_err(|err| e("loading the node identity", &err))?
-        .ok_or_else(|| MoverError::Start(format!("{} holds no node identity", cfg.data_dir.display())))?;
+    let identity =
+        Identity::load(&cfg.data_dir).map_err(|err| e("loading the node identity", &err))?.ok_or_else(|| {
+            MoverError::Start {
+                reason: format!("{} holds no node identity", cfg.data_dir.display()),
+                failure: Failure::Permanent,
+            }
+        })?;
     let tls_id = TlsIdentity::new(&identity).map_err(|err| e("node identity", &err))?;
     let revoked =
         Revocations::persistent(&cfg.data_dir.join("revoked")).map_err(|err| e("reading the revocation list", &err))?;
@@ -580,20 +597,26 @@ async fn start(cfg: MoverConfig) -> Result<(Arc<Session>, u16), MoverError> {
     // A restore reads one point: its index, and the chunks it references, nothing else.
     let (mut readable, mut pieces) = (HashSet::new(), HashSet::new());
     if let Some(id) = &cfg.restore_point {
-        let point: bulwark_repo::RestorePointId = id.parse().map_err(|err: String| e("restore point", &err))?;
-        let m = repo.load_manifest(&point).map_err(|err| e("restore point", &err))?;
+        let point: bulwark_repo::RestorePointId = id.parse().map_err(|err: String| MoverError::Start {
+            reason: format!("restore point: {err}"),
+            failure: Failure::Permanent,
+        })?;
+        let m = repo.load_manifest(&point).map_err(|err| repo_err("restore point", &err))?;
         if repo.isolation() == bulwark_repo::Isolation::Computer && m.key_scope.is_none() {
             // Its keys are the master key, which no agent of an isolated repository gets.
-            return Err(MoverError::Start(format!(
-                "point {id} was written with the repository's own key (a backup made on the repository host): \
-                 restore it there with `bulwark restore --repo`"
-            )));
+            return Err(MoverError::Start {
+                reason: format!(
+                    "point {id} was written with the repository's own key (a backup made on the repository \
+                     host): restore it there with `bulwark restore --repo`"
+                ),
+                failure: Failure::Permanent,
+            });
         }
         repo = repo.for_point(&m);
         repo.for_each_reference(&m, |c| {
             pieces.insert(c);
         })
-        .map_err(|err| e("restore point", &err))?;
+        .map_err(|err| repo_err("restore point", &err))?;
         readable.insert(id.clone());
     }
     let session = Arc::new(Session {

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bulwark_proto::domain::{Failure, MoverStatus};
 use bulwark_proto::pb::transport_server::{Transport, TransportServer};
 use bulwark_proto::pb::{
     Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, RepositoryInfo, RepositoryInit, RetentionReport,
@@ -102,7 +103,8 @@ impl TransportService {
             }
             if rx.changed().await.is_err() {
                 break MoverOutcome {
-                    status: "failed".into(),
+                    status: MoverStatus::Failed,
+                    failure: Some(Failure::Transient),
                     error: Some("data mover vanished".into()),
                     ..Default::default()
                 };
@@ -113,13 +115,18 @@ impl TransportService {
 }
 
 fn report(o: MoverOutcome) -> MoverReport {
-    MoverReport {
-        status: o.status,
+    let mut r = MoverReport {
         error: o.error.unwrap_or_default(),
         manifests_json: o.manifests.iter().map(|m| serde_json::to_string(m).expect("manifest")).collect(),
         received_bytes: o.received_bytes,
         peak_rss_bytes: o.peak_rss_bytes,
+        ..Default::default()
+    };
+    r.set_status(o.status.into());
+    if let Some(f) = o.failure {
+        r.set_failure(f.into());
     }
+    r
 }
 
 #[tonic::async_trait]
@@ -175,7 +182,12 @@ impl Transport for TransportService {
                 } else {
                     let _ = child.wait().await;
                     let e = v.get("error").and_then(|e| e.as_str()).unwrap_or(&line).to_string();
-                    return Err(Status::failed_precondition(format!("data mover for task {}: {e}", cfg.task_id)));
+                    let e = format!("data mover for task {}: {e}", cfg.task_id);
+                    // The code carries whether a retry can help (see the server's task driver).
+                    return Err(match v.get("failure").and_then(|f| f.as_str()) {
+                        Some("permanent") => Status::failed_precondition(e),
+                        _ => Status::unavailable(e),
+                    });
                 }
             }
             _ => {
@@ -192,7 +204,8 @@ impl Transport for TransportService {
             }
             let status = child.wait().await;
             let outcome = last.unwrap_or_else(|| MoverOutcome {
-                status: "failed".into(),
+                status: MoverStatus::Failed,
+                failure: Some(Failure::Transient),
                 error: Some(format!(
                     "the data mover ended without a report ({})",
                     status.map_or_else(|e| e.to_string(), |s| s.to_string())

@@ -95,21 +95,21 @@ fn main() {
             bulwark_imagegen::generate(&img, size << 20, 7).unwrap();
             let spec = |name: &str| {
                 let mut s = volume_spec(&img, name);
-                s.snapshot = "reflink".into();
-                s.cbt = "auto".into();
+                s.set_snapshot(bulwark_proto::domain::SnapshotMode::Reflink.into());
+                s.set_cbt(bulwark_proto::domain::CbtMode::Auto.into());
                 s
             };
             sync();
             let t = Instant::now();
             let f = c.run(c.task("full", &agent, &transport, &r2, spec(&format!("managed-{round}"))));
             full_m = full_m.min(t.elapsed().as_secs_f64());
-            assert_eq!(f.status, "success", "{f:?}");
+            assert_eq!(f.status, bulwark_proto::domain::TaskStatus::Success, "{f:?}");
             bulwark_imagegen::mutate(&img, 2.0, 7, 1).unwrap();
             sync();
             let t = Instant::now();
             let i = c.run(c.task("incr", &agent, &transport, &r2, spec(&format!("managed-{round}"))));
             incr_m = incr_m.min(t.elapsed().as_secs_f64());
-            assert_eq!(i.status, "success", "{i:?}");
+            assert_eq!(i.status, bulwark_proto::domain::TaskStatus::Success, "{i:?}");
             (full, incr) = (Some(f), Some(i));
         }
         let (full, incr) = (full.unwrap(), incr.unwrap());
@@ -156,12 +156,12 @@ fn main() {
         let repo = repos.join("throttled");
         init_repo(&repo);
         let mut spec = volume_spec(&img, "throttled");
-        spec.snapshot = "none".into();
+        spec.set_snapshot(bulwark_proto::domain::SnapshotMode::None.into());
         let mut req = c.task("throttled", &agent, &transport, &repo, spec);
         req.throttle = Throttle { bytes_per_s: rate, ..Default::default() };
         let mut samples: Vec<(Instant, u64)> = Vec::new();
         let out = c.rt.block_on(c.manager.run_task(req, |p| samples.push((Instant::now(), p.sent_bytes))));
-        assert_eq!(out.status, "success", "{out:?}");
+        assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Success, "{out:?}");
         // The rate over the transfer, from the first to the last progress report that moved,
         // and the worst 10-second window.
         let moving: Vec<&(Instant, u64)> = samples.iter().filter(|s| s.1 > 0).collect();

@@ -40,7 +40,7 @@ fn join_run_tasks_and_restore_byte_identical() {
         c.manager
             .run_task(c.task("t1", &agent, &transport, &repo, volume_spec(&img, "web-1-disk")), |p| progress.push(*p)),
     );
-    assert_eq!(out.status, "success", "{out:?}");
+    assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Success, "{out:?}");
     assert_eq!(out.points.len(), 1);
     let full = out.points[0].clone();
     assert_eq!(restore(&repo, full.id.as_str(), c.dir.path()), original);
@@ -51,7 +51,7 @@ fn join_run_tasks_and_restore_byte_identical() {
     assert!(!changed.is_empty());
     let second = std::fs::read(&img).unwrap();
     let out = c.run(c.task("t2", &agent, &transport, &repo, volume_spec(&img, "web-1-disk")));
-    assert_eq!(out.status, "success", "{out:?}");
+    assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Success, "{out:?}");
     let incr = &out.points[0];
     assert_eq!(incr.parent.as_ref(), Some(&full.id));
     assert!(
@@ -73,15 +73,15 @@ fn join_run_tasks_and_restore_byte_identical() {
     assert!(std::process::Command::new("mkfifo").arg(tree.join("pipe")).status().unwrap().success());
     let marker = c.dir.path().join("pre-ran");
     let mut spec = volume_spec(&tree, "web-1-files");
-    spec.kind = "files".into();
+    spec.set_kind(bulwark_proto::domain::TaskKind::Files.into());
     spec.pre_command = format!("touch {}", marker.display());
     spec.post_command = "echo post-step done".into();
     let out = c.run(c.task("t3", &agent, &transport, &repo, spec.clone()));
-    assert_eq!(out.status, "success", "{out:?}");
+    assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Success, "{out:?}");
     // An incremental merges with the previous tree, read piece by piece through the mover.
     std::fs::write(tree.join("etc/hosts"), b"127.0.0.1 localhost web-1\n").unwrap();
     let again = c.run(c.task("t4", &agent, &transport, &repo, spec));
-    assert_eq!(again.status, "success", "{again:?}");
+    assert_eq!(again.status, bulwark_proto::domain::TaskStatus::Success, "{again:?}");
     assert!(again.points[0].parent.is_some(), "{again:?}");
     assert!(marker.exists());
     assert!(out.log.iter().any(|l| l.contains("post-step done")), "{:?}", out.log);
@@ -100,7 +100,7 @@ fn join_run_tasks_and_restore_byte_identical() {
     // A safe restore through the backup manager: the agent gets `safe` and drops the fifo and
     // the set-user-id bit.
     let safe_to = c.dir.path().join("tree-safe");
-    let req = bulwark_server::manager::RestoreRequest {
+    let req = bulwark_server::task_driver::RestoreRequest {
         task_id: "r1".into(),
         agent: agent.node(),
         transport: transport.node(),
@@ -114,7 +114,7 @@ fn join_run_tasks_and_restore_byte_identical() {
         safe: true,
     };
     let r = c.rt.block_on(c.manager.run_restore(req));
-    assert_eq!(r.status, "success", "{r:?}");
+    assert_eq!(r.status, bulwark_proto::domain::TaskStatus::Success, "{r:?}");
     let mode = std::fs::metadata(safe_to.join("etc/tool")).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777, 0o755, "set-user-id cleared");
     assert!(!safe_to.join("pipe").exists(), "no fifo");
@@ -136,12 +136,12 @@ fn cbt_incremental_through_a_data_mover_stores_again_a_lost_chunk() {
     bulwark_imagegen::generate(&img, 48 << 20, 8).unwrap();
     let spec = || {
         let mut s = volume_spec(&img, "db-1-disk");
-        s.snapshot = "reflink".into();
-        s.cbt = "auto".into();
+        s.set_snapshot(bulwark_proto::domain::SnapshotMode::Reflink.into());
+        s.set_cbt(bulwark_proto::domain::CbtMode::Auto.into());
         s
     };
     let full = c.run(c.task("full", &agent, &transport, &repo, spec()));
-    assert_eq!(full.status, "success", "{full:?}");
+    assert_eq!(full.status, bulwark_proto::domain::TaskStatus::Success, "{full:?}");
 
     // Lose one chunk the full point references, then change a few blocks elsewhere.
     let chunks: Vec<PathBuf> = std::fs::read_dir(repo.join("chunks"))
@@ -155,7 +155,7 @@ fn cbt_incremental_through_a_data_mover_stores_again_a_lost_chunk() {
     let image = std::fs::read(&img).unwrap();
 
     let incr = c.run(c.task("incr", &agent, &transport, &repo, spec()));
-    assert_eq!(incr.status, "success", "{incr:?}");
+    assert_eq!(incr.status, bulwark_proto::domain::TaskStatus::Success, "{incr:?}");
     assert_eq!(incr.reports[0]["change_tracking"], true, "{:?}", incr.reports);
     assert!(lost.exists(), "the lost chunk was not stored again");
     assert_eq!(restore(&repo, incr.points[0].id.as_str(), c.dir.path()), image);

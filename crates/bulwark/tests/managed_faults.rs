@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bulwark_proto::pb::Throttle;
 use bulwark_proto::pki::Role;
-use bulwark_server::manager::TaskOutcome;
+use bulwark_server::task_driver::TaskOutcome;
 use bulwark_testkit::MountedFs;
 use cluster::*;
 
@@ -44,8 +44,8 @@ impl Setup {
     /// how the task ended.
     fn interrupted(&self, image: &Path, snapshot: &str, fault: impl FnOnce(&Setup)) -> TaskOutcome {
         let mut spec = volume_spec(image, "vol");
-        spec.snapshot = snapshot.into();
-        spec.cbt = "none".into();
+        spec.set_snapshot(snapshot.parse::<bulwark_proto::domain::SnapshotMode>().unwrap().into());
+        spec.set_cbt(bulwark_proto::domain::CbtMode::None.into());
         let mut req = self.c.task("interrupted", &self.agent, &self.transport, &self.repo, spec);
         req.throttle = Throttle { bytes_per_s: 12 << 20, ..Default::default() };
         let sent = Arc::new(AtomicU64::new(0));
@@ -60,7 +60,7 @@ impl Setup {
             .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(300), task).await })
             .expect("the interrupted task did not end within 5 minutes")
             .unwrap();
-        assert_eq!(out.status, "failed", "{out:?}");
+        assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Failed, "{out:?}");
         assert!(points(&self.repo).is_empty(), "a partial point is visible");
         out
     }
@@ -71,9 +71,9 @@ impl Setup {
         let stored_before = dir_bytes(&self.repo.join("chunks"));
         assert!(stored_before > 4 << 20, "the interrupted run stored {stored_before} bytes");
         let mut spec = volume_spec(image, "vol");
-        spec.snapshot = "none".into();
+        spec.set_snapshot(bulwark_proto::domain::SnapshotMode::None.into());
         let out = self.c.run(self.c.task("rerun", &self.agent, &self.transport, &self.repo, spec));
-        assert_eq!(out.status, "success", "{out:?}");
+        assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Success, "{out:?}");
         let p = &out.points[0];
         assert_eq!(restore(&self.repo, p.id.as_str(), self.c.dir.path()), std::fs::read(image).unwrap());
         let all = dir_bytes(&self.repo.join("chunks"));
@@ -202,9 +202,9 @@ fn repository_filesystem_full() {
     let img = s.c.dir.path().join("random.img");
     std::fs::write(&img, bulwark_testkit::random_bytes(64 << 20, 3)).unwrap();
     let mut spec = volume_spec(&img, "vol");
-    spec.snapshot = "none".into();
+    spec.set_snapshot(bulwark_proto::domain::SnapshotMode::None.into());
     let out = s.c.run(s.c.task("full", &s.agent, &s.transport, &s.repo, spec));
-    assert_eq!(out.status, "failed", "{out:?}");
+    assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Failed, "{out:?}");
     let err = out.error.unwrap();
     assert!(err.contains("No space left on device"), "{err}");
     assert!(points(&s.repo).is_empty());

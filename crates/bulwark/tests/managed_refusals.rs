@@ -202,7 +202,7 @@ fn refused_peers_tickets_and_frames_leave_the_repository_untouched() {
     assert!(e.contains("already used by another connection"), "{e}");
     drop(first);
     let report = stop_mover(&c, &transport, &m);
-    assert_eq!(report.status, "failed");
+    assert_eq!(report.status(), bulwark_proto::pb::MoverStatus::Failed);
 
     // Malformed frames end the session with the reason, before anything is written.
     let m = start_mover(&c, &transport, &repo, "a1");
@@ -218,7 +218,7 @@ fn refused_peers_tickets_and_frames_leave_the_repository_untouched() {
         let r = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: m.mover_id.clone() };
         t.wait_mover(r).await.unwrap().into_inner()
     });
-    assert_eq!(report.status, "failed");
+    assert_eq!(report.status(), bulwark_proto::pb::MoverStatus::Failed);
     assert!(report.error.contains("32-byte chunk ids"), "{}", report.error);
     log_has("put: 5 bytes is not a whole number");
 
@@ -234,7 +234,7 @@ fn refused_peers_tickets_and_frames_leave_the_repository_untouched() {
     // Only the server may call an agent or a transport service.
     let other_tls = TlsIdentity::new(&other).unwrap();
     let cfg = tls::client_config(Some(&other_tls), None, &Revocations::default()).unwrap();
-    let intruder = bulwark_server::manager::Manager::new(Arc::clone(&cfg));
+    let intruder = bulwark_server::task_driver::Manager::new(Arc::clone(&cfg));
     let e = c.rt.block_on(intruder.inventory(&agent.node())).unwrap_err().to_string();
     assert!(e.contains("may not"), "{e}");
     wait_for(5, "agent log", || agent.log_text().contains("refused read the inventory from agent b2"));
@@ -295,15 +295,20 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     let frame = |f: agent_frame::Frame| AgentFrame { frame: Some(f) };
 
     let m = start(vec!["a1-disk".into()]);
-    let answers =
-        raw(&c, &m, "t1", &a1, vec![open(&m.ticket, 1), frame(agent_frame::Frame::Latest("web-2-disk".into()))])
-            .unwrap();
+    let answers = raw(
+        &c,
+        &m,
+        "t1",
+        &a1,
+        vec![open(&m.ticket, bulwark_proto::PROTOCOL), frame(agent_frame::Frame::Latest("web-2-disk".into()))],
+    )
+    .unwrap();
     assert!(answers.iter().any(|a| a.contains("\"web-2-disk\" is not one of task sneaky's")), "{answers:?}");
 
     let m = start(vec!["a1-disk".into()]);
     let spec = a1_disk();
     let frames = vec![
-        open(&m.ticket, 1),
+        open(&m.ticket, bulwark_proto::PROTOCOL),
         frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
         frame(agent_frame::Frame::Put(Put { id: id.0.to_vec(), data: b"forged replacement bytes!".to_vec() })),
         frame(agent_frame::Frame::Flush(Default::default())),
@@ -323,7 +328,7 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     let forged = codec.encode(&target, &vec![0xa5_u8; 64 << 10]);
     let m = start(vec!["a1-disk".into()]);
     let frames = vec![
-        open(&m.ticket, 1),
+        open(&m.ticket, bulwark_proto::PROTOCOL),
         frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
         frame(agent_frame::Frame::Put(Put { id: target.0.to_vec(), data: forged })),
         frame(agent_frame::Frame::Flush(Default::default())),
@@ -339,14 +344,14 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
         let r = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: m.mover_id.clone() };
         t.wait_mover(r).await.unwrap().into_inner()
     });
-    assert_eq!(report.status, "failed");
+    assert_eq!(report.status(), bulwark_proto::pb::MoverStatus::Failed);
     assert!(report.error.contains(&format!("chunk {target} sent by agent a1")), "{}", report.error);
     assert!(!repo.storage().exists(&target.key()).unwrap(), "the forged chunk was stored");
     // Nor does a commit right behind the forged upload (one stream, no flush) make a point of it.
     let m = start(vec!["a1-disk".into()]);
     let stats = serde_json::to_string(&bulwark_repo::PointStats::default()).unwrap();
     let frames = vec![
-        open(&m.ticket, 1),
+        open(&m.ticket, bulwark_proto::PROTOCOL),
         frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
         frame(agent_frame::Frame::Put(Put { id: target.0.to_vec(), data: codec.encode(&target, &[0xa5; 64 << 10]) })),
         frame(agent_frame::Frame::Blocks(target.0.to_vec())),
@@ -360,7 +365,7 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     // An honest upload of the same name is stored and reads back as the victim's block.
     let m = start(vec!["a1-disk".into()]);
     let frames = vec![
-        open(&m.ticket, 1),
+        open(&m.ticket, bulwark_proto::PROTOCOL),
         frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
         frame(agent_frame::Frame::Put(Put { id: target.0.to_vec(), data: codec.encode(&target, &victims_block) })),
         frame(agent_frame::Frame::Flush(Default::default())),
@@ -420,7 +425,7 @@ fn an_agent_learns_nothing_of_other_computers_in_an_isolated_repository() {
             bulwark_repo::ChunkCodec::new(bulwark_repo::crypto::Keys::from_master(&handed), Default::default());
         let guessed = guess.digest(&secret_block);
         let frames = vec![
-            open(&m.ticket, 1),
+            open(&m.ticket, bulwark_proto::PROTOCOL),
             frame(agent_frame::Frame::Begin(serde_json::to_string(&spec).unwrap())),
             frame(agent_frame::Frame::Query(bulwark_proto::pb::Query { ids: guessed.0.to_vec() })),
             frame(agent_frame::Frame::Flush(Default::default())),

@@ -68,6 +68,22 @@ fn end_to_end(db: Option<&str>) {
     assert_eq!(tasks.len(), 3);
     assert!(max_concurrent(&session) <= 2, "the repository's maximum was exceeded: {session:#}");
 
+    // A failure no retry can help (a source the computer does not have) is not retried: the
+    // session ends after one attempt and says why.
+    let missing = ["job", "create", "missing", "--computer", "pc-0", "--repository", "main"];
+    let nowhere = ["--source", "/nonexistent/disk.img", "--snapshot", "none", "--tries", "3"];
+    cli(&server, &[&missing[..], &nowhere, &["--retry-delay-minutes", "0"]].concat()).unwrap();
+    assert!(cli(&server, &["job", "start", "missing", "--wait"]).is_err(), "a failed session exits non-zero");
+    let s = &cli(&server, &["session", "list", "--job", "missing"]).unwrap()[0];
+    let s = cli(&server, &["session", "show", s["id"].as_str().unwrap()]).unwrap();
+    assert_eq!(s["status"], "failed", "{s:#}");
+    let t = s["tasks"].as_array().unwrap();
+    assert_eq!(t.len(), 1, "retried although it cannot succeed: {s:#}");
+    assert_eq!(t[0]["failure"], "permanent", "{s:#}");
+    let error = t[0]["error"].as_str().unwrap();
+    assert!(error.contains("/nonexistent/disk.img") && error.contains("not retried"), "{error}");
+    cli(&server, &["job", "delete", "missing"]).unwrap();
+
     let points = cli(&server, &["point", "list"]).unwrap();
     assert_eq!(points.as_array().unwrap().len(), 3, "{points:#}");
     for (i, disk) in disks.iter().enumerate() {
@@ -119,6 +135,30 @@ fn end_to_end(db: Option<&str>) {
     let create = ["repository", "create", "second", "--transport", "store-1", "--path", second.to_str().unwrap()];
     cli(&server, &create).unwrap();
 
+    // A restore takes a slot like a backup: onto a computer busy with a backup, it waits until
+    // the backup has ended.
+    let busy = ["job", "create", "busy", "--computer", "pc-2", "--repository", "second", "--source", at_s];
+    cli(&server, &[&busy[..], &["--snapshot", "none", "--throttle-mbps", "4"]].concat()).unwrap();
+    let backup = cli(&server, &["job", "start", "busy"]).unwrap()["id"].as_str().unwrap().to_string();
+    wait_for(30, "the backup to run", || {
+        cli(&server, &["session", "show", &backup]).unwrap()["tasks"][0]["status"] == "running"
+    });
+    let after = dir.path().join("after-backup.img");
+    // Retention kept pc-1's newest point only.
+    let pc1 = latest_point(&server, "pc-1");
+    let r = cli(&server, &["restore", &pc1, "--to", after.to_str().unwrap(), "--computer", "pc-2"]).unwrap();
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(std::fs::read(&after).unwrap(), std::fs::read(&disks[1]).unwrap());
+    let time = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let b = cli(&server, &["session", "show", &backup]).unwrap();
+    assert_eq!(b["status"], "success", "{b:#}");
+    let restore_session = cli(&server, &["session", "show", r["session"].as_str().unwrap()]).unwrap();
+    assert_eq!(restore_session["kind"], "restore", "{restore_session:#}");
+    assert!(
+        time(&restore_session["tasks"][0]["started"]) >= time(&b["tasks"][0]["ended"]),
+        "the restore ran while the computer's backup did: {b:#} {restore_session:#}"
+    );
+
     // A server killed in the middle of a session: on restart, the task it left running is
     // cancelled on its agent and retried; the session ends, nothing is left running.
     let slow = ["job", "create", "slow", "--computer", "pc-0", "--repository", "second", "--source", at_s];
@@ -166,20 +206,8 @@ fn server_on_sqlite_runs_a_job_for_three_computers() {
 
 #[test]
 fn server_on_postgres_runs_a_job_for_three_computers() {
-    let Ok(admin) = std::env::var("BULWARK_TEST_POSTGRES") else {
-        eprintln!("BULWARK_TEST_POSTGRES is not set: PostgreSQL variant skipped (.ci/run sets it)");
-        return;
-    };
-    let name = format!("bulwark_test_{}", std::process::id());
-    let psql = |sql: &str| {
-        let st = Command::new("psql").arg(&admin).args(["-q", "-c", sql]).status().unwrap();
-        assert!(st.success(), "psql {sql}");
-    };
-    psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    psql(&format!("CREATE DATABASE {name}"));
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    end_to_end(Some(&url));
-    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    let Some(db) = cluster::server::PostgresDb::create("test") else { return };
+    end_to_end(Some(&db.url));
 }
 
 /// Bad API input: unknown fields, wrong types, absurd values, unknown names, malformed JSON,

@@ -7,42 +7,8 @@
 
 pub mod extents;
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::Serialize;
-
-/// The operator's choice (`--cbt`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CbtMode {
-    #[default]
-    Auto,
-    Extents,
-    None,
-}
-
-impl FromStr for CbtMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(CbtMode::Auto),
-            "extents" => Ok(CbtMode::Extents),
-            "none" => Ok(CbtMode::None),
-            _ => Err(format!("unknown change tracking {s:?}; choose auto, extents or none")),
-        }
-    }
-}
-
-impl fmt::Display for CbtMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CbtMode::Auto => "auto",
-            CbtMode::Extents => "extents",
-            CbtMode::None => "none",
-        })
-    }
-}
+/// The operator's choice (`--cbt`), one of the job model's shared words.
+pub use bulwark_proto::domain::CbtMode;
 
 /// One bit per block: set = may have changed (must be read).
 #[derive(Debug, Clone, PartialEq, Eq)]

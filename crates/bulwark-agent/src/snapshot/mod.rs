@@ -9,9 +9,7 @@ mod btrfs;
 mod lvm;
 pub(crate) mod reflink;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -97,43 +95,8 @@ pub trait SnapshotProvider: Send + Sync {
     fn remove_stale(&self, source: &Path) -> Vec<String>;
 }
 
-/// The operator's choice (`--snapshot`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SnapshotMode {
-    #[default]
-    Auto,
-    Reflink,
-    Btrfs,
-    Lvm,
-    None,
-}
-
-impl FromStr for SnapshotMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => SnapshotMode::Auto,
-            "reflink" => SnapshotMode::Reflink,
-            "btrfs" => SnapshotMode::Btrfs,
-            "lvm" => SnapshotMode::Lvm,
-            "none" => SnapshotMode::None,
-            _ => return Err(format!("unknown snapshot mode {s:?}; choose auto, reflink, btrfs, lvm or none")),
-        })
-    }
-}
-
-impl fmt::Display for SnapshotMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SnapshotMode::Auto => "auto",
-            SnapshotMode::Reflink => "reflink",
-            SnapshotMode::Btrfs => "btrfs",
-            SnapshotMode::Lvm => "lvm",
-            SnapshotMode::None => "none",
-        })
-    }
-}
+/// The operator's choice (`--snapshot`), one of the job model's shared words.
+pub use bulwark_proto::domain::SnapshotMode;
 
 /// Reads the live source: no snapshot at all.
 pub struct NoSnapshot;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bulwark_proto::pb::{Source, TaskSpec, Throttle};
 use bulwark_proto::pki::{Ca, Identity, JoinToken, Role};
 use bulwark_proto::tls::{self, Revocations, TlsIdentity, SERVER_NODE};
-use bulwark_server::manager::{Manager, NodeAddress, TaskOutcome, TaskRequest};
 use bulwark_server::registration::{MemoryNodes, Registrar};
+use bulwark_server::task_driver::{Manager, NodeAddress, TaskOutcome, TaskRequest};
 
 /// The `bulwark` program: the one cargo built for these tests, or `BULWARK_EXE` (benchmarks).
 pub fn bulwark_exe() -> String {
@@ -155,9 +155,9 @@ impl Cluster {
 /// A volume task over one image file.
 pub fn volume_spec(image: &Path, name: &str) -> TaskSpec {
     TaskSpec {
-        kind: "volume".into(),
+        kind: bulwark_proto::pb::TaskKind::Volume as i32,
         sources: vec![Source { path: image.display().to_string(), name: name.into() }],
-        snapshot: "none".into(),
+        snapshot: bulwark_proto::pb::SnapshotMode::None as i32,
         filters: true,
         streams: 2,
         ..Default::default()

@@ -199,10 +199,7 @@ pub struct PostgresDb {
 
 impl PostgresDb {
     pub fn create(tag: &str) -> Option<PostgresDb> {
-        let Ok(admin) = std::env::var("BULWARK_TEST_POSTGRES") else {
-            eprintln!("BULWARK_TEST_POSTGRES is not set: PostgreSQL variant skipped (.ci/run sets it)");
-            return None;
-        };
+        let admin = bulwark_testkit::postgres_admin_url()?;
         let name = format!("bulwark_{tag}_{}", std::process::id());
         let db = PostgresDb { url: format!("{}/{name}", admin.rsplit_once('/').unwrap().0), admin, name };
         db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name));

@@ -1,13 +1,16 @@
-//! The backup manager's task driver: steps 4 to 8 of a task. It asks the transport service for
-//! a data mover, hands the agent its task with the mover's address and ticket, follows the
-//! agent's progress, and takes the data mover's word for what was committed.
+//! The task driver: steps 4 to 8 of a task, one way for backups and restores. It asks the
+//! transport service for a data mover, hands the agent its work with the mover's address and
+//! ticket, follows the agent's progress, and takes the data mover's word for what was committed.
+//! Every failure says whether a retry can help.
 
 use std::sync::Arc;
 
+use bulwark_proto::domain::{Failure, TaskStatus};
 use bulwark_proto::pb::agent_client::AgentClient;
 use bulwark_proto::pb::transport_client::TransportClient;
 use bulwark_proto::pb::{
-    task_event, InventoryRequest, MoverAddress, MoverRef, MoverSpec, Progress, Revocations, TaskRef, TaskSpec, Throttle,
+    self, task_event, InventoryRequest, MoverAddress, MoverRef, MoverSpec, Progress, Revocations, TaskRef, TaskSpec,
+    Throttle,
 };
 use bulwark_proto::pki::{identity_name, Role};
 use bulwark_proto::tls;
@@ -55,12 +58,13 @@ pub struct RestoreRequest {
 }
 
 /// How a task ended.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TaskOutcome {
     pub task_id: String,
-    /// success, warning, failed or cancelled.
-    pub status: String,
+    pub status: TaskStatus,
     pub error: Option<String>,
+    /// Failed: whether a retry can help.
+    pub failure: Option<Failure>,
     /// The restore points the data mover committed.
     pub points: Vec<Manifest>,
     /// The agent's report per source.
@@ -71,19 +75,42 @@ pub struct TaskOutcome {
     pub mover_peak_rss_bytes: u64,
 }
 
+impl Default for TaskOutcome {
+    fn default() -> Self {
+        TaskOutcome {
+            task_id: String::new(),
+            status: TaskStatus::Failed,
+            error: None,
+            failure: None,
+            points: Vec::new(),
+            reports: Vec::new(),
+            log: Vec::new(),
+            received_bytes: 0,
+            mover_peak_rss_bytes: 0,
+        }
+    }
+}
+
+/// The agent's last word on a task.
+struct Finish {
+    status: TaskStatus,
+    error: String,
+    failure: Option<Failure>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("{node}: {reason}")]
     Node { node: String, reason: String },
 }
 
-/// Follows an agent's task events to the outcome it reports: (status, error).
+/// Follows an agent's task events to the outcome it reports.
 async fn follow(
     agent: &str,
     mut events: tonic::Streaming<bulwark_proto::pb::TaskEvent>,
     out: &mut TaskOutcome,
     mut progress: impl FnMut(&Progress),
-) -> Result<(String, String), String> {
+) -> Result<Finish, (String, Failure)> {
     loop {
         match events.message().await {
             Ok(Some(e)) => match e.event {
@@ -92,11 +119,16 @@ async fn follow(
                 Some(task_event::Event::SourceDone(d)) => {
                     out.reports.push(serde_json::from_str(&d.report_json).unwrap_or_default())
                 }
-                Some(task_event::Event::Finished(f)) => return Ok((f.status, f.error)),
+                Some(task_event::Event::Finished(f)) => {
+                    let status = TaskStatus::try_from(f.status())
+                        .map_err(|e| (format!("agent {agent} reported no outcome: {e}"), Failure::Transient))?;
+                    let failure = Failure::try_from(f.failure()).ok();
+                    return Ok(Finish { status, error: f.error, failure });
+                }
                 None => {}
             },
-            Ok(None) => return Err(format!("agent {agent} ended the task without an outcome")),
-            Err(s) => return Err(format!("lost contact with agent {agent}: {}", s.message())),
+            Ok(None) => return Err((format!("agent {agent} ended the task without an outcome"), Failure::Transient)),
+            Err(s) => return Err((format!("lost contact with agent {agent}: {}", s.message()), Failure::Transient)),
         }
     }
 }
@@ -169,15 +201,7 @@ impl Manager {
     /// Runs a restore to its end: a data mover serving only that point, and the agent
     /// restoring from it.
     pub async fn run_restore(&self, req: RestoreRequest) -> TaskOutcome {
-        let mut out = TaskOutcome { task_id: req.task_id.clone(), status: "failed".into(), ..Default::default() };
-        let mut transport = match self.transport(&req.transport).await {
-            Ok(t) => t,
-            Err(e) => {
-                out.error = Some(e.to_string());
-                return out;
-            }
-        };
-        let spec = MoverSpec {
+        let mover = MoverSpec {
             protocol: bulwark_proto::PROTOCOL,
             task_id: req.task_id.clone(),
             repository: req.repository.clone(),
@@ -189,14 +213,6 @@ impl Manager {
             restore_point: req.point.clone(),
             ..Default::default()
         };
-        let started = match transport.start_mover(spec).await {
-            Ok(s) => s.into_inner(),
-            Err(s) => {
-                out.error = Some(format!("transport {}: {}", req.transport.name, s.message()));
-                return out;
-            }
-        };
-        let mover = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: started.mover_id.clone() };
         let restore = bulwark_proto::pb::RestoreSpec {
             protocol: bulwark_proto::PROTOCOL,
             task_id: req.task_id.clone(),
@@ -205,50 +221,15 @@ impl Manager {
             overwrite: req.overwrite,
             paths: req.paths.clone(),
             safe: req.safe,
-            mover: Some(MoverAddress {
-                address: started.address,
-                node: req.transport.name.clone(),
-                ticket: started.ticket,
-            }),
+            mover: None,
             streams: 4,
         };
-        let result = async {
-            let mut agent = self.agent(&req.agent).await.map_err(|e| e.to_string())?;
-            let events = agent
-                .run_restore(restore)
-                .await
-                .map_err(|s| format!("agent {}: {}", req.agent.name, s.message()))?
-                .into_inner();
-            follow(&req.agent.name, events, &mut out, |_| {}).await
-        }
-        .await;
-        // The agent is done with the data mover either way; it ends when the agent hangs up.
-        let _ = transport.stop_mover(mover).await;
-        match result {
-            Ok((status, error)) => {
-                out.status = status;
-                out.error = (!error.is_empty()).then_some(error);
-            }
-            Err(e) => out.error = Some(e),
-        }
-        out
+        self.drive(&req.task_id, &req.agent, &req.transport, mover, Work::Restore(restore), |_| {}).await
     }
 
-    /// Runs a task to its end. `progress` sees the agent's reports as they come. Whatever
-    /// happens, the outcome says so: this never leaves a data mover running.
-    pub async fn run_task(&self, req: TaskRequest, mut progress: impl FnMut(&Progress)) -> TaskOutcome {
-        let mut out = TaskOutcome { task_id: req.task_id.clone(), status: "failed".into(), ..Default::default() };
-        let fail = |mut out: TaskOutcome, e: String| {
-            warn!("task {}: {e}", out.task_id);
-            out.error = Some(e);
-            out.status = "failed".into();
-            out
-        };
-        let mut transport = match self.transport(&req.transport).await {
-            Ok(t) => t,
-            Err(e) => return fail(out, e.to_string()),
-        };
-        let mover_spec = MoverSpec {
+    /// Runs a backup task to its end. `progress` sees the agent's reports as they come.
+    pub async fn run_task(&self, req: TaskRequest, progress: impl FnMut(&Progress)) -> TaskOutcome {
+        let mover = MoverSpec {
             protocol: bulwark_proto::PROTOCOL,
             task_id: req.task_id.clone(),
             repository: req.repository.clone(),
@@ -260,39 +241,78 @@ impl Manager {
             names: req.spec.sources.iter().map(|s| s.name.clone()).collect(),
             restore_point: String::new(),
         };
-        let started = match transport.start_mover(mover_spec).await {
-            Ok(s) => s.into_inner(),
-            Err(s) => return fail(out, format!("transport {}: {}", req.transport.name, s.message())),
-        };
-        info!("task {}: data mover {} at {}", req.task_id, started.mover_id, started.address);
-        let mover = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: started.mover_id.clone() };
         let mut spec = req.spec.clone();
         spec.protocol = bulwark_proto::PROTOCOL;
         spec.task_id = req.task_id.clone();
-        spec.mover = Some(MoverAddress {
+        self.drive(&req.task_id, &req.agent, &req.transport, mover, Work::Backup(spec), progress).await
+    }
+
+    /// Steps 4 to 8 of a task, backups and restores alike: a data mover from the transport
+    /// service, the agent's work against it, the agent's events followed to its outcome, and the
+    /// data mover's word on what was committed. Whatever happens, the outcome says so: this
+    /// never leaves a data mover running.
+    async fn drive(
+        &self,
+        task_id: &str,
+        agent_node: &NodeAddress,
+        transport_node: &NodeAddress,
+        mover_spec: MoverSpec,
+        mut work: Work,
+        mut progress: impl FnMut(&Progress),
+    ) -> TaskOutcome {
+        let mut out = TaskOutcome { task_id: task_id.to_string(), ..Default::default() };
+        let fail = |mut out: TaskOutcome, e: String, failure: Failure| {
+            warn!("task {}: {e}", out.task_id);
+            out.error = Some(e);
+            out.status = TaskStatus::Failed;
+            out.failure = Some(failure);
+            out
+        };
+        let mut transport = match self.transport(transport_node).await {
+            Ok(t) => t,
+            Err(e) => return fail(out, e.to_string(), Failure::Transient),
+        };
+        let started = match transport.start_mover(mover_spec).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return fail(out, format!("transport {}: {}", transport_node.name, s.message()), failure_of(&s)),
+        };
+        info!("task {task_id}: data mover {} at {}", started.mover_id, started.address);
+        let mover = MoverRef { protocol: bulwark_proto::PROTOCOL, mover_id: started.mover_id.clone() };
+        let address = MoverAddress {
             address: started.address.clone(),
-            node: req.transport.name.clone(),
-            ticket: started.ticket.clone(),
-        });
+            node: transport_node.name.clone(),
+            ticket: started.ticket,
+        };
+        let restoring = matches!(work, Work::Restore(_));
         let agent_result = async {
-            let mut agent = self.agent(&req.agent).await.map_err(|e| e.to_string())?;
-            let events = agent
-                .run_task(spec)
-                .await
-                .map_err(|s| format!("agent {}: {}", req.agent.name, s.message()))?
-                .into_inner();
-            follow(&req.agent.name, events, &mut out, &mut progress).await
+            let mut agent = self.agent(agent_node).await.map_err(|e| (e.to_string(), Failure::Transient))?;
+            let rpc_err = |s: tonic::Status| (format!("agent {}: {}", agent_node.name, s.message()), failure_of(&s));
+            let events = match &mut work {
+                Work::Backup(spec) => {
+                    spec.mover = Some(address);
+                    agent.run_task(spec.clone()).await.map_err(rpc_err)?.into_inner()
+                }
+                Work::Restore(spec) => {
+                    spec.mover = Some(address);
+                    agent.run_restore(spec.clone()).await.map_err(rpc_err)?.into_inner()
+                }
+            };
+            follow(&agent_node.name, events, &mut out, &mut progress).await
         }
         .await;
-        // The agent is done (or gone): the data mover ends by itself once the agent's streams
-        // close, unless the agent never connected; then it is stopped.
-        let finished_cleanly = matches!(&agent_result, Ok((s, _)) if s != "failed" && s != "cancelled");
-        let report =
-            if finished_cleanly { transport.wait_mover(mover).await } else { transport.stop_mover(mover).await };
+        // The agent is done (or gone): a backup's data mover ends by itself once the agent's
+        // streams close and says what it committed; otherwise (a failed backup, any restore,
+        // an agent that never connected) it is stopped.
+        let finished_cleanly = matches!(&agent_result, Ok(f) if f.status.succeeded());
+        let report = if finished_cleanly && !restoring {
+            transport.wait_mover(mover).await
+        } else {
+            transport.stop_mover(mover).await
+        };
         let report = match report {
             Ok(r) => Some(r.into_inner()),
             Err(s) => {
-                out.log.push(format!("transport {}: {}", req.transport.name, s.message()));
+                out.log.push(format!("transport {}: {}", transport_node.name, s.message()));
                 None
             }
         };
@@ -302,21 +322,54 @@ impl Manager {
             out.points = r.manifests_json.iter().filter_map(|m| serde_json::from_str(m).ok()).collect();
         }
         match agent_result {
-            Err(e) => fail(out, e),
-            Ok((status, error)) if status == "failed" || status == "cancelled" => {
-                out.status = status;
-                out.error = Some(error);
+            Err((e, failure)) => fail(out, e, failure),
+            Ok(f) if !f.status.succeeded() => {
+                out.status = f.status;
+                out.error = Some(f.error);
+                out.failure = f.failure;
                 out
             }
-            Ok((status, error)) => match report {
-                None => fail(out, format!("lost contact with transport {}", req.transport.name)),
-                Some(r) if r.status != "committed" => fail(out, format!("data mover: {}", r.error)),
+            Ok(f) if restoring => {
+                out.status = f.status;
+                out.error = (!f.error.is_empty()).then_some(f.error);
+                out
+            }
+            Ok(f) => match report {
+                None => fail(out, format!("lost contact with transport {}", transport_node.name), Failure::Transient),
+                Some(r) if r.status() != pb::MoverStatus::Committed => {
+                    let failure = Failure::try_from(r.failure()).unwrap_or(Failure::Transient);
+                    fail(out, format!("data mover: {}", r.error), failure)
+                }
                 Some(_) => {
-                    out.status = status;
-                    out.error = (!error.is_empty()).then_some(error);
+                    out.status = f.status;
+                    out.error = (!f.error.is_empty()).then_some(f.error);
                     out
                 }
             },
         }
+    }
+}
+
+/// What the agent does with a data mover.
+enum Work {
+    Backup(TaskSpec),
+    Restore(bulwark_proto::pb::RestoreSpec),
+}
+
+/// Whether a refused call can succeed later, from its code: the peers answer a request that
+/// cannot be honoured as it stands (a source or setting the agent refuses, a repository that
+/// will not open) with a code of that kind, and a busy or failing node with one that may pass.
+pub fn failure_of(s: &tonic::Status) -> Failure {
+    use tonic::Code;
+    match s.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Unauthenticated => Failure::Permanent,
+        _ => Failure::Transient,
     }
 }
