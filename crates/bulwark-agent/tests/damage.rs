@@ -84,9 +84,11 @@ fn flipped_byte_in_a_chunk_is_named_and_not_restored() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&chunk, bytes).unwrap();
+    // Restored before verify moves the damaged copy aside (after it, the chunk reads as missing).
+    restore_fails_and_leaves_nothing(&repo, dir.path(), &bad, Damage::Altered);
     // Where the flip lands decides which check catches it first; each names the chunk.
     damaged_point_is_named(&repo, &bad, &good, &["digest mismatch", "cannot decompress", "not a chunk"]);
-    restore_fails_and_leaves_nothing(&repo, dir.path(), &bad, Damage::Altered);
+    restore_fails_and_leaves_nothing(&repo, dir.path(), &bad, Damage::Missing);
 }
 
 #[test]

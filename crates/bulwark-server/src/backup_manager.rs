@@ -138,6 +138,11 @@ impl BackupManager {
             Ok(None) => Err(Refused(format!("task {id} vanished from the config database"), Failure::Transient)),
             Err(e) => Err(Refused(format!("reading the task: {e}"), Failure::Transient)),
         };
+        // The session to settle once the task's end is recorded, however far the task got.
+        let session = match &context {
+            Ok(c) => Some(c.session.clone()),
+            Err(_) => store::task(&self.db, &id).await.ok().flatten().map(|t| t.session),
+        };
         let outcome = match &context {
             Ok(c) => match self.drive(c).await {
                 Ok(o) => o,
@@ -188,8 +193,8 @@ impl BackupManager {
             }
         }
         self.progress.lock().expect("lock").remove(&id);
-        if let Ok(c) = &context {
-            self.settle_session(&c.session).await;
+        if let Some(session) = session {
+            self.settle_session(&session).await;
         }
         self.wake.notify_one();
     }
@@ -203,6 +208,7 @@ impl BackupManager {
             return Ok(());
         }
         let access = c.access.as_ref().ok_or("the repository is gone")?;
+        let password = access.password.clone()?;
         let node = NodeAddress {
             name: access.transport.clone(),
             address: access.transport_address.clone().ok_or("its transport node is gone")?,
@@ -210,7 +216,7 @@ impl BackupManager {
         let req = bulwark_proto::pb::RetentionRequest {
             protocol: bulwark_proto::PROTOCOL,
             path: access.path.clone(),
-            password: access.password.clone().unwrap_or_default(),
+            password: password.unwrap_or_default(),
             // Every chain of this job on this computer: also those of sources the job no longer
             // names and the disks of an entire computer (which the job's sources do not list).
             names: store::chain_names(&self.db, &job.name, &c.computer, &c.repository)
@@ -240,6 +246,7 @@ impl BackupManager {
                 .ok_or_else(|| permanent(format!("computer {} has not joined or was removed", c.computer)))?,
         };
         let access = c.access.as_ref().ok_or_else(|| permanent(format!("repository {} is gone", c.repository)))?;
+        let password = access.password.clone().map_err(permanent)?;
         let transport = NodeAddress {
             name: access.transport.clone(),
             address: access
@@ -255,7 +262,7 @@ impl BackupManager {
                 agent,
                 transport,
                 repository: access.path.clone(),
-                password: access.password.clone(),
+                password: password.clone(),
                 point: order.point.clone(),
                 name: order.name.clone(),
                 target: order.target.clone(),
@@ -278,7 +285,11 @@ impl BackupManager {
         } else {
             job.sources.clone()
         };
-        let db_err = |e: crate::db::DbError| Refused(e.to_string(), Failure::Transient);
+        // A secret sealed under another key stays so; the database may come back.
+        let db_err = |e: crate::db::DbError| match e {
+            crate::db::DbError::Secret(_) => Refused(e.to_string(), Failure::Permanent),
+            _ => Refused(e.to_string(), Failure::Transient),
+        };
         let mut chained = Vec::with_capacity(sources.len());
         for path in sources {
             match store::chain_for(&self.db, &job.name, &c.computer, &path, &c.repository).await.map_err(db_err)? {
@@ -326,7 +337,7 @@ impl BackupManager {
             agent,
             transport,
             repository: access.path.clone(),
-            password: access.password.clone(),
+            password,
             throttle: Throttle { bytes_per_s: job.throttle_mbps.unwrap_or(0) * 1_000_000, ..Default::default() },
             spec,
         };

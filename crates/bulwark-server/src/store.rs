@@ -1244,7 +1244,9 @@ pub struct RepositoryAccess {
     /// The transport node's address; `None` if it has gone.
     pub transport_address: Option<String>,
     pub path: String,
-    pub password: Option<String>,
+    /// Unsealed: the password (`None`: unencrypted), or why it cannot be unsealed (a database
+    /// moved without the server's secret key): the task fails for that reason, not the read.
+    pub password: std::result::Result<Option<String>, String>,
 }
 
 /// Everything the task driver needs of a granted task, read at once.
@@ -1281,18 +1283,16 @@ pub async fn task_context(db: &Db, id: &str) -> Result<Option<TaskContext>> {
     .await?;
     let Some(r) = row else { return Ok(None) };
     let repository = text(&r, "repository");
-    let access = match opt_text(&r, "path") {
-        Some(path) => Some(RepositoryAccess {
-            transport: text(&r, "transport"),
-            transport_address: opt_text(&r, "transport_address"),
-            path,
-            password: match opt_text(&r, "password") {
-                Some(sealed) => Some(db.secrets.open(&password_row(&repository), &sealed)?),
-                None => None,
-            },
-        }),
-        None => None,
-    };
+    let access = opt_text(&r, "path").map(|path| RepositoryAccess {
+        transport: text(&r, "transport"),
+        transport_address: opt_text(&r, "transport_address"),
+        path,
+        password: match opt_text(&r, "password") {
+            Some(sealed) => db.secrets.open(&password_row(&repository), &sealed).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        },
+    });
+
     let revoked = r.try_get::<Option<i64>, _>("agent_revoked").ok().flatten().unwrap_or(0) != 0;
     Ok(Some(TaskContext {
         id: text(&r, "id"),
