@@ -14,13 +14,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use serde::Serialize;
-use serde_json::Value;
 use tracing::{info, warn};
 
 use bulwark_repo::verify::{DamagedRange, PointHealth, VerifyReport};
 
 use crate::backup_manager::BackupManager;
-use crate::db::{now, opt_text, text, DbError};
+use crate::db::{now, DbError};
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -229,22 +228,8 @@ async fn run(core: &BackupManager, repository: &str) -> Result<HealthCheck, Heal
     let found: HashMap<&str, &PointHealth> =
         report.points.iter().filter(|p| held.contains(p.point.as_str())).map(|p| (p.point.as_str(), p)).collect();
 
-    let rows = sqlx::query(
-        "SELECT id, computer, name, created, manifest, health FROM points WHERE repository = $1 ORDER BY created",
-    )
-    .bind(repository)
-    .fetch_all(&core.db.pool)
-    .await
-    .map_err(DbError::from)?;
-    let owners: HashMap<String, String> =
-        sqlx::query("SELECT name, job FROM chains WHERE repository = $1 AND job <> ''")
-            .bind(repository)
-            .fetch_all(&core.db.pool)
-            .await
-            .map_err(DbError::from)?
-            .iter()
-            .map(|r| (text(r, "name"), text(r, "job")))
-            .collect();
+    let rows = store::repository_points(&core.db, repository).await?;
+    let owners = store::chain_owners(&core.db, repository).await?;
 
     let mut out = HealthCheck {
         repository: repository.to_string(),
@@ -262,20 +247,17 @@ async fn run(core: &BackupManager, repository: &str) -> Result<HealthCheck, Heal
         advice: Vec::new(),
     };
     let mut known = HashSet::new();
-    for r in &rows {
-        let id = text(r, "id");
-        known.insert(id.clone());
-        let manifest: Value = serde_json::from_str(&text(r, "manifest")).unwrap_or_default();
-        let name = text(r, "name");
+    for r in rows {
+        known.insert(r.id.clone());
         let mut point = CheckedPoint {
-            job: owners.get(&name).cloned(),
-            id,
-            computer: text(r, "computer"),
-            name,
-            source: manifest["source"].as_str().unwrap_or_default().to_string(),
-            created: text(r, "created"),
+            job: owners.get(&r.name).cloned(),
+            source: r.source.as_ref().and_then(|s| s.as_str()).unwrap_or_default().to_string(),
+            id: r.id,
+            computer: r.computer,
+            name: r.name,
+            created: r.created,
             health: "ok".into(),
-            previous_health: opt_text(r, "health"),
+            previous_health: r.health,
             detail: None,
             damaged_ranges: Vec::new(),
             damaged_files: Vec::new(),
@@ -311,18 +293,13 @@ async fn run(core: &BackupManager, repository: &str) -> Result<HealthCheck, Heal
     out.ok = out.damaged().next().is_none() && out.unknown.iter().all(|u| u.health == "ok");
     out.advice = advice(&out);
 
-    let mut tx = core.db.pool.begin().await.map_err(DbError::from)?;
-    for p in out.points.iter().chain(&out.missing) {
-        sqlx::query("UPDATE points SET health = $1, health_detail = $2, verified_at = $3 WHERE id = $4")
-            .bind(&p.health)
-            .bind(p.detail.clone())
-            .bind(&verified_at)
-            .bind(&p.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(DbError::from)?;
-    }
-    tx.commit().await.map_err(DbError::from)?;
+    let health: Vec<(&str, &str, Option<&str>)> = out
+        .points
+        .iter()
+        .chain(&out.missing)
+        .map(|p| (p.id.as_str(), p.health.as_str(), p.detail.as_deref()))
+        .collect();
+    store::set_point_health(&core.db, &health, &verified_at).await?;
 
     for p in out.damaged() {
         warn!(

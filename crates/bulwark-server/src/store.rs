@@ -1398,6 +1398,40 @@ pub async fn update_group(db: &Db, name: &str, computers: &[String]) -> Result<b
     Ok(r.rows_affected() == 1)
 }
 
+/// A repository's catalog points, oldest first.
+pub async fn repository_points(db: &Db, repository: &str) -> Result<Vec<PointRow>> {
+    let rows = sqlx::query("SELECT * FROM points WHERE repository = $1 ORDER BY created")
+        .bind(repository)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(|r| point_row(r, false)).collect())
+}
+
+/// The job owning each chain of a repository (chains of deleted jobs have none).
+pub async fn chain_owners(db: &Db, repository: &str) -> Result<std::collections::HashMap<String, String>> {
+    let rows = sqlx::query("SELECT name, job FROM chains WHERE repository = $1 AND job <> ''")
+        .bind(repository)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(|r| (text(r, "name"), text(r, "job"))).collect())
+}
+
+/// Records what a health check found of points: (id, health, detail), all at once.
+pub async fn set_point_health(db: &Db, points: &[(&str, &str, Option<&str>)], verified_at: &str) -> Result<()> {
+    let mut tx = db.pool.begin().await?;
+    for (id, health, detail) in points {
+        sqlx::query("UPDATE points SET health = $1, health_detail = $2, verified_at = $3 WHERE id = $4")
+            .bind(*health)
+            .bind(detail.map(str::to_string))
+            .bind(verified_at)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// (repository, computer, backup name) of a point in the catalog.
 pub async fn point(db: &Db, id: &str) -> Result<Option<(String, String, String)>> {
     let row = sqlx::query("SELECT repository, computer, name FROM points WHERE id = $1")
