@@ -857,7 +857,7 @@ async fn restore_point(
         Some(n) if n.revoked => return Err(bad(format!("computer {computer} was removed"))),
         Some(_) => {}
     }
-    let order = store::RestoreOrder {
+    let order = crate::task_driver::RestoreOrder {
         point: id.clone(),
         name,
         target: r.target.clone(),

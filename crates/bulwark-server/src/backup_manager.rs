@@ -263,12 +263,7 @@ impl BackupManager {
                 transport,
                 repository: access.path.clone(),
                 password: password.clone(),
-                point: order.point.clone(),
-                name: order.name.clone(),
-                target: order.target.clone(),
-                overwrite: order.overwrite,
-                paths: order.paths.clone(),
-                safe: order.safe,
+                order: order.clone(),
             };
             return Ok(self.manager.run_restore(req).await);
         }

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::backup_manager::{join_all, BackupManager};
 use crate::schedule::Schedule;
-use crate::store::{self, NewTask, RestoreOrder, TaskRow};
+use crate::store::{self, NewTask, TaskRow};
+use crate::task_driver::RestoreOrder;
 
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]

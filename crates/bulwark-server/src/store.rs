@@ -11,6 +11,7 @@ use crate::model::{Job, RepositoryInput, RepositoryUpdate};
 use crate::registration::{admission, Grant, JoinedNode, Known, NodeStore};
 use crate::resource_scheduler::Waiting;
 use crate::secrets::Secrets;
+use crate::task_driver::RestoreOrder;
 use bulwark_proto::pki::Role;
 
 pub fn sha256_hex(s: &str) -> String {
@@ -1223,18 +1224,6 @@ pub async fn open_task_count(db: &Db, session: &str) -> Result<i64> {
         .fetch_one(&db.pool)
         .await?;
     Ok(int(&r, "n"))
-}
-
-/// What a restore task restores where.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RestoreOrder {
-    pub point: String,
-    /// The point's backup name (the only one its data mover serves).
-    pub name: String,
-    pub target: String,
-    pub overwrite: bool,
-    pub paths: Vec<String>,
-    pub safe: bool,
 }
 
 /// Where a repository is and how to open it.

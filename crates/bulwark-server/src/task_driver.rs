@@ -48,12 +48,20 @@ pub struct RestoreRequest {
     pub transport: NodeAddress,
     pub repository: String,
     pub password: Option<String>,
+    pub order: RestoreOrder,
+}
+
+/// What a restore restores where (a restore task keeps it in the config database).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RestoreOrder {
     pub point: String,
-    /// The point's backup name (the only one the data mover serves).
+    /// The point's backup name (the only one its data mover serves).
     pub name: String,
     pub target: String,
     pub overwrite: bool,
+    /// File-level points: only these paths.
     pub paths: Vec<String>,
+    /// File-level points from a computer that is not trusted.
     pub safe: bool,
 }
 
@@ -209,18 +217,18 @@ impl Manager {
             agent: req.agent.name.clone(),
             max_streams: 4,
             connect_timeout_s: 120,
-            names: vec![req.name.clone()],
-            restore_point: req.point.clone(),
+            names: vec![req.order.name.clone()],
+            restore_point: req.order.point.clone(),
             ..Default::default()
         };
         let restore = bulwark_proto::pb::RestoreSpec {
             protocol: bulwark_proto::PROTOCOL,
             task_id: req.task_id.clone(),
-            point: req.point.clone(),
-            target: req.target.clone(),
-            overwrite: req.overwrite,
-            paths: req.paths.clone(),
-            safe: req.safe,
+            point: req.order.point.clone(),
+            target: req.order.target.clone(),
+            overwrite: req.order.overwrite,
+            paths: req.order.paths.clone(),
+            safe: req.order.safe,
             mover: None,
             streams: 4,
         };

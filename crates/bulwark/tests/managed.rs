@@ -106,12 +106,14 @@ fn join_run_tasks_and_restore_byte_identical() {
         transport: transport.node(),
         repository: repo.display().to_string(),
         password: None,
-        point: again.points[0].id.to_string(),
-        name: "web-1-files".into(),
-        target: safe_to.display().to_string(),
-        overwrite: false,
-        paths: Vec::new(),
-        safe: true,
+        order: bulwark_server::task_driver::RestoreOrder {
+            point: again.points[0].id.to_string(),
+            name: "web-1-files".into(),
+            target: safe_to.display().to_string(),
+            overwrite: false,
+            paths: Vec::new(),
+            safe: true,
+        },
     };
     let r = c.rt.block_on(c.manager.run_restore(req));
     assert_eq!(r.status, bulwark_proto::domain::TaskStatus::Success, "{r:?}");
