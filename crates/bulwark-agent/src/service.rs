@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::change_tracking::CbtMode;
 use crate::files::FileBackupOptions;
 use crate::filter::FilterOptions;
+use crate::pipeline::{BackupSettings, RestoreDone, RestoreSettings, SourceKind};
 use crate::remote::{MoverEndpoint, RemoteTarget};
 use crate::snapshot::{provider_for, SnapshotMode};
 use crate::BackupOptions;
@@ -55,10 +56,9 @@ fn event(e: task_event::Event) -> Result<TaskEvent, Status> {
 
 /// What a task asks for, checked before anything starts.
 struct Plan {
-    kind: String,
+    kind: SourceKind,
     sources: Vec<(PathBuf, String)>,
-    volume: BackupOptions,
-    files: FileBackupOptions,
+    settings: BackupSettings,
     endpoint: MoverEndpoint,
     pre: String,
     post: String,
@@ -87,10 +87,7 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
     files.snapshot = snapshot;
     files.exclude = spec.exclude.clone();
     files.full = spec.full;
-    let kind = match spec.kind.as_str() {
-        "volume" | "files" => spec.kind.clone(),
-        other => return Err(format!("unknown task kind {other:?} (volume or files)")),
-    };
+    let kind = SourceKind::parse(&spec.kind)?;
     let mut sources = Vec::new();
     for s in &spec.sources {
         bulwark_repo::point::validate_name(&s.name)?;
@@ -99,8 +96,7 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
     Ok(Plan {
         kind,
         sources,
-        volume,
-        files,
+        settings: BackupSettings { volume, files },
         endpoint: MoverEndpoint {
             address: mover.address.clone(),
             node: mover.node.clone(),
@@ -234,18 +230,11 @@ fn run_task(
                 sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
             };
             log(format!("backing up {} as {name}", path.display()));
-            let report = if plan.kind == "volume" {
-                let opts = BackupOptions { name: name.clone(), ..plan.volume.clone() };
-                crate::backup_volume(&target, path, &opts, &progress, &cancel)
-                    .map(|r| serde_json::to_string(&r).expect("report"))
-            } else {
-                let opts = FileBackupOptions { name: name.clone(), ..plan.files.clone() };
-                crate::files::backup_files(&target, path, &opts, &progress, &cancel).map(|r| {
-                    warned |= r.summary.status != "ok";
-                    serde_json::to_string(&r).expect("report")
-                })
-            }
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            let done =
+                crate::pipeline::backup(&target, path, plan.kind, &plan.settings.named(name), &progress, &cancel)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            warned |= done.has_warnings();
+            let report = serde_json::to_string(&done).expect("report");
             sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
             let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: report })));
         }
@@ -294,33 +283,18 @@ fn run_restore(
         let progress = |n: u64| {
             done.fetch_add(n, Ordering::Relaxed);
         };
-        if m.kind == bulwark_repo::PointKind::Files {
-            let opts = crate::files::FileRestoreOptions {
-                overwrite: spec.overwrite,
-                paths: spec.paths.clone(),
-                safe: spec.safe,
-            };
-            let report = crate::files::restore_files(&target, &m, &to, &opts, &progress, &cancel)
-                .map_err(|e| format!("{}: {e}", to.display()))?;
-            let json = serde_json::to_string(&report).expect("report");
+        let settings = RestoreSettings { overwrite: spec.overwrite, paths: spec.paths.clone(), safe: spec.safe };
+        let done = crate::pipeline::restore(&target, &m, &to, &settings, &progress, &cancel)
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        let json = serde_json::to_string(&done).expect("report");
+        if let RestoreDone::Files(report) = &done {
             if !report.complete {
                 // The report still reaches the server: it lists what is missing.
                 let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: json })));
                 return Err(format!("{}: {}", to.display(), report.incomplete_summary()));
             }
-            Ok(json)
-        } else {
-            if !spec.paths.is_empty() {
-                return Err(format!("paths select files of a file-level point; {} is a volume point", m.id));
-            }
-            if spec.safe {
-                return Err(format!("safe restores are for file-level points; {} is a volume point", m.id));
-            }
-            let opts = crate::RestoreOptions { overwrite: spec.overwrite, ..Default::default() };
-            crate::restore_volume(&target, &m, &to, &opts, &progress, &cancel)
-                .map(|r| serde_json::to_string(&r).expect("report"))
-                .map_err(|e| format!("{}: {e}", to.display()))
         }
+        Ok(json)
     })();
     let (status, error) = match outcome {
         Ok(report) => {
@@ -401,7 +375,7 @@ impl Agent for AgentService {
         }
         let marker = self.markers().join(format!("{}.json", hex_name(&spec.task_id)));
         let m = Marker {
-            kind: plan.kind.clone(),
+            kind: plan.kind.as_str().into(),
             snapshot: spec.snapshot.clone(),
             sources: plan.sources.iter().map(|(p, _)| p.clone()).collect(),
         };
@@ -413,7 +387,7 @@ impl Agent for AgentService {
         let (tx, rx) = mpsc::channel(64);
         let (client_tls, running, rt) =
             (self.client_tls.clone(), self.running.clone(), tokio::runtime::Handle::current());
-        info!("task {}: {} of {} source(s)", spec.task_id, plan.kind, plan.sources.len());
+        info!("task {}: {} of {} source(s)", spec.task_id, plan.kind.as_str(), plan.sources.len());
         std::thread::Builder::new()
             .name(format!("task-{}", spec.task_id))
             .spawn(move || {
