@@ -189,7 +189,7 @@ pub fn router(state: S) -> Router {
         .route("/api/v1/groups", get(list_groups).post(create_group))
         .route("/api/v1/groups/{name}", get(show_group).put(update_group).delete(delete_group))
         .route("/api/v1/jobs", get(list_jobs).post(create_job))
-        .route("/api/v1/jobs/{name}", get(show_job).put(update_job).delete(delete_job))
+        .route("/api/v1/jobs/{name}", get(show_job).put(update_job).patch(change_job).delete(delete_job))
         .route("/api/v1/jobs/{name}/start", post(start_job))
         .route("/api/v1/jobs/{name}/stop", post(stop_job))
         .route("/api/v1/sessions", get(list_sessions))
@@ -383,21 +383,45 @@ async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> 
     Ok(Json(json!({ "revoked": id })))
 }
 
+/// Joined nodes; computers with whether they answer now (asked all at once, as `computer show`
+/// asks one), so that both say the same.
 async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
-    Ok(Json(Value::Array(store::nodes(&s.core.db, role).await?)))
+    let mut nodes = store::nodes(&s.core.db, role).await?;
+    if role == "agent" {
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, n) in nodes.iter().enumerate().filter(|(_, n)| n["revoked"] != true) {
+            let s = s.clone();
+            let (name, address) = (n["name"].as_str().unwrap_or_default(), n["address"].as_str().unwrap_or_default());
+            let node = NodeAddress { name: name.into(), address: address.into() };
+            asks.spawn(async move { (i, refresh_inventory(&s, &node).await) });
+        }
+        while let Some(Ok((i, inventory))) = asks.join_next().await {
+            nodes[i]["online"] = json!(inventory?.is_some());
+        }
+        for n in nodes.iter_mut().filter(|n| n["revoked"] == true) {
+            n["online"] = json!(false);
+        }
+    }
+    Ok(Json(Value::Array(nodes)))
+}
+
+/// The computer's inventory, asked afresh and stored; `None` when it does not answer soon.
+async fn refresh_inventory(s: &AppState, node: &NodeAddress) -> Result<Option<Value>, ApiError> {
+    let ask = tokio::time::timeout(std::time::Duration::from_secs(5), s.core.manager.inventory(node)).await;
+    let Ok(Ok(inventory)) = ask else { return Ok(None) };
+    store::set_inventory(&s.core.db, &node.name, &inventory).await?;
+    Ok(Some(inventory))
 }
 
 async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     let mut n = store::node(&s.core.db, "agent", &name).await?.ok_or_else(|| missing("computer", &name))?;
     // Fresh inventory when the agent answers; the last one known otherwise.
     let node = NodeAddress { name: name.clone(), address: n["address"].as_str().unwrap_or_default().into() };
-    if let Ok(Ok(inv)) = tokio::time::timeout(std::time::Duration::from_secs(5), s.core.manager.inventory(&node)).await
-    {
-        store::set_inventory(&s.core.db, &name, &inv).await?;
-        n["inventory"] = inv;
-        n["online"] = json!(true);
-    } else {
-        n["online"] = json!(false);
+    // A removed computer's certificate is revoked: it could not answer.
+    let fresh = if n["revoked"] == true { None } else { refresh_inventory(&s, &node).await? };
+    n["online"] = json!(fresh.is_some());
+    if let Some(inventory) = fresh {
+        n["inventory"] = inventory;
     }
     Ok(Json(n))
 }
@@ -714,26 +738,72 @@ fn hide_steps(c: &Caller, task: &mut Value) {
     }
 }
 
+/// A job as readers see it: its settings, when it was created, its last session (null if it
+/// never ran) and when it next starts on its own (null: by hand or after another job).
+fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<Value>, now: jiff::Timestamp) -> Value {
+    let mut v = job_for(c, &row.job);
+    v["created"] = json!(row.created);
+    v["last_session"] = last_session.unwrap_or(Value::Null);
+    v["next_run"] = crate::views::next_run(&row.job, &row.created, now);
+    v
+}
+
 async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult {
     let jobs = store::jobs(&s.core.db).await?;
-    Ok(Json(Value::Array(jobs.iter().map(|j| job_for(&c, &j.job)).collect())))
+    // Newest first: the first of each job is its last.
+    let sessions = store::sessions(&s.core.db, None).await?;
+    let now = s.core.clock.now();
+    let last = |name: &str| sessions.iter().find(|x| x["job"] == name).cloned();
+    Ok(Json(Value::Array(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect())))
 }
 
 async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
-    let j = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?;
-    let mut v = job_for(&c, &j.job);
-    v["created"] = json!(j.created);
-    v["last_session"] = store::sessions(&s.core.db, Some(&name)).await?.into_iter().next().unwrap_or(Value::Null);
-    Ok(Json(v))
+    Ok(Json(job_answer(&c, &s, &name, None).await?))
+}
+
+/// A job as [`job_view`] has it, with `warnings` about its sources when given.
+async fn job_answer(c: &Caller, s: &AppState, name: &str, warnings: Option<Vec<String>>) -> Result<Value, ApiError> {
+    let j = store::job(&s.core.db, name).await?.ok_or_else(|| missing("job", name))?;
+    let last = store::sessions(&s.core.db, Some(name)).await?.into_iter().next();
+    let mut v = job_view(c, &j, last, s.core.clock.now());
+    if let Some(w) = warnings {
+        v["warnings"] = json!(w);
+    }
+    Ok(v)
+}
+
+/// What the computers of a job, as far as their last known inventories tell, do not hold of
+/// its sources ([`crate::job_sources`]). Logged too: whoever reads the log of a failed night
+/// sees it was said.
+async fn source_warnings(s: &AppState, j: &Job) -> Result<Vec<String>, ApiError> {
+    let mut computers = j.computers.clone();
+    for g in &j.groups {
+        computers.extend(store::group_members(&s.core.db, g).await?.unwrap_or_default());
+    }
+    let mut seen = std::collections::HashSet::new();
+    computers.retain(|c| seen.insert(c.clone()));
+    let mut out = Vec::new();
+    for c in computers {
+        let Some(node) = store::node(&s.core.db, "agent", &c).await? else { continue };
+        if !node["inventory"].is_null() {
+            out.extend(crate::job_sources::warnings(j, &c, &node["inventory"]));
+        }
+    }
+    for w in &out {
+        tracing::warn!("job {}: {w}", j.name);
+    }
+    Ok(out)
 }
 
 async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult {
     c.admin()?;
     check_job(&s, &j).await?;
     store::insert_job(&s.core.db, &j).await?;
-    Ok(Json(serde_json::to_value(&j).unwrap_or_default()))
+    let warnings = source_warnings(&s, &j).await?;
+    Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
+/// Replaces a job's settings whole (PATCH changes only some).
 async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(j): Input<Job>) -> ApiResult {
     c.admin()?;
     if j.name != name {
@@ -743,7 +813,21 @@ async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Inp
     if !store::update_job(&s.core.db, &j).await? {
         return Err(missing("job", &name));
     }
-    Ok(Json(serde_json::to_value(&j).unwrap_or_default()))
+    let warnings = source_warnings(&s, &j).await?;
+    Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
+}
+
+/// Changes the settings the body names and keeps the others ([`crate::job_update`]).
+async fn change_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(change): Input<Value>) -> ApiResult {
+    c.admin()?;
+    let current = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?.job;
+    let j = crate::job_update::JobUpdate::parse(change, &current).and_then(|u| u.apply(&current)).map_err(bad)?;
+    check_job(&s, &j).await?;
+    if !store::update_job(&s.core.db, &j).await? {
+        return Err(missing("job", &name));
+    }
+    let warnings = source_warnings(&s, &j).await?;
+    Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
 async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
@@ -786,8 +870,15 @@ struct SessionFilter {
     job: Option<String>,
 }
 
+/// Sessions, newest first, each with the bytes its tasks sent and what went wrong or warned.
 async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult {
-    Ok(Json(Value::Array(store::sessions(&s.core.db, f.job.as_deref()).await?)))
+    let mut sessions = store::sessions(&s.core.db, f.job.as_deref()).await?;
+    for session in &mut sessions {
+        let tasks = store::tasks(&s.core.db, session["id"].as_str().unwrap_or_default()).await?;
+        session["sent_bytes"] = json!(crate::views::sent_bytes(&tasks));
+        session["problem"] = json!(crate::views::session_problem(session, &tasks));
+    }
+    Ok(Json(Value::Array(sessions)))
 }
 
 #[derive(serde::Deserialize)]
@@ -828,8 +919,18 @@ struct PointFilter {
     computer: Option<String>,
 }
 
+/// Catalog points, oldest first, each with how consistent its data is (from its manifest).
 async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
-    Ok(Json(Value::Array(store::points(&s.core.db, f.computer.as_deref()).await?)))
+    let mut points = store::points(&s.core.db, f.computer.as_deref()).await?;
+    for p in &mut points {
+        let Some(detail) = store::point_detail(&s.core.db, p["id"].as_str().unwrap_or_default()).await? else {
+            continue;
+        };
+        for k in ["consistency", "snapshot"] {
+            p[k] = detail["manifest"][k].clone();
+        }
+    }
+    Ok(Json(Value::Array(points)))
 }
 
 async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
