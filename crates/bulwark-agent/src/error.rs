@@ -29,6 +29,9 @@ pub enum AgentError {
     RestoreFailed { point: String, block: u64, offset: u64, cause: Box<AgentError>, note: &'static str },
     #[error("cannot snapshot {source_path}: {reason}")]
     Snapshot { source_path: PathBuf, reason: String },
+    /// A path a restore selects that the point does not hold.
+    #[error("point {point} has no path {path:?} (`bulwark ls` lists a point's paths); nothing was written")]
+    NoSuchPath { point: String, path: String },
     /// An option the point or source at hand does not take (`--path` for a volume point).
     #[error("{reason}")]
     Unsupported { reason: String },
