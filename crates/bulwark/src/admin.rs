@@ -724,12 +724,49 @@ pub fn computer(a: Admin<ComputerCmd>) -> Result<ExitCode> {
     let api = Api::new(&a.opts.conn)?;
     let v = match a.cmd {
         ComputerCmd::List => api.call("GET", "/computers", None)?,
-        ComputerCmd::Show { name } => api.call("GET", &format!("/computers/{name}"), None)?,
+        ComputerCmd::Show { name } => {
+            let v = api.call("GET", &format!("/computers/{name}"), None)?;
+            if !a.opts.json {
+                print(&a.opts, &v, &["name", "address", "joined", "online", "revoked"]);
+                println!();
+                inventory_table(&v["inventory"]);
+                return Ok(ExitCode::SUCCESS);
+            }
+            v
+        }
         ComputerCmd::Delete { name } => api.call("DELETE", &format!("/computers/{name}"), None)?,
         ComputerCmd::Readmit { name } => api.call("POST", &format!("/computers/{name}/readmit"), None)?,
     };
     print(&a.opts, &v, &["name", "address", "joined", "online", "revoked", "removed", "readmitted"]);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A computer's disks, partitions and what is mounted from them, as its agent last reported.
+fn inventory_table(inv: &Value) {
+    if inv.is_null() {
+        println!("no inventory yet: the computer has not answered since it joined");
+        return;
+    }
+    println!("{} (kernel {})", inv["hostname"].as_str().unwrap_or("?"), inv["kernel"].as_str().unwrap_or("?"));
+    let mut table = crate::ui::Table::new(&["DEVICE", "KIND", "SIZE", "FILESYSTEM", "MOUNTED ON", "MODEL"]);
+    fn rows(list: &Value, indent: &str, table: &mut crate::ui::Table) {
+        for d in list.as_array().into_iter().flatten() {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+            let mounts: Vec<&str> =
+                d["mount_points"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            table.row(vec![
+                format!("{indent}{}", text(&d["path"])),
+                text(&d["kind"]),
+                crate::ui::human(d["size_bytes"].as_u64().unwrap_or(0)),
+                text(&d["fs_type"]),
+                if mounts.is_empty() { "-".into() } else { mounts.join(",") },
+                text(&d["model"]),
+            ]);
+            rows(&d["children"], "  ", table);
+        }
+    }
+    rows(&inv["devices"], "", &mut table);
+    table.print();
 }
 
 pub fn group(a: Admin<GroupCmd>) -> Result<ExitCode> {

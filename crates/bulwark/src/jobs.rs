@@ -401,6 +401,15 @@ fn retention_text(r: &Value) -> String {
     }
 }
 
+/// How a job retries a failed computer: `3 tries, 10 min apart`, `1 try (no retry)`.
+fn retries_text(r: &Value) -> String {
+    match r["tries"].as_u64() {
+        Some(1) => "1 try (no retry)".into(),
+        Some(n) => format!("{n} tries, {} min apart", r["delay_minutes"]),
+        None => "-".into(),
+    }
+}
+
 /// A session's outcome in a few words: `success 2026-11-26 22:00:05`.
 fn last_result(s: &Value) -> String {
     if s.is_null() {
@@ -423,7 +432,7 @@ fn job_rows(v: &Value) -> Value {
         let groups =
             j["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).map(|g| format!("group {g}"));
         let computers = j["computers"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from);
-        r["whom"] = json!(computers.chain(groups).collect::<Vec<_>>().join(","));
+        r["computers"] = json!(computers.chain(groups).collect::<Vec<_>>().join(","));
         r["schedule"] = json!(schedule_text(&j["schedule"]));
         r["window"] = match (&j["window"]["start"], &j["window"]["end"]) {
             (Value::String(a), Value::String(b)) => json!(format!("{a}-{b}")),
@@ -465,7 +474,7 @@ fn job_detail(j: &Value) {
         ("window", text(&r["window"])),
         ("next run", or(&j["next_run"], "-")),
         ("retention", text(&r["retention"])),
-        ("retries", format!("{} tries, {} min apart", j["retries"]["tries"], j["retries"]["delay_minutes"])),
+        ("retries", retries_text(&j["retries"])),
         ("block size", or(&j["block_size"], "1M")),
         ("compression", or(&j["compression"], "optimal")),
         ("snapshot", or(&j["snapshot"], "auto")),
@@ -607,20 +616,25 @@ pub fn wait_session(api: &Api, id: &str) -> Result<Waited> {
         }
         for t in &tasks {
             let (task, status) = (t["id"].as_str().unwrap_or_default(), t["status"].as_str().unwrap_or("?"));
-            if seen.get(task).map(String::as_str) == Some(status) {
+            let before = seen.insert(task.to_string(), status.to_string());
+            if before.as_deref() == Some(status) {
                 continue;
             }
-            let retry_due = if status == "waiting" && t["attempt"].as_i64().unwrap_or(1) > 1 {
+            let attempt = t["attempt"].as_i64().unwrap_or(1);
+            if before.is_none() && attempt > 1 {
+                // A retry: said once, with when it is due, whatever state it is first seen in.
                 if retry_delay.is_none() {
                     let job = api.call("GET", &format!("/jobs/{}", s["job"].as_str().unwrap_or_default()), None)?;
                     retry_delay = job["retries"]["delay_minutes"].as_i64();
                 }
-                retry_due(t, &tasks, retry_delay.unwrap_or(0))
-            } else {
-                None
-            };
-            say(task_change(t, retry_due.as_deref()));
-            seen.insert(task.to_string(), status.to_string());
+                let due =
+                    retry_due(t, &tasks, retry_delay.unwrap_or(0)).unwrap_or_else(|| "once a slot is free".into());
+                say(format!("{}  {}: retry of attempt {}, due at {due}", now(), who(t), attempt - 1));
+                if status == "waiting" {
+                    continue;
+                }
+            }
+            say(task_change(t));
         }
         if let Some(b) = &bar {
             let total: u64 = tasks.iter().filter_map(|t| t["progress"]["total_bytes"].as_u64()).sum();
@@ -662,19 +676,26 @@ fn retry_due(t: &Value, tasks: &[Value], delay_minutes: i64) -> Option<String> {
     Some(ui::local_time((ended + chrono::Duration::minutes(delay_minutes)).with_timezone(&chrono::Utc)))
 }
 
+/// Now, as the lines of a followed session show it.
+fn now() -> String {
+    ui::local_time(chrono::Utc::now())
+}
+
+/// Which task a line is about: `pc-1 attempt 2`.
+fn who(t: &Value) -> String {
+    format!("{} attempt {}", t["computer"].as_str().unwrap_or("?"), t["attempt"])
+}
+
 /// One line for a task's new state.
-fn task_change(t: &Value, retry_due: Option<&str>) -> String {
-    let now = ui::local_time(chrono::Utc::now());
-    let who = format!("{} attempt {}", t["computer"].as_str().unwrap_or("?"), t["attempt"]);
-    let status = t["status"].as_str().unwrap_or("?");
+fn task_change(t: &Value) -> String {
+    let (now, who) = (now(), who(t));
     let error = t["error"].as_str().filter(|e| !e.is_empty()).map(|e| format!(": {e}")).unwrap_or_default();
-    match (status, retry_due) {
-        ("waiting", Some(due)) => format!("{now}  {who}: retry due at {due}"),
-        ("waiting", None) => {
+    match t["status"].as_str().unwrap_or("?") {
+        "waiting" => {
             format!("{now}  {who}: waiting for a slot on repository {}", t["repository"].as_str().unwrap_or("?"))
         }
-        ("success", _) => format!("{now}  {who}: success, {} sent", ui::human(t["sent_bytes"].as_u64().unwrap_or(0))),
-        (other, _) => format!("{now}  {who}: {other}{error}"),
+        "success" => format!("{now}  {who}: success, {} sent", ui::human(t["sent_bytes"].as_u64().unwrap_or(0))),
+        other => format!("{now}  {who}: {other}{error}"),
     }
 }
 

@@ -531,3 +531,36 @@ pub fn ls_table(rows: &[LsRow]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_to_the_second_then_to_the_minute() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(185), "3m 05s");
+        assert_eq!(duration(3720), "1h 02m");
+        assert_eq!(duration(2 * 86_400 + 3 * 3600 + 59), "2d 03h");
+    }
+
+    #[test]
+    fn instants_read_in_one_format_whatever_the_server_wrote() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-26T18:30:05Z").unwrap().with_timezone(&chrono::Utc);
+        let want = local_time(t);
+        assert_eq!(want.len(), "2026-11-26 18:30:05".len());
+        for text in ["2026-11-26T18:30:05Z", "2026-11-26T18:30:05+00:00", "2026-11-26T18:30:05.123456789Z"] {
+            assert_eq!(local_time_text(text).as_deref(), Some(want.as_str()), "{text}");
+        }
+        assert_eq!(local_time_text("20261126T183005Z-3f2a9c"), None, "point ids are not instants");
+    }
+
+    #[test]
+    fn consistency_says_why_it_is_not_frozen() {
+        assert_eq!(consistency_text("crash-inconsistent", "none"), "crash-inconsistent (no snapshot: read live)");
+        assert_eq!(consistency_text("crash-consistent", "lvm"), "crash-consistent (lvm snapshot, not frozen)");
+        assert_eq!(consistency_text("frozen", "reflink"), "frozen (reflink)");
+        assert_eq!(consistency_text("", ""), "-");
+    }
+}
