@@ -29,6 +29,12 @@ pub enum AgentError {
     RestoreFailed { point: String, block: u64, offset: u64, cause: Box<AgentError>, note: &'static str },
     #[error("cannot snapshot {source_path}: {reason}")]
     Snapshot { source_path: PathBuf, reason: String },
+    /// A path a restore selects that the point does not hold.
+    #[error("point {point} has no path {path:?} (`bulwark ls` lists a point's paths); nothing was written")]
+    NoSuchPath { point: String, path: String },
+    /// An option the point or source at hand does not take (`--path` for a volume point).
+    #[error("{reason}")]
+    Unsupported { reason: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -42,7 +48,10 @@ impl AgentError {
         let permanent = match self {
             AgentError::Repo(e) => e.is_permanent(),
             AgentError::Source { source, .. } | AgentError::Target { source, .. } => is_permanent_io(source),
-            AgentError::BadSource { .. } | AgentError::BadTarget { .. } => true,
+            AgentError::BadSource { .. }
+            | AgentError::BadTarget { .. }
+            | AgentError::NoSuchPath { .. }
+            | AgentError::Unsupported { .. } => true,
             AgentError::RestoreFailed { cause, .. } => return cause.failure(),
             AgentError::Snapshot { .. } | AgentError::Cancelled => false,
         };

@@ -12,6 +12,7 @@ mod error;
 pub mod files;
 pub mod filter;
 pub mod inventory;
+pub mod pipeline;
 pub mod remote;
 pub mod repair;
 pub mod restore;
@@ -22,6 +23,7 @@ pub mod target;
 
 pub use backup::{backup_volume, backup_volume_with, BackupOptions, BackupReport};
 pub use error::{AgentError, Result};
+pub use pipeline::{kind_of, BackupDone, BackupSettings, RestoreDone, RestoreSettings, TaskKind};
 pub use restore::{restore_volume, RestoreOptions, RestoreReport};
 pub use target::{BackupTarget, PointSink};
 

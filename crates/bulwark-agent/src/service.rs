@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::change_tracking::CbtMode;
 use crate::files::FileBackupOptions;
 use crate::filter::FilterOptions;
+use crate::pipeline::{BackupSettings, RestoreDone, RestoreSettings};
 use crate::remote::{MoverEndpoint, RemoteTarget};
 use crate::snapshot::{provider_for, SnapshotMode};
 use crate::BackupOptions;
@@ -58,8 +59,7 @@ fn event(e: task_event::Event) -> Result<TaskEvent, Status> {
 struct Plan {
     kind: TaskKind,
     sources: Vec<(PathBuf, String)>,
-    volume: BackupOptions,
-    files: FileBackupOptions,
+    settings: BackupSettings,
     endpoint: MoverEndpoint,
     pre: String,
     post: String,
@@ -96,8 +96,7 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
     Ok(Plan {
         kind,
         sources,
-        volume,
-        files,
+        settings: BackupSettings { volume, files },
         endpoint: MoverEndpoint {
             address: mover.address.clone(),
             node: mover.node.clone(),
@@ -230,18 +229,11 @@ fn run_task(
                 sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
             };
             log(format!("backing up {} as {name}", path.display()));
-            let report = if plan.kind == TaskKind::Volume {
-                let opts = BackupOptions { name: name.clone(), ..plan.volume.clone() };
-                crate::backup_volume(&target, path, &opts, &progress, &cancel)
-                    .map(|r| serde_json::to_string(&r).expect("report"))
-            } else {
-                let opts = FileBackupOptions { name: name.clone(), ..plan.files.clone() };
-                crate::files::backup_files(&target, path, &opts, &progress, &cancel).map(|r| {
-                    warned |= r.summary.status != "ok";
-                    serde_json::to_string(&r).expect("report")
-                })
-            }
-            .map_err(|e| (format!("{}: {e}", path.display()), e.failure()))?;
+            let done =
+                crate::pipeline::backup(&target, path, plan.kind, &plan.settings.named(name), &progress, &cancel)
+                    .map_err(|e| (format!("{}: {e}", path.display()), e.failure()))?;
+            warned |= done.has_warnings();
+            let report = serde_json::to_string(&done).expect("report");
             sent.store(target_sent.load(Ordering::Relaxed), Ordering::Relaxed);
             let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: report })));
         }
@@ -291,34 +283,19 @@ fn run_restore(
         let progress = |n: u64| {
             done.fetch_add(n, Ordering::Relaxed);
         };
-        if m.kind == bulwark_repo::PointKind::Files {
-            let opts = crate::files::FileRestoreOptions {
-                overwrite: spec.overwrite,
-                paths: spec.paths.clone(),
-                safe: spec.safe,
-            };
-            let report = crate::files::restore_files(&target, &m, &to, &opts, &progress, &cancel)
-                .map_err(|e| (format!("{}: {e}", to.display()), e.failure()))?;
-            let json = serde_json::to_string(&report).expect("report");
+        let settings = RestoreSettings { overwrite: spec.overwrite, paths: spec.paths.clone(), safe: spec.safe };
+        let done = crate::pipeline::restore(&target, &m, &to, &settings, &progress, &cancel)
+            .map_err(|e| (format!("{}: {e}", to.display()), e.failure()))?;
+        let json = serde_json::to_string(&done).expect("report");
+        if let RestoreDone::Files(report) = &done {
             if !report.complete {
                 // The report still reaches the server: it lists what is missing.
                 let _ = events.blocking_send(event(task_event::Event::SourceDone(SourceDone { report_json: json })));
                 // What could not be restored now will not be next time either.
                 return Err(permanent(format!("{}: {}", to.display(), report.incomplete_summary())));
             }
-            Ok(json)
-        } else {
-            if !spec.paths.is_empty() {
-                return Err(permanent(format!("paths select files of a file-level point; {} is a volume point", m.id)));
-            }
-            if spec.safe {
-                return Err(permanent(format!("safe restores are for file-level points; {} is a volume point", m.id)));
-            }
-            let opts = crate::RestoreOptions { overwrite: spec.overwrite, ..Default::default() };
-            crate::restore_volume(&target, &m, &to, &opts, &progress, &cancel)
-                .map(|r| serde_json::to_string(&r).expect("report"))
-                .map_err(|e| (format!("{}: {e}", to.display()), e.failure()))
         }
+        Ok(json)
     })();
     let (status, error, failure) = match outcome {
         Ok(report) => {
@@ -416,7 +393,7 @@ impl Agent for AgentService {
         let marker = self.markers().join(format!("{}.json", hex_name(&spec.task_id)));
         let m = Marker {
             kind: plan.kind,
-            snapshot: plan.volume.snapshot,
+            snapshot: plan.settings.volume.snapshot,
             sources: plan.sources.iter().map(|(p, _)| p.clone()).collect(),
         };
         let _ = std::fs::create_dir_all(self.markers());
@@ -427,7 +404,7 @@ impl Agent for AgentService {
         let (tx, rx) = mpsc::channel(64);
         let (client_tls, running, rt) =
             (self.client_tls.clone(), self.running.clone(), tokio::runtime::Handle::current());
-        info!("task {}: {} of {} source(s)", spec.task_id, plan.kind, plan.sources.len());
+        info!("task {}: {} of {} source(s)", spec.task_id, plan.kind.as_str(), plan.sources.len());
         std::thread::Builder::new()
             .name(format!("task-{}", spec.task_id))
             .spawn(move || {

@@ -25,6 +25,7 @@ use crate::model::{
 };
 use crate::registration::Grant;
 use crate::store;
+use crate::task_driver::NodeAddress;
 
 pub struct AppState {
     pub core: Arc<BackupManager>,
@@ -188,7 +189,7 @@ pub fn router(state: S) -> Router {
         .route("/api/v1/groups", get(list_groups).post(create_group))
         .route("/api/v1/groups/{name}", get(show_group).put(update_group).delete(delete_group))
         .route("/api/v1/jobs", get(list_jobs).post(create_job))
-        .route("/api/v1/jobs/{name}", get(show_job).put(update_job).delete(delete_job))
+        .route("/api/v1/jobs/{name}", get(show_job).put(update_job).patch(change_job).delete(delete_job))
         .route("/api/v1/jobs/{name}/start", post(start_job))
         .route("/api/v1/jobs/{name}/stop", post(stop_job))
         .route("/api/v1/sessions", get(list_sessions))
@@ -382,21 +383,42 @@ async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> 
     Ok(Json(json!({ "revoked": id })))
 }
 
+/// Joined nodes; computers with whether they answer now (asked all at once, as `computer show`
+/// asks one), so that both say the same.
 async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
-    Ok(Json(json!(store::nodes(&s.core.db, role).await?)))
+    let mut nodes = store::nodes(&s.core.db, role).await?;
+    if role == "agent" {
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, n) in nodes.iter().enumerate().filter(|(_, n)| !n.revoked) {
+            let (s, node) = (s.clone(), n.address());
+            asks.spawn(async move { (i, refresh_inventory(&s, &node).await) });
+        }
+        while let Some(Ok((i, inventory))) = asks.join_next().await {
+            nodes[i].online = Some(inventory?.is_some());
+        }
+        for n in nodes.iter_mut().filter(|n| n.revoked) {
+            n.online = Some(false);
+        }
+    }
+    Ok(Json(json!(nodes)))
+}
+
+/// The computer's inventory, asked afresh and stored; `None` when it does not answer soon.
+async fn refresh_inventory(s: &AppState, node: &NodeAddress) -> Result<Option<Value>, ApiError> {
+    let ask = tokio::time::timeout(std::time::Duration::from_secs(5), s.core.manager.inventory(node)).await;
+    let Ok(Ok(inventory)) = ask else { return Ok(None) };
+    store::set_inventory(&s.core.db, &node.name, &inventory).await?;
+    Ok(Some(inventory))
 }
 
 async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     let mut n = store::node(&s.core.db, "agent", &name).await?.ok_or_else(|| missing("computer", &name))?;
     // Fresh inventory when the agent answers; the last one known otherwise.
-    let node = n.address();
-    if let Ok(Ok(inv)) = tokio::time::timeout(std::time::Duration::from_secs(5), s.core.manager.inventory(&node)).await
-    {
-        store::set_inventory(&s.core.db, &name, &inv).await?;
-        n.inventory = Some(inv);
-        n.online = Some(true);
-    } else {
-        n.online = Some(false);
+    // A removed computer's certificate is revoked: it could not answer.
+    let fresh = if n.revoked { None } else { refresh_inventory(&s, &n.address()).await? };
+    n.online = Some(fresh.is_some());
+    if let Some(inventory) = fresh {
+        n.inventory = Some(inventory);
     }
     Ok(Json(json!(n)))
 }
@@ -710,26 +732,72 @@ fn hide_steps(c: &Caller, log: &mut Value) {
     }
 }
 
+/// A job as readers see it: its settings, when it was created, its last session (null if it
+/// never ran) and when it next starts on its own (null: by hand or after another job).
+fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<store::SessionRow>, now: jiff::Timestamp) -> Value {
+    let mut v = job_for(c, &row.job);
+    v["created"] = json!(row.created);
+    v["last_session"] = json!(last_session);
+    v["next_run"] = crate::views::next_run(&row.job, &row.created, now);
+    v
+}
+
 async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult {
     let jobs = store::jobs(&s.core.db).await?;
-    Ok(Json(Value::Array(jobs.iter().map(|j| job_for(&c, &j.job)).collect())))
+    // Newest first: the first of each job is its last.
+    let sessions = store::sessions(&s.core.db, None).await?;
+    let now = s.core.clock.now();
+    let last = |name: &str| sessions.iter().find(|x| x.job == name).cloned();
+    Ok(Json(Value::Array(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect())))
 }
 
 async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
-    let j = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?;
-    let mut v = job_for(&c, &j.job);
-    v["created"] = json!(j.created);
-    v["last_session"] = json!(store::last_session(&s.core.db, &name).await?);
-    Ok(Json(v))
+    Ok(Json(job_answer(&c, &s, &name, None).await?))
+}
+
+/// A job as [`job_view`] has it, with `warnings` about its sources when given.
+async fn job_answer(c: &Caller, s: &AppState, name: &str, warnings: Option<Vec<String>>) -> Result<Value, ApiError> {
+    let j = store::job(&s.core.db, name).await?.ok_or_else(|| missing("job", name))?;
+    let last = store::last_session(&s.core.db, name).await?;
+    let mut v = job_view(c, &j, last, s.core.clock.now());
+    if let Some(w) = warnings {
+        v["warnings"] = json!(w);
+    }
+    Ok(v)
+}
+
+/// What the computers of a job, as far as their last known inventories tell, do not hold of
+/// its sources ([`crate::job_sources`]). Logged too: whoever reads the log of a failed night
+/// sees it was said.
+async fn source_warnings(s: &AppState, j: &Job) -> Result<Vec<String>, ApiError> {
+    let mut computers = j.computers.clone();
+    for g in &j.groups {
+        computers.extend(store::group_members(&s.core.db, g).await?.unwrap_or_default());
+    }
+    let mut seen = std::collections::HashSet::new();
+    computers.retain(|c| seen.insert(c.clone()));
+    let mut out = Vec::new();
+    for c in computers {
+        let Some(node) = store::node(&s.core.db, "agent", &c).await? else { continue };
+        if let Some(inventory) = &node.inventory {
+            out.extend(crate::job_sources::warnings(j, &c, inventory));
+        }
+    }
+    for w in &out {
+        tracing::warn!("job {}: {w}", j.name);
+    }
+    Ok(out)
 }
 
 async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult {
     c.admin()?;
     check_job(&s, &j).await?;
     store::insert_job(&s.core.db, &j).await?;
-    Ok(Json(serde_json::to_value(&j).unwrap_or_default()))
+    let warnings = source_warnings(&s, &j).await?;
+    Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
+/// Replaces a job's settings whole (PATCH changes only some).
 async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(j): Input<Job>) -> ApiResult {
     c.admin()?;
     if j.name != name {
@@ -739,7 +807,21 @@ async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Inp
     if !store::update_job(&s.core.db, &j).await? {
         return Err(missing("job", &name));
     }
-    Ok(Json(serde_json::to_value(&j).unwrap_or_default()))
+    let warnings = source_warnings(&s, &j).await?;
+    Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
+}
+
+/// Changes the settings the body names and keeps the others ([`crate::job_update`]).
+async fn change_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(change): Input<Value>) -> ApiResult {
+    c.admin()?;
+    let current = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?.job;
+    let j = crate::job_update::JobUpdate::parse(change, &current).and_then(|u| u.apply(&current)).map_err(bad)?;
+    check_job(&s, &j).await?;
+    if !store::update_job(&s.core.db, &j).await? {
+        return Err(missing("job", &name));
+    }
+    let warnings = source_warnings(&s, &j).await?;
+    Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
 async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
@@ -785,8 +867,15 @@ struct SessionFilter {
     job: Option<String>,
 }
 
+/// Sessions, newest first, each with the bytes its tasks sent and what went wrong or warned.
 async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult {
-    Ok(Json(json!(store::sessions(&s.core.db, f.job.as_deref()).await?)))
+    let mut sessions = store::sessions(&s.core.db, f.job.as_deref()).await?;
+    for session in &mut sessions {
+        let tasks = store::tasks(&s.core.db, &session.id, true).await?;
+        session.sent_bytes = Some(crate::views::sent_bytes(&tasks));
+        session.problem = Some(crate::views::session_problem(session, &tasks));
+    }
+    Ok(Json(json!(sessions)))
 }
 
 #[derive(serde::Deserialize)]
@@ -829,6 +918,7 @@ struct PointFilter {
     computer: Option<String>,
 }
 
+/// Catalog points, oldest first, each with how consistent its data is (from its manifest).
 async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
     Ok(Json(json!(store::points(&s.core.db, f.computer.as_deref()).await?)))
 }

@@ -64,15 +64,15 @@ pub fn document() -> Value {
             "/secrets/{name}": {"parameters": name_param(), "put": op("Set a secret (sealed at rest; commands read it as BULWARK_SECRET_<NAME>)", Some("SecretInput"), true), "delete": op("Delete a secret", None, true)},
             "/groups": {"get": op("Protection groups", None, false), "post": op("Create a protection group", Some("GroupInput"), true)},
             "/groups/{name}": {"parameters": name_param(), "get": op("A protection group", None, false), "put": op("Replace a group's computers", Some("GroupInput"), true), "delete": op("Delete a protection group", None, true)},
-            "/jobs": {"get": op("Jobs", None, false), "post": op("Create a job", Some("Job"), true)},
-            "/jobs/{name}": {"parameters": name_param(), "get": op("A job and its last session", None, false), "put": op("Replace a job's settings", Some("Job"), true), "delete": op("Delete a job", None, true)},
+            "/jobs": {"get": op("Jobs, each with its last session and next run", None, false), "post": op("Create a job (answers with warnings about sources its computers' inventories lack)", Some("Job"), true)},
+            "/jobs/{name}": {"parameters": name_param(), "get": op("A job, its last session and its next run", None, false), "put": op("Replace a job's settings whole (answers with warnings about sources its computers' inventories lack)", Some("Job"), true), "patch": op("Change the job's fields given and keep the others: null puts a field back to its default (no schedule, no window…), retention and retries merge field by field; name cannot change (answers with warnings as PUT does)", Some("JobChange"), true), "delete": op("Delete a job", None, true)},
             "/jobs/{name}/start": {"parameters": name_param(), "post": op("Start a session now", None, true)},
             "/jobs/{name}/stop": {"parameters": name_param(), "post": op("Stop the running session", None, true)},
-            "/sessions": {"get": {"summary": "Sessions, newest first", "parameters": [{"name": "job", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "sessions"}}}},
+            "/sessions": {"get": {"summary": "Sessions, newest first, each with the bytes its tasks sent (sent_bytes) and what failed or warned (problem)", "parameters": [{"name": "job", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "sessions"}}}},
             "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks, their progress and (unless ?logs=false) their logs", None, false)},
             "/points/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A catalog point and its manifest", None, false)},
             "/points/{id}/restore": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": op("Restore a catalog point onto a computer (answers when it has ended)", Some("RestoreInput"), true)},
-            "/points": {"get": {"summary": "Restore points in the catalog, each with its health as the last check of its repository found it (health: ok, damaged or null for never checked; health_detail; verified_at)", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
+            "/points": {"get": {"summary": "Restore points in the catalog, oldest first, each with its consistency and snapshot, and its health as the last check of its repository found it (health: ok, damaged or null for never checked; health_detail; verified_at)", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -104,6 +104,7 @@ pub fn document() -> Value {
                     "streams": {"type": "integer", "minimum": 1, "maximum": 16}, "pre_command": s("string"), "post_command": s("string"),
                     "secrets": {"type": "array", "items": s("string")}
                 }},
+                "JobChange": {"type": "object", "minProperties": 1, "description": "Fields of Job except name; null: back to the default", "not": {"required": ["name"]}},
                 "SecretInput": {"type": "object", "additionalProperties": false, "required": ["value"], "properties": {"value": s("string")}}
             }
         }

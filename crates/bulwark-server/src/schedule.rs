@@ -148,6 +148,27 @@ impl Schedule {
         }
     }
 
+    /// When the job next starts on its own after `now`: the first run after it that `window`
+    /// (if any) lets start; the scheduler's attempts outside the window are refused. `None`
+    /// for `After` schedules, invalid ones, and windows no run of the next year falls into.
+    pub fn next_run(
+        &self,
+        tz: &TimeZone,
+        anchor: Timestamp,
+        now: Timestamp,
+        window: Option<&Window>,
+    ) -> Option<Timestamp> {
+        let mut t = self.next_after(tz, anchor, now)?;
+        let limit = now + SignedDuration::from_hours(366 * 24);
+        while window.is_some_and(|w| !w.contains(tz, t)) {
+            t = self.next_after(tz, anchor, t)?;
+            if t > limit {
+                return None;
+            }
+        }
+        Some(t)
+    }
+
     /// What the scheduler starts at `now` given the last time it considered (`last_check`):
     /// the latest due run in (last_check, now], or None. After downtime with several missed
     /// runs this returns one (the latest), so a job starts once, not N times.
@@ -375,6 +396,29 @@ mod tests {
         let every1 = Schedule::Periodic { every_minutes: 1 };
         let due = every1.due(&tz, anchor, utc("2026-06-01T00:00:30Z"), utc("2026-07-01T00:00:30Z"));
         assert_eq!(due, Some(utc("2026-07-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn next_run_is_the_first_run_the_window_lets_start() {
+        let (tz, epoch) = (TimeZone::UTC, Timestamp::UNIX_EPOCH);
+        let night = Window { start: "22:00".into(), end: "06:00".into() };
+        let now = utc("2026-06-01T12:00:00Z");
+        // Monday noon: that evening, window or not.
+        let weekdays = daily("22:00", &["mon", "tue", "wed", "thu", "fri"]);
+        assert_eq!(weekdays.next_run(&tz, epoch, now, None), Some(utc("2026-06-01T22:00:00Z")));
+        assert_eq!(weekdays.next_run(&tz, epoch, now, Some(&night)), Some(utc("2026-06-01T22:00:00Z")));
+        // Every 90 minutes from midnight: 13:30, 15:00, … the first inside the night is 22:30.
+        let every = Schedule::Periodic { every_minutes: 90 };
+        let anchor = utc("2026-06-01T00:00:00Z");
+        assert_eq!(every.next_run(&tz, anchor, now, None), Some(utc("2026-06-01T13:30:00Z")));
+        assert_eq!(every.next_run(&tz, anchor, now, Some(&night)), Some(utc("2026-06-01T22:30:00Z")));
+        // A daily run the window never lets start has no next run.
+        assert_eq!(daily("12:00", &[]).next_run(&tz, epoch, now, Some(&night)), None);
+        assert_eq!(Schedule::After { job: "nightly".into() }.next_run(&tz, epoch, now, None), None);
+        // In a zone of its own.
+        let b = berlin();
+        let at_berlin = daily("22:00", &[]).next_run(&b, epoch, now, None);
+        assert_eq!(at_berlin, Some(local(&b, (2026, 6, 1), 22, 0)));
     }
 
     #[test]

@@ -92,7 +92,8 @@ fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> ServerError + '_ {
 }
 
 /// Creates the first admin (user `admin`) on an empty database; its API token goes to
-/// `DATA_DIR/initial-admin-token` (0600).
+/// `DATA_DIR/initial-admin-token` and its password to `DATA_DIR/initial-admin-password` (both
+/// 0600), where only the server's user reads them, unlike a log.
 async fn first_admin(db: &Db, dir: &Path) -> Result<Option<(String, String)>, ServerError> {
     if store::user_count(db).await? > 0 {
         return Ok(None);
@@ -108,6 +109,8 @@ async fn first_admin(db: &Db, dir: &Path) -> Result<Option<(String, String)>, Se
     let (_, token) = store::create_api_token(db, &id, "initial", None).await?;
     bulwark_proto::pki::write_private(&dir.join("initial-admin-token"), format!("{token}\n").as_bytes())
         .map_err(|e| setup("writing the initial admin token")(&e))?;
+    bulwark_proto::pki::write_private(&dir.join("initial-admin-password"), format!("{password}\n").as_bytes())
+        .map_err(|e| setup("writing the initial admin password")(&e))?;
     Ok(Some((password, token)))
 }
 
@@ -272,13 +275,27 @@ where
     }
 }
 
-/// Prints what an operator needs once, when the server first starts.
+/// Prints what an operator needs once, when the server first starts. The first admin's
+/// credentials are shown only to a person at a terminal: stderr that is not one is a log (a
+/// file, the journal), kept and read by others long after; they are in 0600 files anyway.
 pub fn announce(r: &Ready, dir: &Path) {
+    use std::io::IsTerminal;
     println!("{}", serde_json::json!({ "listening": r.address, "ca": dir.join("ca.pem") }));
     if let Some((password, token)) = &r.first_admin {
+        let (password_file, token_file) = (dir.join("initial-admin-password"), dir.join("initial-admin-token"));
         let mut e = std::io::stderr().lock();
-        let _ = writeln!(e, "first start: created user admin with password {password}");
-        let _ = writeln!(e, "its API token (also in {}): {token}", dir.join("initial-admin-token").display());
+        if e.is_terminal() {
+            let _ = writeln!(e, "first start: created user admin with password {password}");
+            let _ = writeln!(e, "its API token (also in {}): {token}", token_file.display());
+        } else {
+            let _ = writeln!(
+                e,
+                "first start: created user admin; its password is in {} and its API token in {} (not written \
+                 to this log)",
+                password_file.display(),
+                token_file.display()
+            );
+        }
     }
     let _ = std::io::stdout().flush();
 }

@@ -234,7 +234,7 @@ impl BackupManager {
 }
 
 /// The latest attempt of each computer: it decides.
-fn latest_attempts(tasks: &[TaskRow]) -> HashMap<String, &TaskRow> {
+pub(crate) fn latest_attempts(tasks: &[TaskRow]) -> HashMap<String, &TaskRow> {
     let mut latest: HashMap<String, &TaskRow> = HashMap::new();
     for t in tasks {
         if latest.get(&t.computer).is_none_or(|l| l.attempt < t.attempt) {

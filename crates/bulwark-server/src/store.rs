@@ -897,7 +897,7 @@ pub async fn chain_names(db: &Db, job: &str, computer: &str, repository: &str) -
 // ---- sessions and tasks ----
 
 /// A session as operators see it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub id: String,
     /// The job it runs ('' for a restore).
@@ -911,6 +911,12 @@ pub struct SessionRow {
     /// With [`session_with`], while a retry waits: when the first one is due.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<String>,
+    /// In listings: bytes its tasks sent, all attempts together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_bytes: Option<u64>,
+    /// In listings: what went wrong or earned a warning (`null` when all is well).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Option<String>>,
     /// With [`session_with`]: its tasks, in queue order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<TaskRow>>,
@@ -926,12 +932,14 @@ fn session_row(r: &AnyRow) -> SessionRow {
         started: text(r, "started"),
         ended: opt_text(r, "ended"),
         next_retry: None,
+        sent_bytes: None,
+        problem: None,
         tasks: None,
     }
 }
 
 /// A task as operators see it: one attempt of one computer in a session.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskRow {
     pub id: String,
     pub session: String,
@@ -1348,6 +1356,11 @@ pub struct PointRow {
     pub source: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Value>,
+    /// In listings: how consistent its data is (`crash-consistent`, …) and the snapshot taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Value>,
     /// The whole manifest (one point's detail).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest: Option<Value>,
@@ -1368,6 +1381,8 @@ fn point_row(r: &AnyRow, whole: bool) -> PointRow {
         verified_at: opt_text(r, "verified_at"),
         source: (!whole).then(|| m.get("source").cloned().unwrap_or_default()),
         stats: (!whole).then(|| m.get("stats").cloned().unwrap_or_default()),
+        consistency: (!whole).then(|| m.get("consistency").cloned().unwrap_or_default()),
+        snapshot: (!whole).then(|| m.get("snapshot").cloned().unwrap_or_default()),
         manifest: whole.then_some(m),
     }
 }

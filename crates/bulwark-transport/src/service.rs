@@ -65,16 +65,46 @@ impl TransportService {
         TransportServer::new(self)
     }
 
+    /// The node's roots, for messages.
+    fn roots_text(&self) -> String {
+        self.cfg.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether `real` (symlinks resolved) lies under one of the roots.
+    fn under_roots(&self, real: &Path) -> bool {
+        self.cfg.roots.iter().filter_map(|r| r.canonicalize().ok()).any(|r| real.starts_with(r))
+    }
+
     /// The repository path, if it lies under one of the roots (symlinks resolved).
     fn repository_path(&self, p: &str) -> Result<PathBuf, Status> {
-        let path = Path::new(p);
-        let real = path.canonicalize().map_err(|e| Status::invalid_argument(format!("repository {p}: {e}")))?;
-        let allowed = self.cfg.roots.iter().filter_map(|r| r.canonicalize().ok()).any(|r| real.starts_with(r));
-        if !allowed {
-            return Err(Status::permission_denied(format!(
-                "repository {p} is not under this transport node's roots ({})",
-                self.cfg.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
-            )));
+        self.resolve(Path::new(p), p)
+    }
+
+    /// `path` with symlinks resolved, if it lies under one of the roots; errors speak of the
+    /// repository `p` (`path` may be its parent).
+    fn resolve(&self, path: &Path, p: &str) -> Result<PathBuf, Status> {
+        let not_under = || {
+            Status::permission_denied(format!(
+                "repository {p} is not under any of this transport node's roots ({}): choose a path under one of them",
+                self.roots_text()
+            ))
+        };
+        let real = match path.canonicalize() {
+            Ok(real) => real,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Say first whether the path could ever be served: a path outside the roots is
+                // the mistake to name, not the directory missing on the way to it.
+                let lexically = self.cfg.roots.iter().any(|r| path.starts_with(r));
+                let existing = path.ancestors().skip(1).find_map(|a| a.canonicalize().ok());
+                if !lexically && !existing.is_some_and(|a| self.under_roots(&a)) {
+                    return Err(not_under());
+                }
+                return Err(Status::not_found(format!("repository {p}: there is no such directory on this node")));
+            }
+            Err(e) => return Err(Status::invalid_argument(format!("repository {p}: {e}"))),
+        };
+        if !self.under_roots(&real) {
+            return Err(not_under());
         }
         Ok(real)
     }
@@ -88,7 +118,13 @@ impl TransportService {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(Status::invalid_argument(format!("{p} is not a repository path")));
         };
-        let parent = self.repository_path(&parent.display().to_string())?;
+        let parent = self.resolve(parent, p).map_err(|e| match e.code() {
+            tonic::Code::NotFound => Status::not_found(format!(
+                "repository {p}: its directory {} does not exist on this node: create it first",
+                parent.display()
+            )),
+            _ => e,
+        })?;
         Ok(parent.join(name))
     }
 
@@ -390,4 +426,41 @@ pub async fn serve(
     let limits = tls::Limits::from_env();
     let incoming = tls::incoming(listener, tls_cfg, limits.clone());
     tls::server_builder(&limits).add_service(service.into_server()).serve_with_incoming(incoming).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(root: &Path) -> TransportService {
+        let cfg = TransportConfig {
+            name: "store".into(),
+            data_dir: root.join("data"),
+            roots: vec![root.join("repos")],
+            advertise_host: "localhost".into(),
+            bind_host: "127.0.0.1".into(),
+            mover_program: "/bin/false".into(),
+        };
+        TransportService::new(cfg, Revocations::default())
+    }
+
+    #[test]
+    fn a_repository_path_outside_the_roots_is_named_with_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("repos")).unwrap();
+        let t = service(dir.path());
+        let roots = dir.path().join("repos").display().to_string();
+        for outside in ["/nonexistent/dir/repo".to_string(), dir.path().join("elsewhere").display().to_string()] {
+            let e = t.new_repository_path(&outside).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{outside}: {e:?}");
+            assert!(e.message().contains(&outside) && e.message().contains(&roots), "{}", e.message());
+            assert!(e.message().contains("not under any of this transport node's roots"), "{}", e.message());
+        }
+        let missing = dir.path().join("repos/missing/repo").display().to_string();
+        let e = t.new_repository_path(&missing).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        assert!(e.message().contains("does not exist") && e.message().contains("create it first"), "{}", e.message());
+        let fine = dir.path().join("repos/new");
+        assert_eq!(t.new_repository_path(&fine.display().to_string()).unwrap(), fine.canonicalize().unwrap_or(fine));
+    }
 }

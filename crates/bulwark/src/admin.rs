@@ -1,8 +1,8 @@
 //! The admin CLI: `bulwark repository|computer|group|job|session|point|token …`, speaking the
 //! server's REST API (BULWARK_SERVER, BULWARK_TOKEN, BULWARK_CA_CERT).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 /// Where the server is and how to prove who we are.
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Server connection")]
 pub struct Conn {
     /// The server's URL.
     #[arg(long, env = "BULWARK_SERVER", default_value = "https://localhost:9440", global = true)]
@@ -18,22 +19,42 @@ pub struct Conn {
     /// An API token (the first admin's is in the server's data directory, initial-admin-token).
     #[arg(long, env = "BULWARK_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// The server's CA certificate (its data directory's ca.pem).
-    #[arg(long, env = "BULWARK_CA_CERT", global = true)]
+    /// The server's CA certificate (ca.pem in its data directory), which its certificate must
+    /// be issued by.
+    #[arg(long, env = "BULWARK_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Print JSON for scripts instead of a table.
+}
+
+/// An admin command: its subcommand, the server to send it to, and how to print the answer.
+#[derive(Args)]
+pub struct Admin<C: Subcommand> {
+    #[command(subcommand)]
+    pub cmd: C,
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+/// The options every admin command takes.
+#[derive(Args, Clone)]
+pub struct Opts {
+    // Before the connection: its heading would take this option in too.
+    /// Print the server's answer as JSON, for scripts, instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 pub struct Api {
     agent: ureq::Agent,
+    server: String,
     base: String,
     token: String,
+    ca_cert: Option<PathBuf>,
 }
 
 impl Api {
-    fn new(c: &Conn) -> Result<Api> {
+    pub fn new(c: &Conn) -> Result<Api> {
         let token = c.token.clone().context("no API token: set BULWARK_TOKEN (or --token)")?;
         Api::connect(&c.server, &token, c.ca_cert.as_deref())
     }
@@ -54,7 +75,8 @@ impl Api {
             .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .new_agent();
-        Ok(Api { agent, base: format!("{}/api/v1", server.trim_end_matches('/')), token })
+        let server = server.trim_end_matches('/').to_string();
+        Ok(Api { agent, base: format!("{server}/api/v1"), server, token, ca_cert: ca_cert.map(PathBuf::from) })
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
@@ -68,7 +90,7 @@ impl Api {
             ("PATCH", b) => self.agent.patch(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
             _ => unreachable!("methods are ours"),
         };
-        let mut resp = resp.with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let mut resp = resp.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
         if !status.is_success() {
@@ -76,6 +98,45 @@ impl Api {
             bail!("server: {msg} ({status})");
         }
         Ok(v)
+    }
+
+    /// Why the server could not be reached, and what to do about it when that is ours to say:
+    /// most often a certificate this computer has no reason to trust.
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        use bulwark_proto::rustls;
+        use rustls::CertificateError as C;
+        let cert = match &e {
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
+            ureq::Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let server = &self.server;
+        let advice = match (cert, &self.ca_cert) {
+            (Some(C::UnknownIssuer | C::BadSignature), None) => {
+                "the server's certificate is not trusted: it is issued by the server's own CA, which this computer \
+                 does not know; set BULWARK_CA_CERT (or --ca-cert) to that CA's certificate, ca.pem in the server's \
+                 data directory"
+                    .to_string()
+            }
+            (Some(C::UnknownIssuer | C::BadSignature), Some(ca)) => format!(
+                "the server's certificate is not issued by the CA in {} (BULWARK_CA_CERT or --ca-cert): give the \
+                 ca.pem of this server's data directory",
+                ca.display()
+            ),
+            (Some(C::NotValidForName | C::NotValidForNameContext { .. }), _) => format!(
+                "the server's certificate does not hold the name in {server}: use a name it was made for \
+                 (localhost, its host name or address), or start the server with --tls-name NAME"
+            ),
+            (Some(C::Expired | C::ExpiredContext { .. }), _) => {
+                "the server's certificate has expired: restart the server, which renews it at each start".into()
+            }
+            (Some(other), _) => format!("the server's certificate is refused: {other:?}"),
+            (None, _) => return anyhow::Error::new(e).context(format!("cannot reach the server at {server}")),
+        };
+        anyhow::anyhow!("cannot connect to the server at {server}: {advice}")
     }
 }
 
@@ -117,7 +178,10 @@ pub enum TokenCmd {
     List,
     /// Revoke a token by the id `token list` shows: at once, every call with it is refused.
     /// Users may revoke their own API tokens, admins any token.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id, as `bulwark token list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,7 +190,9 @@ pub enum UserCmd {
     List,
     /// Create a user: admin (everything) or viewer (reads; never sees pre and post commands).
     Create {
+        /// The user's name (letters, digits, '.', '_', '-').
         name: String,
+        /// admin (may change everything) or viewer (may only read).
         #[arg(long, value_parser = ["admin", "viewer"])]
         role: String,
         /// A file whose first line is the password (at least 10 characters); - for stdin.
@@ -146,17 +212,25 @@ pub enum UserCmd {
         current_password_file: Option<PathBuf>,
     },
     /// Delete a user and revoke their tokens. The last admin cannot be deleted.
-    Delete { name: String },
+    Delete {
+        /// The user to delete.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum RepositoryCmd {
+    /// Repositories the server knows: where they are, their task maximum, encryption and
+    /// isolation, and the schedule and outcome of their health checks.
     List,
+    /// One repository, as `repository list` shows it.
     Show {
+        /// The repository, as `bulwark repository list` names it.
         name: String,
     },
     /// Create a repository on a transport node (or adopt the one at that path).
     Create {
+        /// The name jobs and listings use for it.
         name: String,
         /// The transport node whose data movers write it.
         #[arg(long)]
@@ -168,7 +242,7 @@ pub enum RepositoryCmd {
         #[arg(long, default_value_t = 4)]
         max_tasks: i64,
         /// Encrypt it (a new repository) or open it (an existing one) with the password in this file.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
         /// Whom its agents are trusted with. `shared`: one key for all computers, so a block two
         /// computers hold is stored once, and every agent writing the repository holds the key
@@ -189,6 +263,7 @@ pub enum RepositoryCmd {
     /// Times are the server's local time. A check still running when the next one comes due
     /// makes that one skip its turn.
     Update {
+        /// The repository, as `bulwark repository list` names it.
         name: String,
         /// Tasks it takes at once.
         #[arg(long)]
@@ -201,6 +276,7 @@ pub enum RepositoryCmd {
     },
     /// Forget a repository (its files stay on the node).
     Delete {
+        /// The repository, as `bulwark repository list` names it.
         name: String,
     },
     /// Check a repository's health and record each restore point's in the catalog.
@@ -235,7 +311,7 @@ pub struct VerifyScheduleArgs {
     #[arg(long, value_name = "HH:MM", conflicts_with_all = ["verify_monthly", "verify_every_minutes"])]
     verify_daily: Option<String>,
     /// Days for --verify-daily: mon,tue,….
-    #[arg(long, value_delimiter = ',', requires = "verify_daily")]
+    #[arg(long, value_name = "DAYS", value_delimiter = ',', requires = "verify_daily")]
     verify_weekdays: Vec<String>,
     /// Check the repository's health monthly: DAY@HH:MM (31: the month's last day).
     #[arg(long, value_name = "DAY@HH:MM", conflicts_with = "verify_every_minutes")]
@@ -251,28 +327,10 @@ impl VerifyScheduleArgs {
         Ok(if let Some(at) = &self.verify_daily {
             Some(json!({"kind": "daily", "at": at, "weekdays": self.verify_weekdays}))
         } else if let Some(spec) = &self.verify_monthly {
-            let (day, at) = spec.split_once('@').context("--verify-monthly takes DAY@HH:MM")?;
-            Some(json!({"kind": "monthly", "day": day.parse::<u8>().context("--verify-monthly: bad day")?, "at": at}))
+            Some(crate::jobs::monthly("--verify-monthly", spec)?)
         } else {
             self.verify_every_minutes.map(|m| json!({"kind": "periodic", "every_minutes": m}))
         })
-    }
-}
-
-/// A schedule as the API gives it, in words.
-fn schedule_text(v: &Value) -> String {
-    match v["kind"].as_str() {
-        Some("daily") => match v["weekdays"].as_array().filter(|w| !w.is_empty()) {
-            Some(days) => format!(
-                "daily {} on {}",
-                v["at"].as_str().unwrap_or("?"),
-                days.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
-            ),
-            None => format!("daily {}", v["at"].as_str().unwrap_or("?")),
-        },
-        Some("monthly") => format!("monthly {}@{}", v["day"], v["at"].as_str().unwrap_or("?")),
-        Some("periodic") => format!("every {} min", v["every_minutes"]),
-        _ => "-".into(),
     }
 }
 
@@ -280,7 +338,7 @@ fn schedule_text(v: &Value) -> String {
 fn repository_rows(v: &Value) -> Value {
     let row = |r: &Value| {
         let mut r = r.clone();
-        r["verify"] = json!(schedule_text(&r["verify_schedule"]));
+        r["verify"] = json!(crate::jobs::schedule_text(&r["verify_schedule"]));
         let last = r["last_verify"].clone();
         r["health"] = match (last["ok"].as_bool(), last["error"].is_string()) {
             (None, _) => Value::Null,
@@ -299,268 +357,106 @@ fn repository_rows(v: &Value) -> Value {
 
 #[derive(Subcommand)]
 pub enum ComputerCmd {
+    /// Protected computers (joined agents): address, when they joined, whether they answer now.
     List,
     /// A computer and its inventory (asked afresh when it answers).
     Show {
+        /// The computer (its agent's node name).
         name: String,
     },
     /// Remove a computer: its certificate is revoked; its restore points stay.
     Delete {
+        /// The computer (its agent's node name).
         name: String,
     },
     /// Let a removed computer's name join again, with a token made for it (`bulwark token
     /// create --role agent --name NAME`). It inherits the name's jobs and restore points.
     Readmit {
+        /// The removed computer's name.
         name: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum TransportNodeCmd {
+    /// Joined transport nodes: address and when they joined.
     List,
     /// Remove a transport node: its certificate is revoked everywhere, so it can no longer
     /// take tasks or serve repositories; repositories on it stay in the configuration.
     Delete {
+        /// The transport node's name.
         name: String,
     },
     /// Let a removed transport node's name join again, with a token made for it (`bulwark
     /// token create --role transport --name NAME`).
     Readmit {
+        /// The removed transport node's name.
         name: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum GroupCmd {
+    /// Protection groups and their computers.
     List,
+    /// One protection group and its computers.
     Show {
+        /// The group's name.
         name: String,
     },
+    /// Create a protection group: computers a job can name all at once (`job create --group`).
     Create {
+        /// The group's name.
         name: String,
+        /// A computer of the group. Repeatable.
         #[arg(long = "computer", required = true)]
         computers: Vec<String>,
     },
     /// Replace a group's computers.
     Update {
+        /// The group's name.
         name: String,
+        /// A computer of the group (all of them: the list replaces the old one). Repeatable.
         #[arg(long = "computer", required = true)]
         computers: Vec<String>,
     },
+    /// Delete a protection group (refused while a job names it).
     Delete {
+        /// The group's name.
         name: String,
-    },
-}
-
-#[derive(Args)]
-pub struct JobArgs {
-    name: String,
-    /// A computer to back up. Repeatable.
-    #[arg(long = "computer")]
-    computers: Vec<String>,
-    /// A protection group whose computers to back up. Repeatable.
-    #[arg(long = "group")]
-    groups: Vec<String>,
-    #[arg(long)]
-    repository: String,
-    /// A block device or image (volumes) or a directory (files). Repeatable; none for
-    /// --mode computer.
-    #[arg(long = "source")]
-    sources: Vec<String>,
-    /// computer (every whole disk the agent reports), volumes or files.
-    #[arg(long, default_value = "volumes", value_parser = ["computer", "volumes", "files"])]
-    mode: String,
-    #[arg(long)]
-    exclude: Vec<String>,
-    #[arg(long)]
-    block_size: Option<String>,
-    #[arg(long)]
-    compression: Option<String>,
-    #[arg(long)]
-    snapshot: Option<String>,
-    #[arg(long)]
-    cbt: Option<String>,
-    /// Run daily at HH:MM (with --weekdays, only on those days).
-    #[arg(long, conflicts_with_all = ["every_minutes", "monthly", "after"])]
-    daily: Option<String>,
-    /// Days for --daily: mon,tue,….
-    #[arg(long, value_delimiter = ',')]
-    weekdays: Vec<String>,
-    /// Run every N minutes.
-    #[arg(long)]
-    every_minutes: Option<u32>,
-    /// Run monthly: DAY@HH:MM.
-    #[arg(long)]
-    monthly: Option<String>,
-    /// Run when a session of this job ends.
-    #[arg(long)]
-    after: Option<String>,
-    /// Backup window HH:MM-HH:MM: a session still running at its end is stopped.
-    #[arg(long)]
-    window: Option<String>,
-    #[arg(long)]
-    timezone: Option<String>,
-    /// Restore points to keep per source.
-    #[arg(long)]
-    keep_last: Option<u32>,
-    /// Tries in all for a failed computer.
-    #[arg(long, default_value_t = 3)]
-    tries: u32,
-    #[arg(long, default_value_t = 10)]
-    retry_delay_minutes: u32,
-    #[arg(long)]
-    throttle_mbps: Option<u64>,
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    priority: i64,
-    #[arg(long, default_value_t = 2)]
-    streams: u32,
-    /// Run on the computer before the snapshot (`/bin/sh -c`); a failure fails the task.
-    #[arg(long)]
-    pre_command: Option<String>,
-    /// Run on the computer after the transfer; a failure makes the task a warning.
-    #[arg(long)]
-    post_command: Option<String>,
-    /// A secret (see `bulwark secret set`) the commands receive as BULWARK_SECRET_<NAME>,
-    /// so that no credential is written into their text. Repeat for several.
-    #[arg(long = "secret")]
-    secrets: Vec<String>,
-}
-
-impl JobArgs {
-    fn to_json(&self) -> Result<Value> {
-        let schedule = if let Some(at) = &self.daily {
-            Some(json!({"kind": "daily", "at": at, "weekdays": self.weekdays}))
-        } else if let Some(m) = self.every_minutes {
-            Some(json!({"kind": "periodic", "every_minutes": m}))
-        } else if let Some(spec) = &self.monthly {
-            let (day, at) = spec.split_once('@').context("--monthly takes DAY@HH:MM")?;
-            Some(json!({"kind": "monthly", "day": day.parse::<u8>().context("--monthly: bad day")?, "at": at}))
-        } else {
-            self.after.as_ref().map(|j| json!({"kind": "after", "job": j}))
-        };
-        let window = match &self.window {
-            Some(w) => {
-                let (start, end) = w.split_once('-').context("--window takes HH:MM-HH:MM")?;
-                Some(json!({"start": start, "end": end}))
-            }
-            None => None,
-        };
-        let mut v = json!({
-            "name": self.name, "mode": self.mode, "computers": self.computers, "groups": self.groups,
-            "repository": self.repository, "sources": self.sources, "exclude": self.exclude,
-            "retries": {"tries": self.tries, "delay_minutes": self.retry_delay_minutes},
-            "priority": self.priority, "streams": self.streams, "secrets": self.secrets,
-            "retention": {"keep_last": self.keep_last},
-        });
-        let opt = [
-            ("block_size", self.block_size.clone().map(Value::from)),
-            ("compression", self.compression.clone().map(Value::from)),
-            ("snapshot", self.snapshot.clone().map(Value::from)),
-            ("cbt", self.cbt.clone().map(Value::from)),
-            ("schedule", schedule),
-            ("window", window),
-            ("timezone", self.timezone.clone().map(Value::from)),
-            ("throttle_mbps", self.throttle_mbps.map(Value::from)),
-            ("pre_command", self.pre_command.clone().map(Value::from)),
-            ("post_command", self.post_command.clone().map(Value::from)),
-        ];
-        for (k, val) in opt {
-            if let Some(val) = val {
-                v[k] = val;
-            }
-        }
-        Ok(v)
-    }
-}
-
-#[derive(Subcommand)]
-pub enum JobCmd {
-    List,
-    Show {
-        name: String,
-    },
-    Create(Box<JobArgs>),
-    /// Replace a job's settings.
-    Update(Box<JobArgs>),
-    Delete {
-        name: String,
-    },
-    /// Start a session now; with --wait, follow it and exit non-zero if it failed.
-    Start {
-        name: String,
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Stop the running session.
-    Stop {
-        name: String,
-    },
-    /// Run the job again (the computers that failed get a new try within the session's retries).
-    Retry {
-        name: String,
-        #[arg(long)]
-        wait: bool,
     },
 }
 
 #[derive(Subcommand)]
 pub enum SessionCmd {
+    /// Job sessions, oldest first: status, start, duration, data sent, and what went wrong.
     List {
+        /// Only sessions of this job.
         #[arg(long)]
         job: Option<String>,
     },
+    /// A session and its tasks (one per computer and attempt).
     Show {
+        /// The session's id, as `bulwark session list` shows it.
         id: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum PointCmd {
-    /// Restore points in the server's catalog, with their health as the last check of their
-    /// repository found it (`bulwark repository verify`): ok, damaged, or - when never
-    /// checked (`point show` and --json say what is damaged and when it was checked).
+    /// Restore points in the server's catalog, oldest first, with their size, their health
+    /// as the last check of their repository found it (`bulwark repository verify`): ok,
+    /// DAMAGED (with what is wrong), or not checked, and how consistent their data is.
     List {
+        /// Only points of this computer.
         #[arg(long)]
         computer: Option<String>,
     },
     /// A point: its manifest (what, when, how, statistics) and its health.
-    Show { id: String },
-}
-
-fn print(c: &Conn, v: &Value, columns: &[&str]) {
-    print_table(c.json, v, columns)
-}
-
-pub fn print_table(as_json: bool, v: &Value, columns: &[&str]) {
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(v).expect("json"));
-        return;
-    }
-    let rows: Vec<&Value> = match v {
-        Value::Array(a) => a.iter().collect(),
-        other => vec![other],
-    };
-    if rows.is_empty() {
-        println!("(none)");
-        return;
-    }
-    let cell = |r: &Value, k: &str| match &r[k] {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        Value::Array(a) => {
-            a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), String::from)).collect::<Vec<_>>().join(",")
-        }
-        other => other.to_string(),
-    };
-    let widths: Vec<usize> =
-        columns.iter().map(|k| rows.iter().map(|r| cell(r, k).len()).max().unwrap_or(0).max(k.len())).collect();
-    let line = |vals: Vec<String>| {
-        vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
-    };
-    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
-    for r in rows {
-        println!("{}", line(columns.iter().map(|k| cell(r, k)).collect()));
-    }
+    Show {
+        /// The point's id, as `bulwark point list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -579,12 +475,53 @@ pub enum SecretCmd {
         value_file: PathBuf,
     },
     /// Delete a secret (jobs that name it then fail their tasks until it is set again).
-    Delete { name: String },
+    Delete {
+        /// The secret's name.
+        name: String,
+    },
 }
 
-pub fn secret(c: Conn, cmd: SecretCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    let v = match cmd {
+pub fn print(o: &Opts, v: &Value, columns: &[&str]) {
+    print_table(o.json, v, columns)
+}
+
+/// A value from the server as a table cell: instants in local time, lists joined.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => crate::ui::local_time_text(s).unwrap_or_else(|| s.clone()),
+        Value::Null => "-".into(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The server's answer as JSON, or as a table of `columns` (keys of its objects; `a.b` reaches
+/// into one).
+pub fn print_table(as_json: bool, v: &Value, columns: &[&str]) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+        return;
+    }
+    let rows: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let at = |r: &Value, k: &str| k.split('.').fold(r.clone(), |v, part| v[part].clone());
+    let mut table = crate::ui::Table::new(&[]);
+    table.set_header(columns.iter().map(|c| c.rsplit('.').next().unwrap_or(c).replace('_', " ").to_uppercase()));
+    for r in rows {
+        table.row(columns.iter().map(|k| cell(&at(r, k))).collect());
+    }
+    table.print();
+}
+
+pub fn secret(a: Admin<SecretCmd>) -> Result<ExitCode> {
+    let api = Api::new(&a.opts.conn)?;
+    let v = match a.cmd {
         SecretCmd::List => api.call("GET", "/secrets", None)?,
         SecretCmd::Set { name, value_file } => {
             let value = first_line(&value_file, "secret")?;
@@ -592,13 +529,13 @@ pub fn secret(c: Conn, cmd: SecretCmd) -> Result<()> {
         }
         SecretCmd::Delete { name } => api.call("DELETE", &format!("/secrets/{name}"), None)?,
     };
-    print(&c, &v, &["name", "updated", "variable"]);
-    Ok(())
+    print(&a.opts, &v, &["name", "updated", "variable"]);
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    match cmd {
+pub fn token(a: Admin<TokenCmd>) -> Result<ExitCode> {
+    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    match a.cmd {
         TokenCmd::Create { role, name, any_name, replace, expires } => {
             let v = if role == "api" {
                 api.call("POST", "/api-tokens", Some(json!({"name": name, "expires": expires})))?
@@ -607,18 +544,18 @@ pub fn token(c: Conn, cmd: TokenCmd) -> Result<()> {
                     json!({"role": role, "name": name, "any_name": any_name, "replace": replace, "expires": expires});
                 api.call("POST", "/tokens", Some(body))?
             };
-            if c.json {
+            if o.json {
                 println!("{v}");
             } else {
                 println!("{}", v["token"].as_str().unwrap_or_default());
             }
         }
         TokenCmd::List => {
-            print(&c, &api.call("GET", "/tokens", None)?, &["id", "kind", "user", "role", "name", "expires"])
+            print(o, &api.call("GET", "/tokens", None)?, &["id", "kind", "user", "role", "name", "expires"])
         }
-        TokenCmd::Revoke { id } => print(&c, &api.call("DELETE", &format!("/tokens/{id}"), None)?, &["revoked"]),
+        TokenCmd::Revoke { id } => print(o, &api.call("DELETE", &format!("/tokens/{id}"), None)?, &["revoked"]),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The first line of a password file, or of stdin for `-`.
@@ -638,9 +575,9 @@ fn first_line(file: &std::path::Path, what: &str) -> Result<String> {
     Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
-pub fn user(c: Conn, cmd: UserCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    let v = match cmd {
+pub fn user(a: Admin<UserCmd>) -> Result<ExitCode> {
+    let api = Api::new(&a.opts.conn)?;
+    let v = match a.cmd {
         UserCmd::List => api.call("GET", "/users", None)?,
         UserCmd::Create { name, role, password_file } => {
             let body = json!({"name": name, "role": role, "password": read_password(&password_file)?});
@@ -657,26 +594,26 @@ pub fn user(c: Conn, cmd: UserCmd) -> Result<()> {
         }
         UserCmd::Delete { name } => api.call("DELETE", &format!("/users/{name}"), None)?,
     };
-    print(&c, &v, &["name", "role", "created", "changed", "deleted"]);
-    Ok(())
+    print(&a.opts, &v, &["name", "role", "created", "changed", "deleted"]);
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn transport_node(c: Conn, cmd: TransportNodeCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    let v = match cmd {
+pub fn transport_node(a: Admin<TransportNodeCmd>) -> Result<ExitCode> {
+    let api = Api::new(&a.opts.conn)?;
+    let v = match a.cmd {
         TransportNodeCmd::List => api.call("GET", "/transports", None)?,
         TransportNodeCmd::Delete { name } => api.call("DELETE", &format!("/transports/{name}"), None)?,
         TransportNodeCmd::Readmit { name } => api.call("POST", &format!("/transports/{name}/readmit"), None)?,
     };
-    print(&c, &v, &["name", "address", "joined", "revoked", "removed", "readmitted"]);
-    Ok(())
+    print(&a.opts, &v, &["name", "address", "joined", "revoked", "removed", "readmitted"]);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `bulwark repository …`; its exit status (`verify` has one of its own).
-pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode> {
-    let api = Api::new(&c)?;
+pub fn repository(a: Admin<RepositoryCmd>) -> Result<ExitCode> {
+    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
     let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation", "verify", "health", "verified"];
-    let v = match cmd {
+    let v = match a.cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
         RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation, verify } => {
@@ -684,7 +621,7 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode>
             let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks,
                 "password": password, "isolation": isolation, "verify_schedule": verify.to_json()?});
             let v = api.call("POST", "/repositories", Some(body))?;
-            if !c.json && v["isolation"] == "shared" {
+            if !o.json && v["isolation"] == "shared" {
                 eprintln!(
                     "note: repository {} shares one key among its computers: every agent writing it is trusted with the \
                      others' data (create it with --isolation computer to keep them apart)",
@@ -709,29 +646,27 @@ pub fn repository(c: Conn, cmd: RepositoryCmd) -> Result<std::process::ExitCode>
             api.call("PATCH", &format!("/repositories/{name}"), Some(body))?
         }
         RepositoryCmd::Delete { name } => api.call("DELETE", &format!("/repositories/{name}"), None)?,
-        RepositoryCmd::Verify { name } => return verify_repository(c, &name),
+        RepositoryCmd::Verify { name } => return verify_repository(&api, o, &name),
     };
-    if c.json {
-        print(&c, &v, &cols);
+    if o.json {
+        print(o, &v, &cols);
     } else {
-        print(&c, &repository_rows(&v), &cols);
+        print(o, &repository_rows(&v), &cols);
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `bulwark repository verify`: the health check through the server; exit status 3 when it
 /// found damage.
-pub fn verify_repository(c: Conn, name: &str) -> Result<std::process::ExitCode> {
-    let api = Api::new(&c)?;
+fn verify_repository(api: &Api, o: &Opts, name: &str) -> Result<ExitCode> {
     let v = api.call("POST", &format!("/repositories/{name}/verify"), None)?;
-    if c.json {
+    if o.json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
         health_summary(&v);
     }
-    Ok(if v["ok"] == true { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(3) })
+    Ok(if v["ok"] == true { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
-
 fn health_summary(v: &Value) {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
@@ -785,21 +720,58 @@ fn health_summary(v: &Value) {
     }
 }
 
-pub fn computer(c: Conn, cmd: ComputerCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    let v = match cmd {
+pub fn computer(a: Admin<ComputerCmd>) -> Result<ExitCode> {
+    let api = Api::new(&a.opts.conn)?;
+    let v = match a.cmd {
         ComputerCmd::List => api.call("GET", "/computers", None)?,
-        ComputerCmd::Show { name } => api.call("GET", &format!("/computers/{name}"), None)?,
+        ComputerCmd::Show { name } => {
+            let v = api.call("GET", &format!("/computers/{name}"), None)?;
+            if !a.opts.json {
+                print(&a.opts, &v, &["name", "address", "joined", "online", "revoked"]);
+                println!();
+                inventory_table(&v["inventory"]);
+                return Ok(ExitCode::SUCCESS);
+            }
+            v
+        }
         ComputerCmd::Delete { name } => api.call("DELETE", &format!("/computers/{name}"), None)?,
         ComputerCmd::Readmit { name } => api.call("POST", &format!("/computers/{name}/readmit"), None)?,
     };
-    print(&c, &v, &["name", "address", "joined", "revoked", "online", "removed", "readmitted"]);
-    Ok(())
+    print(&a.opts, &v, &["name", "address", "joined", "online", "revoked", "removed", "readmitted"]);
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn group(c: Conn, cmd: GroupCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    let v = match cmd {
+/// A computer's disks, partitions and what is mounted from them, as its agent last reported.
+fn inventory_table(inv: &Value) {
+    if inv.is_null() {
+        println!("no inventory yet: the computer has not answered since it joined");
+        return;
+    }
+    println!("{} (kernel {})", inv["hostname"].as_str().unwrap_or("?"), inv["kernel"].as_str().unwrap_or("?"));
+    let mut table = crate::ui::Table::new(&["DEVICE", "KIND", "SIZE", "FILESYSTEM", "MOUNTED ON", "MODEL"]);
+    fn rows(list: &Value, indent: &str, table: &mut crate::ui::Table) {
+        for d in list.as_array().into_iter().flatten() {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+            let mounts: Vec<&str> =
+                d["mount_points"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            table.row(vec![
+                format!("{indent}{}", text(&d["path"])),
+                text(&d["kind"]),
+                crate::ui::human(d["size_bytes"].as_u64().unwrap_or(0)),
+                text(&d["fs_type"]),
+                if mounts.is_empty() { "-".into() } else { mounts.join(",") },
+                text(&d["model"]),
+            ]);
+            rows(&d["children"], "  ", table);
+        }
+    }
+    rows(&inv["devices"], "", &mut table);
+    table.print();
+}
+
+pub fn group(a: Admin<GroupCmd>) -> Result<ExitCode> {
+    let api = Api::new(&a.opts.conn)?;
+    let v = match a.cmd {
         GroupCmd::List => api.call("GET", "/groups", None)?,
         GroupCmd::Show { name } => api.call("GET", &format!("/groups/{name}"), None)?,
         GroupCmd::Update { name, computers } => {
@@ -810,112 +782,87 @@ pub fn group(c: Conn, cmd: GroupCmd) -> Result<()> {
         }
         GroupCmd::Delete { name } => api.call("DELETE", &format!("/groups/{name}"), None)?,
     };
-    print(&c, &v, &["name", "computers"]);
-    Ok(())
+    print(&a.opts, &v, &["name", "computers"]);
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Follows a session to its end with a progress display; its final state.
-pub fn wait_session(api: &Api, id: &str) -> Result<Value> {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        b
-    });
-    loop {
-        let s = api.call("GET", &format!("/sessions/{id}?logs=false"), None)?;
-        let tasks = s["tasks"].as_array().cloned().unwrap_or_default();
-        if let Some(b) = &bar {
-            let total: u64 = tasks.iter().filter_map(|t| t["progress"]["total_bytes"].as_u64()).sum();
-            let read: u64 = tasks.iter().filter_map(|t| t["progress"]["read_bytes"].as_u64()).sum();
-            let ended = tasks.iter().filter(|t| !matches!(t["status"].as_str(), Some("waiting" | "running"))).count();
-            b.set_length(total.max(read));
-            b.set_position(read);
-            b.set_message(format!("{}: {ended}/{} tasks", s["job"].as_str().unwrap_or_default(), tasks.len()));
-        }
-        if s["status"] != "running" {
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
-            return api.call("GET", &format!("/sessions/{id}"), None);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn session_outcome(c: &Conn, s: &Value) -> Result<()> {
-    if c.json {
-        println!("{}", serde_json::to_string_pretty(s).expect("json"));
-    } else {
-        println!(
-            "session {} of job {}: {}",
-            s["id"].as_str().unwrap_or_default(),
-            s["job"].as_str().unwrap_or_default(),
-            s["status"].as_str().unwrap_or_default()
-        );
-        print(c, &s["tasks"], &["computer", "attempt", "status", "sent_bytes", "error"]);
-    }
-    if s["status"] == "failed" {
-        bail!(
-            "session {} failed{}",
-            s["id"].as_str().unwrap_or_default(),
-            s["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
-        );
-    }
-    Ok(())
-}
-
-pub fn job(c: Conn, cmd: JobCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    let cols = ["name", "mode", "computers", "groups", "repository", "sources"];
-    let v = match cmd {
-        JobCmd::List => api.call("GET", "/jobs", None)?,
-        JobCmd::Show { name } => api.call("GET", &format!("/jobs/{name}"), None)?,
-        JobCmd::Create(a) => api.call("POST", "/jobs", Some(a.to_json()?))?,
-        JobCmd::Update(a) => api.call("PUT", &format!("/jobs/{}", a.name), Some(a.to_json()?))?,
-        JobCmd::Delete { name } => api.call("DELETE", &format!("/jobs/{name}"), None)?,
-        JobCmd::Start { name, wait } | JobCmd::Retry { name, wait } => {
-            let s = api.call("POST", &format!("/jobs/{name}/start"), None)?;
-            let id = s["id"].as_str().unwrap_or_default().to_string();
-            if !wait {
-                print(&c, &s, &["id", "job", "status", "started"]);
-                return Ok(());
-            }
-            let s = wait_session(&api, &id)?;
-            return session_outcome(&c, &s);
-        }
-        JobCmd::Stop { name } => api.call("POST", &format!("/jobs/{name}/stop"), None)?,
+/// Seconds between two instants the server wrote (RFC 3339); to now while `end` is absent.
+pub fn seconds_between(start: &Value, end: &Value) -> Option<u64> {
+    let at = |v: &Value| v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    let end = match end {
+        Value::Null => chrono::Utc::now().fixed_offset(),
+        e => at(e)?,
     };
-    print(&c, &v, &cols);
-    Ok(())
+    Some((end - at(start)?).num_seconds().max(0) as u64)
 }
 
-pub fn session(c: Conn, cmd: SessionCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    match cmd {
+/// Sessions or tasks with their duration and size in words, for the table.
+fn timed_rows(v: &Value, bytes: &str) -> Value {
+    let row = |r: &Value| {
+        let mut r = r.clone();
+        r["duration"] = seconds_between(&r["started"], &r["ended"]).map(crate::ui::duration).into();
+        r["size"] = r[bytes].as_u64().map(crate::ui::human).into();
+        r
+    };
+    match v {
+        Value::Array(a) => Value::Array(a.iter().map(row).collect()),
+        other => row(other),
+    }
+}
+
+/// Oldest first, whatever order the server answered in (it lists sessions newest first).
+fn oldest_first(v: &Value, key: &str) -> Value {
+    let mut rows = v.as_array().cloned().unwrap_or_default();
+    rows.sort_by(|a, b| a[key].as_str().cmp(&b[key].as_str()));
+    Value::Array(rows)
+}
+
+/// The table of a session's tasks.
+pub fn print_tasks(tasks: &Value) {
+    print_table(
+        false,
+        &timed_rows(tasks, "sent_bytes"),
+        &["computer", "attempt", "status", "started", "duration", "size", "error"],
+    );
+}
+
+pub fn session(a: Admin<SessionCmd>) -> Result<ExitCode> {
+    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    match a.cmd {
         SessionCmd::List { job } => {
             let q = job.map(|j| format!("?job={j}")).unwrap_or_default();
-            print(
-                &c,
-                &api.call("GET", &format!("/sessions{q}"), None)?,
-                &["id", "job", "status", "started", "ended", "reason"],
-            );
-            Ok(())
+            let v = api.call("GET", &format!("/sessions{q}"), None)?;
+            if o.json {
+                print(o, &v, &[]);
+            } else {
+                sessions_table(&v);
+            }
         }
         SessionCmd::Show { id } => {
             let s = api.call("GET", &format!("/sessions/{id}"), None)?;
-            if c.json {
-                println!("{}", serde_json::to_string_pretty(&s).expect("json"));
-                return Ok(());
+            if o.json {
+                print(o, &s, &[]);
+            } else {
+                let mut row = timed_rows(&s, "none");
+                row["size"] = crate::ui::human(sent_bytes(&s)).into();
+                print(o, &row, &["id", "job", "status", "started", "duration", "size", "reason"]);
+                print_tasks(&s["tasks"]);
             }
-            print(&c, &s, &["id", "job", "status", "started", "ended", "reason"]);
-            print(&c, &s["tasks"], &["computer", "attempt", "status", "sent_bytes", "error"]);
-            Ok(())
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sessions oldest first, with their duration, the data they sent and what went wrong or
+/// earned a warning.
+pub fn sessions_table(v: &Value) {
+    let cols = ["id", "job", "status", "started", "duration", "size", "problem"];
+    print_table(false, &timed_rows(&oldest_first(v, "started"), "sent_bytes"), &cols);
+}
+
+/// Bytes a session's tasks sent.
+fn sent_bytes(s: &Value) -> u64 {
+    s["tasks"].as_array().into_iter().flatten().filter_map(|t| t["sent_bytes"].as_u64()).sum()
 }
 
 /// What a restore through the server asks for.
@@ -928,56 +875,66 @@ pub struct RestoreAsk {
 }
 
 /// A restore through the server; non-zero exit if it failed.
-pub fn restore(c: Conn, point: &str, ask: RestoreAsk) -> Result<()> {
-    let api = Api::new(&c)?;
+pub fn restore(c: &Conn, json: bool, point: &str, ask: RestoreAsk) -> Result<ExitCode> {
+    let api = Api::new(c)?;
     let body = json!({
         "target": ask.to.display().to_string(), "overwrite": ask.overwrite, "paths": ask.paths,
         "computer": ask.computer, "safe": ask.safe,
     });
     let v = api.call("POST", &format!("/points/{point}/restore"), Some(body))?;
-    if c.json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-    } else {
-        print_table(false, &v, &["point", "computer", "target", "status", "error"]);
-    }
+    print_table(json, &v, &["point", "computer", "target", "status", "error"]);
     if v["status"] != "success" {
         bail!("restore of {point} {}: {}", v["status"].as_str().unwrap_or("failed"), v["error"].as_str().unwrap_or(""));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn point(c: Conn, cmd: PointCmd) -> Result<()> {
-    let api = Api::new(&c)?;
-    match cmd {
+pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
+    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    match a.cmd {
         PointCmd::List { computer } => {
             let q = computer.map(|c| format!("?computer={c}")).unwrap_or_default();
-            print(
-                &c,
-                &api.call("GET", &format!("/points{q}"), None)?,
-                &["id", "computer", "name", "repository", "created", "health"],
-            );
+            let v = api.call("GET", &format!("/points{q}"), None)?;
+            if o.json {
+                print(o, &v, &[]);
+            } else {
+                let rows: Vec<_> = v.as_array().into_iter().flatten().map(crate::ui::PointRow::of_catalog).collect();
+                crate::ui::points_table(&rows);
+            }
         }
         PointCmd::Show { id } => {
             let v = api.call("GET", &format!("/points/{id}"), None)?;
-            if c.json {
-                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-            } else {
-                print(&c, &v, &["id", "computer", "name", "kind", "repository", "created"]);
-                let st = &v["manifest"]["stats"];
-                println!(
-                    "source {} bytes, read {}, new {}, stored {}",
-                    st["source_bytes"], st["read_bytes"], st["new_bytes"], st["stored_bytes"]
-                );
-                match v["health"].as_str() {
-                    Some(h) => println!(
-                        "health {h} (checked {}){}",
-                        v["verified_at"].as_str().unwrap_or("-"),
-                        v["health_detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
-                    ),
-                    None => println!("health never checked (bulwark repository verify)"),
-                }
+            if o.json {
+                print(o, &v, &[]);
+                return Ok(ExitCode::SUCCESS);
+            }
+            print(o, &v, &["id", "computer", "name", "kind", "repository", "created"]);
+            let (m, st) = (&v["manifest"], &v["manifest"]["stats"]);
+            let size = |k: &str| crate::ui::human(st[k].as_u64().unwrap_or(0));
+            println!(
+                "source {} ({}), read {}, new {}, stored {}",
+                m["source"].as_str().unwrap_or("-"),
+                size("source_bytes"),
+                size("read_bytes"),
+                size("new_bytes"),
+                size("stored_bytes")
+            );
+            println!(
+                "consistency {}",
+                crate::ui::consistency_text(
+                    m["consistency"].as_str().unwrap_or_default(),
+                    m["snapshot"].as_str().unwrap_or_default()
+                )
+            );
+            match v["health"].as_str() {
+                Some(h) => println!(
+                    "health {h} (checked {}){}",
+                    cell(&v["verified_at"]),
+                    v["health_detail"].as_str().map(|d| format!(": {d}")).unwrap_or_default()
+                ),
+                None => println!("health not checked yet (bulwark repository verify)"),
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,29 @@ use crate::ui;
 
 const MARKER: &str = ".bulwark-demo";
 
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Working directory (created; an earlier demo's is cleared and its daemons stopped).
+    #[arg(long, default_value = "bulwark-demo")]
+    dir: std::path::PathBuf,
+    /// Size of the generated disk image in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Without a server: back up, restore and verify straight against a repository.
+    #[arg(long)]
+    standalone: bool,
+}
+
+/// `bulwark demo`: the quick start, managed or standalone.
+pub fn run(a: DemoArgs, cancel: &AtomicBool) -> Result<std::process::ExitCode> {
+    if a.standalone {
+        run_standalone(&a.dir, a.size_mib, cancel)?;
+    } else {
+        run_managed(&a.dir, a.size_mib)?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn file_digest(path: &Path) -> Result<blake3::Hash> {
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = blake3::Hasher::new();
@@ -48,11 +71,19 @@ fn prepare(dir: &Path, size_mib: u64) -> Result<()> {
     Ok(())
 }
 
-/// Starts a daemon (this program) that outlives the demo; its first stdout line.
+/// Starts a daemon (this program) that outlives the demo; its first stdout line. Its log is
+/// its user's alone: daemons log the names and addresses of what they serve.
 fn daemon(dir: &Path, name: &str, args: &[&str]) -> Result<(u32, serde_json::Value)> {
     use std::io::BufRead;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let path = dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -71,7 +102,7 @@ fn daemon(dir: &Path, name: &str, args: &[&str]) -> Result<(u32, serde_json::Val
 /// The all-in-one quick start: a server (SQLite), a transport node and an agent on loopback,
 /// joined with tokens; a job over a generated disk image run full, then incremental; the
 /// sessions and points shown; everything left running with what is needed to explore it.
-pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
+fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
     prepare(dir, size_mib)?;
     let dir = &dir.canonicalize()?;
     let image = dir.join("disk.img");
@@ -134,7 +165,11 @@ pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
         }
         println!("{step}. job demo: {what}");
         let started = api.call("POST", "/jobs/demo/start", None)?;
-        let done = crate::admin::wait_session(&api, started["id"].as_str().unwrap_or_default())?;
+        let crate::jobs::Waited::Ended(done) =
+            crate::jobs::wait_session(&api, started["id"].as_str().unwrap_or_default())?
+        else {
+            bail!("interrupted; the daemons keep running (pids in {})", dir.join("pids").display());
+        };
         if done["status"] == "failed" {
             bail!("the session failed: {}; see the logs in {}", done["tasks"][0]["error"], dir.display());
         }
@@ -152,13 +187,10 @@ pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
     }
     println!("7. the incremental point restores byte-identical to the image ({})", restored.display());
     println!();
-    crate::admin::print_table(
-        false,
-        &api.call("GET", "/sessions", None)?,
-        &["id", "job", "status", "started", "ended"],
-    );
+    crate::admin::sessions_table(&api.call("GET", "/sessions", None)?);
     println!();
-    crate::admin::print_table(false, &points, &["id", "computer", "name", "repository", "created"]);
+    let rows: Vec<_> = points.as_array().into_iter().flatten().map(ui::PointRow::of_catalog).collect();
+    ui::points_table(&rows);
     let sent: Vec<u64> = sessions.iter().map(|s| s["tasks"][0]["sent_bytes"].as_u64().unwrap_or(0)).collect();
     println!();
     println!(
@@ -180,7 +212,7 @@ pub fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
 }
 
 /// The standalone demo: the data path straight against a repository, no server.
-pub fn run(dir: &Path, size_mib: u64, cancel: &AtomicBool) -> Result<()> {
+fn run_standalone(dir: &Path, size_mib: u64, cancel: &AtomicBool) -> Result<()> {
     prepare(dir, size_mib)?;
     let image = dir.join("disk.img");
     let repo_path = dir.join("repo");

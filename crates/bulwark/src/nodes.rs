@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -39,6 +40,34 @@ pub struct NodeArgs {
     /// Address the server should call (when it differs from --listen, behind NAT say).
     #[arg(long)]
     advertise: Option<String>,
+}
+
+#[derive(Args)]
+pub struct TransportArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// A directory holding repositories this node serves. Repeatable.
+    #[arg(long = "root", required = true, value_name = "DIR")]
+    roots: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Where the server keeps its CA, its keys and (by default) its config database.
+    #[arg(long, default_value = "/var/lib/bulwark-server")]
+    data_dir: PathBuf,
+    /// Address to listen on for the REST API and for nodes joining.
+    #[arg(long, default_value = "0.0.0.0:9440")]
+    listen: SocketAddr,
+    /// PostgreSQL URL; default an SQLite file in --data-dir.
+    #[arg(long, env = "BULWARK_DB", hide_env_values = true, value_name = "URL")]
+    db: Option<String>,
+    /// Seconds between the job scheduler's looks at the clock.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    tick_seconds: u64,
+    /// Another name (DNS or IP) clients use to reach the server, for its certificate. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    tls_name: Vec<String>,
 }
 
 /// Raises this process's soft limit on open files to its hard limit: a daemon serving many
@@ -188,7 +217,7 @@ async fn until_stopped() {
     }
 }
 
-pub fn run_agent(args: NodeArgs) -> Result<()> {
+pub fn run_agent(args: NodeArgs) -> Result<ExitCode> {
     init_daemon();
     runtime()?.block_on(async {
         let (listener, id, revoked, advertise) = start_node(&args, Role::Agent, 9441).await?;
@@ -207,11 +236,12 @@ pub fn run_agent(args: NodeArgs) -> Result<()> {
             r = serve => r.context("agent service")?,
             () = until_stopped() => tracing::info!("agent stopping"),
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
-pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
+pub fn run_transport(a: TransportArgs) -> Result<ExitCode> {
+    let (args, roots) = (a.node, a.roots);
     init_daemon();
     if roots.is_empty() {
         bail!("a transport node needs at least one --root for its repositories");
@@ -240,17 +270,12 @@ pub fn run_transport(args: NodeArgs, roots: Vec<PathBuf>) -> Result<()> {
             r = bulwark_transport::service::serve(service, listener, server_cfg) => r.context("transport service")?,
             () = until_stopped() => tracing::info!("transport service stopping"),
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
-pub fn run_server(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    db: Option<String>,
-    tick_seconds: u64,
-    tls_names: Vec<String>,
-) -> Result<()> {
+pub fn run_server(a: ServerArgs) -> Result<ExitCode> {
+    let ServerArgs { data_dir, listen, db, tick_seconds, tls_name: tls_names } = a;
     init_daemon();
     runtime()?.block_on(async {
         let opts = bulwark_server::server::ServerOptions {
@@ -267,15 +292,15 @@ pub fn run_server(
             r = serve => r.context("backup server")?,
             () = until_stopped() => tracing::info!("server stopping"),
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
 /// The data mover process: its configuration on stdin, its report on stdout.
-pub fn run_data_mover() -> Result<std::process::ExitCode> {
+pub fn run_data_mover() -> Result<ExitCode> {
     init_daemon();
     let cfg: bulwark_transport::MoverConfig =
         serde_json::from_reader(std::io::stdin().lock()).context("reading the data mover's configuration")?;
     let code = bulwark_transport::data_mover::run(cfg, &mut std::io::stdout().lock());
-    Ok(std::process::ExitCode::from(code as u8))
+    Ok(ExitCode::from(code as u8))
 }

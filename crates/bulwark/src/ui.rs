@@ -112,40 +112,216 @@ pub fn restore_summary(r: &RestoreReport) {
     println!("  duration            {:.2} s ({})", r.duration_s, rate(r.volume_size, r.duration_s));
 }
 
-pub fn points_table(points: &[&Manifest], catalog: &bulwark_repo::Catalog) {
-    for d in &catalog.damaged {
-        println!("DAMAGED  {}: {}", d.id, d.reason);
+/// An instant as the operator reads it: in the local time zone, to the second, the same in
+/// every listing.
+pub fn local_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// [`local_time`] of an RFC 3339 text (as the server writes instants); `None` for other text.
+pub fn local_time_text(text: &str) -> Option<String> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| local_time(t.with_timezone(&chrono::Utc)))
+}
+
+/// A span of time, to the second below an hour and to the minute above: `45s`, `3m 05s`,
+/// `1h 02m`, `2d 03h`.
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m"),
+        _ => format!("{d}d {h:02}h"),
     }
-    for id in &catalog.orphans {
-        println!("DAMAGED  {id}: its manifest is lost (the index is still there)");
+}
+
+/// How trustworthy a point's data is, with the reason when it is less than frozen.
+pub fn consistency_text(consistency: &str, snapshot: &str) -> String {
+    match (consistency, snapshot) {
+        ("", _) => "-".into(),
+        ("crash-inconsistent", "" | "none") => "crash-inconsistent (no snapshot: read live)".into(),
+        ("crash-consistent", s) => format!("crash-consistent ({s} snapshot, not frozen)"),
+        (c, "") => c.into(),
+        (c, s) => format!("{c} ({s})"),
     }
-    if !catalog.damaged.is_empty() || !catalog.orphans.is_empty() {
-        println!("(run `bulwark verify` for details; the other points are not affected)");
+}
+
+/// One restore point as both listings show it: `bulwark points` (a repository) and
+/// `bulwark point list` (the server's catalog).
+pub struct PointRow {
+    pub id: String,
+    pub computer: String,
+    pub name: String,
+    /// The server's catalog spans repositories; a repository's own listing has one.
+    pub repository: Option<String>,
+    pub kind: String,
+    pub created: String,
+    pub size: Option<u64>,
+    pub stored: Option<u64>,
+    pub health: String,
+    /// What is wrong with a damaged point.
+    pub problem: Option<String>,
+    pub consistency: String,
+    pub source: String,
+}
+
+impl PointRow {
+    /// A readable point of a repository.
+    pub fn of_manifest(m: &Manifest) -> PointRow {
+        PointRow {
+            id: m.id.to_string(),
+            computer: m.host.clone(),
+            name: m.name.clone(),
+            repository: None,
+            kind: kind_name(m.kind).into(),
+            created: local_time(m.created),
+            size: Some(m.stats.source_bytes),
+            stored: Some(m.stats.stored_bytes),
+            health: "ok".into(),
+            problem: None,
+            consistency: consistency_text(&m.consistency, &m.snapshot),
+            source: m.source.clone(),
+        }
     }
-    if points.is_empty() {
+
+    /// A point of a repository whose manifest cannot be read: only its id is known.
+    pub fn damaged(id: &str, problem: &str) -> PointRow {
+        PointRow {
+            id: id.into(),
+            computer: "-".into(),
+            name: "-".into(),
+            repository: None,
+            kind: "-".into(),
+            created: "-".into(),
+            size: None,
+            stored: None,
+            health: "DAMAGED".into(),
+            problem: Some(problem.into()),
+            consistency: "-".into(),
+            source: "-".into(),
+        }
+    }
+
+    /// A point of the server's catalog (`GET /api/v1/points`).
+    pub fn of_catalog(v: &serde_json::Value) -> PointRow {
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        let health = match v["health"].as_str() {
+            Some("damaged") => "DAMAGED".to_string(),
+            Some(h) => h.to_string(),
+            None => "not checked".to_string(),
+        };
+        PointRow {
+            id: s(&v["id"]),
+            computer: s(&v["computer"]),
+            name: s(&v["name"]),
+            repository: Some(s(&v["repository"])),
+            kind: s(&v["kind"]),
+            created: v["created"].as_str().and_then(local_time_text).unwrap_or_else(|| s(&v["created"])),
+            size: v["stats"]["source_bytes"].as_u64(),
+            stored: v["stats"]["stored_bytes"].as_u64(),
+            health,
+            problem: v["health_detail"].as_str().filter(|_| v["health"] == "damaged").map(String::from),
+            consistency: consistency_text(
+                v["consistency"].as_str().unwrap_or_default(),
+                v["snapshot"].as_str().unwrap_or_default(),
+            ),
+            source: s(&v["source"]),
+        }
+    }
+}
+
+fn kind_name(k: bulwark_repo::PointKind) -> &'static str {
+    match k {
+        bulwark_repo::PointKind::Volume => "volume",
+        bulwark_repo::PointKind::Files => "files",
+    }
+}
+
+/// Restore points in the order given (both listings give them oldest first), then what is
+/// wrong with the damaged ones.
+pub fn points_table(rows: &[PointRow]) {
+    if rows.is_empty() {
         println!("no restore points");
         return;
     }
-    println!(
-        "{:<24} {:<20} {:<7} {:<20} {:>10} {:>10} {:>6}  source",
-        "point", "name", "kind", "created (UTC)", "size", "stored", "block"
-    );
-    for m in points {
-        println!(
-            "{:<24} {:<20} {:<7} {:<20} {:>10} {:>10} {:>6}  {}",
-            m.id.as_str(),
-            m.name,
-            match m.kind {
-                bulwark_repo::PointKind::Volume => "volume",
-                bulwark_repo::PointKind::Files => "files",
-            },
-            m.created.format("%Y-%m-%d %H:%M:%S"),
-            human(if m.kind == bulwark_repo::PointKind::Files { m.stats.source_bytes } else { m.volume_size }),
-            human(m.stats.stored_bytes),
-            if m.kind == bulwark_repo::PointKind::Files { "-".to_string() } else { m.block_size.to_string() },
-            m.source
-        );
+    let size = |b: Option<u64>| b.map_or_else(|| "-".to_string(), human);
+    let with_repository = rows.iter().any(|r| r.repository.is_some());
+    let mut header = vec!["POINT", "COMPUTER", "NAME"];
+    if with_repository {
+        header.push("REPOSITORY");
     }
+    header.extend(["KIND", "CREATED", "SIZE", "STORED", "HEALTH", "CONSISTENCY", "SOURCE"]);
+    let mut table = Table::new(&header);
+    for r in rows {
+        let mut cells = vec![r.id.clone(), r.computer.clone(), r.name.clone()];
+        if with_repository {
+            cells.push(r.repository.clone().unwrap_or_else(|| "-".into()));
+        }
+        cells.extend([r.kind.clone(), r.created.clone(), size(r.size), size(r.stored), r.health.clone()]);
+        cells.extend([r.consistency.clone(), r.source.clone()]);
+        table.row(cells);
+    }
+    table.print();
+    let damaged: Vec<_> = rows.iter().filter_map(|r| r.problem.as_ref().map(|p| (r, p))).collect();
+    for (r, problem) in &damaged {
+        println!("DAMAGED  {}: {problem}", r.id);
+    }
+    if !damaged.is_empty() {
+        println!("(`bulwark verify` or `bulwark repository verify` tells more; the other points are not affected)");
+    }
+}
+
+/// Columns of text, each as wide as its widest cell; sizes and counts right-aligned.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn set_header(&mut self, header: impl IntoIterator<Item = String>) {
+        self.header = header.into_iter().collect();
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn print(&self) {
+        let right = |h: &str| matches!(h, "SIZE" | "STORED" | "SENT" | "DURATION" | "ATTEMPT" | "TASKS");
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                self.rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).chain([self.header[i].len()]).max()
+            })
+            .map(|w| w.unwrap_or(0))
+            .collect();
+        let line = |cells: &[String]| {
+            let text: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .zip(&self.header)
+                .map(|((c, w), h)| if right(h) { format!("{c:>w$}") } else { format!("{c:<w$}") })
+                .collect();
+            text.join("  ").trim_end().to_string()
+        };
+        println!("{}", line(&self.header));
+        for r in &self.rows {
+            println!("{}", line(r));
+        }
+    }
+}
+
+/// The points a repository holds whose manifest is damaged or lost, as rows of the points table.
+pub fn damaged_point_rows(catalog: &bulwark_repo::Catalog) -> Vec<PointRow> {
+    let damaged = catalog.damaged.iter().map(|d| PointRow::damaged(d.id.as_str(), &d.reason));
+    let orphans = catalog
+        .orphans
+        .iter()
+        .map(|id| PointRow::damaged(id.as_str(), "its manifest is lost (the index is still there)"));
+    damaged.chain(orphans).collect()
 }
 
 pub fn verify_summary(repo: &str, r: &VerifyReport) {
@@ -349,9 +525,42 @@ pub fn ls_table(rows: &[LsRow]) {
             r.user,
             r.group,
             r.size,
-            &r.mtime[..19],
+            local_time_text(&r.mtime).unwrap_or_else(|| r.mtime.clone()),
             r.path,
             t
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_to_the_second_then_to_the_minute() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(185), "3m 05s");
+        assert_eq!(duration(3720), "1h 02m");
+        assert_eq!(duration(2 * 86_400 + 3 * 3600 + 59), "2d 03h");
+    }
+
+    #[test]
+    fn instants_read_in_one_format_whatever_the_server_wrote() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-26T18:30:05Z").unwrap().with_timezone(&chrono::Utc);
+        let want = local_time(t);
+        assert_eq!(want.len(), "2026-11-26 18:30:05".len());
+        for text in ["2026-11-26T18:30:05Z", "2026-11-26T18:30:05+00:00", "2026-11-26T18:30:05.123456789Z"] {
+            assert_eq!(local_time_text(text).as_deref(), Some(want.as_str()), "{text}");
+        }
+        assert_eq!(local_time_text("20261126T183005Z-3f2a9c"), None, "point ids are not instants");
+    }
+
+    #[test]
+    fn consistency_says_why_it_is_not_frozen() {
+        assert_eq!(consistency_text("crash-inconsistent", "none"), "crash-inconsistent (no snapshot: read live)");
+        assert_eq!(consistency_text("crash-consistent", "lvm"), "crash-consistent (lvm snapshot, not frozen)");
+        assert_eq!(consistency_text("frozen", "reflink"), "frozen (reflink)");
+        assert_eq!(consistency_text("", ""), "-");
     }
 }

@@ -257,3 +257,49 @@ fn full_disk_fails_cleanly_and_keeps_earlier_points() {
     assert!(gc["deleted_chunks"].as_u64().unwrap() > 0, "{gc}");
     assert!(no_staged_files(&repo));
 }
+
+/// A file-level restore refused because of its target names the target and what is wrong with
+/// it; one refused because of the point names the point. Nothing is written either way.
+#[test]
+fn file_restore_refusals_name_the_target_and_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    backup(&repo, &src, "etc");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let shown = |p: &std::path::Path| p.display().to_string();
+    for (to, expect) in [
+        (file.clone(), format!("target {}: is a file, not a directory", shown(&file))),
+        (file.join("under"), format!("{} on its path is a file, not a directory", shown(&file))),
+        ("/dev/null".into(), "target /dev/null: is a character device, not a directory".to_string()),
+    ] {
+        let r = restore(&repo, "etc:latest", &to);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains(&expect) && r.stderr.contains(&shown(&to)), "{expect}: {}", r.stderr);
+        assert!(!r.stderr.contains("invalid argument") && !r.stderr.contains("os error 20"), "{}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    let out = dir.path().join("out");
+    let r = run(bulwark()
+        .args(["restore", "etc:latest", "--path", "etc/passwd", "--repo"])
+        .arg(&repo)
+        .arg("--to")
+        .arg(&out));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("has no path \"etc/passwd\"") && r.stderr.contains("nothing was written"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "nothing was written");
+    // And what only file-level points take, for a volume point, before anything is written.
+    let img = dir.path().join("a.img");
+    std::fs::write(&img, vec![1u8; 1 << 20]).unwrap();
+    backup(&repo, &img, "img");
+    let r = run(bulwark().args(["restore", "img:latest", "--safe", "--repo"]).arg(&repo).arg("--to").arg(&out));
+    assert!(r.code == 1 && r.stderr.contains("--safe") && r.stderr.contains("volume point"), "{}", r.stderr);
+    assert!(!out.exists(), "nothing was written");
+}

@@ -1,5 +1,6 @@
 //! README's first command: the all-in-one quick start runs a managed job full and incremental,
-//! restores the incremental byte-identical, and leaves the daemons running for the operator.
+//! restores the incremental byte-identical, and leaves the daemons running for the operator,
+//! their logs private and free of the first admin's credentials.
 
 mod cluster;
 
@@ -27,4 +28,23 @@ fn quick_start_runs_and_leaves_the_server_running() {
     assert!(stdout.contains("export BULWARK_TOKEN=bwa1."), "{stdout}");
     assert_eq!(pids.len(), 3);
     assert!(alive, "the daemons did not keep running");
+
+    // The daemons' logs are the demo user's alone, and hold no credential of the first admin.
+    let password = std::fs::read_to_string(demo.join("server/initial-admin-password")).unwrap();
+    let token = std::fs::read_to_string(demo.join("server/initial-admin-token")).unwrap();
+    let logs: Vec<_> = std::fs::read_dir(&demo)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    for log in &logs {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", log.display());
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(!text.contains(password.trim()) && !text.contains(token.trim()), "{}: {text}", log.display());
+    }
+    let server_log = std::fs::read_to_string(demo.join("server.log")).unwrap();
+    assert!(server_log.contains("initial-admin-password"), "the log says where the password is: {server_log}");
 }

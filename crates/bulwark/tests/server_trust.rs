@@ -57,7 +57,7 @@ fn colliding_sources_keep_their_own_chains_and_secrets_stay_sealed() {
 
     // Private data directories: the server's (CA key, secret key, database), the nodes' (keys).
     assert_eq!(mode(&data), 0o700);
-    for f in ["config.db", "secret.key", "ca.key", "initial-admin-token"] {
+    for f in ["config.db", "secret.key", "ca.key", "initial-admin-token", "initial-admin-password"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
     assert_eq!(mode(&transport.data_dir), 0o700);

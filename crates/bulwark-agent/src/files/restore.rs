@@ -158,7 +158,7 @@ pub fn restore_files(
 ) -> Result<FileRestoreReport> {
     let started = Instant::now();
     let sel = Selection::new(&opts.paths);
-    check_selection(repo, m, target, &sel)?;
+    check_selection(repo, m, &sel)?;
     prepare_target(target, opts.overwrite)?;
     let mut r = Restorer {
         repo,
@@ -200,7 +200,7 @@ pub fn restore_files(
 }
 
 /// Every requested path must be in the point before anything is written.
-fn check_selection(repo: &dyn BackupTarget, m: &Manifest, target: &Path, sel: &Selection) -> Result<()> {
+fn check_selection(repo: &dyn BackupTarget, m: &Manifest, sel: &Selection) -> Result<()> {
     let mut found: HashSet<Vec<u8>> = HashSet::new();
     read_tree(repo, m, |e| {
         if sel.0.contains(&e.path) {
@@ -209,31 +209,64 @@ fn check_selection(repo: &dyn BackupTarget, m: &Manifest, target: &Path, sel: &S
         Ok(())
     })?;
     match sel.0.iter().find(|p| !found.contains(*p)) {
-        Some(missing) => Err(AgentError::BadTarget {
-            path: target.into(),
-            reason: format!("point {} has no path {:?}; nothing was written", m.id, String::from_utf8_lossy(missing)),
-        }),
+        Some(missing) => {
+            Err(AgentError::NoSuchPath { point: m.id.to_string(), path: String::from_utf8_lossy(missing).into_owned() })
+        }
         None => Ok(()),
     }
 }
 
-/// Creates the target directory, or checks that an existing one may be written into.
+/// What a path is, in words, for a target that is not a directory.
+fn kind_of(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a file"
+    }
+}
+
+/// Creates the target directory, or checks that an existing one may be written into. Each
+/// refusal names the target and what is wrong with it.
 fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
-    let terr = |what: &str, e: std::io::Error| AgentError::Target { path: target.into(), what: what.into(), source: e };
-    match std::fs::read_dir(target) {
-        Ok(mut rd) => {
-            if rd.next().is_some() && !overwrite {
-                return Err(AgentError::BadTarget {
-                    path: target.into(),
-                    reason: "exists and is not empty; pass --overwrite to restore into it".into(),
-                });
+    let bad = |reason: String| AgentError::BadTarget { path: target.into(), reason };
+    let not_a_dir = |what: &str| {
+        bad(format!(
+            "is {what}, not a directory: a file-level point is restored into a directory (an absent or empty one, \
+             or with --overwrite one whose entries of the same names are replaced){}",
+            if what == "a block device" { "; a device takes a volume point" } else { "" }
+        ))
+    };
+    let in_the_way = |a: &Path| {
+        let what = a.metadata().map_or("not a directory", |md| kind_of(&md));
+        bad(format!("cannot be created: {} on its path is {what}, not a directory", a.display()))
+    };
+    match std::fs::metadata(target) {
+        Ok(md) if !md.is_dir() => Err(not_a_dir(kind_of(&md))),
+        Ok(_) => match std::fs::read_dir(target).map(|mut rd| rd.next().is_some()) {
+            Ok(true) if !overwrite => Err(bad("exists and is not empty; pass --overwrite to restore into it".into())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(bad(format!("is a directory this user cannot read ({e})"))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target).map_err(|e| {
+            // Say which part of the path is in the way, not only that creating it failed.
+            match target.ancestors().skip(1).find(|a| a.symlink_metadata().is_ok()) {
+                Some(a) if !a.is_dir() => in_the_way(a),
+                Some(a) => bad(format!("cannot be created in {} ({e})", a.display())),
+                None => bad(format!("cannot be created ({e})")),
             }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(target).map_err(|e| terr("cannot create", e))
-        }
-        Err(e) => Err(terr("is not a usable directory", e)),
+        }),
+        Err(e) => match target.ancestors().skip(1).find(|a| a.symlink_metadata().is_ok() && !a.is_dir()) {
+            Some(a) => Err(in_the_way(a)),
+            None => Err(bad(format!("cannot be looked at ({e})"))),
+        },
     }
 }
 
