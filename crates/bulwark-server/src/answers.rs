@@ -118,7 +118,6 @@ pub struct GroupMembers {
 /// created, and its last session. `show_job` assembles this answer as JSON; the type describes
 /// it to the document.
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: Job,

@@ -1,6 +1,6 @@
 //! The config database's objects: reads and writes, one function each.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::any::AnyRow;
 
 use bulwark_proto::domain::{Failure, SessionKind, SessionStatus, TaskStatus};
@@ -1479,6 +1479,8 @@ pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<PointRow>> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    use serde_json::json;
 
     use super::*;
 
