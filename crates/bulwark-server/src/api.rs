@@ -1,7 +1,8 @@
 //! The REST API under `/api/v1` (described by `/api/v1/openapi.json`). Every call but login
 //! carries `Authorization: Bearer TOKEN`; reads need any user, changes an admin. Bad input —
 //! unknown fields, wrong types, absurd values, unknown names — gets a 4xx with a message and
-//! changes nothing.
+//! changes nothing. Each handler's `#[utoipa::path]` is its entry in the document (see
+//! `openapi`): the first line of its doc comment is the operation's summary.
 
 use std::sync::Arc;
 
@@ -10,21 +11,29 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bulwark_proto::pb::RepositoryInit;
 use bulwark_proto::pki::{Ca, JoinToken, Role};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::answers::{
+    Deleted, GroupMembers, JobDetail, LoginToken, PasswordChanged, Readmitted, Removed, RepositoryDeleted,
+    RestoreOutcome, Revoked, SecretSet, TokenCreated, UserCreated, Whoami,
+};
 use crate::backup_manager::BackupManager;
 use crate::db::DbError;
+use crate::health::HealthCheck;
 use crate::model::{
     check_name, check_password, parse_lifetime, ApiTokenRequest, GroupInput, Job, Login, PasswordChange,
     RepositoryInput, RepositoryUpdate, RestoreInput, SecretInput, TokenRequest, UserInput,
 };
+use crate::openapi::{BadRequest, Conflict, Forbidden, Invalid, NodeFailed, NotFound, TooManyLogins, Unauthorized};
 use crate::registration::Grant;
-use crate::store;
+use crate::store::{self, GroupRow, NodeRow, PointRow, RepositoryRow, SecretRow, SessionRow, TokenRow, UserRow};
 use crate::task_driver::NodeAddress;
 
 pub struct AppState {
@@ -55,13 +64,20 @@ impl AppState {
     }
 }
 
-/// An error for the caller: a status and a message (as `{"error": …}`).
+/// An error for the caller: a status and a message (as [`ApiErrorBody`]).
 #[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);
 
+/// What every error answer carries.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ApiErrorBody {
+    /// What went wrong, and what to do about it where the server knows.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ApiErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -85,7 +101,9 @@ fn missing(what: &str, name: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("no {what} {name:?}"))
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+/// A handler's answer: `T` as JSON, or an error. `Value` where the answer is still assembled
+/// as JSON (the jobs'; their attributes name the type describing it).
+type ApiResult<T = Value> = Result<Json<T>, ApiError>;
 
 /// A JSON body whose parse errors are answered like every other error.
 pub struct Input<T>(pub T);
@@ -152,51 +170,54 @@ impl FromRequestParts<S> for Caller {
     }
 }
 
+/// Every operation of the API. Each goes through `routes!`, which routes its handler and puts
+/// its `#[utoipa::path]` in the document, so the two cannot part; a route added with a plain
+/// `.route(…)` would be served undescribed, and `openapi`'s test, which lists the router's
+/// routes, fails on it.
+fn operations() -> OpenApiRouter<S> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(openapi))
+        .routes(routes!(login))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(delete_user))
+        .routes(routes!(change_password))
+        .routes(routes!(list_tokens, create_join_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(create_api_token))
+        .routes(routes!(whoami))
+        .routes(routes!(list_computers))
+        .routes(routes!(show_computer, remove_computer))
+        .routes(routes!(readmit_computer))
+        .routes(routes!(list_transports))
+        .routes(routes!(remove_transport))
+        .routes(routes!(readmit_transport))
+        .routes(routes!(list_repositories, create_repository))
+        .routes(routes!(show_repository, update_repository, delete_repository))
+        .routes(routes!(verify_repository))
+        .routes(routes!(list_secrets))
+        .routes(routes!(set_secret, delete_secret))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(show_group, update_group, delete_group))
+        .routes(routes!(list_jobs, create_job))
+        .routes(routes!(show_job, update_job, change_job, delete_job))
+        .routes(routes!(start_job))
+        .routes(routes!(stop_job))
+        .routes(routes!(list_sessions))
+        .routes(routes!(show_session))
+        .routes(routes!(list_points))
+        .routes(routes!(show_point))
+        .routes(routes!(restore_point))
+}
+
+/// The document as served: made once, with the router.
+#[derive(Clone)]
+struct Document(axum::body::Bytes);
+
 pub fn router(state: S) -> Router {
+    let (api, doc) = operations().split_for_parts();
+    let doc = Document(doc.to_json().expect("the API's description serializes").into());
     Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/login", post(login))
-        .route("/api/v1/users", get(list_users).post(create_user))
-        .route("/api/v1/users/{name}", delete(delete_user))
-        .route("/api/v1/users/{name}/password", put(change_password))
-        .route("/api/v1/tokens", get(list_tokens).post(create_join_token))
-        .route("/api/v1/tokens/{id}", delete(revoke_token))
-        .route("/api/v1/api-tokens", post(create_api_token))
-        .route("/api/v1/whoami", get(whoami))
-        .route("/api/v1/computers", get(|c: Caller, s: State<S>| list_nodes(c, s, "agent")))
-        .route(
-            "/api/v1/computers/{name}",
-            get(show_computer).delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "agent")),
-        )
-        .route(
-            "/api/v1/computers/{name}/readmit",
-            post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "agent")),
-        )
-        .route("/api/v1/transports", get(|c: Caller, s: State<S>| list_nodes(c, s, "transport")))
-        .route(
-            "/api/v1/transports/{name}",
-            delete(|c: Caller, s: State<S>, n: Path<String>| remove_node(c, s, n, "transport")),
-        )
-        .route(
-            "/api/v1/transports/{name}/readmit",
-            post(|c: Caller, s: State<S>, n: Path<String>| readmit(c, s, n, "transport")),
-        )
-        .route("/api/v1/repositories", get(list_repositories).post(create_repository))
-        .route("/api/v1/repositories/{name}", get(show_repository).patch(update_repository).delete(delete_repository))
-        .route("/api/v1/repositories/{name}/verify", post(verify_repository))
-        .route("/api/v1/secrets", get(list_secrets))
-        .route("/api/v1/secrets/{name}", put(set_secret).delete(delete_secret))
-        .route("/api/v1/groups", get(list_groups).post(create_group))
-        .route("/api/v1/groups/{name}", get(show_group).put(update_group).delete(delete_group))
-        .route("/api/v1/jobs", get(list_jobs).post(create_job))
-        .route("/api/v1/jobs/{name}", get(show_job).put(update_job).patch(change_job).delete(delete_job))
-        .route("/api/v1/jobs/{name}/start", post(start_job))
-        .route("/api/v1/jobs/{name}/stop", post(stop_job))
-        .route("/api/v1/sessions", get(list_sessions))
-        .route("/api/v1/sessions/{id}", get(show_session))
-        .route("/api/v1/points", get(list_points))
-        .route("/api/v1/points/{id}", get(show_point))
-        .route("/api/v1/points/{id}/restore", post(restore_point))
+        .nest(crate::openapi::BASE, api.layer(axum::Extension(doc)))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path (see /api/v1/openapi.json)".into()) })
         .with_state(state)
 }
@@ -206,11 +227,19 @@ fn client_ip(peer: &Option<axum::Extension<bulwark_proto::tls::PeerInfo>>) -> Op
     peer.as_ref().map(|p| p.remote.ip())
 }
 
+/// Trade a user's password for an API token valid 12 hours.
+///
+/// Repeated failures lock the user and the address out for a while (429).
+#[utoipa::path(post, path = "/login", security(()), request_body = Login, responses(
+    (status = 200, description = "the token, its id and expiry", body = LoginToken),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 422, response = Invalid), (status = 429, response = TooManyLogins),
+))]
 async fn login(
     State(s): State<S>,
     peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
     Input(l): Input<Login>,
-) -> ApiResult {
+) -> ApiResult<LoginToken> {
     use crate::login_guard::Lockout;
     let denied = || ApiError(StatusCode::UNAUTHORIZED, "wrong user name or password".into());
     let ip = client_ip(&peer);
@@ -246,7 +275,7 @@ async fn login(
     store::purge_expired_tokens(&s.core.db).await?;
     let expires = crate::db::stamp_in(LOGIN_TOKEN_SECONDS);
     let (id, token) = store::create_api_token(&s.core.db, &id, "login", Some(expires.clone())).await?;
-    Ok(Json(json!({ "token": token, "id": id, "expires": expires })))
+    Ok(Json(LoginToken { token, id, expires }))
 }
 
 /// How long a login's token lasts.
@@ -259,16 +288,31 @@ async fn hash(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || crate::server::hash_password(&password)).await.map_err(|e| bad(e.to_string()))
 }
 
-async fn whoami(c: Caller) -> ApiResult {
-    Ok(Json(json!({ "name": c.name, "role": c.role, "token": c.token })))
+/// The caller: user name, role, id of the token used.
+#[utoipa::path(get, path = "/whoami", responses(
+    (status = 200, description = "the caller", body = Whoami), (status = 401, response = Unauthorized),
+))]
+async fn whoami(c: Caller) -> ApiResult<Whoami> {
+    Ok(Json(Whoami { name: c.name, role: c.role, token: c.token }))
 }
 
-async fn list_users(c: Caller, State(s): State<S>) -> ApiResult {
+/// Users and their roles.
+#[utoipa::path(get, path = "/users", responses(
+    (status = 200, description = "users by name", body = Vec<UserRow>),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+))]
+async fn list_users(c: Caller, State(s): State<S>) -> ApiResult<Vec<UserRow>> {
     c.admin()?;
-    Ok(Json(Value::Array(store::users(&s.core.db).await?)))
+    Ok(Json(store::users(&s.core.db).await?))
 }
 
-async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult {
+/// Create a user.
+#[utoipa::path(post, path = "/users", request_body = UserInput, responses(
+    (status = 200, description = "the user", body = UserCreated),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 409, response = Conflict), (status = 422, response = Invalid),
+))]
+async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult<UserCreated> {
     c.admin()?;
     check_name("user", &u.name).map_err(bad)?;
     if !matches!(u.role.as_str(), "admin" | "viewer") {
@@ -276,18 +320,27 @@ async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) 
     }
     check_password(&u.password).map_err(bad)?;
     store::create_user(&s.core.db, &u.name, &hash(u.password).await?, &u.role).await?;
-    Ok(Json(json!({ "name": u.name, "role": u.role })))
+    Ok(Json(UserCreated { name: u.name, role: u.role }))
 }
 
-/// Users change their own password (giving the current one); admins anyone's. The user's
-/// other login tokens are revoked.
+/// Change a password: one's own (with the current one) or, as an admin, anyone's.
+///
+/// The user's other login tokens are revoked.
+#[utoipa::path(put, path = "/users/{name}/password", params(("name" = String, Path)), request_body = PasswordChange,
+    responses(
+        (status = 200, description = "changed", body = PasswordChanged),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
+        (status = 429, response = TooManyLogins),
+    )
+)]
 async fn change_password(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
     peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
     Input(p): Input<PasswordChange>,
-) -> ApiResult {
+) -> ApiResult<PasswordChanged> {
     let own = name == c.name;
     if !own {
         c.admin()?;
@@ -313,15 +366,21 @@ async fn change_password(
     let keep = own.then_some(c.token.as_str());
     store::set_password(&s.core.db, &id, &hash(p.password).await?, keep).await?;
     tracing::info!("password of user {name} changed by {}", c.name);
-    Ok(Json(json!({ "name": name, "changed": true })))
+    Ok(Json(PasswordChanged { name, changed: true }))
 }
 
-async fn delete_user(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Delete a user and their tokens (never the last admin).
+#[utoipa::path(delete, path = "/users/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "deleted", body = Deleted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+))]
+async fn delete_user(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     match store::delete_user(&s.core.db, &name).await? {
         store::UserDeletion::Deleted => {
             tracing::info!("user {name} deleted by {}", c.name);
-            Ok(Json(json!({ "deleted": name })))
+            Ok(Json(Deleted { deleted: name }))
         }
         store::UserDeletion::NoSuchUser => Err(missing("user", &name)),
         store::UserDeletion::LastAdmin => Err(ApiError(
@@ -335,16 +394,27 @@ fn lifetime(text: Option<&str>, default: &str) -> Result<Option<String>, ApiErro
     Ok(parse_lifetime(text.unwrap_or(default)).map_err(bad)?.map(crate::db::stamp_in))
 }
 
-async fn create_api_token(c: Caller, State(s): State<S>, Input(t): Input<ApiTokenRequest>) -> ApiResult {
+/// Create an API token for the caller.
+#[utoipa::path(post, path = "/api-tokens", request_body = ApiTokenRequest, responses(
+    (status = 200, description = "the token (its secret shown this once)", body = TokenCreated),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized), (status = 422, response = Invalid),
+))]
+async fn create_api_token(c: Caller, State(s): State<S>, Input(t): Input<ApiTokenRequest>) -> ApiResult<TokenCreated> {
     let name = t.name.unwrap_or_else(|| "created".into());
     check_name("token", &name).map_err(bad)?;
     let expires = lifetime(t.expires.as_deref(), API_TOKEN_DEFAULT)?;
     let (id, token) = store::create_api_token(&s.core.db, &c.user_id, &name, expires.clone()).await?;
     tracing::info!("API token {id} ({name}) created for user {}", c.name);
-    Ok(Json(json!({ "token": token, "id": id, "kind": "api", "user": c.name, "name": name, "expires": expires })))
+    Ok(Json(TokenCreated::Api { token, id, user: c.name, name, expires }))
 }
 
-async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult {
+/// Create a one-time join token for an agent or transport node: for one name or any new one.
+#[utoipa::path(post, path = "/tokens", request_body = TokenRequest, responses(
+    (status = 200, description = "the token (its secret shown this once)", body = TokenCreated),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 422, response = Invalid),
+))]
+async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult<TokenCreated> {
     c.admin()?;
     let role = match t.role.as_str() {
         "agent" => Role::Agent,
@@ -361,31 +431,44 @@ async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenR
     let grant = Grant { role, name: t.name.clone(), replace: t.replace };
     let token = JoinToken::generate(&s.ca.fingerprint());
     let id = store::create_join_token(&s.core.db, &token.secret, &grant, expires.clone()).await?;
-    Ok(Json(json!({
-        "token": token.to_string(), "id": id, "kind": "join", "role": t.role, "name": t.name,
-        "replace": t.replace, "expires": expires,
-    })))
+    Ok(Json(TokenCreated::Join {
+        token: token.to_string(),
+        id,
+        role: t.role,
+        name: t.name,
+        replace: t.replace,
+        expires,
+    }))
 }
 
-/// API tokens (an admin's listing has everyone's and the unused join tokens).
-async fn list_tokens(c: Caller, State(s): State<S>) -> ApiResult {
+/// API tokens: the caller's; an admin's listing has everyone's and the unused join tokens.
+///
+/// Listed by id, never with their secrets.
+#[utoipa::path(get, path = "/tokens", responses(
+    (status = 200, description = "tokens, oldest first", body = Vec<TokenRow>), (status = 401, response = Unauthorized),
+))]
+async fn list_tokens(c: Caller, State(s): State<S>) -> ApiResult<Vec<TokenRow>> {
     let mine = (!c.is_admin()).then_some(c.user_id.as_str());
-    Ok(Json(Value::Array(store::tokens(&s.core.db, mine, c.is_admin()).await?)))
+    Ok(Json(store::tokens(&s.core.db, mine, c.is_admin()).await?))
 }
 
-/// Revokes a token by its id: users their own API tokens, admins any token.
-async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
+/// Revoke a token by its id: users their own API tokens, admins any token.
+#[utoipa::path(delete, path = "/tokens/{id}", params(("id" = String, Path)), responses(
+    (status = 200, description = "revoked", body = Revoked),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
+async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult<Revoked> {
     let mine = (!c.is_admin()).then_some(c.user_id.as_str());
     if !store::revoke_token(&s.core.db, &id, mine, c.is_admin()).await? {
         return Err(missing("token", &id));
     }
     tracing::info!("token {id} revoked by {}", c.name);
-    Ok(Json(json!({ "revoked": id })))
+    Ok(Json(Revoked { revoked: id }))
 }
 
 /// Joined nodes; computers with whether they answer now (asked all at once, as `computer show`
 /// asks one), so that both say the same.
-async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
+async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult<Vec<NodeRow>> {
     let mut nodes = store::nodes(&s.core.db, role).await?;
     if role == "agent" {
         let mut asks = tokio::task::JoinSet::new();
@@ -400,7 +483,7 @@ async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult {
             n.online = Some(false);
         }
     }
-    Ok(Json(json!(nodes)))
+    Ok(Json(nodes))
 }
 
 /// The computer's inventory, asked afresh and stored; `None` when it does not answer soon.
@@ -411,7 +494,29 @@ async fn refresh_inventory(s: &AppState, node: &NodeAddress) -> Result<Option<Va
     Ok(Some(inventory))
 }
 
-async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Joined computers (their agents), removed ones too.
+#[utoipa::path(get, path = "/computers", responses(
+    (status = 200, description = "computers by name", body = Vec<NodeRow>), (status = 401, response = Unauthorized),
+))]
+async fn list_computers(c: Caller, s: State<S>) -> ApiResult<Vec<NodeRow>> {
+    list_nodes(c, s, "agent").await
+}
+
+/// Joined transport nodes, removed ones too.
+#[utoipa::path(get, path = "/transports", responses(
+    (status = 200, description = "transport nodes by name", body = Vec<NodeRow>),
+    (status = 401, response = Unauthorized),
+))]
+async fn list_transports(c: Caller, s: State<S>) -> ApiResult<Vec<NodeRow>> {
+    list_nodes(c, s, "transport").await
+}
+
+/// A computer and its inventory (fresh when its agent answers within 5 s).
+#[utoipa::path(get, path = "/computers/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "the computer", body = NodeRow),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
+async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<NodeRow> {
     let mut n = store::node(&s.core.db, "agent", &name).await?.ok_or_else(|| missing("computer", &name))?;
     // Fresh inventory when the agent answers; the last one known otherwise.
     // A removed computer's certificate is revoked: it could not answer.
@@ -420,7 +525,7 @@ async fn show_computer(_c: Caller, State(s): State<S>, Path(name): Path<String>)
     if let Some(inventory) = fresh {
         n.inventory = Some(inventory);
     }
-    Ok(Json(json!(n)))
+    Ok(Json(n))
 }
 
 fn node_noun(role: &str) -> &'static str {
@@ -432,12 +537,12 @@ fn node_noun(role: &str) -> &'static str {
 }
 
 /// A removed node's name may join again, with a token made for that name.
-async fn readmit(c: Caller, State(s): State<S>, Path(name): Path<String>, role: &str) -> ApiResult {
+async fn readmit(c: Caller, State(s): State<S>, Path(name): Path<String>, role: &str) -> ApiResult<Readmitted> {
     c.admin()?;
     match store::readmit_node(&s.core.db, role, &name).await? {
         Some(true) => {
             tracing::info!("{role} {name} readmitted by {}", c.name);
-            Ok(Json(json!({ "readmitted": name, "role": role })))
+            Ok(Json(Readmitted { readmitted: name, role: role.into() }))
         }
         Some(false) => Err(ApiError(
             StatusCode::CONFLICT,
@@ -447,9 +552,47 @@ async fn readmit(c: Caller, State(s): State<S>, Path(name): Path<String>, role: 
     }
 }
 
+/// Let a removed computer's name join again.
+#[utoipa::path(post, path = "/computers/{name}/readmit", params(("name" = String, Path)), responses(
+    (status = 200, description = "readmitted", body = Readmitted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+))]
+async fn readmit_computer(c: Caller, s: State<S>, name: Path<String>) -> ApiResult<Readmitted> {
+    readmit(c, s, name, "agent").await
+}
+
+/// Let a removed transport node's name join again.
+#[utoipa::path(post, path = "/transports/{name}/readmit", params(("name" = String, Path)), responses(
+    (status = 200, description = "readmitted", body = Readmitted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+))]
+async fn readmit_transport(c: Caller, s: State<S>, name: Path<String>) -> ApiResult<Readmitted> {
+    readmit(c, s, name, "transport").await
+}
+
+/// Remove a computer: its certificate is revoked everywhere; its restore points stay.
+#[utoipa::path(delete, path = "/computers/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "removed", body = Removed),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 404, response = NotFound),
+))]
+async fn remove_computer(c: Caller, s: State<S>, name: Path<String>) -> ApiResult<Removed> {
+    remove_node(c, s, name, "agent").await
+}
+
+/// Remove a transport node: its certificate is revoked everywhere.
+#[utoipa::path(delete, path = "/transports/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "removed", body = Removed),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 404, response = NotFound),
+))]
+async fn remove_transport(c: Caller, s: State<S>, name: Path<String>) -> ApiResult<Removed> {
+    remove_node(c, s, name, "transport").await
+}
+
 /// Removing a computer or transport node revokes its certificate everywhere; restore points
 /// stay.
-async fn remove_node(c: Caller, State(s): State<S>, Path(name): Path<String>, role: &str) -> ApiResult {
+async fn remove_node(c: Caller, State(s): State<S>, Path(name): Path<String>, role: &str) -> ApiResult<Removed> {
     c.admin()?;
     if !store::revoke_node(&s.core.db, role, &name).await? {
         return Err(missing(node_noun(role), &name));
@@ -478,48 +621,89 @@ async fn remove_node(c: Caller, State(s): State<S>, Path(name): Path<String>, ro
         }
     }
     while pushes.join_next().await.is_some() {}
-    Ok(Json(json!({ "removed": name })))
+    Ok(Json(Removed { removed: name }))
 }
 
-/// Secrets for jobs' commands: admins set and delete them, nobody reads a value back.
-async fn list_secrets(c: Caller, State(s): State<S>) -> ApiResult {
+/// Names of the secrets jobs' commands may use, never their values.
+///
+/// Admins set and delete secrets; nobody reads a value back.
+#[utoipa::path(get, path = "/secrets", responses(
+    (status = 200, description = "secrets by name", body = Vec<SecretRow>),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+))]
+async fn list_secrets(c: Caller, State(s): State<S>) -> ApiResult<Vec<SecretRow>> {
     c.admin()?;
-    Ok(Json(Value::Array(store::secret_names(&s.core.db).await?)))
+    Ok(Json(store::secret_names(&s.core.db).await?))
 }
 
+/// Set a secret (sealed at rest; commands read it as `BULWARK_SECRET_<NAME>`).
+#[utoipa::path(put, path = "/secrets/{name}", params(("name" = String, Path)), request_body = SecretInput,
+    responses(
+        (status = 200, description = "set", body = SecretSet),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 422, response = Invalid),
+    )
+)]
 async fn set_secret(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
     Input(v): Input<SecretInput>,
-) -> ApiResult {
+) -> ApiResult<SecretSet> {
     c.admin()?;
     crate::model::check_secret_name(&name).map_err(bad)?;
     if v.value.is_empty() || v.value.len() > 65_536 {
         return Err(bad("a secret's value holds 1 to 65536 bytes"));
     }
     store::set_secret(&s.core.db, &name, &v.value).await?;
-    Ok(Json(json!({"name": name, "variable": crate::model::secret_variable(&name)})))
+    Ok(Json(SecretSet { variable: crate::model::secret_variable(&name), name }))
 }
 
-async fn delete_secret(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Delete a secret.
+#[utoipa::path(delete, path = "/secrets/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "deleted", body = Deleted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 404, response = NotFound),
+))]
+async fn delete_secret(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     if !store::delete_row(&s.core.db, "secrets", &name).await? {
         return Err(missing("secret", &name));
     }
-    Ok(Json(json!({"deleted": name})))
+    Ok(Json(Deleted { deleted: name }))
 }
 
-async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult {
-    Ok(Json(json!(store::repositories(&s.core.db).await?)))
+/// Repositories, with the schedule and outcome of their health checks (`last_verify`).
+#[utoipa::path(get, path = "/repositories", responses(
+    (status = 200, description = "repositories by name", body = Vec<RepositoryRow>),
+    (status = 401, response = Unauthorized),
+))]
+async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult<Vec<RepositoryRow>> {
+    Ok(Json(store::repositories(&s.core.db).await?))
 }
 
-async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
-    Ok(Json(json!(store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?)))
+/// A repository.
+#[utoipa::path(get, path = "/repositories/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "the repository", body = RepositoryRow),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
+async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<RepositoryRow> {
+    Ok(Json(store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?))
 }
 
-/// Creates the repository on its transport node (or checks the one there), then records it.
-async fn create_repository(c: Caller, State(s): State<S>, Input(r): Input<RepositoryInput>) -> ApiResult {
+/// Create (or adopt) a repository on a transport node.
+///
+/// The transport node creates it, or checks the one at that path; then the server records it.
+#[utoipa::path(post, path = "/repositories", request_body = RepositoryInput, responses(
+    (status = 200, description = "the repository (created_on_disk: whether the node made it)", body = RepositoryRow),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 409, response = Conflict),
+    (status = 422, response = Invalid), (status = 502, response = NodeFailed),
+))]
+async fn create_repository(
+    c: Caller,
+    State(s): State<S>,
+    Input(r): Input<RepositoryInput>,
+) -> ApiResult<RepositoryRow> {
     c.admin()?;
     r.validate().map_err(bad)?;
     if store::repository(&s.core.db, &r.name).await?.is_some() {
@@ -554,15 +738,23 @@ async fn create_repository(c: Caller, State(s): State<S>, Input(r): Input<Reposi
     store::insert_repository(&s.core.db, &r).await?;
     let mut v = store::repository(&s.core.db, &r.name).await?.ok_or_else(|| missing("repository", &r.name))?;
     v.created_on_disk = Some(info.created);
-    Ok(Json(json!(v)))
+    Ok(Json(v))
 }
 
+/// Change a repository's task maximum or the schedule of its health check.
+#[utoipa::path(patch, path = "/repositories/{name}", params(("name" = String, Path)), request_body = RepositoryUpdate,
+    responses(
+        (status = 200, description = "the repository", body = RepositoryRow),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
+    )
+)]
 async fn update_repository(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
     Input(u): Input<RepositoryUpdate>,
-) -> ApiResult {
+) -> ApiResult<RepositoryRow> {
     c.admin()?;
     u.validate().map_err(bad)?;
     if !store::update_repository(&s.core.db, &name, &u).await? {
@@ -571,7 +763,13 @@ async fn update_repository(
     show_repository(c, State(s), Path(name)).await
 }
 
-async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Forget a repository (its files stay on its transport node).
+#[utoipa::path(delete, path = "/repositories/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "forgotten", body = RepositoryDeleted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+))]
+async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<RepositoryDeleted> {
     c.admin()?;
     let users = store::jobs_using(&s.core.db, "repository", &name).await?;
     if !users.is_empty() {
@@ -586,12 +784,23 @@ async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
     if !store::delete_row(&s.core.db, "repositories", &name).await? {
         return Err(missing("repository", &name));
     }
-    Ok(Json(json!({ "deleted": name, "note": "the repository's files stay on its transport node" })))
+    Ok(Json(RepositoryDeleted { deleted: name, note: "the repository's files stay on its transport node".into() }))
 }
 
-/// The repository's health check, on its transport node; the catalog records each point's
-/// health. Answers when the check has ended (`ok: false` when damage was found).
-async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Health check: the repository's transport node re-reads and re-hashes every chunk its points
+/// reference.
+///
+/// The catalog records each point's health (ok or damaged, with what is lost). Reports points
+/// the repository holds that the catalog does not know and catalog points whose manifest is
+/// gone. Answers when the check has ended; `ok` is false when damage was found (409: a check of
+/// this repository is running; 502: the transport node failed).
+#[utoipa::path(post, path = "/repositories/{name}/verify", params(("name" = String, Path)), responses(
+    (status = 200, description = "the check's outcome", body = HealthCheck),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+    (status = 422, response = Invalid), (status = 502, response = NodeFailed),
+))]
+async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<HealthCheck> {
     use crate::health::HealthError;
     c.admin()?;
     let core = s.core.clone();
@@ -602,7 +811,7 @@ async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the server's log)".into())
     })?;
     match outcome {
-        Ok(h) => Ok(Json(serde_json::to_value(h).unwrap_or_default())),
+        Ok(h) => Ok(Json(h)),
         Err(e @ HealthError::NoRepository(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
         Err(e @ HealthError::Running(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
         Err(e @ HealthError::NoTransport(_)) => Err(bad(e.to_string())),
@@ -613,11 +822,21 @@ async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
     }
 }
 
-async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult {
-    Ok(Json(Value::Array(store::groups(&s.core.db).await?)))
+/// Protection groups: computers jobs name together.
+#[utoipa::path(get, path = "/groups", responses(
+    (status = 200, description = "groups by name", body = Vec<GroupRow>), (status = 401, response = Unauthorized),
+))]
+async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult<Vec<GroupRow>> {
+    Ok(Json(store::groups(&s.core.db).await?))
 }
 
-async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>) -> ApiResult {
+/// Create a protection group.
+#[utoipa::path(post, path = "/groups", request_body = GroupInput, responses(
+    (status = 200, description = "the group", body = GroupMembers),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 409, response = Conflict), (status = 422, response = Invalid),
+))]
+async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>) -> ApiResult<GroupMembers> {
     c.admin()?;
     check_name("group", &g.name).map_err(bad)?;
     if g.computers.is_empty() {
@@ -627,20 +846,33 @@ async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>
         bulwark_proto::pki::validate_node_name(m).map_err(bad)?;
     }
     store::insert_group(&s.core.db, &g.name, &g.computers).await?;
-    Ok(Json(json!({ "name": g.name, "computers": g.computers })))
+    Ok(Json(GroupMembers { name: g.name, computers: g.computers }))
 }
 
-async fn show_group(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// A protection group.
+#[utoipa::path(get, path = "/groups/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "the group", body = GroupMembers),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
+async fn show_group(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<GroupMembers> {
     let members = store::group_members(&s.core.db, &name).await?.ok_or_else(|| missing("group", &name))?;
-    Ok(Json(json!({ "name": name, "computers": members })))
+    Ok(Json(GroupMembers { name, computers: members }))
 }
 
+/// Replace a group's computers.
+#[utoipa::path(put, path = "/groups/{name}", params(("name" = String, Path)), request_body = GroupInput,
+    responses(
+        (status = 200, description = "the group", body = GroupMembers),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
+    )
+)]
 async fn update_group(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
     Input(g): Input<GroupInput>,
-) -> ApiResult {
+) -> ApiResult<GroupMembers> {
     c.admin()?;
     if g.name != name {
         return Err(bad(format!("the body names group {:?}, the path {name:?}", g.name)));
@@ -654,10 +886,16 @@ async fn update_group(
     if !store::update_group(&s.core.db, &name, &g.computers).await? {
         return Err(missing("group", &name));
     }
-    Ok(Json(json!({ "name": name, "computers": g.computers })))
+    Ok(Json(GroupMembers { name, computers: g.computers }))
 }
 
-async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Delete a protection group (not while a job names it).
+#[utoipa::path(delete, path = "/groups/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "deleted", body = Deleted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+))]
+async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     let users = store::jobs_using(&s.core.db, "group", &name).await?;
     if !users.is_empty() {
@@ -666,7 +904,7 @@ async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -
     if !store::delete_row(&s.core.db, "groups", &name).await? {
         return Err(missing("group", &name));
     }
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted { deleted: name }))
 }
 
 /// A job refers to objects that exist.
@@ -710,16 +948,14 @@ async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
 
 /// Pre and post commands, and what they print, often hold credentials (a database password
 /// for a dump, say): only admins see them.
-fn job_for(c: &Caller, job: &Job) -> Value {
-    let mut v = serde_json::to_value(job).unwrap_or_default();
+fn job_for(c: &Caller, job: &Job) -> Job {
+    let mut job = job.clone();
     if !c.is_admin() {
-        for k in ["pre_command", "post_command"] {
-            if !v[k].is_null() {
-                v[k] = json!("(hidden)");
-            }
+        for command in [&mut job.pre_command, &mut job.post_command].into_iter().flatten() {
+            *command = "(hidden)".into();
         }
     }
-    v
+    job
 }
 
 /// A task's log without the lines of its pre and post steps, for viewers (see [`job_for`]).
@@ -732,38 +968,49 @@ fn hide_steps(c: &Caller, log: &mut Value) {
     }
 }
 
-/// A job as readers see it: its settings, when it was created, its last session (null if it
-/// never ran) and when it next starts on its own (null: by hand or after another job).
-fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<store::SessionRow>, now: jiff::Timestamp) -> Value {
-    let mut v = job_for(c, &row.job);
-    v["created"] = json!(row.created);
-    v["last_session"] = json!(last_session);
-    v["next_run"] = crate::views::next_run(&row.job, &row.created, now);
-    v
+/// A job as readers see it ([`JobDetail`]).
+fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<SessionRow>, now: jiff::Timestamp) -> JobDetail {
+    JobDetail {
+        job: job_for(c, &row.job),
+        created: row.created.clone(),
+        last_session,
+        next_run: crate::views::next_run(&row.job, &row.created, now),
+        warnings: None,
+    }
 }
 
-async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult {
+/// Jobs by name, each with its last session and next run (commands hidden from viewers).
+#[utoipa::path(get, path = "/jobs", responses(
+    (status = 200, description = "jobs by name", body = Vec<JobDetail>), (status = 401, response = Unauthorized),
+))]
+async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<JobDetail>> {
     let jobs = store::jobs(&s.core.db).await?;
     // Newest first: the first of each job is its last.
     let sessions = store::sessions(&s.core.db, None).await?;
     let now = s.core.clock.now();
     let last = |name: &str| sessions.iter().find(|x| x.job == name).cloned();
-    Ok(Json(Value::Array(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect())))
+    Ok(Json(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect()))
 }
 
-async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// A job and its last session.
+#[utoipa::path(get, path = "/jobs/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "the job", body = JobDetail),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
+async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<JobDetail> {
     Ok(Json(job_answer(&c, &s, &name, None).await?))
 }
 
 /// A job as [`job_view`] has it, with `warnings` about its sources when given.
-async fn job_answer(c: &Caller, s: &AppState, name: &str, warnings: Option<Vec<String>>) -> Result<Value, ApiError> {
+async fn job_answer(
+    c: &Caller,
+    s: &AppState,
+    name: &str,
+    warnings: Option<Vec<String>>,
+) -> Result<JobDetail, ApiError> {
     let j = store::job(&s.core.db, name).await?.ok_or_else(|| missing("job", name))?;
     let last = store::last_session(&s.core.db, name).await?;
-    let mut v = job_view(c, &j, last, s.core.clock.now());
-    if let Some(w) = warnings {
-        v["warnings"] = json!(w);
-    }
-    Ok(v)
+    Ok(JobDetail { warnings, ..job_view(c, &j, last, s.core.clock.now()) })
 }
 
 /// What the computers of a job, as far as their last known inventories tell, do not hold of
@@ -789,7 +1036,13 @@ async fn source_warnings(s: &AppState, j: &Job) -> Result<Vec<String>, ApiError>
     Ok(out)
 }
 
-async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult {
+/// Create a job.
+#[utoipa::path(post, path = "/jobs", request_body = Job, responses(
+    (status = 200, description = "the job, with warnings about sources its computers lack", body = JobDetail),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 409, response = Conflict), (status = 422, response = Invalid),
+))]
+async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult<JobDetail> {
     c.admin()?;
     check_job(&s, &j).await?;
     store::insert_job(&s.core.db, &j).await?;
@@ -797,8 +1050,18 @@ async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiR
     Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
-/// Replaces a job's settings whole (PATCH changes only some).
-async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(j): Input<Job>) -> ApiResult {
+/// Replace a job's settings whole (PATCH changes only some).
+#[utoipa::path(put, path = "/jobs/{name}", params(("name" = String, Path)), request_body = Job, responses(
+    (status = 200, description = "the job, with warnings about sources its computers lack", body = JobDetail),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
+))]
+async fn update_job(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Input(j): Input<Job>,
+) -> ApiResult<JobDetail> {
     c.admin()?;
     if j.name != name {
         return Err(bad(format!("the body names job {:?}, the path {name:?}", j.name)));
@@ -811,11 +1074,26 @@ async fn update_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Inp
     Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
-/// Changes the settings the body names and keeps the others ([`crate::job_update`]).
-async fn change_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Input(change): Input<Value>) -> ApiResult {
+/// Change the settings the body names and keep the others.
+///
+/// `null` puts a setting back to its default (no schedule, no window…); retention and retries
+/// merge field by field; the name cannot change ([`crate::job_update`]).
+#[utoipa::path(patch, path = "/jobs/{name}", params(("name" = String, Path)), request_body = crate::job_update::JobChange, responses(
+    (status = 200, description = "the job, with warnings about sources its computers lack", body = JobDetail),
+    (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
+))]
+async fn change_job(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Input(change): Input<crate::job_update::JobChange>,
+) -> ApiResult<JobDetail> {
     c.admin()?;
     let current = store::job(&s.core.db, &name).await?.ok_or_else(|| missing("job", &name))?.job;
-    let j = crate::job_update::JobUpdate::parse(change, &current).and_then(|u| u.apply(&current)).map_err(bad)?;
+    let j = crate::job_update::JobUpdate::parse(Value::Object(change.0), &current)
+        .and_then(|u| u.apply(&current))
+        .map_err(bad)?;
     check_job(&s, &j).await?;
     if !store::update_job(&s.core.db, &j).await? {
         return Err(missing("job", &name));
@@ -824,7 +1102,13 @@ async fn change_job(c: Caller, State(s): State<S>, Path(name): Path<String>, Inp
     Ok(Json(job_answer(&c, &s, &j.name, Some(warnings)).await?))
 }
 
-async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Delete a job (not while it runs); its restore points stay.
+#[utoipa::path(delete, path = "/jobs/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "deleted", body = Deleted),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict),
+))]
+async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     if let Some(id) = store::running_session(&s.core.db, &name).await? {
         return Err(ApiError(StatusCode::CONFLICT, format!("job {name} is running (session {id}); stop it first")));
@@ -834,17 +1118,23 @@ async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> 
     }
     // Its chains (and their points) stay; a new job of the same name must not prune them.
     store::release_chains(&s.core.db, &name).await?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted { deleted: name }))
 }
 
-async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Start a session of the job now.
+#[utoipa::path(post, path = "/jobs/{name}/start", params(("name" = String, Path)), responses(
+    (status = 200, description = "the session with its tasks", body = Option<SessionRow>),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict), (status = 422, response = Invalid),
+))]
+async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Option<SessionRow>> {
     c.admin()?;
     if store::job(&s.core.db, &name).await?.is_none() {
         return Err(missing("job", &name));
     }
     use crate::session::StartError;
     match s.core.start_session(&name).await {
-        Ok(id) => Ok(Json(json!(store::session_with(&s.core.db, &id, true).await?))),
+        Ok(id) => Ok(Json(store::session_with(&s.core.db, &id, true).await?)),
         Err(e @ StartError::AlreadyRunning { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
         Err(e @ StartError::NoJob(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
         Err(e @ StartError::Refused(_)) => Err(bad(e.to_string())),
@@ -852,34 +1142,46 @@ async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> A
     }
 }
 
-async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+/// Stop the job's running session.
+#[utoipa::path(post, path = "/jobs/{name}/stop", params(("name" = String, Path)), responses(
+    (status = 200, description = "the session with its tasks", body = Option<SessionRow>),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 409, response = Conflict),
+))]
+async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Option<SessionRow>> {
     c.admin()?;
     let id = store::running_session(&s.core.db, &name)
         .await?
         .ok_or_else(|| ApiError(StatusCode::CONFLICT, format!("job {name} is not running")))?;
     s.core.stop_session(&id, &format!("stopped by {}", c.name)).await;
-    Ok(Json(json!(store::session_with(&s.core.db, &id, true).await?)))
+    Ok(Json(store::session_with(&s.core.db, &id, true).await?))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SessionFilter {
+    /// Only this job's sessions.
     job: Option<String>,
 }
 
-/// Sessions, newest first, each with the bytes its tasks sent and what went wrong or warned.
-async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult {
+/// Sessions, newest first, each with the bytes its tasks sent (sent_bytes) and what failed or
+/// warned (problem).
+#[utoipa::path(get, path = "/sessions", params(SessionFilter), responses(
+    (status = 200, description = "sessions", body = Vec<SessionRow>), (status = 401, response = Unauthorized),
+))]
+async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult<Vec<SessionRow>> {
     let mut sessions = store::sessions(&s.core.db, f.job.as_deref()).await?;
     for session in &mut sessions {
         let tasks = store::tasks(&s.core.db, &session.id, true).await?;
         session.sent_bytes = Some(crate::views::sent_bytes(&tasks));
         session.problem = Some(crate::views::session_problem(session, &tasks));
     }
-    Ok(Json(json!(sessions)))
+    Ok(Json(sessions))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SessionView {
     /// Include each task's log and reports (`?logs=false` for a light poll).
     #[serde(default = "yes")]
@@ -890,12 +1192,17 @@ fn yes() -> bool {
     true
 }
 
+/// A session with its tasks, their progress and (unless `?logs=false`) their logs.
+#[utoipa::path(get, path = "/sessions/{id}", params(("id" = String, Path), SessionView), responses(
+    (status = 200, description = "the session", body = SessionRow),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
 async fn show_session(
     c: Caller,
     State(s): State<S>,
     Path(id): Path<String>,
     Query(q): Query<SessionView>,
-) -> ApiResult {
+) -> ApiResult<SessionRow> {
     let mut v = store::session_with(&s.core.db, &id, q.logs).await?.ok_or_else(|| missing("session", &id))?;
     let progress = s.core.progress.lock().expect("lock").clone();
     for t in v.tasks.iter_mut().flatten() {
@@ -903,38 +1210,62 @@ async fn show_session(
             hide_steps(&c, log);
         }
         if let Some(p) = progress.get(&t.id) {
-            t.progress = Some(json!({
-                "total_bytes": p.total_bytes, "read_bytes": p.read_bytes,
-                "sent_bytes": p.sent_bytes, "rate_bytes_per_s": p.rate_bytes_per_s,
-            }));
+            t.progress = Some(store::TaskProgress {
+                total_bytes: p.total_bytes,
+                read_bytes: p.read_bytes,
+                sent_bytes: p.sent_bytes,
+                rate_bytes_per_s: p.rate_bytes_per_s,
+            });
         }
     }
-    Ok(Json(json!(v)))
+    Ok(Json(v))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PointFilter {
+    /// Only this computer's points.
     computer: Option<String>,
 }
 
-/// Catalog points, oldest first, each with how consistent its data is (from its manifest).
-async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult {
-    Ok(Json(json!(store::points(&s.core.db, f.computer.as_deref()).await?)))
+/// Restore points in the catalog, oldest first, each with its consistency and snapshot, and its
+/// health as the last check of its repository found it.
+///
+/// `health`: ok, damaged or null (never checked); `health_detail`; `verified_at`.
+#[utoipa::path(get, path = "/points", params(PointFilter), responses(
+    (status = 200, description = "points", body = Vec<PointRow>), (status = 401, response = Unauthorized),
+))]
+async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult<Vec<PointRow>> {
+    Ok(Json(store::points(&s.core.db, f.computer.as_deref()).await?))
 }
 
-async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(json!(store::point_detail(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?)))
+/// A catalog point and its manifest.
+#[utoipa::path(get, path = "/points/{id}", params(("id" = String, Path)), responses(
+    (status = 200, description = "the point", body = PointRow),
+    (status = 401, response = Unauthorized), (status = 404, response = NotFound),
+))]
+async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult<PointRow> {
+    Ok(Json(store::point_detail(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?))
 }
 
-/// Restores a catalog point onto a computer (its own by default), through a data mover that
-/// serves only that point. Answers when the restore has ended.
+/// Restore a catalog point onto a computer (its own by default).
+///
+/// Through a data mover that serves only that point; the restore waits for a slot like a
+/// backup. Answers when the restore has ended.
+#[utoipa::path(post, path = "/points/{id}/restore", params(("id" = String, Path)), request_body = RestoreInput,
+    responses(
+        (status = 200, description = "how the restore ended", body = RestoreOutcome),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
+    )
+)]
 async fn restore_point(
     c: Caller,
     State(s): State<S>,
     Path(id): Path<String>,
     Input(r): Input<RestoreInput>,
-) -> ApiResult {
+) -> ApiResult<RestoreOutcome> {
     c.admin()?;
     let (repository, computer, name) =
         store::point(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?;
@@ -970,12 +1301,23 @@ async fn restore_point(
     };
     tracing::info!("restore of {id} to {computer}:{}: {}", r.target, ended.status);
     let report = ended.log.as_ref().and_then(|l| l["reports"].get(0).cloned());
-    Ok(Json(json!({
-        "session": session, "task": task, "point": id, "computer": computer, "target": r.target,
-        "status": ended.status, "error": ended.error, "failure": ended.failure, "report": report,
-    })))
+    Ok(Json(RestoreOutcome {
+        session,
+        task,
+        point: id,
+        computer,
+        target: r.target,
+        status: ended.status,
+        error: ended.error,
+        failure: ended.failure,
+        report,
+    }))
 }
 
-async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+/// This document: the API's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/openapi.json", security(()), responses(
+    (status = 200, description = "the document", body = Object),
+))]
+async fn openapi(axum::Extension(Document(doc)): axum::Extension<Document>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], doc)
 }

@@ -69,7 +69,7 @@ impl Drop for RunningGuard<'_> {
 }
 
 /// A catalog point and what the check found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckedPoint {
     pub id: String,
     pub computer: String,
@@ -85,15 +85,19 @@ pub struct CheckedPoint {
     pub previous_health: Option<String>,
     /// What is damaged, in one line.
     pub detail: Option<String>,
+    /// Volumes: the damaged block ranges (`first_block`, `last_block`, `offset`, `length`, the
+    /// `chunks` and the `reason`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub damaged_ranges: Vec<DamagedRange>,
+    /// Files: the damaged files' paths.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub damaged_files: Vec<String>,
 }
 
 /// A point the repository holds that the catalog does not know (written by a commit whose
 /// answer was lost, a standalone backup into the same directory, another server).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UnknownPoint {
     pub id: String,
     pub name: Option<String>,
@@ -102,7 +106,7 @@ pub struct UnknownPoint {
 }
 
 /// The outcome of a repository's health check.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthCheck {
     pub repository: String,
     pub transport: String,

@@ -15,6 +15,14 @@ use crate::model::Job;
 /// Settings that are groups of settings: a change merges into them instead of replacing them.
 const MERGED: [&str; 2] = ["retention", "retries"];
 
+/// A change to a job as the API describes it: any of a job's settings but its name, each
+/// replacing the stored one; `null` puts one back to its default; `retention` and `retries`
+/// merge field by field.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct JobChange(pub Map<String, Value>);
+
 /// A validated change to a job, not yet applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobUpdate(Map<String, Value>);

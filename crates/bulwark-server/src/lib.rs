@@ -5,6 +5,7 @@
 //! and its task driver (transport service, data mover, agent, in that order) — over the config
 //! database, whose every query is in `store`.
 
+pub mod answers;
 pub mod api;
 pub mod backup_manager;
 pub mod db;

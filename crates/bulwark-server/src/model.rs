@@ -3,6 +3,7 @@
 //! silently ignored wish.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use bulwark_proto::domain::{CbtMode, Compression, JobMode, SnapshotMode};
 
@@ -33,7 +34,7 @@ fn default_max_tasks() -> i64 {
     4
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryInput {
     pub name: String,
@@ -41,10 +42,13 @@ pub struct RepositoryInput {
     pub transport: String,
     /// Its path on that node (under one of the node's roots).
     pub path: String,
+    /// Tasks that may write it at once.
     #[serde(default = "default_max_tasks")]
+    #[schema(minimum = 1, maximum = 256)]
     pub max_tasks: i64,
     /// Encrypts a new repository; opens an existing encrypted one.
     #[serde(default)]
+    #[schema(min_length = 8)]
     pub password: Option<String>,
     /// `shared` (default: one key, dedup across computers, whose agents are then trusted with
     /// each other's data) or `computer` (a key per computer; needs a password).
@@ -85,10 +89,11 @@ impl RepositoryInput {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryUpdate {
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 256)]
     pub max_tasks: Option<i64>,
     /// Absent: unchanged; null: no scheduled health check; a schedule: this one.
     #[serde(default, deserialize_with = "present")]
@@ -115,14 +120,14 @@ impl RepositoryUpdate {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupInput {
     pub name: String,
     pub computers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Restore points to keep per backup name (newest first).
@@ -136,11 +141,13 @@ pub struct Retention {
     pub keep_monthly: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Tries in all (1: no retry).
+    #[schema(minimum = 1, maximum = 10)]
     pub tries: u32,
+    #[schema(maximum = 1440)]
     pub delay_minutes: u32,
 }
 
@@ -159,13 +166,14 @@ fn default_streams() -> u32 {
 }
 
 /// A backup job: what, from which computers, to which repository, when, under which rules.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
     pub name: String,
     /// `computer` (every whole disk the agent reports), `volumes` (block devices or images) or
     /// `files` (directories).
     #[serde(default = "default_mode")]
+    #[schema(value_type = crate::openapi::JobMode)]
     pub mode: JobMode,
     #[serde(default)]
     pub computers: Vec<String>,
@@ -177,13 +185,17 @@ pub struct Job {
     pub sources: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// 256K, 512K, 1M or 4M.
     #[serde(default)]
     pub block_size: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::Compression>)]
     pub compression: Option<Compression>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::SnapshotMode>)]
     pub snapshot: Option<SnapshotMode>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::CbtMode>)]
     pub cbt: Option<CbtMode>,
     #[serde(default)]
     pub schedule: Option<Schedule>,
@@ -198,10 +210,15 @@ pub struct Job {
     pub retries: Retries,
     /// Throttle per task, MB/s (0 or absent: unlimited).
     #[serde(default)]
+    #[schema(maximum = 100_000)]
     pub throttle_mbps: Option<u64>,
+    /// Higher runs first when tasks wait for a slot.
     #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
     pub priority: i64,
+    /// Parallel streams per task.
     #[serde(default = "default_streams")]
+    #[schema(minimum = 1, maximum = 16)]
     pub streams: u32,
     #[serde(default)]
     pub pre_command: Option<String>,
@@ -302,14 +319,14 @@ pub fn secret_variable(name: &str) -> String {
 }
 
 /// A secret's value (write only: the API never returns it).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretInput {
     pub value: String,
 }
 
 /// A restore through the server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreInput {
     /// Where to restore; the point's own computer when absent.
@@ -348,9 +365,10 @@ pub fn whole_disks(inventory: &serde_json::Value) -> Vec<String> {
 }
 
 /// A join token: for `role`, and the node `name` or, with `any_name`, any name no node has had.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// `agent` or `transport`.
     pub role: String,
     #[serde(default)]
     pub name: Option<String>,
@@ -359,27 +377,28 @@ pub struct TokenRequest {
     /// May take back the name of a removed node.
     #[serde(default)]
     pub replace: bool,
-    /// How long it stays valid ([`parse_lifetime`]); 7 days when absent.
+    /// How long it stays valid: `30m`, `12h`, `7d` (when absent) or `never`.
     #[serde(default)]
     pub expires: Option<String>,
 }
 
 /// An API token for the caller.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiTokenRequest {
     /// A label to recognise it by in listings.
     #[serde(default)]
     pub name: Option<String>,
-    /// How long it stays valid ([`parse_lifetime`]); 90 days when absent.
+    /// How long it stays valid: `30m`, `12h`, `90d` (when absent) or `never`.
     #[serde(default)]
     pub expires: Option<String>,
 }
 
 /// A new password; `current` is needed when users change their own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    #[schema(min_length = 10)]
     pub password: String,
     #[serde(default)]
     pub current: Option<String>,
@@ -413,16 +432,17 @@ pub fn check_password(pw: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserInput {
     pub name: String,
+    #[schema(min_length = 10)]
     pub password: String,
     /// `admin` (everything) or `viewer` (reads only).
     pub role: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     pub name: String,

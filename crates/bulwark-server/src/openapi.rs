@@ -1,112 +1,289 @@
-//! The API's OpenAPI 3.1 description, served at `/api/v1/openapi.json`.
+//! The API's OpenAPI 3.1 description, served at `/api/v1/openapi.json`. Nobody writes it: each
+//! handler in `api` carries its method, path, parameters, body and answers in `#[utoipa::path]`,
+//! and `api::router` registers every handler through utoipa-axum's `routes!`, which routes it
+//! and adds its operation (and the schemas of the types it names) to the document — one list
+//! for both, so the document cannot leave out a route or describe one that is not there. The
+//! test below holds the served router against the served document.
+//!
+//! This module adds what is the same for every operation (the title, the base path, bearer
+//! authentication, the error answers) and the schemas of the job model's words, whose types
+//! live in crates that know nothing of HTTP.
 
-use serde_json::{json, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToResponse, ToSchema};
 
-fn op(summary: &str, body: Option<&str>, admin: bool) -> Value {
-    let mut o = json!({
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "responses": {
-            "200": {"description": "done", "content": {"application/json": {"schema": {}}}},
-            "400": {"$ref": "#/components/responses/Error"},
-            "401": {"$ref": "#/components/responses/Error"},
-            "404": {"$ref": "#/components/responses/Error"},
-            "409": {"$ref": "#/components/responses/Error"},
-            "422": {"$ref": "#/components/responses/Error"}
-        }
-    });
-    if admin {
-        o["responses"]["403"] = json!({"$ref": "#/components/responses/Error"});
+use crate::api::ApiErrorBody;
+
+/// Where the API is served; the document's paths are relative to it.
+pub const BASE: &str = "/api/v1";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bulwark backup server",
+        description = "Users, tokens, computers and transport nodes, repositories, protection groups, \
+                       jobs, their sessions and restore points. Every call but login (and this \
+                       document) carries `Authorization: Bearer TOKEN`; reads need any user, changes \
+                       an admin."
+    ),
+    servers((url = "/api/v1")),
+    security(("bearer" = [])),
+    modifiers(&BearerAuth),
+    components(
+        schemas(ApiErrorBody),
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Invalid, TooManyLogins, NodeFailed)
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let bearer = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("A token from POST /login (12 hours) or POST /api-tokens"))
+            .build();
+        doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(bearer));
     }
-    if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}}}});
-    }
-    o
 }
 
-fn name_param() -> Value {
-    json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}])
-}
+/// Error answers, shared by the operations that can give them: a status and `ApiErrorBody`.
+macro_rules! error_answers {
+    ($($name:ident = $description:literal;)+) => {$(
+        #[doc = $description]
+        pub struct $name;
 
-pub fn document() -> Value {
-    let s = |t: &str| json!({"type": t});
-    let strings = json!({"type": "array", "items": {"type": "string"}});
-    // Schedules by the calendar or the clock: jobs and repositories' health checks.
-    let timed = [
-        json!({"type": "object", "properties": {"kind": {"const": "daily"}, "at": s("string"), "weekdays": strings}, "required": ["kind", "at"]}),
-        json!({"type": "object", "properties": {"kind": {"const": "monthly"}, "day": {"type": "integer", "minimum": 1, "maximum": 31}, "at": s("string")}, "required": ["kind", "day", "at"]}),
-        json!({"type": "object", "properties": {"kind": {"const": "periodic"}, "every_minutes": {"type": "integer", "minimum": 1}}, "required": ["kind", "every_minutes"]}),
-    ];
-    let verify_schedule = json!({"oneOf": [timed[0], timed[1], timed[2], {"type": "null"}], "description": "When the server checks the repository's health on its own (server's time zone); null: never"});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Bulwark backup server", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": "/api/v1"}],
-        "paths": {
-            "/login": {"post": {"summary": "Trade a user's password for an API token valid 12 hours (repeated failures lock the user and the address out for a while: 429)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Login"}}}}, "responses": {"200": {"description": "token, its id and expiry"}, "401": {"$ref": "#/components/responses/Error"}, "429": {"$ref": "#/components/responses/Error"}}}},
-            "/whoami": {"get": op("The caller: user name, role, id of the token used", None, false)},
-            "/users": {"get": op("Users and their roles", None, true), "post": op("Create a user", Some("UserInput"), true)},
-            "/users/{name}": {"parameters": name_param(), "delete": op("Delete a user and their tokens (never the last admin)", None, true)},
-            "/users/{name}/password": {"parameters": name_param(), "put": op("Change a password: one's own (with the current one) or, as an admin, anyone's; the user's other login tokens are revoked", Some("PasswordChange"), false)},
-            "/tokens": {"get": op("API tokens (the caller's; an admin's: everyone's and the unused join tokens), by id, never the secrets", None, false), "post": op("Create a one-time join token for an agent or transport node: for one name or any new one", Some("TokenRequest"), true)},
-            "/tokens/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "delete": op("Revoke a token (users: their own API tokens; admins: any)", None, false)},
-            "/api-tokens": {"post": op("Create an API token for the caller", Some("ApiTokenRequest"), false)},
-            "/computers/{name}/readmit": {"parameters": name_param(), "post": op("Let a removed computer's name join again", None, true)},
-            "/transports/{name}": {"parameters": name_param(), "delete": op("Remove a transport node (revokes its certificate)", None, true)},
-            "/transports/{name}/readmit": {"parameters": name_param(), "post": op("Let a removed transport node's name join again", None, true)},
-            "/computers": {"get": op("Joined agents", None, false)},
-            "/computers/{name}": {"parameters": name_param(), "get": op("A computer and its inventory", None, false), "delete": op("Remove a computer (revokes its certificate)", None, true)},
-            "/transports": {"get": op("Joined transport nodes", None, false)},
-            "/repositories": {"get": op("Repositories, with the schedule and outcome of their health checks (last_verify)", None, false), "post": op("Create (or adopt) a repository on a transport node", Some("RepositoryInput"), true)},
-            "/repositories/{name}": {"parameters": name_param(), "get": op("A repository", None, false), "patch": op("Change a repository's task maximum or the schedule of its health check", Some("RepositoryUpdate"), true), "delete": op("Forget a repository (its files stay)", None, true)},
-            "/repositories/{name}/verify": {"parameters": name_param(), "post": op("Health check: the repository's transport node re-reads and re-hashes every chunk its points reference; the catalog records each point's health (ok or damaged, with what is lost). Reports points the repository holds that the catalog does not know and catalog points whose manifest is gone. Answers when the check has ended; ok is false when damage was found (409: a check of this repository is running; 502: the transport node failed)", None, true)},
-            "/secrets": {"get": op("Names of the secrets jobs' commands may use (never their values)", None, true)},
-            "/secrets/{name}": {"parameters": name_param(), "put": op("Set a secret (sealed at rest; commands read it as BULWARK_SECRET_<NAME>)", Some("SecretInput"), true), "delete": op("Delete a secret", None, true)},
-            "/groups": {"get": op("Protection groups", None, false), "post": op("Create a protection group", Some("GroupInput"), true)},
-            "/groups/{name}": {"parameters": name_param(), "get": op("A protection group", None, false), "put": op("Replace a group's computers", Some("GroupInput"), true), "delete": op("Delete a protection group", None, true)},
-            "/jobs": {"get": op("Jobs, each with its last session and next run", None, false), "post": op("Create a job (answers with warnings about sources its computers' inventories lack)", Some("Job"), true)},
-            "/jobs/{name}": {"parameters": name_param(), "get": op("A job, its last session and its next run", None, false), "put": op("Replace a job's settings whole (answers with warnings about sources its computers' inventories lack)", Some("Job"), true), "patch": op("Change the job's fields given and keep the others: null puts a field back to its default (no schedule, no window…), retention and retries merge field by field; name cannot change (answers with warnings as PUT does)", Some("JobChange"), true), "delete": op("Delete a job", None, true)},
-            "/jobs/{name}/start": {"parameters": name_param(), "post": op("Start a session now", None, true)},
-            "/jobs/{name}/stop": {"parameters": name_param(), "post": op("Stop the running session", None, true)},
-            "/sessions": {"get": {"summary": "Sessions, newest first, each with the bytes its tasks sent (sent_bytes) and what failed or warned (problem)", "parameters": [{"name": "job", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "sessions"}}}},
-            "/sessions/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A session with its tasks, their progress and (unless ?logs=false) their logs", None, false)},
-            "/points/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": op("A catalog point and its manifest", None, false)},
-            "/points/{id}/restore": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": op("Restore a catalog point onto a computer (answers when it has ended)", Some("RestoreInput"), true)},
-            "/points": {"get": {"summary": "Restore points in the catalog, oldest first, each with its consistency and snapshot, and its health as the last check of its repository found it (health: ok, damaged or null for never checked; health_detail; verified_at)", "parameters": [{"name": "computer", "in": "query", "schema": {"type": "string"}}], "security": [{"bearer": []}], "responses": {"200": {"description": "points"}}}}
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "what went wrong", "content": {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {"error": s("string")}}}}}},
-            "schemas": {
-                "Login": {"type": "object", "additionalProperties": false, "required": ["name", "password"], "properties": {"name": s("string"), "password": s("string")}},
-                "UserInput": {"type": "object", "additionalProperties": false, "required": ["name", "password", "role"], "properties": {"name": s("string"), "password": {"type": "string", "minLength": 10}, "role": {"enum": ["admin", "viewer"]}}},
-                "RestoreInput": {"type": "object", "additionalProperties": false, "required": ["target"], "properties": {"computer": s("string"), "target": s("string"), "overwrite": s("boolean"), "paths": strings, "safe": s("boolean")}},
-                "TokenRequest": {"type": "object", "additionalProperties": false, "required": ["role"], "properties": {"role": {"enum": ["agent", "transport"]}, "name": s("string"), "any_name": s("boolean"), "replace": s("boolean"), "expires": {"type": "string", "description": "30m, 12h, 7d (default) or never"}}},
-                "ApiTokenRequest": {"type": "object", "additionalProperties": false, "properties": {"name": s("string"), "expires": {"type": "string", "description": "30m, 12h, 90d (default) or never"}}},
-                "PasswordChange": {"type": "object", "additionalProperties": false, "required": ["password"], "properties": {"password": {"type": "string", "minLength": 10}, "current": s("string")}},
-                "RepositoryInput": {"type": "object", "additionalProperties": false, "required": ["name", "transport", "path"], "properties": {"name": s("string"), "transport": s("string"), "path": s("string"), "max_tasks": {"type": "integer", "minimum": 1, "maximum": 256, "default": 4}, "password": {"type": "string", "minLength": 8}, "isolation": {"enum": ["shared", "computer"], "default": "shared"}, "verify_schedule": verify_schedule}},
-                "RepositoryUpdate": {"type": "object", "additionalProperties": false, "minProperties": 1, "properties": {"max_tasks": {"type": "integer", "minimum": 1, "maximum": 256}, "verify_schedule": verify_schedule}},
-                "GroupInput": {"type": "object", "additionalProperties": false, "required": ["name", "computers"], "properties": {"name": s("string"), "computers": strings}},
-                "Job": {"type": "object", "additionalProperties": false, "required": ["name", "repository"], "properties": {
-                    "name": s("string"), "mode": {"enum": ["computer", "volumes", "files"]}, "computers": strings, "groups": strings,
-                    "repository": s("string"), "sources": strings, "exclude": strings,
-                    "block_size": {"enum": ["256K", "512K", "1M", "4M"]}, "compression": {"enum": ["none", "dedupe-friendly", "optimal", "high", "extreme"]},
-                    "snapshot": {"enum": ["auto", "reflink", "btrfs", "lvm", "none"]}, "cbt": {"enum": ["auto", "extents", "none"]},
-                    "schedule": {"oneOf": [
-                        timed[0], timed[1], timed[2],
-                        {"type": "object", "properties": {"kind": {"const": "after"}, "job": s("string")}, "required": ["kind", "job"]}
-                    ]},
-                    "window": {"type": "object", "properties": {"start": s("string"), "end": s("string")}, "required": ["start", "end"]},
-                    "timezone": s("string"),
-                    "retention": {"type": "object", "properties": {"keep_last": s("integer"), "keep_daily": s("integer"), "keep_weekly": s("integer"), "keep_monthly": s("integer")}},
-                    "retries": {"type": "object", "properties": {"tries": {"type": "integer", "minimum": 1, "maximum": 10}, "delay_minutes": {"type": "integer", "minimum": 0, "maximum": 1440}}},
-                    "throttle_mbps": {"type": "integer", "minimum": 0}, "priority": {"type": "integer", "minimum": -100, "maximum": 100},
-                    "streams": {"type": "integer", "minimum": 1, "maximum": 16}, "pre_command": s("string"), "post_command": s("string"),
-                    "secrets": {"type": "array", "items": s("string")}
-                }},
-                "JobChange": {"type": "object", "minProperties": 1, "description": "Fields of Job except name; null: back to the default", "not": {"required": ["name"]}},
-                "SecretInput": {"type": "object", "additionalProperties": false, "required": ["value"], "properties": {"value": s("string")}}
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<Response>) {
+                let body = ContentBuilder::new().schema(Some(Ref::from_schema_name(ApiErrorBody::name()))).build();
+                let answer = ResponseBuilder::new().description($description).content("application/json", body);
+                (stringify!($name), answer.build().into())
             }
         }
-    })
+    )+};
+}
+
+error_answers! {
+    BadRequest = "The body is not JSON, or not of the expected shape";
+    Unauthorized = "No API token, or one that is unknown, revoked or expired";
+    Forbidden = "The caller may only read (a viewer), or may not act on another user";
+    NotFound = "No object of that name or id";
+    Conflict = "The object exists already, is in use, or is not in a state that allows this";
+    Invalid = "A value is refused (the message says which and why)";
+    TooManyLogins = "Too many failed logins for the user or the address: try again later";
+    NodeFailed = "The transport node or agent the call needed failed or did not answer";
+}
+
+/// Schemas of the job model's words. Their types live in bulwark-proto and bulwark-repo, which
+/// should not depend on an API description library, so these stand-ins take the spellings from
+/// the types themselves (`ALL`): a new variant is in the document without anyone editing it.
+/// Fields of those types name them with `#[schema(value_type = …)]`.
+macro_rules! spelled {
+    ($($name:ident = $spellings:expr, $description:literal;)+) => {$(
+        #[doc = $description]
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                let spellings: Vec<&str> = $spellings.collect();
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(spellings))
+                    .description(Some($description))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {}
+    )+};
+}
+
+use bulwark_proto::domain;
+
+spelled! {
+    TaskStatus = domain::TaskStatus::ALL.iter().map(|v| v.as_str()),
+        "Where a task is: waiting for a slot, running (holding one), or how it ended (warning: done, \
+         with something the operator should read)";
+    SessionStatus = domain::SessionStatus::ALL.iter().map(|v| v.as_str()),
+        "A session: running, or how it ended (the worst of its computers' last attempts)";
+    SessionKind = domain::SessionKind::ALL.iter().map(|v| v.as_str()),
+        "What a session does: a job's backup (a task per computer) or one restore";
+    Failure = domain::Failure::ALL.iter().map(|v| v.as_str()),
+        "Whether a failure can go away by itself (transient: the job's retries apply) or fails the \
+         same way until an operator changes something (permanent: not retried)";
+    JobMode = domain::JobMode::ALL.iter().map(|v| v.as_str()),
+        "What a job backs up: every whole disk (computer), block devices or images (volumes), \
+         directories file by file (files)";
+    SnapshotMode = domain::SnapshotMode::ALL.iter().map(|v| v.as_str()),
+        "The snapshot the agent takes before reading";
+    CbtMode = domain::CbtMode::ALL.iter().map(|v| v.as_str()),
+        "Changed block tracking: how an incremental finds what changed";
+    Compression = domain::Compression::ALL.iter().map(|v| v.name()),
+        "Compression level of the repository's chunks";
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::api::{router, AppState};
+    use crate::store;
+
+    #[test]
+    fn the_job_models_words_are_spelled_as_their_types_serialize() {
+        fn spellings<T: ToSchema>() -> Value {
+            serde_json::to_value(T::schema()).unwrap()["enum"].clone()
+        }
+        fn serialized<T: serde::Serialize>(all: &[T]) -> Value {
+            serde_json::to_value(all).unwrap()
+        }
+        assert_eq!(spellings::<TaskStatus>(), serialized(domain::TaskStatus::ALL));
+        assert_eq!(spellings::<SessionStatus>(), serialized(domain::SessionStatus::ALL));
+        assert_eq!(spellings::<SessionKind>(), serialized(domain::SessionKind::ALL));
+        assert_eq!(spellings::<Failure>(), serialized(domain::Failure::ALL));
+        assert_eq!(spellings::<JobMode>(), serialized(domain::JobMode::ALL));
+        assert_eq!(spellings::<SnapshotMode>(), serialized(domain::SnapshotMode::ALL));
+        assert_eq!(spellings::<CbtMode>(), serialized(domain::CbtMode::ALL));
+        assert_eq!(spellings::<Compression>(), serialized(&domain::Compression::ALL));
+    }
+
+    /// The methods a route can have (HEAD comes with GET, and is no operation of its own).
+    const METHODS: [Method; 7] =
+        [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS, Method::TRACE];
+
+    /// The paths an axum router routes. axum has no public listing, but its `Debug` shows the
+    /// path of every route however it was added (`routes!`, a plain `.route`, a merge or a
+    /// nest), and the test asserts that the documented paths are among those found, so a
+    /// change of that output fails the test instead of hiding routes.
+    fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
+        let text = format!("{router:?}");
+        text.split('"').skip(1).step_by(2).filter(|s| s.starts_with(BASE)).map(String::from).collect()
+    }
+
+    /// A path of the router with its parameters filled in.
+    fn concrete(path: &str) -> String {
+        path.split('/').map(|part| if part.starts_with('{') { "x" } else { part }).collect::<Vec<_>>().join("/")
+    }
+
+    async fn call(app: &axum::Router, method: &Method, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(concrete(path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let answer = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = answer.status();
+        let bytes = axum::body::to_bytes(answer.into_body(), 1 << 24).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// A schema that says something: a reference, a type, or a composition.
+    fn has_schema(content: &Value) -> bool {
+        let schema = &content["application/json"]["schema"];
+        ["$ref", "type", "allOf", "oneOf", "anyOf"].iter().any(|k| !schema[k].is_null())
+    }
+
+    /// Holds the router the server runs against the document it serves, from the outside:
+    /// - every path and method the router answers (anything but 405, found by trying each method
+    ///   on each routed path) is an operation of the document, and every operation is routed: a
+    ///   route added with a plain `.route(…)` instead of `routes!` fails here;
+    /// - every operation has a 200 answer with a JSON schema;
+    /// - an operation that reads a JSON body (tried with an admin's token and no body: the body
+    ///   extractor refuses it before the handler runs) has a request body schema, and one that
+    ///   does not, none;
+    /// - an operation refused without a token says so (bearer security), and one that is not,
+    ///   does not.
+    #[tokio::test]
+    async fn the_document_describes_every_route_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = crate::job_scheduler::tests::manager(dir.path()).await;
+        let admin = store::create_user(&core.db, "root", "not a hash", "admin").await.unwrap();
+        let (_, token) = store::create_api_token(&core.db, &admin, "test", None).await.unwrap();
+        let state = AppState {
+            core,
+            ca: Arc::new(bulwark_proto::pki::Ca::load_or_create(dir.path()).unwrap()),
+            revoked: Default::default(),
+            logins: tokio::sync::Semaphore::new(2),
+            login_guard: crate::login_guard::LoginGuard::new(Default::default()),
+        };
+        let app = router(Arc::new(state));
+
+        let (status, doc) = call(&app, &Method::GET, &format!("{BASE}/openapi.json"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(doc["servers"][0]["url"], BASE);
+        let mut documented: HashMap<(String, Method), &Value> = HashMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                documented.insert((format!("{BASE}{path}"), method), op);
+            }
+        }
+
+        let paths = routed_paths(&app);
+        for (path, _) in documented.keys() {
+            assert!(paths.contains(path), "documented {path} is not routed (routed: {paths:?})");
+        }
+        let mut routed = BTreeSet::new();
+        for path in &paths {
+            for method in &METHODS {
+                if call(&app, method, path, None).await.0 != StatusCode::METHOD_NOT_ALLOWED {
+                    routed.insert((path.clone(), method.clone()));
+                }
+            }
+        }
+        let described: BTreeSet<_> = documented.keys().cloned().collect();
+        let undocumented: Vec<_> = routed.difference(&described).collect();
+        assert!(undocumented.is_empty(), "routed but not in the document: {undocumented:?}");
+        let unrouted: Vec<_> = described.difference(&routed).collect();
+        assert!(unrouted.is_empty(), "in the document but not routed: {unrouted:?}");
+
+        for ((path, method), op) in &documented {
+            let what = format!("{method} {path}");
+            let ok = &op["responses"]["200"];
+            assert!(has_schema(&ok["content"]), "{what}: no schema for its answer: {ok}");
+            assert!(ok["description"].as_str().is_some_and(|d| !d.is_empty()), "{what}: 200 undescribed");
+            for (status, answer) in op["responses"].as_object().unwrap() {
+                if status != "200" {
+                    let name = answer["$ref"].as_str().unwrap_or_default();
+                    let shared =
+                        name.strip_prefix("#/components/responses/").map(|n| &doc["components"]["responses"][n]);
+                    let schema = shared.map(|r| &r["content"]["application/json"]["schema"]["$ref"]);
+                    assert_eq!(schema, Some(&json!("#/components/schemas/ApiErrorBody")), "{what}: {status}: {answer}");
+                }
+            }
+
+            let (status, answer) = call(&app, method, path, Some(&token)).await;
+            let reads_body = status == StatusCode::BAD_REQUEST
+                && answer["error"].as_str().is_some_and(|e| e.contains("Content-Type: application/json"));
+            let body = &op["requestBody"];
+            assert_eq!(reads_body, !body.is_null(), "{what}: reads a body? {answer}; documented: {body}");
+            if reads_body {
+                assert!(has_schema(&body["content"]), "{what}: no schema for its body: {body}");
+                assert_eq!(body["required"], true, "{what}");
+            }
+
+            let refused = call(&app, method, path, None).await.0 == StatusCode::UNAUTHORIZED;
+            let security = op.get("security").unwrap_or(&doc["security"]);
+            let bearer = security.as_array().is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+            assert_eq!(refused, bearer, "{what}: refused without a token? documented security: {security}");
+            if refused {
+                assert!(op["responses"]["401"].is_object(), "{what}: 401 undocumented");
+            }
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"],
+            json!({
+                "type": "http", "scheme": "bearer", "description": "A token from POST /login (12 hours) or POST /api-tokens"
+            })
+        );
+    }
 }

@@ -9,7 +9,7 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 
 /// When a job runs (stored as JSON in the config DB and sent over the REST API).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Schedule {
     /// Every day at `at` ("HH:MM") local time, or only on `weekdays` ("mon".."sun") when not empty.
@@ -19,16 +19,23 @@ pub enum Schedule {
         weekdays: Vec<String>,
     },
     /// Every month on `day` (1-31; in shorter months the last day) at `at`.
-    Monthly { day: u8, at: String },
+    Monthly {
+        #[schema(minimum = 1, maximum = 31)]
+        day: u8,
+        at: String,
+    },
     /// Every `every_minutes` minutes (>= 1), counted from the job's creation: the first run is one
     /// period after it, so creating a job does not start it.
-    Periodic { every_minutes: u32 },
+    Periodic {
+        #[schema(minimum = 1)]
+        every_minutes: u32,
+    },
     /// When a session of the named job ends (any result); never by time.
     After { job: String },
 }
 
 /// Hours a job may run in (local time); a window whose end is before its start runs over midnight.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Window {
     pub start: String,
     pub end: String,

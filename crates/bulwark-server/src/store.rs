@@ -1,10 +1,11 @@
 //! The config database's objects: reads and writes, one function each.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::any::AnyRow;
 
 use bulwark_proto::domain::{Failure, SessionKind, SessionStatus, TaskStatus};
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::db::{int, now, opt_text, stamp_in, text, Db, Result};
 use crate::model::{Job, RepositoryInput, RepositoryUpdate};
@@ -119,35 +120,55 @@ pub async fn purge_expired_tokens(db: &Db) -> Result<()> {
     Ok(())
 }
 
-/// API tokens (of one user, or everyone's) and, with `join`, unused join tokens: never their
-/// secrets, only what identifies them.
-pub async fn tokens(db: &Db, user_id: Option<&str>, join: bool) -> Result<Vec<Value>> {
+/// A token as listed: never its secret, only what identifies it.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TokenRow {
+    /// A user's API token (a login's is named `login`).
+    Api { id: String, user: String, name: String, created: String, expires: Option<String> },
+    /// An unused join token.
+    Join {
+        id: Option<String>,
+        /// `agent` or `transport`.
+        role: String,
+        /// The node name it is for, or `(any new name)`.
+        name: String,
+        /// May take back the name of a removed node.
+        replace: bool,
+        created: String,
+        expires: Option<String>,
+    },
+}
+
+/// API tokens (of one user, or everyone's) and, with `join`, unused join tokens.
+pub async fn tokens(db: &Db, user_id: Option<&str>, join: bool) -> Result<Vec<TokenRow>> {
     let rows = sqlx::query(
         "SELECT t.id AS id, t.name AS name, t.created AS created, t.expires AS expires, u.name AS uname, \
          u.id AS uid FROM api_tokens t JOIN users u ON u.id = t.user_id ORDER BY t.created",
     )
     .fetch_all(&db.pool)
     .await?;
-    let mut out: Vec<Value> = rows
+    let mut out: Vec<TokenRow> = rows
         .iter()
         .filter(|r| user_id.is_none_or(|u| text(r, "uid") == u))
-        .map(|r| {
-            json!({
-                "id": text(r, "id"), "kind": "api", "user": text(r, "uname"), "name": text(r, "name"),
-                "created": text(r, "created"), "expires": opt_text(r, "expires"),
-            })
+        .map(|r| TokenRow::Api {
+            id: text(r, "id"),
+            user: text(r, "uname"),
+            name: text(r, "name"),
+            created: text(r, "created"),
+            expires: opt_text(r, "expires"),
         })
         .collect();
     if join {
         let rows =
             sqlx::query("SELECT * FROM join_tokens WHERE used IS NULL ORDER BY created").fetch_all(&db.pool).await?;
-        out.extend(rows.iter().map(|r| {
-            json!({
-                "id": opt_text(r, "id"), "kind": "join", "role": text(r, "role"),
-                "name": opt_text(r, "name").unwrap_or_else(|| "(any new name)".into()),
-                "replace": int(r, "replace_removed") != 0, "created": text(r, "created"),
-                "expires": opt_text(r, "expires"),
-            })
+        out.extend(rows.iter().map(|r| TokenRow::Join {
+            id: opt_text(r, "id"),
+            role: text(r, "role"),
+            name: opt_text(r, "name").unwrap_or_else(|| "(any new name)".into()),
+            replace: int(r, "replace_removed") != 0,
+            created: text(r, "created"),
+            expires: opt_text(r, "expires"),
         }));
     }
     Ok(out)
@@ -169,11 +190,19 @@ pub async fn revoke_token(db: &Db, id: &str, user_id: Option<&str>, join: bool) 
     Ok(r.rows_affected() > 0)
 }
 
-pub async fn users(db: &Db) -> Result<Vec<Value>> {
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct UserRow {
+    pub name: String,
+    /// `admin` or `viewer`.
+    pub role: String,
+    pub created: String,
+}
+
+pub async fn users(db: &Db) -> Result<Vec<UserRow>> {
     let rows = sqlx::query("SELECT name, role, created FROM users ORDER BY name").fetch_all(&db.pool).await?;
     Ok(rows
         .iter()
-        .map(|r| json!({"name": text(r, "name"), "role": text(r, "role"), "created": text(r, "created")}))
+        .map(|r| UserRow { name: text(r, "name"), role: text(r, "role"), created: text(r, "created") })
         .collect())
 }
 
@@ -246,7 +275,7 @@ pub async fn create_join_token(db: &Db, secret: &str, grant: &Grant, expires: Op
 }
 
 /// A joined node: a computer's agent or a transport node.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
 pub struct NodeRow {
     pub name: String,
     pub role: String,
@@ -256,7 +285,7 @@ pub struct NodeRow {
     pub joined: String,
     /// Removed: its certificate is revoked.
     pub revoked: bool,
-    /// A computer's last known inventory (the agent's report).
+    /// A computer's last known inventory (the agent's report: devices, filesystems).
     pub inventory: Option<Value>,
     /// Whether it answered just now (only where the API asked it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -469,7 +498,7 @@ impl NodeStore for DbNodes {
 // ---- repositories and groups ----
 
 /// A repository as operators see it (never its password).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
 pub struct RepositoryRow {
     pub name: String,
     pub transport: String,
@@ -479,7 +508,8 @@ pub struct RepositoryRow {
     pub created: String,
     pub isolation: String,
     pub verify_schedule: Option<crate::schedule::Schedule>,
-    /// The last health check's outcome.
+    /// The last health check's outcome: when (`at`), `ok`, and the counts of `points`,
+    /// `damaged`, `missing` and `unknown` ones, or the `error` that kept it from running.
     pub last_verify: Option<Value>,
     /// After a create: whether the transport node made it (or found one there).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -659,13 +689,22 @@ pub async fn insert_group(db: &Db, name: &str, computers: &[String]) -> Result<(
     Ok(())
 }
 
-pub async fn groups(db: &Db) -> Result<Vec<Value>> {
+/// A protection group: computers a job names together.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct GroupRow {
+    pub name: String,
+    pub computers: Vec<String>,
+    pub created: String,
+}
+
+pub async fn groups(db: &Db) -> Result<Vec<GroupRow>> {
     let rows = sqlx::query("SELECT * FROM groups ORDER BY name").fetch_all(&db.pool).await?;
     Ok(rows
         .iter()
-        .map(|r| {
-            let computers: Value = serde_json::from_str(&text(r, "computers")).unwrap_or_default();
-            json!({"name": text(r, "name"), "computers": computers, "created": text(r, "created")})
+        .map(|r| GroupRow {
+            name: text(r, "name"),
+            computers: serde_json::from_str(&text(r, "computers")).unwrap_or_default(),
+            created: text(r, "created"),
         })
         .collect())
 }
@@ -760,10 +799,16 @@ pub async fn set_secret(db: &Db, name: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// The secrets' names and when each was set: never their values.
-pub async fn secret_names(db: &Db) -> Result<Vec<Value>> {
+/// A secret's name and when it was set: never its value.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct SecretRow {
+    pub name: String,
+    pub updated: String,
+}
+
+pub async fn secret_names(db: &Db) -> Result<Vec<SecretRow>> {
     let rows = sqlx::query("SELECT name, updated FROM secrets ORDER BY name").fetch_all(&db.pool).await?;
-    Ok(rows.iter().map(|r| json!({"name": text(r, "name"), "updated": text(r, "updated")})).collect())
+    Ok(rows.iter().map(|r| SecretRow { name: text(r, "name"), updated: text(r, "updated") }).collect())
 }
 
 /// The values of `names`, unsealed, for a task's commands; `Ok(Err(name))` names one missing.
@@ -897,12 +942,14 @@ pub async fn chain_names(db: &Db, job: &str, computer: &str, repository: &str) -
 // ---- sessions and tasks ----
 
 /// A session as operators see it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct SessionRow {
     pub id: String,
     /// The job it runs ('' for a restore).
     pub job: String,
+    #[schema(value_type = crate::openapi::SessionKind)]
     pub kind: SessionKind,
+    #[schema(value_type = crate::openapi::SessionStatus)]
     pub status: SessionStatus,
     /// Why it ended as it did (stopped, a window closed).
     pub reason: Option<String>,
@@ -939,16 +986,18 @@ fn session_row(r: &AnyRow) -> SessionRow {
 }
 
 /// A task as operators see it: one attempt of one computer in a session.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct TaskRow {
     pub id: String,
     pub session: String,
     pub computer: String,
     pub repository: String,
     pub attempt: i64,
+    #[schema(value_type = crate::openapi::TaskStatus)]
     pub status: TaskStatus,
     pub error: Option<String>,
     /// Failed: whether its job's retries apply.
+    #[schema(value_type = Option<crate::openapi::Failure>)]
     pub failure: Option<Failure>,
     pub queued: String,
     /// Waiting: not before this time (a retry's delay).
@@ -956,12 +1005,21 @@ pub struct TaskRow {
     pub started: Option<String>,
     pub ended: Option<String>,
     pub sent_bytes: i64,
-    /// Its log lines and the agent's reports (absent from light reads).
+    /// Its log: `lines` and the agent's `reports` (absent from light reads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<Value>,
     /// The latest progress report while it runs (filled in by the API).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Value>,
+    pub progress: Option<TaskProgress>,
+}
+
+/// How far a running task is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
+pub struct TaskProgress {
+    pub total_bytes: u64,
+    pub read_bytes: u64,
+    pub sent_bytes: u64,
+    pub rate_bytes_per_s: u64,
 }
 
 fn task_row(r: &AnyRow, logs: bool) -> TaskRow {
@@ -1336,7 +1394,7 @@ pub async fn insert_point(
 }
 
 /// A restore point in the catalog.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
 pub struct PointRow {
     pub id: String,
     pub repository: String,
@@ -1459,6 +1517,8 @@ pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<PointRow>> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    use serde_json::json;
 
     use super::*;
 

@@ -4,7 +4,7 @@
 
 use bulwark_proto::domain::TaskStatus;
 use jiff::Timestamp;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::model::Job;
 use crate::store::{SessionRow, TaskRow};
@@ -57,18 +57,16 @@ fn first_warning(reports: &Value) -> Option<(u64, String)> {
 
 /// When a job next starts on its own (RFC 3339), as its schedule, window and time zone have it;
 /// null when it runs only by hand or after another job. `created` anchors periodic schedules.
-pub fn next_run(job: &Job, created: &str, now: Timestamp) -> Value {
-    let Some(schedule) = &job.schedule else { return Value::Null };
+pub fn next_run(job: &Job, created: &str, now: Timestamp) -> Option<String> {
+    let schedule = job.schedule.as_ref()?;
     let anchor = created.parse().unwrap_or(now);
-    match schedule.next_run(&job.time_zone(), anchor, now, job.window.as_ref()) {
-        Some(t) => json!(t.to_string()),
-        None => Value::Null,
-    }
+    schedule.next_run(&job.time_zone(), anchor, now, job.window.as_ref()).map(|t| t.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn task(computer: &str, attempt: i64, status: TaskStatus, error: Option<&str>) -> TaskRow {
         serde_json::from_value(json!({"id": format!("s-{computer}-{attempt}"), "session": "s", "computer": computer,
@@ -115,8 +113,8 @@ mod tests {
             "window": {"start": "22:00", "end": "06:00"}, "timezone": "UTC"}))
         .unwrap();
         let now: Timestamp = "2026-06-01T12:10:00Z".parse().unwrap();
-        assert_eq!(next_run(&job, "2026-06-01T00:00:00Z", now), json!("2026-06-01T22:00:00Z"));
+        assert_eq!(next_run(&job, "2026-06-01T00:00:00Z", now).as_deref(), Some("2026-06-01T22:00:00Z"));
         let by_hand = Job { schedule: None, ..job.clone() };
-        assert_eq!(next_run(&by_hand, "2026-06-01T00:00:00Z", now), Value::Null);
+        assert_eq!(next_run(&by_hand, "2026-06-01T00:00:00Z", now), None);
     }
 }
