@@ -182,6 +182,15 @@ pub struct JobSettings {
 /// Settings `job update` can take away.
 #[derive(Args)]
 pub struct JobClearArgs {
+    /// Name no computer directly (the job then backs up its groups' computers).
+    #[arg(long, conflicts_with = "computers")]
+    no_computers: bool,
+    /// Name no protection group (the job then backs up the computers it names).
+    #[arg(long, conflicts_with = "groups")]
+    no_groups: bool,
+    /// No sources (for --mode computer, which backs up every whole disk).
+    #[arg(long, conflicts_with = "sources")]
+    no_sources: bool,
     /// Run the job only when started by hand (`bulwark job start`).
     #[arg(long, conflicts_with_all = ["daily", "every_minutes", "monthly", "after"])]
     no_schedule: bool,
@@ -324,6 +333,9 @@ impl JobUpdateArgs {
         }
         let c = &self.clear;
         for (k, clear) in [
+            ("computers", c.no_computers),
+            ("groups", c.no_groups),
+            ("sources", c.no_sources),
             ("schedule", c.no_schedule),
             ("window", c.no_window),
             ("retention", c.no_retention),

@@ -22,7 +22,8 @@ use clap::{Parser, Subcommand};
 /// BULWARK_PASSWORD environment variable.
 ///
 /// Exit status: 0 success; 1 failure (the message says what and where); 2 bad usage;
-/// 3 `verify` or `repository verify` found damage.
+/// 3 `verify` or `repository verify` found damage; 130 interrupted by SIGINT or SIGTERM (a
+/// backup or restore cancelled, or `job start --wait` no longer waiting).
 #[derive(Parser)]
 #[command(name = "bulwark", version, max_term_width = 100)]
 struct Cli {

@@ -127,7 +127,11 @@ fn health_check(db: Option<&str>) {
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.lines().next().unwrap().contains("HEALTH"), "{table}");
-    assert!(table.lines().any(|l| l.contains(&damaged) && l.trim_end().ends_with("damaged")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(&damaged) && l.contains(" DAMAGED ")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!("DAMAGED  {damaged}: ")) && l.contains("damaged range")),
+        "{table}"
+    );
 
     // Repaired: the point is ok again, with a newer check time.
     std::fs::write(&chunk, &original).unwrap();

@@ -94,10 +94,10 @@ fn has_local_time(text: &str) -> bool {
     })
 }
 
-/// No instant in `text` is shown the way the API writes it (UTC `Z`, `+00:00`, nanoseconds).
+/// No instant in `text` is shown the way the API writes it (RFC 3339: UTC `Z`, `+00:00`,
+/// nanoseconds).
 fn no_raw_instants(text: &str) -> bool {
-    !text.contains("+00:00")
-        && !text.split_whitespace().any(|w| w.len() >= 20 && w.as_bytes()[4] == b'-' && w.contains('T'))
+    !text.split_whitespace().any(|w| w.parse::<jiff::Timestamp>().is_ok())
 }
 
 #[test]
@@ -195,6 +195,12 @@ fn job_settings_survive_an_update_and_read_as_words() {
     assert!(cli(s, &["job", "show", "y"]).is_err(), "nothing was created");
     let r = site.human(&["job", "update", "x"]);
     assert!(r.code == 1 && r.stderr.contains("nothing to change"), "{}", r.stderr);
+    // From naming its computer to naming a group of them.
+    cli(s, &["group", "create", "racks", "--computer", "pc-1"]).unwrap();
+    let v = cli(s, &["job", "update", "x", "--group", "racks", "--no-computers"]).unwrap();
+    assert!(v["computers"].as_array().unwrap().is_empty() && v["groups"][0] == "racks", "{v:#}");
+    let r = site.human(&["job", "update", "x", "--no-groups"]);
+    assert!(r.code == 1 && r.stderr.contains("at least one computer or group"), "{}", r.stderr);
 }
 
 #[test]
