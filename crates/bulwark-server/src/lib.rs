@@ -1,5 +1,3 @@
-#![recursion_limit = "512"]
-
 //! The backup server: the certificate authority and node registration, the REST API, and the
 //! job model's parts — the job scheduler, sessions, the resource scheduler, the backup manager
 //! and its task driver (transport service, data mover, agent, in that order) — over the config
