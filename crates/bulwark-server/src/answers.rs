@@ -129,7 +129,7 @@ pub struct JobDetail {
 }
 
 /// How a restore ended.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct RestoreOutcome {
     pub session: String,
     pub task: String,

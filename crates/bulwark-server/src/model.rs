@@ -326,7 +326,7 @@ pub struct SecretInput {
 }
 
 /// A restore through the server.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreInput {
     /// Where to restore; the point's own computer when absent.

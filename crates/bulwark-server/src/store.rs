@@ -275,7 +275,7 @@ pub async fn create_join_token(db: &Db, secret: &str, grant: &Grant, expires: Op
 }
 
 /// A joined node: a computer's agent or a transport node.
-#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct NodeRow {
     pub name: String,
     pub role: String,
@@ -498,7 +498,7 @@ impl NodeStore for DbNodes {
 // ---- repositories and groups ----
 
 /// A repository as operators see it (never its password).
-#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct RepositoryRow {
     pub name: String,
     pub transport: String,
@@ -1394,7 +1394,7 @@ pub async fn insert_point(
 }
 
 /// A restore point in the catalog.
-#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct PointRow {
     pub id: String,
     pub repository: String,

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -45,99 +44,13 @@ pub struct Opts {
     pub conn: Conn,
 }
 
-pub struct Api {
-    agent: ureq::Agent,
-    server: String,
-    base: String,
-    token: String,
-    ca_cert: Option<PathBuf>,
-}
+/// The server's API, through its typed client.
+pub use bulwark_client::Client as Api;
 
-impl Api {
-    pub fn new(c: &Conn) -> Result<Api> {
-        let token = c.token.clone().context("no API token: set BULWARK_TOKEN (or --token)")?;
-        Api::connect(&c.server, &token, c.ca_cert.as_deref())
-    }
-
-    pub fn connect(server: &str, token: &str, ca_cert: Option<&std::path::Path>) -> Result<Api> {
-        let token = token.to_string();
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(ca) = ca_cert {
-            let pem = std::fs::read(ca).with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
-            let cert = ureq::tls::Certificate::from_pem(&pem)
-                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]));
-        }
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .http_status_as_error(false)
-            // Restores answer when done, however long that takes; only connecting is bounded.
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .build()
-            .new_agent();
-        let server = server.trim_end_matches('/').to_string();
-        Ok(Api { agent, base: format!("{server}/api/v1"), server, token, ca_cert: ca_cert.map(PathBuf::from) })
-    }
-
-    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let auth = format!("Bearer {}", self.token);
-        let resp = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
-            ("POST", b) => self.agent.post(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
-            ("PUT", b) => self.agent.put(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
-            ("PATCH", b) => self.agent.patch(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
-            _ => unreachable!("methods are ours"),
-        };
-        let mut resp = resp.map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = v["error"].as_str().map_or_else(|| v.to_string(), String::from);
-            bail!("server: {msg} ({status})");
-        }
-        Ok(v)
-    }
-
-    /// Why the server could not be reached, and what to do about it when that is ours to say:
-    /// most often a certificate this computer has no reason to trust.
-    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
-        use bulwark_proto::rustls;
-        use rustls::CertificateError as C;
-        let cert = match &e {
-            ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
-            ureq::Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                Some(rustls::Error::InvalidCertificate(c)) => Some(c.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let server = &self.server;
-        let advice = match (cert, &self.ca_cert) {
-            (Some(C::UnknownIssuer | C::BadSignature), None) => {
-                "the server's certificate is not trusted: it is issued by the server's own CA, which this computer \
-                 does not know; set BULWARK_CA_CERT (or --ca-cert) to that CA's certificate, ca.pem in the server's \
-                 data directory"
-                    .to_string()
-            }
-            (Some(C::UnknownIssuer | C::BadSignature), Some(ca)) => format!(
-                "the server's certificate is not issued by the CA in {} (BULWARK_CA_CERT or --ca-cert): give the \
-                 ca.pem of this server's data directory",
-                ca.display()
-            ),
-            (Some(C::NotValidForName | C::NotValidForNameContext { .. }), _) => format!(
-                "the server's certificate does not hold the name in {server}: use a name it was made for \
-                 (localhost, its host name or address), or start the server with --tls-name NAME"
-            ),
-            (Some(C::Expired | C::ExpiredContext { .. }), _) => {
-                "the server's certificate has expired: restart the server, which renews it at each start".into()
-            }
-            (Some(other), _) => format!("the server's certificate is refused: {other:?}"),
-            (None, _) => return anyhow::Error::new(e).context(format!("cannot reach the server at {server}")),
-        };
-        anyhow::anyhow!("cannot connect to the server at {server}: {advice}")
-    }
+/// A client of the server `c` names, as the user its token stands for.
+pub fn connect(c: &Conn) -> Result<Api> {
+    let token = c.token.clone().context("no API token: set BULWARK_TOKEN (or --token)")?;
+    Ok(Api::connect(&c.server, &token, c.ca_cert.as_deref())?)
 }
 
 #[derive(Subcommand)]
@@ -520,7 +433,7 @@ pub fn print_table(as_json: bool, v: &Value, columns: &[&str]) {
 }
 
 pub fn secret(a: Admin<SecretCmd>) -> Result<ExitCode> {
-    let api = Api::new(&a.opts.conn)?;
+    let api = connect(&a.opts.conn)?;
     let v = match a.cmd {
         SecretCmd::List => api.call("GET", "/secrets", None)?,
         SecretCmd::Set { name, value_file } => {
@@ -534,7 +447,7 @@ pub fn secret(a: Admin<SecretCmd>) -> Result<ExitCode> {
 }
 
 pub fn token(a: Admin<TokenCmd>) -> Result<ExitCode> {
-    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    let (api, o) = (connect(&a.opts.conn)?, &a.opts);
     match a.cmd {
         TokenCmd::Create { role, name, any_name, replace, expires } => {
             let v = if role == "api" {
@@ -576,7 +489,7 @@ fn first_line(file: &std::path::Path, what: &str) -> Result<String> {
 }
 
 pub fn user(a: Admin<UserCmd>) -> Result<ExitCode> {
-    let api = Api::new(&a.opts.conn)?;
+    let api = connect(&a.opts.conn)?;
     let v = match a.cmd {
         UserCmd::List => api.call("GET", "/users", None)?,
         UserCmd::Create { name, role, password_file } => {
@@ -599,7 +512,7 @@ pub fn user(a: Admin<UserCmd>) -> Result<ExitCode> {
 }
 
 pub fn transport_node(a: Admin<TransportNodeCmd>) -> Result<ExitCode> {
-    let api = Api::new(&a.opts.conn)?;
+    let api = connect(&a.opts.conn)?;
     let v = match a.cmd {
         TransportNodeCmd::List => api.call("GET", "/transports", None)?,
         TransportNodeCmd::Delete { name } => api.call("DELETE", &format!("/transports/{name}"), None)?,
@@ -611,7 +524,7 @@ pub fn transport_node(a: Admin<TransportNodeCmd>) -> Result<ExitCode> {
 
 /// `bulwark repository …`; its exit status (`verify` has one of its own).
 pub fn repository(a: Admin<RepositoryCmd>) -> Result<ExitCode> {
-    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    let (api, o) = (connect(&a.opts.conn)?, &a.opts);
     let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation", "verify", "health", "verified"];
     let v = match a.cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
@@ -721,7 +634,7 @@ fn health_summary(v: &Value) {
 }
 
 pub fn computer(a: Admin<ComputerCmd>) -> Result<ExitCode> {
-    let api = Api::new(&a.opts.conn)?;
+    let api = connect(&a.opts.conn)?;
     let v = match a.cmd {
         ComputerCmd::List => api.call("GET", "/computers", None)?,
         ComputerCmd::Show { name } => {
@@ -770,7 +683,7 @@ fn inventory_table(inv: &Value) {
 }
 
 pub fn group(a: Admin<GroupCmd>) -> Result<ExitCode> {
-    let api = Api::new(&a.opts.conn)?;
+    let api = connect(&a.opts.conn)?;
     let v = match a.cmd {
         GroupCmd::List => api.call("GET", "/groups", None)?,
         GroupCmd::Show { name } => api.call("GET", &format!("/groups/{name}"), None)?,
@@ -827,7 +740,7 @@ pub fn print_tasks(tasks: &Value) {
 }
 
 pub fn session(a: Admin<SessionCmd>) -> Result<ExitCode> {
-    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    let (api, o) = (connect(&a.opts.conn)?, &a.opts);
     match a.cmd {
         SessionCmd::List { job } => {
             let q = job.map(|j| format!("?job={j}")).unwrap_or_default();
@@ -876,7 +789,7 @@ pub struct RestoreAsk {
 
 /// A restore through the server; non-zero exit if it failed.
 pub fn restore(c: &Conn, json: bool, point: &str, ask: RestoreAsk) -> Result<ExitCode> {
-    let api = Api::new(c)?;
+    let api = connect(c)?;
     let body = json!({
         "target": ask.to.display().to_string(), "overwrite": ask.overwrite, "paths": ask.paths,
         "computer": ask.computer, "safe": ask.safe,
@@ -890,7 +803,7 @@ pub fn restore(c: &Conn, json: bool, point: &str, ask: RestoreAsk) -> Result<Exi
 }
 
 pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
-    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    let (api, o) = (connect(&a.opts.conn)?, &a.opts);
     match a.cmd {
         PointCmd::List { computer } => {
             let q = computer.map(|c| format!("?computer={c}")).unwrap_or_default();

@@ -10,6 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
+use bulwark_proto::domain::{SessionStatus, TaskStatus};
+use bulwark_server::store::TaskRow;
+
 use crate::admin::{print, Admin, Api, Opts};
 use crate::ui;
 
@@ -513,7 +516,7 @@ fn print_warnings(v: &Value) {
 }
 
 pub fn job(a: Admin<JobCmd>) -> Result<ExitCode> {
-    let (api, o) = (Api::new(&a.opts.conn)?, &a.opts);
+    let (api, o) = (crate::admin::connect(&a.opts.conn)?, &a.opts);
     let v = match a.cmd {
         JobCmd::List => {
             let v = api.call("GET", "/jobs", None)?;
@@ -551,10 +554,10 @@ pub fn job(a: Admin<JobCmd>) -> Result<ExitCode> {
 
 /// `job start|retry`: the session started, or with `wait` followed to its end.
 fn start(api: &Api, o: &Opts, name: &str, wait: bool) -> Result<ExitCode> {
-    let s = api.call("POST", &format!("/jobs/{name}/start"), None)?;
-    let id = s["id"].as_str().unwrap_or_default().to_string();
+    let s = api.start_job(name)?;
+    let id = s.id.clone();
     if !wait {
-        print(o, &s, &["id", "job", "status", "started"]);
+        print(o, &serde_json::to_value(&s)?, &["id", "job", "status", "started"]);
         return Ok(ExitCode::SUCCESS);
     }
     match wait_session(api, &id)? {
@@ -615,48 +618,44 @@ pub fn wait_session(api: &Api, id: &str) -> Result<Waited> {
         Some(b) => b.println(line),
         None => eprintln!("{line}"),
     };
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: HashMap<String, TaskStatus> = HashMap::new();
     let mut retry_delay: Option<i64> = None;
     loop {
-        let s = api.call("GET", &format!("/sessions/{id}?logs=false"), None)?;
-        let tasks = s["tasks"].as_array().cloned().unwrap_or_default();
+        let s = api.session(id, false)?;
+        let tasks = s.tasks.clone().unwrap_or_default();
         if seen.is_empty() {
-            say(format!(
-                "following session {id} of job {} (Ctrl-C stops following, not the session)",
-                s["job"].as_str().unwrap_or_default()
-            ));
+            say(format!("following session {id} of job {} (Ctrl-C stops following, not the session)", s.job));
         }
         for t in &tasks {
-            let (task, status) = (t["id"].as_str().unwrap_or_default(), t["status"].as_str().unwrap_or("?"));
-            let before = seen.insert(task.to_string(), status.to_string());
-            if before.as_deref() == Some(status) {
+            let before = seen.insert(t.id.clone(), t.status);
+            if before == Some(t.status) {
                 continue;
             }
-            let attempt = t["attempt"].as_i64().unwrap_or(1);
-            if before.is_none() && attempt > 1 {
+            if before.is_none() && t.attempt > 1 {
                 // A retry: said once, with when it is due, whatever state it is first seen in.
                 if retry_delay.is_none() {
-                    let job = api.call("GET", &format!("/jobs/{}", s["job"].as_str().unwrap_or_default()), None)?;
+                    let job = api.call("GET", &format!("/jobs/{}", s.job), None)?;
                     retry_delay = job["retries"]["delay_minutes"].as_i64();
                 }
                 let due =
                     retry_due(t, &tasks, retry_delay.unwrap_or(0)).unwrap_or_else(|| "once a slot is free".into());
-                say(format!("{}  {}: retry of attempt {}, due at {due}", now(), who(t), attempt - 1));
-                if status == "waiting" {
+                say(format!("{}  {}: retry of attempt {}, due at {due}", now(), who(t), t.attempt - 1));
+                if t.status == TaskStatus::Waiting {
                     continue;
                 }
             }
             say(task_change(t));
         }
         if let Some(b) = &bar {
-            let total: u64 = tasks.iter().filter_map(|t| t["progress"]["total_bytes"].as_u64()).sum();
-            let read: u64 = tasks.iter().filter_map(|t| t["progress"]["read_bytes"].as_u64()).sum();
-            let ended = tasks.iter().filter(|t| !matches!(t["status"].as_str(), Some("waiting" | "running"))).count();
+            let progress = || tasks.iter().filter_map(|t| t.progress.as_ref());
+            let total: u64 = progress().map(|p| p.total_bytes).sum();
+            let read: u64 = progress().map(|p| p.read_bytes).sum();
+            let ended = tasks.iter().filter(|t| !t.status.is_open()).count();
             b.set_length(total.max(read));
             b.set_position(read);
-            b.set_message(format!("{}: {ended}/{} tasks", s["job"].as_str().unwrap_or_default(), tasks.len()));
+            b.set_message(format!("{}: {ended}/{} tasks", s.job, tasks.len()));
         }
-        if s["status"] != "running" {
+        if s.status != SessionStatus::Running {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -678,13 +677,12 @@ pub fn wait_session(api: &Api, id: &str) -> Result<Waited> {
 
 /// When a retry's task is due: the server's `not_before` when it says, else the failed
 /// attempt's end plus the job's delay (which is how the server sets it).
-fn retry_due(t: &Value, tasks: &[Value], delay_minutes: i64) -> Option<String> {
-    if let Some(at) = t["not_before"].as_str() {
+fn retry_due(t: &TaskRow, tasks: &[TaskRow], delay_minutes: i64) -> Option<String> {
+    if let Some(at) = &t.not_before {
         return ui::local_time_text(at);
     }
-    let attempt = t["attempt"].as_i64()?;
-    let failed = tasks.iter().find(|p| p["computer"] == t["computer"] && p["attempt"].as_i64() == Some(attempt - 1))?;
-    let ended = chrono::DateTime::parse_from_rfc3339(failed["ended"].as_str()?).ok()?;
+    let failed = tasks.iter().find(|p| p.computer == t.computer && p.attempt == t.attempt - 1)?;
+    let ended = chrono::DateTime::parse_from_rfc3339(failed.ended.as_deref()?).ok()?;
     Some(ui::local_time((ended + chrono::Duration::minutes(delay_minutes)).with_timezone(&chrono::Utc)))
 }
 
@@ -694,19 +692,17 @@ fn now() -> String {
 }
 
 /// Which task a line is about: `pc-1 attempt 2`.
-fn who(t: &Value) -> String {
-    format!("{} attempt {}", t["computer"].as_str().unwrap_or("?"), t["attempt"])
+fn who(t: &TaskRow) -> String {
+    format!("{} attempt {}", t.computer, t.attempt)
 }
 
 /// One line for a task's new state.
-fn task_change(t: &Value) -> String {
+fn task_change(t: &TaskRow) -> String {
     let (now, who) = (now(), who(t));
-    let error = t["error"].as_str().filter(|e| !e.is_empty()).map(|e| format!(": {e}")).unwrap_or_default();
-    match t["status"].as_str().unwrap_or("?") {
-        "waiting" => {
-            format!("{now}  {who}: waiting for a slot on repository {}", t["repository"].as_str().unwrap_or("?"))
-        }
-        "success" => format!("{now}  {who}: success, {} sent", ui::human(t["sent_bytes"].as_u64().unwrap_or(0))),
+    let error = t.error.as_deref().filter(|e| !e.is_empty()).map(|e| format!(": {e}")).unwrap_or_default();
+    match t.status {
+        TaskStatus::Waiting => format!("{now}  {who}: waiting for a slot on repository {}", t.repository),
+        TaskStatus::Success => format!("{now}  {who}: success, {} sent", ui::human(t.sent_bytes.max(0) as u64)),
         other => format!("{now}  {who}: {other}{error}"),
     }
 }

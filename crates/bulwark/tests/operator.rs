@@ -271,7 +271,8 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     let image = site.dir.path().join("disk.img");
     bulwark_imagegen::generate(&image, 24 << 20, 7).unwrap();
 
-    // Without a terminal, each task's change is a line: the failure, the retry and when it is due.
+    // Without a terminal, each task's change is a line. A source that is not there fails the
+    // same way every time: said, and not retried.
     let missing = site.dir.path().join("missing.img");
     volume_job(&site, "broken", &missing, &["--tries", "2", "--retry-delay-minutes", "0"]);
     let r = site.human(&["job", "start", "broken", "--wait"]);
@@ -280,6 +281,14 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     let failed =
         r.stderr.lines().find(|l| l.contains("pc-1 attempt 1: failed:")).unwrap_or_else(|| panic!("{}", r.stderr));
     assert!(failed.contains("missing.img") && has_local_time(failed), "the error and when: {failed}");
+    assert!(failed.contains("not retried"), "{failed}");
+    assert!(!r.stderr.contains("attempt 2"), "a permanent failure was retried: {}", r.stderr);
+    // A failure that may pass (a pre-job command that failed) is retried: the failure, the
+    // retry and when it is due.
+    volume_job(&site, "flaky", &image, &["--tries", "2", "--retry-delay-minutes", "0", "--pre-command", "false"]);
+    let r = site.human(&["job", "start", "flaky", "--wait"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("pc-1 attempt 1: failed: pre-step failed"), "{}", r.stderr);
     assert!(r.stderr.contains("pc-1 attempt 2: retry of attempt 1, due at"), "{}", r.stderr);
     assert!(r.stderr.contains("pc-1 attempt 2: failed:"), "{}", r.stderr);
 

@@ -68,6 +68,21 @@ fn end_to_end(db: Option<&str>) {
     assert_eq!(tasks.len(), 3);
     assert!(max_concurrent(&session) <= 2, "the repository's maximum was exceeded: {session:#}");
 
+    // The typed client reads the same session with the server's own types.
+    let client = bulwark_client::Client::connect(
+        &format!("https://{}", server.address),
+        &cluster::server::admin_token(&server),
+        Some(&server.dir.join("ca.pem")),
+    )
+    .unwrap();
+    let typed = client.session(session["id"].as_str().unwrap(), true).unwrap();
+    assert_eq!(typed.status, bulwark_proto::domain::SessionStatus::Success);
+    assert_eq!(typed.tasks.as_ref().map(Vec::len), Some(3));
+    assert!(typed.tasks.unwrap().iter().all(|t| t.status == bulwark_proto::domain::TaskStatus::Success));
+    assert_eq!(client.points(Some("pc-1")).unwrap().len(), 1);
+    assert_eq!(client.computers().unwrap().iter().filter(|c| c.online == Some(true)).count(), 3);
+    assert_eq!(client.session("20200101T000000Z-000000", false).unwrap_err().status(), Some(404));
+
     // A failure no retry can help (a source the computer does not have) is not retried: the
     // session ends after one attempt and says why.
     let missing = ["job", "create", "missing", "--computer", "pc-0", "--repository", "main"];
