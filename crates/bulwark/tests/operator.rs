@@ -291,6 +291,8 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     assert!(r.stderr.contains("pc-1 attempt 1: failed: pre-step failed"), "{}", r.stderr);
     assert!(r.stderr.contains("pc-1 attempt 2: retry of attempt 1, due at"), "{}", r.stderr);
     assert!(r.stderr.contains("pc-1 attempt 2: failed:"), "{}", r.stderr);
+    // Its source is the next job's: it goes, or the two would prune each other's points.
+    cli(s, &["job", "delete", "flaky"]).unwrap();
 
     // Ctrl-C stops waiting, not the session, and says how to follow or stop it.
     volume_job(&site, "slow", &image, &["--throttle-mbps", "1"]);
