@@ -102,7 +102,7 @@ mod tests {
             "schedule": {"kind": "daily", "at": "22:00", "weekdays": ["mon", "tue"]},
             "window": {"start": "22:00", "end": "06:00"},
             "retention": {"keep_last": 14}, "retries": {"tries": 5, "delay_minutes": 3},
-            "exclude": ["/tmp"],
+            "exclude": ["/var/cache"],
         }))
         .unwrap()
     }
@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(j.retention.keep_daily, Some(7));
         assert_eq!(j.schedule, job().schedule);
         assert_eq!(j.window, job().window);
-        assert_eq!(j.exclude, vec!["/tmp".to_string()]);
+        assert_eq!(j.exclude, vec!["/var/cache".to_string()]);
         let j = update(json!({"retries": {"delay_minutes": 1}})).unwrap();
         assert_eq!((j.retries.tries, j.retries.delay_minutes), (5, 1));
     }
