@@ -53,6 +53,9 @@ impl Setup {
         let task =
             self.c.rt.spawn(async move { m.run_task(req, move |p| s.store(p.sent_bytes, Ordering::Relaxed)).await });
         wait_for(60, "data on the wire", || sent.load(Ordering::Relaxed) > 6 << 20);
+        // Sent is not stored: the fault comes once the repository holds a good part of it, so
+        // that the rerun has something to find.
+        wait_for(60, "data in the repository", || dir_bytes(&self.repo.join("chunks")) > 5 << 20);
         fault(self);
         let out = self
             .c
