@@ -143,20 +143,16 @@ impl BackupManager {
             Ok(c) => Some(c.session.clone()),
             Err(_) => store::task(&self.db, &id).await.ok().flatten().map(|t| t.session),
         };
-        let outcome = match &context {
-            Ok(c) => match self.drive(c).await {
-                Ok(o) => o,
-                Err(Refused(e, failure)) => {
-                    TaskOutcome { task_id: id.clone(), error: Some(e), failure: Some(failure), ..Default::default() }
-                }
-            },
-            Err(Refused(e, failure)) => TaskOutcome {
-                task_id: id.clone(),
-                error: Some(e.clone()),
-                failure: Some(*failure),
-                ..Default::default()
-            },
+        let driven = match &context {
+            Ok(c) => self.drive(c).await,
+            Err(Refused(e, failure)) => Err(Refused(e.clone(), *failure)),
         };
+        let outcome = driven.unwrap_or_else(|Refused(e, failure)| TaskOutcome {
+            task_id: id.clone(),
+            error: Some(e),
+            failure: Some(failure),
+            ..Default::default()
+        });
         if let Ok(c) = &context {
             for m in &outcome.points {
                 if let Err(e) = store::insert_point(&self.db, &c.repository, &id, &c.computer, m).await {

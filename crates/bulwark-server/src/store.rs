@@ -570,11 +570,17 @@ pub async fn repository_access(db: &Db, name: &str) -> Result<Option<(String, St
         .fetch_optional(&db.pool)
         .await?;
     let Some(r) = row else { return Ok(None) };
-    let password = match opt_text(&r, "password") {
-        Some(sealed) => Some(db.secrets.open(&password_row(name), &sealed)?),
-        None => None,
-    };
+    let password = open_password(db, name, opt_text(&r, "password"))?;
     Ok(Some((text(&r, "transport"), text(&r, "path"), password)))
+}
+
+/// A repository's password as stored (`None`: unencrypted), unsealed.
+fn open_password(
+    db: &Db,
+    repository: &str,
+    sealed: Option<String>,
+) -> std::result::Result<Option<String>, crate::secrets::SecretError> {
+    sealed.map(|s| db.secrets.open(&password_row(repository), &s)).transpose()
 }
 
 /// Seals the passwords that servers before sealing stored in clear (once, at start).
@@ -1342,10 +1348,7 @@ pub async fn task_context(db: &Db, id: &str) -> Result<Option<TaskContext>> {
         transport: text(&r, "transport"),
         transport_address: opt_text(&r, "transport_address"),
         path,
-        password: match opt_text(&r, "password") {
-            Some(sealed) => db.secrets.open(&password_row(&repository), &sealed).map(Some).map_err(|e| e.to_string()),
-            None => Ok(None),
-        },
+        password: open_password(db, &repository, opt_text(&r, "password")).map_err(|e| e.to_string()),
     });
 
     let revoked = r.try_get::<Option<i64>, _>("agent_revoked").ok().flatten().unwrap_or(0) != 0;

@@ -210,16 +210,10 @@ impl Manager {
     /// restoring from it.
     pub async fn run_restore(&self, req: RestoreRequest) -> TaskOutcome {
         let mover = MoverSpec {
-            protocol: bulwark_proto::PROTOCOL,
-            task_id: req.task_id.clone(),
-            repository: req.repository.clone(),
-            password: req.password.clone().unwrap_or_default(),
-            agent: req.agent.name.clone(),
             max_streams: 4,
-            connect_timeout_s: 120,
             names: vec![req.order.name.clone()],
             restore_point: req.order.point.clone(),
-            ..Default::default()
+            ..mover_spec(&req.task_id, &req.agent, &req.repository, &req.password)
         };
         let restore = bulwark_proto::pb::RestoreSpec {
             protocol: bulwark_proto::PROTOCOL,
@@ -238,16 +232,10 @@ impl Manager {
     /// Runs a backup task to its end. `progress` sees the agent's reports as they come.
     pub async fn run_task(&self, req: TaskRequest, progress: impl FnMut(&Progress)) -> TaskOutcome {
         let mover = MoverSpec {
-            protocol: bulwark_proto::PROTOCOL,
-            task_id: req.task_id.clone(),
-            repository: req.repository.clone(),
-            password: req.password.clone().unwrap_or_default(),
-            agent: req.agent.name.clone(),
             throttle: Some(req.throttle.clone()),
             max_streams: req.spec.streams.max(1),
-            connect_timeout_s: 120,
             names: req.spec.sources.iter().map(|s| s.name.clone()).collect(),
-            restore_point: String::new(),
+            ..mover_spec(&req.task_id, &req.agent, &req.repository, &req.password)
         };
         let mut spec = req.spec.clone();
         spec.protocol = bulwark_proto::PROTOCOL;
@@ -355,6 +343,19 @@ impl Manager {
                 }
             },
         }
+    }
+}
+
+/// What every data mover is told: its task, its repository, the one agent it serves.
+fn mover_spec(task_id: &str, agent: &NodeAddress, repository: &str, password: &Option<String>) -> MoverSpec {
+    MoverSpec {
+        protocol: bulwark_proto::PROTOCOL,
+        task_id: task_id.to_string(),
+        repository: repository.to_string(),
+        password: password.clone().unwrap_or_default(),
+        agent: agent.name.clone(),
+        connect_timeout_s: 120,
+        ..Default::default()
     }
 }
 
