@@ -18,6 +18,7 @@ pub mod chunk;
 pub mod crypto;
 mod error;
 pub mod gc;
+pub mod image;
 pub mod index;
 mod integrity;
 pub mod point;
@@ -29,6 +30,7 @@ pub mod verify;
 
 pub use chunk::{ChunkCodec, ChunkId, Compression};
 pub use error::{RepoError, Result};
+pub use image::{ChunkFetch, Image, PointImage};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
 pub use point::{FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 pub use repository::{
