@@ -27,6 +27,7 @@ pub mod retention;
 pub mod storage;
 pub mod tree;
 pub mod verify;
+pub mod volumes;
 
 pub use chunk::{ChunkCodec, ChunkId, Compression};
 pub use error::{RepoError, Result};
