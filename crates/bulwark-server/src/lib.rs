@@ -14,6 +14,7 @@ pub mod job_update;
 pub mod login_guard;
 pub mod model;
 mod openapi;
+pub mod point_files;
 mod reconcile;
 pub mod registration;
 pub mod resource_scheduler;

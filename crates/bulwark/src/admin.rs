@@ -106,7 +106,7 @@ pub enum UserCmd {
         /// The user's name (letters, digits, '.', '_', '-').
         name: String,
         /// admin (may change everything) or viewer (may only read).
-        #[arg(long, value_parser = ["admin", "viewer"])]
+        #[arg(long, value_parser = ["admin", "restore-operator", "viewer"])]
         role: String,
         /// A file whose first line is the password (at least 10 characters); - for stdin.
         #[arg(long, value_name = "FILE")]
@@ -369,6 +369,36 @@ pub enum PointCmd {
     Show {
         /// The point's id, as `bulwark point list` shows it.
         id: String,
+    },
+    /// The volumes of a volume point: the whole image (0) and, for a disk, its partitions,
+    /// with the filesystem each holds. Read on the transport node holding the point.
+    Volumes { id: String },
+    /// One directory of a point: of the filesystem on a volume point's volume (ext2/3/4), or of
+    /// a file-level point's tree. Read a page at a time; never the whole tree.
+    Files {
+        id: String,
+        /// The directory (default /).
+        path: Option<String>,
+        /// The volume (see `bulwark point volumes`).
+        #[arg(long, default_value_t = 0)]
+        volume: u32,
+        /// At most this many entries (default: all, fetched 1000 at a time).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Copy one file out of a point (to a file, or to standard output with `--to -`).
+    Download {
+        id: String,
+        /// The file inside the point.
+        path: String,
+        #[arg(long, default_value_t = 0)]
+        volume: u32,
+        /// Where to write it; `-` for standard output.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -813,6 +843,52 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             } else {
                 let rows: Vec<_> = v.as_array().into_iter().flatten().map(crate::ui::PointRow::of_catalog).collect();
                 crate::ui::points_table(&rows);
+            }
+        }
+        PointCmd::Volumes { id } => {
+            let volumes = api.volumes(&id)?;
+            if o.json {
+                crate::ui::print_json(&volumes);
+            } else {
+                crate::ui::volumes_table(&volumes);
+            }
+        }
+        PointCmd::Files { id, path, volume, limit } => {
+            let path = path.unwrap_or_else(|| "/".into());
+            let (mut cursor, mut left, mut all) = (None::<String>, limit.unwrap_or(u32::MAX), Vec::new());
+            while left > 0 {
+                let page = api.files(&id, volume, &path, cursor.as_deref(), left.min(1000))?;
+                left -= page.entries.len() as u32;
+                if !o.json {
+                    crate::ui::files_table(&page.entries);
+                }
+                all.extend(page.entries);
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            if o.json {
+                crate::ui::print_json(&all);
+            }
+        }
+        PointCmd::Download { id, path, volume, to, .. } if to.as_os_str() == "-" => {
+            api.download(&id, volume, &path, 0, &mut std::io::stdout().lock())?;
+        }
+        PointCmd::Download { id, path, volume, to, overwrite } => {
+            if to.exists() && !overwrite {
+                bail!("{} exists; give --overwrite to replace it", to.display());
+            }
+            // Written beside the target and renamed when whole: a failed download leaves nothing.
+            let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+            let n = api.download(&id, volume, &path, 0, tmp.as_file_mut())?;
+            tmp.persist(&to).with_context(|| format!("writing {}", to.display()))?;
+            if o.json {
+                crate::ui::print_json(&json!({"point": id, "path": path, "to": to, "bytes": n}));
+            } else {
+                println!("{path} of {id}: {} written to {}", crate::ui::human(n), to.display());
             }
         }
         PointCmd::Show { id } => {

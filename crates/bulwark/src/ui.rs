@@ -532,9 +532,80 @@ pub fn ls_table(rows: &[LsRow]) {
     }
 }
 
+/// A point's volumes, as `point volumes` and `ls` of a disk show them.
+pub fn volumes_table(volumes: &[bulwark_server::point_files::VolumeRow]) {
+    println!("{:>3}  {:<5} {:>10}  {:<8} {:<20} LABEL", "VOL", "TABLE", "SIZE", "CONTENT", "TYPE");
+    for v in volumes {
+        println!(
+            "{:>3}  {:<5} {:>10}  {:<8} {:<20} {}",
+            v.number,
+            v.table,
+            human(v.size),
+            if v.content.is_empty() { "-" } else { &v.content },
+            if v.partition_type.is_empty() { "-" } else { &v.partition_type },
+            v.label
+        );
+    }
+}
+
+/// `-rw-r--r--` and its kin: a kind letter and the permission bits with set-id and sticky bits.
+pub fn mode_text(kind: &str, mode: u32) -> String {
+    let k = match kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        "char-device" => 'c',
+        "block-device" => 'b',
+        "fifo" => 'p',
+        "socket" => 's',
+        _ => '-',
+    };
+    let mut t = String::from(k);
+    for (r, w, x, special, lower, upper) in [
+        (0o400, 0o200, 0o100, 0o4000, 's', 'S'),
+        (0o40, 0o20, 0o10, 0o2000, 's', 'S'),
+        (0o4, 0o2, 0o1, 0o1000, 't', 'T'),
+    ] {
+        t.push(if mode & r != 0 { 'r' } else { '-' });
+        t.push(if mode & w != 0 { 'w' } else { '-' });
+        t.push(match (mode & x != 0, mode & special != 0) {
+            (true, true) => lower,
+            (false, true) => upper,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    t
+}
+
+/// One directory's entries, like `ls -l`.
+pub fn files_table(entries: &[bulwark_server::point_files::FileRow]) {
+    for e in entries {
+        let t = chrono::DateTime::from_timestamp(e.mtime, 0).unwrap_or_default();
+        let target = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+        println!(
+            "{} {:>6} {:>6} {:>12} {}  {}{}",
+            mode_text(&e.kind, e.mode),
+            e.uid,
+            e.gid,
+            e.size,
+            local_time(t),
+            e.name,
+            target
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_read_like_ls() {
+        assert_eq!(mode_text("file", 0o644), "-rw-r--r--");
+        assert_eq!(mode_text("dir", 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_text("file", 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_text("file", 0o2640), "-rw-r-S---");
+    }
 
     #[test]
     fn durations_read_to_the_second_then_to_the_minute() {
