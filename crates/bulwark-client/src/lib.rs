@@ -9,7 +9,7 @@ use std::time::Duration;
 use bulwark_server::answers::RestoreOutcome;
 use bulwark_server::model::RestoreInput;
 use bulwark_server::point_files::{FilesPage, VolumeRow};
-use bulwark_server::store::{NodeRow, PointRow, RepositoryRow, SessionRow};
+use bulwark_server::store::{ExportRow, NodeRow, PointRow, RepositoryRow, SessionRow};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -218,6 +218,29 @@ impl Client {
             request: format!("GET {path} of point {point}"),
             reason: e.to_string(),
         })
+    }
+
+    /// Publishes a volume point over NBD (instant recovery).
+    pub fn publish(
+        &self,
+        point: &str,
+        volume: u32,
+        writable: bool,
+        hours: Option<u32>,
+        allowed_ip: Option<&str>,
+    ) -> Result<ExportRow> {
+        let body = json!({"volume": volume, "writable": writable, "hours": hours, "allowed_ip": allowed_ip});
+        self.typed("POST", &format!("/points/{point}/exports"), Some(body))
+    }
+
+    /// Exports that have not ended.
+    pub fn exports(&self) -> Result<Vec<ExportRow>> {
+        self.typed("GET", "/exports", None)
+    }
+
+    /// Ends an export.
+    pub fn unpublish(&self, id: &str) -> Result<ExportRow> {
+        self.typed("DELETE", &format!("/exports/{id}"), None)
     }
 
     /// Why the server could not be reached, and what to do about it when that is ours to say:

@@ -223,6 +223,9 @@ fn operations() -> OpenApiRouter<S> {
         .routes(routes!(crate::point_files::point_volumes))
         .routes(routes!(crate::point_files::point_files))
         .routes(routes!(crate::point_files::point_file_content))
+        .routes(routes!(crate::exports::publish_point))
+        .routes(routes!(crate::exports::list_exports))
+        .routes(routes!(crate::exports::unpublish))
 }
 
 /// The document as served: made once, with the router.

@@ -7,6 +7,7 @@ pub mod answers;
 pub mod api;
 pub mod backup_manager;
 pub mod db;
+pub mod exports;
 pub mod health;
 pub mod job_scheduler;
 pub mod job_sources;

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::api::{ApiError, AppState, Caller};
-use crate::openapi::{Forbidden, Invalid, NodeFailed, NotFound, Unauthorized};
+use crate::openapi::{Forbidden, Invalid, NodeFailed, NotFound, RangeNotSatisfiable, Unauthorized};
 use crate::store;
 
 type S = Arc<AppState>;
@@ -93,8 +93,13 @@ pub struct ContentQuery {
     pub path: String,
 }
 
-/// The transport node holding point `id`'s repository, and how it opens the point.
-async fn access(s: &S, id: &str, volume: u32) -> Result<(TransportClient<Channel>, PointAccess), ApiError> {
+/// The transport node holding point `id`'s repository (a client of it, and its name), and how
+/// it opens the point.
+pub(crate) async fn access(
+    s: &S,
+    id: &str,
+    volume: u32,
+) -> Result<(TransportClient<Channel>, PointAccess, String), ApiError> {
     let (repository, _, _) = store::point(&s.core.db, id)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no restore point {id:?}")))?;
@@ -117,7 +122,7 @@ async fn access(s: &S, id: &str, volume: u32) -> Result<(TransportClient<Channel
         point: id.to_string(),
         volume,
     };
-    Ok((client, access))
+    Ok((client, access, transport))
 }
 
 /// The node's refusal in the caller's terms.
@@ -144,7 +149,7 @@ pub async fn point_volumes(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<VolumeRow>>, ApiError> {
     c.may_restore()?;
-    let (mut client, point) = access(&s, &id, 0).await?;
+    let (mut client, point, _) = access(&s, &id, 0).await?;
     let reply = client
         .browse_point(BrowseRequest { point: Some(point), volumes: true, ..Default::default() })
         .await
@@ -184,7 +189,7 @@ pub async fn point_files(
 ) -> Result<Json<FilesPage>, ApiError> {
     c.may_restore()?;
     let path = q.path.unwrap_or_else(|| "/".into());
-    let (mut client, point) = access(&s, &id, q.volume).await?;
+    let (mut client, point, _) = access(&s, &id, q.volume).await?;
     let req = BrowseRequest {
         point: Some(point),
         volumes: false,
@@ -246,12 +251,19 @@ fn range(headers: &HeaderMap, size: Option<u64>) -> Result<Option<(u64, Option<u
     }
 }
 
-/// One file's content, streamed (`Range: bytes=FIRST-LAST` answered with 206).
+/// A file's bytes, as an answer describes them.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct FileBytes(Vec<u8>);
+
+/// One file's content, streamed.
+///
+/// `Range: bytes=FIRST-LAST` (or `FIRST-`, or `-LAST_N`) is answered with 206 Partial Content
+/// and that range; one range at a time.
 #[utoipa::path(get, path = "/points/{id}/files/content", params(("id" = String, Path), ContentQuery), responses(
-    (status = 200, description = "the file's bytes", content_type = "application/octet-stream"),
-    (status = 206, description = "the requested range", content_type = "application/octet-stream"),
+    (status = 200, description = "the file's bytes", body = FileBytes, content_type = "application/octet-stream"),
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
-    (status = 404, response = NotFound), (status = 416, description = "a range the file cannot satisfy"),
+    (status = 404, response = NotFound), (status = 416, response = RangeNotSatisfiable),
     (status = 422, response = Invalid), (status = 502, response = NodeFailed),
 ))]
 pub async fn point_file_content(
@@ -262,7 +274,7 @@ pub async fn point_file_content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     c.may_restore()?;
-    let (mut client, point) = access(&s, &id, q.volume).await?;
+    let (mut client, point, _) = access(&s, &id, q.volume).await?;
     // A suffix range (`bytes=-N`) needs the size: learn it from an empty first read.
     let size_hint =
         if headers.get(header::RANGE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("bytes=-")) {

@@ -386,6 +386,34 @@ pub enum PointCmd {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Publish a volume point over NBD for instant recovery: the transport node holding it
+    /// serves it at the printed `nbd://` URL until `--hours` pass or `point unpublish`. Boot a
+    /// VM from it (`qemu-system-x86_64 -drive file=URL,format=raw,snapshot=on`), copy it
+    /// (`nbdcopy URL disk.img`), or attach it with `nbdfuse`. NBD has no passwords: the URL's
+    /// random name (and --allowed-ip) keep others out; keep the URL to yourself.
+    Publish {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        volume: u32,
+        /// Accept writes (into a scratch overlay on the transport node, lost when the export
+        /// ends; the repository is never written). A VM booting from the point needs this or
+        /// qemu's `snapshot=on`.
+        #[arg(long)]
+        writable: bool,
+        /// Hours until the export ends on its own (default 8, at most 336).
+        #[arg(long)]
+        hours: Option<u32>,
+        /// Only this client address may connect.
+        #[arg(long, value_name = "IP")]
+        allowed_ip: Option<String>,
+    },
+    /// Exports that have not ended: their URLs, points and expiry.
+    Exports,
+    /// End an export now.
+    Unpublish {
+        /// The export's id, as `bulwark point exports` shows it.
+        export: String,
+    },
     /// Copy one file out of a point (to a file, or to standard output with `--to -`).
     Download {
         id: String,
@@ -843,6 +871,53 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             } else {
                 let rows: Vec<_> = v.as_array().into_iter().flatten().map(crate::ui::PointRow::of_catalog).collect();
                 crate::ui::points_table(&rows);
+            }
+        }
+        PointCmd::Publish { id, volume, writable, hours, allowed_ip } => {
+            let e = api.publish(&id, volume, writable, hours, allowed_ip.as_deref())?;
+            if o.json {
+                crate::ui::print_json(&e);
+            } else {
+                println!("point {id} volume {volume} is served at {}", e.url);
+                println!(
+                    "  until {} (export {}; end it with `bulwark point unpublish {}`)",
+                    crate::ui::local_time_text(&e.expires).unwrap_or(e.expires.clone()),
+                    e.id,
+                    e.id
+                );
+                println!(
+                    "  boot a VM:  qemu-system-x86_64 -m 2048 -drive file={},format=raw{}",
+                    e.url,
+                    if writable { "" } else { ",snapshot=on" }
+                );
+                println!("  copy it:    nbdcopy {} disk.img", e.url);
+            }
+        }
+        PointCmd::Exports => {
+            let exports = api.exports()?;
+            if o.json {
+                crate::ui::print_json(&exports);
+            } else {
+                println!("{:<18} {:<24} {:>3} {:<5} {:<19} URL", "EXPORT", "POINT", "VOL", "RW", "EXPIRES");
+                for e in &exports {
+                    println!(
+                        "{:<18} {:<24} {:>3} {:<5} {:<19} {}",
+                        e.id,
+                        e.point,
+                        e.volume,
+                        if e.writable { "yes" } else { "no" },
+                        crate::ui::local_time_text(&e.expires).unwrap_or(e.expires.clone()),
+                        e.url
+                    );
+                }
+            }
+        }
+        PointCmd::Unpublish { export } => {
+            let e = api.unpublish(&export)?;
+            if o.json {
+                crate::ui::print_json(&e);
+            } else {
+                println!("export {} of point {} ended", e.id, e.point);
             }
         }
         PointCmd::Volumes { id } => {
