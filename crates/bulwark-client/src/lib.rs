@@ -201,7 +201,24 @@ impl Client {
         offset: u64,
         out: &mut dyn std::io::Write,
     ) -> Result<u64> {
-        let url = format!("{}/points/{point}/files/content?volume={volume}&path={}", self.base, query_text(path));
+        self.stream("content", point, volume, path, offset, out)
+    }
+
+    /// Copies `path` of a point and everything under it into `out` as a tar stream.
+    pub fn download_archive(&self, point: &str, volume: u32, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        self.stream("archive", point, volume, path, 0, out)
+    }
+
+    fn stream(
+        &self,
+        what: &str,
+        point: &str,
+        volume: u32,
+        path: &str,
+        offset: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let url = format!("{}/points/{point}/files/{what}?volume={volume}&path={}", self.base, query_text(path));
         let mut req = self.agent.get(&url).header("Authorization", &format!("Bearer {}", self.token));
         if offset > 0 {
             req = req.header("Range", &format!("bytes={offset}-"));

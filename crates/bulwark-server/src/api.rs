@@ -223,6 +223,7 @@ fn operations() -> OpenApiRouter<S> {
         .routes(routes!(crate::point_files::point_volumes))
         .routes(routes!(crate::point_files::point_files))
         .routes(routes!(crate::point_files::point_file_content))
+        .routes(routes!(crate::point_files::point_files_archive))
         .routes(routes!(crate::exports::publish_point))
         .routes(routes!(crate::exports::list_exports))
         .routes(routes!(crate::exports::unpublish))

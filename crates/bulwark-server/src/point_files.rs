@@ -254,7 +254,7 @@ fn range(headers: &HeaderMap, size: Option<u64>) -> Result<Option<(u64, Option<u
 /// A file's bytes, as an answer describes them.
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = String, format = Binary)]
-pub struct FileBytes(Vec<u8>);
+pub struct FileBytes(pub Vec<u8>);
 
 /// One file's content, streamed.
 ///
@@ -310,6 +310,36 @@ pub async fn point_file_content(
             .header(header::CONTENT_RANGE, format!("bytes {offset}-{}/{size}", end.saturating_sub(1)));
     }
     Ok(resp.body(body).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?.into_response())
+}
+
+/// A directory of a point and everything under it (or one file) as a tar stream.
+///
+/// Names are relative to the point's root (`/etc` → `etc/…`); regular files, directories and
+/// symbolic links with their modes, owners and times; devices, fifos and sockets are left out.
+#[utoipa::path(get, path = "/points/{id}/files/archive", params(("id" = String, Path), ContentQuery), responses(
+    (status = 200, description = "a tar stream", body = FileBytes, content_type = "application/x-tar"),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 422, response = Invalid), (status = 502, response = NodeFailed),
+))]
+pub async fn point_files_archive(
+    c: Caller,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Query(q): Query<ContentQuery>,
+) -> Result<Response, ApiError> {
+    c.may_restore()?;
+    let (mut client, point, _) = access(&s, &id, q.volume).await?;
+    let req = ReadFileRequest { point: Some(point), path: q.path.clone(), offset: 0, length: 0 };
+    let stream = client.read_point_archive(req).await.map_err(node_refused)?.into_inner();
+    let name = q.path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("root").replace(['"', '\\', '\r', '\n'], "_");
+    let body = Body::from_stream(stream.map(|r| {
+        r.map(|d| axum::body::Bytes::from(d.data)).map_err(|s| std::io::Error::other(s.message().to_string()))
+    }));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.tar\""))
+        .body(body)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 #[cfg(test)]

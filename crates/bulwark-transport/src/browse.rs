@@ -176,6 +176,107 @@ pub fn read(view: &View, volume: u32, path: &str, offset: u64, len: usize) -> Re
     }
 }
 
+/// Directories deeper than this are refused: a filesystem that loops would otherwise never end.
+const MAX_DEPTH: usize = 256;
+
+/// Writes `path` of a point (a file, or a directory and everything under it) to `out` as a tar
+/// stream, named relative to the root (`/etc` → `etc/…`). Streams: a file's bytes pass in
+/// pieces, a directory is listed a page at a time. Returns the number of entries written.
+pub fn archive(view: &View, volume: u32, path: &str, out: &mut dyn std::io::Write) -> Result<u64, ViewError> {
+    let mut tar = tar::Builder::new(out);
+    let top = stat(view, volume, path)?;
+    let name = path.trim_matches('/').to_string();
+    let mut count = 0;
+    add(view, volume, &mut tar, &name, &top, 0, &mut count)?;
+    tar.finish().map_err(|e| ViewError::Io(format!("writing the archive: {e}")))?;
+    Ok(count)
+}
+
+fn add(
+    view: &View,
+    volume: u32,
+    tar: &mut tar::Builder<&mut dyn std::io::Write>,
+    name: &str,
+    e: &FileEntry,
+    depth: usize,
+    count: &mut u64,
+) -> Result<(), ViewError> {
+    let io = |e: std::io::Error| ViewError::Io(format!("writing {name:?} into the archive: {e}"));
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(e.mode);
+    h.set_uid(e.uid as u64);
+    h.set_gid(e.gid as u64);
+    h.set_mtime(e.mtime.max(0) as u64);
+    // The root itself has no name in the archive: only what is under it.
+    let entry_name = if name.is_empty() { "." } else { name };
+    *count += 1;
+    match e.kind.as_str() {
+        "dir" => {
+            if depth > MAX_DEPTH {
+                return Err(ViewError::Invalid(format!("{name:?} is nested deeper than {MAX_DEPTH} directories")));
+            }
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            tar.append_data(&mut h, entry_name, std::io::empty()).map_err(io)?;
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = list(view, volume, &format!("/{name}"), cursor.as_deref(), 1000)?;
+                for child in &page.entries {
+                    let child_name =
+                        if name.is_empty() { child.name.clone() } else { format!("{name}/{}", child.name) };
+                    add(view, volume, tar, &child_name, child, depth + 1, count)?;
+                }
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => return Ok(()),
+                }
+            }
+        }
+        "symlink" => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            tar.append_link(&mut h, entry_name, e.target.as_deref().unwrap_or_default()).map_err(io)
+        }
+        "file" => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(e.size);
+            let content = FileReader { view, volume, path: format!("/{name}"), at: 0, size: e.size };
+            tar.append_data(&mut h, entry_name, content).map_err(io)
+        }
+        // Devices, fifos and sockets: names only would mislead; they are left out.
+        _ => {
+            *count -= 1;
+            Ok(())
+        }
+    }
+}
+
+/// A file of a point, read in pieces as the archive asks for them.
+struct FileReader<'a> {
+    view: &'a View,
+    volume: u32,
+    path: String,
+    at: u64,
+    size: u64,
+}
+
+impl std::io::Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(1 << 20).min((self.size - self.at) as usize);
+        let (_, data) = read(self.view, self.volume, &self.path, self.at, want)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if data.is_empty() {
+            return Err(std::io::Error::other(format!("{} ends before its size says", self.path)));
+        }
+        buf[..data.len()].copy_from_slice(&data);
+        self.at += data.len() as u64;
+        Ok(data.len())
+    }
+}
+
 fn no_volume(m: &Manifest, volume: u32) -> Result<(), ViewError> {
     if volume != 0 {
         return Err(ViewError::Invalid(format!("point {} is a file-level point: it has no volume {volume}", m.id)));

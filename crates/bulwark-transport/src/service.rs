@@ -483,6 +483,35 @@ impl Transport for TransportService {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
+    type ReadPointArchiveStream = tokio_stream::wrappers::ReceiverStream<Result<FileData, Status>>;
+
+    async fn read_point_archive(
+        &self,
+        req: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadPointArchiveStream>, Status> {
+        tls::require_peer(&req, &[Role::Server], "read files of a point")?;
+        let r = req.into_inner();
+        let (view, volume) = self.view(r.point).await?;
+        // What is asked for must be there before the answer starts: a wrong path is this call's
+        // error, not a broken stream.
+        let (v, path) = (view.clone(), r.path.clone());
+        tokio::task::spawn_blocking(move || browse::stat(&v, volume, &path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| e.status())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(ChannelWriter::PIECE) };
+            let done = browse::archive(&view, volume, &r.path, &mut out)
+                .and_then(|_| out.send().map_err(|e| ViewError::Io(e.to_string())));
+            if let Err(e) = done {
+                warn!("archive of {} of point {}: {e}", r.path, view.manifest().id);
+                let _ = tx.blocking_send(Err(e.status()));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn publish_point(&self, req: Request<PublishRequest>) -> Result<Response<Published>, Status> {
         tls::require_peer(&req, &[Role::Server], "publish a point")?;
         Err(Status::unimplemented("publishing points over NBD is not built into this node yet"))
@@ -491,6 +520,39 @@ impl Transport for TransportService {
     async fn unpublish_point(&self, req: Request<UnpublishRequest>) -> Result<Response<Empty>, Status> {
         tls::require_peer(&req, &[Role::Server], "unpublish a point")?;
         Err(Status::unimplemented("publishing points over NBD is not built into this node yet"))
+    }
+}
+
+/// The bytes of a stream answer, sent a piece at a time; a caller that hung up ends the writing.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<FileData, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    const PIECE: usize = 1 << 20;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.tx
+            .blocking_send(Ok(FileData { size: 0, data }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader hung up"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= Self::PIECE {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -414,13 +414,17 @@ pub enum PointCmd {
         /// The export's id, as `bulwark point exports` shows it.
         export: String,
     },
-    /// Copy one file out of a point (to a file, or to standard output with `--to -`).
+    /// Copy one file out of a point (to a file, or to standard output with `--to -`); with
+    /// `--tar`, a directory and everything under it as a tar archive.
     Download {
         id: String,
-        /// The file inside the point.
+        /// The file (or, with --tar, the directory) inside the point.
         path: String,
         #[arg(long, default_value_t = 0)]
         volume: u32,
+        /// Write a tar archive of PATH and everything under it.
+        #[arg(long)]
+        tar: bool,
         /// Where to write it; `-` for standard output.
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
@@ -947,10 +951,15 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
                 crate::ui::print_json(&all);
             }
         }
-        PointCmd::Download { id, path, volume, to, .. } if to.as_os_str() == "-" => {
-            api.download(&id, volume, &path, 0, &mut std::io::stdout().lock())?;
+        PointCmd::Download { id, path, volume, tar, to, .. } if to.as_os_str() == "-" => {
+            let out = &mut std::io::stdout().lock();
+            if tar {
+                api.download_archive(&id, volume, &path, out)?;
+            } else {
+                api.download(&id, volume, &path, 0, out)?;
+            }
         }
-        PointCmd::Download { id, path, volume, to, overwrite } => {
+        PointCmd::Download { id, path, volume, tar, to, overwrite } => {
             if to.exists() && !overwrite {
                 bail!("{} exists; give --overwrite to replace it", to.display());
             }
@@ -958,7 +967,11 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
             let mut tmp =
                 tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
-            let n = api.download(&id, volume, &path, 0, tmp.as_file_mut())?;
+            let n = if tar {
+                api.download_archive(&id, volume, &path, tmp.as_file_mut())?
+            } else {
+                api.download(&id, volume, &path, 0, tmp.as_file_mut())?
+            };
             tmp.persist(&to).with_context(|| format!("writing {}", to.display()))?;
             if o.json {
                 crate::ui::print_json(&json!({"point": id, "path": path, "to": to, "bytes": n}));

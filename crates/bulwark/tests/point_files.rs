@@ -109,6 +109,25 @@ fn a_file_level_point_is_browsed_a_directory_at_a_time_and_its_files_downloaded(
     let again = cli(s, &["point", "download", &point, "/var/log/big.log", "--to", out.to_str().unwrap()]);
     assert!(again.unwrap_err().contains("--overwrite"), "an existing file is not replaced unasked");
 
+    // A directory as a tar archive, read by tar itself: the same files, modes and link.
+    let archive = site.dir.path().join("etc.tar");
+    cli(s, &["point", "download", &point, "/etc", "--tar", "--to", archive.to_str().unwrap()]).unwrap();
+    let unpacked = site.dir.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["-xf", archive.to_str().unwrap(), "-C", unpacked.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for i in [0, 7, 24] {
+        let name = format!("etc/f{i:02}");
+        assert_eq!(std::fs::read(unpacked.join(&name)).unwrap(), std::fs::read(src.join(&name)).unwrap(), "{name}");
+    }
+    assert_eq!(std::fs::read(unpacked.join("etc/ssh/sshd_config")).unwrap(), b"PermitRootLogin no\n");
+    assert_eq!(std::fs::read_link(unpacked.join("etc/link")).unwrap(), Path::new("ssh/sshd_config"));
+    let e = cli(s, &["point", "download", &point, "/nope", "--tar", "--to", "-"]).unwrap_err();
+    assert!(e.contains("has no file \"/nope\""), "{e}");
+
     // Bad input says what is wrong, and how.
     let e = cli(s, &["point", "files", &point, "/nope"]).unwrap_err();
     assert!(e.contains("has no directory \"/nope\""), "{e}");
