@@ -23,9 +23,11 @@ use bulwark_repo::tree::{EntryKind as TreeKind, Time, TreeEntry};
 use crate::path::{join, parse};
 use crate::{BrowseError, Browser, Entry, EntryKind, ExtractOptions, ExtractReport, Progress, Result};
 
-/// Deeper than this a tree is taken for a loop: a path of single-letter names that deep is
-/// already as long as Linux allows.
-pub const MAX_DEPTH: usize = 2048;
+/// Deeper than this a tree is taken for a loop (the reader resolves paths of at most 1000
+/// components; a Linux path of one-letter names is at most 2048 deep).
+pub const MAX_DEPTH: usize = 990;
+/// The longest path Linux takes in one call, with its terminating NUL.
+const PATH_MAX: usize = 4096;
 /// Bytes of a file read from the image per request.
 const PIECE: usize = 1 << 20;
 /// Directory entries fetched per request.
@@ -120,6 +122,9 @@ pub fn extract(
         cancel: opts.cancel.clone(),
         links: HashMap::new(),
         dirs: 0,
+        // The reader resolves paths of its own up to PATH_MAX too: a margin keeps the first
+        // refusal this one, which says why.
+        room: PATH_MAX.saturating_sub(to.as_os_str().len() + 2).min(PATH_MAX - 64),
     };
     let root = stat(b"", "/")?;
     if sel.iter().any(|s| s.is_empty()) {
@@ -163,11 +168,23 @@ struct Walk<'b, 'w> {
     /// The first path each file inode was restored at: its other names become hard links.
     links: HashMap<u64, Vec<u8>>,
     dirs: u64,
+    /// The longest relative path that still fits in [`PATH_MAX`] under the target.
+    room: usize,
 }
 
 impl Walk<'_, '_> {
     /// Hands `e` (at `rel`) to the writer; whether it is a directory to descend into.
     fn emit(&mut self, rel: Vec<u8>, e: &Entry) -> Result<bool> {
+        let depth = rel.split(|&c| c == b'/').count();
+        if rel.len() > self.room || depth > MAX_DEPTH {
+            let why = format!(
+                "not restored: it lies more than {MAX_DEPTH} directories deep or its path under the target would be \
+                 longer than the {PATH_MAX} bytes Linux takes: the filesystem's directories probably loop (it is \
+                 damaged)"
+            );
+            self.w.fail(&rel, why);
+            return Ok(false);
+        }
         let mut target = Vec::new();
         let kind = match e.kind {
             EntryKind::Dir => TreeKind::Dir,
@@ -262,15 +279,6 @@ impl Walk<'_, '_> {
 
     /// Opens the directory at `rel` for the walk, within the bounds on damaged filesystems.
     fn open(&mut self, stack: &mut Vec<Open>, rel: Vec<u8>) -> Result<()> {
-        let depth = rel.split(|&c| c == b'/').count();
-        if depth > MAX_DEPTH {
-            let why = format!(
-                "its entries were not restored: it is nested more than {MAX_DEPTH} directories deep, so the \
-                 filesystem's directories probably loop (it is damaged)"
-            );
-            self.w.fail(&rel, why);
-            return Ok(());
-        }
         self.dirs += 1;
         if self.dirs > self.b.inodes {
             return Err(BrowseError::Corrupt {
