@@ -505,7 +505,7 @@ fn hostile_names_and_directory_loops_stay_inside_the_target() {
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let first = report["failed"][0]["reason"].as_str().unwrap();
-    assert!(first.contains("directories loop"), "{first}");
+    assert!(first.contains("directories probably loop"), "{first}");
     assert!(report["failed_total"].as_u64().unwrap() <= 2, "the walk stops at the loop: {report}");
     assert_eq!(std::fs::read(out.join("a/b/file")).unwrap(), b"inside");
 
