@@ -20,9 +20,12 @@ fn holds_files(content: &str) -> bool {
     matches!(content, "ext2" | "ext3" | "ext4" | "xfs" | "btrfs" | "vfat" | "ntfs")
 }
 
+/// A volume by number, as an image of its own.
+type Chosen = (u32, Arc<dyn Image>);
+
 /// The point as an image, its volumes, and the volume asked for (`None` when a disk holds more
 /// than one filesystem and none was asked for).
-fn open(r: &Repository, m: &Manifest, asked: Option<u32>) -> Result<(Vec<Volume>, Option<(u32, Arc<dyn Image>)>)> {
+fn open(r: &Repository, m: &Manifest, asked: Option<u32>) -> Result<(Vec<Volume>, Option<Chosen>)> {
     let img: Arc<dyn Image> = Arc::new(PointImage::open(r, m)?);
     let vols = volumes(&img)?;
     let n = match asked {
