@@ -19,7 +19,7 @@ SIZE_MIB="${1:-4096}"
 DATA_MIB="${2:-1024}"
 [[ -x "$BW" ]] || { echo "run cargo build --release first (or set BULWARK_BIN)" >&2; exit 1; }
 for t in mkfs.ext4 python3; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
-W=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-browse.XXXXXX")
+W=$(mktemp -d -t bulwark-browse.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 
 jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
