@@ -275,10 +275,10 @@ fn a_dirty_journal_reads_as_if_replayed() {
     let img = dir.path().join("live.img");
     // Dropped (unmounted) at the end of the test, also when an assertion fails.
     let fs = bulwark_testkit::MountedFs::on_image(&img, "ext4", 64 << 20, &[]);
-    std::fs::create_dir_all(fs.path().join("work/inner")).unwrap();
-    std::fs::write(fs.path().join("work/inner/data.bin"), bulwark_testkit::random_bytes(2 << 20, 3)).unwrap();
+    std::fs::create_dir_all(fs.path().join("data/inner")).unwrap();
+    std::fs::write(fs.path().join("data/inner/data.bin"), bulwark_testkit::random_bytes(2 << 20, 3)).unwrap();
     for i in 0..20 {
-        std::fs::write(fs.path().join(format!("work/f{i:02}")), format!("file {i}\n")).unwrap();
+        std::fs::write(fs.path().join(format!("data/f{i:02}")), format!("file {i}\n")).unwrap();
     }
     sh(Command::new("sync").arg("-f").arg(fs.path()));
     let copy = dir.path().join("copy.img");
@@ -288,10 +288,10 @@ fn a_dirty_journal_reads_as_if_replayed() {
     let repo = init_repo(dir.path());
     backup(&repo, &copy, "live");
 
-    let listed = json(bulwark().args(["ls", "live:latest", "/work", "--repo"]).arg(&repo));
+    let listed = json(bulwark().args(["ls", "live:latest", "/data", "--repo"]).arg(&repo));
     let mut names: Vec<String> =
         listed.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect();
-    let mut want: Vec<String> = std::fs::read_dir(fs.path().join("work"))
+    let mut want: Vec<String> = std::fs::read_dir(fs.path().join("data"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -299,10 +299,10 @@ fn a_dirty_journal_reads_as_if_replayed() {
     want.sort();
     assert_eq!(names, want);
     let out = dir.path().join("out");
-    let r = restore_paths(&repo, "live:latest", &out, &["/work"], &[]);
+    let r = restore_paths(&repo, "live:latest", &out, &["/data"], &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let mut paths = vec!["work/inner/data.bin".to_string()];
-    paths.extend((0..20).map(|i| format!("work/f{i:02}")));
+    let mut paths = vec!["data/inner/data.bin".to_string()];
+    paths.extend((0..20).map(|i| format!("data/f{i:02}")));
     for p in &paths {
         assert!(std::fs::read(out.join(p)).unwrap() == std::fs::read(fs.path().join(p)).unwrap(), "{p}");
     }
@@ -417,7 +417,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     let r = restore_paths(&repo, "good:latest", &out, &["/etc/hosts", "/etc/nope"], &[]);
     assert_clean_failure(&r, "has no path \"/etc/nope\"");
     assert!(!out.exists());
-    let r = restore_paths(&repo, "good:latest", &out, &["/etc/../root"], &[]);
+    let r = restore_paths(&repo, "good:latest", &out, &["/etc/../boot"], &[]);
     assert_clean_failure(&r, "..");
     let r = restore_paths(&repo, "good:latest", &out, &["/etc/hosts/x"], &[]);
     assert_clean_failure(&r, "not a directory");
