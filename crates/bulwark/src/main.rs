@@ -1,6 +1,7 @@
 //! The `bulwark` command: argument parsing and wiring only; the work lives in the library crates.
 
 mod admin;
+mod browse;
 mod demo;
 mod jobs;
 mod nodes;
@@ -119,7 +120,9 @@ enum Command {
     /// such entry with the reason, and the exit status is 1. Nothing is ever created outside
     /// the target directory, whatever the point's tree holds.
     Restore(standalone::RestoreArgs),
-    /// List the files of a file-level point (all, or under PATH).
+    /// List the files of a point: of a file-level point all of them (or those under PATH); of
+    /// a volume point one directory (PATH, default /) of one volume's filesystem, or the volumes
+    /// of a disk with several.
     Ls(standalone::LsArgs),
     /// List restore points, oldest first, with their size, health and consistency.
     Points(standalone::PointsArgs),
