@@ -279,5 +279,34 @@ impl Browser {
     }
 }
 
+/// Restores of files out of volume points on an agent, whose restore pipeline hands the point's
+/// image here (see [`bulwark_agent::pipeline::VolumeFiles`]).
+pub struct VolumeFilesRestore;
+
+impl bulwark_agent::pipeline::VolumeFiles for VolumeFilesRestore {
+    fn restore(
+        &self,
+        image: bulwark_repo::PointImage,
+        m: &bulwark_repo::Manifest,
+        to: &Path,
+        settings: &bulwark_agent::pipeline::RestoreSettings,
+        progress: Progress,
+        cancel: &Arc<AtomicBool>,
+    ) -> bulwark_agent::Result<ExtractReport> {
+        use bulwark_agent::AgentError;
+        let img: Arc<dyn Image> = Arc::new(image);
+        let volume = bulwark_repo::volumes::open_volume(&img, settings.volume)
+            .map_err(|e| AgentError::Unsupported { reason: e.to_string() })?;
+        let to_agent = |e: BrowseError| match e {
+            BrowseError::Restore(e) => e,
+            BrowseError::NotFound { path, .. } => AgentError::NoSuchPath { point: m.id.to_string(), path },
+            e => AgentError::Unsupported { reason: e.to_string() },
+        };
+        let browser = Browser::open(volume).map_err(to_agent)?;
+        let opts = ExtractOptions { overwrite: settings.overwrite, safe: settings.safe, cancel: Some(cancel.clone()) };
+        browser.extract(&settings.paths, to, &opts, progress).map_err(to_agent)
+    }
+}
+
 /// The most one [`Browser::read`] returns.
 pub const MAX_READ: usize = 16 << 20;

@@ -57,8 +57,16 @@ fn io_err(e: std::io::Error) -> ViewError {
 
 /// One opened point.
 pub enum View {
-    Files { repo: Repository, manifest: Manifest },
-    Volume { manifest: Manifest, image: Arc<dyn Image> },
+    Files {
+        repo: Repository,
+        manifest: Manifest,
+    },
+    Volume {
+        manifest: Manifest,
+        image: Arc<dyn Image>,
+        /// The filesystems of its volumes opened so far, by volume number.
+        filesystems: Mutex<HashMap<u32, Arc<bulwark_browse::Browser>>>,
+    },
 }
 
 impl View {
@@ -125,7 +133,7 @@ impl PointViews {
             PointKind::Files => View::Files { repo, manifest },
             PointKind::Volume => {
                 let image: Arc<dyn Image> = Arc::new(PointImage::open(&repo, &manifest)?);
-                View::Volume { manifest, image }
+                View::Volume { manifest, image, filesystems: Mutex::default() }
             }
         });
         keep(&self.views, key, view.clone());
@@ -150,7 +158,10 @@ pub fn list(view: &View, volume: u32, path: &str, cursor: Option<&str>, limit: u
             no_volume(manifest, volume)?;
             Ok(bulwark_repo::browse::list_dir(repo, manifest, path, cursor, limit)?)
         }
-        View::Volume { .. } => Err(unsupported_volume_files(view)),
+        View::Volume { image, filesystems, .. } => {
+            let page = filesystem(image, filesystems, volume)?.list(path, cursor, limit).map_err(browse_err)?;
+            Ok(Page { entries: page.entries.into_iter().map(entry).collect(), next: page.next })
+        }
     }
 }
 
@@ -161,7 +172,9 @@ pub fn stat(view: &View, volume: u32, path: &str) -> Result<FileEntry, ViewError
             no_volume(manifest, volume)?;
             Ok(bulwark_repo::browse::stat(repo, manifest, path)?)
         }
-        View::Volume { .. } => Err(unsupported_volume_files(view)),
+        View::Volume { image, filesystems, .. } => {
+            Ok(entry(filesystem(image, filesystems, volume)?.stat(path).map_err(browse_err)?))
+        }
     }
 }
 
@@ -172,7 +185,22 @@ pub fn read(view: &View, volume: u32, path: &str, offset: u64, len: usize) -> Re
             no_volume(manifest, volume)?;
             Ok(bulwark_repo::browse::read_file(repo, manifest, path, offset, len)?)
         }
-        View::Volume { .. } => Err(unsupported_volume_files(view)),
+        View::Volume { image, filesystems, .. } => {
+            let fs = filesystem(image, filesystems, volume)?;
+            let e = fs.stat(path).map_err(browse_err)?;
+            if e.kind != bulwark_browse::EntryKind::File {
+                return Err(ViewError::Invalid(format!("{}: {path:?} is not a regular file", fs.describe())));
+            }
+            let mut out = Vec::with_capacity(len.min(bulwark_browse::MAX_READ));
+            while out.len() < len {
+                let piece = fs.read(path, offset + out.len() as u64, len - out.len()).map_err(browse_err)?;
+                if piece.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&piece);
+            }
+            Ok((e.size, out))
+        }
     }
 }
 
@@ -284,6 +312,53 @@ fn no_volume(m: &Manifest, volume: u32) -> Result<(), ViewError> {
     Ok(())
 }
 
-fn unsupported_volume_files(view: &View) -> ViewError {
-    ViewError::Unsupported(format!("point {}: files of volume points cannot be read here yet", view.manifest().id))
+/// The filesystem on volume `number` of a volume point, opened once and kept with the point.
+fn filesystem(
+    image: &Arc<dyn Image>,
+    filesystems: &Mutex<HashMap<u32, Arc<bulwark_browse::Browser>>>,
+    number: u32,
+) -> Result<Arc<bulwark_browse::Browser>, ViewError> {
+    if let Some(b) = filesystems.lock().expect("no panics while held").get(&number) {
+        return Ok(b.clone());
+    }
+    let volume = volumes::open_volume(image, number).map_err(io_err)?;
+    let b = Arc::new(bulwark_browse::Browser::open(volume).map_err(browse_err)?);
+    filesystems.lock().expect("no panics while held").insert(number, b.clone());
+    Ok(b)
+}
+
+fn browse_err(e: bulwark_browse::BrowseError) -> ViewError {
+    use bulwark_browse::BrowseError as B;
+    match e {
+        B::NotFound { .. } => ViewError::NotFound(e.to_string()),
+        B::Unsupported { .. } => ViewError::Unsupported(e.to_string()),
+        B::BadPath { .. } | B::NoFilesystem { .. } | B::Corrupt { .. } | B::Reader { .. } => {
+            ViewError::Invalid(e.to_string())
+        }
+        B::Read { .. } | B::Restore(_) => ViewError::Io(e.to_string()),
+    }
+}
+
+/// A volume's entry as listings show entries of any point.
+fn entry(e: bulwark_browse::Entry) -> FileEntry {
+    use bulwark_browse::EntryKind as K;
+    let kind = match e.kind {
+        K::File => "file",
+        K::Dir => "dir",
+        K::Symlink => "symlink",
+        K::Char => "char-device",
+        K::Block => "block-device",
+        K::Fifo => "fifo",
+        K::Socket => "socket",
+    };
+    FileEntry {
+        name: e.name,
+        kind: kind.into(),
+        size: e.size,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime: e.mtime,
+        target: e.target,
+    }
 }

@@ -847,6 +847,7 @@ pub struct RestoreAsk {
     pub paths: Vec<String>,
     pub computer: Option<String>,
     pub safe: bool,
+    pub volume: u32,
 }
 
 /// A restore through the server; non-zero exit if it failed.
@@ -854,7 +855,7 @@ pub fn restore(c: &Conn, json: bool, point: &str, ask: RestoreAsk) -> Result<Exi
     let api = connect(c)?;
     let body = json!({
         "target": ask.to.display().to_string(), "overwrite": ask.overwrite, "paths": ask.paths,
-        "computer": ask.computer, "safe": ask.safe,
+        "computer": ask.computer, "safe": ask.safe, "volume": ask.volume,
     });
     let v = api.call("POST", &format!("/points/{point}/restore"), Some(body))?;
     print_table(json, &v, &["point", "computer", "target", "status", "error"]);

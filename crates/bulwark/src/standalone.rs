@@ -174,9 +174,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "PATH")]
     path: Vec<String>,
     /// Volume points with --path: the volume whose files to restore (0: the whole image; N:
-    /// partition N of a disk). By default the whole image, or a disk's only partition that
-    /// holds files.
-    #[arg(long, value_name = "N", requires = "repo", requires = "path")]
+    /// partition N of a disk). By default the whole image (through the server), or a disk's
+    /// only partition that holds files (with --repo).
+    #[arg(long, value_name = "N", requires = "path")]
     volume: Option<u32>,
     /// File-level points: restore files of a computer that is not trusted onto this one.
     /// Device nodes and fifos are skipped (with a warning); set-user-id and set-group-id
@@ -435,6 +435,7 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
             paths: a.path,
             computer: a.computer,
             safe: a.safe,
+            volume: a.volume.unwrap_or(0),
         };
         return crate::admin::restore(&a.conn, a.json, &a.point, ask);
     };
@@ -447,7 +448,7 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
         bulwark_repo::PointKind::Files => ui::spinner_bytes("restore", a.json),
         bulwark_repo::PointKind::Volume => ui::bar(m.volume_size, "restore", a.json),
     };
-    let settings = RestoreSettings { overwrite: a.overwrite, paths: a.path, safe: a.safe };
+    let settings = RestoreSettings { overwrite: a.overwrite, paths: a.path, safe: a.safe, volume: 0 };
     let done = bulwark_agent::pipeline::restore(&r, &m, &a.to, &settings, &|n| bar.inc(n), &CANCEL)?;
     bar.finish_and_clear();
     match &done {

@@ -156,3 +156,59 @@ fn a_file_level_point_is_browsed_a_directory_at_a_time_and_its_files_downloaded(
     let (status, _) = http.call("GET", &format!("/points/{point}"), Some(token), None);
     assert_eq!(status, 200, "viewers still see the catalog");
 }
+
+/// An ext4 image made by `mkfs.ext4 -d` from `src`.
+fn ext4_image(src: &Path, img: &Path) {
+    let st =
+        std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(src).arg(img).arg("32M").status().unwrap();
+    assert!(st.success(), "mkfs.ext4");
+}
+
+#[test]
+fn a_volume_points_files_are_browsed_downloaded_and_restored_onto_a_computer() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let site = Site::new();
+    let s = &site.server;
+    let src = site.dir.path().join("fs");
+    std::fs::create_dir_all(src.join("srv/www")).unwrap();
+    std::fs::create_dir_all(src.join("home/ann")).unwrap();
+    let page: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("srv/www/index.html"), &page).unwrap();
+    std::fs::write(src.join("home/ann/notes.txt"), "ann's notes\n").unwrap();
+    std::fs::set_permissions(src.join("home/ann/notes.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("../srv/www", src.join("home/www")).unwrap();
+    let image = site.dir.path().join("fs.img");
+    ext4_image(&src, &image);
+    let point = site.back_up("vol", "volumes", &image);
+
+    let volumes = cli(s, &["point", "volumes", &point]).unwrap();
+    assert_eq!(volumes[0]["number"], 0);
+    assert_eq!(volumes[0]["content"], "ext4", "{volumes:#}");
+    let root = names(&cli(s, &["point", "files", &point]).unwrap());
+    assert!(root.contains(&"srv".to_string()) && root.contains(&"home".to_string()), "{root:?}");
+    let home = cli(s, &["point", "files", &point, "/home"]).unwrap();
+    let www = home.as_array().unwrap().iter().find(|e| e["name"] == "www").unwrap();
+    assert_eq!((www["kind"].as_str(), www["target"].as_str()), (Some("symlink"), Some("../srv/www")));
+    let e = cli(s, &["point", "files", &point, "/", "--volume", "3"]).unwrap_err();
+    assert!(e.contains("no volume 3"), "{e}");
+
+    let out = site.dir.path().join("index.out");
+    cli(s, &["point", "download", &point, "/srv/www/index.html", "--to", out.to_str().unwrap()]).unwrap();
+    assert!(std::fs::read(&out).unwrap() == page, "the downloaded file differs from the one in the image");
+
+    // Chosen paths restored onto the computer, through its agent, with their metadata.
+    let to = site.dir.path().join("restored");
+    let done =
+        cli(s, &["restore", &point, "--path", "/home", "--path", "/srv/www/index.html", "--to", to.to_str().unwrap()])
+            .unwrap();
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert!(std::fs::read(to.join("srv/www/index.html")).unwrap() == page);
+    let notes = to.join("home/ann/notes.txt");
+    assert_eq!(std::fs::read(&notes).unwrap(), b"ann's notes\n");
+    assert_eq!(std::fs::metadata(&notes).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(std::fs::read_link(to.join("home/www")).unwrap(), Path::new("../srv/www"));
+    let e = cli(s, &["restore", &point, "--path", "/nope", "--to", site.dir.path().join("nothing").to_str().unwrap()])
+        .unwrap_err();
+    assert!(e.contains("/nope"), "{e}");
+    assert!(!site.dir.path().join("nothing").join("nope").exists());
+}
