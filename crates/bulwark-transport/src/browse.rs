@@ -58,7 +58,7 @@ fn io_err(e: std::io::Error) -> ViewError {
 /// One opened point.
 pub enum View {
     Files {
-        repo: Repository,
+        repo: Box<Repository>,
         manifest: Manifest,
     },
     Volume {
@@ -82,13 +82,15 @@ struct Entry<T> {
     used: Instant,
 }
 
+type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
+
 #[derive(Default)]
 pub struct PointViews {
-    repos: Mutex<HashMap<(PathBuf, [u8; 32]), Entry<Repository>>>,
-    views: Mutex<HashMap<(PathBuf, String), Entry<Arc<View>>>>,
+    repos: Cache<(PathBuf, [u8; 32]), Repository>,
+    views: Cache<(PathBuf, String), Arc<View>>,
 }
 
-fn take<K: std::hash::Hash + Eq + Clone, T: Clone>(map: &Mutex<HashMap<K, Entry<T>>>, key: &K) -> Option<T> {
+fn take<K: std::hash::Hash + Eq + Clone, T: Clone>(map: &Cache<K, T>, key: &K) -> Option<T> {
     let mut m = map.lock().expect("no panics while held");
     let now = Instant::now();
     m.retain(|_, e| now.duration_since(e.used) < IDLE);
@@ -98,7 +100,7 @@ fn take<K: std::hash::Hash + Eq + Clone, T: Clone>(map: &Mutex<HashMap<K, Entry<
     })
 }
 
-fn keep<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Entry<T>>>, key: K, value: T) {
+fn keep<K: std::hash::Hash + Eq + Clone, T>(map: &Cache<K, T>, key: K, value: T) {
     let mut m = map.lock().expect("no panics while held");
     if m.len() >= MAX_OPEN {
         if let Some(oldest) = m.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone()) {
@@ -130,7 +132,7 @@ impl PointViews {
         }
         let manifest = repo.resolve(point)?;
         let view = Arc::new(match manifest.kind {
-            PointKind::Files => View::Files { repo, manifest },
+            PointKind::Files => View::Files { repo: Box::new(repo), manifest },
             PointKind::Volume => {
                 let image: Arc<dyn Image> = Arc::new(PointImage::open(&repo, &manifest)?);
                 View::Volume { manifest, image, filesystems: Mutex::default() }
