@@ -86,34 +86,6 @@ pub struct Entry {
     pub nlink: Option<u32>,
 }
 
-impl Entry {
-    /// `-rw-r--r--`, as `ls -l` shows the kind and mode.
-    pub fn mode_string(&self) -> String {
-        let m = self.mode;
-        let bit = |mask: u32, c: char| if m & mask != 0 { c } else { '-' };
-        let special = |x: u32, set: u32, lower: char, upper: char| match (m & x != 0, m & set != 0) {
-            (true, true) => lower,
-            (false, true) => upper,
-            (true, false) => 'x',
-            (false, false) => '-',
-        };
-        [
-            self.kind.letter(),
-            bit(0o400, 'r'),
-            bit(0o200, 'w'),
-            special(0o100, 0o4000, 's', 'S'),
-            bit(0o040, 'r'),
-            bit(0o020, 'w'),
-            special(0o010, 0o2000, 's', 'S'),
-            bit(0o004, 'r'),
-            bit(0o002, 'w'),
-            special(0o001, 0o1000, 't', 'T'),
-        ]
-        .iter()
-        .collect()
-    }
-}
-
 /// One page of a directory listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Page {

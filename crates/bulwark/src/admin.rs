@@ -930,7 +930,19 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             if o.json {
                 crate::ui::print_json(&volumes);
             } else {
-                crate::ui::volumes_table(&volumes);
+                let vols: Vec<bulwark_repo::volumes::Volume> = volumes
+                    .into_iter()
+                    .map(|v| bulwark_repo::volumes::Volume {
+                        number: v.number,
+                        start: v.start,
+                        size: v.size,
+                        table: v.table,
+                        partition_type: v.partition_type,
+                        label: v.label,
+                        content: v.content,
+                    })
+                    .collect();
+                crate::ui::volumes_table(&vols);
             }
         }
         PointCmd::Files { id, path, volume, limit } => {
@@ -940,7 +952,31 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
                 let page = api.files(&id, volume, &path, cursor.as_deref(), left.min(1000))?;
                 left -= page.entries.len() as u32;
                 if !o.json {
-                    crate::ui::files_table(&page.entries);
+                    let lines: Vec<crate::ui::EntryLine> = page
+                        .entries
+                        .iter()
+                        .map(|e| crate::ui::EntryLine {
+                            letter: match e.kind.as_str() {
+                                "dir" => 'd',
+                                "symlink" => 'l',
+                                "char-device" => 'c',
+                                "block-device" => 'b',
+                                "fifo" => 'p',
+                                "socket" => 's',
+                                _ => '-',
+                            },
+                            kind: &e.kind,
+                            mode: e.mode,
+                            uid: e.uid,
+                            gid: e.gid,
+                            size: e.size,
+                            mtime: e.mtime,
+                            mtime_nsec: 0,
+                            name: &e.name,
+                            target: e.target.as_deref(),
+                        })
+                        .collect();
+                    crate::ui::entries_table(&lines);
                 }
                 all.extend(page.entries);
                 match page.next {

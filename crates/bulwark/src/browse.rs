@@ -43,45 +43,28 @@ fn open(r: &Repository, m: &Manifest, asked: Option<u32>) -> Result<(Vec<Volume>
     Ok((vols, chosen))
 }
 
-fn volume_table(vols: &[Volume]) {
-    let mut t = ui::Table::new(&["VOLUME", "TABLE", "TYPE", "LABEL", "SIZE", "CONTENT"]);
-    for v in vols {
-        t.row(vec![
-            v.number.to_string(),
-            v.table.clone(),
-            v.partition_type.clone(),
-            v.label.clone(),
-            ui::human(v.size),
-            if v.content.is_empty() { "unknown".into() } else { v.content.clone() },
-        ]);
-    }
-    t.print();
-}
-
-/// A name as a table shows it: control characters (a newline in a name) escaped.
-fn shown(name: &str) -> String {
-    if name.chars().any(char::is_control) {
-        format!("{name:?}")
-    } else {
-        name.to_string()
-    }
-}
-
 fn entries_table(rows: &[Entry]) {
-    let mut t = ui::Table::new(&["MODE", "TYPE", "OWNER", "SIZE", "MODIFIED", "NAME"]);
-    for e in rows {
-        let when = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec).map(ui::local_time).unwrap_or_default();
-        let target = e.target.as_deref().map(|t| format!(" -> {}", shown(t))).unwrap_or_default();
-        t.row(vec![
-            e.mode_string(),
-            serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-            format!("{}:{}", e.uid, e.gid),
-            e.size.to_string(),
-            when,
-            format!("{}{target}", shown(&e.name)),
-        ]);
-    }
-    t.print();
+    let kinds: Vec<String> = rows
+        .iter()
+        .map(|e| serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+        .collect();
+    let lines: Vec<ui::EntryLine> = rows
+        .iter()
+        .zip(&kinds)
+        .map(|(e, kind)| ui::EntryLine {
+            letter: e.kind.letter(),
+            kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            name: &e.name,
+            target: e.target.as_deref(),
+        })
+        .collect();
+    ui::entries_table(&lines);
 }
 
 /// `bulwark ls` of a volume point: the volumes of a disk, or one directory of a volume.
@@ -99,7 +82,7 @@ pub fn ls(
         if json {
             ui::print_json(&vols);
         } else {
-            volume_table(&vols);
+            ui::volumes_table(&vols);
             println!(
                 "point {} is a disk with {} volumes holding files: choose one with --volume N to list its files",
                 m.id,
