@@ -1,5 +1,9 @@
 //! The server: the fixed-newstyle handshake, then requests served from an export's image.
 //!
+//! Replies are simple, or structured once a client asks for them (one data chunk per read):
+//! clients such as qemu 7.2 read an export whose size is not a multiple of 512 correctly only
+//! with structured replies.
+//!
 //! One task per connection reads requests; every read or write runs on the blocking pool (a
 //! point's `read_at` fetches and decodes chunks), a bounded number at a time across the server,
 //! and its reply goes back through the connection's one writer task as soon as it is ready, in
@@ -216,9 +220,9 @@ async fn serve_connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
     let negotiated = tokio::time::timeout(inner.opts.handshake_timeout, handshake(&inner, &mut rd, &mut wr))
         .await
         .map_err(|_| ConnError::Protocol("the handshake took too long".into()))??;
-    let Some(export) = negotiated else { return Ok(()) };
+    let Some((export, structured)) = negotiated else { return Ok(()) };
     tracing::info!("nbd: client {peer} attached to export {:?}", export.name);
-    let r = transmission(&inner, &export, rd, wr).await;
+    let r = transmission(&inner, &export, Replies { structured }, rd, wr).await;
     tracing::info!("nbd: client {peer} left export {:?}", export.name);
     r
 }
@@ -230,8 +234,9 @@ async fn send_reply<W: AsyncWrite + Unpin>(w: &mut W, option: u32, reply: u32, d
     w.write_all(&b).await
 }
 
-/// The handshake up to transmission: the export the client chose, or `None` when it left.
-async fn handshake<R, W>(inner: &Inner, rd: &mut R, wr: &mut W) -> Result<Option<Arc<ExportState>>, ConnError>
+/// The handshake up to transmission: the export the client chose and whether it asked for
+/// structured replies, or `None` when it left.
+async fn handshake<R, W>(inner: &Inner, rd: &mut R, wr: &mut W) -> Result<Option<(Arc<ExportState>, bool)>, ConnError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -246,6 +251,7 @@ where
         return Err(ConnError::Protocol(format!("unknown client flags {client_flags:#x}")));
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    let mut structured = false;
     loop {
         let magic = match rd.read_u64().await {
             Ok(m) => m,
@@ -277,7 +283,7 @@ where
                     b.extend_from_slice(&[0u8; 124]);
                 }
                 wr.write_all(&b).await?;
-                return Ok(Some(export));
+                return Ok(Some((export, structured)));
             }
             OPT_ABORT => {
                 send_reply(wr, option, REP_ACK, &[]).await?;
@@ -333,12 +339,20 @@ where
                 }
                 send_reply(wr, option, REP_ACK, &[]).await?;
                 if option == OPT_GO {
-                    return Ok(Some(export));
+                    return Ok(Some((export, structured)));
                 }
             }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    send_reply(wr, option, REP_ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data").await?;
+                    continue;
+                }
+                structured = true;
+                send_reply(wr, option, REP_ACK, &[]).await?;
+            }
             _ => {
-                // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, and anything newer:
-                // a client then goes on with what the baseline protocol offers (simple replies).
+                // STARTTLS, meta contexts, extended headers, and anything newer:
+                // a client then goes on without them (no block status: it reads everything).
                 send_reply(wr, option, REP_ERR_UNSUP, b"not supported by this server").await?;
             }
         }
@@ -371,8 +385,56 @@ fn names(inner: &Inner) -> String {
 /// in the same buffer (one write per reply).
 type Reply = Vec<u8>;
 
-fn error_reply(error: u32, handle: u64) -> Reply {
-    simple_reply(error, handle).to_vec()
+/// How replies are framed on one connection.
+#[derive(Clone, Copy)]
+struct Replies {
+    structured: bool,
+}
+
+impl Replies {
+    /// The room a read's reply needs before its data.
+    fn read_header_len(self) -> usize {
+        if self.structured {
+            28
+        } else {
+            16
+        }
+    }
+
+    /// Fills the header room of a successful read's reply.
+    fn read_header(self, reply: &mut [u8], req: Request) {
+        if self.structured {
+            let len = 8 + req.length;
+            let h = structured_reply(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, req.handle, len);
+            reply[..20].copy_from_slice(&h);
+            reply[20..28].copy_from_slice(&req.offset.to_be_bytes());
+        } else {
+            reply[..16].copy_from_slice(&simple_reply(0, req.handle));
+        }
+    }
+
+    /// The reply to a request that carries no data back: success (`error` 0) or an error.
+    fn done(self, error: u32, handle: u64) -> Reply {
+        if !self.structured {
+            return simple_reply(error, handle).to_vec();
+        }
+        if error == 0 {
+            return structured_reply(REPLY_FLAG_DONE, REPLY_TYPE_NONE, handle, 0).to_vec();
+        }
+        // The reason stays in the server's log: it names repository paths and chunks, which a
+        // client on the network has no business reading.
+        let message: &[u8] = match error {
+            EPERM => b"the export is read-only",
+            EINVAL => b"invalid request",
+            ENOSPC => b"no space: past the end of the export, or the overlay's disk is full",
+            _ => b"I/O error on the server (its log tells why)",
+        };
+        let mut r = structured_reply(REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle, 6 + message.len() as u32).to_vec();
+        r.extend_from_slice(&error.to_be_bytes());
+        r.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        r.extend_from_slice(message);
+        r
+    }
 }
 
 /// The NBD error number for a failed read or write: a full disk is told apart, so a client can
@@ -387,6 +449,7 @@ fn wire_error(e: &io::Error) -> u32 {
 async fn transmission<R>(
     inner: &Arc<Inner>,
     export: &Arc<ExportState>,
+    replies: Replies,
     mut rd: R,
     mut wr: tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<(), ConnError>
@@ -421,14 +484,14 @@ where
         match req.kind {
             CMD_READ => {
                 if !in_range {
-                    let _ = tx.send(error_reply(EINVAL, req.handle));
+                    let _ = tx.send(replies.done(EINVAL, req.handle));
                     continue;
                 }
                 let permit = budget.clone().acquire_many_owned(cost(inner, req)).await.expect("never closed");
                 let (inner, export, tx) = (inner.clone(), export.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let reply = read(&inner, &export, req).await;
+                    let reply = read(&inner, &export, replies, req).await;
                     let _ = tx.send(reply);
                 });
             }
@@ -440,11 +503,11 @@ where
                     break Err(e.into());
                 }
                 let Some(overlay) = export.overlay.clone() else {
-                    let _ = tx.send(error_reply(EPERM, req.handle));
+                    let _ = tx.send(replies.done(EPERM, req.handle));
                     continue;
                 };
                 if !in_range {
-                    let _ = tx.send(error_reply(ENOSPC, req.handle));
+                    let _ = tx.send(replies.done(ENOSPC, req.handle));
                     continue;
                 }
                 let (inner, export, tx) = (inner.clone(), export.clone(), tx.clone());
@@ -455,34 +518,34 @@ where
                     if r.is_ok() {
                         inner.bytes_written.fetch_add(len, Ordering::Relaxed);
                     }
-                    let _ = tx.send(error_reply(status(&export, "write", req, r), req.handle));
+                    let _ = tx.send(replies.done(status(&export, "write", req, r), req.handle));
                 });
             }
             CMD_TRIM | CMD_WRITE_ZEROES => {
                 let Some(overlay) = export.overlay.clone() else {
-                    let _ = tx.send(error_reply(EPERM, req.handle));
+                    let _ = tx.send(replies.done(EPERM, req.handle));
                     continue;
                 };
                 if !in_range {
-                    let _ = tx.send(error_reply(ENOSPC, req.handle));
+                    let _ = tx.send(replies.done(ENOSPC, req.handle));
                     continue;
                 }
                 let (inner, export, tx) = (inner.clone(), export.clone(), tx.clone());
                 tokio::spawn(async move {
                     let what = if req.kind == CMD_TRIM { "trim" } else { "write-zeroes" };
                     let r = blocking(&inner, move || overlay.zero(req.offset, u64::from(req.length))).await;
-                    let _ = tx.send(error_reply(status(&export, what, req, r), req.handle));
+                    let _ = tx.send(replies.done(status(&export, what, req, r), req.handle));
                 });
             }
             // The overlay is scratch, gone when the server stops: there is nothing to make
             // durable, so a flush (and FUA) has nothing to wait for.
             CMD_FLUSH => {
-                let _ = tx.send(error_reply(0, req.handle));
+                let _ = tx.send(replies.done(0, req.handle));
             }
             CMD_DISC => break Ok(()),
             other => {
                 tracing::debug!("nbd: export {:?}: command {other} is not supported", export.name);
-                let _ = tx.send(error_reply(EINVAL, req.handle));
+                let _ = tx.send(replies.done(EINVAL, req.handle));
             }
         }
     };
@@ -528,24 +591,24 @@ fn status(export: &ExportState, what: &str, req: Request, r: io::Result<()>) -> 
     }
 }
 
-async fn read(inner: &Arc<Inner>, export: &Arc<ExportState>, req: Request) -> Reply {
+async fn read(inner: &Arc<Inner>, export: &Arc<ExportState>, replies: Replies, req: Request) -> Reply {
     let image = export.image.clone();
-    let len = req.length as usize;
+    let (len, head) = (req.length as usize, replies.read_header_len());
     let r = blocking(inner, move || {
-        let mut reply = vec![0u8; 16 + len];
-        image.read_at(&mut reply[16..], req.offset)?;
+        let mut reply = vec![0u8; head + len];
+        image.read_at(&mut reply[head..], req.offset)?;
         Ok(reply)
     })
     .await;
     match r {
         Ok(mut reply) => {
-            reply[..16].copy_from_slice(&simple_reply(0, req.handle));
+            replies.read_header(&mut reply, req);
             inner.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
             reply
         }
         Err(e) => {
             tracing::error!("nbd: export {:?}: read of {len} bytes at {} failed: {e}", export.name, req.offset);
-            error_reply(wire_error(&e), req.handle)
+            replies.done(wire_error(&e), req.handle)
         }
     }
 }

@@ -233,9 +233,9 @@ fn handshake_lists_informs_and_refuses_what_it_does_not_offer() {
     let (err, msg) = c.go(OPT_GO, "nope").unwrap_err();
     assert_eq!(err, REP_ERR_UNKNOWN);
     assert!(msg.contains("\"nope\"") && msg.contains("\"ro\""), "{msg}");
-    // Structured replies (8) and an option from the future: not supported, and the handshake
-    // goes on.
-    for option in [8, 4242] {
+    // STARTTLS (5), meta contexts (10) and an option from the future: not supported, and the
+    // handshake goes on.
+    for option in [5, 10, 4242] {
         c.option(option, b"xyz");
         assert_eq!(c.option_reply(option).0, REP_ERR_UNSUP);
     }
@@ -354,4 +354,48 @@ fn clients_that_send_garbage_are_dropped_alone() {
 
     assert_eq!(good.read(12345, 4096).unwrap(), srv.data[12345..12345 + 4096]);
     assert_eq!(Client::attach(srv.addr, "ro").read(0, 10).unwrap(), srv.data[..10], "new clients still come in");
+}
+
+/// One structured reply chunk: (flags, type, handle, payload).
+fn chunk(c: &mut Client) -> (u16, u16, u64, Vec<u8>) {
+    let mut h = [0u8; 20];
+    c.s.read_exact(&mut h).unwrap();
+    assert_eq!(u32::from_be_bytes(h[0..4].try_into().unwrap()), STRUCTURED_REPLY_MAGIC);
+    let mut payload = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+    c.s.read_exact(&mut payload).unwrap();
+    (
+        u16::from_be_bytes(h[4..6].try_into().unwrap()),
+        u16::from_be_bytes(h[6..8].try_into().unwrap()),
+        u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        payload,
+    )
+}
+
+/// With structured replies a read comes back as one data chunk (offset, then data), other
+/// requests as a final empty chunk, and errors as an error chunk with a number and a message.
+#[test]
+fn structured_replies_carry_data_and_errors() {
+    let srv = Running::start();
+    let mut c = Client::connect(srv.addr);
+    c.option(OPT_STRUCTURED_REPLY, b"x");
+    assert_eq!(c.option_reply(OPT_STRUCTURED_REPLY).0, REP_ERR_INVALID, "the option takes no data");
+    c.option(OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(c.option_reply(OPT_STRUCTURED_REPLY).0, REP_ACK);
+    c.go(OPT_GO, "ro").unwrap();
+    c.send(CMD_READ, 41, SIZE as u64 - 1000, 1000, &[]);
+    let (flags, kind, handle, payload) = chunk(&mut c);
+    assert_eq!((flags, kind, handle), (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 41));
+    assert_eq!(u64::from_be_bytes(payload[..8].try_into().unwrap()), SIZE as u64 - 1000);
+    assert_eq!(payload[8..], srv.data[SIZE - 1000..]);
+    c.send(CMD_FLUSH, 42, 0, 0, &[]);
+    assert_eq!(chunk(&mut c), (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 42, vec![]));
+    c.send(CMD_WRITE, 43, 0, 3, b"abc");
+    let (flags, kind, handle, payload) = chunk(&mut c);
+    assert_eq!((flags, kind, handle), (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 43));
+    assert_eq!(u32::from_be_bytes(payload[0..4].try_into().unwrap()), EPERM);
+    let n = u16::from_be_bytes(payload[4..6].try_into().unwrap()) as usize;
+    assert_eq!(String::from_utf8_lossy(&payload[6..6 + n]), "the export is read-only");
+    c.send(CMD_READ, 44, SIZE as u64, 1, &[]);
+    let (_, kind, handle, payload) = chunk(&mut c);
+    assert_eq!((kind, handle, u32::from_be_bytes(payload[0..4].try_into().unwrap())), (REPLY_TYPE_ERROR, 44, EINVAL));
 }
