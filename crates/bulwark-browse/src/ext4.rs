@@ -241,7 +241,7 @@ impl Backend for State {
         Ok(buf)
     }
 
-        fn open_dir(&mut self, path: &[u8]) -> Result<u64> {
+    fn open_dir(&mut self, path: &[u8]) -> Result<u64> {
         let rd = self.fs.read_dir(path).map_err(|e| self.err(path, e))?;
         let h = self.handle();
         self.dirs.insert(h, rd);

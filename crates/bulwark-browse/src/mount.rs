@@ -227,8 +227,8 @@ impl Mount {
         }
         let fail = |reason: String| BrowseError::Mount { what: what.into(), found: name.clone(), reason };
         let _ = clean_stale_mounts();
-        let base =
-            mounts_dir(true).map_err(|e| fail(format!("cannot prepare {}: {e}", runtime_dir().join("mounts").display())))?;
+        let base = mounts_dir(true)
+            .map_err(|e| fail(format!("cannot prepare {}: {e}", runtime_dir().join("mounts").display())))?;
         let (id, state_path, state_file) = create_state(&base, content, what).map_err(fail)?;
         let mut m = Mount {
             dir: base.join(&id),
@@ -241,7 +241,10 @@ impl Mount {
         };
         // From here on, an error returns through `m`'s drop, which undoes what exists.
         let mkdir = |p: &Path| {
-            std::fs::DirBuilder::new().mode(0o700).create(p).map_err(|e| fail(format!("cannot create {}: {e}", p.display())))
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(p)
+                .map_err(|e| fail(format!("cannot create {}: {e}", p.display())))
         };
         mkdir(&m.dir)?;
         let (nbd_dir, fs_dir) = (m.dir.join("nbd"), m.dir.join("fs"));
@@ -299,8 +302,13 @@ impl Mount {
         })?;
         // In use by the mount, the device is only marked to clear itself once unmounted.
         let _ = Command::new("losetup").arg("-d").arg(&dev).stdin(Stdio::null()).output();
-        let root = rustix::fs::openat(rustix::fs::CWD, &fs_dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| fail(format!("cannot open the mounted filesystem: {e}")))?;
+        let root = rustix::fs::openat(
+            rustix::fs::CWD,
+            &fs_dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(format!("cannot open the mounted filesystem: {e}")))?;
         m.root = Some(root);
         Ok(m)
     }
@@ -658,9 +666,8 @@ pub fn clean_stale_mounts() -> Cleanup {
 
 /// Whether `name` is a mount's id, `PID-N`.
 fn is_id(name: &str) -> bool {
-    name.split_once('-').is_some_and(|(pid, n)| {
-        [pid, n].iter().all(|x| !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit()))
-    })
+    name.split_once('-')
+        .is_some_and(|(pid, n)| [pid, n].iter().all(|x| !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit())))
 }
 
 fn clean_one(base: &Path, id: &str, out: &mut Cleanup) {
@@ -681,9 +688,10 @@ fn clean_one(base: &Path, id: &str, out: &mut Cleanup) {
     let state: Option<State> = serde_json::from_reader(&f).ok();
     // The directory comes from the file's name, not its content: only ours is ever touched.
     let dir = base.join(id);
-    let scratch = state.as_ref().map(|s| s.scratch.clone()).filter(|s| {
-        s.is_absolute() && s.file_name().is_some_and(|n| n.as_bytes() == scratch_name(id).as_bytes())
-    });
+    let scratch = state
+        .as_ref()
+        .map(|s| s.scratch.clone())
+        .filter(|s| s.is_absolute() && s.file_name().is_some_and(|n| n.as_bytes() == scratch_name(id).as_bytes()));
     let mut problems = unmount_all(&dir);
     problems.extend(stop_nbdfuse(&dir, None));
     problems.extend(remove_dirs(&dir, scratch.as_deref()));

@@ -435,7 +435,7 @@ impl Backend for Mounted {
                         what: self.what.clone(),
                         path: format!("offset {at}"),
                         reason: format!("{e} (the kernel's log may say more)"),
-                    })
+                    });
                 }
             }
         }

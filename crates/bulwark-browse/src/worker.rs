@@ -72,10 +72,7 @@ impl Worker {
     }
 
     /// Runs `f` on the reader's thread and waits for its answer.
-    pub fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut dyn Backend) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
+    pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut dyn Backend) -> Result<R> + Send + 'static) -> Result<R> {
         self.wait(self.send(f))
     }
 

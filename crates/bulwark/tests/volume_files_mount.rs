@@ -253,11 +253,11 @@ fn make_tree(root: &Path) {
     std::fs::write(d.join("tool"), b"#!/bin/sh\n").unwrap();
     chmod(&d.join("tool"), 0o4755);
     let mode = rustix::fs::Mode::from_raw_mode;
-    rustix::fs::mknodat(rustix::fs::CWD, &d.join("fifo"), rustix::fs::FileType::Fifo, mode(0o640), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, d.join("fifo"), rustix::fs::FileType::Fifo, mode(0o640), 0).unwrap();
     let null = rustix::fs::makedev(1, 3);
-    rustix::fs::mknodat(rustix::fs::CWD, &d.join("null"), rustix::fs::FileType::CharacterDevice, mode(0o666), null)
+    rustix::fs::mknodat(rustix::fs::CWD, d.join("null"), rustix::fs::FileType::CharacterDevice, mode(0o666), null)
         .unwrap();
-    rustix::fs::lsetxattr(&d.join("big.bin"), "user.note", b"kept", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(d.join("big.bin"), "user.note", b"kept", rustix::fs::XattrFlags::empty()).unwrap();
     sh(Command::new("setfacl").args(["-m", "u:4242:r"]).arg(d.join("sub/deeper/note.txt")));
     std::fs::write(root.join("secret"), b"0600").unwrap();
     chmod(&root.join("secret"), 0o600);
