@@ -324,12 +324,13 @@ impl Mount {
     /// Waits until `nbdfuse` shows the export as `file` of `size` bytes.
     fn wait_for_file(&mut self, file: &Path, size: u64, log: &Path) -> std::result::Result<(), String> {
         let started = Instant::now();
+        let mut seen = None;
         loop {
             if let Ok(md) = std::fs::metadata(file) {
                 if md.len() == size {
                     return Ok(());
                 }
-                return Err(format!("nbdfuse shows {} bytes where the volume has {size}", md.len()));
+                seen = Some(md.len());
             }
             let child = self.nbdfuse.as_mut().expect("started");
             if let Ok(Some(status)) = child.try_wait() {
@@ -337,7 +338,10 @@ impl Mount {
                 return Err(format!("nbdfuse stopped ({status}): {}", said.trim()));
             }
             if started.elapsed() > Duration::from_secs(30) {
-                return Err("nbdfuse did not show the volume within 30 s".into());
+                return Err(match seen {
+                    Some(n) => format!("nbdfuse shows {n} bytes where the volume has {size}"),
+                    None => "nbdfuse did not show the volume within 30 s".into(),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -696,7 +700,7 @@ fn clean_one(base: &Path, id: &str, out: &mut Cleanup) {
     problems.extend(stop_nbdfuse(&dir, None));
     problems.extend(remove_dirs(&dir, scratch.as_deref()));
     let described = match &state {
-        Some(s) => format!("{} ({}) mounted by process {}", s.what, display_name(&s.filesystem), s.pid),
+        Some(s) => format!("{}, {}, mounted by process {}", s.what, display_name(&s.filesystem), s.pid),
         None => format!("mount {id}"),
     };
     if problems.is_empty() {
