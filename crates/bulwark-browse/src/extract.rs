@@ -205,9 +205,16 @@ impl Walk<'_, '_> {
                     TreeKind::File
                 }
             },
+            EntryKind::Char | EntryKind::Block if e.rdev.is_some() => {
+                if e.kind == EntryKind::Char {
+                    TreeKind::CharDev
+                } else {
+                    TreeKind::BlockDev
+                }
+            }
             EntryKind::Char | EntryKind::Block => {
                 self.w.warn(format!(
-                    "{}: {} not restored: the device numbers of nodes in volume points cannot be read yet",
+                    "{}: {} not restored: the ext4 reader cannot read the device numbers of nodes",
                     lossy(&rel),
                     kind_words(e.kind)
                 ));
@@ -223,6 +230,8 @@ impl Walk<'_, '_> {
         t.mtime = Time { sec: e.mtime, nsec: e.mtime_nsec };
         t.ino = e.inode.unwrap_or(0);
         t.size = if kind == TreeKind::File { e.size } else { 0 };
+        t.rdev = e.rdev.unwrap_or(0);
+        t.xattrs = e.xattrs.clone();
         t.target = target;
         self.w.entry(t, &mut self.content)?;
         Ok(kind == TreeKind::Dir)

@@ -1,20 +1,30 @@
 //! The files inside a volume restore point, read straight from its image: list one directory,
 //! look at one entry, read a file at any offset, extract files and directories with their
-//! metadata. Nothing is mounted: the filesystem is parsed in user space from the point's blocks
-//! (see docs/design/restore-anything.md), so browsing needs no root and the kernel never parses
-//! an image that may be damaged or hostile.
+//! metadata (see docs/design/restore-anything.md).
 //!
-//! ext2, ext3 and ext4 are read (with `ext4-view`, which maps a dirty journal over the
-//! filesystem in memory, so a crash-consistent point reads as if its journal had been
-//! replayed). Other filesystems are named and refused ([`BrowseError::Unsupported`]).
+//! ext2, ext3 and ext4 are parsed in user space from the point's blocks (with `ext4-view`, which
+//! maps a dirty journal over the filesystem in memory, so a crash-consistent point reads as if
+//! its journal had been replayed): no root, no mount, and the kernel never parses an image that
+//! may be damaged or hostile. What `ext4-view` 1.0 does not expose is not offered there:
+//! extended attributes (so ACLs and file capabilities), device numbers (device nodes are not
+//! extracted), link counts, and inode numbers other than those of regular files (enough to
+//! restore hard links between files).
 //!
-//! What `ext4-view` 1.0 does not expose is not offered: extended attributes (so ACLs and file
-//! capabilities), device numbers (device nodes are not extracted), link counts, and inode
-//! numbers other than those of regular files (enough to restore hard links between files).
+//! XFS, btrfs, FAT and NTFS take the mount fallback ([`mount`]): as root, the kernel mounts the
+//! volume read-only over a copy-on-write overlay of the point (its log replayed into the
+//! overlay), and the files are read there, with the same semantics, plus extended attributes,
+//! device numbers and link counts. Not as root, they are refused ([`BrowseError::NeedsRoot`]).
+//! Mounts are undone when the browser is dropped; those of a process that was killed, by
+//! [`clean_stale_mounts`].
 
+mod ext4;
 mod extract;
+pub mod mount;
+mod mounted;
 mod path;
 mod worker;
+
+pub use mount::{clean_stale_mounts, Cleanup};
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -80,10 +90,18 @@ pub struct Entry {
     /// A symlink's target exactly as stored.
     #[serde(skip)]
     pub raw_target: Option<Vec<u8>>,
-    /// The inode number: known for regular files only (all `ext4-view` 1.0 tells).
+    /// The inode number: known for regular files only from `ext4-view` 1.0, for every entry of
+    /// a mounted filesystem.
     pub inode: Option<u64>,
-    /// The number of hard links: not known yet (`ext4-view` 1.0 does not tell).
+    /// The number of hard links: known on a mounted filesystem (`ext4-view` 1.0 does not tell).
     pub nlink: Option<u32>,
+    /// A device node's number, where known (on a mounted filesystem).
+    #[serde(skip)]
+    pub rdev: Option<u64>,
+    /// Extended attributes (ACLs, capabilities, labels, `user.*`), name and value: read by
+    /// [`Browser::stat`] and extraction on a mounted filesystem, never by the ext4 reader.
+    #[serde(skip)]
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One page of a directory listing.
@@ -109,12 +127,20 @@ pub struct ExtractOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrowseError {
-    /// A filesystem this build does not read itself.
-    #[error(
-        "{what} holds {found}: its files cannot be read here yet (they need the mount fallback, which is not \
-         available); restore the volume whole instead"
-    )]
+    /// Something Bulwark reads no files from (swap, an LVM physical volume, an ext4 feature the
+    /// reader lacks).
+    #[error("{what} holds {found}: Bulwark cannot read files from it; restore the volume whole instead")]
     Unsupported { what: String, found: String },
+    /// A filesystem only the kernel reads here, and this process is not root.
+    #[error(
+        "{what} holds {found}: Bulwark reads its files by having the kernel mount it (read-only, over a \
+         copy of the point's blocks), and mounting needs root; run this as root, or restore the volume whole \
+         instead"
+    )]
+    NeedsRoot { what: String, found: String },
+    /// The kernel mount of a filesystem failed (or a piece under it).
+    #[error("{what}: its {found} filesystem cannot be mounted to read its files: {reason}")]
+    Mount { what: String, found: String, reason: String },
     /// No filesystem at all, or a whole disk rather than one of its volumes.
     #[error("{what}: {reason}")]
     NoFilesystem { what: String, reason: String },
@@ -139,9 +165,13 @@ pub type Result<T, E = BrowseError> = std::result::Result<T, E>;
 
 /// The files of one volume, read from its image. Cheap to share between threads: requests are
 /// served one at a time by a reader thread the browser owns (the filesystem reader is not
-/// thread-safe), which stops when the browser is dropped.
+/// thread-safe), which stops when the browser is dropped. A browser over a mounted filesystem
+/// unmounts it when dropped (or [`Browser::close`]d).
 pub struct Browser {
+    // Field order matters: the reader thread (and every file it holds open in a mounted
+    // filesystem) goes before the mount.
     worker: worker::Worker,
+    mount: Option<mount::Mount>,
     what: String,
     fs: String,
     /// The filesystem's inode count: no walk can meet more directories than that.
@@ -150,7 +180,8 @@ pub struct Browser {
 
 impl Browser {
     /// Opens the filesystem on `img` (one volume of a point, see
-    /// [`bulwark_repo::volumes::open_volume`]).
+    /// [`bulwark_repo::volumes::open_volume`]): ext2/3/4 in user space, XFS, btrfs, FAT and NTFS
+    /// through a kernel mount (as root only).
     pub fn open(img: Arc<dyn Image>) -> Result<Browser> {
         let what = img.describe();
         let content = bulwark_repo::volumes::detect_content(img.as_ref()).map_err(|e| BrowseError::Read {
@@ -177,6 +208,14 @@ impl Browser {
                         .into(),
                 })
             }
+            other if mount::kernel_type(other).is_some() => return Browser::open_mounted(img, what, content.clone()),
+            "swap" => return Err(BrowseError::Unsupported { what, found: "swap space (no files)".into() }),
+            "lvm2" => {
+                return Err(BrowseError::Unsupported {
+                    what,
+                    found: "an LVM physical volume (the logical volumes in it are not opened)".into(),
+                })
+            }
             other => return Err(BrowseError::Unsupported { what, found: other.to_string() }),
         }
         let mut sb = [0u8; 4];
@@ -186,13 +225,44 @@ impl Browser {
             reason: format!("cannot read the superblock: {e}"),
         })?;
         let inodes = u32::from_le_bytes(sb) as u64;
-        let worker = worker::Worker::start(img, what.clone())?;
-        Ok(Browser { worker, what, fs: content, inodes })
+        let worker = worker::Worker::start(Box::new(ext4::loader(img, what.clone())), what.clone())?;
+        Ok(Browser { worker, mount: None, what, fs: content, inodes })
     }
 
-    /// `ext2`, `ext3` or `ext4`.
+    /// The mount fallback: the kernel mounts the volume, the reader thread reads it there.
+    fn open_mounted(img: Arc<dyn Image>, what: String, content: String) -> Result<Browser> {
+        let m = mount::Mount::new(img, &content, &what)?;
+        let fail = |reason: String| BrowseError::Mount {
+            what: what.clone(),
+            found: mount::display_name(&content).to_string(),
+            reason,
+        };
+        let root = m.root().map_err(|e| fail(format!("cannot open the mounted filesystem: {e}")))?;
+        let inodes = match rustix::fs::fstatvfs(&root) {
+            Ok(v) if v.f_files > 0 => v.f_files,
+            _ => u64::MAX,
+        };
+        // On an error `m` is dropped, and unmounts.
+        let worker = worker::Worker::start(mounted::loader(root, what.clone()), what.clone())?;
+        Ok(Browser { worker, mount: Some(m), what, fs: content, inodes })
+    }
+
+    /// `ext2`, `ext3`, `ext4`, or one the mount fallback reads (`xfs`, `btrfs`, `vfat`, `ntfs`).
     pub fn filesystem(&self) -> &str {
         &self.fs
+    }
+
+    /// Whether the files are read from a kernel mount (the fallback) rather than in user space.
+    pub fn is_mounted(&self) -> bool {
+        self.mount.is_some()
+    }
+
+    /// Stops the browser; for a mounted filesystem, unmounts it and returns what could not be
+    /// undone (which [`clean_stale_mounts`] tries again later). Dropping does the same, quietly.
+    pub fn close(self) -> Vec<String> {
+        let Browser { worker, mount, .. } = self;
+        drop(worker);
+        mount.map(|mut m| m.close()).unwrap_or_default()
     }
 
     /// What the browser reads, for messages.

@@ -333,7 +333,8 @@ fn browse_err(e: bulwark_browse::BrowseError) -> ViewError {
     use bulwark_browse::BrowseError as B;
     match e {
         B::NotFound { .. } => ViewError::NotFound(e.to_string()),
-        B::Unsupported { .. } => ViewError::Unsupported(e.to_string()),
+        B::Unsupported { .. } | B::NeedsRoot { .. } => ViewError::Unsupported(e.to_string()),
+        B::Mount { .. } => ViewError::Io(e.to_string()),
         B::BadPath { .. } | B::NoFilesystem { .. } | B::Corrupt { .. } | B::Reader { .. } => {
             ViewError::Invalid(e.to_string())
         }

@@ -1,5 +1,7 @@
 //! `bulwark ls` and `bulwark restore --path` on volume points: the volumes of a disk point, one
-//! directory of a volume's filesystem, files and directories restored out of it.
+//! directory of a volume's filesystem, files and directories restored out of it. XFS, btrfs and
+//! the other filesystems Bulwark does not parse itself are mounted by the kernel for the time of
+//! the command (as root only; see `bulwark_browse::mount`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,6 +20,24 @@ const PAGE: usize = 1000;
 /// What volume contents hold files (rather than swap, a volume group, or nothing known).
 fn holds_files(content: &str) -> bool {
     matches!(content, "ext2" | "ext3" | "ext4" | "xfs" | "btrfs" | "vfat" | "ntfs")
+}
+
+/// Undoes the mounts earlier commands left when they were killed, saying so.
+fn clean_stale_mounts() {
+    let c = bulwark_browse::clean_stale_mounts();
+    for m in c.cleaned {
+        eprintln!("note: unmounted {m}, left behind by a command that was stopped");
+    }
+    for p in c.problems {
+        eprintln!("warning: a mount left behind by a stopped command: {p}");
+    }
+}
+
+/// Stops the browser, unmounting a mounted filesystem, and says what could not be undone.
+fn close(b: Browser) {
+    for p in b.close() {
+        eprintln!("warning: {p} (the next command tries again)");
+    }
 }
 
 /// A volume by number, as an image of its own.
@@ -77,6 +97,7 @@ pub fn ls(
     limit: Option<usize>,
     json: bool,
 ) -> Result<ExitCode> {
+    clean_stale_mounts();
     let (vols, chosen) = open(r, m, volume)?;
     let Some((n, img)) = chosen else {
         if json {
@@ -92,7 +113,23 @@ pub fn ls(
         return Ok(ExitCode::SUCCESS);
     };
     let b = Browser::open(img).map_err(|e| with_volume(e, n))?;
-    let path = path.unwrap_or("/");
+    let listed = list(&b, path.unwrap_or("/"), after, limit);
+    close(b);
+    let (rows, cursor) = listed?;
+    if json {
+        ui::print_json(&rows);
+    } else {
+        entries_table(&rows);
+    }
+    if let Some(c) = cursor {
+        eprintln!("(more entries follow: --after {c:?} lists the next ones)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The entries `bulwark ls` shows for `path`, and the cursor of the next ones if `limit` cut
+/// the listing short.
+fn list(b: &Browser, path: &str, after: Option<&str>, limit: Option<usize>) -> Result<(Vec<Entry>, Option<String>)> {
     let top = b.stat(path)?;
     let mut rows = Vec::new();
     let mut cursor = after.map(String::from);
@@ -120,15 +157,7 @@ pub fn ls(
     } else {
         rows.push(top);
     }
-    if json {
-        ui::print_json(&rows);
-    } else {
-        entries_table(&rows);
-    }
-    if let Some(c) = cursor {
-        eprintln!("(more entries follow: --after {c:?} lists the next ones)");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((rows, cursor))
 }
 
 /// Names the volume in an error about its filesystem, with what to do about it.
@@ -154,6 +183,7 @@ pub fn restore(
     safe: bool,
     json: bool,
 ) -> Result<ExitCode> {
+    clean_stale_mounts();
     let (vols, chosen) = open(r, m, volume)?;
     let Some((n, img)) = chosen else {
         let list: Vec<String> = vols[1..]
@@ -170,7 +200,10 @@ pub fn restore(
     let b = Browser::open(img).map_err(|e| with_volume(e, n))?;
     let bar = ui::spinner_bytes("restore", json);
     let opts = ExtractOptions { overwrite, safe, cancel: Some(Arc::clone(&CANCEL)) };
-    let mut report = match b.extract(paths, to, &opts, &|n| bar.inc(n)) {
+    let extracted = b.extract(paths, to, &opts, &|n| bar.inc(n));
+    let filesystem = b.filesystem().to_string();
+    close(b);
+    let mut report = match extracted {
         Ok(r) => r,
         Err(BrowseError::Restore(e)) => return Err(e.into()),
         Err(e) => return Err(e.into()),
@@ -181,7 +214,7 @@ pub fn restore(
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["volume"] = n.into();
-        v["filesystem"] = b.filesystem().into();
+        v["filesystem"] = filesystem.into();
         ui::print_json(&v);
     } else {
         ui::file_restore_summary(&report);

@@ -5,6 +5,7 @@ mod browse;
 mod demo;
 mod jobs;
 mod nodes;
+mod serve;
 mod standalone;
 mod ui;
 
@@ -120,6 +121,21 @@ enum Command {
     /// such entry with the reason, and the exit status is 1. Nothing is ever created outside
     /// the target directory, whatever the point's tree holds.
     Restore(standalone::RestoreArgs),
+    /// Serve a volume point over NBD: boot a VM from it, attach it as a disk, copy it, without
+    /// restoring it first.
+    ///
+    /// Prints the nbd:// URL and a qemu command line, then serves until SIGINT or SIGTERM.
+    /// Blocks are read from the repository as clients ask for them. Read-only unless
+    /// --writable, which keeps clients' writes in a copy-on-write overlay on this computer
+    /// (discarded at stop); the repository is never written. Clients asking for another export
+    /// name are refused. NBD has no authentication: listen on loopback unless the network is
+    /// trusted.
+    Serve(serve::ServeArgs),
+    /// Write a volume point (or one of its partitions) to an image file: raw (sparse), qcow2 or
+    /// vmdk (through qemu-img).
+    ///
+    /// The file appears only when complete; an existing file is replaced only with --overwrite.
+    Export(serve::ExportArgs),
     /// List the files of a point: of a file-level point all of them (or those under PATH); of
     /// a volume point one directory (PATH, default /) of one volume's filesystem, or the volumes
     /// of a disk with several.
@@ -160,9 +176,18 @@ static CANCEL: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Daemons keep SIGPIPE ignored: a peer that resets a connection must cost that connection,
-    // not the process. Commands get the default back, so `bulwark ls | head` ends quietly.
-    if !matches!(cli.command, Command::Agent(_) | Command::Transport(_) | Command::DataMover | Command::Server(_)) {
+    // Daemons (and the NBD server inside `serve` and `export`) keep SIGPIPE ignored: a peer that
+    // resets a connection must cost that connection, not the process. Commands get the default
+    // back, so `bulwark ls | head` ends quietly.
+    if !matches!(
+        cli.command,
+        Command::Agent(_)
+            | Command::Transport(_)
+            | Command::DataMover
+            | Command::Server(_)
+            | Command::Serve(_)
+            | Command::Export(_)
+    ) {
         // SAFETY: changing a signal disposition before any thread starts; no memory involved.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -216,6 +241,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Repo(c) => standalone::repo(c),
         Command::Backup(a) => standalone::backup(a),
         Command::Restore(a) => standalone::restore(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Export(a) => serve::export(a),
         Command::Ls(a) => standalone::ls(a),
         Command::Points(a) => standalone::points(a),
         Command::Verify(a) => standalone::verify(a),

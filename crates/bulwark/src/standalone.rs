@@ -85,7 +85,7 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn open(&self) -> Result<Repository> {
+    pub(crate) fn open(&self) -> Result<Repository> {
         let pw = read_password(self.password_file.as_deref())?;
         Ok(Repository::open(&self.path, pw.as_deref())?)
     }
@@ -305,7 +305,7 @@ fn parse_block_size(s: &str) -> Result<BlockSize, String> {
 
 /// [`Repository::resolve`], warning when `NAME:latest` may not be the newest point of NAME:
 /// points whose manifest is damaged have no name to compare.
-fn resolve_noting_damage(r: &Repository, spec: &str) -> Result<bulwark_repo::Manifest> {
+pub(crate) fn resolve_noting_damage(r: &Repository, spec: &str) -> Result<bulwark_repo::Manifest> {
     let Some(name) = spec.strip_suffix(":latest") else { return Ok(r.resolve(spec)?) };
     // One listing serves both the answer and the warning.
     let c = r.catalog()?;

@@ -467,16 +467,17 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().starts_with(".bulwark-restore")), "{left:?}");
 
-    // XFS: named, and what it needs said.
-    let xfs = dir.path().join("xfs.img");
-    std::fs::File::create(&xfs).unwrap().set_len(300 << 20).unwrap();
-    sh(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&xfs));
-    backup(&repo, &xfs, "xfs");
-    let r = run(bulwark().args(["ls", "xfs:latest", "--repo"]).arg(&repo));
-    assert_clean_failure(&r, "holds xfs");
-    assert!(r.stderr.contains("mount fallback"), "{}", r.stderr);
-    let r = restore_paths(&repo, "xfs:latest", &dir.path().join("out-xfs"), &["/etc"], &[]);
-    assert_clean_failure(&r, "mount fallback");
+    // Swap holds no files: named, and what to do instead said. (XFS and btrfs are read through
+    // the mount fallback: tests/volume_files_mount.rs.)
+    let swap = dir.path().join("swap.img");
+    std::fs::File::create(&swap).unwrap().set_len(16 << 20).unwrap();
+    sh(Command::new("mkswap").arg(&swap));
+    backup(&repo, &swap, "swap");
+    let r = run(bulwark().args(["ls", "swap:latest", "--repo"]).arg(&repo));
+    assert_clean_failure(&r, "holds swap space");
+    assert!(r.stderr.contains("restore the volume whole"), "{}", r.stderr);
+    let r = restore_paths(&repo, "swap:latest", &dir.path().join("out-swap"), &["/etc"], &[]);
+    assert_clean_failure(&r, "holds swap space");
 }
 
 #[test]
