@@ -65,7 +65,7 @@ impl Default for Options {
             scratch_dir: std::env::temp_dir(),
             max_request: 32 << 20,
             max_connections: 256,
-            io_parallelism: (cores * 2).max(4),
+            io_parallelism: (cores * 8).max(16),
             in_flight_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(30),
         }
