@@ -91,10 +91,29 @@ pub fn backup(
 pub struct RestoreSettings {
     /// Write over a target that holds data.
     pub overwrite: bool,
-    /// File-level points: only these paths.
+    /// Only these paths: of a file-level point, or of the filesystem on `volume` of a volume
+    /// point (restored by a [`VolumeFiles`]).
     pub paths: Vec<String>,
-    /// File-level points: files of a computer that is not trusted (see [`FileRestoreOptions`]).
+    /// Files of a computer that is not trusted (see [`FileRestoreOptions`]).
     pub safe: bool,
+    /// Volume points restored by paths: the volume the files are on.
+    pub volume: u32,
+}
+
+/// Restores files out of a volume point. The filesystem reader is `bulwark-browse`'s, which
+/// builds on this crate's file writer, so whoever runs restores hands one in.
+pub trait VolumeFiles: Send + Sync {
+    /// Restores `settings.paths` of the filesystem on `settings.volume` of `image` (point `m`)
+    /// into the directory `to`, by the rules of a file-level restore.
+    fn restore(
+        &self,
+        image: bulwark_repo::PointImage,
+        m: &Manifest,
+        to: &Path,
+        settings: &RestoreSettings,
+        progress: Progress,
+        cancel: &std::sync::Arc<AtomicBool>,
+    ) -> Result<FileRestoreReport>;
 }
 
 /// What a restore of either kind reports.

@@ -32,13 +32,14 @@ use crate::filter::FilterOptions;
 use crate::pipeline::{BackupSettings, RestoreDone, RestoreSettings};
 use crate::remote::{MoverEndpoint, RemoteTarget};
 use crate::snapshot::{provider_for, SnapshotMode};
-use crate::BackupOptions;
+use crate::{AgentError, BackupOptions};
 
 pub struct AgentService {
     data_dir: PathBuf,
     client_tls: Arc<bulwark_proto::rustls::ClientConfig>,
     revoked: Revocations,
     running: Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>,
+    volume_files: Option<Arc<dyn crate::pipeline::VolumeFiles>>,
 }
 
 /// A task in progress, as recorded on disk.
@@ -141,9 +142,21 @@ impl AgentService {
     /// task that was running when the agent died are removed now.
     pub fn new(data_dir: &Path, identity: &tls::TlsIdentity, revoked: Revocations) -> Result<Self, String> {
         let client_tls = tls::client_config(Some(identity), None, &revoked).map_err(|e| e.to_string())?;
-        let svc = AgentService { data_dir: data_dir.to_path_buf(), client_tls, revoked, running: Arc::default() };
+        let svc = AgentService {
+            data_dir: data_dir.to_path_buf(),
+            client_tls,
+            revoked,
+            running: Arc::default(),
+            volume_files: None,
+        };
         svc.clean_up_after_crash();
         Ok(svc)
+    }
+
+    /// Restores of files out of volume points go through `v` (without one they are refused).
+    pub fn with_volume_files(mut self, v: Arc<dyn crate::pipeline::VolumeFiles>) -> Self {
+        self.volume_files = Some(v);
+        self
     }
 
     pub fn into_server(self) -> AgentServer<Self> {
@@ -264,6 +277,7 @@ fn run_restore(
     cancel: Arc<AtomicBool>,
     client_tls: Arc<bulwark_proto::rustls::ClientConfig>,
     rt: tokio::runtime::Handle,
+    volume_files: Option<Arc<dyn crate::pipeline::VolumeFiles>>,
 ) {
     let task = spec.task_id.clone();
     let outcome = (|| -> Result<String, (String, Failure)> {
@@ -275,7 +289,8 @@ fn run_restore(
             ticket: mover.ticket.clone(),
             streams: spec.streams.clamp(1, 16),
         };
-        let target = rt.block_on(RemoteTarget::connect(&endpoint, client_tls)).map_err(|e| failed(&e))?;
+        let target: Arc<RemoteTarget> =
+            Arc::new(rt.block_on(RemoteTarget::connect(&endpoint, client_tls)).map_err(|e| failed(&e))?);
         let m = target.point(&spec.point).map_err(|e| failed(&e))?;
         let to = PathBuf::from(&spec.target);
         info!("task {task}: restoring {} ({}) to {}", m.id, m.name, to.display());
@@ -283,9 +298,22 @@ fn run_restore(
         let progress = |n: u64| {
             done.fetch_add(n, Ordering::Relaxed);
         };
-        let settings = RestoreSettings { overwrite: spec.overwrite, paths: spec.paths.clone(), safe: spec.safe };
-        let done = crate::pipeline::restore(&target, &m, &to, &settings, &progress, &cancel)
-            .map_err(|e| (format!("{}: {e}", to.display()), e.failure()))?;
+        let settings = RestoreSettings {
+            overwrite: spec.overwrite,
+            paths: spec.paths.clone(),
+            safe: spec.safe,
+            volume: spec.volume,
+        };
+        let fail = |e: AgentError| (format!("{}: {e}", to.display()), e.failure());
+        let done = if m.kind == bulwark_repo::PointKind::Volume && !settings.paths.is_empty() {
+            let files = volume_files.as_ref().ok_or_else(|| {
+                permanent("this agent cannot restore files out of volume points; restore the volume whole".into())
+            })?;
+            let image = crate::target::point_image(target.clone(), &m).map_err(|e| failed(&e))?;
+            RestoreDone::Files(files.restore(image, &m, &to, &settings, &progress, &cancel).map_err(fail)?)
+        } else {
+            crate::pipeline::restore(target.as_ref(), &m, &to, &settings, &progress, &cancel).map_err(fail)?
+        };
         let json = serde_json::to_string(&done).expect("report");
         if let RestoreDone::Files(report) = &done {
             if !report.complete {
@@ -350,11 +378,12 @@ impl Agent for AgentService {
         let (tx, rx) = mpsc::channel(64);
         let (client_tls, running, rt) =
             (self.client_tls.clone(), self.running.clone(), tokio::runtime::Handle::current());
+        let volume_files = self.volume_files.clone();
         std::thread::Builder::new()
             .name(format!("restore-{}", spec.task_id))
             .spawn(move || {
                 let id = spec.task_id.clone();
-                run_restore(spec, tx, cancel, client_tls, rt);
+                run_restore(spec, tx, cancel, client_tls, rt, volume_files);
                 running.lock().expect("lock").remove(&id);
             })
             .map_err(|e| Status::internal(format!("starting the restore: {e}")))?;

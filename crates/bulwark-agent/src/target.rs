@@ -165,3 +165,35 @@ impl PointSink for PointWriter {
         PointWriter::commit_files(*self, pieces, tree_len, stats, summary)
     }
 }
+
+/// The chunks of one point read through a backup target (this repository, or a data mover across
+/// the network), for a [`bulwark_repo::PointImage`] that reads the point at any offset.
+struct TargetChunks {
+    target: std::sync::Arc<dyn BackupTarget + Send + Sync>,
+    m: Manifest,
+    codecs: std::sync::Mutex<Vec<ChunkCodec>>,
+}
+
+impl bulwark_repo::ChunkFetch for TargetChunks {
+    fn label(&self) -> String {
+        self.target.label()
+    }
+    fn fetch(&self, id: &ChunkId, stored: &mut Vec<u8>, block: &mut Vec<u8>) -> bulwark_repo::Result<()> {
+        let pooled = self.codecs.lock().expect("no panics while held").pop();
+        let mut codec = pooled.unwrap_or_else(|| self.target.point_codec(&self.m, self.m.compression));
+        let r = self.target.read_chunk_into(&mut codec, id, stored, block);
+        self.codecs.lock().expect("no panics while held").push(codec);
+        r
+    }
+}
+
+/// Volume point `m`, readable at any offset, its chunks read through `target`.
+pub fn point_image(
+    target: std::sync::Arc<dyn BackupTarget + Send + Sync>,
+    m: &Manifest,
+) -> bulwark_repo::Result<bulwark_repo::PointImage> {
+    let index = target.open_index(m)?;
+    let what = format!("point {} ({})", m.id, m.name);
+    let chunks = TargetChunks { target, m: m.clone(), codecs: std::sync::Mutex::new(Vec::new()) };
+    bulwark_repo::PointImage::new(Box::new(chunks), index, what, bulwark_repo::image::DEFAULT_CACHE_BYTES)
+}

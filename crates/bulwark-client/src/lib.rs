@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bulwark_server::answers::RestoreOutcome;
 use bulwark_server::model::RestoreInput;
-use bulwark_server::store::{NodeRow, PointRow, RepositoryRow, SessionRow};
+use bulwark_server::point_files::{FilesPage, VolumeRow};
+use bulwark_server::store::{ExportRow, NodeRow, PointRow, RepositoryRow, SessionRow};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -175,6 +176,90 @@ impl Client {
         self.typed("POST", &format!("/points/{point}/restore"), Some(body))
     }
 
+    /// A point's volumes (the whole image, then a disk's partitions).
+    pub fn volumes(&self, point: &str) -> Result<Vec<VolumeRow>> {
+        self.typed("GET", &format!("/points/{point}/volumes"), None)
+    }
+
+    /// One page of directory `path` of a point (of the filesystem on `volume`, for volume
+    /// points), after `cursor`.
+    pub fn files(&self, point: &str, volume: u32, path: &str, cursor: Option<&str>, limit: u32) -> Result<FilesPage> {
+        let mut q = format!("?volume={volume}&limit={limit}&path={}", query_text(path));
+        if let Some(c) = cursor {
+            q.push_str(&format!("&cursor={}", query_text(c)));
+        }
+        self.typed("GET", &format!("/points/{point}/files{q}"), None)
+    }
+
+    /// Copies the file at `path` of a point into `out` (from byte `offset` on); returns the
+    /// number of bytes copied.
+    pub fn download(
+        &self,
+        point: &str,
+        volume: u32,
+        path: &str,
+        offset: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        self.stream("content", point, volume, path, offset, out)
+    }
+
+    /// Copies `path` of a point and everything under it into `out` as a tar stream.
+    pub fn download_archive(&self, point: &str, volume: u32, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        self.stream("archive", point, volume, path, 0, out)
+    }
+
+    fn stream(
+        &self,
+        what: &str,
+        point: &str,
+        volume: u32,
+        path: &str,
+        offset: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let url = format!("{}/points/{point}/files/{what}?volume={volume}&path={}", self.base, query_text(path));
+        let mut req = self.agent.get(&url).header("Authorization", &format!("Bearer {}", self.token));
+        if offset > 0 {
+            req = req.header("Range", &format!("bytes={offset}-"));
+        }
+        let mut resp = req.call().map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+            let message = v["error"].as_str().map_or_else(|| v.to_string(), String::from);
+            return Err(ClientError::Refused { status: status.as_u16(), message });
+        }
+        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut body, out).map_err(|e| ClientError::Unexpected {
+            request: format!("GET {path} of point {point}"),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Publishes a volume point over NBD (instant recovery).
+    pub fn publish(
+        &self,
+        point: &str,
+        volume: u32,
+        writable: bool,
+        hours: Option<u32>,
+        allowed_ip: Option<&str>,
+    ) -> Result<ExportRow> {
+        let body = json!({"volume": volume, "writable": writable, "hours": hours, "allowed_ip": allowed_ip});
+        self.typed("POST", &format!("/points/{point}/exports"), Some(body))
+    }
+
+    /// Exports that have not ended.
+    pub fn exports(&self) -> Result<Vec<ExportRow>> {
+        self.typed("GET", "/exports", None)
+    }
+
+    /// Ends an export.
+    pub fn unpublish(&self, id: &str) -> Result<ExportRow> {
+        self.typed("DELETE", &format!("/exports/{id}"), None)
+    }
+
     /// Why the server could not be reached, and what to do about it when that is ours to say:
     /// most often a certificate this computer has no reason to trust.
     fn unreachable(&self, e: ureq::Error) -> ClientError {
@@ -213,4 +298,17 @@ impl Client {
         };
         ClientError::Unreachable { server: server.clone(), advice }
     }
+}
+
+/// `s` as a URL query value (percent-encoded but for unreserved characters and `/`).
+fn query_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

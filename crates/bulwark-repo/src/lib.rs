@@ -14,6 +14,7 @@
 //! the data mover all call it, so a restore behaves the same wherever it runs. It deliberately
 //! does not read volumes either; that is `bulwark-agent`'s job.
 
+pub mod browse;
 pub mod chunk;
 pub mod crypto;
 mod error;

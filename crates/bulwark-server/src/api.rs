@@ -139,6 +139,19 @@ impl Caller {
         self.role == "admin"
     }
 
+    /// Restoring a point, or reading its files, reads the protected computer's data: admins and
+    /// restore operators may.
+    pub(crate) fn may_restore(&self) -> Result<(), ApiError> {
+        if matches!(self.role.as_str(), "admin" | "restore-operator") {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("user {} may not restore or read restore points' files", self.name),
+            ))
+        }
+    }
+
     fn admin(&self) -> Result<(), ApiError> {
         if self.role == "admin" {
             Ok(())
@@ -207,6 +220,13 @@ fn operations() -> OpenApiRouter<S> {
         .routes(routes!(list_points))
         .routes(routes!(show_point))
         .routes(routes!(restore_point))
+        .routes(routes!(crate::point_files::point_volumes))
+        .routes(routes!(crate::point_files::point_files))
+        .routes(routes!(crate::point_files::point_file_content))
+        .routes(routes!(crate::point_files::point_files_archive))
+        .routes(routes!(crate::exports::publish_point))
+        .routes(routes!(crate::exports::list_exports))
+        .routes(routes!(crate::exports::unpublish))
 }
 
 /// The document as served: made once, with the router.
@@ -315,8 +335,8 @@ async fn list_users(c: Caller, State(s): State<S>) -> ApiResult<Vec<UserRow>> {
 async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult<UserCreated> {
     c.admin()?;
     check_name("user", &u.name).map_err(bad)?;
-    if !matches!(u.role.as_str(), "admin" | "viewer") {
-        return Err(bad(format!("role {:?}: admin or viewer", u.role)));
+    if !matches!(u.role.as_str(), "admin" | "restore-operator" | "viewer") {
+        return Err(bad(format!("role {:?}: admin, restore-operator or viewer", u.role)));
     }
     check_password(&u.password).map_err(bad)?;
     store::create_user(&s.core.db, &u.name, &hash(u.password).await?, &u.role).await?;
@@ -1266,7 +1286,7 @@ async fn restore_point(
     Path(id): Path<String>,
     Input(r): Input<RestoreInput>,
 ) -> ApiResult<RestoreOutcome> {
-    c.admin()?;
+    c.may_restore()?;
     let (repository, computer, name) =
         store::point(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?;
     let computer = r.computer.unwrap_or(computer);
@@ -1285,6 +1305,7 @@ async fn restore_point(
         overwrite: r.overwrite,
         paths: r.paths,
         safe: r.safe,
+        volume: r.volume,
     };
     // The restore waits for a slot on the repository and the computer like a backup (ahead of
     // them); the caller hears when it has ended. One who hangs up does not stop it.

@@ -113,6 +113,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
      DROP INDEX sessions_one_running;
      CREATE UNIQUE INDEX sessions_one_running ON sessions (job) WHERE status = 'running' AND kind = 'backup'",
     ),
+    // Points published over NBD for instant recovery: where (the transport node serving it and
+    // the address), until when, and who asked.
+    (
+        6,
+        "CREATE TABLE exports (
+       id TEXT PRIMARY KEY, point TEXT NOT NULL, volume BIGINT NOT NULL, transport TEXT NOT NULL,
+       url TEXT NOT NULL, size BIGINT NOT NULL, writable BIGINT NOT NULL, allowed_ip TEXT,
+       created TEXT NOT NULL, expires TEXT NOT NULL, created_by TEXT NOT NULL)",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

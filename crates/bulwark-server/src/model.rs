@@ -336,14 +336,18 @@ pub struct RestoreInput {
     pub target: String,
     #[serde(default)]
     pub overwrite: bool,
-    /// File-level points: only these paths.
+    /// Only these paths (and what is under them), restored into `target` as a directory: of a
+    /// file-level point, or of the filesystem on `volume` of a volume point.
     #[serde(default)]
     pub paths: Vec<String>,
-    /// File-level points from a computer that is not trusted: no device nodes or fifos, no
-    /// set-id bits, no owners (everything owned by the agent's user), no `security.*` or
-    /// `trusted.*` attributes.
+    /// Files from a computer that is not trusted: no device nodes or fifos, no set-id bits, no
+    /// owners (everything owned by the agent's user), no `security.*` or `trusted.*` attributes.
     #[serde(default)]
     pub safe: bool,
+    /// Volume points restored by `paths`: the volume the files are on (0: the whole image; a
+    /// partition's number on a disk).
+    #[serde(default)]
+    pub volume: u32,
 }
 
 /// The whole disks of an agent's inventory (what "entire computer" backs up): fixed disks and

@@ -33,7 +33,10 @@ pub const BASE: &str = "/api/v1";
     modifiers(&BearerAuth),
     components(
         schemas(ApiErrorBody),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Invalid, TooManyLogins, NodeFailed)
+        responses(
+            BadRequest, Unauthorized, Forbidden, NotFound, Conflict, Invalid, TooManyLogins, NodeFailed,
+            RangeNotSatisfiable
+        )
     )
 )]
 pub struct ApiDoc;
@@ -69,12 +72,14 @@ macro_rules! error_answers {
 error_answers! {
     BadRequest = "The body is not JSON, or not of the expected shape";
     Unauthorized = "No API token, or one that is unknown, revoked or expired";
-    Forbidden = "The caller may only read (a viewer), or may not act on another user";
+    Forbidden = "The caller may only read (a viewer), may not read points' files (not a restore operator), or \
+                 may not act on another user";
     NotFound = "No object of that name or id";
     Conflict = "The object exists already, is in use, or is not in a state that allows this";
     Invalid = "A value is refused (the message says which and why)";
     TooManyLogins = "Too many failed logins for the user or the address: try again later";
     NodeFailed = "The transport node or agent the call needed failed or did not answer";
+    RangeNotSatisfiable = "The Range header asks for bytes the file does not have, or for several ranges";
 }
 
 /// Schemas of the job model's words. Their types live in bulwark-proto and bulwark-repo, which
@@ -187,16 +192,19 @@ mod tests {
     }
 
     /// A schema that says something: a reference, a type, or a composition.
+    /// Whether an answer's content has a schema: JSON, or bytes (a file's content).
     fn has_schema(content: &Value) -> bool {
-        let schema = &content["application/json"]["schema"];
-        ["$ref", "type", "allOf", "oneOf", "anyOf"].iter().any(|k| !schema[k].is_null())
+        ["application/json", "application/octet-stream"].iter().any(|t| {
+            let schema = &content[*t]["schema"];
+            ["$ref", "type", "allOf", "oneOf", "anyOf"].iter().any(|k| !schema[k].is_null())
+        })
     }
 
     /// Holds the router the server runs against the document it serves, from the outside:
     /// - every path and method the router answers (anything but 405, found by trying each method
     ///   on each routed path) is an operation of the document, and every operation is routed: a
     ///   route added with a plain `.route(…)` instead of `routes!` fails here;
-    /// - every operation has a 200 answer with a JSON schema;
+    /// - every operation has a 200 answer with a schema (JSON, or bytes for a file's content);
     /// - an operation that reads a JSON body (tried with an admin's token and no body: the body
     ///   extractor refuses it before the handler runs) has a request body schema, and one that
     ///   does not, none;

@@ -1607,3 +1607,81 @@ mod tests {
         assert_ne!(ours(&db, "j", "db-prod", "/data", "r").await, "db-prod-data");
     }
 }
+
+// ---- instant-recovery exports ----
+
+/// A point published over NBD.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, ToSchema)]
+pub struct ExportRow {
+    pub id: String,
+    pub point: String,
+    pub volume: u32,
+    /// The transport node serving it.
+    pub transport: String,
+    /// `nbd://HOST:PORT/NAME`; the name is random: it is what lets a client in.
+    pub url: String,
+    pub size: u64,
+    /// Writes go to a scratch overlay on the transport node (never the repository) and are
+    /// lost when the export ends.
+    pub writable: bool,
+    /// Only this client address may connect (absent: any that knows the URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_ip: Option<String>,
+    pub created: String,
+    pub expires: String,
+    pub created_by: String,
+}
+
+fn export_row(r: &AnyRow) -> ExportRow {
+    ExportRow {
+        id: text(r, "id"),
+        point: text(r, "point"),
+        volume: int(r, "volume") as u32,
+        transport: text(r, "transport"),
+        url: text(r, "url"),
+        size: int(r, "size") as u64,
+        writable: int(r, "writable") != 0,
+        allowed_ip: opt_text(r, "allowed_ip"),
+        created: text(r, "created"),
+        expires: text(r, "expires"),
+        created_by: text(r, "created_by"),
+    }
+}
+
+pub async fn add_export(db: &Db, e: &ExportRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO exports (id, point, volume, transport, url, size, writable, allowed_ip, created, expires, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&e.id)
+    .bind(&e.point)
+    .bind(e.volume as i64)
+    .bind(&e.transport)
+    .bind(&e.url)
+    .bind(e.size as i64)
+    .bind(e.writable as i64)
+    .bind(&e.allowed_ip)
+    .bind(&e.created)
+    .bind(&e.expires)
+    .bind(&e.created_by)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Exports that have not expired, newest first (expired ones are forgotten on the way).
+pub async fn exports(db: &Db) -> Result<Vec<ExportRow>> {
+    sqlx::query("DELETE FROM exports WHERE expires <= $1").bind(now()).execute(&db.pool).await?;
+    let rows = sqlx::query("SELECT * FROM exports ORDER BY created DESC").fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(export_row).collect())
+}
+
+pub async fn export(db: &Db, id: &str) -> Result<Option<ExportRow>> {
+    let row = sqlx::query("SELECT * FROM exports WHERE id = $1").bind(id).fetch_optional(&db.pool).await?;
+    Ok(row.as_ref().map(export_row))
+}
+
+pub async fn delete_export(db: &Db, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM exports WHERE id = $1").bind(id).execute(&db.pool).await?;
+    Ok(())
+}

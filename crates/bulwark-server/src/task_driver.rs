@@ -59,10 +59,12 @@ pub struct RestoreOrder {
     pub name: String,
     pub target: String,
     pub overwrite: bool,
-    /// File-level points: only these paths.
+    /// Only these paths (of a file-level point, or of the filesystem on `volume`).
     pub paths: Vec<String>,
-    /// File-level points from a computer that is not trusted.
+    /// Files of a computer that is not trusted.
     pub safe: bool,
+    /// Volume points restored by paths: the volume the files are on.
+    pub volume: u32,
 }
 
 /// How a task ended.
@@ -223,6 +225,7 @@ impl Manager {
             overwrite: req.order.overwrite,
             paths: req.order.paths.clone(),
             safe: req.order.safe,
+            volume: req.order.volume,
             mover: None,
             streams: 4,
         };

@@ -11,8 +11,9 @@ use std::time::Duration;
 use bulwark_proto::domain::{Failure, MoverStatus};
 use bulwark_proto::pb::transport_server::{Transport, TransportServer};
 use bulwark_proto::pb::{
-    Empty, MoverRef, MoverReport, MoverSpec, MoverStarted, RepositoryInfo, RepositoryInit, RetentionReport,
-    RetentionRequest, Revocations as RevocationList, VerifyReply, VerifyRequest,
+    BrowseReply, BrowseRequest, Empty, FileData, MoverRef, MoverReport, MoverSpec, MoverStarted, PointAccess,
+    PublishRequest, Published, ReadFileRequest, RepositoryInfo, RepositoryInit, RetentionReport, RetentionRequest,
+    Revocations as RevocationList, UnpublishRequest, VerifyReply, VerifyRequest,
 };
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::browse::{self, PointViews, ViewError};
 use crate::data_mover::{MoverConfig, MoverOutcome};
 use crate::throttle::ThrottleRule;
 
@@ -48,6 +50,7 @@ pub struct TransportService {
     cfg: TransportConfig,
     revoked: Revocations,
     movers: Mutex<HashMap<String, Mover>>,
+    views: Arc<PointViews>,
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -58,7 +61,7 @@ fn random_hex<const N: usize>() -> String {
 
 impl TransportService {
     pub fn new(cfg: TransportConfig, revoked: Revocations) -> Self {
-        TransportService { cfg, revoked, movers: Mutex::new(HashMap::new()) }
+        TransportService { cfg, revoked, movers: Mutex::new(HashMap::new()), views: Arc::default() }
     }
 
     pub fn into_server(self) -> TransportServer<Self> {
@@ -126,6 +129,20 @@ impl TransportService {
             _ => e,
         })?;
         Ok(parent.join(name))
+    }
+
+    /// The point a request names, opened (or still open) on a blocking thread.
+    async fn view(&self, a: Option<PointAccess>) -> Result<(Arc<browse::View>, u32), Status> {
+        let a = a.ok_or_else(|| Status::invalid_argument("the request names no point"))?;
+        bulwark_proto::check_protocol(a.protocol, "server")?;
+        let path = self.repository_path(&a.repository)?;
+        let password = (!a.password.is_empty()).then(|| a.password.into_bytes());
+        let views = self.views.clone();
+        let view = tokio::task::spawn_blocking(move || views.open(&path, password.as_deref(), &a.point))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| e.status())?;
+        Ok((view, a.volume))
     }
 
     async fn outcome_of(&self, id: &str) -> Result<MoverOutcome, Status> {
@@ -399,6 +416,168 @@ impl Transport for TransportService {
 
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {
         tls::serve_revocations(&self.revoked, req)
+    }
+
+    async fn browse_point(&self, req: Request<BrowseRequest>) -> Result<Response<BrowseReply>, Status> {
+        tls::require_peer(&req, &[Role::Server], "browse a point")?;
+        let r = req.into_inner();
+        let (view, volume) = self.view(r.point).await?;
+        let reply = tokio::task::spawn_blocking(move || -> Result<BrowseReply, ViewError> {
+            if r.volumes {
+                let volumes = browse::volumes_of(&view)?.into_iter().map(volume_info).collect();
+                return Ok(BrowseReply { volumes, ..Default::default() });
+            }
+            let limit = (r.limit as usize).clamp(1, 10_000);
+            let cursor = (!r.cursor.is_empty()).then_some(r.cursor.as_str());
+            let page = browse::list(&view, volume, &r.path, cursor, limit)?;
+            Ok(BrowseReply {
+                volumes: Vec::new(),
+                entries: page.entries.into_iter().map(file_entry).collect(),
+                next: page.next.unwrap_or_default(),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| e.status())?;
+        Ok(Response::new(reply))
+    }
+
+    type ReadPointFileStream = tokio_stream::wrappers::ReceiverStream<Result<FileData, Status>>;
+
+    async fn read_point_file(
+        &self,
+        req: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadPointFileStream>, Status> {
+        tls::require_peer(&req, &[Role::Server], "read a file of a point")?;
+        let r = req.into_inner();
+        let (view, volume) = self.view(r.point).await?;
+        // The first piece is read before answering, so a missing file is this call's error.
+        const PIECE: usize = 1 << 20;
+        let first_len = if r.length == 0 { PIECE } else { (r.length as usize).min(PIECE) };
+        let (v, path) = (view.clone(), r.path.clone());
+        let (size, first) = tokio::task::spawn_blocking(move || browse::read(&v, volume, &path, r.offset, first_len))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| e.status())?;
+        let end = if r.length == 0 { size } else { r.offset.saturating_add(r.length).min(size) };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut at = r.offset + first.len() as u64;
+            let mut piece = Ok(FileData { size, data: first });
+            loop {
+                let done = piece.is_err();
+                if tx.blocking_send(piece).is_err() || done || at >= end {
+                    return;
+                }
+                let want = ((end - at) as usize).min(PIECE);
+                piece = match browse::read(&view, volume, &r.path, at, want) {
+                    Ok((_, data)) if data.is_empty() => return,
+                    Ok((_, data)) => {
+                        at += data.len() as u64;
+                        Ok(FileData { size, data })
+                    }
+                    Err(e) => Err(e.status()),
+                };
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    type ReadPointArchiveStream = tokio_stream::wrappers::ReceiverStream<Result<FileData, Status>>;
+
+    async fn read_point_archive(
+        &self,
+        req: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadPointArchiveStream>, Status> {
+        tls::require_peer(&req, &[Role::Server], "read files of a point")?;
+        let r = req.into_inner();
+        let (view, volume) = self.view(r.point).await?;
+        // What is asked for must be there before the answer starts: a wrong path is this call's
+        // error, not a broken stream.
+        let (v, path) = (view.clone(), r.path.clone());
+        tokio::task::spawn_blocking(move || browse::stat(&v, volume, &path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| e.status())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(ChannelWriter::PIECE) };
+            let done = browse::archive(&view, volume, &r.path, &mut out)
+                .and_then(|_| out.send().map_err(|e| ViewError::Io(e.to_string())));
+            if let Err(e) = done {
+                warn!("archive of {} of point {}: {e}", r.path, view.manifest().id);
+                let _ = tx.blocking_send(Err(e.status()));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn publish_point(&self, req: Request<PublishRequest>) -> Result<Response<Published>, Status> {
+        tls::require_peer(&req, &[Role::Server], "publish a point")?;
+        Err(Status::unimplemented("publishing points over NBD is not built into this node yet"))
+    }
+
+    async fn unpublish_point(&self, req: Request<UnpublishRequest>) -> Result<Response<Empty>, Status> {
+        tls::require_peer(&req, &[Role::Server], "unpublish a point")?;
+        Err(Status::unimplemented("publishing points over NBD is not built into this node yet"))
+    }
+}
+
+/// The bytes of a stream answer, sent a piece at a time; a caller that hung up ends the writing.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<FileData, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    const PIECE: usize = 1 << 20;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.tx
+            .blocking_send(Ok(FileData { size: 0, data }))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader hung up"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= Self::PIECE {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn volume_info(v: bulwark_repo::volumes::Volume) -> bulwark_proto::pb::VolumeInfo {
+    bulwark_proto::pb::VolumeInfo {
+        number: v.number,
+        start: v.start,
+        size: v.size,
+        table: v.table,
+        partition_type: v.partition_type,
+        label: v.label,
+        content: v.content,
+    }
+}
+
+fn file_entry(e: bulwark_repo::browse::FileEntry) -> bulwark_proto::pb::FileEntry {
+    bulwark_proto::pb::FileEntry {
+        name: e.name,
+        kind: e.kind,
+        size: e.size,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime: e.mtime,
+        target: e.target.unwrap_or_default(),
     }
 }
 

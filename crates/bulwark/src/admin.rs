@@ -106,7 +106,7 @@ pub enum UserCmd {
         /// The user's name (letters, digits, '.', '_', '-').
         name: String,
         /// admin (may change everything) or viewer (may only read).
-        #[arg(long, value_parser = ["admin", "viewer"])]
+        #[arg(long, value_parser = ["admin", "restore-operator", "viewer"])]
         role: String,
         /// A file whose first line is the password (at least 10 characters); - for stdin.
         #[arg(long, value_name = "FILE")]
@@ -369,6 +369,68 @@ pub enum PointCmd {
     Show {
         /// The point's id, as `bulwark point list` shows it.
         id: String,
+    },
+    /// The volumes of a volume point: the whole image (0) and, for a disk, its partitions,
+    /// with the filesystem each holds. Read on the transport node holding the point.
+    Volumes { id: String },
+    /// One directory of a point: of the filesystem on a volume point's volume (ext2/3/4), or of
+    /// a file-level point's tree. Read a page at a time; never the whole tree.
+    Files {
+        id: String,
+        /// The directory (default /).
+        path: Option<String>,
+        /// The volume (see `bulwark point volumes`).
+        #[arg(long, default_value_t = 0)]
+        volume: u32,
+        /// At most this many entries (default: all, fetched 1000 at a time).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Publish a volume point over NBD for instant recovery: the transport node holding it
+    /// serves it at the printed `nbd://` URL until `--hours` pass or `point unpublish`. Boot a
+    /// VM from it (`qemu-system-x86_64 -drive file=URL,format=raw,snapshot=on`), copy it
+    /// (`nbdcopy URL disk.img`), or attach it with `nbdfuse`. NBD has no passwords: the URL's
+    /// random name (and --allowed-ip) keep others out; keep the URL to yourself.
+    Publish {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        volume: u32,
+        /// Accept writes (into a scratch overlay on the transport node, lost when the export
+        /// ends; the repository is never written). A VM booting from the point needs this or
+        /// qemu's `snapshot=on`.
+        #[arg(long)]
+        writable: bool,
+        /// Hours until the export ends on its own (default 8, at most 336).
+        #[arg(long)]
+        hours: Option<u32>,
+        /// Only this client address may connect.
+        #[arg(long, value_name = "IP")]
+        allowed_ip: Option<String>,
+    },
+    /// Exports that have not ended: their URLs, points and expiry.
+    Exports,
+    /// End an export now.
+    Unpublish {
+        /// The export's id, as `bulwark point exports` shows it.
+        export: String,
+    },
+    /// Copy one file out of a point (to a file, or to standard output with `--to -`); with
+    /// `--tar`, a directory and everything under it as a tar archive.
+    Download {
+        id: String,
+        /// The file (or, with --tar, the directory) inside the point.
+        path: String,
+        #[arg(long, default_value_t = 0)]
+        volume: u32,
+        /// Write a tar archive of PATH and everything under it.
+        #[arg(long)]
+        tar: bool,
+        /// Where to write it; `-` for standard output.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -785,6 +847,7 @@ pub struct RestoreAsk {
     pub paths: Vec<String>,
     pub computer: Option<String>,
     pub safe: bool,
+    pub volume: u32,
 }
 
 /// A restore through the server; non-zero exit if it failed.
@@ -792,7 +855,7 @@ pub fn restore(c: &Conn, json: bool, point: &str, ask: RestoreAsk) -> Result<Exi
     let api = connect(c)?;
     let body = json!({
         "target": ask.to.display().to_string(), "overwrite": ask.overwrite, "paths": ask.paths,
-        "computer": ask.computer, "safe": ask.safe,
+        "computer": ask.computer, "safe": ask.safe, "volume": ask.volume,
     });
     let v = api.call("POST", &format!("/points/{point}/restore"), Some(body))?;
     print_table(json, &v, &["point", "computer", "target", "status", "error"]);
@@ -813,6 +876,144 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             } else {
                 let rows: Vec<_> = v.as_array().into_iter().flatten().map(crate::ui::PointRow::of_catalog).collect();
                 crate::ui::points_table(&rows);
+            }
+        }
+        PointCmd::Publish { id, volume, writable, hours, allowed_ip } => {
+            let e = api.publish(&id, volume, writable, hours, allowed_ip.as_deref())?;
+            if o.json {
+                crate::ui::print_json(&e);
+            } else {
+                println!("point {id} volume {volume} is served at {}", e.url);
+                println!(
+                    "  until {} (export {}; end it with `bulwark point unpublish {}`)",
+                    crate::ui::local_time_text(&e.expires).unwrap_or(e.expires.clone()),
+                    e.id,
+                    e.id
+                );
+                println!(
+                    "  boot a VM:  qemu-system-x86_64 -m 2048 -drive file={},format=raw{}",
+                    e.url,
+                    if writable { "" } else { ",snapshot=on" }
+                );
+                println!("  copy it:    nbdcopy {} disk.img", e.url);
+            }
+        }
+        PointCmd::Exports => {
+            let exports = api.exports()?;
+            if o.json {
+                crate::ui::print_json(&exports);
+            } else {
+                println!("{:<18} {:<24} {:>3} {:<5} {:<19} URL", "EXPORT", "POINT", "VOL", "RW", "EXPIRES");
+                for e in &exports {
+                    println!(
+                        "{:<18} {:<24} {:>3} {:<5} {:<19} {}",
+                        e.id,
+                        e.point,
+                        e.volume,
+                        if e.writable { "yes" } else { "no" },
+                        crate::ui::local_time_text(&e.expires).unwrap_or(e.expires.clone()),
+                        e.url
+                    );
+                }
+            }
+        }
+        PointCmd::Unpublish { export } => {
+            let e = api.unpublish(&export)?;
+            if o.json {
+                crate::ui::print_json(&e);
+            } else {
+                println!("export {} of point {} ended", e.id, e.point);
+            }
+        }
+        PointCmd::Volumes { id } => {
+            let volumes = api.volumes(&id)?;
+            if o.json {
+                crate::ui::print_json(&volumes);
+            } else {
+                let vols: Vec<bulwark_repo::volumes::Volume> = volumes
+                    .into_iter()
+                    .map(|v| bulwark_repo::volumes::Volume {
+                        number: v.number,
+                        start: v.start,
+                        size: v.size,
+                        table: v.table,
+                        partition_type: v.partition_type,
+                        label: v.label,
+                        content: v.content,
+                    })
+                    .collect();
+                crate::ui::volumes_table(&vols);
+            }
+        }
+        PointCmd::Files { id, path, volume, limit } => {
+            let path = path.unwrap_or_else(|| "/".into());
+            let (mut cursor, mut left, mut all) = (None::<String>, limit.unwrap_or(u32::MAX), Vec::new());
+            while left > 0 {
+                let page = api.files(&id, volume, &path, cursor.as_deref(), left.min(1000))?;
+                left -= page.entries.len() as u32;
+                if !o.json {
+                    let lines: Vec<crate::ui::EntryLine> = page
+                        .entries
+                        .iter()
+                        .map(|e| crate::ui::EntryLine {
+                            letter: match e.kind.as_str() {
+                                "dir" => 'd',
+                                "symlink" => 'l',
+                                "char-device" => 'c',
+                                "block-device" => 'b',
+                                "fifo" => 'p',
+                                "socket" => 's',
+                                _ => '-',
+                            },
+                            kind: &e.kind,
+                            mode: e.mode,
+                            uid: e.uid,
+                            gid: e.gid,
+                            size: e.size,
+                            mtime: e.mtime,
+                            mtime_nsec: 0,
+                            name: &e.name,
+                            target: e.target.as_deref(),
+                        })
+                        .collect();
+                    crate::ui::entries_table(&lines);
+                }
+                all.extend(page.entries);
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            if o.json {
+                crate::ui::print_json(&all);
+            }
+        }
+        PointCmd::Download { id, path, volume, tar, to, .. } if to.as_os_str() == "-" => {
+            let out = &mut std::io::stdout().lock();
+            if tar {
+                api.download_archive(&id, volume, &path, out)?;
+            } else {
+                api.download(&id, volume, &path, 0, out)?;
+            }
+        }
+        PointCmd::Download { id, path, volume, tar, to, overwrite } => {
+            if to.exists() && !overwrite {
+                bail!("{} exists; give --overwrite to replace it", to.display());
+            }
+            // Written beside the target and renamed when whole: a failed download leaves nothing.
+            let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+            let n = if tar {
+                api.download_archive(&id, volume, &path, tmp.as_file_mut())?
+            } else {
+                api.download(&id, volume, &path, 0, tmp.as_file_mut())?
+            };
+            tmp.persist(&to).with_context(|| format!("writing {}", to.display()))?;
+            if o.json {
+                crate::ui::print_json(&json!({"point": id, "path": path, "to": to, "bytes": n}));
+            } else {
+                println!("{path} of {id}: {} written to {}", crate::ui::human(n), to.display());
             }
         }
         PointCmd::Show { id } => {

@@ -1,6 +1,7 @@
 //! The `bulwark` command: argument parsing and wiring only; the work lives in the library crates.
 
 mod admin;
+mod browse;
 mod demo;
 mod jobs;
 mod nodes;
@@ -135,7 +136,9 @@ enum Command {
     ///
     /// The file appears only when complete; an existing file is replaced only with --overwrite.
     Export(serve::ExportArgs),
-    /// List the files of a file-level point (all, or under PATH).
+    /// List the files of a point: of a file-level point all of them (or those under PATH); of
+    /// a volume point one directory (PATH, default /) of one volume's filesystem, or the volumes
+    /// of a disk with several.
     Ls(standalone::LsArgs),
     /// List restore points, oldest first, with their size, health and consistency.
     Points(standalone::PointsArgs),

@@ -223,7 +223,8 @@ pub fn run_agent(args: NodeArgs) -> Result<ExitCode> {
         let (listener, id, revoked, advertise) = start_node(&args, Role::Agent, 9441).await?;
         let bound = listener.local_addr()?;
         let service = bulwark_agent::service::AgentService::new(&args.data_dir, &id, revoked.clone())
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?
+            .with_volume_files(std::sync::Arc::new(bulwark_browse::VolumeFilesRestore));
         let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
         announce(Role::Agent, &id.peer.name, &advertise, bound);
         let limits = tls::Limits::from_env();

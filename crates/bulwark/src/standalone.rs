@@ -167,11 +167,17 @@ pub struct RestoreArgs {
     /// refused before anything is written.
     #[arg(long)]
     overwrite: bool,
-    /// File-level points: restore only this path of the point (and what is under it), at the
-    /// same place under the target. Repeatable. Every path must be in the point, or nothing
-    /// is written.
+    /// Restore only this path of the point (and what is under it), at the same place under the
+    /// target directory. Repeatable. Every path must be in the point, or nothing is written.
+    /// On a volume point, the files are read out of the volume's filesystem (ext2/3/4) into
+    /// the directory --to; without --path a volume point is restored whole.
     #[arg(long, value_name = "PATH")]
     path: Vec<String>,
+    /// Volume points with --path: the volume whose files to restore (0: the whole image; N:
+    /// partition N of a disk). By default the whole image (through the server), or a disk's
+    /// only partition that holds files (with --repo).
+    #[arg(long, value_name = "N", requires = "path")]
+    volume: Option<u32>,
     /// File-level points: restore files of a computer that is not trusted onto this one.
     /// Device nodes and fifos are skipped (with a warning); set-user-id and set-group-id
     /// bits, and the sticky bit of files, are cleared; owners are not applied (everything
@@ -190,12 +196,23 @@ pub struct RestoreArgs {
 
 #[derive(Args)]
 pub struct LsArgs {
-    /// A file-level point: an id or NAME:latest.
+    /// The point: an id or NAME:latest.
     point: String,
-    /// Only this path and what is under it.
+    /// File-level points: only this path and what is under it. Volume points: the directory
+    /// to list (default /).
     path: Option<String>,
     #[command(flatten)]
     repo: RepoArgs,
+    /// Volume points: the volume whose files to list (0: the whole image; N: partition N of a
+    /// disk). Without it, a disk with several filesystems shows its volumes.
+    #[arg(long, value_name = "N")]
+    volume: Option<u32>,
+    /// Volume points: list at most N entries.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Volume points: list the entries whose names sort after NAME (the next page).
+    #[arg(long, value_name = "NAME")]
+    after: Option<String>,
     /// Print the entries as JSON.
     #[arg(long)]
     json: bool,
@@ -418,16 +435,20 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
             paths: a.path,
             computer: a.computer,
             safe: a.safe,
+            volume: a.volume.unwrap_or(0),
         };
         return crate::admin::restore(&a.conn, a.json, &a.point, ask);
     };
     let r = RepoArgs { path: repo, password_file: a.password_file }.open()?;
     let m = resolve_noting_damage(&r, &a.point)?;
+    if m.kind == bulwark_repo::PointKind::Volume && !a.path.is_empty() {
+        return crate::browse::restore(&r, &m, &a.to, &a.path, a.volume, a.overwrite, a.safe, a.json);
+    }
     let bar = match m.kind {
         bulwark_repo::PointKind::Files => ui::spinner_bytes("restore", a.json),
         bulwark_repo::PointKind::Volume => ui::bar(m.volume_size, "restore", a.json),
     };
-    let settings = RestoreSettings { overwrite: a.overwrite, paths: a.path, safe: a.safe };
+    let settings = RestoreSettings { overwrite: a.overwrite, paths: a.path, safe: a.safe, volume: 0 };
     let done = bulwark_agent::pipeline::restore(&r, &m, &a.to, &settings, &|n| bar.inc(n), &CANCEL)?;
     bar.finish_and_clear();
     match &done {
@@ -447,8 +468,12 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
 pub fn ls(a: LsArgs) -> Result<ExitCode> {
     let r = a.repo.open()?;
     let m = resolve_noting_damage(&r, &a.point)?;
-    if m.kind != bulwark_repo::PointKind::Files {
-        bail!("{} is a volume point; `bulwark ls` lists file-level points", m.id);
+    if m.kind == bulwark_repo::PointKind::Volume {
+        let (path, after) = (a.path.as_deref(), a.after.as_deref());
+        return crate::browse::ls(&r, &m, path, a.volume, after, a.limit, a.json);
+    }
+    if a.volume.is_some() || a.limit.is_some() || a.after.is_some() {
+        bail!("{} is a file-level point: --volume, --limit and --after are for volume points", m.id);
     }
     let mut rows = Vec::new();
     bulwark_agent::files::list_tree(&r, &m, a.path.as_deref(), |e| rows.push(ui::ls_row(e)))?;

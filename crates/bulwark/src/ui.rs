@@ -532,9 +532,100 @@ pub fn ls_table(rows: &[LsRow]) {
     }
 }
 
+/// A point's volumes, as `bulwark ls` of a disk and `bulwark point volumes` show them.
+pub fn volumes_table(vols: &[bulwark_repo::volumes::Volume]) {
+    let mut t = Table::new(&["VOLUME", "TABLE", "TYPE", "LABEL", "SIZE", "CONTENT"]);
+    for v in vols {
+        t.row(vec![
+            v.number.to_string(),
+            v.table.clone(),
+            v.partition_type.clone(),
+            v.label.clone(),
+            human(v.size),
+            if v.content.is_empty() { "unknown".into() } else { v.content.clone() },
+        ]);
+    }
+    t.print();
+}
+
+/// `-rw-r--r--` and its kin: the kind's letter and the permission bits with set-id and sticky.
+pub fn mode_text(kind: char, mode: u32) -> String {
+    let bit = |mask: u32, c: char| if mode & mask != 0 { c } else { '-' };
+    let special = |x: u32, set: u32, lower: char, upper: char| match (mode & x != 0, mode & set != 0) {
+        (true, true) => lower,
+        (false, true) => upper,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    [
+        kind,
+        bit(0o400, 'r'),
+        bit(0o200, 'w'),
+        special(0o100, 0o4000, 's', 'S'),
+        bit(0o040, 'r'),
+        bit(0o020, 'w'),
+        special(0o010, 0o2000, 's', 'S'),
+        bit(0o004, 'r'),
+        bit(0o002, 'w'),
+        special(0o001, 0o1000, 't', 'T'),
+    ]
+    .iter()
+    .collect()
+}
+
+/// A name as a table shows it: control characters (a newline in a name) escaped.
+fn shown(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        format!("{name:?}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// One line of a directory listing, whatever kind of point it comes from.
+pub struct EntryLine<'a> {
+    /// `ls -l`'s letter for the kind (`-`, `d`, `l`, …) and the kind's name.
+    pub letter: char,
+    pub kind: &'a str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub name: &'a str,
+    pub target: Option<&'a str>,
+}
+
+/// One directory's entries, like `ls -l`.
+pub fn entries_table(rows: &[EntryLine]) {
+    let mut t = Table::new(&["MODE", "TYPE", "OWNER", "SIZE", "MODIFIED", "NAME"]);
+    for e in rows {
+        let when = chrono::DateTime::from_timestamp(e.mtime, e.mtime_nsec).map(local_time).unwrap_or_default();
+        let target = e.target.map(|t| format!(" -> {}", shown(t))).unwrap_or_default();
+        t.row(vec![
+            mode_text(e.letter, e.mode),
+            e.kind.to_string(),
+            format!("{}:{}", e.uid, e.gid),
+            e.size.to_string(),
+            when,
+            format!("{}{target}", shown(e.name)),
+        ]);
+    }
+    t.print();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_read_like_ls() {
+        assert_eq!(mode_text('-', 0o644), "-rw-r--r--");
+        assert_eq!(mode_text('d', 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_text('-', 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_text('-', 0o2640), "-rw-r-S---");
+    }
 
     #[test]
     fn durations_read_to_the_second_then_to_the_minute() {

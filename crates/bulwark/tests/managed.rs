@@ -113,6 +113,7 @@ fn join_run_tasks_and_restore_byte_identical() {
             overwrite: false,
             paths: Vec::new(),
             safe: true,
+            volume: 0,
         },
     };
     let r = c.rt.block_on(c.manager.run_restore(req));

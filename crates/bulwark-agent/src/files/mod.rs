@@ -14,4 +14,6 @@ mod meta;
 pub mod restore;
 
 pub use backup::{backup_files, FileBackupOptions, FileBackupReport};
-pub use restore::{list_tree, restore_files, FileRestoreOptions, FileRestoreReport};
+pub use restore::{
+    list_tree, restore_files, Fail, FileContent, FileRestoreOptions, FileRestoreReport, TreeWriter, WriteOptions,
+};

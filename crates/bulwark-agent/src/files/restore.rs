@@ -159,44 +159,68 @@ pub fn restore_files(
     let started = Instant::now();
     let sel = Selection::new(&opts.paths);
     check_selection(repo, m, &sel)?;
-    prepare_target(target, opts.overwrite)?;
-    let mut r = Restorer {
-        repo,
-        target,
-        sel,
-        overwrite: opts.overwrite,
-        safe: opts.safe,
-        policy: MetaPolicy { safe: opts.safe },
-        progress,
-        codec: repo.point_codec(m, Compression::None),
-        stored: Vec::new(),
-        block: Vec::new(),
-        open_dirs: Vec::new(),
-        failed_dirs: HashSet::new(),
-        report: FileRestoreReport {
-            point: m.id.to_string(),
-            name: m.name.clone(),
-            target: target.display().to_string(),
-            entries: 0,
-            files: 0,
-            written_bytes: 0,
-            duration_s: 0.0,
-            complete: true,
-            failed: Vec::new(),
-            failed_total: 0,
-            warnings: Vec::new(),
-        },
-    };
-    read_tree(repo, m, |e| {
+    let wopts = WriteOptions { overwrite: opts.overwrite, safe: opts.safe };
+    let mut w = TreeWriter::new(target, &wopts, m.id.to_string(), m.name.clone(), progress)?;
+    let mut chunks =
+        Chunks { repo, codec: repo.point_codec(m, Compression::None), stored: Vec::new(), block: Vec::new() };
+    read_tree(repo, m, |mut e| {
         if cancel.load(Ordering::Relaxed) {
             return Err(RepoError::Invalid { repo: repo.label(), reason: "cancelled".into() });
         }
-        r.entry(e)
+        if !sel.wants(&e.path) {
+            return Ok(());
+        }
+        // A hard link whose first path is not restored becomes a file of its own.
+        if e.kind == EntryKind::HardLink && !sel.covers(&e.target) {
+            e.kind = EntryKind::File;
+        }
+        w.entry(e, &mut chunks)
     })
     .map_err(|e| if cancel.load(Ordering::Relaxed) { AgentError::Cancelled } else { e.into() })?;
-    r.close_dirs(None);
-    r.report.duration_s = started.elapsed().as_secs_f64();
-    Ok(r.report)
+    let mut report = w.finish();
+    report.duration_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The content of a file-level point's files: its chunks, each checked against its digest.
+struct Chunks<'a> {
+    repo: &'a dyn BackupTarget,
+    codec: ChunkCodec,
+    stored: Vec<u8>,
+    block: Vec<u8>,
+}
+
+impl FileContent for Chunks<'_> {
+    type Fatal = RepoError;
+
+    fn write(
+        &mut self,
+        e: &TreeEntry,
+        f: &std::fs::File,
+        progress: Progress,
+    ) -> std::result::Result<u64, Fail<RepoError>> {
+        let mut written = 0;
+        // Holes stay holes: only extents with content are written.
+        for x in &e.extents {
+            let Some(id) = x.chunk else { continue };
+            match self.repo.read_chunk_into(&mut self.codec, &id, &mut self.stored, &mut self.block) {
+                Ok(()) if self.block.len() as u64 == x.length => {}
+                Ok(()) => {
+                    let reason = "content has the wrong length for its place".to_string();
+                    let err = RepoError::DamagedChunk { repo: self.repo.label(), id, reason };
+                    return Err(Fail::Entry(format!("content at offset {} is damaged: {err}", x.offset)));
+                }
+                Err(err @ (RepoError::DamagedChunk { .. } | RepoError::MissingChunk { .. })) => {
+                    return Err(Fail::Entry(format!("content at offset {} is damaged: {err}", x.offset)))
+                }
+                Err(err) => return Err(Fail::Fatal(err)),
+            }
+            f.write_all_at(&self.block, x.offset).map_err(|err| Fail::Entry(format!("write failed: {err}")))?;
+            written += x.length;
+            progress(x.length);
+        }
+        Ok(written)
+    }
 }
 
 /// Every requested path must be in the point before anything is written.
@@ -271,17 +295,38 @@ fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Why one entry was not restored.
-enum Fail {
-    /// Left out; the restore goes on.
+pub enum Fail<E> {
+    /// Left out, with the reason; the restore goes on.
     Entry(String),
-    /// The restore cannot go on (the repository is unreachable or unusable).
-    Fatal(RepoError),
+    /// The restore cannot go on (the source is unreachable or unusable).
+    Fatal(E),
 }
 
-impl From<String> for Fail {
+impl<E> From<String> for Fail<E> {
     fn from(reason: String) -> Self {
         Fail::Entry(reason)
     }
+}
+
+/// Where the bytes of the regular files a [`TreeWriter`] restores come from.
+pub trait FileContent {
+    /// What stops the whole restore (an unreachable repository).
+    type Fatal;
+    /// Writes the content of `e` into `f` (new, already `e.size` long: parts left unwritten read
+    /// as zeroes and stay holes), calling `progress` as it goes; returns the bytes written.
+    fn write(
+        &mut self,
+        e: &TreeEntry,
+        f: &std::fs::File,
+        progress: Progress,
+    ) -> std::result::Result<u64, Fail<Self::Fatal>>;
+}
+
+/// How a [`TreeWriter`] treats the target and the entries' metadata (see [`FileRestoreOptions`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    pub overwrite: bool,
+    pub safe: bool,
 }
 
 /// What happened to an entry that did not fail.
@@ -293,17 +338,16 @@ enum Done {
     Skipped,
 }
 
-struct Restorer<'a> {
-    repo: &'a dyn BackupTarget,
+/// Writes a tree of entries into a target directory, with the rules every file restore follows
+/// (see the module's comment): entries come parent first, depth first (as a point's tree
+/// streams); each is created only inside a directory this writer made; a regular file appears
+/// only once whole; a directory gets its metadata when the walk leaves it.
+pub struct TreeWriter<'a> {
     target: &'a Path,
-    sel: Selection,
     overwrite: bool,
     safe: bool,
     policy: MetaPolicy,
     progress: Progress<'a>,
-    codec: ChunkCodec,
-    stored: Vec<u8>,
-    block: Vec<u8>,
     /// Directories this restore made (or found as real directories, with `overwrite`): the
     /// only places an entry may be created. Their metadata is applied when the walk leaves them.
     open_dirs: Vec<(PathBuf, TreeEntry)>,
@@ -312,15 +356,67 @@ struct Restorer<'a> {
     report: FileRestoreReport,
 }
 
-impl Restorer<'_> {
-    fn entry(&mut self, e: TreeEntry) -> bulwark_repo::Result<()> {
-        if !self.sel.wants(&e.path) {
-            return Ok(());
-        }
+impl<'a> TreeWriter<'a> {
+    /// Checks the target (created if absent; an existing one must be an empty directory, or
+    /// any directory with `overwrite`). The report names the point `point` (`name`).
+    pub fn new(
+        target: &'a Path,
+        opts: &WriteOptions,
+        point: String,
+        name: String,
+        progress: Progress<'a>,
+    ) -> Result<TreeWriter<'a>> {
+        prepare_target(target, opts.overwrite)?;
+        Ok(TreeWriter {
+            target,
+            overwrite: opts.overwrite,
+            safe: opts.safe,
+            policy: MetaPolicy { safe: opts.safe },
+            progress,
+            open_dirs: Vec::new(),
+            failed_dirs: HashSet::new(),
+            report: FileRestoreReport {
+                point,
+                name,
+                target: target.display().to_string(),
+                entries: 0,
+                files: 0,
+                written_bytes: 0,
+                duration_s: 0.0,
+                complete: true,
+                failed: Vec::new(),
+                failed_total: 0,
+                warnings: Vec::new(),
+            },
+        })
+    }
+
+    /// Applies the metadata of the directories still open and returns the report.
+    pub fn finish(mut self) -> FileRestoreReport {
+        self.close_dirs(None);
+        self.report
+    }
+
+    /// Notes something about the restore that is not a failure (an entry skipped on purpose).
+    pub fn warn(&mut self, w: String) {
+        self.report.warn(w);
+    }
+
+    /// Notes an entry (at `path`, relative to the target) that could not be restored, or a
+    /// directory whose entries could not all be read.
+    pub fn fail(&mut self, path: &[u8], reason: String) {
+        self.report.fail(path, reason);
+    }
+
+    /// Restores one entry: a hard link links to its `target`, a path this writer restored
+    /// before (a hard link whose first path is not restored must come as a file of its own).
+    /// An entry that cannot be restored is noted in the report; only a fatal error of `content`
+    /// is returned.
+    pub fn entry<C: FileContent>(&mut self, e: TreeEntry, content: &mut C) -> std::result::Result<(), C::Fatal> {
         self.close_dirs(Some(&e.path));
         let placed = self.check_place(&e).map(|()| self.dest(&e.path));
         let outcome = match placed {
-            Ok(dest) => self.restore(&e, &dest).map(|done| (dest, done)),
+            Ok(dest) => self.restore(&e, &dest, content).map(|done| (dest, done)),
             Err(reason) => Err(Fail::Entry(reason)),
         };
         match outcome {
@@ -411,12 +507,16 @@ impl Restorer<'_> {
         ))
     }
 
-    fn restore(&mut self, e: &TreeEntry, dest: &Path) -> std::result::Result<Done, Fail> {
+    fn restore<C: FileContent>(
+        &mut self,
+        e: &TreeEntry,
+        dest: &Path,
+        content: &mut C,
+    ) -> std::result::Result<Done, Fail<C::Fatal>> {
         let io = |what: &str, err: std::io::Error| Fail::Entry(format!("{what}: {err}"));
         // A regular file replaces what is there only once it is whole (in `write_file`);
         // anything else is created in place.
-        let links = e.kind == EntryKind::HardLink && self.sel.covers(&e.target);
-        let writes_file = e.kind == EntryKind::File || (e.kind == EntryKind::HardLink && !links);
+        let writes_file = e.kind == EntryKind::File;
         let node = matches!(e.kind, EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo);
         if node && self.safe {
             self.report.warn(format!("{}: {} skipped (safe restore)", dest.display(), kind_name(e.kind)));
@@ -440,14 +540,13 @@ impl Restorer<'_> {
                 }
                 Ok(Done::Restored)
             }
-            EntryKind::HardLink if links => {
+            EntryKind::HardLink => {
                 link_beneath(self.target, &e.target, dest)?;
                 self.report.files += 1;
                 Ok(Done::Linked)
             }
-            // Restored as a file of its own (its first link was not selected): metadata too.
-            EntryKind::File | EntryKind::HardLink => {
-                self.write_file(e, dest)?;
+            EntryKind::File => {
+                self.write_file(e, dest, content)?;
                 self.report.files += 1;
                 Ok(Done::Restored)
             }
@@ -473,30 +572,17 @@ impl Restorer<'_> {
     /// Writes a regular file under a short temporary name in its directory and moves it into
     /// place only when whole. (A name built from the file's own would be too long for a file
     /// whose name already has the 255 bytes Linux allows.)
-    fn write_file(&mut self, e: &TreeEntry, dest: &Path) -> std::result::Result<(), Fail> {
+    fn write_file<C: FileContent>(
+        &mut self,
+        e: &TreeEntry,
+        dest: &Path,
+        content: &mut C,
+    ) -> std::result::Result<(), Fail<C::Fatal>> {
         let io = |what: &str, err: std::io::Error| Fail::Entry(format!("{what}: {err}"));
         let dir = dest.parent().expect("an entry below the target has a parent");
         let (f, staged) = create_staged(dir).map_err(|err| io("cannot create a temporary file", err))?;
-        // Holes stay holes: only extents with content are written.
         f.set_len(e.size).map_err(|err| io("cannot size", err))?;
-        for x in &e.extents {
-            let Some(id) = x.chunk else { continue };
-            match self.repo.read_chunk_into(&mut self.codec, &id, &mut self.stored, &mut self.block) {
-                Ok(()) if self.block.len() as u64 == x.length => {}
-                Ok(()) => {
-                    let reason = "content has the wrong length for its place".to_string();
-                    let err = RepoError::DamagedChunk { repo: self.repo.label(), id, reason };
-                    return Err(Fail::Entry(format!("content at offset {} is damaged: {err}", x.offset)));
-                }
-                Err(err @ (RepoError::DamagedChunk { .. } | RepoError::MissingChunk { .. })) => {
-                    return Err(Fail::Entry(format!("content at offset {} is damaged: {err}", x.offset)))
-                }
-                Err(err) => return Err(Fail::Fatal(err)),
-            }
-            f.write_all_at(&self.block, x.offset).map_err(|err| io("write failed", err))?;
-            self.report.written_bytes += x.length;
-            (self.progress)(x.length);
-        }
+        self.report.written_bytes += content.write(e, &f, self.progress)?;
         drop(f);
         if std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
             replace(dest).map_err(|err| io("cannot replace the directory there", err))?;
