@@ -1,5 +1,5 @@
-//! Restore points as network block devices: an NBD server (fixed-newstyle handshake, simple
-//! replies) over any [`bulwark_repo::Image`].
+//! Restore points as network block devices: an NBD server (fixed-newstyle handshake; simple
+//! replies, or structured ones for clients that ask) over any [`bulwark_repo::Image`].
 //!
 //! What it is for: booting a VM straight from a backup, attaching a point to a host as a disk
 //! (`nbd-client`, `qemu-nbd`, `nbdfuse`), or handing it to a tool that reads NBD (`qemu-img

@@ -1,5 +1,5 @@
-//! The NBD protocol's numbers (the fixed-newstyle handshake and simple replies), as the
-//! protocol document names them.
+//! The NBD protocol's numbers (the fixed-newstyle handshake, simple and structured replies),
+//! as the protocol document names them.
 
 /// "NBDMAGIC": the first eight bytes a server sends.
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;

@@ -399,3 +399,23 @@ fn structured_replies_carry_data_and_errors() {
     let (_, kind, handle, payload) = chunk(&mut c);
     assert_eq!((kind, handle, u32::from_be_bytes(payload[0..4].try_into().unwrap())), (REPLY_TYPE_ERROR, 44, EINVAL));
 }
+
+/// Many clients at once, each reading its own ranges: every one gets its own bytes.
+#[test]
+fn many_clients_at_once() {
+    let srv = Running::start();
+    std::thread::scope(|s| {
+        for t in 0..48u64 {
+            let srv = &srv;
+            s.spawn(move || {
+                let mut c = Client::attach(srv.addr, if t % 2 == 0 { "ro" } else { "rw" });
+                for i in 0..20u64 {
+                    let off = (t * 65_537 + i * 131_071) % (SIZE as u64 - 40_000);
+                    let len = 1 + ((t * 7 + i * 13) % 40_000) as u32;
+                    let got = c.read(off, len).unwrap();
+                    assert!(got == srv.data[off as usize..off as usize + len as usize], "client {t}, read {i}");
+                }
+            });
+        }
+    });
+}

@@ -9,10 +9,11 @@
 //! block), the cache has a fixed budget.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::chunk::{ChunkCodec, ChunkId};
 use crate::index::{BlockIndexReader, BlockRef, IndexHeader};
@@ -74,6 +75,8 @@ pub struct PointImage {
     /// The authenticated index entries, 32 bytes per block (see the module's comment).
     entries: File,
     cache: Mutex<BlockCache>,
+    /// Signalled whenever a block finishes loading (see [`PointImage::block`]).
+    loaded: Condvar,
     what: String,
 }
 
@@ -110,7 +113,14 @@ impl PointImage {
         w.flush().map_err(|e| io_err("writing the index scratch file", e))?;
         drop(w);
         let slots = (cache_bytes / header.block_size.bytes() as usize).max(2);
-        Ok(PointImage { fetch, header, entries, cache: Mutex::new(BlockCache::new(slots)), what })
+        Ok(PointImage {
+            fetch,
+            header,
+            entries,
+            cache: Mutex::new(BlockCache::new(slots)),
+            loaded: Condvar::new(),
+            what,
+        })
     }
 
     pub fn header(&self) -> IndexHeader {
@@ -124,6 +134,10 @@ impl PointImage {
     }
 
     /// Block `block`, decoded; `None` for a zero block.
+    ///
+    /// Readers of one block at once decode it once: clients split their reads finer than a
+    /// block (an NBD client asks for 256 KiB, a block is 1 MiB), so without this every block
+    /// read sequentially by parallel requests would be fetched and decoded several times over.
     fn block(&self, block: u64) -> io::Result<Option<Arc<Vec<u8>>>> {
         if let Some(b) = self.cache.lock().expect("no panics while held").get(block) {
             return Ok(Some(b));
@@ -132,6 +146,20 @@ impl PointImage {
             BlockRef::Zero => return Ok(None),
             BlockRef::Chunk(id) => id,
         };
+        let mut cache = self.cache.lock().expect("no panics while held");
+        loop {
+            if let Some(b) = cache.get(block) {
+                return Ok(Some(b));
+            }
+            if cache.loading.insert(block) {
+                break;
+            }
+            // Another reader is loading it: wait, then look again (a failed load leaves it to
+            // the next reader, who tries, and fails, for itself).
+            cache = self.loaded.wait(cache).expect("no panics while held");
+        }
+        drop(cache);
+        let loading = Loading { image: self, block };
         let (mut stored, mut data) = (Vec::new(), Vec::new());
         self.fetch.fetch(&id, &mut stored, &mut data).map_err(|e| {
             io::Error::other(format!("{} block {block} (offset {}): {e}", self.what, block * self.bs()))
@@ -146,6 +174,7 @@ impl PointImage {
         }
         let data = Arc::new(data);
         self.cache.lock().expect("no panics while held").put(block, data.clone());
+        drop(loading);
         Ok(Some(data))
     }
 
@@ -234,16 +263,34 @@ impl<I: Image + ?Sized> Image for Slice<I> {
     }
 }
 
+/// A block being loaded by one reader; when it is done (or failed), readers waiting for it look
+/// again.
+struct Loading<'a> {
+    image: &'a PointImage,
+    block: u64,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        let mut cache = self.image.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.loading.remove(&self.block);
+        drop(cache);
+        self.image.loaded.notify_all();
+    }
+}
+
 /// The most recently used decoded blocks. Small (tens of entries), so eviction scans.
 struct BlockCache {
     slots: usize,
     tick: u64,
     blocks: HashMap<u64, (Arc<Vec<u8>>, u64)>,
+    /// Blocks a reader is fetching and decoding now.
+    loading: HashSet<u64>,
 }
 
 impl BlockCache {
     fn new(slots: usize) -> Self {
-        BlockCache { slots, tick: 0, blocks: HashMap::with_capacity(slots) }
+        BlockCache { slots, tick: 0, blocks: HashMap::with_capacity(slots), loading: HashSet::new() }
     }
 
     fn get(&mut self, block: u64) -> Option<Arc<Vec<u8>>> {
@@ -281,18 +328,11 @@ mod tests {
         assert!(c.get(1).is_some() && c.get(3).is_some());
     }
 
-    /// A point of 4 KiB blocks (one short, one zero, one repeated) read back at every kind of
-    /// offset: inside a block, across blocks, through the zero block, up to the last byte.
-    #[test]
-    fn reads_at_any_offset_match_the_volume() {
+    /// A repository holding one volume point of `volume`, in blocks of `bs` bytes.
+    fn point_of(volume: &[u8], bs: usize) -> (tempfile::TempDir, Repository, Manifest) {
         use crate::{BlockSize, Compression, InitOptions, PointSpec, PointStats};
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
-        let bs = 4096usize;
-        let mut volume: Vec<u8> = (0..5 * bs + 1000).map(|i| (i * 7 % 251) as u8).collect();
-        volume[2 * bs..3 * bs].fill(0);
-        let b1 = volume[bs..2 * bs].to_vec();
-        volume[4 * bs..5 * bs].copy_from_slice(&b1);
         let spec = PointSpec {
             kind: PointKind::Volume,
             name: "vol".into(),
@@ -317,6 +357,19 @@ mod tests {
             w.push_block(&BlockRef::Chunk(id)).unwrap();
         }
         let m = w.commit(PointStats::default()).unwrap();
+        (dir, repo, m)
+    }
+
+    /// A point of 4 KiB blocks (one short, one zero, one repeated) read back at every kind of
+    /// offset: inside a block, across blocks, through the zero block, up to the last byte.
+    #[test]
+    fn reads_at_any_offset_match_the_volume() {
+        let bs = 4096usize;
+        let mut volume: Vec<u8> = (0..5 * bs + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        volume[2 * bs..3 * bs].fill(0);
+        let b1 = volume[bs..2 * bs].to_vec();
+        volume[4 * bs..5 * bs].copy_from_slice(&b1);
+        let (_dir, repo, m) = point_of(&volume, bs);
         let img = PointImage::open(&repo, &m).unwrap();
         assert_eq!(img.size(), volume.len() as u64);
         for (off, len) in [(0, 10), (bs - 3, 7), (bs * 2 - 1, bs + 2), (0, volume.len()), (volume.len() - 1, 1)] {
@@ -328,6 +381,49 @@ mod tests {
         assert!(!img.is_zero(2 * bs as u64, bs as u64 + 1).unwrap());
         let mut past = vec![0; 2];
         assert_eq!(img.read_at(&mut past, volume.len() as u64 - 1).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Chunks fetched from a repository, counted.
+    struct Counting {
+        inner: RepoChunks,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ChunkFetch for Counting {
+        fn label(&self) -> String {
+            self.inner.label()
+        }
+        fn fetch(&self, id: &ChunkId, stored: &mut Vec<u8>, block: &mut Vec<u8>) -> Result<()> {
+            self.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.fetch(id, stored, block)
+        }
+    }
+
+    /// Many readers of one block at once: one of them fetches and decodes it, the others get
+    /// its result.
+    #[test]
+    fn concurrent_readers_of_a_block_decode_it_once() {
+        let bs = 256 << 10;
+        let volume: Vec<u8> = (0..2 * bs).map(|i| (i * 13 % 241) as u8).collect();
+        let (_dir, repo, m) = point_of(&volume, bs);
+        let inner = RepoChunks { repo: repo.clone(), compression: m.compression, codecs: Mutex::new(Vec::new()) };
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = Box::new(Counting { inner, fetches: fetches.clone() });
+        let img = PointImage::new(counting, repo.open_index(&m).unwrap(), "t".into(), 1 << 20).unwrap();
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (img, start, volume) = (&img, &start, &volume);
+                s.spawn(move || {
+                    start.wait();
+                    let off = bs + t * 1000;
+                    let mut buf = vec![0u8; 4096];
+                    img.read_at(&mut buf, off as u64).unwrap();
+                    assert_eq!(buf, volume[off..off + 4096]);
+                });
+            }
+        });
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

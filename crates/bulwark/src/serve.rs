@@ -155,7 +155,10 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
                 if a.writable { "read-write (writes kept in an overlay, discarded at stop)" } else { "read-only" }
             );
             println!("  boot it  {qemu}");
-            println!("  attach   nbdfuse DIR {url}   (or qemu-nbd --connect=/dev/nbd0 {url})");
+            println!(
+                "  attach   nbdfuse DIR {url}   (or: qemu-nbd{} -f raw --connect=/dev/nbd0 {url})",
+                if a.writable { "" } else { " -r" }
+            );
             println!("stop with Ctrl-C (SIGINT) or SIGTERM");
         }
         tracing::info!("serving {} as NBD export {name:?} on {bound}", m.id);
