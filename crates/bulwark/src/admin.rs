@@ -372,14 +372,18 @@ pub enum PointCmd {
     },
     /// The volumes of a volume point: the whole image (0) and, for a disk, its partitions,
     /// with the filesystem each holds. Read on the transport node holding the point.
-    Volumes { id: String },
+    Volumes {
+        /// The point's id, as `bulwark point list` shows it.
+        id: String,
+    },
     /// One directory of a point: of the filesystem on a volume point's volume (ext2/3/4), or of
     /// a file-level point's tree. Read a page at a time; never the whole tree.
     Files {
+        /// The point's id, as `bulwark point list` shows it.
         id: String,
         /// The directory (default /).
         path: Option<String>,
-        /// The volume (see `bulwark point volumes`).
+        /// The volume (0: the whole image; N: partition N of a disk; see `bulwark point volumes`).
         #[arg(long, default_value_t = 0)]
         volume: u32,
         /// At most this many entries (default: all, fetched 1000 at a time).
@@ -392,7 +396,9 @@ pub enum PointCmd {
     /// (`nbdcopy URL disk.img`), or attach it with `nbdfuse`. NBD has no passwords: the URL's
     /// random name (and --allowed-ip) keep others out; keep the URL to yourself.
     Publish {
+        /// The point's id, as `bulwark point list` shows it.
         id: String,
+        /// The volume (0: the whole image; N: partition N of a disk; see `bulwark point volumes`).
         #[arg(long, default_value_t = 0)]
         volume: u32,
         /// Accept writes (into a scratch overlay on the transport node, lost when the export
@@ -417,9 +423,11 @@ pub enum PointCmd {
     /// Copy one file out of a point (to a file, or to standard output with `--to -`); with
     /// `--tar`, a directory and everything under it as a tar archive.
     Download {
+        /// The point's id, as `bulwark point list` shows it.
         id: String,
         /// The file (or, with --tar, the directory) inside the point.
         path: String,
+        /// The volume (0: the whole image; N: partition N of a disk; see `bulwark point volumes`).
         #[arg(long, default_value_t = 0)]
         volume: u32,
         /// Write a tar archive of PATH and everything under it.
