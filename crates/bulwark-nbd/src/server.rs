@@ -56,6 +56,12 @@ pub struct Options {
     pub in_flight_bytes: u32,
     /// Time a client has to finish the handshake.
     pub handshake_timeout: Duration,
+    /// The export names are what lets a client in (a point published for whoever holds its
+    /// URL): `NBD_OPT_LIST` is refused, and a wrong name is refused without naming the served
+    /// ones.
+    pub secret_names: bool,
+    /// Only clients from these addresses are served; others are dropped at once.
+    pub allowed_peers: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Default for Options {
@@ -68,6 +74,8 @@ impl Default for Options {
             io_parallelism: (cores * 8).max(16),
             in_flight_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(30),
+            secret_names: false,
+            allowed_peers: None,
         }
     }
 }
@@ -177,6 +185,10 @@ impl Server {
                 },
             };
             while connections.try_join_next().is_some() {}
+            if self.inner.opts.allowed_peers.as_ref().is_some_and(|a| !a.contains(&peer.ip())) {
+                tracing::warn!("nbd: client {peer} is not among the allowed addresses; connection dropped");
+                continue;
+            }
             let inner = self.inner.clone();
             connections.spawn(async move {
                 let _slot = slot;
@@ -289,6 +301,9 @@ where
                 send_reply(wr, option, REP_ACK, &[]).await?;
                 return Ok(None);
             }
+            OPT_LIST if inner.opts.secret_names => {
+                send_reply(wr, option, REP_ERR_POLICY, b"the exports of this server are not listed").await?;
+            }
             OPT_LIST => {
                 if !data.is_empty() {
                     send_reply(wr, option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data").await?;
@@ -309,7 +324,11 @@ where
                     continue;
                 };
                 let Some(export) = find(inner, &name) else {
-                    let msg = format!("export {name:?} is not served here (served: {})", names(inner));
+                    let msg = if inner.opts.secret_names {
+                        format!("export {name:?} is not served here")
+                    } else {
+                        format!("export {name:?} is not served here (served: {})", names(inner))
+                    };
                     send_reply(wr, option, REP_ERR_UNKNOWN, msg.as_bytes()).await?;
                     continue;
                 };

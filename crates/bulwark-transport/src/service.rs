@@ -51,6 +51,8 @@ pub struct TransportService {
     revoked: Revocations,
     movers: Mutex<HashMap<String, Mover>>,
     views: Arc<PointViews>,
+    /// Published points (instant recovery) by export id: dropping the sender ends the export.
+    exports: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -61,7 +63,13 @@ fn random_hex<const N: usize>() -> String {
 
 impl TransportService {
     pub fn new(cfg: TransportConfig, revoked: Revocations) -> Self {
-        TransportService { cfg, revoked, movers: Mutex::new(HashMap::new()), views: Arc::default() }
+        TransportService {
+            cfg,
+            revoked,
+            movers: Mutex::new(HashMap::new()),
+            views: Arc::default(),
+            exports: Arc::default(),
+        }
     }
 
     pub fn into_server(self) -> TransportServer<Self> {
@@ -514,12 +522,88 @@ impl Transport for TransportService {
 
     async fn publish_point(&self, req: Request<PublishRequest>) -> Result<Response<Published>, Status> {
         tls::require_peer(&req, &[Role::Server], "publish a point")?;
-        Err(Status::unimplemented("publishing points over NBD is not built into this node yet"))
+        let r = req.into_inner();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let lifetime = Duration::from_secs(r.expires_unix.saturating_sub(now));
+        if lifetime.is_zero() {
+            return Err(Status::invalid_argument("the export would end before it starts"));
+        }
+        let allowed_peers = match r.allowed_ip.as_str() {
+            "" => None,
+            ip => Some(vec![ip
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| Status::invalid_argument(format!("{ip:?} is not an IP address")))?]),
+        };
+        let (view, volume) = self.view(r.point).await?;
+        let browse::View::Volume { image, manifest, .. } = view.as_ref() else {
+            return Err(Status::invalid_argument(format!(
+                "point {} is a file-level point: only volume points are served as disks",
+                view.manifest().id
+            )));
+        };
+        let image = image.clone();
+        let image = tokio::task::spawn_blocking(move || bulwark_repo::volumes::open_volume(&image, volume))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        // The random part of the name is what lets a client in: NBD has no passwords, and the
+        // server neither lists its exports nor names them to a client that asks wrongly.
+        let (id, name) = (random_hex::<8>(), format!("{}-{}", manifest.id, random_hex::<16>()));
+        let scratch = self.cfg.data_dir.join("exports");
+        std::fs::create_dir_all(&scratch).map_err(|e| Status::internal(format!("{}: {e}", scratch.display())))?;
+        let size = image.size();
+        let export = bulwark_nbd::Export {
+            name: name.clone(),
+            description: format!("{} volume {volume}", image.describe()),
+            image,
+            writable: r.writable,
+        };
+        let opts =
+            bulwark_nbd::Options { scratch_dir: scratch, secret_names: true, allowed_peers, ..Default::default() };
+        let server = bulwark_nbd::Server::new(vec![export], opts).map_err(|e| Status::internal(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind((self.cfg.bind_host.as_str(), 0))
+            .await
+            .map_err(|e| Status::internal(format!("listening for the export: {e}")))?;
+        let port = listener.local_addr().map_err(|e| Status::internal(e.to_string()))?.port();
+        let host = &self.cfg.advertise_host;
+        let url = if host.contains(':') {
+            format!("nbd://[{host}]:{port}/{name}")
+        } else {
+            format!("nbd://{host}:{port}/{name}")
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        self.exports.lock().expect("lock").insert(id.clone(), stop_tx);
+        let (exports, export_id, point) = (self.exports.clone(), id.clone(), manifest.id.to_string());
+        info!("point {point} volume {volume} published as export {id} on port {port} for {} s", lifetime.as_secs());
+        tokio::spawn(async move {
+            // Ends when unpublished (the sender dropped or used) or when its time is up.
+            let stop = async {
+                tokio::select! {
+                    _ = stop_rx => {}
+                    () = tokio::time::sleep(lifetime) => {}
+                }
+            };
+            if let Err(e) = server.serve(listener, stop).await {
+                warn!("export {export_id} of point {point}: {e}");
+            }
+            exports.lock().expect("lock").remove(&export_id);
+            info!("export {export_id} of point {point} ended ({} bytes read)", server.bytes_read());
+        });
+        Ok(Response::new(Published { export_id: id, url, size }))
     }
 
     async fn unpublish_point(&self, req: Request<UnpublishRequest>) -> Result<Response<Empty>, Status> {
         tls::require_peer(&req, &[Role::Server], "unpublish a point")?;
-        Err(Status::unimplemented("publishing points over NBD is not built into this node yet"))
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let stop = self.exports.lock().expect("lock").remove(&r.export_id);
+        match stop {
+            Some(stop) => {
+                let _ = stop.send(());
+                Ok(Response::new(Empty {}))
+            }
+            None => Err(Status::not_found(format!("export {} is not served by this node", r.export_id))),
+        }
     }
 }
 

@@ -211,4 +211,37 @@ fn a_volume_points_files_are_browsed_downloaded_and_restored_onto_a_computer() {
         .unwrap_err();
     assert!(e.contains("/nope"), "{e}");
     assert!(!site.dir.path().join("nothing").join("nope").exists());
+
+    // Instant recovery: the transport node serves the point over NBD; qemu reads the image.
+    let export = cli(s, &["point", "publish", &point, "--hours", "1"]).unwrap();
+    let url = export["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("nbd://") && url.contains(&point), "{export:#}");
+    let compare = |url: &str| {
+        std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw", url, image.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = compare(&url);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let listed = cli(s, &["point", "exports"]).unwrap();
+    assert_eq!(listed[0]["url"].as_str(), Some(url.as_str()), "{listed:#}");
+    // The name is the key: not listed to clients, a wrong one not answered with the right one.
+    let host = url.trim_start_matches("nbd://").split('/').next().unwrap().to_string();
+    let list = std::process::Command::new("nbdinfo").arg("--list").arg(format!("nbd://{host}")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&list.stdout), String::from_utf8_lossy(&list.stderr));
+    assert!(!text.contains(&point), "the export list gives the name away: {text}");
+    let wrong = std::process::Command::new("nbdinfo").arg(format!("nbd://{host}/{point}")).output().unwrap();
+    assert!(!wrong.status.success());
+    assert!(!String::from_utf8_lossy(&wrong.stderr).contains(url.rsplit('/').next().unwrap()));
+    // An export for another address drops this one.
+    let other = cli(s, &["point", "publish", &point, "--allowed-ip", "192.0.2.7"]).unwrap();
+    assert!(!compare(other["url"].as_str().unwrap()).status.success(), "a client from another address was served");
+    for e in [&export, &other] {
+        cli(s, &["point", "unpublish", e["id"].as_str().unwrap()]).unwrap();
+    }
+    assert!(!compare(&url).status.success(), "the export still answers after unpublish");
+    assert_eq!(cli(s, &["point", "exports"]).unwrap(), serde_json::json!([]));
+    let e = cli(s, &["point", "unpublish", export["id"].as_str().unwrap()]).unwrap_err();
+    assert!(e.contains("no export"), "{e}");
 }
