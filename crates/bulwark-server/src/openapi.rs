@@ -192,9 +192,9 @@ mod tests {
     }
 
     /// A schema that says something: a reference, a type, or a composition.
-    /// Whether an answer's content has a schema: JSON, or bytes (a file's content).
+    /// Whether an answer's content has a schema: JSON, or bytes (a file's content, an archive).
     fn has_schema(content: &Value) -> bool {
-        ["application/json", "application/octet-stream"].iter().any(|t| {
+        ["application/json", "application/octet-stream", "application/x-tar"].iter().any(|t| {
             let schema = &content[*t]["schema"];
             ["$ref", "type", "allOf", "oneOf", "anyOf"].iter().any(|k| !schema[k].is_null())
         })
