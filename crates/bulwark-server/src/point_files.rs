@@ -38,6 +38,20 @@ pub struct VolumeRow {
     pub content: String,
 }
 
+impl From<bulwark_repo::volumes::Volume> for VolumeRow {
+    fn from(v: bulwark_repo::volumes::Volume) -> Self {
+        VolumeRow {
+            number: v.number,
+            start: v.start,
+            size: v.size,
+            table: v.table,
+            partition_type: v.partition_type,
+            label: v.label,
+            content: v.content,
+        }
+    }
+}
+
 /// One entry of a directory inside a point.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileRow {

@@ -938,19 +938,7 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             if o.json {
                 crate::ui::print_json(&volumes);
             } else {
-                let vols: Vec<bulwark_repo::volumes::Volume> = volumes
-                    .into_iter()
-                    .map(|v| bulwark_repo::volumes::Volume {
-                        number: v.number,
-                        start: v.start,
-                        size: v.size,
-                        table: v.table,
-                        partition_type: v.partition_type,
-                        label: v.label,
-                        content: v.content,
-                    })
-                    .collect();
-                crate::ui::volumes_table(&vols);
+                crate::ui::volumes_table(&volumes);
             }
         }
         PointCmd::Files { id, path, volume, limit } => {

@@ -103,7 +103,7 @@ pub fn ls(
         if json {
             ui::print_json(&vols);
         } else {
-            ui::volumes_table(&vols);
+            ui::volumes_table(&vols.iter().cloned().map(Into::into).collect::<Vec<_>>());
             println!(
                 "point {} is a disk with {} volumes holding files: choose one with --volume N to list its files",
                 m.id,

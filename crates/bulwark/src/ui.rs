@@ -533,7 +533,7 @@ pub fn ls_table(rows: &[LsRow]) {
 }
 
 /// A point's volumes, as `bulwark ls` of a disk and `bulwark point volumes` show them.
-pub fn volumes_table(vols: &[bulwark_repo::volumes::Volume]) {
+pub fn volumes_table(vols: &[bulwark_server::point_files::VolumeRow]) {
     let mut t = Table::new(&["VOLUME", "TABLE", "TYPE", "LABEL", "SIZE", "CONTENT"]);
     for v in vols {
         t.row(vec![

@@ -9,33 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::server::{admin_token, cli, start_node, start_server, Http, Server};
-use cluster::{wait_for, Daemon};
+use cluster::server::{admin_token, cli, Http, Site};
+use cluster::wait_for;
 use serde_json::Value;
 
-/// A server with a transport node (`store`, serving `DIR/repos`), an agent (`pc-1`) and a
-/// repository `main`.
-struct Site {
-    dir: tempfile::TempDir,
-    server: Server,
-    _nodes: Vec<Daemon>,
-}
-
 impl Site {
-    fn new() -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let server = start_server(&dir.path().join("server"), None);
-        let repos = dir.path().join("repos");
-        std::fs::create_dir_all(&repos).unwrap();
-        let transport =
-            start_node(&server, "transport", "store", dir.path(), &["--root", repos.to_str().unwrap()], None);
-        let agent = start_node(&server, "agent", "pc-1", dir.path(), &[], None);
-        let repo = repos.join("main");
-        cli(&server, &["repository", "create", "main", "--transport", "store", "--path", repo.to_str().unwrap()])
-            .unwrap();
-        Site { dir, server, _nodes: vec![transport, agent] }
-    }
-
     fn repos(&self) -> PathBuf {
         self.dir.path().join("repos")
     }

@@ -6,31 +6,10 @@ mod cluster;
 
 use std::path::Path;
 
-use cluster::server::{admin_token, cli, start_node, start_server, Http, Server};
-use cluster::Daemon;
+use cluster::server::{admin_token, cli, Http, Site};
 use serde_json::Value;
 
-struct Site {
-    dir: tempfile::TempDir,
-    server: Server,
-    _nodes: Vec<Daemon>,
-}
-
 impl Site {
-    fn new() -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        let server = start_server(&dir.path().join("server"), None);
-        let repos = dir.path().join("repos");
-        std::fs::create_dir_all(&repos).unwrap();
-        let transport =
-            start_node(&server, "transport", "store", dir.path(), &["--root", repos.to_str().unwrap()], None);
-        let agent = start_node(&server, "agent", "pc-1", dir.path(), &[], None);
-        let repo = repos.join("main");
-        cli(&server, &["repository", "create", "main", "--transport", "store", "--path", repo.to_str().unwrap()])
-            .unwrap();
-        Site { dir, server, _nodes: vec![transport, agent] }
-    }
-
     fn client(&self, token: &str) -> bulwark_client::Client {
         let ca = self.server.dir.join("ca.pem");
         bulwark_client::Client::connect(&format!("https://{}", self.server.address), token, Some(&ca)).unwrap()

@@ -218,3 +218,27 @@ impl Drop for PostgresDb {
         self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
     }
 }
+
+/// A server with a transport node (`store`, serving `DIR/repos`), an agent (`pc-1`) and a
+/// repository `main`: what an operator has after the quick start.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+    pub nodes: Vec<super::Daemon>,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_server(&dir.path().join("server"), None);
+        let repos = dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        let transport =
+            start_node(&server, "transport", "store", dir.path(), &["--root", repos.to_str().unwrap()], None);
+        let agent = start_node(&server, "agent", "pc-1", dir.path(), &[], None);
+        let repo = repos.join("main");
+        cli(&server, &["repository", "create", "main", "--transport", "store", "--path", repo.to_str().unwrap()])
+            .unwrap();
+        Site { dir, server, nodes: vec![transport, agent] }
+    }
+}
