@@ -305,6 +305,13 @@ fn run_restore(
             volume: spec.volume,
         };
         let fail = |e: AgentError| (format!("{}: {e}", to.display()), e.failure());
+        if settings.volume != 0 && (m.kind != bulwark_repo::PointKind::Volume || settings.paths.is_empty()) {
+            return Err(permanent(format!(
+                "volume {} was chosen, but a volume is chosen only to restore files out of a volume point \
+                 (with paths); {} is restored whole",
+                settings.volume, m.id
+            )));
+        }
         let done = if m.kind == bulwark_repo::PointKind::Volume && !settings.paths.is_empty() {
             let files = volume_files.as_ref().ok_or_else(|| {
                 permanent("this agent cannot restore files out of volume points; restore the volume whole".into())

@@ -210,7 +210,7 @@ impl Backend for State {
             let md = de.metadata().map_err(|e| self.err(child.as_ref(), e))?;
             entries.push(self.entry(name, child.as_ref(), &md, false)?);
         }
-        let next = if more { entries.last().map(|e| e.name.clone()) } else { None };
+        let next = if more { entries.last().map(|e| bulwark_repo::browse::encode_cursor(&e.raw_name)) } else { None };
         Ok(Page { entries, next })
     }
 

@@ -271,12 +271,12 @@ impl Browser {
     }
 
     /// One page of the directory at `path` (symlinks on the way are followed inside the
-    /// filesystem), sorted by name: at most `limit` entries after `cursor` (the last name of the
+    /// filesystem), sorted by name: at most `limit` entries after `cursor` (the `next` of the
     /// previous page). Only this directory is read, and only the entries of the page are
     /// looked at.
     pub fn list(&self, path: &str, cursor: Option<&str>, limit: usize) -> Result<Page> {
         let p = self.path(path)?;
-        let cursor = cursor.map(|c| c.as_bytes().to_vec());
+        let cursor = cursor.map(bulwark_repo::browse::decode_cursor);
         let shown = path.to_string();
         self.worker.call(move |st| st.list(&p, &shown, cursor, limit.max(1)))
     }

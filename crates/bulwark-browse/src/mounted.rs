@@ -337,7 +337,7 @@ impl Backend for Mounted {
                 Err(e) => return Err(e),
             }
         }
-        let next = if more { entries.last().map(|e| e.name.clone()) } else { None };
+        let next = if more { entries.last().map(|e| bulwark_repo::browse::encode_cursor(&e.raw_name)) } else { None };
         Ok(Page { entries, next })
     }
 

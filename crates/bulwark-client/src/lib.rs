@@ -178,7 +178,7 @@ impl Client {
 
     /// A point's volumes (the whole image, then a disk's partitions).
     pub fn volumes(&self, point: &str) -> Result<Vec<VolumeRow>> {
-        self.typed("GET", &format!("/points/{point}/volumes"), None)
+        self.typed("GET", &format!("/points/{}/volumes", segment(point)), None)
     }
 
     /// One page of directory `path` of a point (of the filesystem on `volume`, for volume
@@ -188,7 +188,7 @@ impl Client {
         if let Some(c) = cursor {
             q.push_str(&format!("&cursor={}", query_text(c)));
         }
-        self.typed("GET", &format!("/points/{point}/files{q}"), None)
+        self.typed("GET", &format!("/points/{}/files{q}", segment(point)), None)
     }
 
     /// Copies the file at `path` of a point into `out` (from byte `offset` on); returns the
@@ -218,7 +218,8 @@ impl Client {
         offset: u64,
         out: &mut dyn std::io::Write,
     ) -> Result<u64> {
-        let url = format!("{}/points/{point}/files/{what}?volume={volume}&path={}", self.base, query_text(path));
+        let url =
+            format!("{}/points/{}/files/{what}?volume={volume}&path={}", self.base, segment(point), query_text(path));
         let mut req = self.agent.get(&url).header("Authorization", &format!("Bearer {}", self.token));
         if offset > 0 {
             req = req.header("Range", &format!("bytes={offset}-"));
@@ -247,7 +248,7 @@ impl Client {
         allowed_ip: Option<&str>,
     ) -> Result<ExportRow> {
         let body = json!({"volume": volume, "writable": writable, "hours": hours, "allowed_ip": allowed_ip});
-        self.typed("POST", &format!("/points/{point}/exports"), Some(body))
+        self.typed("POST", &format!("/points/{}/exports", segment(point)), Some(body))
     }
 
     /// Exports that have not ended.
@@ -257,7 +258,7 @@ impl Client {
 
     /// Ends an export.
     pub fn unpublish(&self, id: &str) -> Result<ExportRow> {
-        self.typed("DELETE", &format!("/exports/{id}"), None)
+        self.typed("DELETE", &format!("/exports/{}", segment(id)), None)
     }
 
     /// Why the server could not be reached, and what to do about it when that is ours to say:
@@ -302,9 +303,18 @@ impl Client {
 
 /// `s` as a URL query value (percent-encoded but for unreserved characters and `/`).
 fn query_text(s: &str) -> String {
+    encoded(s, b"-_.~/")
+}
+
+/// `s` as one segment of a URL's path: a `/` or `..` in it cannot reach another path.
+fn segment(s: &str) -> String {
+    encoded(s, b"-_~")
+}
+
+fn encoded(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

@@ -96,6 +96,18 @@ struct ExportState {
     flags: u16,
 }
 
+impl ExportState {
+    /// The export as logs name it: not by a name that is a secret (whoever reads the log could
+    /// attach), by its description then.
+    fn shown<'a>(&'a self, inner: &Inner) -> &'a str {
+        if inner.opts.secret_names {
+            &self.description
+        } else {
+            &self.name
+        }
+    }
+}
+
 struct Inner {
     exports: Vec<Arc<ExportState>>,
     opts: Options,
@@ -185,7 +197,8 @@ impl Server {
                 },
             };
             while connections.try_join_next().is_some() {}
-            if self.inner.opts.allowed_peers.as_ref().is_some_and(|a| !a.contains(&peer.ip())) {
+            // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+            if self.inner.opts.allowed_peers.as_ref().is_some_and(|a| !a.contains(&peer.ip().to_canonical())) {
                 tracing::warn!("nbd: client {peer} is not among the allowed addresses; connection dropped");
                 continue;
             }
@@ -233,9 +246,9 @@ async fn serve_connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
         .await
         .map_err(|_| ConnError::Protocol("the handshake took too long".into()))??;
     let Some((export, structured)) = negotiated else { return Ok(()) };
-    tracing::info!("nbd: client {peer} attached to export {:?}", export.name);
+    tracing::info!("nbd: client {peer} attached to export {:?}", export.shown(&inner));
     let r = transmission(&inner, &export, Replies { structured }, rd, wr).await;
-    tracing::info!("nbd: client {peer} left export {:?}", export.name);
+    tracing::info!("nbd: client {peer} left export {:?}", export.shown(&inner));
     r
 }
 
@@ -475,10 +488,14 @@ async fn transmission<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+    // A read's share of the in-flight budget travels with its reply and is given back once the
+    // reply is written: a client that stops reading stops getting answers, not the server's
+    // memory.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Reply, Option<tokio::sync::OwnedSemaphorePermit>)>();
     let writer = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
+        while let Some((reply, permit)) = rx.recv().await {
             wr.write_all(&reply).await?;
+            drop(permit);
         }
         wr.shutdown().await
     });
@@ -503,7 +520,7 @@ where
         match req.kind {
             CMD_READ => {
                 if !in_range {
-                    let _ = tx.send(replies.done(EINVAL, req.handle));
+                    let _ = tx.send((replies.done(EINVAL, req.handle), None));
                     continue;
                 }
                 let permit = budget.clone().acquire_many_owned(cost(inner, req)).await.expect("never closed");
@@ -512,8 +529,9 @@ where
                 let slot = inner.io.clone().acquire_owned().await.expect("never closed");
                 let (inner, export, tx) = (inner.clone(), export.clone(), tx.clone());
                 tokio::task::spawn_blocking(move || {
-                    let _held = (permit, slot);
-                    let _ = tx.send(read(&inner, &export, replies, req));
+                    let reply = read(&inner, &export, replies, req);
+                    drop(slot);
+                    let _ = tx.send((reply, Some(permit)));
                 });
             }
             CMD_WRITE => {
@@ -524,11 +542,11 @@ where
                     break Err(e.into());
                 }
                 let Some(overlay) = export.overlay.clone() else {
-                    let _ = tx.send(replies.done(EPERM, req.handle));
+                    let _ = tx.send((replies.done(EPERM, req.handle), None));
                     continue;
                 };
                 if !in_range {
-                    let _ = tx.send(replies.done(ENOSPC, req.handle));
+                    let _ = tx.send((replies.done(ENOSPC, req.handle), None));
                     continue;
                 }
                 let (inner, export, tx) = (inner.clone(), export.clone(), tx.clone());
@@ -539,34 +557,34 @@ where
                     if r.is_ok() {
                         inner.bytes_written.fetch_add(len, Ordering::Relaxed);
                     }
-                    let _ = tx.send(replies.done(status(&export, "write", req, r), req.handle));
+                    let _ = tx.send((replies.done(status(&export, "write", req, r), req.handle), None));
                 });
             }
             CMD_TRIM | CMD_WRITE_ZEROES => {
                 let Some(overlay) = export.overlay.clone() else {
-                    let _ = tx.send(replies.done(EPERM, req.handle));
+                    let _ = tx.send((replies.done(EPERM, req.handle), None));
                     continue;
                 };
                 if !in_range {
-                    let _ = tx.send(replies.done(ENOSPC, req.handle));
+                    let _ = tx.send((replies.done(ENOSPC, req.handle), None));
                     continue;
                 }
                 let (inner, export, tx) = (inner.clone(), export.clone(), tx.clone());
                 tokio::spawn(async move {
                     let what = if req.kind == CMD_TRIM { "trim" } else { "write-zeroes" };
                     let r = blocking(&inner, move || overlay.zero(req.offset, u64::from(req.length))).await;
-                    let _ = tx.send(replies.done(status(&export, what, req, r), req.handle));
+                    let _ = tx.send((replies.done(status(&export, what, req, r), req.handle), None));
                 });
             }
             // The overlay is scratch, gone when the server stops: there is nothing to make
             // durable, so a flush (and FUA) has nothing to wait for.
             CMD_FLUSH => {
-                let _ = tx.send(replies.done(0, req.handle));
+                let _ = tx.send((replies.done(0, req.handle), None));
             }
             CMD_DISC => break Ok(()),
             other => {
                 tracing::debug!("nbd: export {:?}: command {other} is not supported", export.name);
-                let _ = tx.send(replies.done(EINVAL, req.handle));
+                let _ = tx.send((replies.done(EINVAL, req.handle), None));
             }
         }
     };
@@ -602,8 +620,8 @@ fn status(export: &ExportState, what: &str, req: Request, r: io::Result<()>) -> 
         Err(e) => {
             let code = wire_error(&e);
             tracing::error!(
-                "nbd: export {:?}: {what} of {} bytes at {} failed: {e}",
-                export.name,
+                "nbd: export of {}: {what} of {} bytes at {} failed: {e}",
+                export.description,
                 req.length,
                 req.offset
             );
@@ -623,7 +641,7 @@ fn read(inner: &Inner, export: &ExportState, replies: Replies, req: Request) -> 
             reply
         }
         Err(e) => {
-            tracing::error!("nbd: export {:?}: read of {len} bytes at {} failed: {e}", export.name, req.offset);
+            tracing::error!("nbd: export {:?}: read of {len} bytes at {} failed: {e}", export.shown(inner), req.offset);
             replies.done(wire_error(&e), req.handle)
         }
     }

@@ -35,6 +35,21 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// The cursor of the page after the entry named `raw`: the name itself when it is UTF-8, else
+/// its bytes in hex behind `hex:` (as is a UTF-8 name that starts so), so a cursor names
+/// exactly one name whatever bytes names hold.
+pub fn encode_cursor(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(s) if !s.starts_with("hex:") => s.to_string(),
+        _ => format!("hex:{}", hex::encode(raw)),
+    }
+}
+
+/// The name a cursor of [`encode_cursor`] stands for.
+pub fn decode_cursor(c: &str) -> Vec<u8> {
+    c.strip_prefix("hex:").and_then(|h| hex::decode(h).ok()).unwrap_or_else(|| c.as_bytes().to_vec())
+}
+
 /// A path as the tree stores it: relative, no empty or `.` components, `/` the root.
 pub fn tree_path(path: &str) -> std::result::Result<Vec<u8>, String> {
     let mut out: Vec<&str> = Vec::new();
@@ -100,6 +115,8 @@ pub fn list_dir(repo: &Repository, m: &Manifest, path: &str, cursor: Option<&str
     let mut tree = repo.tree_cursor(m)?;
     let mut seen_dir = dir.is_empty();
     let mut page = Page::default();
+    let after = cursor.map(decode_cursor);
+    let mut last = Vec::new();
     while let Some(e) = tree.next_entry()? {
         if e.path == dir {
             if e.kind != EntryKind::Dir {
@@ -115,13 +132,14 @@ pub fn list_dir(repo: &Repository, m: &Manifest, path: &str, cursor: Option<&str
             continue;
         }
         let (parent, name) = parent_and_name(&e.path);
-        if parent != dir.as_slice() || cursor.is_some_and(|c| name <= c.as_bytes()) {
+        if parent != dir.as_slice() || after.as_ref().is_some_and(|c| name <= c.as_slice()) {
             continue;
         }
         if page.entries.len() == limit {
-            page.next = page.entries.last().map(|l| l.name.clone());
+            page.next = Some(encode_cursor(&last));
             break;
         }
+        last = name.to_vec();
         page.entries.push(entry_of(&e));
     }
     if !seen_dir {
@@ -148,55 +166,90 @@ pub fn stat(repo: &Repository, m: &Manifest, path: &str) -> Result<FileEntry> {
     Ok(entry_of(&find(repo, m, path)?))
 }
 
-/// Up to `len` bytes from `offset` of the regular file at `path`, and the file's size.
-pub fn read_file(repo: &Repository, m: &Manifest, path: &str, offset: u64, len: usize) -> Result<(u64, Vec<u8>)> {
+/// A regular file of a file-level point, read at any offset: its entry found once, the chunk
+/// decoded last kept (downloads and archives read on where they stopped).
+pub struct FileReader {
+    repo: Repository,
+    point: String,
+    entry: TreeEntry,
+    codec: ChunkCodec,
+    last: Option<(crate::ChunkId, Vec<u8>)>,
+}
+
+/// The regular file at `path` of file-level point `m`, opened for reading.
+pub fn open_file(repo: &Repository, m: &Manifest, path: &str) -> Result<FileReader> {
     files_point(repo, m)?;
     let e = find(repo, m, path)?;
     if !matches!(e.kind, EntryKind::File | EntryKind::HardLink) {
         return Err(not_found(m, repo, format!("{path:?} is not a regular file")));
     }
-    let end = offset.saturating_add(len as u64).min(e.size);
-    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-    let repo = repo.for_point(m);
-    let mut codec: ChunkCodec = repo.codec(m.compression);
-    let mut pos = offset;
-    while pos < end {
-        let x = e
-            .extents
-            .iter()
-            .find(|x| x.offset <= pos && pos < x.offset + x.length)
-            .or_else(|| e.extents.iter().filter(|x| x.offset > pos).min_by_key(|x| x.offset));
-        match x {
-            // A hole (sparse file) up to the next extent.
-            Some(x) if x.offset > pos => {
-                let n = (x.offset.min(end) - pos) as usize;
-                out.resize(out.len() + n, 0);
-                pos += n as u64;
-            }
-            None => {
-                out.resize(out.len() + (end - pos) as usize, 0);
-                pos = end;
-            }
-            Some(x) => {
-                let n = (x.offset + x.length).min(end) - pos;
-                let within = (pos - x.offset) as usize;
-                match &x.chunk {
-                    None => out.resize(out.len() + n as usize, 0),
-                    Some(id) => {
-                        let data = repo.read_chunk(&mut codec, id)?;
-                        let piece = data.get(within..within + n as usize).ok_or_else(|| RepoError::DamagedPoint {
-                            repo: repo.label(),
-                            point: m.id.to_string(),
-                            reason: format!("chunk {id} is shorter than the extent of {path:?} it holds"),
-                        })?;
-                        out.extend_from_slice(piece);
-                    }
+    Ok(FileReader::new(repo, m, e))
+}
+
+impl FileReader {
+    /// A reader of the file entry `entry` of point `m` (found in its tree by the caller).
+    pub fn new(repo: &Repository, m: &Manifest, entry: TreeEntry) -> FileReader {
+        let repo = repo.for_point(m);
+        let codec = repo.codec(m.compression);
+        FileReader { repo, point: m.id.to_string(), entry, codec, last: None }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.entry.size
+    }
+
+    /// Up to `len` bytes from `offset` (fewer only at the end of the file).
+    pub fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64).min(self.entry.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let extents = &self.entry.extents;
+            let x = extents
+                .iter()
+                .find(|x| x.offset <= pos && pos < x.offset.saturating_add(x.length))
+                .or_else(|| extents.iter().filter(|x| x.offset > pos).min_by_key(|x| x.offset))
+                .copied();
+            match x {
+                // A hole (sparse file) up to the next extent, or to the end.
+                Some(x) if x.offset > pos => {
+                    let n = x.offset.min(end) - pos;
+                    out.resize(out.len() + n as usize, 0);
+                    pos += n;
                 }
-                pos += n;
+                None => {
+                    out.resize(out.len() + (end - pos) as usize, 0);
+                    pos = end;
+                }
+                Some(x) => {
+                    let n = x.offset.saturating_add(x.length).min(end) - pos;
+                    let within = (pos - x.offset) as usize;
+                    match &x.chunk {
+                        None => out.resize(out.len() + n as usize, 0),
+                        Some(id) => {
+                            if self.last.as_ref().is_none_or(|(l, _)| l != id) {
+                                let data = self.repo.read_chunk(&mut self.codec, id)?;
+                                self.last = Some((*id, data));
+                            }
+                            let data = &self.last.as_ref().expect("just read").1;
+                            let piece =
+                                data.get(within..within + n as usize).ok_or_else(|| RepoError::DamagedPoint {
+                                    repo: self.repo.label(),
+                                    point: self.point.clone(),
+                                    reason: format!(
+                                        "chunk {id} is shorter than the extent of {:?} it holds",
+                                        self.entry.path_lossy()
+                                    ),
+                                })?;
+                            out.extend_from_slice(piece);
+                        }
+                    }
+                    pos += n;
+                }
             }
         }
+        Ok(out)
     }
-    Ok((e.size, out))
 }
 
 #[cfg(test)]
@@ -211,5 +264,13 @@ mod tests {
         assert!(within(b"etc/ssh/x", b"etc"));
         assert!(!within(b"etcetera", b"etc"));
         assert_eq!(parent_and_name(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+    }
+
+    #[test]
+    fn cursors_name_exactly_one_name() {
+        for raw in [&b"plain"[..], b"\xc3", b"\xff\xfe", b"hex:41", "caf\u{e9}".as_bytes()] {
+            assert_eq!(decode_cursor(&encode_cursor(raw)), raw, "{raw:?}");
+        }
+        assert_eq!(encode_cursor(b"plain"), "plain");
     }
 }

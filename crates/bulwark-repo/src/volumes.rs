@@ -31,6 +31,10 @@ pub struct Volume {
     /// What the volume's first sectors say it holds: `ext4`, `xfs`, `btrfs`, `vfat`, `swap`,
     /// `lvm2`, `ntfs`, `gpt`, `mbr`, or empty when unknown.
     pub content: String,
+    /// Volume 0 of a disk whose partition table is damaged: what is wrong with it (the whole
+    /// image can still be served or exported).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub problem: String,
 }
 
 fn read(img: &dyn Image, at: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -70,7 +74,7 @@ pub fn detect_content(img: &dyn Image) -> io::Result<String> {
         "vfat"
     } else if &head[512..520] == b"EFI PART" {
         "gpt"
-    } else if head[510..512] == [0x55, 0xAA] && mbr_entries(&head).iter().any(|e| e.kind != 0) {
+    } else if head[510..512] == [0x55, 0xAA] && looks_like_mbr(&head) {
         "mbr"
     } else {
         ""
@@ -89,11 +93,20 @@ pub fn volumes(img: &Arc<dyn Image>) -> io::Result<Vec<Volume>> {
         partition_type: String::new(),
         label: String::new(),
         content: content.clone(),
+        problem: String::new(),
     };
-    let mut parts = match content.as_str() {
-        "gpt" => gpt(img.as_ref())?,
-        "mbr" => mbr(img.as_ref())?,
-        _ => Vec::new(),
+    let parts = match content.as_str() {
+        "gpt" => gpt(img.as_ref()),
+        "mbr" => mbr(img.as_ref()),
+        _ => Ok(Vec::new()),
+    };
+    // A damaged table leaves the whole image usable: it is volume 0, with what is wrong.
+    let mut parts = match parts {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Ok(vec![Volume { problem: e.to_string(), ..whole }]);
+        }
+        Err(e) => return Err(e),
     };
     for p in &mut parts {
         let slice = Slice { inner: img.clone(), start: p.start, len: p.size, what: String::new() };
@@ -105,6 +118,10 @@ pub fn volumes(img: &Arc<dyn Image>) -> io::Result<Vec<Volume>> {
 
 /// Volume `number` of `img` as an image of its own.
 pub fn open_volume(img: &Arc<dyn Image>, number: u32) -> io::Result<Arc<dyn Image>> {
+    // The whole image needs no table read, and no damage in one stops it.
+    if number == 0 {
+        return Ok(img.clone());
+    }
     let all = volumes(img)?;
     let Some(v) = all.iter().find(|v| v.number == number) else {
         let have: Vec<String> = all.iter().map(|v| v.number.to_string()).collect();
@@ -113,9 +130,6 @@ pub fn open_volume(img: &Arc<dyn Image>, number: u32) -> io::Result<Arc<dyn Imag
             format!("{} has no volume {number} (it has {})", img.describe(), have.join(", ")),
         ));
     };
-    if number == 0 {
-        return Ok(img.clone());
-    }
     Ok(Arc::new(Slice {
         inner: img.clone(),
         start: v.start,
@@ -124,7 +138,16 @@ pub fn open_volume(img: &Arc<dyn Image>, number: u32) -> io::Result<Arc<dyn Imag
     }))
 }
 
+/// Whether a sector ending in 55 AA is a partition table, not another boot sector (FAT, exFAT,
+/// BitLocker end the same way): some entry in use, and every entry in use well formed.
+fn looks_like_mbr(sector: &[u8]) -> bool {
+    let entries = mbr_entries(sector);
+    let used: Vec<&MbrEntry> = entries.iter().filter(|e| e.kind != 0).collect();
+    !used.is_empty() && used.iter().all(|e| matches!(e.boot, 0x00 | 0x80) && e.start != 0 && e.sectors != 0)
+}
+
 struct MbrEntry {
+    boot: u8,
     kind: u8,
     start: u64,
     sectors: u64,
@@ -135,6 +158,7 @@ fn mbr_entries(sector: &[u8]) -> Vec<MbrEntry> {
         .map(|i| {
             let e = &sector[446 + 16 * i..462 + 16 * i];
             MbrEntry {
+                boot: e[0],
                 kind: e[4],
                 start: u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64,
                 sectors: u32::from_le_bytes(e[12..16].try_into().unwrap()) as u64,
@@ -159,6 +183,7 @@ fn partition(img: &dyn Image, table: &str, number: u32, start: u64, size: u64) -
         partition_type: String::new(),
         label: String::new(),
         content: String::new(),
+        problem: String::new(),
     })
 }
 
@@ -310,10 +335,25 @@ mod tests {
     }
 
     #[test]
-    fn a_table_pointing_outside_the_disk_is_an_error() {
+    fn a_table_pointing_outside_the_disk_is_named_and_the_whole_image_stays() {
         let img: Arc<dyn Image> = Arc::new(Mem(mbr_disk(&[(0x83, 2048, 1 << 20)])));
-        let e = volumes(&img).unwrap_err();
-        assert!(e.to_string().contains("outside the disk"), "{e}");
+        let v = volumes(&img).unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(v[0].problem.contains("outside the disk"), "{v:?}");
+        assert_eq!(open_volume(&img, 0).unwrap().size(), 4 << 20);
+        assert!(open_volume(&img, 1).is_err());
+    }
+
+    #[test]
+    fn another_boot_sector_is_not_a_partition_table() {
+        // Boot code where the entries would be: flags that no partition table has.
+        let mut d = vec![0u8; 1 << 20];
+        d[446..510].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 37 + 11) as u8);
+        d[510] = 0x55;
+        d[511] = 0xAA;
+        let img: Arc<dyn Image> = Arc::new(Mem(d));
+        assert_eq!(detect_content(img.as_ref()).unwrap(), "");
+        assert_eq!(volumes(&img).unwrap().len(), 1);
     }
 
     #[test]
@@ -342,7 +382,7 @@ mod tests {
         looping[second + 510] = 0x55;
         looping[second + 511] = 0xAA;
         let img: Arc<dyn Image> = Arc::new(Mem(looping));
-        let e = volumes(&img).unwrap_err();
-        assert!(e.to_string().contains("does not end"), "{e}");
+        let v = volumes(&img).unwrap();
+        assert!(v.len() == 1 && v[0].problem.contains("does not end"), "{v:?}");
     }
 }

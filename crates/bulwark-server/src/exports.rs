@@ -93,8 +93,20 @@ pub async fn publish_point(
         expires: expires.to_string(),
         created_by: c.name.clone(),
     };
-    store::add_export(&s.core.db, &row).await?;
-    tracing::info!("point {id} volume {} published at {} until {} by {}", row.volume, row.url, row.expires, c.name);
+    if let Err(e) = store::add_export(&s.core.db, &row).await {
+        // Unrecorded, it could not be ended through the API: end it now.
+        let req = UnpublishRequest { protocol: bulwark_proto::PROTOCOL, export_id: row.id.clone() };
+        let _ = client.unpublish_point(req).await;
+        return Err(e.into());
+    }
+    // Not the URL: its export name is what lets a client in.
+    tracing::info!(
+        "point {id} volume {} published as export {} until {} by {}",
+        row.volume,
+        row.id,
+        row.expires,
+        c.name
+    );
     Ok(Json(row))
 }
 

@@ -36,6 +36,9 @@ pub struct VolumeRow {
     pub label: String,
     /// What the volume holds: `ext4`, `xfs`, `swap`, … (empty: unknown).
     pub content: String,
+    /// Volume 0 of a disk whose partition table is damaged: what is wrong with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
 }
 
 impl From<bulwark_repo::volumes::Volume> for VolumeRow {
@@ -48,6 +51,7 @@ impl From<bulwark_repo::volumes::Volume> for VolumeRow {
             partition_type: v.partition_type,
             label: v.label,
             content: v.content,
+            problem: v.problem,
         }
     }
 }
@@ -181,6 +185,7 @@ pub async fn point_volumes(
                 partition_type: v.partition_type,
                 label: v.label,
                 content: v.content,
+                problem: v.problem,
             })
             .collect(),
     ))
@@ -234,35 +239,73 @@ pub async fn point_files(
     }))
 }
 
-/// The byte range a `Range: bytes=…` header asks for, of a file of `size` bytes: `None` for
-/// the whole file, an error for a range it cannot satisfy.
-fn range(headers: &HeaderMap, size: Option<u64>) -> Result<Option<(u64, Option<u64>)>, ApiError> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
-    let unsatisfiable =
-        || ApiError(StatusCode::RANGE_NOT_SATISFIABLE, "the Range header asks for bytes this file lacks".into());
-    let spec = v.to_str().ok().and_then(|s| s.strip_prefix("bytes=")).ok_or_else(unsatisfiable)?;
-    if spec.contains(',') {
-        return Err(ApiError(StatusCode::RANGE_NOT_SATISFIABLE, "one range at a time".into()));
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
-    let parse = |t: &str| t.trim().parse::<u64>().map_err(|_| unsatisfiable());
+/// What a `Range: bytes=…` header asks for (one range; RFC 9110).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// No Range header: the whole file, 200.
+    Whole,
+    /// `FIRST-` or `FIRST-LAST` (LAST inclusive).
+    From(u64, Option<u64>),
+    /// `-N`: the last N bytes.
+    Suffix(u64),
+}
+
+fn unsatisfiable(size: Option<u64>) -> ApiError {
+    let what =
+        size.map_or_else(|| "the Range header cannot be read".to_string(), |s| format!("the file has {s} bytes"));
+    ApiError(StatusCode::RANGE_NOT_SATISFIABLE, format!("{what}: one range, bytes=FIRST-LAST, FIRST- or -N"))
+}
+
+fn wanted(headers: &HeaderMap) -> Result<Wanted, ApiError> {
+    let Some(v) = headers.get(header::RANGE) else { return Ok(Wanted::Whole) };
+    let spec = v.to_str().ok().and_then(|s| s.strip_prefix("bytes=")).ok_or_else(|| unsatisfiable(None))?;
+    let (a, b) = spec.split_once('-').filter(|_| !spec.contains(',')).ok_or_else(|| unsatisfiable(None))?;
+    let parse = |t: &str| t.trim().parse::<u64>().map_err(|_| unsatisfiable(None));
     match (a.trim().is_empty(), b.trim().is_empty()) {
-        (false, true) => Ok(Some((parse(a)?, None))),
+        (false, true) => Ok(Wanted::From(parse(a)?, None)),
         (false, false) => {
             let (first, last) = (parse(a)?, parse(b)?);
             if last < first {
-                return Err(unsatisfiable());
+                return Err(unsatisfiable(None));
             }
-            Ok(Some((first, Some(last - first + 1))))
+            Ok(Wanted::From(first, Some(last)))
         }
-        // The last N bytes: needs the size, which only the node knows; asked again below.
-        (true, false) => {
-            let n = parse(b)?;
-            let size = size.ok_or_else(unsatisfiable)?;
-            Ok(Some((size.saturating_sub(n), None)))
-        }
-        (true, true) => Err(unsatisfiable()),
+        (true, false) => Ok(Wanted::Suffix(parse(b)?)),
+        (true, true) => Err(unsatisfiable(None)),
     }
+}
+
+/// The bytes `[first, end)` of a file of `size` bytes that `w` asks for, or why none.
+fn span(w: Wanted, size: u64) -> Result<(u64, u64), ApiError> {
+    let (first, end) = match w {
+        Wanted::Whole => return Ok((0, size)),
+        Wanted::From(first, last) => (first, last.map_or(size, |l| l.saturating_add(1).min(size))),
+        Wanted::Suffix(n) => (size.saturating_sub(n), size),
+    };
+    if first >= size || first >= end {
+        return Err(unsatisfiable(Some(size)));
+    }
+    Ok((first, end))
+}
+
+/// `Content-Disposition` for a download named `name` (any bytes a file name may hold): an ASCII
+/// stand-in for old clients and the exact name percent-encoded (RFC 6266).
+fn disposition(name: &str) -> String {
+    let plain: String = name
+        .chars()
+        .map(|c| if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' { c } else { '_' })
+        .collect();
+    let exact: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{plain}\"; filename*=UTF-8''{exact}")
 }
 
 /// A file's bytes, as an answer describes them.
@@ -289,26 +332,24 @@ pub async fn point_file_content(
 ) -> Result<Response, ApiError> {
     c.may_restore()?;
     let (mut client, point, _) = access(&s, &id, q.volume).await?;
-    // A suffix range (`bytes=-N`) needs the size: learn it from an empty first read.
-    let size_hint =
-        if headers.get(header::RANGE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("bytes=-")) {
+    let w = wanted(&headers)?;
+    // Where to start: a suffix range needs the size, which a first read of nothing learns.
+    let (offset, length) = match w {
+        Wanted::Whole => (0, 0),
+        Wanted::From(first, last) => (first, last.map_or(0, |l| (l - first).saturating_add(1))),
+        Wanted::Suffix(_) => {
             let req = ReadFileRequest { point: Some(point.clone()), path: q.path.clone(), offset: 0, length: 1 };
             let mut st = client.read_point_file(req).await.map_err(node_refused)?.into_inner();
-            st.next().await.transpose().map_err(node_refused)?.map(|d| d.size)
-        } else {
-            None
-        };
-    let wanted = range(&headers, size_hint)?;
-    let (offset, length) = wanted.map_or((0, None), |(o, l)| (o, l));
-    let req = ReadFileRequest { point: Some(point), path: q.path.clone(), offset, length: length.unwrap_or(0) };
+            let size = st.next().await.transpose().map_err(node_refused)?.map_or(0, |d| d.size);
+            (span(w, size)?.0, 0)
+        }
+    };
+    let req = ReadFileRequest { point: Some(point), path: q.path.clone(), offset, length };
     let mut stream = client.read_point_file(req).await.map_err(node_refused)?.into_inner();
     let first = stream.next().await.transpose().map_err(node_refused)?;
     let size = first.as_ref().map_or(0, |d| d.size);
-    if wanted.is_some() && offset >= size && size > 0 {
-        return Err(ApiError(StatusCode::RANGE_NOT_SATISFIABLE, format!("the file has {size} bytes")));
-    }
-    let end = length.map_or(size, |l| offset.saturating_add(l).min(size));
-    let name = q.path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("file").replace(['"', '\\', '\r', '\n'], "_");
+    let (offset, end) = span(w, size)?;
+    let name = q.path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("file");
     let body =
         Body::from_stream(tokio_stream::iter(first.into_iter().map(Ok::<_, tonic::Status>)).chain(stream).map(|r| {
             r.map(|d| axum::body::Bytes::from(d.data)).map_err(|s| std::io::Error::other(s.message().to_string()))
@@ -317,8 +358,8 @@ pub async fn point_file_content(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, end.saturating_sub(offset))
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""));
-    if wanted.is_some() {
+        .header(header::CONTENT_DISPOSITION, disposition(name));
+    if w != Wanted::Whole {
         resp = resp
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_RANGE, format!("bytes {offset}-{}/{size}", end.saturating_sub(1)));
@@ -345,13 +386,13 @@ pub async fn point_files_archive(
     let (mut client, point, _) = access(&s, &id, q.volume).await?;
     let req = ReadFileRequest { point: Some(point), path: q.path.clone(), offset: 0, length: 0 };
     let stream = client.read_point_archive(req).await.map_err(node_refused)?.into_inner();
-    let name = q.path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("root").replace(['"', '\\', '\r', '\n'], "_");
+    let name = format!("{}.tar", q.path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("root"));
     let body = Body::from_stream(stream.map(|r| {
         r.map(|d| axum::body::Bytes::from(d.data)).map_err(|s| std::io::Error::other(s.message().to_string()))
     }));
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-tar")
-        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.tar\""))
+        .header(header::CONTENT_DISPOSITION, disposition(&name))
         .body(body)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
@@ -367,13 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn download_names_are_safe_in_a_header() {
+        assert_eq!(disposition("a b.txt"), "attachment; filename=\"a b.txt\"; filename*=UTF-8''a%20b.txt");
+        let odd = disposition("caf\u{e9}\n\"x\u{1}");
+        assert!(odd.starts_with("attachment; filename=\"caf___x_\""), "{odd}");
+        assert!(odd.parse::<axum::http::HeaderValue>().is_ok(), "{odd}");
+    }
+
+    #[test]
     fn ranges_read_as_rfc_9110_says() {
-        assert_eq!(range(&HeaderMap::new(), None).unwrap(), None);
-        assert_eq!(range(&h("bytes=0-99"), None).unwrap(), Some((0, Some(100))));
-        assert_eq!(range(&h("bytes=100-"), None).unwrap(), Some((100, None)));
-        assert_eq!(range(&h("bytes=-10"), Some(50)).unwrap(), Some((40, None)));
-        assert!(range(&h("bytes=9-3"), None).is_err());
-        assert!(range(&h("bytes=0-1,5-6"), None).is_err());
-        assert!(range(&h("lines=1-2"), None).is_err());
+        assert_eq!(wanted(&HeaderMap::new()).unwrap(), Wanted::Whole);
+        assert_eq!(span(wanted(&h("bytes=0-99")).unwrap(), 1000).unwrap(), (0, 100));
+        assert_eq!(span(wanted(&h("bytes=100-")).unwrap(), 1000).unwrap(), (100, 1000));
+        assert_eq!(span(wanted(&h("bytes=-10")).unwrap(), 50).unwrap(), (40, 50));
+        assert_eq!(span(wanted(&h("bytes=-100")).unwrap(), 50).unwrap(), (0, 50));
+        assert_eq!(span(wanted(&h("bytes=0-18446744073709551615")).unwrap(), 7).unwrap(), (0, 7));
+        assert_eq!(span(Wanted::Whole, 0).unwrap(), (0, 0), "an empty file whole is fine");
+        for bad in ["bytes=0-", "bytes=-5", "bytes=5-"] {
+            assert!(span(wanted(&h(bad)).unwrap(), 0).is_err(), "{bad} of an empty file");
+        }
+        assert!(span(wanted(&h("bytes=1000-")).unwrap(), 1000).is_err());
+        assert!(span(wanted(&h("bytes=-0")).unwrap(), 1000).is_err());
+        assert!(wanted(&h("bytes=9-3")).is_err());
+        assert!(wanted(&h("bytes=0-1,5-6")).is_err());
+        assert!(wanted(&h("lines=1-2")).is_err());
     }
 }

@@ -37,6 +37,7 @@ pub enum ViewError {
 impl ViewError {
     pub fn status(&self) -> tonic::Status {
         match self {
+            ViewError::Repo(e @ RepoError::NoSuchPoint { .. }) => tonic::Status::not_found(e.to_string()),
             ViewError::Repo(e) if e.is_permanent() => tonic::Status::failed_precondition(e.to_string()),
             ViewError::Repo(e) => tonic::Status::unavailable(e.to_string()),
             ViewError::NotFound(m) => tonic::Status::not_found(m),
@@ -111,6 +112,21 @@ fn keep<K: std::hash::Hash + Eq + Clone, T>(map: &Cache<K, T>, key: K, value: T)
 }
 
 impl PointViews {
+    /// Closes what has not been used for [`IDLE`] (a point's filesystem may be a kernel mount:
+    /// it goes now, not at the next request).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let stale = |used: Instant| now.duration_since(used) >= IDLE;
+        let old: Vec<Arc<View>> = {
+            let mut views = self.views.lock().expect("no panics while held");
+            let keys: Vec<_> = views.iter().filter(|(_, e)| stale(e.used)).map(|(k, _)| k.clone()).collect();
+            keys.iter().filter_map(|k| views.remove(k)).map(|e| e.value).collect()
+        };
+        self.repos.lock().expect("no panics while held").retain(|_, e| !stale(e.used));
+        // Dropped outside the lock: unmounting may take a moment.
+        drop(old);
+    }
+
     /// The repository at `path`, opened with `password` (kept open while used).
     fn repository(&self, path: &Path, password: Option<&[u8]>) -> Result<Repository, ViewError> {
         // Keyed by a digest, so the password itself is not kept as a map key.
@@ -180,12 +196,45 @@ pub fn stat(view: &View, volume: u32, path: &str) -> Result<FileEntry, ViewError
     }
 }
 
-/// Up to `len` bytes from `offset` of the file at `path`, and the file's size.
-pub fn read(view: &View, volume: u32, path: &str, offset: u64, len: usize) -> Result<(u64, Vec<u8>), ViewError> {
+/// A regular file of a point, opened for reading.
+pub enum PointFile {
+    Files(bulwark_repo::browse::FileReader),
+    Volume { fs: Arc<bulwark_browse::Browser>, path: String, size: u64 },
+}
+
+impl PointFile {
+    pub fn size(&self) -> u64 {
+        match self {
+            PointFile::Files(f) => f.size(),
+            PointFile::Volume { size, .. } => *size,
+        }
+    }
+
+    /// Up to `len` bytes from `offset` (fewer only at the end of the file).
+    pub fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, ViewError> {
+        match self {
+            PointFile::Files(f) => Ok(f.read_at(offset, len)?),
+            PointFile::Volume { fs, path, .. } => {
+                let mut out = Vec::with_capacity(len.min(bulwark_browse::MAX_READ));
+                while out.len() < len {
+                    let piece = fs.read(path, offset + out.len() as u64, len - out.len()).map_err(browse_err)?;
+                    if piece.is_empty() {
+                        break;
+                    }
+                    out.extend_from_slice(&piece);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// The regular file at `path` of a point, opened once for the reads of a download.
+pub fn open_file(view: &View, volume: u32, path: &str) -> Result<PointFile, ViewError> {
     match view {
         View::Files { repo, manifest } => {
             no_volume(manifest, volume)?;
-            Ok(bulwark_repo::browse::read_file(repo, manifest, path, offset, len)?)
+            Ok(PointFile::Files(bulwark_repo::browse::open_file(repo, manifest, path)?))
         }
         View::Volume { image, filesystems, .. } => {
             let fs = filesystem(image, filesystems, volume)?;
@@ -193,15 +242,7 @@ pub fn read(view: &View, volume: u32, path: &str, offset: u64, len: usize) -> Re
             if e.kind != bulwark_browse::EntryKind::File {
                 return Err(ViewError::Invalid(format!("{}: {path:?} is not a regular file", fs.describe())));
             }
-            let mut out = Vec::with_capacity(len.min(bulwark_browse::MAX_READ));
-            while out.len() < len {
-                let piece = fs.read(path, offset + out.len() as u64, len - out.len()).map_err(browse_err)?;
-                if piece.is_empty() {
-                    break;
-                }
-                out.extend_from_slice(&piece);
-            }
-            Ok((e.size, out))
+            Ok(PointFile::Volume { fs, path: path.to_string(), size: e.size })
         }
     }
 }
@@ -211,47 +252,113 @@ const MAX_DEPTH: usize = 256;
 
 /// Writes `path` of a point (a file, or a directory and everything under it) to `out` as a tar
 /// stream, named relative to the root (`/etc` → `etc/…`). Streams: a file's bytes pass in
-/// pieces, a directory is listed a page at a time. Returns the number of entries written.
+/// pieces; a file-level point's tree is read once, a volume's directories a page at a time.
+/// Returns the number of entries written.
 pub fn archive(view: &View, volume: u32, path: &str, out: &mut dyn std::io::Write) -> Result<u64, ViewError> {
     let mut tar = tar::Builder::new(out);
-    let top = stat(view, volume, path)?;
-    let name = path.trim_matches('/').to_string();
-    let mut count = 0;
-    add(view, volume, &mut tar, &name, &top, 0, &mut count)?;
+    let count = match view {
+        View::Files { repo, manifest } => {
+            no_volume(manifest, volume)?;
+            archive_tree(repo, manifest, path, &mut tar)?
+        }
+        View::Volume { .. } => {
+            let top = stat(view, volume, path)?;
+            let mut count = 0;
+            add(view, volume, &mut tar, path.trim_matches('/'), &top, 0, &mut count)?;
+            count
+        }
+    };
     tar.finish().map_err(|e| ViewError::Io(format!("writing the archive: {e}")))?;
     Ok(count)
 }
 
+type Tar<'a> = tar::Builder<&'a mut dyn std::io::Write>;
+
+fn header(mode: u32, uid: u32, gid: u32, mtime: i64, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(mode);
+    h.set_uid(uid as u64);
+    h.set_gid(gid as u64);
+    h.set_mtime(mtime.max(0) as u64);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h
+}
+
+/// A file-level point's subtree in one pass over its tree (depth-first: the order tar wants).
+fn archive_tree(repo: &Repository, m: &Manifest, path: &str, tar: &mut Tar) -> Result<u64, ViewError> {
+    use bulwark_repo::tree::EntryKind as K;
+    use std::os::unix::ffi::OsStrExt;
+    let top = bulwark_repo::browse::tree_path(path).map_err(ViewError::Invalid)?;
+    let mut tree = repo.tree_cursor(m)?;
+    let (mut count, mut seen) = (0u64, false);
+    while let Some(e) = tree.next_entry()? {
+        let inside =
+            top.is_empty() || e.path == top || (e.path.starts_with(&top) && e.path.get(top.len()) == Some(&b'/'));
+        if !inside {
+            if seen {
+                break; // past the subtree
+            }
+            continue;
+        }
+        seen = true;
+        let name = if e.path.is_empty() { &b"."[..] } else { &e.path[..] };
+        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
+        let io = |err: std::io::Error| ViewError::Io(format!("writing {name:?} into the archive: {err}"));
+        let h = |kind, size| header(e.mode & 0o7777, e.uid, e.gid, e.mtime.sec, kind, size);
+        match e.kind {
+            K::Dir => tar.append_data(&mut h(tar::EntryType::Directory, 0), name, std::io::empty()).map_err(io)?,
+            K::Symlink => {
+                let target = std::path::Path::new(std::ffi::OsStr::from_bytes(&e.target));
+                tar.append_link(&mut h(tar::EntryType::Symlink, 0), name, target).map_err(io)?
+            }
+            K::File | K::HardLink => {
+                let mut hd = h(tar::EntryType::Regular, e.size);
+                let file = PointFile::Files(bulwark_repo::browse::FileReader::new(repo, m, e.clone()));
+                let content = std::io::BufReader::with_capacity(1 << 20, FileContent { file, at: 0 });
+                tar.append_data(&mut hd, name, content).map_err(io)?
+            }
+            // Devices and fifos: a name without its node would mislead; left out.
+            K::CharDev | K::BlockDev | K::Fifo => continue,
+        }
+        count += 1;
+    }
+    if !seen {
+        return Err(ViewError::NotFound(format!("point {} has no path {path:?}", m.id)));
+    }
+    Ok(count)
+}
+
+/// A volume's directory (and what is under it) or file, walked a page at a time.
 fn add(
     view: &View,
     volume: u32,
-    tar: &mut tar::Builder<&mut dyn std::io::Write>,
+    tar: &mut Tar,
     name: &str,
     e: &FileEntry,
     depth: usize,
     count: &mut u64,
 ) -> Result<(), ViewError> {
-    let io = |e: std::io::Error| ViewError::Io(format!("writing {name:?} into the archive: {e}"));
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(e.mode);
-    h.set_uid(e.uid as u64);
-    h.set_gid(e.gid as u64);
-    h.set_mtime(e.mtime.max(0) as u64);
+    let io = |err: std::io::Error| ViewError::Io(format!("writing {name:?} into the archive: {err}"));
     // The root itself has no name in the archive: only what is under it.
     let entry_name = if name.is_empty() { "." } else { name };
-    *count += 1;
+    let h = |kind, size| header(e.mode, e.uid, e.gid, e.mtime, kind, size);
     match e.kind.as_str() {
         "dir" => {
             if depth > MAX_DEPTH {
                 return Err(ViewError::Invalid(format!("{name:?} is nested deeper than {MAX_DEPTH} directories")));
             }
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-            tar.append_data(&mut h, entry_name, std::io::empty()).map_err(io)?;
+            tar.append_data(&mut h(tar::EntryType::Directory, 0), entry_name, std::io::empty()).map_err(io)?;
+            *count += 1;
             let mut cursor: Option<String> = None;
             loop {
                 let page = list(view, volume, &format!("/{name}"), cursor.as_deref(), 1000)?;
                 for child in &page.entries {
+                    // Listings show names as UTF-8; one that is not cannot be asked for by path.
+                    if child.name.contains('\u{FFFD}') {
+                        tracing::warn!("archive of /{name}: {:?} left out (its name is not UTF-8)", child.name);
+                        continue;
+                    }
                     let child_name =
                         if name.is_empty() { child.name.clone() } else { format!("{name}/{}", child.name) };
                     add(view, volume, tar, &child_name, child, depth + 1, count)?;
@@ -263,43 +370,37 @@ fn add(
             }
         }
         "symlink" => {
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            tar.append_link(&mut h, entry_name, e.target.as_deref().unwrap_or_default()).map_err(io)
+            *count += 1;
+            tar.append_link(&mut h(tar::EntryType::Symlink, 0), entry_name, e.target.as_deref().unwrap_or_default())
+                .map_err(io)
         }
         "file" => {
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(e.size);
-            let content = FileReader { view, volume, path: format!("/{name}"), at: 0, size: e.size };
-            tar.append_data(&mut h, entry_name, content).map_err(io)
+            *count += 1;
+            let file = open_file(view, volume, &format!("/{name}"))?;
+            let content = std::io::BufReader::with_capacity(1 << 20, FileContent { file, at: 0 });
+            tar.append_data(&mut h(tar::EntryType::Regular, e.size), entry_name, content).map_err(io)
         }
-        // Devices, fifos and sockets: names only would mislead; they are left out.
-        _ => {
-            *count -= 1;
-            Ok(())
-        }
+        // Devices, fifos and sockets: a name without its node would mislead; left out.
+        _ => Ok(()),
     }
 }
 
-/// A file of a point, read in pieces as the archive asks for them.
-struct FileReader<'a> {
-    view: &'a View,
-    volume: u32,
-    path: String,
+/// A point's file as `Read`, for the archive (behind a 1 MiB buffer: tar copies in 8 KiB).
+struct FileContent {
+    file: PointFile,
     at: u64,
-    size: u64,
 }
 
-impl std::io::Read for FileReader<'_> {
+impl std::io::Read for FileContent {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at >= self.size || buf.is_empty() {
+        let size = self.file.size();
+        if self.at >= size || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(1 << 20).min((self.size - self.at) as usize);
-        let (_, data) = read(self.view, self.volume, &self.path, self.at, want)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let want = buf.len().min(1 << 20).min((size - self.at) as usize);
+        let data = self.file.read(self.at, want).map_err(|e| std::io::Error::other(e.to_string()))?;
         if data.is_empty() {
-            return Err(std::io::Error::other(format!("{} ends before its size says", self.path)));
+            return Err(std::io::Error::other("the file ends before its size says"));
         }
         buf[..data.len()].copy_from_slice(&data);
         self.at += data.len() as u64;

@@ -459,14 +459,20 @@ impl Transport for TransportService {
         tls::require_peer(&req, &[Role::Server], "read a file of a point")?;
         let r = req.into_inner();
         let (view, volume) = self.view(r.point).await?;
-        // The first piece is read before answering, so a missing file is this call's error.
+        // The file is opened (and its first piece read) before answering, so a missing file is
+        // this call's error; then the same open file serves every piece.
         const PIECE: usize = 1 << 20;
         let first_len = if r.length == 0 { PIECE } else { (r.length as usize).min(PIECE) };
-        let (v, path) = (view.clone(), r.path.clone());
-        let (size, first) = tokio::task::spawn_blocking(move || browse::read(&v, volume, &path, r.offset, first_len))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| e.status())?;
+        let path = r.path.clone();
+        let (mut file, first) = tokio::task::spawn_blocking(move || {
+            let mut file = browse::open_file(&view, volume, &path)?;
+            let first = file.read(r.offset, first_len)?;
+            Ok::<_, ViewError>((file, first))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| e.status())?;
+        let size = file.size();
         let end = if r.length == 0 { size } else { r.offset.saturating_add(r.length).min(size) };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -478,9 +484,9 @@ impl Transport for TransportService {
                     return;
                 }
                 let want = ((end - at) as usize).min(PIECE);
-                piece = match browse::read(&view, volume, &r.path, at, want) {
-                    Ok((_, data)) if data.is_empty() => return,
-                    Ok((_, data)) => {
+                piece = match file.read(at, want) {
+                    Ok(data) if data.is_empty() => return,
+                    Ok(data) => {
                         at += data.len() as u64;
                         Ok(FileData { size, data })
                     }
@@ -545,7 +551,11 @@ impl Transport for TransportService {
         let image = tokio::task::spawn_blocking(move || bulwark_repo::volumes::open_volume(&image, volume))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Status::not_found(e.to_string()),
+                std::io::ErrorKind::InvalidData => Status::invalid_argument(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            })?;
         // The random part of the name is what lets a client in: NBD has no passwords, and the
         // server neither lists its exports nor names them to a client that asks wrongly.
         let (id, name) = (random_hex::<8>(), format!("{}-{}", manifest.id, random_hex::<16>()));
@@ -649,6 +659,7 @@ fn volume_info(v: bulwark_repo::volumes::Volume) -> bulwark_proto::pb::VolumeInf
         partition_type: v.partition_type,
         label: v.label,
         content: v.content,
+        problem: v.problem,
     }
 }
 
@@ -686,6 +697,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls_cfg: Arc<bulwark_proto::rustls::ServerConfig>,
 ) -> Result<(), tonic::transport::Error> {
+    let views = service.views.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let v = views.clone();
+            let _ = tokio::task::spawn_blocking(move || v.sweep()).await;
+        }
+    });
     let limits = tls::Limits::from_env();
     let incoming = tls::incoming(listener, tls_cfg, limits.clone());
     tls::server_builder(&limits).add_service(service.into_server()).serve_with_incoming(incoming).await

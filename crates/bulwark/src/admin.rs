@@ -101,11 +101,15 @@ pub enum TokenCmd {
 pub enum UserCmd {
     /// Users of the API and their roles (admins only).
     List,
-    /// Create a user: admin (everything) or viewer (reads; never sees pre and post commands).
+    /// Create a user: admin (everything), restore-operator (reads, and restores: browses and
+    /// downloads points' files, restores any point onto any computer, publishes points over NBD;
+    /// trust one as you would trust root on the computers) or viewer (reads; never sees pre and
+    /// post commands, nor points' files).
     Create {
         /// The user's name (letters, digits, '.', '_', '-').
         name: String,
-        /// admin (may change everything) or viewer (may only read).
+        /// admin (may change everything), restore-operator (may read and restore) or viewer (may
+        /// only read).
         #[arg(long, value_parser = ["admin", "restore-operator", "viewer"])]
         role: String,
         /// A file whose first line is the password (at least 10 characters); - for stdin.
@@ -946,7 +950,7 @@ pub fn point(a: Admin<PointCmd>) -> Result<ExitCode> {
             let (mut cursor, mut left, mut all) = (None::<String>, limit.unwrap_or(u32::MAX), Vec::new());
             while left > 0 {
                 let page = api.files(&id, volume, &path, cursor.as_deref(), left.min(1000))?;
-                left -= page.entries.len() as u32;
+                left = left.saturating_sub(page.entries.len() as u32);
                 if !o.json {
                     let lines: Vec<crate::ui::EntryLine> = page
                         .entries

@@ -546,6 +546,9 @@ pub fn volumes_table(vols: &[bulwark_server::point_files::VolumeRow]) {
         ]);
     }
     t.print();
+    for v in vols.iter().filter(|v| !v.problem.is_empty()) {
+        println!("volume {}: {}", v.number, v.problem);
+    }
 }
 
 /// `-rw-r--r--` and its kin: the kind's letter and the permission bits with set-id and sticky.
