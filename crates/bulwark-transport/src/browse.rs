@@ -198,7 +198,7 @@ pub fn stat(view: &View, volume: u32, path: &str) -> Result<FileEntry, ViewError
 
 /// A regular file of a point, opened for reading.
 pub enum PointFile {
-    Files(bulwark_repo::browse::FileReader),
+    Files(Box<bulwark_repo::browse::FileReader>),
     Volume { fs: Arc<bulwark_browse::Browser>, path: String, size: u64 },
 }
 
@@ -234,7 +234,7 @@ pub fn open_file(view: &View, volume: u32, path: &str) -> Result<PointFile, View
     match view {
         View::Files { repo, manifest } => {
             no_volume(manifest, volume)?;
-            Ok(PointFile::Files(bulwark_repo::browse::open_file(repo, manifest, path)?))
+            Ok(PointFile::Files(Box::new(bulwark_repo::browse::open_file(repo, manifest, path)?)))
         }
         View::Volume { image, filesystems, .. } => {
             let fs = filesystem(image, filesystems, volume)?;
@@ -314,7 +314,7 @@ fn archive_tree(repo: &Repository, m: &Manifest, path: &str, tar: &mut Tar) -> R
             }
             K::File | K::HardLink => {
                 let mut hd = h(tar::EntryType::Regular, e.size);
-                let file = PointFile::Files(bulwark_repo::browse::FileReader::new(repo, m, e.clone()));
+                let file = PointFile::Files(Box::new(bulwark_repo::browse::FileReader::new(repo, m, e.clone())));
                 let content = std::io::BufReader::with_capacity(1 << 20, FileContent { file, at: 0 });
                 tar.append_data(&mut hd, name, content).map_err(io)?
             }
