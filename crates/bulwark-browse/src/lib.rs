@@ -138,6 +138,13 @@ pub enum BrowseError {
          instead"
     )]
     NeedsRoot { what: String, found: String },
+    /// A filesystem only the kernel reads here, on a node set not to mount images.
+    #[error(
+        "{what} holds {found}: Bulwark reads its files by having the kernel mount it, which this node is set not \
+         to do (an image from another computer is not parsed by its kernel); restore the files with the point's \
+         own computer (`bulwark restore POINT --path …`), or restore the volume whole"
+    )]
+    MountsOff { what: String, found: String },
     /// The kernel mount of a filesystem failed (or a piece under it).
     #[error("{what}: its {found} filesystem cannot be mounted to read its files: {reason}")]
     Mount { what: String, found: String, reason: String },
@@ -183,6 +190,12 @@ impl Browser {
     /// [`bulwark_repo::volumes::open_volume`]): ext2/3/4 in user space, XFS, btrfs, FAT and NTFS
     /// through a kernel mount (as root only).
     pub fn open(img: Arc<dyn Image>) -> Result<Browser> {
+        Browser::open_with(img, true)
+    }
+
+    /// [`Browser::open`], with the kernel mount fallback allowed or not: a node that reads the
+    /// points of many computers may keep their images away from its kernel.
+    pub fn open_with(img: Arc<dyn Image>, kernel_mounts: bool) -> Result<Browser> {
         let what = img.describe();
         let content = bulwark_repo::volumes::detect_content(img.as_ref()).map_err(|e| BrowseError::Read {
             what: what.clone(),
@@ -208,7 +221,12 @@ impl Browser {
                         .into(),
                 })
             }
-            other if mount::kernel_type(other).is_some() => return Browser::open_mounted(img, what, content.clone()),
+            other if mount::kernel_type(other).is_some() => {
+                if !kernel_mounts {
+                    return Err(BrowseError::MountsOff { what, found: mount::display_name(other).to_string() });
+                }
+                return Browser::open_mounted(img, what, content.clone());
+            }
             "swap" => return Err(BrowseError::Unsupported { what, found: "swap space (no files)".into() }),
             "lvm2" => {
                 return Err(BrowseError::Unsupported {

@@ -134,3 +134,17 @@ fn the_browser_can_be_shared_between_threads() {
     fn shared<T: Send + Sync>() {}
     shared::<Browser>();
 }
+
+#[test]
+fn a_node_that_does_not_mount_says_so_for_xfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("xfs.img");
+    std::fs::File::create(&img).unwrap().set_len(300 << 20).unwrap();
+    let ok = std::process::Command::new("mkfs.xfs").arg("-q").arg(&img).status().unwrap().success();
+    assert!(ok, "mkfs.xfs runs (package xfsprogs)");
+    let f = std::fs::File::open(&img).unwrap();
+    let size = f.metadata().unwrap().len();
+    let e = Browser::open_with(Arc::new(FileImage(f, size)), false).err().expect("refused");
+    assert!(matches!(e, BrowseError::MountsOff { .. }), "{e}");
+    assert!(e.to_string().contains("XFS") && e.to_string().contains("own computer"), "{e}");
+}

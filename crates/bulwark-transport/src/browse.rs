@@ -67,6 +67,8 @@ pub enum View {
         image: Arc<dyn Image>,
         /// The filesystems of its volumes opened so far, by volume number.
         filesystems: Mutex<HashMap<u32, Arc<bulwark_browse::Browser>>>,
+        /// Whether filesystems the kernel reads may be mounted (see [`PointViews::new`]).
+        kernel_mounts: bool,
     },
 }
 
@@ -85,10 +87,10 @@ struct Entry<T> {
 
 type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
 
-#[derive(Default)]
 pub struct PointViews {
     repos: Cache<(PathBuf, [u8; 32]), Repository>,
     views: Cache<(PathBuf, String), Arc<View>>,
+    kernel_mounts: bool,
 }
 
 fn take<K: std::hash::Hash + Eq + Clone, T: Clone>(map: &Cache<K, T>, key: &K) -> Option<T> {
@@ -112,6 +114,13 @@ fn keep<K: std::hash::Hash + Eq + Clone, T>(map: &Cache<K, T>, key: K, value: T)
 }
 
 impl PointViews {
+    /// `kernel_mounts`: whether XFS, btrfs and other filesystems only the kernel reads may be
+    /// mounted (as root) to read their files; a node may keep other computers' images away from
+    /// its kernel.
+    pub fn new(kernel_mounts: bool) -> Self {
+        PointViews { repos: Mutex::default(), views: Mutex::default(), kernel_mounts }
+    }
+
     /// Closes what has not been used for [`IDLE`] (a point's filesystem may be a kernel mount:
     /// it goes now, not at the next request).
     pub fn sweep(&self) {
@@ -151,7 +160,7 @@ impl PointViews {
             PointKind::Files => View::Files { repo: Box::new(repo), manifest },
             PointKind::Volume => {
                 let image: Arc<dyn Image> = Arc::new(PointImage::open(&repo, &manifest)?);
-                View::Volume { manifest, image, filesystems: Mutex::default() }
+                View::Volume { manifest, image, filesystems: Mutex::default(), kernel_mounts: self.kernel_mounts }
             }
         });
         keep(&self.views, key, view.clone());
@@ -176,8 +185,10 @@ pub fn list(view: &View, volume: u32, path: &str, cursor: Option<&str>, limit: u
             no_volume(manifest, volume)?;
             Ok(bulwark_repo::browse::list_dir(repo, manifest, path, cursor, limit)?)
         }
-        View::Volume { image, filesystems, .. } => {
-            let page = filesystem(image, filesystems, volume)?.list(path, cursor, limit).map_err(browse_err)?;
+        View::Volume { image, filesystems, kernel_mounts, .. } => {
+            let page = filesystem(image, filesystems, *kernel_mounts, volume)?
+                .list(path, cursor, limit)
+                .map_err(browse_err)?;
             Ok(Page { entries: page.entries.into_iter().map(entry).collect(), next: page.next })
         }
     }
@@ -190,8 +201,8 @@ pub fn stat(view: &View, volume: u32, path: &str) -> Result<FileEntry, ViewError
             no_volume(manifest, volume)?;
             Ok(bulwark_repo::browse::stat(repo, manifest, path)?)
         }
-        View::Volume { image, filesystems, .. } => {
-            Ok(entry(filesystem(image, filesystems, volume)?.stat(path).map_err(browse_err)?))
+        View::Volume { image, filesystems, kernel_mounts, .. } => {
+            Ok(entry(filesystem(image, filesystems, *kernel_mounts, volume)?.stat(path).map_err(browse_err)?))
         }
     }
 }
@@ -236,8 +247,8 @@ pub fn open_file(view: &View, volume: u32, path: &str) -> Result<PointFile, View
             no_volume(manifest, volume)?;
             Ok(PointFile::Files(Box::new(bulwark_repo::browse::open_file(repo, manifest, path)?)))
         }
-        View::Volume { image, filesystems, .. } => {
-            let fs = filesystem(image, filesystems, volume)?;
+        View::Volume { image, filesystems, kernel_mounts, .. } => {
+            let fs = filesystem(image, filesystems, *kernel_mounts, volume)?;
             let e = fs.stat(path).map_err(browse_err)?;
             if e.kind != bulwark_browse::EntryKind::File {
                 return Err(ViewError::Invalid(format!("{}: {path:?} is not a regular file", fs.describe())));
@@ -419,13 +430,14 @@ fn no_volume(m: &Manifest, volume: u32) -> Result<(), ViewError> {
 fn filesystem(
     image: &Arc<dyn Image>,
     filesystems: &Mutex<HashMap<u32, Arc<bulwark_browse::Browser>>>,
+    kernel_mounts: bool,
     number: u32,
 ) -> Result<Arc<bulwark_browse::Browser>, ViewError> {
     if let Some(b) = filesystems.lock().expect("no panics while held").get(&number) {
         return Ok(b.clone());
     }
     let volume = volumes::open_volume(image, number).map_err(io_err)?;
-    let b = Arc::new(bulwark_browse::Browser::open(volume).map_err(browse_err)?);
+    let b = Arc::new(bulwark_browse::Browser::open_with(volume, kernel_mounts).map_err(browse_err)?);
     filesystems.lock().expect("no panics while held").insert(number, b.clone());
     Ok(b)
 }
@@ -434,7 +446,7 @@ fn browse_err(e: bulwark_browse::BrowseError) -> ViewError {
     use bulwark_browse::BrowseError as B;
     match e {
         B::NotFound { .. } => ViewError::NotFound(e.to_string()),
-        B::Unsupported { .. } | B::NeedsRoot { .. } => ViewError::Unsupported(e.to_string()),
+        B::Unsupported { .. } | B::NeedsRoot { .. } | B::MountsOff { .. } => ViewError::Unsupported(e.to_string()),
         B::Mount { .. } => ViewError::Io(e.to_string()),
         B::BadPath { .. } | B::NoFilesystem { .. } | B::Corrupt { .. } | B::Reader { .. } => {
             ViewError::Invalid(e.to_string())

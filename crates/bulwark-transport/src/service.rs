@@ -38,6 +38,9 @@ pub struct TransportConfig {
     pub bind_host: String,
     /// The program to run as a data mover (`bulwark`, which has a `data-mover` command).
     pub mover_program: PathBuf,
+    /// Whether files of XFS, btrfs and other filesystems only the kernel reads may be browsed by
+    /// mounting points' images (as root); off keeps other computers' images from this kernel.
+    pub kernel_mounts: bool,
 }
 
 struct Mover {
@@ -63,11 +66,12 @@ fn random_hex<const N: usize>() -> String {
 
 impl TransportService {
     pub fn new(cfg: TransportConfig, revoked: Revocations) -> Self {
+        let cfg_kernel_mounts = cfg.kernel_mounts;
         TransportService {
             cfg,
             revoked,
             movers: Mutex::new(HashMap::new()),
-            views: Arc::default(),
+            views: Arc::new(PointViews::new(cfg_kernel_mounts)),
             exports: Arc::default(),
         }
     }
@@ -723,6 +727,7 @@ mod tests {
             advertise_host: "localhost".into(),
             bind_host: "127.0.0.1".into(),
             mover_program: "/bin/false".into(),
+            kernel_mounts: false,
         };
         TransportService::new(cfg, Revocations::default())
     }

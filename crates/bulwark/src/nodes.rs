@@ -49,6 +49,12 @@ pub struct TransportArgs {
     /// A directory holding repositories this node serves. Repeatable.
     #[arg(long = "root", required = true, value_name = "DIR")]
     roots: Vec<PathBuf>,
+    /// Never mount a point's image to read its files: XFS, btrfs and other filesystems only the
+    /// kernel reads are then not browsed here (ext2/3/4 still are, in user space), so an image
+    /// made by a compromised computer never reaches this node's kernel. Their files can still
+    /// be restored onto the point's own computer.
+    #[arg(long)]
+    no_kernel_mounts: bool,
 }
 
 #[derive(Args)]
@@ -242,7 +248,7 @@ pub fn run_agent(args: NodeArgs) -> Result<ExitCode> {
 }
 
 pub fn run_transport(a: TransportArgs) -> Result<ExitCode> {
-    let (args, roots) = (a.node, a.roots);
+    let (args, roots, no_kernel_mounts) = (a.node, a.roots, a.no_kernel_mounts);
     init_daemon();
     if roots.is_empty() {
         bail!("a transport node needs at least one --root for its repositories");
@@ -263,6 +269,7 @@ pub fn run_transport(a: TransportArgs) -> Result<ExitCode> {
             advertise_host: host,
             bind_host: bound.ip().to_string(),
             mover_program: std::env::current_exe().context("finding this program")?,
+            kernel_mounts: !no_kernel_mounts,
         };
         let service = bulwark_transport::TransportService::new(cfg, revoked.clone());
         let server_cfg = tls::server_config(&id, tls::ClientAuth::Required, &revoked)?;
