@@ -293,23 +293,7 @@ fn convert(qemu_img: &Path, image: Arc<dyn Image>, tmp: &Path, s: &Settings) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_repo::image::check_range;
-
-    struct Bytes(Vec<u8>);
-
-    impl Image for Bytes {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            check_range(self.size(), buf.len(), offset)?;
-            buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "bytes".into()
-        }
-    }
+    use bulwark_repo::image::MemImage as Bytes;
 
     /// A raw export holds the image's bytes, leaves its zero megabytes as holes, and refuses to
     /// replace a file unless told to.

@@ -187,23 +187,7 @@ impl Image for Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A base image in memory: the overlay's tests compare against a plain buffer.
-    struct Bytes(Vec<u8>);
-
-    impl Image for Bytes {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            check_range(self.size(), buf.len(), offset)?;
-            buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "bytes".into()
-        }
-    }
+    use bulwark_repo::image::MemImage as Bytes;
 
     fn read_all(img: &dyn Image) -> Vec<u8> {
         let mut out = vec![0u8; img.size() as usize];

@@ -2,32 +2,14 @@
 //! requests answered by handle, writes refused or kept in the overlay, and clients that break
 //! the protocol dropped without harm to the others.
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_nbd::proto::*;
 use bulwark_nbd::{Export, Options, Server};
-use bulwark_repo::image::check_range;
-use bulwark_repo::Image;
-
-/// An image in memory: what the server serves in these tests.
-struct Bytes(Vec<u8>);
-
-impl Image for Bytes {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(self.size(), buf.len(), offset)?;
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "test bytes".into()
-    }
-}
+use bulwark_repo::image::MemImage as Bytes;
 
 const SIZE: usize = (3 << 20) + 555;
 

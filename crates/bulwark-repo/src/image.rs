@@ -239,6 +239,23 @@ pub fn check_range(size: u64, len: usize, offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// An image held in memory: small images, and tests that compare against a plain buffer.
+pub struct MemImage(pub Vec<u8>);
+
+impl Image for MemImage {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_range(self.size(), buf.len(), offset)?;
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "an image in memory".into()
+    }
+}
+
 /// A window of another image: one partition of a whole-disk point.
 pub struct Slice<I: ?Sized> {
     pub inner: Arc<I>,

@@ -289,21 +289,7 @@ fn gpt(img: &dyn Image) -> io::Result<Vec<Volume>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Mem(Vec<u8>);
-    impl Image for Mem {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            crate::image::check_range(self.size(), buf.len(), offset)?;
-            buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "test disk".into()
-        }
-    }
+    use crate::image::MemImage as Mem;
 
     fn mbr_disk(entries: &[(u8, u32, u32)]) -> Vec<u8> {
         let mut d = vec![0u8; 4 << 20];
