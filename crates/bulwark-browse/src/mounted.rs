@@ -422,24 +422,15 @@ impl Backend for Mounted {
         let Some(f) = self.files.get_mut(&h) else {
             return Ok(Vec::new());
         };
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
-            match f.read(&mut buf[done..]) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let at = f.stream_position().unwrap_or(0);
-                    return Err(BrowseError::Read {
-                        what: self.what.clone(),
-                        path: format!("offset {at}"),
-                        reason: format!("{e} (the kernel's log may say more)"),
-                    });
-                }
-            }
+        let mut buf = Vec::with_capacity(len);
+        if let Err(e) = f.by_ref().take(len as u64).read_to_end(&mut buf) {
+            let at = f.stream_position().unwrap_or(0);
+            return Err(BrowseError::Read {
+                what: self.what.clone(),
+                path: format!("offset {at}"),
+                reason: format!("{e} (the kernel's log may say more)"),
+            });
         }
-        buf.truncate(done);
         Ok(buf)
     }
 

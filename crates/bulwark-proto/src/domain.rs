@@ -207,6 +207,38 @@ wire!(CbtMode <=> CbtMode { Auto, Extents, None });
 pub use bulwark_repo::Compression;
 wire!(Compression <=> Compression { None, DedupeFriendly, Optimal, High, Extreme });
 
+// What a point holds, as the transport node tells the server.
+
+impl From<bulwark_repo::volumes::Volume> for pb::VolumeInfo {
+    fn from(v: bulwark_repo::volumes::Volume) -> Self {
+        pb::VolumeInfo {
+            number: v.number,
+            start: v.start,
+            size: v.size,
+            table: v.table,
+            partition_type: v.partition_type,
+            label: v.label,
+            content: v.content,
+            problem: v.problem,
+        }
+    }
+}
+
+impl From<bulwark_repo::browse::FileEntry> for pb::FileEntry {
+    fn from(e: bulwark_repo::browse::FileEntry) -> Self {
+        pb::FileEntry {
+            name: e.name,
+            kind: e.kind,
+            size: e.size,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            target: e.target.unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

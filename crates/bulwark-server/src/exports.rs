@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::api::{ApiError, AppState, Caller, Input};
 use crate::openapi::{Forbidden, Invalid, NodeFailed, NotFound, Unauthorized};
-use crate::point_files::{access, node_refused};
+use crate::point_files::{access, node_refused, transport_client};
 use crate::store::{self, ExportRow};
 
 type S = Arc<AppState>;
@@ -132,14 +132,7 @@ pub async fn unpublish(c: Caller, State(s): State<S>, Path(id): Path<String>) ->
     let row = store::export(&s.core.db, &id)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no export {id:?}")))?;
-    let node = store::node(&s.core.db, "transport", &row.transport).await?;
-    if let Some(node) = node {
-        let mut client = s
-            .core
-            .manager
-            .transport(&node.address())
-            .await
-            .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    if let Some(mut client) = transport_client(&s, &row.transport).await? {
         let req = UnpublishRequest { protocol: bulwark_proto::PROTOCOL, export_id: id.clone() };
         match client.unpublish_point(req).await {
             // Already gone on the node (it restarted, or the export expired there): the record goes too.

@@ -41,8 +41,8 @@ pub struct VolumeRow {
     pub problem: String,
 }
 
-impl From<bulwark_repo::volumes::Volume> for VolumeRow {
-    fn from(v: bulwark_repo::volumes::Volume) -> Self {
+impl From<bulwark_proto::pb::VolumeInfo> for VolumeRow {
+    fn from(v: bulwark_proto::pb::VolumeInfo) -> Self {
         VolumeRow {
             number: v.number,
             start: v.start,
@@ -111,6 +111,18 @@ pub struct ContentQuery {
     pub path: String,
 }
 
+/// A connection to transport node `name`; `None` if no such node has joined.
+pub(crate) async fn transport_client(s: &S, name: &str) -> Result<Option<TransportClient<Channel>>, ApiError> {
+    let Some(node) = store::node(&s.core.db, "transport", name).await? else { return Ok(None) };
+    let client = s
+        .core
+        .manager
+        .transport(&node.address())
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(Some(client))
+}
+
 /// The transport node holding point `id`'s repository (a client of it, and its name), and how
 /// it opens the point.
 pub(crate) async fn access(
@@ -124,15 +136,9 @@ pub(crate) async fn access(
     let (transport, path, password) = store::repository_access(&s.core.db, &repository)
         .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no repository {repository:?}")))?;
-    let node = store::node(&s.core.db, "transport", &transport)
+    let client = transport_client(s, &transport)
         .await?
         .ok_or_else(|| ApiError(StatusCode::BAD_GATEWAY, format!("transport node {transport} is gone")))?;
-    let client = s
-        .core
-        .manager
-        .transport(&node.address())
-        .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let access = PointAccess {
         protocol: bulwark_proto::PROTOCOL,
         repository: path,
@@ -173,22 +179,7 @@ pub async fn point_volumes(
         .await
         .map_err(node_refused)?
         .into_inner();
-    Ok(Json(
-        reply
-            .volumes
-            .into_iter()
-            .map(|v| VolumeRow {
-                number: v.number,
-                start: v.start,
-                size: v.size,
-                table: v.table,
-                partition_type: v.partition_type,
-                label: v.label,
-                content: v.content,
-                problem: v.problem,
-            })
-            .collect(),
-    ))
+    Ok(Json(reply.volumes.into_iter().map(Into::into).collect()))
 }
 
 /// One directory of a point, a page at a time (never a walk of the whole tree).

@@ -436,7 +436,7 @@ impl Transport for TransportService {
         let (view, volume) = self.view(r.point).await?;
         let reply = tokio::task::spawn_blocking(move || -> Result<BrowseReply, ViewError> {
             if r.volumes {
-                let volumes = browse::volumes_of(&view)?.into_iter().map(volume_info).collect();
+                let volumes = browse::volumes_of(&view)?.into_iter().map(Into::into).collect();
                 return Ok(BrowseReply { volumes, ..Default::default() });
             }
             let limit = (r.limit as usize).clamp(1, 10_000);
@@ -444,7 +444,7 @@ impl Transport for TransportService {
             let page = browse::list(&view, volume, &r.path, cursor, limit)?;
             Ok(BrowseReply {
                 volumes: Vec::new(),
-                entries: page.entries.into_iter().map(file_entry).collect(),
+                entries: page.entries.into_iter().map(Into::into).collect(),
                 next: page.next.unwrap_or_default(),
             })
         })
@@ -651,32 +651,6 @@ impl std::io::Write for ChannelWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-fn volume_info(v: bulwark_repo::volumes::Volume) -> bulwark_proto::pb::VolumeInfo {
-    bulwark_proto::pb::VolumeInfo {
-        number: v.number,
-        start: v.start,
-        size: v.size,
-        table: v.table,
-        partition_type: v.partition_type,
-        label: v.label,
-        content: v.content,
-        problem: v.problem,
-    }
-}
-
-fn file_entry(e: bulwark_repo::browse::FileEntry) -> bulwark_proto::pb::FileEntry {
-    bulwark_proto::pb::FileEntry {
-        name: e.name,
-        kind: e.kind,
-        size: e.size,
-        mode: e.mode,
-        uid: e.uid,
-        gid: e.gid,
-        mtime: e.mtime,
-        target: e.target.unwrap_or_default(),
     }
 }
 

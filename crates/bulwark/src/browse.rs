@@ -103,7 +103,8 @@ pub fn ls(
         if json {
             ui::print_json(&vols);
         } else {
-            ui::volumes_table(&vols.iter().cloned().map(Into::into).collect::<Vec<_>>());
+            let rows: Vec<_> = vols.iter().cloned().map(|v| bulwark_proto::pb::VolumeInfo::from(v).into()).collect();
+            ui::volumes_table(&rows);
             println!(
                 "point {} is a disk with {} volumes holding files: choose one with --volume N to list its files",
                 m.id,
