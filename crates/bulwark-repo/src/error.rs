@@ -1,5 +1,4 @@
 use std::io;
-use std::path::PathBuf;
 
 use crate::ChunkId;
 
@@ -9,26 +8,26 @@ pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("{path}: not a Bulwark repository (no config file); create one with `bulwark repo init`")]
-    NotARepository { path: PathBuf },
+    NotARepository { path: String },
     #[error("{path}: not a Bulwark repository (config says format {found:?})")]
-    ForeignFormat { path: PathBuf, found: String },
+    ForeignFormat { path: String, found: String },
     #[error(
         "{path}: repository format version {found} is newer than this Bulwark understands \
          (up to {supported}); upgrade Bulwark"
     )]
-    NewerFormat { path: PathBuf, found: u32, supported: u32 },
+    NewerFormat { path: String, found: u32, supported: u32 },
     #[error("{path}: a repository already exists here")]
-    AlreadyExists { path: PathBuf },
+    AlreadyExists { path: String },
     #[error("repository {path} is encrypted: give the password with --password-file or BULWARK_PASSWORD")]
-    PasswordRequired { path: PathBuf },
+    PasswordRequired { path: String },
     #[error("repository {path}: wrong password")]
-    WrongPassword { path: PathBuf },
+    WrongPassword { path: String },
     /// The key file predates integrity digests: a damaged one looks like a wrong password.
     #[error(
         "repository {path}: wrong password, or a damaged key file (keys/default predates integrity \
          digests, so the two cannot be told apart; `bulwark repo upgrade` adds them)"
     )]
-    WrongPasswordOrDamagedKey { path: PathBuf },
+    WrongPasswordOrDamagedKey { path: String },
     /// One of the repository's own objects (config, key file) is damaged.
     #[error("repository {repo}: {object} is damaged: {reason}; {remedy}")]
     DamagedObject { repo: String, object: String, reason: String, remedy: String },
@@ -47,6 +46,8 @@ pub enum RepoError {
     DamagedPoint { repo: String, point: String, reason: String },
     #[error("repository {repo}: point {point} is the base of a running backup ({writer}); it can be deleted when that backup ends")]
     PointInUse { repo: String, point: String, writer: String },
+    #[error("repository {repo}: {holder} is at work on it; try again when it is done")]
+    Busy { repo: String, holder: String },
     #[error("repository {repo}: no restore point {point}")]
     NoSuchPoint { repo: String, point: String },
     #[error("repository {repo}: invalid argument: {reason}")]
@@ -66,7 +67,7 @@ impl RepoError {
                 source.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
             ),
-            RepoError::Remote { .. } | RepoError::PointInUse { .. } => false,
+            RepoError::Remote { .. } | RepoError::PointInUse { .. } | RepoError::Busy { .. } => false,
             _ => true,
         }
     }

@@ -3,12 +3,12 @@
 //! The scheme (mark and sweep with leases, after Proxmox Backup Server's):
 //! - A backup holds a *writer lease* from before its first chunk until its manifest is written.
 //!   The lease names the point it builds on (its parent), and while the lease lives that point
-//!   cannot be deleted (`delete_point` and `begin_point` serialise on the point lock), so the
-//!   parent's chunks stay marked. Every other chunk it reuses — found already stored by digest —
+//!   cannot be deleted (`delete_point` and `begin_point` each write, then read the other's
+//!   object: see `locks`), so the parent's chunks stay marked. Every other chunk it reuses — found already stored by digest —
 //!   it *touches* (sets the chunk's modification time to now) under the shared chunk lock; every
 //!   chunk it writes is new, so fresh too.
-//! - The collector reads the storage's clock (`start`), then the live leases, then every manifest
-//!   and index (mark), holding the shared point lock so no point is deleted while it marks. Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
+//! - The collector takes the maintenance lock (forgets refuse to run while it is held), reads the
+//!   storage's clock (`start`), then the live leases, then every manifest and index (mark). Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
 //!   directory at a time under the exclusive chunk lock, it deletes chunks that are unmarked *and*
 //!   older than the cutoff (sweep).
 //! - Why that is safe: a backup that committed before the collector listed manifests is marked.
@@ -16,7 +16,7 @@
 //!   wrote is younger than the cutoff. One that began later began after `start`, likewise. A
 //!   touch cannot slip between the collector's "is it old?" and "delete", because the collector
 //!   holds the exclusive chunk lock over both and the touch needs the shared one.
-//! - A lease whose process died is seen as dead (its flock is free) and ignored; its staged files,
+//! - A lease whose process died is seen as dead (expired, or its process gone) and ignored; its staged files,
 //!   the index it may have committed and the lease itself are removed once older than the cutoff.
 //! - What is not understood is kept. A point whose manifest is damaged, and an index whose
 //!   manifest vanished without a forget (an *orphan*), keep every chunk their index names (read
@@ -29,11 +29,16 @@ use serde::Serialize;
 
 use crate::chunk::ChunkId;
 use crate::error::Result;
+use crate::locks;
 use crate::point::RestorePointId;
 use crate::Repository;
 
 /// The default margin for filesystem timestamp granularity.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// How old the tombstone of a point that is still there must be before the collection takes it
+/// for an interrupted forget.
+const TOMBSTONE_SETTLES: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct GcReport {
@@ -58,8 +63,10 @@ pub struct GcReport {
 pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     let storage = repo.storage();
     let ioe = |what: &str, e| repo.io_err(what, e);
+    // Held to the end: a point listed below must not be forgotten while the collection runs.
+    let _maintenance = repo.maintenance("gc")?;
     let start = storage.now().map_err(|e| ioe("reading the storage clock", e))?;
-    let writers = storage.live_writers().map_err(|e| ioe("listing running backups", e))?;
+    let writers = locks::writers(storage, true).map_err(|e| ioe("listing running backups", e))?;
     let oldest = writers.iter().map(|w| w.started).min().unwrap_or(start).min(start);
     let cutoff = oldest.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { live_backups: writers.len(), ..Default::default() };
@@ -67,11 +74,10 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     // Mark. A damaged or orphaned point keeps what its index names: deleting its chunks would
     // turn a repairable point into a lost one.
     let mut marked: HashSet<ChunkId> = HashSet::new();
-    // The shared point lock keeps every point listed here (and every parent a running backup
-    // reuses chunks from) from being deleted until marking is done; otherwise a point that
+    // The maintenance lock keeps every point listed here (and every parent a running backup
+    // reuses chunks from) from being forgotten until marking is done; otherwise a point that
     // commits meanwhile could lose its parent, and with it the only marked reference to the
     // chunks it reused.
-    let points_guard = storage.lock_points(false).map_err(|e| ioe("taking the point lock", e))?;
     let catalog = repo.catalog()?;
     report.points = catalog.points.len();
     for m in &catalog.points {
@@ -98,12 +104,16 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
             marked.insert(c);
         })?;
     }
-    // A forget interrupted before it deleted the manifest took no effect: its tombstone goes.
-    // (Under the point lock: a forget running now holds it exclusively.)
+    // A forget interrupted before it deleted the manifest took no effect: its tombstone goes
+    // once old enough that no forget can still be at work on it (one that started before this
+    // collection took the maintenance lock may be).
+    let settled = start.checked_sub(TOMBSTONE_SETTLES).unwrap_or(SystemTime::UNIX_EPOCH);
     for m in catalog.points.iter().filter(|m| catalog.forgotten.contains(&m.id)) {
-        storage.delete(&m.id.tombstone_key()).map_err(|e| ioe("clearing a tombstone", e))?;
+        let key = m.id.tombstone_key();
+        if storage.stat(&key).map_err(|e| ioe("reading a tombstone", e))?.is_some_and(|t| t.modified < settled) {
+            storage.delete(&key).map_err(|e| ioe("clearing a tombstone", e))?;
+        }
     }
-    drop(points_guard);
     report.referenced_chunks = marked.len();
 
     // Sweep.
@@ -144,7 +154,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     // Leftovers of dead backups and interrupted forgets in points/ and locks/: an index without a
     // manifest whose lease says its backup died, or whose tombstone says it was forgotten.
     let live: HashSet<&str> = writers.iter().map(|w| w.id.as_str()).collect();
-    let dead = storage.dead_writers().map_err(|e| ioe("listing dead backups", e))?;
+    let dead = locks::writers(storage, false).map_err(|e| ioe("listing dead backups", e))?;
     let orphans: HashSet<String> = catalog.orphans.iter().map(|o| o.to_string()).collect();
     let committed: HashSet<&str> = catalog.points.iter().map(|m| m.id.as_str()).collect();
     let damaged: HashSet<&str> = catalog.damaged.iter().map(|d| d.id.as_str()).collect();
@@ -169,7 +179,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     }
     for w in dead.iter().filter(|w| w.started < cutoff) {
         if !storage.exists(&format!("points/{}.index", w.id)).map_err(|e| ioe("checking an index", e))? {
-            storage.delete(&format!("locks/writers/{}", w.id)).map_err(|e| ioe("clearing a dead lease", e))?;
+            storage.delete(&format!("{}{}", locks::WRITERS, w.id)).map_err(|e| ioe("clearing a dead lease", e))?;
         }
     }
     for dir in ["points/", "locks/"] {

@@ -22,6 +22,7 @@ pub mod gc;
 pub mod image;
 pub mod index;
 mod integrity;
+pub mod locks;
 pub mod point;
 mod repository;
 pub mod retention;

@@ -1,5 +1,4 @@
 use std::io::{self, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -10,8 +9,9 @@ use crate::crypto::{self, KdfParams, KeyFile, Keys};
 use crate::error::{RepoError, Result};
 use crate::index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize, IndexHeader};
 use crate::integrity;
+use crate::locks::{self, Lease, LEASE_TTL};
 use crate::point::{validate_name, FileSummary, Manifest, PointKind, PointStats, RestorePointId};
-use crate::storage::{LocalStorage, Storage, WriterLease};
+use crate::storage::{self, Location, Storage};
 use crate::tree::{RecordSplitter, TreeEntry, PIECE};
 use std::collections::HashSet;
 
@@ -92,6 +92,7 @@ pub struct InitOptions {
 #[derive(Clone)]
 pub struct Repository {
     storage: Arc<dyn Storage>,
+    location: Location,
     master: Keys,
     keys: Keys,
     scope: Option<String>,
@@ -101,21 +102,35 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Creates a repository in `path` (an empty or absent directory).
-    pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {
-        let storage = LocalStorage::new(path);
-        let label = path.display().to_string();
+    /// Creates a repository at `location` (an empty or absent directory, an empty bucket or
+    /// prefix).
+    pub fn init(location: impl Into<Location>, opts: &InitOptions) -> Result<Repository> {
+        let location = location.into();
+        let label = location.to_string();
         let ioe = |what: &str, e: io::Error| RepoError::Io { repo: label.clone(), what: what.into(), source: e };
-        if storage.exists("config").map_err(|e| ioe("reading config", e))? {
-            return Err(RepoError::AlreadyExists { path: path.into() });
+        let storage = storage::open(&location).map_err(|e| ioe("opening the storage", e))?;
+        if storage.exists(CONFIG).map_err(|e| ioe("reading config", e))? {
+            return Err(RepoError::AlreadyExists { path: label });
         }
-        if let Ok(mut rd) = std::fs::read_dir(path) {
-            if rd.next().is_some() {
-                return Err(RepoError::Invalid {
-                    repo: label,
-                    reason: "the directory is not empty; a repository needs a directory of its own".into(),
-                });
-            }
+        let occupied = match location.as_path() {
+            Some(path) => std::fs::read_dir(path).is_ok_and(|mut rd| rd.next().is_some()),
+            None => !storage.list("").map_err(|e| ioe("listing the storage", e))?.is_empty(),
+        };
+        if occupied {
+            return Err(RepoError::Invalid {
+                repo: label,
+                reason: match location.as_path() {
+                    Some(_) => "the directory is not empty; a repository needs a directory of its own",
+                    None => "the bucket (or prefix) is not empty; a repository needs one of its own",
+                }
+                .into(),
+            });
+        }
+        if !storage.is_local() {
+            return Err(RepoError::Invalid {
+                repo: label,
+                reason: "this build keeps one file per chunk, which needs a local directory".into(),
+            });
         }
         if opts.isolation == Isolation::Computer && opts.password.is_none() {
             return Err(RepoError::Invalid {
@@ -131,7 +146,7 @@ impl Repository {
             Some(pw) => {
                 let (keys, file) = Keys::generate(pw, opts.kdf)
                     .map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
-                put_twice(&storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| ioe("writing key file", e))?;
+                put_twice(&*storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| ioe("writing key file", e))?;
                 keys
             }
             None => Keys::none(),
@@ -151,13 +166,14 @@ impl Repository {
             isolation: opts.isolation,
         };
         // The config is written last: a directory without it is not (yet) a repository.
-        put_twice(&storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config", e))?;
-        Ok(Repository::new(storage, keys, &config))
+        put_twice(&*storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config", e))?;
+        Ok(Repository::new(storage, location, keys, &config))
     }
 
-    fn new(storage: LocalStorage, keys: Keys, config: &Config) -> Repository {
+    fn new(storage: Arc<dyn Storage>, location: Location, keys: Keys, config: &Config) -> Repository {
         Repository {
-            storage: Arc::new(storage),
+            storage,
+            location,
             master: keys.clone(),
             keys,
             scope: None,
@@ -166,16 +182,21 @@ impl Repository {
         }
     }
 
-    /// Opens the repository in `path`; `password` is needed when it is encrypted.
-    pub fn open(path: &Path, password: Option<&[u8]>) -> Result<Repository> {
-        let storage = LocalStorage::new(path);
-        let config = read_config(&storage, path)?;
-        let label = path.display().to_string();
+    /// Opens the repository at `location`; `password` is needed when it is encrypted.
+    pub fn open(location: impl Into<Location>, password: Option<&[u8]>) -> Result<Repository> {
+        let location = location.into();
+        let label = location.to_string();
+        let storage = storage::open(&location).map_err(|e| RepoError::Io {
+            repo: label.clone(),
+            what: "opening the storage".into(),
+            source: e,
+        })?;
+        let config = read_config(&*storage, &label)?;
         let keys = match config.encryption.as_str() {
             "none" => Keys::none(),
             "aes256gcm" => {
-                let pw = password.ok_or_else(|| RepoError::PasswordRequired { path: path.into() })?;
-                let (keys, _) = unlock(&storage, &label, pw)?;
+                let pw = password.ok_or_else(|| RepoError::PasswordRequired { path: label.clone() })?;
+                let (keys, _) = unlock(&*storage, &label, pw)?;
                 keys
             }
             other => return Err(damaged_config(&label, format!("it names an unknown encryption {other:?}"))),
@@ -183,17 +204,17 @@ impl Repository {
         if config.isolation == Isolation::Computer && !keys.is_encrypted() {
             return Err(damaged_config(&label, "it isolates computers in an unencrypted repository".into()));
         }
-        Ok(Repository::new(storage, keys, &config))
+        Ok(Repository::new(storage, location, keys, &config))
     }
 
     /// Takes a repository of an older format to [`FORMAT_VERSION`]: seals the manifests of an
     /// unencrypted repository and the key file with integrity digests, then the config. Safe to
     /// interrupt and run again; returns how many manifests it sealed.
-    pub fn upgrade(path: &Path, password: Option<&[u8]>) -> Result<usize> {
-        let repo = Repository::open(path, password)?;
-        let mut config = read_config(&LocalStorage::new(path), path)?;
+    pub fn upgrade(location: impl Into<Location>, password: Option<&[u8]>) -> Result<usize> {
+        let repo = Repository::open(location, password)?;
+        let mut config = read_config(&*repo.storage, &repo.label())?;
         let ioe = |what: String, e| repo.io_err(what, e);
-        let _points = repo.storage.lock_points(true).map_err(|e| ioe("taking the point lock".into(), e))?;
+        let _maintenance = repo.maintenance("upgrade")?;
         let mut sealed = 0;
         if !repo.master.is_encrypted() {
             let catalog = repo.catalog()?;
@@ -221,20 +242,18 @@ impl Repository {
             }
         } else if let Some(pw) = password {
             // (Opening it above healed a damaged primary from its copy, or failed.)
-            let storage = LocalStorage::new(path);
+            let storage = &*repo.storage;
             let raw = storage.read(KEY_FILE).map_err(|e| ioe("reading key file".into(), e))?;
             if let integrity::Checked::Intact(v) | integrity::Checked::Unsealed(v) = integrity::check(&raw) {
                 let file: KeyFile = serde_json::from_value(v).map_err(|e| damaged_key(&repo.label(), e.to_string()))?;
                 unlock_one(&raw, &repo.label(), pw)?;
-                put_twice(&storage, KEY_FILE, &integrity::seal(&file))
-                    .map_err(|e| ioe("writing key file".into(), e))?;
+                put_twice(storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| ioe("writing key file".into(), e))?;
             }
         }
         if !repo.master.is_encrypted() {
             config.version = config.version.max(SEALED_MANIFESTS);
         }
-        put_twice(&LocalStorage::new(path), CONFIG, &integrity::seal(&config))
-            .map_err(|e| ioe("writing config".into(), e))?;
+        put_twice(&*repo.storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config".into(), e))?;
         Ok(sealed)
     }
 
@@ -272,17 +291,16 @@ impl Repository {
     }
 
     /// Re-wraps the master key under a new password. Chunks are untouched.
-    pub fn change_password(path: &Path, old: &[u8], new: &[u8], kdf: KdfParams) -> Result<()> {
-        let storage = LocalStorage::new(path);
-        let label = path.display().to_string();
-        let repo = Repository::open(path, Some(old))?;
+    pub fn change_password(location: impl Into<Location>, old: &[u8], new: &[u8], kdf: KdfParams) -> Result<()> {
+        let repo = Repository::open(location, Some(old))?;
+        let (storage, label) = (&*repo.storage, repo.label());
         if !repo.keys.is_encrypted() {
             return Err(RepoError::Invalid { repo: label, reason: "the repository is not encrypted".into() });
         }
-        let (_, master) = unlock(&storage, &label, old)?;
+        let (_, master) = unlock(storage, &label, old)?;
         let file =
             crypto::wrap(&master, new, kdf).map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
-        put_twice(&storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| RepoError::Io {
+        put_twice(storage, KEY_FILE, &integrity::seal(&file)).map_err(|e| RepoError::Io {
             repo: label,
             what: "writing key file".into(),
             source: e,
@@ -295,6 +313,21 @@ impl Repository {
 
     pub fn storage(&self) -> &dyn Storage {
         &*self.storage
+    }
+
+    /// Where the repository is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Takes the maintenance lock (one collection or upgrade at a time; forgets wait for it).
+    pub(crate) fn maintenance(&self, what: &str) -> Result<Lease> {
+        match locks::maintenance(self.storage.clone(), what)
+            .map_err(|e| self.io_err("taking the maintenance lock", e))?
+        {
+            Ok(lease) => Ok(lease),
+            Err(holder) => Err(RepoError::Busy { repo: self.label(), holder: holder.describe() }),
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -480,29 +513,32 @@ impl Repository {
         let mut spec = spec;
         // Whatever a writer claims, the point is of the keys it is written with.
         spec.key_scope = self.scope.clone();
-        let lease = {
-            // Pin the parent: under the shared point lock, announce it, then check it still
-            // exists. `delete_point` checks the leases under the exclusive lock, so either it saw
-            // this lease or the parent was already gone and is not used.
-            let _points = self.storage.lock_points(false).map_err(|e| self.io_err("taking the point lock", e))?;
-            let parent = spec.parent.as_ref().map(|p| p.as_str().to_string());
-            let lease = self
-                .storage
-                .lease_writer(id.as_str(), parent.as_deref())
-                .map_err(|e| self.io_err("registering the backup", e))?;
-            if let Some(p) = &spec.parent {
-                if !self.storage.exists(&p.manifest_key()).map_err(|e| self.io_err("checking the parent point", e))? {
-                    spec.parent = None;
-                }
+        // Pin the parent: announce it in the lease, then check it still stands. A forget
+        // writes its tombstone, then reads the leases (see `delete_point`): with a store whose
+        // reads follow its writes, either the forget sees this lease and refuses, or this
+        // sees the tombstone (or the manifest gone) and starts afresh.
+        let parent = spec.parent.as_ref().map(|p| p.as_str().to_string());
+        let lease = Lease::take(
+            self.storage.clone(),
+            format!("{}{}", locks::WRITERS, id.as_str()),
+            "backup",
+            parent.as_deref(),
+            LEASE_TTL,
+        )
+        .map_err(|e| self.io_err("registering the backup", e))?;
+        if let Some(p) = &spec.parent {
+            let exists =
+                |key: String| self.storage.exists(&key).map_err(|e| self.io_err("checking the parent point", e));
+            if !exists(p.manifest_key())? || exists(p.tombstone_key())? {
+                spec.parent = None;
             }
-            lease
-        };
+        }
         let index = match spec.kind {
             PointKind::Volume => Some(self.index_writer(&id, IndexHeader::new(spec.block_size, spec.volume_size))?),
             PointKind::Files => None,
         };
         let sync = self.storage.sync_point().map_err(|e| self.io_err("opening the repository for sync", e))?;
-        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, _lease: lease })
+        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease })
     }
 
     fn index_writer(&self, id: &RestorePointId, header: IndexHeader) -> Result<BlockIndexWriter> {
@@ -552,7 +588,7 @@ impl Repository {
             }
             // A backup that is running, or died before writing its manifest, still has its
             // lease: its index is no orphan.
-            let lease = format!("locks/writers/{id}");
+            let lease = format!("{}{id}", locks::WRITERS);
             if self.storage.exists(&lease).map_err(|e| self.io_err("checking a backup's lease", e))? {
                 continue;
             }
@@ -760,17 +796,29 @@ impl Repository {
     /// (the point is gone at once), its index, and the tombstone. Chunks are left to garbage
     /// collection; no other point is touched.
     pub fn delete_point(&self, id: &RestorePointId) -> Result<()> {
-        let _points = self.storage.lock_points(true).map_err(|e| self.io_err("taking the point lock", e))?;
-        let writers = self.storage.live_writers().map_err(|e| self.io_err("listing running backups", e))?;
-        if let Some(w) = writers.iter().find(|w| w.parent.as_deref() == Some(id.as_str())) {
-            return Err(RepoError::PointInUse { repo: self.label(), point: id.to_string(), writer: w.id.clone() });
-        }
         let exists = |key: String| self.storage.exists(&key).map_err(|e| self.io_err("checking a point", e));
         if !exists(id.manifest_key())? && !exists(id.index_key())? {
             return Err(RepoError::NoSuchPoint { repo: self.label(), point: id.to_string() });
         }
         let tomb = id.tombstone_key();
         self.storage.put(&tomb, b"forgotten\n", true).map_err(|e| self.io_err(format!("forgetting {id}"), e))?;
+        // Now that the tombstone is written, a backup that starts will not build on the point and
+        // a collection that starts will keep its chunks; one already running is seen here.
+        let refuse = |e: RepoError| -> Result<()> {
+            self.storage.delete(&tomb).map_err(|e| self.io_err(format!("withdrawing the forget of {id}"), e))?;
+            Err(e)
+        };
+        let writers = locks::writers(&*self.storage, true).map_err(|e| self.io_err("listing running backups", e))?;
+        if let Some(w) = writers.iter().find(|w| w.parent.as_deref() == Some(id.as_str())) {
+            return refuse(RepoError::PointInUse { repo: self.label(), point: id.to_string(), writer: w.id.clone() });
+        }
+        // A collection marks what the points it listed reference: a point it listed must stay
+        // until it is done, or a backup that reused the point's chunks could lose them.
+        if let Some(h) =
+            locks::maintenance_holder(&*self.storage).map_err(|e| self.io_err("reading the maintenance lock", e))?
+        {
+            return refuse(RepoError::Busy { repo: self.label(), holder: h.describe() });
+        }
         self.storage.delete(&id.manifest_key()).map_err(|e| self.io_err(format!("deleting manifest of {id}"), e))?;
         self.storage.sync().map_err(|e| self.io_err("syncing", e))?;
         self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))?;
@@ -785,7 +833,7 @@ const CONFIG: &str = "config";
 /// The repository's own objects (config, key file) are stored twice, `KEY` and `KEY.copy`:
 /// losing either would lose every point. The copy is written first, so an interrupted write
 /// leaves one whole.
-fn put_twice(storage: &LocalStorage, key: &str, bytes: &[u8]) -> io::Result<()> {
+fn put_twice(storage: &dyn Storage, key: &str, bytes: &[u8]) -> io::Result<()> {
     storage.put(&format!("{key}.copy"), bytes, true)?;
     storage.put(key, bytes, true)
 }
@@ -793,7 +841,7 @@ fn put_twice(storage: &LocalStorage, key: &str, bytes: &[u8]) -> io::Result<()> 
 /// Reads one of the objects [`put_twice`] wrote: the primary, or when it is damaged or gone
 /// and the copy `parse`s, the copy, which then replaces the primary (best effort: a repository
 /// this user may only read is left as it is).
-fn read_twice<T>(storage: &LocalStorage, key: &str, parse: impl Fn(Option<&[u8]>) -> Result<T>) -> Result<T> {
+fn read_twice<T>(storage: &dyn Storage, key: &str, parse: impl Fn(Option<&[u8]>) -> Result<T>) -> Result<T> {
     let primary = storage.read(key);
     let first = match &primary {
         Ok(raw) => parse(Some(raw)),
@@ -829,12 +877,12 @@ fn read_twice<T>(storage: &LocalStorage, key: &str, parse: impl Fn(Option<&[u8]>
 }
 
 /// Reads and checks the config: a damaged one is named as such, not as another product's.
-fn read_config(storage: &LocalStorage, path: &Path) -> Result<Config> {
-    read_twice(storage, CONFIG, |raw| parse_config(raw, path))
+fn read_config(storage: &dyn Storage, label: &str) -> Result<Config> {
+    read_twice(storage, CONFIG, |raw| parse_config(raw, label))
 }
 
-fn parse_config(raw: Option<&[u8]>, path: &Path) -> Result<Config> {
-    let label = path.display().to_string();
+fn parse_config(raw: Option<&[u8]>, label: &str) -> Result<Config> {
+    let path = label;
     let Some(raw) = raw else { return Err(RepoError::NotARepository { path: path.into() }) };
     let value = match integrity::check(raw) {
         integrity::Checked::Intact(v) | integrity::Checked::Unsealed(v) => v,
@@ -844,21 +892,21 @@ fn parse_config(raw: Option<&[u8]>, path: &Path) -> Result<Config> {
             if !ours {
                 return Err(RepoError::ForeignFormat { path: path.into(), found: "unreadable".into() });
             }
-            return Err(damaged_config(&label, reason));
+            return Err(damaged_config(label, reason));
         }
     };
     match value.get("format").and_then(|f| f.as_str()) {
         Some(FORMAT_NAME) => {}
         Some(other) if integrity::near(other, FORMAT_NAME) => {
-            return Err(damaged_config(&label, format!("its format field reads {other:?}")))
+            return Err(damaged_config(label, format!("its format field reads {other:?}")))
         }
         Some(other) => return Err(RepoError::ForeignFormat { path: path.into(), found: other.into() }),
         None if raw.windows(7).any(|w| w == b"bulwark") => {
-            return Err(damaged_config(&label, "it has no format field".into()))
+            return Err(damaged_config(label, "it has no format field".into()))
         }
         None => return Err(RepoError::ForeignFormat { path: path.into(), found: "unreadable".into() }),
     }
-    let config: Config = serde_json::from_value(value).map_err(|e| damaged_config(&label, format!("{e}")))?;
+    let config: Config = serde_json::from_value(value).map_err(|e| damaged_config(label, format!("{e}")))?;
     if config.version > FORMAT_VERSION {
         return Err(RepoError::NewerFormat { path: path.into(), found: config.version, supported: FORMAT_VERSION });
     }
@@ -886,7 +934,7 @@ fn damaged_key(label: &str, reason: String) -> RepoError {
     }
 }
 
-fn unlock(storage: &LocalStorage, label: &str, pw: &[u8]) -> Result<(Keys, [u8; 64])> {
+fn unlock(storage: &dyn Storage, label: &str, pw: &[u8]) -> Result<(Keys, [u8; 64])> {
     read_twice(storage, KEY_FILE, |raw| match raw {
         Some(raw) => unlock_one(raw, label, pw),
         None => Err(RepoError::Io {
@@ -971,7 +1019,7 @@ pub struct PointWriter {
     /// The block index of a volume point, written as blocks arrive.
     index: Option<BlockIndexWriter>,
     sync: Box<dyn crate::storage::SyncPoint>,
-    _lease: Box<dyn WriterLease>,
+    lease: Lease,
 }
 
 impl PointWriter {
@@ -1059,6 +1107,10 @@ impl PointWriter {
         };
         // Everything the manifest refers to must be on disk before the manifest is.
         self.sync.sync().map_err(|e| repo.io_err("syncing chunks and index", e))?;
+        self.lease.check().map_err(|reason| RepoError::Invalid {
+            repo: repo.label(),
+            reason: format!("backup {} is not committed: {reason}", self.id),
+        })?;
         repo.storage
             .put(&self.id.manifest_key(), &body, true)
             .map_err(|e| repo.io_err(format!("writing manifest of {}", self.id), e))?;
