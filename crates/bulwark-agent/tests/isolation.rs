@@ -13,9 +13,13 @@ use bulwark_repo::{Compression, InitOptions, Isolation, Repository};
 use common::*;
 
 fn isolated(dir: &std::path::Path) -> Repository {
-    let opts =
-        InitOptions { password: Some(b"correct horse".to_vec()), kdf: cheap_kdf(), isolation: Isolation::Computer };
-    Repository::init(&dir.join("repo"), &opts).unwrap()
+    let opts = InitOptions {
+        password: Some(b"correct horse".to_vec()),
+        kdf: cheap_kdf(),
+        isolation: Isolation::Computer,
+        ..Default::default()
+    };
+    Repository::init(dir.join("repo"), &opts).unwrap()
 }
 
 fn chunk_files(dir: &std::path::Path) -> usize {
@@ -88,7 +92,7 @@ fn computers_of_an_isolated_repository_share_nothing_but_the_repository() {
 fn isolation_needs_encryption_and_older_builds_are_told_the_format_is_newer() {
     let dir = tempfile::tempdir().unwrap();
     let opts = InitOptions { isolation: Isolation::Computer, ..Default::default() };
-    let e = Repository::init(&dir.path().join("plain"), &opts).err().unwrap().to_string();
+    let e = Repository::init(dir.path().join("plain"), &opts).err().unwrap().to_string();
     assert!(e.contains("need an encrypted repository"), "{e}");
     isolated(dir.path());
     let config = std::fs::read_to_string(dir.path().join("repo/config")).unwrap();

@@ -30,8 +30,9 @@ use serde::Serialize;
 use crate::chunk::ChunkId;
 use crate::error::Result;
 use crate::locks;
+use crate::pack::{self, IndexObject, Loc, PackId, Packs};
 use crate::point::RestorePointId;
-use crate::Repository;
+use crate::{Catalog, Repository};
 
 /// The default margin for filesystem timestamp granularity.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -58,6 +59,16 @@ pub struct GcReport {
     pub damaged_points_kept: Vec<String>,
     /// Indexes whose manifest was lost (not forgotten), kept with their chunks.
     pub orphan_indexes_kept: Vec<String>,
+    /// Packs deleted whole (every chunk in them unreferenced, or left by dead backups).
+    pub deleted_packs: u64,
+    /// Packs rewritten without their unreferenced chunks.
+    pub repacked_packs: u64,
+    /// Unreferenced chunks condemned and waiting: they go when every backup that began before
+    /// they were condemned has ended (at the next collection).
+    pub condemned_waiting: u64,
+    /// The backups they wait for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
@@ -80,30 +91,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     // chunks it reused.
     let catalog = repo.catalog()?;
     report.points = catalog.points.len();
-    for m in &catalog.points {
-        let marked_all = repo.for_each_reference(m, |id| {
-            marked.insert(id);
-        });
-        if let Err(e) = marked_all {
-            // Its index or tree is damaged: keep what can still be read of it.
-            report.damaged_points_kept.push(format!("{} ({e})", m.id));
-            repo.salvage_references(&m.id, |id| {
-                marked.insert(id);
-            })?;
-        }
-    }
-    for d in &catalog.damaged {
-        report.damaged_points_kept.push(d.id.to_string());
-        repo.salvage_references(&d.id, |id| {
-            marked.insert(id);
-        })?;
-    }
-    for id in &catalog.orphans {
-        report.orphan_indexes_kept.push(id.to_string());
-        repo.salvage_references(id, |c| {
-            marked.insert(c);
-        })?;
-    }
+    mark(repo, &catalog, |_| true, &mut marked, &mut report)?;
     // A forget interrupted before it deleted the manifest took no effect: its tombstone goes
     // once old enough that no forget can still be at work on it (one that started before this
     // collection took the maintenance lock may be).
@@ -116,39 +104,9 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     }
     report.referenced_chunks = marked.len();
 
-    // Sweep.
-    for b in 0..=255u8 {
-        let dir = format!("chunks/{b:02x}/");
-        let _guard = storage.lock_chunks_exclusive().map_err(|e| ioe("taking the chunk lock", e))?;
-        for e in storage.list(&dir).map_err(|e| ioe("listing chunks", e))? {
-            if let Some(id) = e.name.strip_suffix(".damaged").and_then(ChunkId::from_hex) {
-                // A damaged copy kept for inspection goes once a good one is stored again, or
-                // no point needs it any more.
-                let replaced = storage.exists(&id.key()).map_err(|e| ioe("checking a chunk", e))?;
-                if (replaced || !marked.contains(&id)) && e.modified < cutoff {
-                    storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a damaged chunk", e))?;
-                    report.removed_damaged_copies += 1;
-                }
-                continue;
-            }
-            let Some(id) = ChunkId::from_hex(&e.name) else { continue };
-            if marked.contains(&id) {
-                continue;
-            }
-            if e.modified >= cutoff {
-                report.spared_chunks += 1;
-                continue;
-            }
-            storage.delete(&id.key()).map_err(|e| ioe(&format!("deleting chunk {id}"), e))?;
-            report.deleted_chunks += 1;
-            report.deleted_bytes += e.size;
-        }
-        for e in storage.list_stale_staged(&dir).map_err(|e| ioe("listing staged chunks", e))? {
-            if e.modified < cutoff {
-                storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a staged chunk", e))?;
-                report.removed_staged_files += 1;
-            }
-        }
+    match repo.packs() {
+        Some(packs) => sweep_packs(repo, packs, &catalog, &mut marked, cutoff, &mut report)?,
+        None => sweep_loose(repo, &marked, cutoff, &mut report)?,
     }
 
     // Leftovers of dead backups and interrupted forgets in points/ and locks/: an index without a
@@ -191,4 +149,225 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
         }
     }
     Ok(report)
+}
+
+/// Marks what the points of `catalog` that pass `which` reference. A damaged or orphaned point
+/// keeps what its index names: deleting its chunks would turn a repairable point into a lost one.
+fn mark(
+    repo: &Repository,
+    catalog: &Catalog,
+    which: impl Fn(&RestorePointId) -> bool,
+    marked: &mut HashSet<ChunkId>,
+    report: &mut GcReport,
+) -> Result<()> {
+    for m in catalog.points.iter().filter(|m| which(&m.id)) {
+        let marked_all = repo.for_each_reference(m, |id| {
+            marked.insert(id);
+        });
+        if let Err(e) = marked_all {
+            // Its index or tree is damaged: keep what can still be read of it.
+            report.damaged_points_kept.push(format!("{} ({e})", m.id));
+            repo.salvage_references(&m.id, |id| {
+                marked.insert(id);
+            })?;
+        }
+    }
+    for d in catalog.damaged.iter().filter(|d| which(&d.id)) {
+        report.damaged_points_kept.push(d.id.to_string());
+        repo.salvage_references(&d.id, |id| {
+            marked.insert(id);
+        })?;
+    }
+    for id in catalog.orphans.iter().filter(|id| which(id)) {
+        report.orphan_indexes_kept.push(id.to_string());
+        repo.salvage_references(id, |c| {
+            marked.insert(c);
+        })?;
+    }
+    Ok(())
+}
+
+/// The sweep of a repository with one file per chunk: under the exclusive chunk lock, every
+/// unmarked chunk older than the cutoff goes.
+fn sweep_loose(repo: &Repository, marked: &HashSet<ChunkId>, cutoff: SystemTime, report: &mut GcReport) -> Result<()> {
+    let storage = repo.storage();
+    let ioe = |what: &str, e| repo.io_err(what, e);
+    for b in 0..=255u8 {
+        let dir = format!("chunks/{b:02x}/");
+        let _guard = storage.lock_chunks_exclusive().map_err(|e| ioe("taking the chunk lock", e))?;
+        for e in storage.list(&dir).map_err(|e| ioe("listing chunks", e))? {
+            if let Some(id) = e.name.strip_suffix(".damaged").and_then(ChunkId::from_hex) {
+                // A damaged copy kept for inspection goes once a good one is stored again, or
+                // no point needs it any more.
+                let replaced = storage.exists(&id.key()).map_err(|e| ioe("checking a chunk", e))?;
+                if (replaced || !marked.contains(&id)) && e.modified < cutoff {
+                    storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a damaged chunk", e))?;
+                    report.removed_damaged_copies += 1;
+                }
+                continue;
+            }
+            let Some(id) = ChunkId::from_hex(&e.name) else { continue };
+            if marked.contains(&id) {
+                continue;
+            }
+            if e.modified >= cutoff {
+                report.spared_chunks += 1;
+                continue;
+            }
+            storage.delete(&id.key()).map_err(|e| ioe(&format!("deleting chunk {id}"), e))?;
+            report.deleted_chunks += 1;
+            report.deleted_bytes += e.size;
+        }
+        for e in storage.list_stale_staged(&dir).map_err(|e| ioe("listing staged chunks", e))? {
+            if e.modified < cutoff {
+                storage.delete(&format!("{dir}{}", e.name)).map_err(|e| ioe("deleting a staged chunk", e))?;
+                report.removed_staged_files += 1;
+            }
+        }
+    }
+
+    Ok(())
+}
+
+/// A pack is rewritten when less than this share of it is still referenced.
+const REPACK_BELOW: f64 = 0.5;
+/// Object stores stamp times to the second: a backup counts as having seen a condemned list
+/// only when its lease began this long after the list was written.
+const CONDEMNED_MARGIN: Duration = Duration::from_secs(5);
+
+/// The sweep of a repository with packs. A pack cannot be touched like a loose chunk, so what
+/// running backups may still reuse is found another way: unreferenced chunks are first
+/// *condemned* (listed in `gc/condemned`), and deleted only once no backup that began before the
+/// list was written is still running. Backups read the list after writing their lease and never
+/// reuse a condemned chunk (they store it again), so once those older backups are gone, a
+/// condemned chunk is referenced only by points already committed, which are marked again
+/// here. When no backup runs, condemning and deleting happen in one collection.
+fn sweep_packs(
+    repo: &Repository,
+    packs: &Packs,
+    catalog: &Catalog,
+    marked: &mut HashSet<ChunkId>,
+    cutoff: SystemTime,
+    report: &mut GcReport,
+) -> Result<()> {
+    let storage = repo.storage();
+    let keys = packs.keys();
+    let ioe = |what: &str, e| repo.io_err(what, e);
+    packs.refresh().map_err(|e| ioe("reading the pack index", e))?;
+    let old_index: Vec<String> = packs.state().loaded_names().cloned().collect();
+    let earlier = pack::read_condemned(storage, keys).map_err(|e| ioe("reading the condemned chunks", e))?;
+    let indexed: HashSet<ChunkId> = packs.state().chunks().collect();
+
+    // Backups that may not have seen the earlier list hold it back.
+    let writers = locks::writers(storage, true).map_err(|e| ioe("listing running backups", e))?;
+    let mut finalized: HashSet<ChunkId> = HashSet::new();
+    let mut list = earlier.chunks.clone();
+    let blocked = match earlier.written {
+        Some(written) => {
+            let blockers: Vec<String> =
+                writers.iter().filter(|w| w.started < written + CONDEMNED_MARGIN).map(|w| w.id.clone()).collect();
+            if blockers.is_empty() {
+                finalized.extend(earlier.chunks.iter().filter(|c| !marked.contains(c) && indexed.contains(c)));
+            }
+            report.waiting_for = blockers;
+            !report.waiting_for.is_empty()
+        }
+        None => false,
+    };
+    if !blocked {
+        // Condemn what nothing references now. The list keeps what is about to be deleted too,
+        // so a backup beginning meanwhile reuses none of it.
+        let fresh: HashSet<ChunkId> =
+            indexed.iter().filter(|c| !marked.contains(c) && !finalized.contains(c)).copied().collect();
+        list = fresh.iter().chain(finalized.iter()).copied().collect();
+        if !fresh.is_empty() {
+            pack::write_condemned(storage, keys, &list).map_err(|e| ioe("writing the condemned chunks", e))?;
+            // With no backup running now, every later one sees the list: the fresh chunks can go
+            // at once, less what points committed since marking reference.
+            let running = locks::writers(storage, true).map_err(|e| ioe("listing running backups", e))?;
+            if running.is_empty() {
+                let since = repo.catalog()?;
+                let known: HashSet<&RestorePointId> = catalog.points.iter().map(|m| &m.id).collect();
+                mark(repo, &since, |id| !known.contains(id), marked, report)?;
+                finalized.extend(fresh.iter().filter(|c| !marked.contains(c)));
+            } else {
+                report.waiting_for = running.into_iter().map(|w| w.id).collect();
+            }
+        }
+    }
+
+    // Delete and repack.
+    let by_pack = packs.state().by_pack();
+    let mut doomed = Vec::new();
+    let mut rewritten_index = IndexObject::default();
+    let mut kept_entries = 0usize;
+    let mut new_index = Vec::new();
+    for (pack, copies) in &by_pack {
+        let dead: u64 = copies.iter().filter(|(c, _)| finalized.contains(c)).map(|(_, l)| l.len as u64).sum();
+        let live: Vec<&(ChunkId, Loc)> = copies.iter().filter(|(c, _)| !finalized.contains(c)).collect();
+        let size = packs.state().pack_size(pack).unwrap_or(1).max(1);
+        report.deleted_bytes += dead;
+        if live.is_empty() {
+            doomed.push(*pack);
+            report.deleted_packs += 1;
+            continue;
+        }
+        let live_bytes: u64 = live.iter().map(|(_, l)| l.len as u64).sum();
+        if dead > 0 && (live_bytes as f64) < REPACK_BELOW * size as f64 {
+            let mut buf = Vec::new();
+            for (c, l) in &live {
+                packs.read_copy(l, &mut buf).map_err(|e| ioe(&format!("reading pack {pack} to repack it"), e))?;
+                packs.put(c, &buf).map_err(|e| ioe("writing a repacked pack", e))?;
+            }
+            doomed.push(*pack);
+            report.repacked_packs += 1;
+            continue;
+        }
+        rewritten_index.packs.push((*pack, size, live.iter().map(|(c, l)| (*c, l.offset, l.len)).collect()));
+        kept_entries += live.len();
+        if kept_entries >= pack::entries_per_index() {
+            new_index.push(std::mem::take(&mut rewritten_index));
+            kept_entries = 0;
+        }
+    }
+    report.deleted_chunks = finalized.len() as u64;
+    if !finalized.is_empty() || !doomed.is_empty() {
+        packs.flush().map_err(|e| ioe("writing repacked packs", e))?;
+        new_index.push(rewritten_index);
+        // New index first, then the old one goes, then the packs: a reader finds every live
+        // chunk at every instant (twice, for a moment).
+        for obj in new_index.iter().filter(|o| !o.packs.is_empty()) {
+            packs.put_index(obj).map_err(|e| ioe("writing the pack index", e))?;
+        }
+        storage.sync().map_err(|e| ioe("syncing", e))?;
+        for name in &old_index {
+            storage.delete(&format!("{}{name}", pack::INDEX)).map_err(|e| ioe("deleting an old index object", e))?;
+        }
+        for p in &doomed {
+            storage.delete(&p.key()).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
+        }
+        packs.refresh().map_err(|e| ioe("reading the pack index", e))?;
+    }
+    report.condemned_waiting = list.iter().filter(|c| !finalized.contains(c) && indexed.contains(c)).count() as u64;
+    if report.condemned_waiting == 0 && (earlier.written.is_some() || !list.is_empty()) {
+        storage.delete(pack::CONDEMNED).map_err(|e| ioe("clearing the condemned chunks", e))?;
+    }
+
+    // Packs no index names, older than every running backup: left by backups that died.
+    let indexed_packs: HashSet<PackId> = packs.state().pack_ids().collect();
+    for e in storage.list(pack::DATA).map_err(|e| ioe("listing packs", e))? {
+        let Some(p) = PackId::from_listing(&e.name) else { continue };
+        if !indexed_packs.contains(&p) && e.modified < cutoff {
+            storage.delete(&p.key()).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
+            report.deleted_packs += 1;
+            report.deleted_bytes += e.size;
+        }
+    }
+    for e in storage.list_stale_staged(pack::DATA).map_err(|e| ioe("listing staged packs", e))? {
+        if e.modified < cutoff {
+            storage.delete(&format!("{}{}", pack::DATA, e.name)).map_err(|e| ioe("deleting a staged pack", e))?;
+            report.removed_staged_files += 1;
+        }
+    }
+    Ok(())
 }

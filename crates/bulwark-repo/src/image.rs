@@ -349,7 +349,7 @@ mod tests {
     fn point_of(volume: &[u8], bs: usize) -> (tempfile::TempDir, Repository, Manifest) {
         use crate::{BlockSize, Compression, InitOptions, PointSpec, PointStats};
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&dir.path().join("r"), &InitOptions::default()).unwrap();
+        let repo = Repository::init(dir.path().join("r"), &InitOptions::default()).unwrap();
         let spec = PointSpec {
             kind: PointKind::Volume,
             name: "vol".into(),

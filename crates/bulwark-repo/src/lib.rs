@@ -23,6 +23,7 @@ pub mod image;
 pub mod index;
 mod integrity;
 pub mod locks;
+pub mod pack;
 pub mod point;
 mod repository;
 pub mod retention;
@@ -37,5 +38,6 @@ pub use image::{ChunkFetch, Image, PointImage};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
 pub use point::{FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 pub use repository::{
-    Catalog, DamagedManifest, InitOptions, Isolation, PointSpec, PointWriter, Repository, TreeCursor, FORMAT_VERSION,
+    Catalog, DamagedManifest, InitOptions, Isolation, Layout, PointSpec, PointWriter, Repository, TreeCursor,
+    FORMAT_VERSION,
 };

@@ -10,6 +10,7 @@ use crate::error::{RepoError, Result};
 use crate::index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize, IndexHeader};
 use crate::integrity;
 use crate::locks::{self, Lease, LEASE_TTL};
+use crate::pack::Packs;
 use crate::point::{validate_name, FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 use crate::storage::{self, Location, Storage};
 use crate::tree::{RecordSplitter, TreeEntry, PIECE};
@@ -20,9 +21,11 @@ pub const FORMAT_NAME: &str = "bulwark-repository";
 /// 3 puts an integrity digest in the manifests of unencrypted repositories (older builds refuse
 /// such manifests, so the version says they are there). A repository is written at the oldest
 /// version with what it uses; `bulwark repo upgrade` takes an unencrypted one to 3.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The first version whose plain manifests carry integrity digests.
 const SEALED_MANIFESTS: u32 = 3;
+/// The first version that stores chunks in packs ([`crate::pack`]).
+const PACKED: u32 = 4;
 const MANIFEST_MAGIC: &[u8; 4] = b"BWM1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +37,20 @@ struct Config {
     encryption: String,
     #[serde(default, skip_serializing_if = "Isolation::is_shared")]
     isolation: Isolation,
+    /// Chunks go into packs closed at about this size; absent: one file per chunk (versions
+    /// 1 to 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pack_size: Option<u64>,
+}
+
+/// How chunks are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Many chunks to an object (version 4): what object stores need, and faster on any disk.
+    #[default]
+    Packs,
+    /// One file per chunk, as versions 1 to 3 kept them: local directories only.
+    Loose,
 }
 
 /// Whom the agents writing a repository are trusted with.
@@ -82,6 +99,9 @@ pub struct InitOptions {
     pub password: Option<Vec<u8>>,
     pub kdf: KdfParams,
     pub isolation: Isolation,
+    pub layout: Layout,
+    /// Size packs are closed at ([`crate::pack::DEFAULT_PACK_SIZE`] when `None`).
+    pub pack_size: Option<u64>,
 }
 
 /// An open repository. Cheap to clone: worker threads each hold one.
@@ -99,6 +119,8 @@ pub struct Repository {
     isolation: Isolation,
     /// Plain manifests carry (and must carry) an integrity digest.
     sealed: bool,
+    /// The packs of a version 4 repository; `None` for one file per chunk.
+    packs: Option<Arc<Packs>>,
 }
 
 impl Repository {
@@ -126,12 +148,29 @@ impl Repository {
                 .into(),
             });
         }
-        if !storage.is_local() {
+        if opts.layout == Layout::Loose && !storage.is_local() {
             return Err(RepoError::Invalid {
                 repo: label,
-                reason: "this build keeps one file per chunk, which needs a local directory".into(),
+                reason: "one file per chunk needs a local directory; other storage keeps chunks in packs".into(),
             });
         }
+        let pack_size = match (opts.layout, opts.pack_size) {
+            (Layout::Loose, _) => None,
+            (Layout::Packs, None) => Some(crate::pack::DEFAULT_PACK_SIZE),
+            (Layout::Packs, Some(n)) if (crate::pack::MIN_PACK_SIZE..=crate::pack::MAX_PACK_SIZE).contains(&n) => {
+                Some(n)
+            }
+            (Layout::Packs, Some(n)) => {
+                return Err(RepoError::Invalid {
+                    repo: label,
+                    reason: format!(
+                        "a pack size of {n} bytes: choose between {} MiB and {} MiB",
+                        crate::pack::MIN_PACK_SIZE >> 20,
+                        crate::pack::MAX_PACK_SIZE >> 20
+                    ),
+                })
+            }
+        };
         if opts.isolation == Isolation::Computer && opts.password.is_none() {
             return Err(RepoError::Invalid {
                 repo: label,
@@ -139,8 +178,11 @@ impl Repository {
                     .into(),
             });
         }
-        let mut dirs: Vec<String> = (0..=255u8).map(|b| format!("chunks/{b:02x}")).collect();
-        dirs.extend(["points", "keys", "locks/writers"].map(String::from));
+        let mut dirs: Vec<String> = match pack_size {
+            Some(_) => (0..=255u8).map(|b| format!("{}{b:02x}", crate::pack::DATA)).collect(),
+            None => (0..=255u8).map(|b| format!("chunks/{b:02x}")).collect(),
+        };
+        dirs.extend(["points", "keys", "locks/writers", "locks/maintenance", "index", "gc"].map(String::from));
         storage.create_layout(&dirs).map_err(|e| ioe("creating directories", e))?;
         let keys = match &opts.password {
             Some(pw) => {
@@ -155,15 +197,17 @@ impl Repository {
             format: FORMAT_NAME.into(),
             // The oldest version that has what this repository uses, so older builds read it
             // where they can: digests change plain manifests only.
-            version: match (keys.is_encrypted(), opts.isolation) {
-                (false, _) => SEALED_MANIFESTS,
-                (true, Isolation::Computer) => 2,
-                (true, Isolation::Shared) => 1,
+            version: match (pack_size, keys.is_encrypted(), opts.isolation) {
+                (Some(_), _, _) => PACKED,
+                (None, false, _) => SEALED_MANIFESTS,
+                (None, true, Isolation::Computer) => 2,
+                (None, true, Isolation::Shared) => 1,
             },
             id: hex::encode(crypto::random_bytes::<16>()),
             created: Utc::now(),
             encryption: if keys.is_encrypted() { "aes256gcm" } else { "none" }.into(),
             isolation: opts.isolation,
+            pack_size,
         };
         // The config is written last: a directory without it is not (yet) a repository.
         put_twice(&*storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config", e))?;
@@ -171,7 +215,9 @@ impl Repository {
     }
 
     fn new(storage: Arc<dyn Storage>, location: Location, keys: Keys, config: &Config) -> Repository {
+        let packs = config.pack_size.map(|size| Arc::new(Packs::new(storage.clone(), keys.clone(), size)));
         Repository {
+            packs,
             storage,
             location,
             master: keys.clone(),
@@ -203,6 +249,17 @@ impl Repository {
         };
         if config.isolation == Isolation::Computer && !keys.is_encrypted() {
             return Err(damaged_config(&label, "it isolates computers in an unencrypted repository".into()));
+        }
+        if (config.version >= PACKED) != config.pack_size.is_some() {
+            return Err(damaged_config(&label, format!("its version ({}) and its pack size disagree", config.version)));
+        }
+        if config.pack_size.is_none() && !storage.is_local() {
+            return Err(RepoError::Invalid {
+                repo: label,
+                reason: "it keeps one file per chunk (format version 3 or older), which Bulwark reads from a local \
+                         directory only"
+                    .into(),
+            });
         }
         Ok(Repository::new(storage, location, keys, &config))
     }
@@ -361,6 +418,9 @@ impl Repository {
         stored: &mut Vec<u8>,
         block: &mut Vec<u8>,
     ) -> Result<()> {
+        if let Some(packs) = &self.packs {
+            return self.read_packed_chunk(packs, codec, id, stored, block);
+        }
         let key = id.key();
         match self.storage.read_into(&key, stored) {
             Ok(()) => {}
@@ -382,6 +442,48 @@ impl Repository {
         Ok(())
     }
 
+    /// [`Repository::read_chunk_into`] in a version 4 repository: every copy of the chunk is
+    /// tried, so one damaged copy does not fail a restore while another is whole.
+    fn read_packed_chunk(
+        &self,
+        packs: &Packs,
+        codec: &mut ChunkCodec,
+        id: &ChunkId,
+        stored: &mut Vec<u8>,
+        block: &mut Vec<u8>,
+    ) -> Result<()> {
+        let mut damage = None;
+        for attempt in 0..2 {
+            if attempt == 1 {
+                // Packs rewritten by a collection since the index was loaded.
+                packs.refresh().map_err(|e| self.io_err("reading the pack index", e))?;
+            }
+            let locs = packs.locations(id).map_err(|e| self.io_err("reading the pack index", e))?;
+            for loc in locs {
+                match packs.read_copy(&loc, stored) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        damage = Some(format!("pack {} is truncated", loc.pack));
+                        continue;
+                    }
+                    Err(e) => return Err(self.io_err(format!("reading chunk {id} from pack {}", loc.pack), e)),
+                }
+                match codec.decode_into(id, stored, block) {
+                    Ok(()) => return Ok(()),
+                    Err(f) => damage = Some(format!("{f} (in pack {})", loc.pack)),
+                }
+            }
+            if damage.is_some() {
+                break;
+            }
+        }
+        Err(match damage {
+            Some(reason) => RepoError::DamagedChunk { repo: self.label(), id: *id, reason },
+            None => RepoError::MissingChunk { repo: self.label(), id: *id },
+        })
+    }
+
     /// Marks chunk `id` as used by the point being written; `false` if the repository lacks it
     /// *or it cannot be trusted*, so the caller stores it again. Only meaningful inside a
     /// [`PointWriter`]'s lifetime (its lease is what protects the chunk from a concurrent
@@ -394,6 +496,11 @@ impl Repository {
     /// read, decoded and hashed like a restore would. A damaged chunk reads as absent, and the
     /// backup's good copy replaces it.
     pub fn reuse_chunk(&self, id: &ChunkId) -> Result<bool> {
+        if let Some(packs) = &self.packs {
+            // No touch: the collection spares what running backups may use by other means
+            // (see `gc`).
+            return packs.reusable(id).map_err(|e| self.io_err(format!("checking chunk {id}"), e));
+        }
         if !self.storage.touch_shared(&id.key()).map_err(|e| self.io_err(format!("touching chunk {id}"), e))? {
             return Ok(false);
         }
@@ -403,6 +510,28 @@ impl Repository {
     /// [`Repository::reuse_chunk`] for many chunks, the reads of unmarked ones spread over
     /// `threads` threads (a data mover answers an agent's queries on one thread per stream).
     pub fn reuse_chunks(&self, ids: &[ChunkId], threads: usize) -> Result<Vec<bool>> {
+        if self.packs.is_some() {
+            // Checking an unchecked pack reads it whole: spread those reads over the threads.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let answers: Vec<std::sync::atomic::AtomicBool> = ids.iter().map(|_| Default::default()).collect();
+            let work = || -> Result<()> {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { return Ok(()) };
+                    answers[i].store(self.reuse_chunk(id)?, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            std::thread::scope(|s| {
+                let helpers: Vec<_> = (1..threads.min(ids.len())).map(|_| s.spawn(work)).collect();
+                let mine = work();
+                helpers
+                    .into_iter()
+                    .map(|h| h.join().expect("a chunk check does not panic"))
+                    .chain([mine])
+                    .collect::<Result<()>>()
+            })?;
+            return Ok(answers.into_iter().map(|a| a.into_inner()).collect());
+        }
         let mut answers = Vec::with_capacity(ids.len());
         let mut unmarked = Vec::new();
         for (i, id) in ids.iter().enumerate() {
@@ -445,6 +574,9 @@ impl Repository {
     /// The check of [`Repository::reuse_chunk`] without the touch: for chunks of a point a
     /// writer has pinned (its parent), which a collection cannot remove anyway.
     pub fn chunk_is_sound(&self, id: &ChunkId) -> Result<bool> {
+        if self.packs.is_some() {
+            return self.reuse_chunk(id);
+        }
         match self.sound_at_a_glance(id)? {
             Some(sound) => Ok(sound),
             None => self.check_stored(id),
@@ -499,10 +631,49 @@ impl Repository {
     /// it with a read and a hash instead of a decode.
     pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
         let io = |e| self.io_err(format!("writing chunk {id}"), e);
+        if let Some(packs) = &self.packs {
+            return packs.put(id, stored).map_err(io);
+        }
         let mut staged = self.storage.create(&id.key()).map_err(io)?;
         staged.write_all(stored).map_err(io)?;
         staged.set_sum(blake3::hash(stored).as_bytes()).map_err(io)?;
         staged.commit(false).map_err(io)
+    }
+
+    /// Stops using a chunk found damaged (by `verify`): it reads as missing afterwards, so the
+    /// next backup that has its data stores it again. A loose chunk is moved aside (kept as
+    /// `KEY.damaged`); in a pack, an index object drops the copy.
+    pub fn quarantine_chunk(&self, id: &ChunkId) -> Result<()> {
+        let io = |e| self.io_err(format!("moving chunk {id} aside"), e);
+        match &self.packs {
+            None => self.storage.quarantine(&id.key()).map_err(io),
+            Some(packs) => {
+                let copies: Vec<_> = packs.locations(id).map_err(io)?.into_iter().map(|l| (*id, l.pack)).collect();
+                packs.drop_copies(&copies).map_err(io)
+            }
+        }
+    }
+
+    /// The packs of a version 4 repository.
+    pub(crate) fn packs(&self) -> Option<&Arc<Packs>> {
+        self.packs.as_ref()
+    }
+
+    /// Where the copies of a chunk are stored: keys of objects, with the offset and length of
+    /// the chunk in each (what a test needs to damage one, or an operator to find it).
+    pub fn chunk_copies(&self, id: &ChunkId) -> Result<Vec<(String, u64, u64)>> {
+        match &self.packs {
+            None => {
+                let size = self.storage.size(&id.key()).map_err(|e| self.io_err(format!("finding chunk {id}"), e))?;
+                Ok(if size > 0 { vec![(id.key(), 0, size)] } else { vec![] })
+            }
+            Some(packs) => Ok(packs
+                .locations(id)
+                .map_err(|e| self.io_err(format!("finding chunk {id}"), e))?
+                .into_iter()
+                .map(|l| (l.pack.key(), l.offset, l.len as u64))
+                .collect()),
+        }
     }
 
     /// Starts a restore point; nothing is visible until [`PointWriter::commit`].
@@ -533,12 +704,23 @@ impl Repository {
                 spec.parent = None;
             }
         }
+        // Read after the lease is written: a collection that condemned chunks before this
+        // backup began finds the lease younger than its list, so it knows this backup saw it.
+        let failures = match &self.packs {
+            Some(packs) => {
+                let io = |e| self.io_err("reading the pack index", e);
+                packs.load_condemned().map_err(io)?;
+                packs.refresh().map_err(io)?;
+                packs.failures().0
+            }
+            None => 0,
+        };
         let index = match spec.kind {
             PointKind::Volume => Some(self.index_writer(&id, IndexHeader::new(spec.block_size, spec.volume_size))?),
             PointKind::Files => None,
         };
         let sync = self.storage.sync_point().map_err(|e| self.io_err("opening the repository for sync", e))?;
-        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease })
+        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease, failures })
     }
 
     fn index_writer(&self, id: &RestorePointId, header: IndexHeader) -> Result<BlockIndexWriter> {
@@ -741,6 +923,14 @@ impl Repository {
 
     /// A chunk as stored (compressed, maybe encrypted), unchecked: for a data mover to send.
     pub fn read_stored_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        if let Some(packs) = &self.packs {
+            let mut buf = Vec::new();
+            return match packs.read_first(id, &mut buf) {
+                Ok(Some(_)) => Ok(buf),
+                Ok(None) => Err(RepoError::MissingChunk { repo: self.label(), id: *id }),
+                Err(e) => Err(self.io_err(format!("reading chunk {id}"), e)),
+            };
+        }
         match self.storage.read(&id.key()) {
             Ok(b) => Ok(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -1020,6 +1210,8 @@ pub struct PointWriter {
     index: Option<BlockIndexWriter>,
     sync: Box<dyn crate::storage::SyncPoint>,
     lease: Lease,
+    /// Packs abandoned in this process before the point began (see [`Packs::failures`]).
+    failures: u64,
 }
 
 impl PointWriter {
@@ -1106,6 +1298,20 @@ impl PointWriter {
             serde_json::to_vec_pretty(&manifest).expect("manifest serializes")
         };
         // Everything the manifest refers to must be on disk before the manifest is.
+        if let Some(packs) = &repo.packs {
+            packs.flush().map_err(|e| repo.io_err("writing packs", e))?;
+            let (failures, why) = packs.failures();
+            if failures != self.failures {
+                return Err(RepoError::Invalid {
+                    repo: repo.label(),
+                    reason: format!(
+                        "backup {} is not committed: {}",
+                        self.id,
+                        why.unwrap_or_else(|| "a pack could not be written".into())
+                    ),
+                });
+            }
+        }
         self.sync.sync().map_err(|e| repo.io_err("syncing chunks and index", e))?;
         self.lease.check().map_err(|reason| RepoError::Invalid {
             repo: repo.label(),

@@ -3,7 +3,7 @@
 //!
 //! What it learns it leaves behind: every chunk found whole is marked checked (a backup builds
 //! on it without reading it again), and every chunk found damaged is moved aside
-//! ([`crate::storage::Storage::quarantine`]), so it reads as missing and the next backup that
+//! ([`crate::Repository::quarantine_chunk`]), so it reads as missing and the next backup that
 //! has its data stores it again, which makes the damaged points whole again too. A repository
 //! the user may only read is checked all the same; nothing is marked or moved.
 
@@ -194,7 +194,7 @@ pub fn verify(
         if scoped.read_chunk(&mut scoped.codec(Compression::None), id).is_ok() {
             continue;
         }
-        match repo.storage().quarantine(&id.key()) {
+        match repo.quarantine_chunk(id) {
             Ok(()) => quarantined += 1,
             Err(e) => quarantine_failed = Some(format!("chunk {id} not moved aside: {e}")),
         }

@@ -179,7 +179,7 @@ fn run_managed(dir: &Path, size_mib: u64) -> Result<()> {
     let points = api.call("GET", "/points", None)?;
     let last = points.as_array().and_then(|p| p.last()).context("no restore point recorded")?;
     let restored = dir.join("restored.img");
-    let repo = Repository::open(&repos.join("demo"), None)?;
+    let repo = Repository::open(repos.join("demo"), None)?;
     let m = repo.resolve(last["id"].as_str().unwrap_or_default())?;
     bulwark_agent::restore_volume(&repo, &m, &restored, &RestoreOptions::default(), &|_| {}, &AtomicBool::new(false))?;
     if file_digest(&restored)? != expected {

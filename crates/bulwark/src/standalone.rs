@@ -11,7 +11,8 @@ use bulwark_agent::filter::FilterOptions;
 use bulwark_agent::snapshot::{RetryPolicy, SnapshotMode};
 use bulwark_agent::{BackupDone, BackupSettings, RestoreDone, RestoreSettings, TaskKind};
 use bulwark_repo::retention::Policy;
-use bulwark_repo::{BlockSize, Compression, InitOptions, Repository};
+use bulwark_repo::storage::Location;
+use bulwark_repo::{BlockSize, Compression, InitOptions, Layout, Repository};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::{ui, CANCEL};
@@ -46,8 +47,10 @@ pub enum RepoCommand {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Directory of the new repository.
-    repo: PathBuf,
+    /// Where the new repository goes: a directory (`/srv/backup`, `file:///srv/backup`) or an
+    /// S3 bucket and prefix (`s3://bucket/prefix?endpoint=https://host:port&region=R`; keys
+    /// from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or `credentials-file=FILE`).
+    repo: Location,
     /// Encrypt the repository's data and metadata with a key sealed by the password.
     #[arg(long, value_enum, default_value_t = Encryption::None)]
     encryption: Encryption,
@@ -60,6 +63,15 @@ pub struct InitArgs {
     /// own computer's data). `computer` needs encryption; chosen at creation for good.
     #[arg(long, default_value = "shared", value_parser = ["shared", "computer"])]
     isolation: String,
+    /// Chunks are written into pack files closed at about this many MiB (1 to 1024): larger
+    /// packs mean fewer objects (and S3 requests), smaller ones less to rewrite when garbage
+    /// collection repacks.
+    #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pack_size: u64,
+    /// One file per chunk instead of packs, as repositories of format version 3 and older
+    /// kept them (local directories only): for filesystems that deduplicate files themselves.
+    #[arg(long, conflicts_with = "pack_size")]
+    loose: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -76,9 +88,9 @@ enum Encryption {
 /// Which repository, and its password.
 #[derive(Args)]
 pub struct RepoArgs {
-    /// Repository directory.
+    /// The repository: a directory, or `s3://bucket/prefix?endpoint=…&region=…`.
     #[arg(long = "repo", id = "repo", value_name = "REPO")]
-    path: PathBuf,
+    path: Location,
     /// File whose first line is the repository password (else BULWARK_PASSWORD).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -150,7 +162,7 @@ pub struct RestoreArgs {
     point: String,
     /// Repository directory (standalone restore); absent: through the server.
     #[arg(long = "repo", value_name = "REPO")]
-    repo: Option<PathBuf>,
+    repo: Option<Location>,
     /// With --repo: file whose first line is the repository password (else BULWARK_PASSWORD).
     #[arg(long, value_name = "FILE", requires = "repo")]
     password_file: Option<PathBuf>,
@@ -343,13 +355,13 @@ pub fn repo(cmd: RepoCommand) -> Result<ExitCode> {
             let sealed = Repository::upgrade(&repo.path, pw.as_deref())?;
             if json {
                 ui::print_json(
-                    &serde_json::json!({"repository": repo.path, "format_version": bulwark_repo::FORMAT_VERSION,
+                    &serde_json::json!({"repository": repo.path.to_string(), "format_version": bulwark_repo::FORMAT_VERSION,
                     "sealed_manifests": sealed}),
                 );
             } else {
                 println!(
                     "{} is at format version {}{}",
-                    repo.path.display(),
+                    repo.path,
                     bulwark_repo::FORMAT_VERSION,
                     if sealed > 0 {
                         format!(" ({sealed} manifests sealed with integrity digests)")
@@ -365,9 +377,9 @@ pub fn repo(cmd: RepoCommand) -> Result<ExitCode> {
             let new = read_password(Some(&new_password_file))?.expect("a file was given");
             Repository::change_password(&repo.path, &old, &new, Default::default())?;
             if json {
-                ui::print_json(&serde_json::json!({"repository": repo.path, "password_changed": true}));
+                ui::print_json(&serde_json::json!({"repository": repo.path.to_string(), "password_changed": true}));
             } else {
-                println!("password of {} changed", repo.path.display());
+                println!("password of {} changed", repo.path);
             }
         }
     }
@@ -384,14 +396,15 @@ fn init(a: InitArgs) -> Result<()> {
     };
     let encrypted = password.is_some();
     let isolation = a.isolation.parse().map_err(anyhow::Error::msg)?;
-    Repository::init(&a.repo, &InitOptions { password, isolation, ..Default::default() })?;
+    let (layout, pack_size) = if a.loose { (Layout::Loose, None) } else { (Layout::Packs, Some(a.pack_size << 20)) };
+    Repository::init(&a.repo, &InitOptions { password, isolation, layout, pack_size, ..Default::default() })?;
     if a.json {
-        ui::print_json(&serde_json::json!({"repository": a.repo,
+        ui::print_json(&serde_json::json!({"repository": a.repo.to_string(),
             "encryption": if encrypted {"aes256gcm"} else {"none"}, "isolation": isolation.name()}));
     } else {
         println!(
             "created repository {} ({})",
-            a.repo.display(),
+            a.repo,
             if encrypted { "encrypted, AES-256-GCM" } else { "not encrypted" }
         );
         if encrypted {

@@ -395,6 +395,7 @@ fn an_agent_learns_nothing_of_other_computers_in_an_isolated_repository() {
             password: Some(b"correct horse".to_vec()),
             kdf: bulwark_repo::crypto::KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
             isolation,
+            ..Default::default()
         };
         let repo = bulwark_repo::Repository::init(&dir, &opts).unwrap();
         // Computer a2 stores a block the hostile agent a1 guesses it holds.

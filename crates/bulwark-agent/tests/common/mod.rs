@@ -16,7 +16,7 @@ pub fn cheap_kdf() -> KdfParams {
 
 pub fn new_repo(dir: &Path, encrypted: bool) -> Repository {
     let password = encrypted.then(|| b"correct horse".to_vec());
-    Repository::init(&dir.join("repo"), &InitOptions { password, kdf: cheap_kdf(), ..Default::default() }).unwrap()
+    Repository::init(dir.join("repo"), &InitOptions { password, kdf: cheap_kdf(), ..Default::default() }).unwrap()
 }
 
 pub fn opts(name: &str, bs: u32, c: Compression) -> BackupOptions {

@@ -1,0 +1,867 @@
+//! Pack files: the version 4 layout, where chunks are stored many to an object.
+//!
+//! One object per chunk costs one inode (or one S3 request) per megabyte stored; packs make it
+//! one per 16–32 MiB. The layout, after restic's:
+//!
+//! - `data/3f/3f2a…` — a **pack**: stored chunks back to back (each exactly as a loose chunk
+//!   file would hold it), then a header sealed with the master key (each chunk's id, offset,
+//!   length and the BLAKE3 digest of its stored bytes), its length (u32 LE) and `BWP1`. The
+//!   header at the end lets a pack be written as a stream.
+//! - `index/…` — **index objects**, sealed: which chunks each pack holds and where, and
+//!   *drops* (a chunk's copy in one pack that must not be used any more: found damaged). A
+//!   writer adds one index object for every 16 packs it finishes and one before each manifest,
+//!   so everything a manifest refers to is findable before the manifest exists. Index objects
+//!   never change; garbage collection replaces the whole set.
+//! - `gc/condemned` — chunks the last collection found unreferenced (see [`crate::gc`]):
+//!   backups that begin after it was written never reuse them.
+//!
+//! Everything a point needs is reached from its manifest by chunk id, never by pack: packs can
+//! be rewritten (repacked) under running readers, who look a chunk up again when its pack is
+//! gone.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use crate::chunk::ChunkId;
+use crate::crypto::{self, Keys};
+use crate::storage::{StagedObject, Storage};
+
+pub(crate) const DATA: &str = "data/";
+pub(crate) const INDEX: &str = "index/";
+pub(crate) const CONDEMNED: &str = "gc/condemned";
+const PACK_MAGIC: &[u8; 4] = b"BWP1";
+const HEADER_MAGIC: &[u8; 4] = b"BWH1";
+const INDEX_MAGIC: &[u8; 4] = b"BWX1";
+const CONDEMNED_MAGIC: &[u8; 4] = b"BWG1";
+/// The default size a pack is closed at.
+pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
+pub const MIN_PACK_SIZE: u64 = 1 << 20;
+pub const MAX_PACK_SIZE: u64 = 1 << 30;
+/// Packs finished before their index object is written (besides the one before a manifest).
+const PACKS_PER_INDEX: usize = 16;
+/// Entries per index object when garbage collection rewrites the index.
+const ENTRIES_PER_INDEX: usize = 200_000;
+const HEADER_ENTRY: usize = 32 + 8 + 4 + 32;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    fn random() -> PackId {
+        PackId(crypto::random_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn key(&self) -> String {
+        let h = self.to_hex();
+        format!("{DATA}{}/{h}", &h[..2])
+    }
+
+    /// The pack a key under `data/` names (relative to `data/`), if it names one.
+    pub fn from_listing(name: &str) -> Option<PackId> {
+        let (dir, file) = name.split_once('/')?;
+        let v = hex::decode(file).ok()?;
+        let id = PackId(v.try_into().ok()?);
+        (dir == &file[..2]).then_some(id)
+    }
+}
+
+impl std::fmt::Display for PackId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Debug for PackId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackId({})", self.to_hex())
+    }
+}
+
+/// One chunk in a pack's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub chunk: ChunkId,
+    pub offset: u64,
+    pub len: u32,
+    /// BLAKE3 of the stored bytes: checking a pack needs no key and no decoding.
+    pub sum: [u8; 32],
+}
+
+/// Where one copy of a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub pack: PackId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Seals a small object: authenticated always (keyed when encrypted), encrypted when the
+/// repository is.
+fn seal(keys: &Keys, aad: &str, mut plain: Vec<u8>) -> Vec<u8> {
+    let mut h = keys.object_hasher();
+    h.update(aad.as_bytes());
+    h.update(&plain);
+    plain.extend_from_slice(h.finalize().as_bytes());
+    keys.seal(aad.as_bytes(), plain)
+}
+
+fn unseal(keys: &Keys, aad: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    let mut plain = keys.open(aad.as_bytes(), sealed).ok_or("it fails authentication (altered or damaged)")?;
+    if plain.len() < 32 {
+        return Err("it is truncated".into());
+    }
+    let body_len = plain.len() - 32;
+    let mut h = keys.object_hasher();
+    h.update(aad.as_bytes());
+    h.update(&plain[..body_len]);
+    if h.finalize().as_bytes()[..] != plain[body_len..] {
+        return Err("its digest does not match (altered or damaged)".into());
+    }
+    plain.truncate(body_len);
+    Ok(plain)
+}
+
+/// A little-endian reader over a decoded object; every read is bounds-checked.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("it ends early".into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+    /// A count of items each at least `min` bytes long, refused if the rest cannot hold them.
+    fn count(&mut self, min: usize) -> Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min) > self.0.len() {
+            return Err("it claims more entries than it holds".into());
+        }
+        Ok(n)
+    }
+}
+
+fn header_aad(pack: &PackId) -> String {
+    format!("bulwark pack {pack}")
+}
+
+fn encode_header(keys: &Keys, pack: &PackId, entries: &[PackEntry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(8 + entries.len() * HEADER_ENTRY);
+    b.extend_from_slice(HEADER_MAGIC);
+    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        b.extend_from_slice(&e.chunk.0);
+        b.extend_from_slice(&e.offset.to_le_bytes());
+        b.extend_from_slice(&e.len.to_le_bytes());
+        b.extend_from_slice(&e.sum);
+    }
+    let mut sealed = seal(keys, &header_aad(pack), b);
+    let len = sealed.len() as u32;
+    sealed.extend_from_slice(&len.to_le_bytes());
+    sealed.extend_from_slice(PACK_MAGIC);
+    sealed
+}
+
+/// Reads a whole pack's header and checks that its entries lie inside the pack.
+pub fn parse_pack(keys: &Keys, pack: &PackId, bytes: &[u8]) -> Result<Vec<PackEntry>, String> {
+    let n = bytes.len();
+    if n < 8 || &bytes[n - 4..] != PACK_MAGIC {
+        return Err("it does not end like a pack (truncated or not a pack)".into());
+    }
+    let hlen = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+    if hlen > n - 8 {
+        return Err("its header length is larger than the pack".into());
+    }
+    let data_end = (n - 8 - hlen) as u64;
+    let plain = unseal(keys, &header_aad(pack), &bytes[n - 8 - hlen..n - 8]).map_err(|e| format!("its header: {e}"))?;
+    let mut c = Cursor(&plain);
+    if c.take(4)? != HEADER_MAGIC {
+        return Err("its header has a bad magic".into());
+    }
+    let count = c.count(HEADER_ENTRY)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let e = PackEntry { chunk: ChunkId(c.arr()?), offset: c.u64()?, len: c.u32()?, sum: c.arr()? };
+        if e.offset.checked_add(e.len as u64).is_none_or(|end| end > data_end) {
+            return Err(format!("its header places chunk {} outside the pack", e.chunk));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// A pack in an index object: its id, size, and entries (chunk, offset, length).
+pub type IndexedPack = (PackId, u64, Vec<(ChunkId, u64, u32)>);
+
+/// What one index object says.
+#[derive(Debug, Default, Clone)]
+pub struct IndexObject {
+    pub packs: Vec<IndexedPack>,
+    /// Copies not to be used any more.
+    pub drops: Vec<(ChunkId, PackId)>,
+}
+
+fn index_aad(name: &str) -> String {
+    format!("bulwark pack index {name}")
+}
+
+impl IndexObject {
+    fn encode(&self, keys: &Keys, name: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(INDEX_MAGIC);
+        b.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for (id, size, entries) in &self.packs {
+            b.extend_from_slice(&id.0);
+            b.extend_from_slice(&size.to_le_bytes());
+            b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for (c, off, len) in entries {
+                b.extend_from_slice(&c.0);
+                b.extend_from_slice(&off.to_le_bytes());
+                b.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+        b.extend_from_slice(&(self.drops.len() as u32).to_le_bytes());
+        for (c, p) in &self.drops {
+            b.extend_from_slice(&c.0);
+            b.extend_from_slice(&p.0);
+        }
+        seal(keys, &index_aad(name), b)
+    }
+
+    pub fn decode(keys: &Keys, name: &str, sealed: &[u8]) -> Result<IndexObject, String> {
+        let plain = unseal(keys, &index_aad(name), sealed)?;
+        let mut c = Cursor(&plain);
+        if c.take(4)? != INDEX_MAGIC {
+            return Err("bad magic".into());
+        }
+        let mut out = IndexObject::default();
+        for _ in 0..c.count(28)? {
+            let (id, size) = (PackId(c.arr()?), c.u64()?);
+            let n = c.count(44)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push((ChunkId(c.arr()?), c.u64()?, c.u32()?));
+            }
+            out.packs.push((id, size, entries));
+        }
+        for _ in 0..c.count(48)? {
+            out.drops.push((ChunkId(c.arr()?), PackId(c.arr()?)));
+        }
+        Ok(out)
+    }
+}
+
+/// The chunk → pack map of the whole repository, as the index objects loaded so far say.
+#[derive(Default)]
+pub(crate) struct IndexState {
+    /// Index objects loaded, by name.
+    loaded: HashSet<String>,
+    chunks: HashMap<ChunkId, Loc>,
+    /// Further copies of chunks stored more than once (two backups racing, a damaged copy
+    /// replaced): rare, so kept apart.
+    extra: HashMap<ChunkId, Vec<Loc>>,
+    packs: HashMap<PackId, u64>,
+    drops: HashSet<(ChunkId, PackId)>,
+    /// The packs each chunk is in, for garbage collection: built on demand.
+    complete: bool,
+}
+
+impl IndexState {
+    fn add(&mut self, chunk: ChunkId, loc: Loc) {
+        if self.drops.contains(&(chunk, loc.pack)) {
+            return;
+        }
+        match self.chunks.get(&chunk) {
+            None => {
+                self.chunks.insert(chunk, loc);
+            }
+            Some(l) if *l == loc => {}
+            Some(_) => {
+                let extra = self.extra.entry(chunk).or_default();
+                if !extra.contains(&loc) {
+                    extra.push(loc);
+                }
+            }
+        }
+    }
+
+    fn drop_copy(&mut self, chunk: ChunkId, pack: PackId) {
+        self.drops.insert((chunk, pack));
+        let mut rest: Vec<Loc> = self.locations(&chunk).into_iter().filter(|l| l.pack != pack).collect();
+        self.chunks.remove(&chunk);
+        self.extra.remove(&chunk);
+        if !rest.is_empty() {
+            self.chunks.insert(chunk, rest.remove(0));
+            if !rest.is_empty() {
+                self.extra.insert(chunk, rest);
+            }
+        }
+    }
+
+    fn apply(&mut self, obj: &IndexObject) {
+        for (c, p) in &obj.drops {
+            self.drop_copy(*c, *p);
+        }
+        for (pack, size, entries) in &obj.packs {
+            self.packs.insert(*pack, *size);
+            for (c, offset, len) in entries {
+                self.add(*c, Loc { pack: *pack, offset: *offset, len: *len });
+            }
+        }
+    }
+
+    pub fn locations(&self, chunk: &ChunkId) -> Vec<Loc> {
+        let mut v: Vec<Loc> = self.chunks.get(chunk).copied().into_iter().collect();
+        if let Some(e) = self.extra.get(chunk) {
+            v.extend(e.iter().copied());
+        }
+        v
+    }
+
+    /// Every chunk with at least one usable copy.
+    pub fn chunks(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.chunks.keys().copied()
+    }
+
+    pub fn pack_ids(&self) -> impl Iterator<Item = PackId> + '_ {
+        self.packs.keys().copied()
+    }
+
+    /// Every copy of every chunk, by pack.
+    pub fn by_pack(&self) -> HashMap<PackId, Vec<(ChunkId, Loc)>> {
+        let mut out: HashMap<PackId, Vec<(ChunkId, Loc)>> = HashMap::new();
+        for (c, l) in &self.chunks {
+            out.entry(l.pack).or_default().push((*c, *l));
+        }
+        for (c, ls) in &self.extra {
+            for l in ls {
+                out.entry(l.pack).or_default().push((*c, *l));
+            }
+        }
+        out
+    }
+
+    pub fn pack_size(&self, pack: &PackId) -> Option<u64> {
+        self.packs.get(pack).copied()
+    }
+
+    pub fn loaded_names(&self) -> impl Iterator<Item = &String> {
+        self.loaded.iter()
+    }
+}
+
+struct OpenPack {
+    id: PackId,
+    staged: Box<dyn StagedObject>,
+    entries: Vec<PackEntry>,
+    len: u64,
+}
+
+/// The chunks of a pack finished but not yet in an index object.
+struct Finished {
+    id: PackId,
+    size: u64,
+    entries: Vec<(ChunkId, u64, u32)>,
+}
+
+/// Condemned chunks, as the last collection left them.
+#[derive(Debug, Clone, Default)]
+pub struct Condemned {
+    pub chunks: HashSet<ChunkId>,
+    /// When the list was written (the storage's clock): backups that began after it (with a
+    /// margin) have seen it.
+    pub written: Option<SystemTime>,
+}
+
+/// A pack's check, done by the first thread that needs it while the others wait.
+type CheckSlot = Arc<Mutex<Option<Arc<PackHealth>>>>;
+
+/// A repository's packs as one process sees them: the index, the pack being filled, the
+/// packs finished since the last index object.
+pub(crate) struct Packs {
+    storage: Arc<dyn Storage>,
+    keys: Keys,
+    target: u64,
+    state: RwLock<IndexState>,
+    open: Mutex<Option<OpenPack>>,
+    finished: Mutex<Vec<Finished>>,
+    /// Packs abandoned after an error: chunks that writers were told were stored are lost,
+    /// so no point that may use them may be committed (see [`Packs::failures`]).
+    failures: Mutex<(u64, Option<String>)>,
+    condemned: RwLock<Condemned>,
+    /// Packs checked whole in this process, and what was found.
+    checked: Mutex<HashMap<PackId, CheckSlot>>,
+}
+
+impl Packs {
+    pub fn new(storage: Arc<dyn Storage>, keys: Keys, target: u64) -> Packs {
+        Packs {
+            storage,
+            keys,
+            target,
+            state: RwLock::new(IndexState::default()),
+            open: Mutex::new(None),
+            finished: Mutex::new(Vec::new()),
+            failures: Mutex::new((0, None)),
+            condemned: RwLock::new(Condemned::default()),
+            checked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        self.state.read().expect("no panics while held")
+    }
+
+    /// Loads index objects written since the last call (all of them the first time). When an
+    /// index object loaded before is gone (a collection rewrote the index), starts over.
+    pub fn refresh(&self) -> io::Result<()> {
+        let listed = self.storage.list(INDEX)?;
+        let names: HashSet<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+        let restart = {
+            let st = self.state();
+            st.loaded.iter().any(|n| !names.contains(n.as_str()))
+        };
+        let mut fresh = IndexState::default();
+        let mut guard;
+        let base: &mut IndexState = if restart {
+            &mut fresh
+        } else {
+            guard = self.state.write().expect("no panics while held");
+            &mut guard
+        };
+        // Read without holding the lock when starting over; the common case (a few new objects)
+        // holds it briefly.
+        let todo: Vec<&str> = names.iter().copied().filter(|n| !base.loaded.contains(*n)).collect();
+        let mut objects = Vec::with_capacity(todo.len());
+        for name in todo {
+            match self.storage.read(&format!("{INDEX}{name}")) {
+                Ok(raw) => {
+                    let obj = IndexObject::decode(&self.keys, name, &raw).map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, format!("index object {name} is unreadable: {e}"))
+                    })?;
+                    objects.push((name.to_string(), obj));
+                }
+                // Replaced by a collection between listing and reading: the next refresh sees
+                // its successors.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // Drops first, so a copy dropped by a later object is not taken from an earlier one.
+        for (_, obj) in &objects {
+            for (c, p) in &obj.drops {
+                base.drop_copy(*c, *p);
+            }
+        }
+        for (name, obj) in objects {
+            base.apply(&obj);
+            base.loaded.insert(name);
+        }
+        base.complete = true;
+        if restart {
+            let _ = base;
+            // Packs this process finished and has not indexed yet are in no object.
+            for f in self.finished.lock().expect("no panics while held").iter() {
+                fresh.packs.insert(f.id, f.size);
+                for (c, off, len) in &f.entries {
+                    fresh.add(*c, Loc { pack: f.id, offset: *off, len: *len });
+                }
+            }
+            *self.state.write().expect("no panics while held") = fresh;
+        }
+        Ok(())
+    }
+
+    fn ensure_loaded(&self) -> io::Result<()> {
+        if !self.state().complete {
+            self.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the condemned list (at the start of every backup, after its lease is written).
+    pub fn load_condemned(&self) -> io::Result<()> {
+        let c = read_condemned(&*self.storage, &self.keys)?;
+        *self.condemned.write().expect("no panics while held") = c;
+        Ok(())
+    }
+
+    pub fn is_condemned(&self, chunk: &ChunkId) -> bool {
+        self.condemned.read().expect("no panics while held").chunks.contains(chunk)
+    }
+
+    pub fn locations(&self, chunk: &ChunkId) -> io::Result<Vec<Loc>> {
+        self.ensure_loaded()?;
+        Ok(self.state().locations(chunk))
+    }
+
+    /// Appends a stored chunk to the open pack; closes the pack when it is full.
+    pub fn put(&self, chunk: &ChunkId, stored: &[u8]) -> io::Result<()> {
+        let sum = *blake3::hash(stored).as_bytes();
+        let full = {
+            let mut open = self.open.lock().expect("no panics while held");
+            if open.is_none() {
+                let id = PackId::random();
+                let staged = self.storage.create(&id.key())?;
+                *open = Some(OpenPack { id, staged, entries: Vec::new(), len: 0 });
+            }
+            let p = open.as_mut().expect("just opened");
+            if let Err(e) = p.staged.write_all(stored) {
+                let lost = open.take().expect("open");
+                self.fail(&lost.id, &e);
+                return Err(e);
+            }
+            p.entries.push(PackEntry { chunk: *chunk, offset: p.len, len: stored.len() as u32, sum });
+            p.len += stored.len() as u64;
+            if p.len >= self.target {
+                open.take()
+            } else {
+                None
+            }
+        };
+        match full {
+            Some(p) => self.finish(p),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, pack: &PackId, e: &io::Error) {
+        let mut f = self.failures.lock().expect("no panics while held");
+        f.0 += 1;
+        f.1 = Some(format!("pack {pack} could not be written: {e}"));
+    }
+
+    /// How many packs were abandoned so far, and the last reason.
+    pub fn failures(&self) -> (u64, Option<String>) {
+        self.failures.lock().expect("no panics while held").clone()
+    }
+
+    fn finish(&self, mut p: OpenPack) -> io::Result<()> {
+        let header = encode_header(&self.keys, &p.id, &p.entries);
+        let size = p.len + header.len() as u64;
+        let written = p.staged.write_all(&header).and_then(|()| p.staged.commit(false));
+        if let Err(e) = written {
+            self.fail(&p.id, &e);
+            return Err(e);
+        }
+        let entries: Vec<(ChunkId, u64, u32)> = p.entries.iter().map(|e| (e.chunk, e.offset, e.len)).collect();
+        {
+            let mut st = self.state.write().expect("no panics while held");
+            st.packs.insert(p.id, size);
+            for (c, off, len) in &entries {
+                st.add(*c, Loc { pack: p.id, offset: *off, len: *len });
+            }
+        }
+        // This process wrote it and knows its content: no need to read it back before reuse.
+        let sound = Arc::new(Mutex::new(Some(Arc::new(PackHealth::default()))));
+        self.checked.lock().expect("no panics while held").insert(p.id, sound);
+        let batch = {
+            let mut finished = self.finished.lock().expect("no panics while held");
+            finished.push(Finished { id: p.id, size, entries });
+            if finished.len() >= PACKS_PER_INDEX {
+                std::mem::take(&mut *finished)
+            } else {
+                Vec::new()
+            }
+        };
+        self.write_index(batch)
+    }
+
+    fn write_index(&self, batch: Vec<Finished>) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let obj =
+            IndexObject { packs: batch.iter().map(|f| (f.id, f.size, f.entries.clone())).collect(), drops: vec![] };
+        match self.put_index(&obj) {
+            Ok(name) => {
+                self.state.write().expect("no panics while held").loaded.insert(name);
+                Ok(())
+            }
+            Err(e) => {
+                // Back in the queue: the next flush tries again.
+                self.finished.lock().expect("no panics while held").extend(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes an index object under a new name; returns the name.
+    pub fn put_index(&self, obj: &IndexObject) -> io::Result<String> {
+        let name = hex::encode(crypto::random_bytes::<16>());
+        self.storage.put(&format!("{INDEX}{name}"), &obj.encode(&self.keys, &name), false)?;
+        Ok(name)
+    }
+
+    /// Closes the open pack and indexes every finished one: what a manifest needs first.
+    pub fn flush(&self) -> io::Result<()> {
+        let open = self.open.lock().expect("no panics while held").take();
+        if let Some(p) = open {
+            self.finish(p)?;
+        }
+        let batch = std::mem::take(&mut *self.finished.lock().expect("no panics while held"));
+        self.write_index(batch)
+    }
+
+    /// Reads the stored bytes of one copy of a chunk.
+    pub fn read_copy(&self, loc: &Loc, buf: &mut Vec<u8>) -> io::Result<()> {
+        self.storage.read_range(&loc.pack.key(), loc.offset, loc.len as u64, buf)
+    }
+
+    /// The copies of a chunk, looking again when a copy's pack is gone (rewritten by a
+    /// collection since the index was loaded).
+    pub fn read_first(&self, chunk: &ChunkId, buf: &mut Vec<u8>) -> io::Result<Option<Loc>> {
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.refresh()?;
+            }
+            for loc in self.locations(chunk)? {
+                match self.read_copy(&loc, buf) {
+                    Ok(()) => return Ok(Some(loc)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a backup may reference `chunk` without storing it: indexed, not condemned, and
+    /// its copy in a pack checked whole (by this process, or marked by an earlier check).
+    pub fn reusable(&self, chunk: &ChunkId) -> io::Result<bool> {
+        if self.is_condemned(chunk) {
+            return Ok(false);
+        }
+        for loc in self.locations(chunk)? {
+            match self.check_pack(&loc.pack) {
+                Ok(health) if health.is_sound(chunk) => return Ok(true),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Checks a pack whole once per process (or trusts a mark a storage keeps of an earlier
+    /// check): its header authentic, every chunk's stored bytes matching the header's digest.
+    pub fn check_pack(&self, pack: &PackId) -> io::Result<Arc<PackHealth>> {
+        let slot = self.checked.lock().expect("no panics while held").entry(*pack).or_default().clone();
+        let mut slot = slot.lock().expect("no panics while held");
+        if let Some(h) = &*slot {
+            return Ok(h.clone());
+        }
+        let key = pack.key();
+        let size = self.state().pack_size(pack);
+        let health = if size.is_some() && self.storage.checked_size(&key)? == size {
+            PackHealth::default()
+        } else {
+            let bytes = self.storage.read(&key)?;
+            let health = PackHealth::of(&self.keys, pack, &bytes);
+            if health.is_whole() && size == Some(bytes.len() as u64) {
+                let _ = self.storage.mark_checked(&key, bytes.len() as u64);
+            }
+            health
+        };
+        let health = Arc::new(health);
+        *slot = Some(health.clone());
+        Ok(health)
+    }
+
+    /// Stops using the copy of `chunk` in `pack` (found damaged): an index object says so, and
+    /// the next backup that has the data stores it again.
+    pub fn drop_copies(&self, copies: &[(ChunkId, PackId)]) -> io::Result<()> {
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let name = self.put_index(&IndexObject { packs: vec![], drops: copies.to_vec() })?;
+        let mut st = self.state.write().expect("no panics while held");
+        for (c, p) in copies {
+            st.drop_copy(*c, *p);
+        }
+        st.loaded.insert(name);
+        drop(st);
+        let mut checked = self.checked.lock().expect("no panics while held");
+        for (_, p) in copies {
+            checked.remove(p);
+        }
+        Ok(())
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+}
+
+/// What checking a pack whole found.
+#[derive(Debug, Default)]
+pub struct PackHealth {
+    /// Why its header cannot be read (then none of its chunks can be trusted).
+    pub unreadable: Option<String>,
+    /// Chunks whose stored bytes do not match the header's digest.
+    pub damaged: HashSet<ChunkId>,
+}
+
+impl PackHealth {
+    pub fn of(keys: &Keys, pack: &PackId, bytes: &[u8]) -> PackHealth {
+        match parse_pack(keys, pack, bytes) {
+            Err(e) => PackHealth { unreadable: Some(e), damaged: HashSet::new() },
+            Ok(entries) => PackHealth {
+                unreadable: None,
+                damaged: entries
+                    .iter()
+                    .filter(|e| {
+                        let stored = &bytes[e.offset as usize..(e.offset + e.len as u64) as usize];
+                        *blake3::hash(stored).as_bytes() != e.sum
+                    })
+                    .map(|e| e.chunk)
+                    .collect(),
+            },
+        }
+    }
+
+    pub fn is_whole(&self) -> bool {
+        self.unreadable.is_none() && self.damaged.is_empty()
+    }
+
+    pub fn is_sound(&self, chunk: &ChunkId) -> bool {
+        self.unreadable.is_none() && !self.damaged.contains(chunk)
+    }
+}
+
+fn condemned_aad() -> &'static str {
+    "bulwark condemned chunks"
+}
+
+pub(crate) fn read_condemned(storage: &dyn Storage, keys: &Keys) -> io::Result<Condemned> {
+    let Some(meta) = storage.stat(CONDEMNED)? else { return Ok(Condemned::default()) };
+    let raw = match storage.read(CONDEMNED) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Condemned::default()),
+        Err(e) => return Err(e),
+    };
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("{CONDEMNED} is unreadable: {e}"));
+    let plain = unseal(keys, condemned_aad(), &raw).map_err(invalid)?;
+    let mut c = Cursor(&plain);
+    if c.take(4).map_err(invalid)? != CONDEMNED_MAGIC {
+        return Err(invalid("bad magic".into()));
+    }
+    let n = c.count(32).map_err(invalid)?;
+    let mut chunks = HashSet::with_capacity(n);
+    for _ in 0..n {
+        chunks.insert(ChunkId(c.arr().map_err(invalid)?));
+    }
+    Ok(Condemned { chunks, written: Some(meta.modified) })
+}
+
+pub(crate) fn write_condemned(storage: &dyn Storage, keys: &Keys, chunks: &HashSet<ChunkId>) -> io::Result<()> {
+    let mut b = CONDEMNED_MAGIC.to_vec();
+    b.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    let mut sorted: Vec<&ChunkId> = chunks.iter().collect();
+    sorted.sort();
+    for c in sorted {
+        b.extend_from_slice(&c.0);
+    }
+    storage.put(CONDEMNED, &seal(keys, condemned_aad(), b), true)
+}
+
+pub(crate) fn entries_per_index() -> usize {
+    ENTRIES_PER_INDEX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn packs(name: &str, keys: Keys, target: u64) -> Packs {
+        Packs::new(Arc::new(MemoryStorage::named(name)), keys, target)
+    }
+
+    fn chunk(i: u32) -> (ChunkId, Vec<u8>) {
+        let data = format!("stored bytes of chunk {i}").repeat(i as usize % 7 + 1).into_bytes();
+        (ChunkId(*blake3::hash(&data).as_bytes()), data)
+    }
+
+    #[test]
+    fn chunks_come_back_from_packs_and_a_second_process_finds_them() {
+        for keys in [Keys::none(), Keys::from_master(&[7; 64])] {
+            let name = format!("pack-rt-{}", keys.is_encrypted());
+            let p = packs(&name, keys.clone(), 1000);
+            for i in 0..100 {
+                let (id, data) = chunk(i);
+                p.put(&id, &data).unwrap();
+            }
+            p.flush().unwrap();
+            let other = packs(&name, keys, 1000);
+            let mut buf = Vec::new();
+            for i in 0..100 {
+                let (id, data) = chunk(i);
+                assert!(other.read_first(&id, &mut buf).unwrap().is_some());
+                assert_eq!(buf, data);
+                assert!(other.reusable(&id).unwrap());
+            }
+            let packs_written = other.storage.list(DATA).unwrap().len();
+            assert!((5..=30).contains(&packs_written), "{packs_written} packs");
+        }
+    }
+
+    #[test]
+    fn a_damaged_chunk_in_a_pack_is_not_reused_and_can_be_dropped() {
+        let p = packs("pack-damage", Keys::none(), 1 << 20);
+        let (a, da) = chunk(1);
+        let (b, db) = chunk(2);
+        p.put(&a, &da).unwrap();
+        p.put(&b, &db).unwrap();
+        p.flush().unwrap();
+        let loc = p.locations(&a).unwrap()[0];
+        let mut bytes = p.storage.read(&loc.pack.key()).unwrap();
+        bytes[loc.offset as usize] ^= 1;
+        p.storage.put(&loc.pack.key(), &bytes, true).unwrap();
+        let fresh = packs("pack-damage", Keys::none(), 1 << 20);
+        assert!(!fresh.reusable(&a).unwrap(), "a damaged copy was reused");
+        assert!(fresh.reusable(&b).unwrap());
+        fresh.drop_copies(&[(a, loc.pack)]).unwrap();
+        let again = packs("pack-damage", Keys::none(), 1 << 20);
+        assert!(again.locations(&a).unwrap().is_empty());
+        assert_eq!(again.locations(&b).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn forged_headers_and_index_objects_are_refused() {
+        let keys = Keys::from_master(&[9; 64]);
+        let id = PackId::random();
+        let e = PackEntry { chunk: ChunkId([1; 32]), offset: 0, len: 4, sum: [0; 32] };
+        let mut pack = b"abcd".to_vec();
+        pack.extend(encode_header(&keys, &id, &[e]));
+        assert_eq!(parse_pack(&keys, &id, &pack).unwrap(), vec![e]);
+        assert!(parse_pack(&keys, &PackId::random(), &pack).is_err(), "a header moved to another pack");
+        assert!(parse_pack(&Keys::from_master(&[8; 64]), &id, &pack).is_err());
+        assert!(parse_pack(&keys, &id, &pack[1..]).is_err());
+        let plain = Keys::none();
+        let mut forged = b"abcd".to_vec();
+        forged.extend(encode_header(&plain, &id, &[PackEntry { len: 99, ..e }]));
+        assert!(parse_pack(&plain, &id, &forged).unwrap_err().contains("outside"));
+        let obj = IndexObject { packs: vec![(id, 5, vec![(e.chunk, 0, 4)])], drops: vec![(e.chunk, id)] };
+        let sealed = obj.encode(&keys, "n1");
+        assert!(IndexObject::decode(&keys, "n1", &sealed).is_ok());
+        assert!(IndexObject::decode(&keys, "n2", &sealed).is_err(), "an index object renamed");
+    }
+}
