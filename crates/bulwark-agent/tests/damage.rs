@@ -1,4 +1,7 @@
 //! Damage is found, named and never restored as if it were data.
+//!
+//! The repositories here keep one file per chunk, so a test damages one chunk's file; damage
+//! inside packs is tested in `bulwark-repo`'s `tests/packs.rs`.
 
 mod common;
 
@@ -13,7 +16,7 @@ const BS: u32 = 256 << 10;
 
 /// A repository with two points of distinct data; returns the first point's chunk for block 2.
 fn setup(dir: &std::path::Path) -> (Repository, String, String, PathBuf) {
-    let repo = new_repo(dir, false);
+    let repo = new_loose_repo(dir, false);
     let mut img = vec![0u8; 6 * BS as usize];
     for (i, b) in img.chunks_mut(BS as usize).enumerate() {
         b.fill(i as u8 + 1);
@@ -138,7 +141,7 @@ fn damaged_chunk_is_stored_again_by_the_next_backup() {
 #[test]
 fn an_empty_chunk_left_by_a_power_cut_is_written_again() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = new_repo(dir.path(), false);
+    let repo = new_loose_repo(dir.path(), false);
     let img = bulwark_testkit::mixed_bytes(4 * BS as usize, BS as usize, 31);
     // What a power cut during an uncommitted backup can leave: the name, without the content.
     let block = &img[..BS as usize];
@@ -178,7 +181,7 @@ fn a_flipped_chunk_is_not_built_on_even_before_verify_sees_it() {
             let d = dir.path().join("enc");
             std::fs::create_dir_all(&d).unwrap();
             let (repo, bad, _, chunk) = {
-                let repo = new_repo(&d, true);
+                let repo = new_loose_repo(&d, true);
                 let a = backup_bytes(&repo, &d, &first_image(), &opts("vol", BS, Compression::Optimal));
                 let m = repo.resolve(&a.point).unwrap();
                 let mut ix = repo.open_index(&m).unwrap();
@@ -224,7 +227,7 @@ fn chunk_key(repo: &Repository, point: &str, block: u64) -> String {
 #[test]
 fn a_damaged_chunk_of_an_unchanged_file_is_stored_again() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = new_repo(dir.path(), false);
+    let repo = new_loose_repo(dir.path(), false);
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let data = bulwark_testkit::mixed_bytes(3 << 20, 64 << 10, 7);
@@ -256,7 +259,7 @@ fn a_damaged_chunk_of_an_unchanged_file_is_stored_again() {
 #[test]
 fn reuse_answers_for_a_batch_check_unmarked_chunks_in_parallel() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = new_repo(dir.path(), true);
+    let repo = new_loose_repo(dir.path(), true);
     let mut codec = repo.codec(Compression::Optimal);
     let ids: Vec<_> = (0..6u8)
         .map(|i| {

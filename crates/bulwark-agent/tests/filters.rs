@@ -32,15 +32,21 @@ fn marked_len(marker: &str, seed: u64, len: usize) -> Vec<u8> {
     d
 }
 
+/// How often `needle` occurs in the repository's stored chunks (chunk files or packs).
 fn repo_count(repo: &Path, needle: &[u8]) -> usize {
-    let mut found = 0;
-    for d in std::fs::read_dir(repo.join("chunks")).unwrap() {
-        for c in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            let data = std::fs::read(c.unwrap().path()).unwrap();
-            found += data.windows(needle.len()).filter(|w| *w == needle).count();
-        }
+    fn walk(p: &Path, needle: &[u8]) -> usize {
+        let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+        rd.flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    walk(&e.path(), needle)
+                } else {
+                    std::fs::read(e.path()).unwrap().windows(needle.len()).filter(|w| *w == needle).count()
+                }
+            })
+            .sum()
     }
-    found
+    walk(&repo.join("chunks"), needle) + walk(&repo.join("data"), needle)
 }
 
 fn repo_contains(repo: &Path, needle: &[u8]) -> bool {

@@ -12,11 +12,8 @@ use bulwark_repo::{BlockRef, Compression, PointSpec, PointStats};
 use common::*;
 
 fn chunk_count(dir: &std::path::Path) -> usize {
-    walk(&dir.join("repo/chunks"))
-}
-
-fn walk(p: &std::path::Path) -> usize {
-    std::fs::read_dir(p).unwrap().map(|e| e.unwrap()).map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
+    let pw: &[u8] = b"correct horse";
+    bulwark_repo::Repository::open(dir.join("repo"), Some(pw)).unwrap().chunk_count().unwrap()
 }
 
 #[test]

@@ -23,11 +23,8 @@ fn isolated(dir: &std::path::Path) -> Repository {
 }
 
 fn chunk_files(dir: &std::path::Path) -> usize {
-    walkdir(dir.join("repo/chunks").as_path())
-}
-
-fn walkdir(d: &std::path::Path) -> usize {
-    std::fs::read_dir(d).unwrap().flatten().map(|e| if e.path().is_dir() { walkdir(&e.path()) } else { 1 }).sum()
+    let pw: &[u8] = b"correct horse";
+    Repository::open(dir.join("repo"), Some(pw)).unwrap().chunk_count().unwrap()
 }
 
 #[test]
@@ -60,7 +57,7 @@ fn computers_of_an_isolated_repository_share_nothing_but_the_repository() {
     let (mut ca, mut cb) = (a.codec(Compression::None), b.codec(Compression::None));
     let (ida, idb) = (ca.digest(block), cb.digest(block));
     assert_ne!(ida, idb);
-    assert!(repo.storage().exists(&ida.key()).unwrap() && repo.storage().exists(&idb.key()).unwrap());
+    assert!(!repo.chunk_copies(&ida).unwrap().is_empty() && !repo.chunk_copies(&idb).unwrap().is_empty());
     assert!(a.read_chunk(&mut ca, &idb).is_err(), "web-1's key read web-2's chunk");
     assert_eq!(b.read_chunk(&mut cb, &idb).unwrap(), block);
 
@@ -94,16 +91,28 @@ fn isolation_needs_encryption_and_older_builds_are_told_the_format_is_newer() {
     let opts = InitOptions { isolation: Isolation::Computer, ..Default::default() };
     let e = Repository::init(dir.path().join("plain"), &opts).err().unwrap().to_string();
     assert!(e.contains("need an encrypted repository"), "{e}");
+    // Packs make a repository version 4, which older builds refuse by its number.
     isolated(dir.path());
     let config = std::fs::read_to_string(dir.path().join("repo/config")).unwrap();
-    assert!(config.contains("\"version\": 2") && config.contains("\"isolation\": \"computer\""), "{config}");
-    // A shared encrypted repository stays at version 1, which earlier builds read; a plain one
-    // is at 3 (its manifests carry integrity digests).
-    let shared = new_repo(&dir.path().join("s"), true);
-    drop(shared);
-    let config = std::fs::read_to_string(dir.path().join("s/repo/config")).unwrap();
+    assert!(config.contains("\"version\": 4") && config.contains("\"isolation\": \"computer\""), "{config}");
+    // With one file per chunk, each repository is at the oldest version that reads it: a
+    // shared encrypted one at 1, an isolated one at 2, a plain one at 3 (its manifests carry
+    // integrity digests).
+    let loose = |sub: &str, password: Option<Vec<u8>>, isolation| {
+        let opts = InitOptions {
+            password,
+            kdf: cheap_kdf(),
+            isolation,
+            layout: bulwark_repo::Layout::Loose,
+            ..Default::default()
+        };
+        drop(Repository::init(dir.path().join(sub), &opts).unwrap());
+        std::fs::read_to_string(dir.path().join(sub).join("config")).unwrap()
+    };
+    let config = loose("i", Some(b"pw".to_vec()), Isolation::Computer);
+    assert!(config.contains("\"version\": 2"), "{config}");
+    let config = loose("s", Some(b"pw".to_vec()), Isolation::Shared);
     assert!(config.contains("\"version\": 1") && !config.contains("isolation"), "{config}");
-    drop(new_repo(&dir.path().join("p"), false));
-    let config = std::fs::read_to_string(dir.path().join("p/repo/config")).unwrap();
+    let config = loose("p", None, Isolation::Shared);
     assert!(config.contains("\"version\": 3"), "{config}");
 }

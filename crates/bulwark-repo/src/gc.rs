@@ -1,28 +1,33 @@
 //! Garbage collection: removes chunks no restore point references, safe beside running backups.
 //!
-//! The scheme (mark and sweep with leases, after Proxmox Backup Server's):
-//! - A backup holds a *writer lease* from before its first chunk until its manifest is written.
-//!   The lease names the point it builds on (its parent), and while the lease lives that point
-//!   cannot be deleted (`delete_point` and `begin_point` each write, then read the other's
-//!   object: see `locks`), so the parent's chunks stay marked. Every other chunk it reuses — found already stored by digest —
-//!   it *touches* (sets the chunk's modification time to now) under the shared chunk lock; every
-//!   chunk it writes is new, so fresh too.
+//! Both layouts share the mark phase and the leases:
+//! - A backup holds a *writer lease* (see [`crate::locks`]) from before its first chunk until
+//!   its manifest is written. The lease names the point it builds on (its parent), and while the
+//!   lease lives that point cannot be deleted (`delete_point` and `begin_point` each write, then
+//!   read the other's object), so the parent's chunks stay marked.
 //! - The collector takes the maintenance lock (forgets refuse to run while it is held), reads the
-//!   storage's clock (`start`), then the live leases, then every manifest and index (mark). Its cutoff is `min(start, oldest live lease) − grace`. Then, one chunk
-//!   directory at a time under the exclusive chunk lock, it deletes chunks that are unmarked *and*
-//!   older than the cutoff (sweep).
-//! - Why that is safe: a backup that committed before the collector listed manifests is marked.
-//!   One that was running when leases were listed began after the cutoff, so all it touched or
-//!   wrote is younger than the cutoff. One that began later began after `start`, likewise. A
-//!   touch cannot slip between the collector's "is it old?" and "delete", because the collector
-//!   holds the exclusive chunk lock over both and the touch needs the shared one.
-//! - A lease whose process died is seen as dead (expired, or its process gone) and ignored; its staged files,
-//!   the index it may have committed and the lease itself are removed once older than the cutoff.
+//!   storage's clock (`start`), then the live leases, then every manifest and index (mark).
 //! - What is not understood is kept. A point whose manifest is damaged, and an index whose
 //!   manifest vanished without a forget (an *orphan*), keep every chunk their index names (read
 //!   without authentication); the collector never deletes them. `forget --point` does, when told.
+//! - A lease whose process died is seen as dead (expired, or its process gone) and ignored; its
+//!   staged files, the index it may have committed and the lease itself are removed once older
+//!   than the cutoff below.
+//!
+//! The sweep differs:
+//! - **One file per chunk** (format 3 and older; after Proxmox Backup Server's scheme): every
+//!   chunk a backup reuses it *touches* (sets its modification time to now) under the shared
+//!   chunk lock; every chunk it writes is new, so fresh too. The cutoff is `min(start, oldest
+//!   live lease) − grace`; one chunk directory at a time under the exclusive chunk lock, chunks
+//!   unmarked *and* older than the cutoff go. A backup that committed before the collector
+//!   listed manifests is marked; one running when leases were listed began after the cutoff, so
+//!   all it touched or wrote is younger; a touch cannot slip between "is it old?" and "delete"
+//!   because of the lock.
+//! - **Packs** (format 4): a chunk inside a pack has no time of its own to refresh, so
+//!   unreferenced chunks are *condemned* first and deleted once no backup that may not have seen
+//!   the condemnation is running (see `sweep_packs`); packs left mostly dead are repacked.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -63,6 +68,10 @@ pub struct GcReport {
     pub deleted_packs: u64,
     /// Packs rewritten without their unreferenced chunks.
     pub repacked_packs: u64,
+    /// Referenced chunks not copied by a repack because their stored bytes were damaged: they
+    /// read as missing until a backup with their data stores them again (`verify` names the
+    /// points).
+    pub damaged_left_behind: u64,
     /// Unreferenced chunks condemned and waiting: they go when every backup that began before
     /// they were condemned has ended (at the next collection).
     pub condemned_waiting: u64,
@@ -296,32 +305,71 @@ fn sweep_packs(
         }
     }
 
-    // Delete and repack.
+    // Delete and repack. Dead are the copies of finalized chunks, and every copy of a chunk
+    // stored twice (two backups racing, a condemned chunk stored again) but the one in the
+    // pack with the most live chunks.
     let by_pack = packs.state().by_pack();
+    let live_count: HashMap<PackId, usize> =
+        by_pack.iter().map(|(p, copies)| (*p, copies.iter().filter(|(c, _)| !finalized.contains(c)).count())).collect();
+    // A damaged copy is never the one kept while a sound one exists: the packs of chunks
+    // stored twice are checked (a damaged chunk stored again is the usual reason for a second
+    // copy).
+    let mut copies_of: HashMap<ChunkId, Vec<PackId>> = HashMap::new();
+    for (p, copies) in &by_pack {
+        for (c, _) in copies.iter().filter(|(c, _)| !finalized.contains(c)) {
+            copies_of.entry(*c).or_default().push(*p);
+        }
+    }
+    let mut keeper: HashMap<ChunkId, PackId> = HashMap::with_capacity(copies_of.len());
+    for (c, candidates) in copies_of {
+        let best = if candidates.len() == 1 {
+            candidates[0]
+        } else {
+            let sound = |p: &PackId| packs.check_pack(p).is_ok_and(|h| h.is_sound(&c));
+            *candidates.iter().max_by_key(|p| (sound(p), live_count[*p], **p)).expect("a chunk listed has a copy")
+        };
+        keeper.insert(c, best);
+    }
     let mut doomed = Vec::new();
     let mut rewritten_index = IndexObject::default();
     let mut kept_entries = 0usize;
     let mut new_index = Vec::new();
+    let mut any_dead = false;
     for (pack, copies) in &by_pack {
-        let dead: u64 = copies.iter().filter(|(c, _)| finalized.contains(c)).map(|(_, l)| l.len as u64).sum();
-        let live: Vec<&(ChunkId, Loc)> = copies.iter().filter(|(c, _)| !finalized.contains(c)).collect();
+        let (live, dead): (Vec<&(ChunkId, Loc)>, Vec<&(ChunkId, Loc)>) =
+            copies.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
+        let dead_bytes: u64 = dead.iter().map(|(_, l)| l.len as u64).sum();
+        any_dead |= !dead.is_empty();
         let size = packs.state().pack_size(pack).unwrap_or(1).max(1);
-        report.deleted_bytes += dead;
+        report.deleted_bytes += dead_bytes;
         if live.is_empty() {
             doomed.push(*pack);
             report.deleted_packs += 1;
             continue;
         }
         let live_bytes: u64 = live.iter().map(|(_, l)| l.len as u64).sum();
-        if dead > 0 && (live_bytes as f64) < REPACK_BELOW * size as f64 {
-            let mut buf = Vec::new();
-            for (c, l) in &live {
-                packs.read_copy(l, &mut buf).map_err(|e| ioe(&format!("reading pack {pack} to repack it"), e))?;
-                packs.put(c, &buf).map_err(|e| ioe("writing a repacked pack", e))?;
+        if dead_bytes > 0 && (live_bytes as f64) < REPACK_BELOW * size as f64 {
+            // Copied only as far as the pack's header vouches for each chunk: a repack must
+            // not turn damage into a copy that looks sound. A damaged chunk is left behind (it
+            // reads as missing, and the next backup with its data stores it again); a pack
+            // whose header cannot be read is kept as it is.
+            let bytes = storage.read(&pack.key()).map_err(|e| ioe(&format!("reading pack {pack} to repack it"), e))?;
+            if let Ok(entries) = pack::parse_pack(keys, pack, &bytes) {
+                let sums: HashMap<(ChunkId, u64), [u8; 32]> =
+                    entries.iter().map(|e| ((e.chunk, e.offset), e.sum)).collect();
+                for (c, l) in &live {
+                    let stored = bytes.get(l.offset as usize..(l.offset + l.len as u64) as usize);
+                    match (stored, sums.get(&(*c, l.offset))) {
+                        (Some(stored), Some(sum)) if blake3::hash(stored).as_bytes() == sum => {
+                            packs.put(c, stored).map_err(|e| ioe("writing a repacked pack", e))?
+                        }
+                        _ => report.damaged_left_behind += 1,
+                    }
+                }
+                doomed.push(*pack);
+                report.repacked_packs += 1;
+                continue;
             }
-            doomed.push(*pack);
-            report.repacked_packs += 1;
-            continue;
         }
         rewritten_index.packs.push((*pack, size, live.iter().map(|(c, l)| (*c, l.offset, l.len)).collect()));
         kept_entries += live.len();
@@ -331,7 +379,7 @@ fn sweep_packs(
         }
     }
     report.deleted_chunks = finalized.len() as u64;
-    if !finalized.is_empty() || !doomed.is_empty() {
+    if any_dead {
         packs.flush().map_err(|e| ioe("writing repacked packs", e))?;
         new_index.push(rewritten_index);
         // New index first, then the old one goes, then the packs: a reader finds every live

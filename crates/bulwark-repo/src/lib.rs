@@ -6,9 +6,13 @@
 //! **restore point** is a manifest plus a block index (one chunk reference per block). Every point
 //! is complete on its own: deleting one never touches another.
 //!
-//! All writes are atomic (temp file, rename; the manifest last, after a filesystem sync), so a
-//! crash at any instant leaves either a whole point or none. Garbage collection is mark and
-//! sweep, safe beside running backups (see [`gc`] for the scheme).
+//! Chunks are stored many to a pack file ([`pack`]; format 4) or, in repositories made before,
+//! one file each. The storage is pluggable ([`storage`]: a directory, S3, memory): the logic here
+//! uses only what an object store offers, and coordinates writers with leases ([`locks`]).
+//!
+//! All writes are atomic (staged and renamed, or a whole object put; the manifest last, after
+//! everything it refers to is durable), so a crash at any instant leaves either a whole point or
+//! none. Garbage collection is mark and sweep, safe beside running backups (see [`gc`]).
 //!
 //! This crate knows nothing of networks, servers or terminals: the standalone CLI, the agent and
 //! the data mover all call it, so a restore behaves the same wherever it runs. It deliberately

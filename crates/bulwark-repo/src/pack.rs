@@ -7,9 +7,8 @@
 //!   file would hold it), then a header sealed with the master key (each chunk's id, offset,
 //!   length and the BLAKE3 digest of its stored bytes), its length (u32 LE) and `BWP1`. The
 //!   header at the end lets a pack be written as a stream.
-//! - `index/…` — **index objects**, sealed: which chunks each pack holds and where, and
-//!   *drops* (a chunk's copy in one pack that must not be used any more: found damaged). A
-//!   writer adds one index object for every 16 packs it finishes and one before each manifest,
+//! - `index/…` — **index objects**, sealed: which chunks each pack holds and where. A
+//!   writer adds one index object for every 4 packs it finishes and one before each manifest,
 //!   so everything a manifest refers to is findable before the manifest exists. Index objects
 //!   never change; garbage collection replaces the whole set.
 //! - `gc/condemned` — chunks the last collection found unreferenced (see [`crate::gc`]):
@@ -39,8 +38,10 @@ const CONDEMNED_MAGIC: &[u8; 4] = b"BWG1";
 pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 pub const MIN_PACK_SIZE: u64 = 1 << 20;
 pub const MAX_PACK_SIZE: u64 = 1 << 30;
-/// Packs finished before their index object is written (besides the one before a manifest).
-const PACKS_PER_INDEX: usize = 16;
+/// Packs finished before their index object is written (besides the one before a manifest, and
+/// when a backup ends without one). What a writer killed outright loses for the next backup to
+/// send again is at most these and the open pack; every index object costs a request.
+const PACKS_PER_INDEX: usize = 4;
 /// Entries per index object when garbage collection rewrites the index.
 const ENTRIES_PER_INDEX: usize = 200_000;
 const HEADER_ENTRY: usize = 32 + 8 + 4 + 32;
@@ -214,8 +215,6 @@ pub type IndexedPack = (PackId, u64, Vec<(ChunkId, u64, u32)>);
 #[derive(Debug, Default, Clone)]
 pub struct IndexObject {
     pub packs: Vec<IndexedPack>,
-    /// Copies not to be used any more.
-    pub drops: Vec<(ChunkId, PackId)>,
 }
 
 fn index_aad(name: &str) -> String {
@@ -237,11 +236,6 @@ impl IndexObject {
                 b.extend_from_slice(&len.to_le_bytes());
             }
         }
-        b.extend_from_slice(&(self.drops.len() as u32).to_le_bytes());
-        for (c, p) in &self.drops {
-            b.extend_from_slice(&c.0);
-            b.extend_from_slice(&p.0);
-        }
         seal(keys, &index_aad(name), b)
     }
 
@@ -261,9 +255,6 @@ impl IndexObject {
             }
             out.packs.push((id, size, entries));
         }
-        for _ in 0..c.count(48)? {
-            out.drops.push((ChunkId(c.arr()?), PackId(c.arr()?)));
-        }
         Ok(out)
     }
 }
@@ -278,16 +269,12 @@ pub(crate) struct IndexState {
     /// replaced): rare, so kept apart.
     extra: HashMap<ChunkId, Vec<Loc>>,
     packs: HashMap<PackId, u64>,
-    drops: HashSet<(ChunkId, PackId)>,
     /// The packs each chunk is in, for garbage collection: built on demand.
     complete: bool,
 }
 
 impl IndexState {
     fn add(&mut self, chunk: ChunkId, loc: Loc) {
-        if self.drops.contains(&(chunk, loc.pack)) {
-            return;
-        }
         match self.chunks.get(&chunk) {
             None => {
                 self.chunks.insert(chunk, loc);
@@ -302,23 +289,7 @@ impl IndexState {
         }
     }
 
-    fn drop_copy(&mut self, chunk: ChunkId, pack: PackId) {
-        self.drops.insert((chunk, pack));
-        let mut rest: Vec<Loc> = self.locations(&chunk).into_iter().filter(|l| l.pack != pack).collect();
-        self.chunks.remove(&chunk);
-        self.extra.remove(&chunk);
-        if !rest.is_empty() {
-            self.chunks.insert(chunk, rest.remove(0));
-            if !rest.is_empty() {
-                self.extra.insert(chunk, rest);
-            }
-        }
-    }
-
     fn apply(&mut self, obj: &IndexObject) {
-        for (c, p) in &obj.drops {
-            self.drop_copy(*c, *p);
-        }
         for (pack, size, entries) in &obj.packs {
             self.packs.insert(*pack, *size);
             for (c, offset, len) in entries {
@@ -464,12 +435,6 @@ impl Packs {
                 Err(e) => return Err(e),
             }
         }
-        // Drops first, so a copy dropped by a later object is not taken from an earlier one.
-        for (_, obj) in &objects {
-            for (c, p) in &obj.drops {
-                base.drop_copy(*c, *p);
-            }
-        }
         for (name, obj) in objects {
             base.apply(&obj);
             base.loaded.insert(name);
@@ -569,9 +534,8 @@ impl Packs {
                 st.add(*c, Loc { pack: p.id, offset: *off, len: *len });
             }
         }
-        // This process wrote it and knows its content: no need to read it back before reuse.
-        let sound = Arc::new(Mutex::new(Some(Arc::new(PackHealth::default()))));
-        self.checked.lock().expect("no panics while held").insert(p.id, sound);
+        // Not taken as checked for having been written: what reaches the disk is read back
+        // before the first reuse, as for any other pack.
         let batch = {
             let mut finished = self.finished.lock().expect("no panics while held");
             finished.push(Finished { id: p.id, size, entries });
@@ -588,8 +552,7 @@ impl Packs {
         if batch.is_empty() {
             return Ok(());
         }
-        let obj =
-            IndexObject { packs: batch.iter().map(|f| (f.id, f.size, f.entries.clone())).collect(), drops: vec![] };
+        let obj = IndexObject { packs: batch.iter().map(|f| (f.id, f.size, f.entries.clone())).collect() };
         match self.put_index(&obj) {
             Ok(name) => {
                 self.state.write().expect("no panics while held").loaded.insert(name);
@@ -683,26 +646,6 @@ impl Packs {
         let health = Arc::new(health);
         *slot = Some(health.clone());
         Ok(health)
-    }
-
-    /// Stops using the copy of `chunk` in `pack` (found damaged): an index object says so, and
-    /// the next backup that has the data stores it again.
-    pub fn drop_copies(&self, copies: &[(ChunkId, PackId)]) -> io::Result<()> {
-        if copies.is_empty() {
-            return Ok(());
-        }
-        let name = self.put_index(&IndexObject { packs: vec![], drops: copies.to_vec() })?;
-        let mut st = self.state.write().expect("no panics while held");
-        for (c, p) in copies {
-            st.drop_copy(*c, *p);
-        }
-        st.loaded.insert(name);
-        drop(st);
-        let mut checked = self.checked.lock().expect("no panics while held");
-        for (_, p) in copies {
-            checked.remove(p);
-        }
-        Ok(())
     }
 
     pub fn keys(&self) -> &Keys {
@@ -824,7 +767,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_chunk_in_a_pack_is_not_reused_and_can_be_dropped() {
+    fn a_damaged_chunk_in_a_pack_is_not_reused() {
         let p = packs("pack-damage", Keys::none(), 1 << 20);
         let (a, da) = chunk(1);
         let (b, db) = chunk(2);
@@ -838,10 +781,12 @@ mod tests {
         let fresh = packs("pack-damage", Keys::none(), 1 << 20);
         assert!(!fresh.reusable(&a).unwrap(), "a damaged copy was reused");
         assert!(fresh.reusable(&b).unwrap());
-        fresh.drop_copies(&[(a, loc.pack)]).unwrap();
+        // Stored again, the chunk has a sound copy to reuse.
+        fresh.put(&a, &da).unwrap();
+        fresh.flush().unwrap();
         let again = packs("pack-damage", Keys::none(), 1 << 20);
-        assert!(again.locations(&a).unwrap().is_empty());
-        assert_eq!(again.locations(&b).unwrap().len(), 1);
+        assert_eq!(again.locations(&a).unwrap().len(), 2);
+        assert!(again.reusable(&a).unwrap());
     }
 
     #[test]
@@ -859,7 +804,7 @@ mod tests {
         let mut forged = b"abcd".to_vec();
         forged.extend(encode_header(&plain, &id, &[PackEntry { len: 99, ..e }]));
         assert!(parse_pack(&plain, &id, &forged).unwrap_err().contains("outside"));
-        let obj = IndexObject { packs: vec![(id, 5, vec![(e.chunk, 0, 4)])], drops: vec![(e.chunk, id)] };
+        let obj = IndexObject { packs: vec![(id, 5, vec![(e.chunk, 0, 4)])] };
         let sealed = obj.encode(&keys, "n1");
         assert!(IndexObject::decode(&keys, "n1", &sealed).is_ok());
         assert!(IndexObject::decode(&keys, "n2", &sealed).is_err(), "an index object renamed");

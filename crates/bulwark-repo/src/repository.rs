@@ -215,6 +215,13 @@ impl Repository {
     }
 
     fn new(storage: Arc<dyn Storage>, location: Location, keys: Keys, config: &Config) -> Repository {
+        // Across a network, index objects and check marks are worth keeping on this machine.
+        let storage = match location {
+            Location::S3(_) => {
+                storage::cache::CachedStorage::wrap(storage, &storage::cache::default_cache_root(), &config.id)
+            }
+            _ => storage,
+        };
         let packs = config.pack_size.map(|size| Arc::new(Packs::new(storage.clone(), keys.clone(), size)));
         Repository {
             packs,
@@ -640,16 +647,45 @@ impl Repository {
         staged.commit(false).map_err(io)
     }
 
-    /// Stops using a chunk found damaged (by `verify`): it reads as missing afterwards, so the
-    /// next backup that has its data stores it again. A loose chunk is moved aside (kept as
-    /// `KEY.damaged`); in a pack, an index object drops the copy.
-    pub fn quarantine_chunk(&self, id: &ChunkId) -> Result<()> {
-        let io = |e| self.io_err(format!("moving chunk {id} aside"), e);
+    /// Stops using a chunk found damaged (by `verify`), so the next backup that has its data
+    /// stores it again: a loose chunk is moved aside (kept as `KEY.damaged`) and reads as
+    /// missing. In a pack there is nothing to do (`Ok(false)`): a copy whose bytes do not match
+    /// its pack's header is never reused, a new copy is stored beside it, reads take whichever
+    /// copy is whole, and garbage collection drops the damaged one.
+    pub fn quarantine_chunk(&self, id: &ChunkId) -> Result<bool> {
         match &self.packs {
-            None => self.storage.quarantine(&id.key()).map_err(io),
+            None => {
+                self.storage.quarantine(&id.key()).map_err(|e| self.io_err(format!("moving chunk {id} aside"), e))?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
+    /// Makes every chunk put so far findable by other processes: the open pack is closed and
+    /// indexed. A commit does this itself; a chunk stored loose is findable at once.
+    pub fn flush(&self) -> Result<()> {
+        match &self.packs {
+            Some(packs) => packs.flush().map_err(|e| self.io_err("writing packs", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// How many distinct chunks the repository holds (as far as this process knows: a pack
+    /// another process has not indexed yet is not counted).
+    pub fn chunk_count(&self) -> Result<usize> {
+        let io = |e| self.io_err("counting chunks", e);
+        match &self.packs {
+            None => Ok(self
+                .storage
+                .list("chunks/")
+                .map_err(io)?
+                .iter()
+                .filter(|e| ChunkId::from_hex(e.name.rsplit('/').next().unwrap_or("")).is_some())
+                .count()),
             Some(packs) => {
-                let copies: Vec<_> = packs.locations(id).map_err(io)?.into_iter().map(|l| (*id, l.pack)).collect();
-                packs.drop_copies(&copies).map_err(io)
+                packs.refresh().map_err(io)?;
+                Ok(packs.state().chunks().count())
             }
         }
     }
@@ -720,7 +756,8 @@ impl Repository {
             PointKind::Files => None,
         };
         let sync = self.storage.sync_point().map_err(|e| self.io_err("opening the repository for sync", e))?;
-        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease, failures })
+        let _flush = FlushOnDrop(self.packs.clone());
+        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease, failures, _flush })
     }
 
     fn index_writer(&self, id: &RestorePointId, header: IndexHeader) -> Result<BlockIndexWriter> {
@@ -1212,6 +1249,19 @@ pub struct PointWriter {
     lease: Lease,
     /// Packs abandoned in this process before the point began (see [`Packs::failures`]).
     failures: u64,
+    _flush: FlushOnDrop,
+}
+
+/// Closes and indexes the open pack when a backup ends without committing (its stream broke,
+/// its agent died): what it stored is then found by the next backup, which sends only the rest.
+struct FlushOnDrop(Option<Arc<Packs>>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let Some(packs) = &self.0 {
+            let _ = packs.flush();
+        }
+    }
 }
 
 impl PointWriter {

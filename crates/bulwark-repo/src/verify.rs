@@ -2,9 +2,9 @@
 //! each damaged point with the block ranges (or files) a restore would get wrong.
 //!
 //! What it learns it leaves behind: every chunk found whole is marked checked (a backup builds
-//! on it without reading it again), and every chunk found damaged is moved aside
-//! ([`crate::Repository::quarantine_chunk`]), so it reads as missing and the next backup that
-//! has its data stores it again, which makes the damaged points whole again too. A repository
+//! on it without reading it again), and every chunk found damaged is set aside
+//! ([`crate::Repository::quarantine_chunk`]), so the next backup that has its data stores it
+//! again, which makes the damaged points whole again too. A repository
 //! the user may only read is checked all the same; nothing is marked or moved.
 
 use std::collections::{HashMap, HashSet};
@@ -195,7 +195,8 @@ pub fn verify(
             continue;
         }
         match repo.quarantine_chunk(id) {
-            Ok(()) => quarantined += 1,
+            Ok(true) => quarantined += 1,
+            Ok(false) => {}
             Err(e) => quarantine_failed = Some(format!("chunk {id} not moved aside: {e}")),
         }
     }

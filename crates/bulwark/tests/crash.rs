@@ -2,6 +2,7 @@
 //! restores to exactly what was backed up, and the next backup succeeds.
 
 mod common;
+mod stored;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -106,14 +107,7 @@ fn listings_and_verify_speak_json_and_exit_codes() {
     assert_eq!(v["ok"], true);
 
     // Damage one chunk: exit status 3, the point named.
-    let chunk = std::fs::read_dir(repo.join("chunks"))
-        .unwrap()
-        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    std::fs::write(&chunk, b"garbage").unwrap();
+    stored::stored_chunks(&repo, None, None)[0].zero();
     let r = verify(&repo);
     assert_eq!(r.code, 3);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();

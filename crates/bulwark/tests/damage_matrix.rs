@@ -6,6 +6,10 @@
 //! moves damaged chunks aside, healthy points stay listed and restorable, the next backup of the
 //! damaged name (or `verify --repair --from`) makes the damaged point whole again, and what
 //! cannot be read is kept by `gc` until `forget --point` removes it.
+//!
+//! The repositories here keep one file per chunk (`repo init --loose`, the layout of format 3
+//! and older), so a case can damage exactly one chunk's object; damage inside pack files is
+//! covered by `bulwark-repo`'s `tests/packs.rs`.
 
 mod common;
 
@@ -48,7 +52,7 @@ impl Repo {
         std::fs::write(tree.join("notes.txt"), b"a small file\n").unwrap();
         std::fs::write(tree.join("sub/small.bin"), bulwark_testkit::random_bytes(5_000, 14)).unwrap();
         let mut init = bulwark();
-        init.args(["repo", "init"]).arg(&path);
+        init.args(["repo", "init", "--loose"]).arg(&path);
         if encrypted {
             init.args(["--encryption", "aes256gcm"]).env("BULWARK_PASSWORD", PASSWORD);
         }

@@ -2,8 +2,7 @@
 //! backup manager runs tasks through them, and the points restore byte for byte.
 
 mod cluster;
-
-use std::path::PathBuf;
+mod stored;
 
 use bulwark_proto::pki::Role;
 use cluster::*;
@@ -146,21 +145,18 @@ fn cbt_incremental_through_a_data_mover_stores_again_a_lost_chunk() {
     let full = c.run(c.task("full", &agent, &transport, &repo, spec()));
     assert_eq!(full.status, bulwark_proto::domain::TaskStatus::Success, "{full:?}");
 
-    // Lose one chunk the full point references, then change a few blocks elsewhere.
-    let chunks: Vec<PathBuf> = std::fs::read_dir(repo.join("chunks"))
-        .unwrap()
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.path()))
-        .collect();
-    let lost = chunks.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap().clone();
-    std::fs::remove_file(&lost).unwrap();
+    // Lose one chunk the full point references (its stored bytes zeroed), then change a few
+    // blocks elsewhere.
+    let lost = stored::stored_chunks(&repo, None, None).into_iter().max_by_key(|c| c.len).unwrap();
+    lost.zero();
     bulwark_imagegen::mutate(&img, 2.0, 8, 1).unwrap();
     let image = std::fs::read(&img).unwrap();
 
     let incr = c.run(c.task("incr", &agent, &transport, &repo, spec()));
     assert_eq!(incr.status, bulwark_proto::domain::TaskStatus::Success, "{incr:?}");
     assert_eq!(incr.reports[0]["change_tracking"], true, "{:?}", incr.reports);
-    assert!(lost.exists(), "the lost chunk was not stored again");
+    let r = bulwark_repo::Repository::open(repo.as_path(), None).unwrap();
+    assert_eq!(stored::copies(&r, &repo, [lost.id]).len(), 2, "the lost chunk was not stored again");
     assert_eq!(restore(&repo, incr.points[0].id.as_str(), c.dir.path()), image);
     // The full point is whole again too.
     verify_clean(&repo);

@@ -29,7 +29,7 @@ fn setup(repos: Option<PathBuf>) -> Setup {
     let repos = repos.unwrap_or_else(|| c.dir.path().join("repos"));
     std::fs::create_dir_all(&repos).unwrap();
     let repo = repos.join("r");
-    init_repo(&repo);
+    init_repo_small_packs(&repo);
     let agent = c.start(Role::Agent, "a1", &[]);
     let transport = c.start(Role::Transport, "t1", &["--root", repos.to_str().unwrap()]);
     Setup { c, repos, repo, agent, transport }
@@ -55,7 +55,10 @@ impl Setup {
         wait_for(60, "data on the wire", || sent.load(Ordering::Relaxed) > 6 << 20);
         // Sent is not stored: the fault comes once the repository holds a good part of it, so
         // that the rerun has something to find.
-        wait_for(60, "data in the repository", || dir_bytes(&self.repo.join("chunks")) > 5 << 20);
+        wait_for(60, "data in the repository, indexed", || {
+            stored(&self.repo) > 5 << 20
+                && std::fs::read_dir(self.repo.join("index")).is_ok_and(|mut d| d.next().is_some())
+        });
         fault(self);
         let out = self
             .c
@@ -71,7 +74,7 @@ impl Setup {
     /// The run after the fault: succeeds, restores byte for byte, stores only what the
     /// interrupted run had not.
     fn rerun(&self, image: &Path) {
-        let stored_before = dir_bytes(&self.repo.join("chunks"));
+        let stored_before = stored(&self.repo);
         assert!(stored_before > 4 << 20, "the interrupted run stored {stored_before} bytes");
         let mut spec = volume_spec(image, "vol");
         spec.set_snapshot(bulwark_proto::domain::SnapshotMode::None.into());
@@ -79,7 +82,7 @@ impl Setup {
         assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Success, "{out:?}");
         let p = &out.points[0];
         assert_eq!(restore(&self.repo, p.id.as_str(), self.c.dir.path()), std::fs::read(image).unwrap());
-        let all = dir_bytes(&self.repo.join("chunks"));
+        let all = stored(&self.repo);
         assert!(
             p.stats.stored_bytes + (4 << 20) <= all,
             "the re-run stored {} of {all} bytes: it did not reuse the interrupted run's chunks",
@@ -89,13 +92,22 @@ impl Setup {
     }
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let md = e.metadata().unwrap();
-        n += if md.is_dir() { dir_bytes(&e.path()) } else { md.len() };
+/// Bytes of packs the repository holds, less staged ones (a pack being written, or left by a
+/// killed writer: nothing can use it).
+fn stored(repo: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                n += walk(&e.path());
+            } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                n += md.len();
+            }
+        }
+        n
     }
-    n
+    walk(&repo.join("data"))
 }
 
 fn image(dir: &Path, mib: u64) -> PathBuf {

@@ -7,6 +7,7 @@
 //! manifest is gone. A check scheduled on the repository finds damage on its own.
 
 mod cluster;
+mod stored;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,16 +43,9 @@ fn catalog_point(server: &Server, id: &str) -> Value {
     points.as_array().unwrap().iter().find(|p| p["id"] == id).unwrap_or_else(|| panic!("{id} in {points:#}")).clone()
 }
 
-/// The chunk files a point references.
-fn chunk_files(repo: &Path, point: &str) -> HashSet<PathBuf> {
-    let r = bulwark_repo::Repository::open(repo, None).unwrap();
-    let m = r.load_manifest(&point.parse().unwrap()).unwrap();
-    let mut files = HashSet::new();
-    r.for_each_reference(&m, |id| {
-        files.insert(repo.join(id.key()));
-    })
-    .unwrap();
-    files
+/// Where the chunks a point references are stored.
+fn chunk_files(repo: &Path, point: &str) -> HashSet<stored::StoredChunk> {
+    stored::stored_chunks(repo, None, Some(point)).into_iter().collect()
 }
 
 fn health_check(db: Option<&str>) {
@@ -93,13 +87,13 @@ fn health_check(db: Option<&str>) {
     }
 
     // One byte flipped in a chunk only pc-0's point references.
-    let only_ours: Vec<PathBuf> =
+    let only_ours: Vec<stored::StoredChunk> =
         chunk_files(&repo, &damaged).difference(&chunk_files(&repo, &whole)).cloned().collect();
-    let chunk = only_ours.iter().min().expect("pc-0's point has chunks of its own").clone();
+    let ours = only_ours.iter().min().expect("pc-0's point has chunks of its own").clone();
+    let chunk = ours.path.clone();
     let original = std::fs::read(&chunk).unwrap();
     let mut flipped = original.clone();
-    let at = flipped.len() / 2;
-    flipped[at] ^= 0x40;
+    flipped[(ours.offset + ours.len / 2) as usize] ^= 0x40;
     std::fs::write(&chunk, &flipped).unwrap();
 
     let (code, out, err) = verify(&server, "main", false);

@@ -271,6 +271,7 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     let id = codec.digest(&block);
     let original = codec.encode(&id, &block);
     repo.put_chunk(&id, &original).unwrap();
+    repo.flush().unwrap();
     let agent = c.start(Role::Agent, "a1", &[]);
     let transport = c.start(Role::Transport, "t1", &["--root", repos.to_str().unwrap()]);
     let a1 = Identity::load(&agent.data_dir).unwrap().unwrap();
@@ -315,9 +316,9 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     ];
     let answers = raw(&c, &m, "t1", &a1, frames).unwrap();
     assert!(answers.iter().any(|a| a.starts_with("Flushed")), "{answers:?}");
-    let mut codec_free = Vec::new();
-    std::io::Read::read_to_end(&mut repo.storage().open_read(&id.key()).unwrap(), &mut codec_free).unwrap();
-    assert_eq!(codec_free, original);
+    let fresh = bulwark_repo::Repository::open(&repo_dir, None).unwrap();
+    assert_eq!(fresh.read_stored_chunk(&id).unwrap(), original);
+    assert_eq!(fresh.chunk_copies(&id).unwrap().len(), 1, "a second copy was planted");
     assert!(points(&repo_dir).is_empty());
 
     // Dedup poisoning: the agent names content another computer will back up and uploads other
@@ -346,7 +347,8 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     });
     assert_eq!(report.status(), bulwark_proto::pb::MoverStatus::Failed);
     assert!(report.error.contains(&format!("chunk {target} sent by agent a1")), "{}", report.error);
-    assert!(!repo.storage().exists(&target.key()).unwrap(), "the forged chunk was stored");
+    let stored = || bulwark_repo::Repository::open(&repo_dir, None).unwrap().chunk_copies(&target).unwrap();
+    assert!(stored().is_empty(), "the forged chunk was stored");
     // Nor does a commit right behind the forged upload (one stream, no flush) make a point of it.
     let m = start(vec!["a1-disk".into()]);
     let stats = serde_json::to_string(&bulwark_repo::PointStats::default()).unwrap();
@@ -361,7 +363,7 @@ fn a_hostile_agent_cannot_replace_plant_or_read_chunks() {
     assert!(answers.iter().any(|a| a.contains("does not hold what its name says")), "{answers:?}");
     assert!(!answers.iter().any(|a| a.starts_with("Committed")), "{answers:?}");
     assert!(points(&repo_dir).is_empty(), "a point was committed on a refused chunk");
-    assert!(!repo.storage().exists(&target.key()).unwrap());
+    assert!(stored().is_empty());
     // An honest upload of the same name is stored and reads back as the victim's block.
     let m = start(vec!["a1-disk".into()]);
     let frames = vec![
@@ -403,6 +405,7 @@ fn an_agent_learns_nothing_of_other_computers_in_an_isolated_repository() {
         let mut vc = victim.codec(Default::default());
         let vid = vc.digest(&secret_block);
         victim.put_chunk(&vid, &vc.encode(&vid, &secret_block)).unwrap();
+        victim.flush().unwrap();
 
         let m = c.rt.block_on(async {
             let mut t = c.manager.transport(&transport.node()).await.unwrap();

@@ -6,6 +6,7 @@
 //! missing tool into a skipped test instead of a failure.
 
 mod common;
+mod stored;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -488,11 +489,10 @@ fn unknown_points_volumes_and_damaged_chunks_are_explained() {
     // Damage the chunk of block 4 (an index entry is 32 bytes after a 24-byte header).
     let index = std::fs::read(repo.join(format!("points/{point}.index"))).unwrap();
     let hex: String = index[24 + 4 * 32..24 + 5 * 32].iter().map(|b| format!("{b:02x}")).collect();
-    let chunk = repo.join("chunks").join(&hex[..2]).join(&hex);
-    let mut bytes = std::fs::read(&chunk).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x10;
-    std::fs::write(&chunk, &bytes).unwrap();
+    let r = bulwark_repo::Repository::open(repo.as_path(), None).unwrap();
+    for c in stored::copies(&r, &repo, [bulwark_repo::ChunkId::from_hex(&hex).unwrap()]) {
+        c.flip();
+    }
 
     let srv = Serving::start(&repo, &point, &[], dir.path());
     let bad = run(tool("qemu-io").args(["-r", "-f", "raw", "-c", "read 4194304 65536", &srv.url]));

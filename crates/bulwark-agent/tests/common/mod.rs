@@ -19,6 +19,14 @@ pub fn new_repo(dir: &Path, encrypted: bool) -> Repository {
     Repository::init(dir.join("repo"), &InitOptions { password, kdf: cheap_kdf(), ..Default::default() }).unwrap()
 }
 
+/// A repository with one file per chunk (the layout of format 3 and older), for tests that
+/// damage or inspect one chunk's file.
+pub fn new_loose_repo(dir: &Path, encrypted: bool) -> Repository {
+    let password = encrypted.then(|| b"correct horse".to_vec());
+    let opts = InitOptions { password, kdf: cheap_kdf(), layout: bulwark_repo::Layout::Loose, ..Default::default() };
+    Repository::init(dir.join("repo"), &opts).unwrap()
+}
+
 pub fn opts(name: &str, bs: u32, c: Compression) -> BackupOptions {
     BackupOptions { block_size: BlockSize::new(bs).unwrap(), compression: c, ..BackupOptions::new(name) }
 }

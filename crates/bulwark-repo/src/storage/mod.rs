@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+pub mod cache;
 pub mod local;
 pub mod location;
 pub mod memory;

@@ -168,6 +168,13 @@ pub fn init_repo(path: &Path) {
     bulwark_repo::Repository::init(path, &Default::default()).unwrap();
 }
 
+/// A repository whose packs close at 4 MiB: a test that interrupts a backup of a few hundred
+/// MiB finds some of it indexed, as a real backup of many GiB would.
+pub fn init_repo_small_packs(path: &Path) {
+    let opts = bulwark_repo::InitOptions { pack_size: Some(4 << 20), ..Default::default() };
+    bulwark_repo::Repository::init(path, &opts).unwrap();
+}
+
 /// Restores `point` (an id or NAME:latest) of `repo` and returns its bytes.
 pub fn restore(repo: &Path, point: &str, dir: &Path) -> Vec<u8> {
     let out = dir.join(format!("restored-{}", point.replace(':', "-")));
