@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::chunk::ChunkId;
 use crate::error::Result;
 use crate::locks;
-use crate::pack::{self, IndexObject, Loc, PackId, Packs};
+use crate::pack::{self, IndexObject, PackId, Packs};
 use crate::point::RestorePointId;
 use crate::{Catalog, Repository};
 
@@ -336,8 +336,7 @@ fn sweep_packs(
     let mut new_index = Vec::new();
     let mut any_dead = false;
     for (pack, copies) in &by_pack {
-        let (live, dead): (Vec<&(ChunkId, Loc)>, Vec<&(ChunkId, Loc)>) =
-            copies.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
+        let (live, dead): (Vec<_>, Vec<_>) = copies.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
         let dead_bytes: u64 = dead.iter().map(|(_, l)| l.len as u64).sum();
         any_dead |= !dead.is_empty();
         let size = packs.state().pack_size(pack).unwrap_or(1).max(1);
