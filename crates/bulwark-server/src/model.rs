@@ -40,7 +40,10 @@ pub struct RepositoryInput {
     pub name: String,
     /// The transport node whose data movers write it.
     pub transport: String,
-    /// Its path on that node (under one of the node's roots).
+    /// Where it is, as that node sees it: a path under one of the node's roots, or an S3
+    /// location (`s3://bucket/prefix?endpoint=…&region=…`) in one of the node's buckets. Never a
+    /// credential: the node holds those.
+    #[serde(alias = "location")]
     pub path: String,
     /// Tasks that may write it at once.
     #[serde(default = "default_max_tasks")]
@@ -75,8 +78,17 @@ impl RepositoryInput {
         if let Some(s) = &self.verify_schedule {
             check_verify_schedule(s)?;
         }
-        if !self.path.starts_with('/') {
-            return Err(format!("repository path {:?} must be absolute", self.path));
+        match self.path.parse::<bulwark_repo::storage::Location>()? {
+            bulwark_repo::storage::Location::Local(p) if !p.is_absolute() => {
+                return Err(format!("repository path {:?} must be absolute", self.path))
+            }
+            bulwark_repo::storage::Location::Memory(_) => {
+                return Err(format!(
+                    "repository location {:?}: a transport node keeps no memory repositories",
+                    self.path
+                ))
+            }
+            _ => {}
         }
         if self.password.as_deref().is_some_and(|p| p.len() < 8) {
             return Err("a repository password needs at least 8 characters".into());

@@ -6,12 +6,12 @@
 //! while in use and dropped after [`IDLE`] without a request.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_repo::browse::{FileEntry, Page};
 use bulwark_repo::image::Image;
+use bulwark_repo::storage::Location;
 use bulwark_repo::volumes::{self, Volume};
 use bulwark_repo::{Manifest, PointImage, PointKind, RepoError, Repository};
 
@@ -88,8 +88,8 @@ struct Entry<T> {
 type Cache<K, T> = Mutex<HashMap<K, Entry<T>>>;
 
 pub struct PointViews {
-    repos: Cache<(PathBuf, [u8; 32]), Repository>,
-    views: Cache<(PathBuf, String), Arc<View>>,
+    repos: Cache<(String, [u8; 32]), Repository>,
+    views: Cache<(String, String), Arc<View>>,
     kernel_mounts: bool,
 }
 
@@ -137,9 +137,9 @@ impl PointViews {
     }
 
     /// The repository at `path`, opened with `password` (kept open while used).
-    fn repository(&self, path: &Path, password: Option<&[u8]>) -> Result<Repository, ViewError> {
+    fn repository(&self, path: &Location, password: Option<&[u8]>) -> Result<Repository, ViewError> {
         // Keyed by a digest, so the password itself is not kept as a map key.
-        let key = (path.to_path_buf(), *blake3::hash(password.unwrap_or_default()).as_bytes());
+        let key = (path.to_string(), *blake3::hash(password.unwrap_or_default()).as_bytes());
         if let Some(r) = take(&self.repos, &key) {
             return Ok(r);
         }
@@ -149,9 +149,9 @@ impl PointViews {
     }
 
     /// Point `point` of the repository at `path`.
-    pub fn open(&self, path: &Path, password: Option<&[u8]>, point: &str) -> Result<Arc<View>, ViewError> {
+    pub fn open(&self, path: &Location, password: Option<&[u8]>, point: &str) -> Result<Arc<View>, ViewError> {
         let repo = self.repository(path, password)?;
-        let key = (path.to_path_buf(), point.to_string());
+        let key = (path.to_string(), point.to_string());
         if let Some(v) = take(&self.views, &key) {
             return Ok(v);
         }

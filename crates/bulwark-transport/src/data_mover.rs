@@ -42,7 +42,7 @@ use crate::throttle::{Throttle, ThrottleRule};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MoverConfig {
     pub task_id: String,
-    pub repository: PathBuf,
+    pub repository: bulwark_repo::storage::Location,
     pub password: Option<String>,
     /// The only agent allowed to connect.
     pub agent: String,

@@ -17,6 +17,7 @@ use bulwark_proto::pb::{
 };
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
+use bulwark_repo::storage::Location;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -30,8 +31,11 @@ use crate::throttle::ThrottleRule;
 pub struct TransportConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    /// Repositories must lie under one of these.
+    /// Repositories in directories must lie under one of these.
     pub roots: Vec<PathBuf>,
+    /// S3 buckets whose repositories this node serves (its credentials come from its own
+    /// environment or credentials file, never from the server).
+    pub s3_buckets: Vec<String>,
     /// The host agents reach this machine's data movers at.
     pub advertise_host: String,
     /// The address data movers listen on (this node's listening address, or all).
@@ -90,9 +94,29 @@ impl TransportService {
         self.cfg.roots.iter().filter_map(|r| r.canonicalize().ok()).any(|r| real.starts_with(r))
     }
 
-    /// The repository path, if it lies under one of the roots (symlinks resolved).
-    fn repository_path(&self, p: &str) -> Result<PathBuf, Status> {
-        self.resolve(Path::new(p), p)
+    /// The repository at `p`: a path under one of the roots (symlinks resolved), or an S3
+    /// location in one of the node's buckets.
+    fn repository_location(&self, p: &str) -> Result<Location, Status> {
+        match self.s3_location(p)? {
+            Some(l) => Ok(l),
+            None => self.resolve(Path::new(p), p).map(Location::Local),
+        }
+    }
+
+    /// `p` parsed when it names an S3 location this node serves; `None` for a path.
+    fn s3_location(&self, p: &str) -> Result<Option<Location>, Status> {
+        let loc: Location = p.parse().map_err(|e: String| Status::invalid_argument(format!("repository {p}: {e}")))?;
+        match &loc {
+            Location::Local(_) => Ok(None),
+            Location::S3(s3) if self.cfg.s3_buckets.iter().any(|b| *b == s3.bucket) => Ok(Some(loc)),
+            Location::S3(s3) => Err(Status::permission_denied(format!(
+                "repository {p}: bucket {:?} is not one this transport node serves ({}): start it with --s3-bucket {}",
+                s3.bucket,
+                if self.cfg.s3_buckets.is_empty() { "none".to_string() } else { self.cfg.s3_buckets.join(", ") },
+                s3.bucket
+            ))),
+            Location::Memory(_) => Err(Status::invalid_argument(format!("repository {p}: not a place a node stores"))),
+        }
     }
 
     /// `path` with symlinks resolved, if it lies under one of the roots; errors speak of the
@@ -124,11 +148,15 @@ impl TransportService {
         Ok(real)
     }
 
-    /// A path for a new repository: its parent must exist under one of the roots.
-    fn new_repository_path(&self, p: &str) -> Result<PathBuf, Status> {
+    /// A location for a new repository: a path whose parent exists under one of the roots, or
+    /// an S3 location in one of the node's buckets.
+    fn new_repository_location(&self, p: &str) -> Result<Location, Status> {
+        if let Some(l) = self.s3_location(p)? {
+            return Ok(l);
+        }
         let path = Path::new(p);
         if path.exists() {
-            return self.repository_path(p);
+            return self.repository_location(p);
         }
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(Status::invalid_argument(format!("{p} is not a repository path")));
@@ -140,14 +168,14 @@ impl TransportService {
             )),
             _ => e,
         })?;
-        Ok(parent.join(name))
+        Ok(Location::Local(parent.join(name)))
     }
 
     /// The point a request names, opened (or still open) on a blocking thread.
     async fn view(&self, a: Option<PointAccess>) -> Result<(Arc<browse::View>, u32), Status> {
         let a = a.ok_or_else(|| Status::invalid_argument("the request names no point"))?;
         bulwark_proto::check_protocol(a.protocol, "server")?;
-        let path = self.repository_path(&a.repository)?;
+        let path = self.repository_location(&a.repository)?;
         let password = (!a.password.is_empty()).then(|| a.password.into_bytes());
         let views = self.views.clone();
         let view = tokio::task::spawn_blocking(move || views.open(&path, password.as_deref(), &a.point))
@@ -200,7 +228,7 @@ impl Transport for TransportService {
         tls::require_peer(&req, &[Role::Server], "start a data mover")?;
         let spec = req.into_inner();
         bulwark_proto::check_protocol(spec.protocol, "server")?;
-        let repository = self.repository_path(&spec.repository)?;
+        let repository = self.repository_location(&spec.repository)?;
         let t = spec.throttle.unwrap_or_default();
         let throttle = ThrottleRule::parse(t.bytes_per_s, &t.window_start, &t.window_end)
             .map_err(|e| Status::invalid_argument(format!("throttle: {e}")))?;
@@ -322,15 +350,19 @@ impl Transport for TransportService {
         tls::require_peer(&req, &[Role::Server], "create a repository")?;
         let r = req.into_inner();
         bulwark_proto::check_protocol(r.protocol, "server")?;
-        let path = self.new_repository_path(&r.path)?;
+        let path = self.new_repository_location(&r.path)?;
         let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
         let isolation: bulwark_repo::Isolation = r.isolation.parse().map_err(Status::invalid_argument)?;
         let info = tokio::task::spawn_blocking(move || -> Result<RepositoryInfo, bulwark_repo::RepoError> {
-            if path.join("config").exists() {
-                let repo = bulwark_repo::Repository::open(&path, password.as_deref())?;
+            let existing = match bulwark_repo::Repository::open(&path, password.as_deref()) {
+                Ok(repo) => Some(repo),
+                Err(bulwark_repo::RepoError::NotARepository { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(repo) = existing {
                 if repo.isolation() != isolation {
                     return Err(bulwark_repo::RepoError::Invalid {
-                        repo: path.display().to_string(),
+                        repo: path.to_string(),
                         reason: format!(
                             "it exists with isolation {}, not {}; the isolation of a repository is chosen when it \
                              is created",
@@ -343,7 +375,7 @@ impl Transport for TransportService {
                 // that does not exist: backups would go on in clear.
                 if password.is_some() && !repo.is_encrypted() {
                     return Err(bulwark_repo::RepoError::Invalid {
-                        repo: path.display().to_string(),
+                        repo: path.to_string(),
                         reason: "it exists and is not encrypted, but a password was given: add it without a \
                                  password, or give an encrypted repository another path"
                             .into(),
@@ -370,7 +402,7 @@ impl Transport for TransportService {
         tls::require_peer(&req, &[Role::Server], "apply retention")?;
         let r = req.into_inner();
         bulwark_proto::check_protocol(r.protocol, "server")?;
-        let path = self.repository_path(&r.path)?;
+        let path = self.repository_location(&r.path)?;
         let policy = bulwark_repo::retention::Policy {
             last: r.keep_last,
             daily: r.keep_daily,
@@ -402,7 +434,7 @@ impl Transport for TransportService {
         tls::require_peer(&req, &[Role::Server], "check a repository's health")?;
         let r = req.into_inner();
         bulwark_proto::check_protocol(r.protocol, "server")?;
-        let path = self.repository_path(&r.path)?;
+        let path = self.repository_location(&r.path)?;
         let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
         info!("repository {}: health check started", r.path);
         let (report, (manifests, indexes_only)) = tokio::task::spawn_blocking(move || {
@@ -698,6 +730,7 @@ mod tests {
             name: "store".into(),
             data_dir: root.join("data"),
             roots: vec![root.join("repos")],
+            s3_buckets: vec!["served".into()],
             advertise_host: "localhost".into(),
             bind_host: "127.0.0.1".into(),
             mover_program: "/bin/false".into(),
@@ -713,16 +746,31 @@ mod tests {
         let t = service(dir.path());
         let roots = dir.path().join("repos").display().to_string();
         for outside in ["/nonexistent/dir/repo".to_string(), dir.path().join("elsewhere").display().to_string()] {
-            let e = t.new_repository_path(&outside).unwrap_err();
+            let e = t.new_repository_location(&outside).unwrap_err();
             assert_eq!(e.code(), tonic::Code::PermissionDenied, "{outside}: {e:?}");
             assert!(e.message().contains(&outside) && e.message().contains(&roots), "{}", e.message());
             assert!(e.message().contains("not under any of this transport node's roots"), "{}", e.message());
         }
         let missing = dir.path().join("repos/missing/repo").display().to_string();
-        let e = t.new_repository_path(&missing).unwrap_err();
+        let e = t.new_repository_location(&missing).unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
         assert!(e.message().contains("does not exist") && e.message().contains("create it first"), "{}", e.message());
         let fine = dir.path().join("repos/new");
-        assert_eq!(t.new_repository_path(&fine.display().to_string()).unwrap(), fine.canonicalize().unwrap_or(fine));
+        assert_eq!(
+            t.new_repository_location(&fine.display().to_string()).unwrap(),
+            Location::Local(fine.canonicalize().unwrap_or(fine))
+        );
+    }
+
+    #[test]
+    fn only_the_nodes_own_buckets_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = service(dir.path());
+        let ok = "s3://served/repo?endpoint=http://127.0.0.1:8333";
+        assert!(matches!(t.new_repository_location(ok).unwrap(), Location::S3(_)));
+        let e = t.repository_location("s3://someone-elses/repo").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("--s3-bucket someone-elses") && e.message().contains("served"), "{}", e.message());
+        assert_eq!(t.repository_location("memory://x").unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }

@@ -145,16 +145,18 @@ pub enum RepositoryCmd {
         /// The repository, as `bulwark repository list` names it.
         name: String,
     },
-    /// Create a repository on a transport node (or adopt the one at that path).
+    /// Create a repository on a transport node (or adopt the one at that location).
     Create {
         /// The name jobs and listings use for it.
         name: String,
         /// The transport node whose data movers write it.
         #[arg(long)]
         transport: String,
-        /// Its path on that node (under one of the node's --root directories).
-        #[arg(long)]
-        path: String,
+        /// Where it is, as that node sees it: a path under one of the node's --root directories,
+        /// or `s3://BUCKET/PREFIX?endpoint=https://HOST:PORT&region=R` in one of the node's
+        /// --s3-bucket buckets (the node holds the credentials).
+        #[arg(long, visible_alias = "path", value_name = "LOCATION")]
+        location: String,
         /// Tasks it takes at once.
         #[arg(long, default_value_t = 4)]
         max_tasks: i64,
@@ -603,9 +605,9 @@ pub fn repository(a: Admin<RepositoryCmd>) -> Result<ExitCode> {
     let v = match a.cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
-        RepositoryCmd::Create { name, transport, path, max_tasks, password_file, isolation, verify } => {
+        RepositoryCmd::Create { name, transport, location, max_tasks, password_file, isolation, verify } => {
             let password = password_file.as_deref().map(read_password).transpose()?;
-            let body = json!({"name": name, "transport": transport, "path": path, "max_tasks": max_tasks,
+            let body = json!({"name": name, "transport": transport, "path": location, "max_tasks": max_tasks,
                 "password": password, "isolation": isolation, "verify_schedule": verify.to_json()?});
             let v = api.call("POST", "/repositories", Some(body))?;
             if !o.json && v["isolation"] == "shared" {

@@ -47,8 +47,13 @@ pub struct TransportArgs {
     #[command(flatten)]
     node: NodeArgs,
     /// A directory holding repositories this node serves. Repeatable.
-    #[arg(long = "root", required = true, value_name = "DIR")]
+    #[arg(long = "root", value_name = "DIR", required_unless_present = "s3_buckets")]
     roots: Vec<PathBuf>,
+    /// An S3 bucket whose repositories this node serves (`s3://BUCKET/…` locations). Repeatable.
+    /// Its credentials come from this node's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or
+    /// the location's credentials-file; the server never sees them.
+    #[arg(long = "s3-bucket", value_name = "BUCKET")]
+    s3_buckets: Vec<String>,
     /// Never mount a point's image to read its files: XFS, btrfs and other filesystems only the
     /// kernel reads are then not browsed here (ext2/3/4 still are, in user space), so an image
     /// made by a compromised computer never reaches this node's kernel. Their files can still
@@ -248,10 +253,10 @@ pub fn run_agent(args: NodeArgs) -> Result<ExitCode> {
 }
 
 pub fn run_transport(a: TransportArgs) -> Result<ExitCode> {
-    let (args, roots, no_kernel_mounts) = (a.node, a.roots, a.no_kernel_mounts);
+    let (args, roots, s3_buckets, no_kernel_mounts) = (a.node, a.roots, a.s3_buckets, a.no_kernel_mounts);
     init_daemon();
-    if roots.is_empty() {
-        bail!("a transport node needs at least one --root for its repositories");
+    if roots.is_empty() && s3_buckets.is_empty() {
+        bail!("a transport node needs at least one --root or --s3-bucket for its repositories");
     }
     for r in &roots {
         if !r.is_dir() {
@@ -266,6 +271,7 @@ pub fn run_transport(a: TransportArgs) -> Result<ExitCode> {
             name: id.peer.name.clone(),
             data_dir: args.data_dir.clone(),
             roots,
+            s3_buckets,
             advertise_host: host,
             bind_host: bound.ip().to_string(),
             mover_program: std::env::current_exe().context("finding this program")?,
