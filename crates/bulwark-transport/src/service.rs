@@ -108,7 +108,7 @@ impl TransportService {
         let loc: Location = p.parse().map_err(|e: String| Status::invalid_argument(format!("repository {p}: {e}")))?;
         match &loc {
             Location::Local(_) => Ok(None),
-            Location::S3(s3) if self.cfg.s3_buckets.iter().any(|b| *b == s3.bucket) => Ok(Some(loc)),
+            Location::S3(s3) if self.cfg.s3_buckets.contains(&s3.bucket) => Ok(Some(loc)),
             Location::S3(s3) => Err(Status::permission_denied(format!(
                 "repository {p}: bucket {:?} is not one this transport node serves ({}): start it with --s3-bucket {}",
                 s3.bucket,
