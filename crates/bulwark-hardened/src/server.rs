@@ -53,6 +53,8 @@ impl ServerConfig {
 pub struct RunningServer {
     socket: PathBuf,
     socket_ino: u64,
+    /// The listening socket (a second descriptor of it): shutting it down wakes `accept`.
+    listener: UnixListener,
     stopping: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
     sweeper: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
@@ -64,6 +66,8 @@ pub fn start(service: Arc<Service>, config: &ServerConfig) -> Result<RunningServ
     let listener = bind(&config.socket, config.group)?;
     let socket_ino = fs::symlink_metadata(&config.socket).map(|m| m.ino()).unwrap_or(0);
     let stopping = Arc::new(AtomicBool::new(false));
+    let waker =
+        listener.try_clone().map_err(|e| HardenedError::io(format!("socket {}", config.socket.display()), e))?;
     let accept = {
         let (service, stopping) = (Arc::clone(&service), Arc::clone(&stopping));
         std::thread::Builder::new()
@@ -85,6 +89,7 @@ pub fn start(service: Arc<Service>, config: &ServerConfig) -> Result<RunningServ
     Ok(RunningServer {
         socket: config.socket.clone(),
         socket_ino,
+        listener: waker,
         stopping,
         accept: Some(accept),
         sweeper: Some((tx, sweeper)),
@@ -103,8 +108,9 @@ impl RunningServer {
     fn shutdown(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(accept) = self.accept.take() {
-            // accept() has no timeout: a connection of our own wakes it to see the flag.
-            let _ = UnixStream::connect(&self.socket);
+            // Shutting the listening socket down makes a blocked accept() fail (EINVAL), which
+            // works even when its file was removed (a connection of our own would not).
+            let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::ReadWrite);
             let _ = accept.join();
         }
         if let Some((tx, sweeper)) = self.sweeper.take() {

@@ -140,7 +140,10 @@ pub fn assert_file_is_locked(path: &Path, bytes: &[u8]) {
         ("clear the attribute", format!("chattr -i {p}")),
     ];
     for (what, script) in &attempts {
-        assert_not_permitted(&without_capability(script), &format!("{what} {} as root without the capability", path.display()));
+        assert_not_permitted(
+            &without_capability(script),
+            &format!("{what} {} as root without the capability", path.display()),
+        );
     }
     for (what, script) in &attempts {
         assert_not_permitted(&as_data_mover(script), &format!("{what} {} as the data mover", path.display()));
