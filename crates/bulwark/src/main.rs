@@ -3,6 +3,7 @@
 mod admin;
 mod browse;
 mod demo;
+mod hardened;
 mod jobs;
 mod nodes;
 mod serve;
@@ -56,6 +57,27 @@ enum Command {
     /// (internal) A data mover, started by the transport service.
     #[command(hide = true)]
     DataMover,
+    /// Run the immutability service of hardened repositories: the files of committed restore
+    /// points cannot be deleted or changed until a date, not even by their owner.
+    ///
+    /// For repositories on a local filesystem (ext4, XFS, btrfs) that an unprivileged
+    /// transport node writes. The transport node names the files of a point over the Unix
+    /// socket, with a date; the service sets their immutable attribute (as `chattr +i` does)
+    /// and records the date in the repository's ledger in --state. Until then nobody lacking
+    /// CAP_LINUX_IMMUTABLE can delete, rename, truncate or write them: not the transport node's
+    /// user who owns them, nor whoever takes over that account or the backup server. A date
+    /// is only ever moved later. At start and every minute, expired files get their attribute
+    /// back off and leave the ledger; the repository may then delete them.
+    ///
+    /// Only repositories under a --root are served. A file name that is absolute, holds `..`,
+    /// passes through a symbolic link or names anything but a regular file with a single link
+    /// refuses the whole request, and nothing is touched. The socket admits root and members of
+    /// --group; each request is logged to stderr with the caller's uid and pid as the kernel
+    /// reports them. Must run as root with CAP_LINUX_IMMUTABLE; root can always clear the
+    /// attribute, so keep root out of reach of the backup network. Prints one JSON line with
+    /// the socket once listening. SIGTERM or SIGINT stops it; locks stay in force, and the next
+    /// start keeps their dates.
+    HardenedService(hardened::HardenedServiceArgs),
     /// Run the backup server: config database, REST API, job scheduler, backup manager,
     /// resource scheduler, certificate authority, restore point catalog.
     ///
@@ -184,6 +206,7 @@ fn main() -> ExitCode {
         Command::Agent(_)
             | Command::Transport(_)
             | Command::DataMover
+            | Command::HardenedService(_)
             | Command::Server(_)
             | Command::Serve(_)
             | Command::Export(_)
@@ -228,6 +251,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Agent(a) => nodes::run_agent(a),
         Command::Transport(a) => nodes::run_transport(a),
         Command::DataMover => nodes::run_data_mover(),
+        Command::HardenedService(a) => hardened::run(a),
         Command::Token(a) => admin::token(a),
         Command::User(a) => admin::user(a),
         Command::Repository(a) => admin::repository(a),
