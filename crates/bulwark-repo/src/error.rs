@@ -46,6 +46,8 @@ pub enum RepoError {
     DamagedPoint { repo: String, point: String, reason: String },
     #[error("repository {repo}: point {point} is the base of a running backup ({writer}); it can be deleted when that backup ends")]
     PointInUse { repo: String, point: String, writer: String },
+    #[error("repository {repo}: point {point} is immutable until {until}; it can be forgotten after that")]
+    Immutable { repo: String, point: String, until: String },
     #[error("repository {repo}: {holder} is at work on it; try again when it is done")]
     Busy { repo: String, holder: String },
     #[error("repository {repo}: no restore point {point}")]

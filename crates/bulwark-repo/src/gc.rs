@@ -75,6 +75,9 @@ pub struct GcReport {
     /// Unreferenced chunks condemned and waiting: they go when every backup that began before
     /// they were condemned has ended (at the next collection).
     pub condemned_waiting: u64,
+    /// Objects left in place because they are locked (an immutable repository's, still
+    /// within their period): deleted by a collection after their date.
+    pub locked_kept: u64,
     /// The backups they wait for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
@@ -238,6 +241,23 @@ fn sweep_loose(repo: &Repository, marked: &HashSet<ChunkId>, cutoff: SystemTime,
     Ok(())
 }
 
+/// Deletes an object unless it is locked (an immutable repository's: the attribute refuses
+/// the deletion); `Ok(false)` then, and the next collection tries again.
+fn delete_unless_locked(
+    storage: &dyn crate::storage::Storage,
+    key: &str,
+    report: &mut GcReport,
+) -> std::io::Result<bool> {
+    match storage.delete(key) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            report.locked_kept += 1;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A pack is rewritten when less than this share of it is still referenced.
 const REPACK_BELOW: f64 = 0.5;
 /// Object stores stamp times to the second: a backup counts as having seen a condemned list
@@ -388,10 +408,11 @@ fn sweep_packs(
         }
         storage.sync().map_err(|e| ioe("syncing", e))?;
         for name in &old_index {
-            storage.delete(&format!("{}{name}", pack::INDEX)).map_err(|e| ioe("deleting an old index object", e))?;
+            delete_unless_locked(storage, &format!("{}{name}", pack::INDEX), report)
+                .map_err(|e| ioe("deleting an old index object", e))?;
         }
         for p in &doomed {
-            storage.delete(&p.key()).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
+            delete_unless_locked(storage, &p.key(), report).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
         }
         packs.refresh().map_err(|e| ioe("reading the pack index", e))?;
     }
@@ -404,8 +425,10 @@ fn sweep_packs(
     let indexed_packs: HashSet<PackId> = packs.state().pack_ids().collect();
     for e in storage.list(pack::DATA).map_err(|e| ioe("listing packs", e))? {
         let Some(p) = PackId::from_listing(&e.name) else { continue };
-        if !indexed_packs.contains(&p) && e.modified < cutoff {
-            storage.delete(&p.key()).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
+        if !indexed_packs.contains(&p)
+            && e.modified < cutoff
+            && delete_unless_locked(storage, &p.key(), report).map_err(|e| ioe(&format!("deleting pack {p}"), e))?
+        {
             report.deleted_packs += 1;
             report.deleted_bytes += e.size;
         }

@@ -24,6 +24,7 @@ pub mod crypto;
 mod error;
 pub mod gc;
 pub mod image;
+pub mod immutability;
 pub mod index;
 mod integrity;
 pub mod locks;

@@ -269,7 +269,9 @@ pub(crate) struct IndexState {
     /// replaced): rare, so kept apart.
     extra: HashMap<ChunkId, Vec<Loc>>,
     packs: HashMap<PackId, u64>,
-    /// The packs each chunk is in, for garbage collection: built on demand.
+    /// Which index object names each pack (what must stay for the pack to be found).
+    pack_index: HashMap<PackId, String>,
+    /// Whether the index objects were loaded at least once.
     complete: bool,
 }
 
@@ -289,9 +291,10 @@ impl IndexState {
         }
     }
 
-    fn apply(&mut self, obj: &IndexObject) {
+    fn apply(&mut self, name: &str, obj: &IndexObject) {
         for (pack, size, entries) in &obj.packs {
             self.packs.insert(*pack, *size);
+            self.pack_index.insert(*pack, name.to_string());
             for (c, offset, len) in entries {
                 self.add(*c, Loc { pack: *pack, offset: *offset, len: *len });
             }
@@ -304,6 +307,11 @@ impl IndexState {
             v.extend(e.iter().copied());
         }
         v
+    }
+
+    /// The index object each pack was loaded from.
+    pub fn index_of(&self, pack: &PackId) -> Option<&String> {
+        self.pack_index.get(pack)
     }
 
     /// Every chunk with at least one usable copy.
@@ -436,7 +444,7 @@ impl Packs {
             }
         }
         for (name, obj) in objects {
-            base.apply(&obj);
+            base.apply(&name, &obj);
             base.loaded.insert(name);
         }
         base.complete = true;
@@ -555,7 +563,11 @@ impl Packs {
         let obj = IndexObject { packs: batch.iter().map(|f| (f.id, f.size, f.entries.clone())).collect() };
         match self.put_index(&obj) {
             Ok(name) => {
-                self.state.write().expect("no panics while held").loaded.insert(name);
+                let mut st = self.state.write().expect("no panics while held");
+                for f in &batch {
+                    st.pack_index.insert(f.id, name.clone());
+                }
+                st.loaded.insert(name);
                 Ok(())
             }
             Err(e) => {
@@ -581,6 +593,19 @@ impl Packs {
         }
         let batch = std::mem::take(&mut *self.finished.lock().expect("no panics while held"));
         self.write_index(batch)
+    }
+
+    /// The keys of the packs holding `chunks` (every copy) and of the index objects naming
+    /// those packs: what a point needs kept.
+    pub fn objects_holding(&self, chunks: &HashSet<ChunkId>) -> io::Result<(Vec<String>, Vec<String>)> {
+        self.ensure_loaded()?;
+        let st = self.state();
+        let mut packs = HashSet::new();
+        for c in chunks {
+            packs.extend(st.locations(c).into_iter().map(|l| l.pack));
+        }
+        let index: HashSet<&String> = packs.iter().filter_map(|p| st.index_of(p)).collect();
+        Ok((packs.iter().map(PackId::key).collect(), index.into_iter().map(|n| format!("{INDEX}{n}")).collect()))
     }
 
     /// Reads the stored bytes of one copy of a chunk.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkCodec, ChunkId, Compression};
 use crate::crypto::{self, KdfParams, KeyFile, Keys};
 use crate::error::{RepoError, Result};
+use crate::immutability::{HardenedLocker, Locker, GENERATION_DAYS};
 use crate::index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize, IndexHeader};
 use crate::integrity;
 use crate::locks::{self, Lease, LEASE_TTL};
@@ -41,6 +42,9 @@ struct Config {
     /// 1 to 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pack_size: Option<u64>,
+    /// Every point is locked for this many days after its time (see [`crate::immutability`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    immutable_days: Option<u32>,
 }
 
 /// How chunks are kept.
@@ -102,6 +106,8 @@ pub struct InitOptions {
     pub layout: Layout,
     /// Size packs are closed at ([`crate::pack::DEFAULT_PACK_SIZE`] when `None`).
     pub pack_size: Option<u64>,
+    /// Lock every point for this many days (see [`crate::immutability`]).
+    pub immutable_days: Option<u32>,
 }
 
 /// An open repository. Cheap to clone: worker threads each hold one.
@@ -121,6 +127,8 @@ pub struct Repository {
     sealed: bool,
     /// The packs of a version 4 repository; `None` for one file per chunk.
     packs: Option<Arc<Packs>>,
+    /// Days points stay locked, and what locks them.
+    immutable: Option<(u32, Arc<dyn Locker>)>,
 }
 
 impl Repository {
@@ -147,6 +155,20 @@ impl Repository {
                 }
                 .into(),
             });
+        }
+        if let Some(days) = opts.immutable_days {
+            let why = if days == 0 || days > 3650 {
+                Some("immutability lasts 1 to 3650 days")
+            } else if opts.layout == Layout::Loose {
+                Some("an immutable repository keeps chunks in packs (drop --loose)")
+            } else if !storage.is_local() {
+                Some("this build locks points in local (hardened) repositories only; S3 Object Lock is not built yet")
+            } else {
+                None
+            };
+            if let Some(reason) = why {
+                return Err(RepoError::Invalid { repo: label, reason: reason.into() });
+            }
         }
         if opts.layout == Layout::Loose && !storage.is_local() {
             return Err(RepoError::Invalid {
@@ -208,10 +230,65 @@ impl Repository {
             encryption: if keys.is_encrypted() { "aes256gcm" } else { "none" }.into(),
             isolation: opts.isolation,
             pack_size,
+            immutable_days: opts.immutable_days,
         };
         // The config is written last: a directory without it is not (yet) a repository.
         put_twice(&*storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config", e))?;
-        Ok(Repository::new(storage, location, keys, &config))
+        let repo = Repository::new(storage, location, keys, &config);
+        // The repository's own objects are locked at once: a repository whose service cannot be
+        // reached, or that lies outside its roots, is not made (its files are removed again).
+        if let Some((days, locker)) = &repo.immutable {
+            let until = Utc::now() + chrono::Duration::days(*days as i64 + GENERATION_DAYS);
+            let own: Vec<String> =
+                OWN_OBJECTS.iter().filter(|k| repo.storage.exists(k).unwrap_or(true)).map(|k| k.to_string()).collect();
+            if let Err(e) = locker.lock(&own, until) {
+                if let Some(path) = repo.location.as_path() {
+                    let _ = std::fs::remove_dir_all(path);
+                }
+                return Err(repo.io_err("locking the new repository's config and key file", e));
+            }
+        }
+        Ok(repo)
+    }
+
+    /// Locks what point `m` needs (all but its manifest) until at least its time plus the
+    /// immutability period; see [`crate::immutability`].
+    fn lock_point(&self, m: &Manifest, manifest_too: bool) -> Result<()> {
+        let Some((days, locker)) = &self.immutable else { return Ok(()) };
+        let io = |e| self.io_err(format!("locking point {}", m.id), e);
+        let needed = m.created + chrono::Duration::days(*days as i64);
+        // The point's own objects are needed by it alone: locked until its period ends, so a
+        // forget can remove them then. What later points reuse is locked a generation longer.
+        let mut own = vec![m.id.index_key()];
+        if manifest_too {
+            own.push(m.id.manifest_key());
+        }
+        locker.lock(&own, needed).map_err(io)?;
+        let mut keys: Vec<String> = OWN_OBJECTS.iter().map(|k| k.to_string()).collect();
+        if let Some(packs) = &self.packs {
+            let mut chunks = HashSet::new();
+            self.for_each_reference(m, |c| {
+                chunks.insert(c);
+            })?;
+            let (pack_keys, index_keys) = packs.objects_holding(&chunks).map_err(io)?;
+            keys.extend(pack_keys);
+            keys.extend(index_keys);
+        }
+        keys.retain(|k| self.storage.exists(k).unwrap_or(true));
+        let current = locker.locked_until(&keys).map_err(io)?;
+        let short: Vec<String> =
+            keys.into_iter().zip(current).filter(|(_, u)| u.is_none_or(|u| u < needed)).map(|(k, _)| k).collect();
+        if !short.is_empty() {
+            locker.lock(&short, needed + chrono::Duration::days(GENERATION_DAYS)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// When point `m` may be forgotten, if it is immutable now.
+    pub fn immutable_until(&self, m: &Manifest) -> Option<chrono::DateTime<Utc>> {
+        let (days, _) = self.immutable.as_ref()?;
+        let until = m.created + chrono::Duration::days(*days as i64);
+        (until > Utc::now()).then_some(until)
     }
 
     fn new(storage: Arc<dyn Storage>, location: Location, keys: Keys, config: &Config) -> Repository {
@@ -223,8 +300,15 @@ impl Repository {
             _ => storage,
         };
         let packs = config.pack_size.map(|size| Arc::new(Packs::new(storage.clone(), keys.clone(), size)));
+        let immutable = match (&location, config.immutable_days) {
+            (Location::Local(path), Some(days)) => {
+                Some((days, Arc::new(HardenedLocker::new(path.clone())) as Arc<dyn Locker>))
+            }
+            _ => None,
+        };
         Repository {
             packs,
+            immutable,
             storage,
             location,
             master: keys.clone(),
@@ -1023,6 +1107,15 @@ impl Repository {
     /// (the point is gone at once), its index, and the tombstone. Chunks are left to garbage
     /// collection; no other point is touched.
     pub fn delete_point(&self, id: &RestorePointId) -> Result<()> {
+        if self.immutable.is_some() {
+            if let Some(until) = self.load_manifest(id).ok().and_then(|m| self.immutable_until(&m)) {
+                return Err(RepoError::Immutable {
+                    repo: self.label(),
+                    point: id.to_string(),
+                    until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                });
+            }
+        }
         let exists = |key: String| self.storage.exists(&key).map_err(|e| self.io_err("checking a point", e));
         if !exists(id.manifest_key())? && !exists(id.index_key())? {
             return Err(RepoError::NoSuchPoint { repo: self.label(), point: id.to_string() });
@@ -1054,6 +1147,9 @@ impl Repository {
 }
 
 const KEY_FILE: &str = "keys/default";
+
+/// The repository's own objects, which every point needs (locked with each).
+const OWN_OBJECTS: [&str; 4] = ["config", "config.copy", "keys/default", "keys/default.copy"];
 
 const CONFIG: &str = "config";
 
@@ -1367,9 +1463,15 @@ impl PointWriter {
             repo: repo.label(),
             reason: format!("backup {} is not committed: {reason}", self.id),
         })?;
+        repo.lock_point(&manifest, false)?;
         repo.storage
             .put(&self.id.manifest_key(), &body, true)
             .map_err(|e| repo.io_err(format!("writing manifest of {}", self.id), e))?;
+        if let Err(e) = repo.lock_point(&manifest, true) {
+            // A point is committed locked or not at all.
+            let _ = repo.storage.delete(&self.id.manifest_key());
+            return Err(e);
+        }
         Ok(manifest)
     }
 }

@@ -153,6 +153,10 @@ pub fn forget(repo: &crate::Repository, name: &str, policy: &Policy, dry_run: bo
                     kept = true;
                     reasons.push("in-use");
                 }
+                Err(crate::RepoError::Immutable { .. }) => {
+                    kept = true;
+                    reasons.push("immutable");
+                }
                 Err(e) => return Err(e),
             }
         }

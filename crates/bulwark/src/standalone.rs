@@ -68,6 +68,13 @@ pub struct InitArgs {
     /// collection repacks.
     #[arg(long, value_name = "MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pack_size: u64,
+    /// Lock every point for this many days after its time, so it cannot be deleted or
+    /// altered before then, not even by this user (ransomware that holds the backup
+    /// credentials): in a local directory through the immutability service (`bulwark
+    /// hardened-service`, at BULWARK_HARDENED_SOCKET or /run/bulwark/hardened.sock), which must
+    /// serve the directory. `forget` refuses such points until their date.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+    immutable_days: Option<u32>,
     /// One file per chunk instead of packs, as repositories of format version 3 and older
     /// kept them (local directories only): for filesystems that deduplicate files themselves.
     #[arg(long, conflicts_with = "pack_size")]
@@ -397,7 +404,11 @@ fn init(a: InitArgs) -> Result<()> {
     let encrypted = password.is_some();
     let isolation = a.isolation.parse().map_err(anyhow::Error::msg)?;
     let (layout, pack_size) = if a.loose { (Layout::Loose, None) } else { (Layout::Packs, Some(a.pack_size << 20)) };
-    Repository::init(&a.repo, &InitOptions { password, isolation, layout, pack_size, ..Default::default() })?;
+    let immutable_days = a.immutable_days;
+    Repository::init(
+        &a.repo,
+        &InitOptions { password, isolation, layout, pack_size, immutable_days, ..Default::default() },
+    )?;
     if a.json {
         ui::print_json(&serde_json::json!({"repository": a.repo.to_string(),
             "encryption": if encrypted {"aes256gcm"} else {"none"}, "isolation": isolation.name()}));

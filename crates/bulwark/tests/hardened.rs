@@ -243,3 +243,92 @@ fn hardened_service_locks_a_points_files_for_the_transport_user_and_keeps_dates_
     let out = as_data_mover(&format!("cat {}", q(&ledgers[0])));
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&long[0]));
 }
+
+/// A repository made with `--immutable-days`: every point is locked at commit through the
+/// service, so a writer without CAP_LINUX_IMMUTABLE (the data mover, ransomware with its
+/// credentials) can delete none of what the point needs, `forget` refuses with the date, and
+/// `gc` keeps it all.
+#[test]
+fn an_immutable_repository_locks_every_point_at_commit() {
+    assert!(bulwark_testkit::is_root(), "loop mounts and the immutable attribute need root; run as root");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = bulwark_testkit::MountedFs::create(dir.path(), "ext4", 64 << 20);
+    let root = fs.path().join("repos");
+    std::fs::create_dir(&root).unwrap();
+    let (socket, state) = (dir.path().join("hardened.sock"), dir.path().join("state"));
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--root".as_ref(),
+        root.as_os_str(),
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--state".as_ref(),
+        state.as_os_str(),
+    ];
+    let _daemon = Daemon::start(&args, dir.path().join("service.log"));
+    // The writer: root, but without the capability that clears the attribute.
+    let writer = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set=-linux_immutable", "--inh-caps=-linux_immutable"]).arg(env!("CARGO_BIN_EXE_bulwark"));
+        c.args(args).env("BULWARK_HARDENED_SOCKET", &socket).env_remove("BULWARK_PASSWORD");
+        run(&mut c)
+    };
+    let repo = root.join("immutable");
+    let r = writer(&["repo".as_ref(), "init".as_ref(), "--immutable-days".as_ref(), "7".as_ref(), repo.as_os_str()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, bulwark_testkit::mixed_bytes(6 << 20, 1 << 20, 3)).unwrap();
+    let r = writer(&[
+        "backup".as_ref(),
+        image.as_os_str(),
+        "--repo".as_ref(),
+        repo.as_os_str(),
+        "--name".as_ref(),
+        "vm".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let point = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["point"].as_str().unwrap().to_string();
+
+    // Everything but locks and collection state resists a writer without the capability.
+    let files = repository_files(&repo);
+    assert!(files.iter().any(|k| k.starts_with("data/")) && files.iter().any(|k| k.starts_with("index/")), "{files:?}");
+    for key in &files {
+        let path = repo.join(key);
+        let out = Command::new("setpriv")
+            .args(["--bounding-set=-linux_immutable", "--inh-caps=-linux_immutable", "rm", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_not_permitted(&out, key);
+        assert!(path.exists(), "{key} was deleted");
+    }
+    // A forget is refused with the date; a collection keeps everything.
+    let r = writer(&["forget".as_ref(), "--repo".as_ref(), repo.as_os_str(), "--point".as_ref(), point.as_ref()]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("immutable until") && r.stderr.contains(&point), "{}", r.stderr);
+    let r = writer(&["gc".as_ref(), "--repo".as_ref(), repo.as_os_str(), "--json".as_ref()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(repository_files(&repo), files);
+    let out = dir.path().join("out.img");
+    let r = writer(&[
+        "restore".as_ref(),
+        point.as_ref(),
+        "--repo".as_ref(),
+        repo.as_os_str(),
+        "--to".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&image).unwrap(), "the restore differs");
+
+    // Without the service, no immutable repository is made, and nothing is left of the attempt.
+    let elsewhere = root.join("no-service");
+    let mut c = bulwark();
+    c.args(["repo", "init", "--immutable-days", "7"])
+        .arg(&elsewhere)
+        .env("BULWARK_HARDENED_SOCKET", dir.path().join("none.sock"));
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("immutability service") && r.stderr.contains("not running"), "{}", r.stderr);
+    assert!(!elsewhere.exists());
+}
