@@ -1,8 +1,12 @@
-//! Test support: real loop devices, real filesystems and image helpers, so every crate's tests
-//! use the same, correct set-up and tear-down. Needs root (CI runs as root).
+//! Test support: real loop devices, real filesystems, image helpers and a real S3 server, so
+//! every crate's tests use the same, correct set-up and tear-down. Needs root (CI runs as root)
+//! for loop devices and mounts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub mod s3;
+pub use s3::{weed_binary, S3Server};
 
 /// Runs a command that must succeed; returns its standard output.
 pub fn run(cmd: &mut Command) -> String {
