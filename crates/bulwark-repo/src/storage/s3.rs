@@ -581,6 +581,51 @@ impl S3Storage {
         Ok(out)
     }
 
+    /// Multipart uploads begun under `prefix` and never completed nor aborted (a writer that
+    /// died mid-object leaves one, its parts stored and billed): each as its key relative to
+    /// the prefix, its upload id and when it began.
+    pub fn incomplete_uploads(&self, prefix: &str) -> io::Result<Vec<(String, String, SystemTime)>> {
+        let me = &self.inner;
+        let full = me.full(prefix);
+        let target = || me.target("listing the multipart uploads in", Some(&full));
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut req = Req::new("GET", None).query("uploads", "").query("prefix", &full);
+            if let Some((k, u)) = &markers {
+                req = req.query("key-marker", k).query("upload-id-marker", u);
+            }
+            let doc = me.run(|| me.once(&req, &[])?.text()).map_err(|f| f.into_io(&target()))?;
+            for u in xml::all(&doc, "Upload") {
+                let key = xml::text(u, "Key").unwrap_or_default();
+                let Some(name) = key.strip_prefix(full.as_str()) else { continue };
+                let started =
+                    xml::text(u, "Initiated").and_then(|t| parse_iso8601(&t)).unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push((name.to_string(), xml::text(u, "UploadId").unwrap_or_default(), started));
+            }
+            if xml::text(&doc, "IsTruncated").is_none_or(|t| t.trim() != "true") {
+                return Ok(out);
+            }
+            let next = (
+                xml::text(&doc, "NextKeyMarker").unwrap_or_default(),
+                xml::text(&doc, "NextUploadIdMarker").unwrap_or_default(),
+            );
+            if next.0.is_empty() || markers.as_ref() == Some(&next) {
+                return Err(io::Error::other(format!("{}: a truncated listing without a way on", target())));
+            }
+            markers = Some(next);
+        }
+    }
+
+    /// Aborts a multipart upload (see [`S3Storage::incomplete_uploads`]), freeing its parts.
+    pub fn abort_upload(&self, key: &str, upload_id: &str) -> io::Result<()> {
+        let me = &self.inner;
+        let full = me.full(key);
+        let req = Req::new("DELETE", Some(&full)).query("uploadId", upload_id);
+        me.run(|| me.once(&req, &[404]).map(drop))
+            .map_err(|f| f.into_io(&me.target("aborting a multipart upload of", Some(&full))))
+    }
+
     /// Deletes one version of an object for good (or a delete marker). A version Object Lock
     /// protects is refused with an [`ObjectLocked`] inside the error.
     pub fn delete_version(&self, key: &str, version: &str) -> io::Result<()> {
@@ -647,10 +692,7 @@ impl S3Storage {
                 }
                 Ok(r.status)
             })
-            .map_err(|f| {
-                let f = if f.status == 404 { me.explain_missing(f) } else { f };
-                f.into_io(&target())
-            })?;
+            .map_err(|f| f.into_io(&target()))?;
         let Some((offset, len)) = range else { return Ok(()) };
         if status == 200 {
             // A server that ignores ranges sends the whole object.
@@ -738,7 +780,13 @@ impl Storage for S3Storage {
     }
 
     fn create(&self, key: &str) -> io::Result<Box<dyn StagedObject>> {
-        Ok(Box::new(S3Staged { storage: self.clone(), full: self.inner.full(key), buf: Vec::new(), upload: None, failed: false }))
+        Ok(Box::new(S3Staged {
+            storage: self.clone(),
+            full: self.inner.full(key),
+            buf: Vec::new(),
+            upload: None,
+            failed: false,
+        }))
     }
 
     fn put(&self, key: &str, data: &[u8], _durable: bool) -> io::Result<()> {
@@ -754,9 +802,7 @@ impl Storage for S3Storage {
         // then means our own object, which its bytes tell.
         let mut in_doubt = false;
         let status = me
-            .run(|| {
-                me.once(&req, &[412]).map(|r| r.status).inspect_err(|f| in_doubt |= f.retry && f.status != 409)
-            })
+            .run(|| me.once(&req, &[412]).map(|r| r.status).inspect_err(|f| in_doubt |= f.retry && f.status != 409))
             .map_err(|f| {
                 if f.status == 501 || f.code == "NotImplemented" {
                     io::Error::new(
@@ -787,11 +833,9 @@ impl Storage for S3Storage {
         let me = &self.inner;
         let full = me.full(key);
         let req = Req::new("HEAD", Some(&full));
-        let r = me.run(|| me.once(&req, &[404]).map(|r| (r.status, r.headers))).map_err(|f| {
-            // A HEAD answer has no body to say why; a listing's does.
-            let f = if f.status == 403 { me.explain(f) } else { f };
-            f.into_io(&me.target("checking", Some(&full)))
-        })?;
+        let r = me
+            .run(|| me.once(&req, &[404]).map(|r| (r.status, r.headers)))
+            .map_err(|f| f.into_io(&me.target("checking", Some(&full))))?;
         if r.0 == 404 {
             me.check_bucket()?;
             return Ok(None);
@@ -858,10 +902,7 @@ impl Storage for S3Storage {
         let me = &self.inner;
         let req = Req::new("HEAD", None);
         let target = || me.target("reading the clock of", None);
-        let headers = me.run(|| me.once(&req, &[]).map(|r| r.headers)).map_err(|f| {
-            let f = if f.status == 403 || f.status == 404 { me.explain(f) } else { f };
-            f.into_io(&target())
-        })?;
+        let headers = me.run(|| me.once(&req, &[]).map(|r| r.headers)).map_err(|f| f.into_io(&target()))?;
         header(&headers, "date")
             .and_then(parse_http_date)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{}: the answer has no Date", target())))
@@ -883,8 +924,13 @@ impl Inner {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or has failed in a way that may pass
-    /// `max_attempts` times, waiting longer (with jitter) before each new try.
-    fn run<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
+    /// `max_attempts` times, waiting longer (with jitter) before each new try. A vague refusal
+    /// is explained (see [`Inner::explained`]).
+    fn run<T>(&self, attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
+        self.retrying(attempt).map_err(|f| self.explained(f))
+    }
+
+    fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -947,7 +993,13 @@ impl Inner {
             &self.loc.region,
             "s3",
             &amz_date,
-            &sigv4::Request { method: req.method, path: &path, query: &req.query, headers: &headers, payload_hash: &payload_hash },
+            &sigv4::Request {
+                method: req.method,
+                path: &path,
+                query: &req.query,
+                headers: &headers,
+                payload_hash: &payload_hash,
+            },
         );
         let mut builder = http::Request::builder().method(req.method).uri(&url);
         for (k, v) in &headers {
@@ -959,7 +1011,8 @@ impl Inner {
             Some(b) => builder.body(b).map(|r| self.agent.run(r)),
             None => builder.body(()).map(|r| self.agent.run(r)),
         };
-        let answer = answer.map_err(|e| Failure::fatal(io::ErrorKind::InvalidInput, format!("a malformed request: {e}")))?;
+        let answer =
+            answer.map_err(|e| Failure::fatal(io::ErrorKind::InvalidInput, format!("a malformed request: {e}")))?;
         let resp = answer.map_err(transport_failure)?;
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
@@ -999,10 +1052,9 @@ impl Inner {
         let (kind, text) = match (status, code) {
             (_, "NoSuchBucket") => (K::NotFound, format!("there is no bucket {bucket} ({said})")),
             (_, "NoSuchKey") | (404, "") => (K::NotFound, format!("no such object ({said})")),
-            (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AuthorizationHeaderMalformed") => (
-                K::PermissionDenied,
-                format!("the S3 credentials are wrong ({}; {said})", self.creds.source),
-            ),
+            (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AuthorizationHeaderMalformed") => {
+                (K::PermissionDenied, format!("the S3 credentials are wrong ({}; {said})", self.creds.source))
+            }
             (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => (
                 K::PermissionDenied,
                 format!("the S3 session token is expired or invalid ({}; {said})", self.creds.source),
@@ -1039,33 +1091,29 @@ impl Inner {
             return Ok(());
         }
         let req = self.probe_request();
-        self.run(|| self.once(&req, &[]).map(drop)).map_err(|f| f.into_io(&self.target("opening", None)))
+        self.retrying(|| self.once(&req, &[]).map(drop)).map_err(|f| f.into_io(&self.target("opening", None)))
     }
 
     fn probe_request(&self) -> Req<'static> {
         Req::new("GET", None).query("list-type", "2").query("max-keys", "1").query("prefix", &self.prefix)
     }
 
-    /// A bodiless refusal (of a HEAD) explained by a request that gets a body: a one-key
-    /// listing, refused for the same reason (wrong credentials, no bucket) if it is general.
-    fn explain(&self, f: Failure) -> Failure {
-        if !f.code.is_empty() {
+    /// A vague refusal made precise, until the storage has once been used successfully: an
+    /// answer to a HEAD has no body to say why, and some servers refuse a PUT into a missing
+    /// bucket as "access denied". A one-key listing is refused with the real reason (no such
+    /// bucket, wrong credentials) if there is a general one.
+    fn explained(&self, f: Failure) -> Failure {
+        let vague = match f.status {
+            403 => matches!(f.code.as_str(), "" | "AccessDenied"),
+            404 => f.code.is_empty(),
+            _ => false,
+        };
+        if !vague || self.bucket_seen.load(Ordering::Relaxed) {
             return f;
         }
         let req = self.probe_request();
-        match self.run(|| self.once(&req, &[]).map(drop)) {
-            Err(probe) if !probe.code.is_empty() => probe,
-            _ => f,
-        }
-    }
-
-    /// A 404 on an object is "no such object" only in a bucket that is there.
-    fn explain_missing(&self, f: Failure) -> Failure {
-        if f.code == "NoSuchBucket" || self.bucket_seen.load(Ordering::Relaxed) {
-            return f;
-        }
-        match self.explain(Failure { code: String::new(), ..f.clone() }) {
-            probe if probe.code == "NoSuchBucket" => probe,
+        match self.retrying(|| self.once(&req, &[]).map(drop)) {
+            Err(probe) if !matches!(probe.code.as_str(), "" | "AccessDenied") => probe,
             _ => f,
         }
     }
@@ -1422,7 +1470,6 @@ impl S3Reader {
             if f.status == 412 {
                 return io::Error::other(format!("{}: the object changed while it was read", target()));
             }
-            let f = if f.status == 404 { me.explain_missing(f) } else { f };
             f.into_io(&target())
         })?;
         if r.status == 200 && self.pos > 0 {
