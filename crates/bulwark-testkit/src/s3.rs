@@ -42,6 +42,7 @@ struct Ports {
     filer: u16,
     filer_grpc: u16,
     admin: u16,
+    https: u16,
 }
 
 impl Ports {
@@ -56,7 +57,8 @@ impl Ports {
             held.push(l);
             p
         };
-        let [s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc] = [(); 8].map(|()| take());
+        let [s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, https] =
+            [(); 9].map(|()| take());
         // The admin server's plugin worker dials the admin's HTTP port + 10000 for gRPC whatever
         // -admin.port.grpc says, so that one must be free too.
         let admin = loop {
@@ -70,7 +72,7 @@ impl Ports {
                 }
             }
         };
-        Ports { s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, admin }
+        Ports { s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, admin, https }
     }
 }
 
@@ -80,21 +82,28 @@ pub struct S3Server {
     dir: tempfile::TempDir,
     ports: Ports,
     credentials: Option<(String, String)>,
+    tls: bool,
     child: Option<Child>,
 }
 
 impl S3Server {
     /// A server accepting any credentials; `None` (the test skips) when there is no `weed`.
     pub fn start() -> Option<S3Server> {
-        S3Server::start_with(None)
+        S3Server::start_with(None, false)
     }
 
     /// A server that accepts only this access key and secret (and refuses any other).
     pub fn start_with_credentials(access_key: &str, secret_key: &str) -> Option<S3Server> {
-        S3Server::start_with(Some((access_key.into(), secret_key.into())))
+        S3Server::start_with(Some((access_key.into(), secret_key.into())), false)
     }
 
-    fn start_with(credentials: Option<(String, String)>) -> Option<S3Server> {
+    /// A server that also answers HTTPS ([`S3Server::https_endpoint`]), with a certificate for
+    /// 127.0.0.1 from a CA of its own ([`S3Server::ca_file`]), made with the `openssl` command.
+    pub fn start_tls() -> Option<S3Server> {
+        S3Server::start_with(None, true)
+    }
+
+    fn start_with(credentials: Option<(String, String)>, tls: bool) -> Option<S3Server> {
         let weed = weed_binary()?;
         let mut last = String::new();
         for _ in 0..3 {
@@ -103,8 +112,12 @@ impl S3Server {
                 dir: tempfile::tempdir().expect("a temporary directory"),
                 ports: Ports::pick(),
                 credentials: credentials.clone(),
+                tls,
                 child: None,
             };
+            if tls {
+                s.make_certificates();
+            }
             match s.launch() {
                 Ok(()) => return Some(s),
                 // Most likely a port taken between picking and binding: new ports.
@@ -117,6 +130,70 @@ impl S3Server {
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.s3)
+    }
+
+    /// `https://127.0.0.1:PORT`, the S3 endpoint over TLS (of a server from
+    /// [`S3Server::start_tls`]).
+    pub fn https_endpoint(&self) -> String {
+        assert!(self.tls, "a server started without TLS");
+        format!("https://127.0.0.1:{}", self.ports.https)
+    }
+
+    /// The PEM file of the CA that signed the HTTPS endpoint's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn make_certificates(&self) {
+        let d = self.dir.path();
+        let openssl = |args: &[&str]| {
+            crate::run(Command::new("openssl").args(args).current_dir(d));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bulwark test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write the extension file");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
     }
 
     /// An `s3://` location of `bucket` (and `prefix`) on this server.
@@ -237,6 +314,11 @@ impl S3Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
+        if self.tls {
+            cmd.arg(format!("-s3.port.https={}", p.https))
+                .arg(format!("-s3.cert.file={}", dir.join("server.pem").display()))
+                .arg(format!("-s3.key.file={}", dir.join("server.key").display()));
+        }
         if let Some((key, secret)) = &self.credentials {
             // weed mini makes a user of these, and then refuses anonymous and other keys.
             cmd.env("AWS_ACCESS_KEY_ID", key).env("AWS_SECRET_ACCESS_KEY", secret);

@@ -408,7 +408,13 @@ impl S3Storage {
         if object_lock {
             req = req.header("x-amz-bucket-object-lock-enabled", "true");
         }
-        me.run(|| me.once(&req, &[]).map(drop)).map_err(|f| f.into_io(&me.target("creating bucket", None)))
+        // A try that failed in flight may have made the bucket: "yours already" is then ours.
+        let mut in_doubt = false;
+        match me.run(|| me.once(&req, &[]).map(drop).inspect_err(|f| in_doubt |= f.retry)) {
+            Ok(()) => Ok(()),
+            Err(f) if in_doubt && f.code == "BucketAlreadyOwnedByYou" => Ok(()),
+            Err(f) => Err(f.into_io(&me.target("creating", None))),
+        }
     }
 
     /// The bucket's Object Lock configuration; `enabled` is false for a bucket without one.
@@ -678,15 +684,34 @@ impl S3Storage {
     fn get(&self, key: &str, range: Option<(u64, u64)>, buf: &mut Vec<u8>) -> io::Result<()> {
         let me = &self.inner;
         let full = me.full(key);
+        let target = || me.target("reading", Some(&full));
+        let short = |offset: u64, len: u64| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: the object is shorter than {offset}+{len}", target()),
+            )
+        };
         let mut req = Req::new("GET", Some(&full));
         if let Some((offset, len)) = range {
-            req = req.header("range", &format!("bytes={offset}-{}", offset + len - 1));
+            let last = offset.checked_add(len - 1).ok_or_else(|| short(offset, len))?;
+            req = req.header("range", &format!("bytes={offset}-{last}"));
         }
-        let target = || me.target("reading", Some(&full));
         let status = me
             .run(|| {
                 let mut r = me.once(&req, &[416])?;
                 buf.clear();
+                if r.status == 206 {
+                    let start = header(&r.headers, "content-range")
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if start != range.map(|r| r.0) {
+                        return Err(Failure::fatal(
+                            io::ErrorKind::InvalidData,
+                            format!("the server sent another range than asked for ({start:?})"),
+                        ));
+                    }
+                }
                 if r.status != 416 {
                     r.read_all(buf)?;
                 }
@@ -702,10 +727,7 @@ impl S3Storage {
             buf.truncate((end - start) as usize);
         }
         if status == 416 || (buf.len() as u64) < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{}: the object is shorter than {offset}+{len}", target()),
-            ));
+            return Err(short(offset, len));
         }
         buf.truncate(len as usize);
         Ok(())
@@ -1228,6 +1250,9 @@ fn transport_failure(e: ureq::Error) -> Failure {
     use io::ErrorKind as K;
     let (kind, retry) = match &e {
         ureq::Error::Timeout(_) => (K::TimedOut, true),
+        // What TLS refuses (a certificate we do not trust) comes as InvalidData, and trying
+        // again will not change it.
+        ureq::Error::Io(io) if io.kind() == K::InvalidData => (K::InvalidData, false),
         ureq::Error::Io(io) => (io.kind(), true),
         ureq::Error::ConnectionFailed => (K::ConnectionRefused, true),
         ureq::Error::HostNotFound => (K::HostUnreachable, true),
@@ -1678,6 +1703,22 @@ mod tests {
         let t = parse_iso8601("2026-11-27T00:45:47.000Z").unwrap();
         assert_eq!(iso8601(t), "2026-11-27T00:45:47.000Z");
         assert_eq!(parse_http_date("Fri, 27 Nov 2026 00:45:47 GMT"), Some(t));
+    }
+
+    #[test]
+    fn addresses_buckets_by_path_or_by_host() {
+        let open = |l: &str| {
+            let super::super::Location::S3(loc) = l.parse().unwrap() else { panic!("{l}") };
+            S3Storage::with_options(&loc, Credentials::new("a", "b", None), S3Options::default()).unwrap()
+        };
+        let aws = open("s3://bkt/p?region=eu-west-1");
+        assert_eq!((aws.inner.host.as_str(), aws.inner.path_base.as_str()), ("bkt.s3.eu-west-1.amazonaws.com", ""));
+        assert_eq!(aws.inner.endpoint, "https://s3.eu-west-1.amazonaws.com");
+        let own = open("s3://bkt?endpoint=https://store.example:443/");
+        assert_eq!((own.inner.host.as_str(), own.inner.path_base.as_str()), ("store.example", "/bkt"));
+        let vhost = open("s3://bkt?endpoint=http://store.example:8333&path-style=false");
+        assert_eq!(vhost.inner.host, "bkt.store.example:8333");
+        assert_eq!(open("s3://bkt/a/b").inner.prefix, "a/b/");
     }
 
     #[test]
