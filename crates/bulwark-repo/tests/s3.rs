@@ -361,13 +361,29 @@ fn a_server_that_dies_is_retried_then_reported_and_used_again_when_back() {
             &s.location().bucket,
             &s.location().prefix,
             Credentials::new(KEY, SECRET, None),
-            patient,
+            patient.clone(),
         );
         std::thread::spawn(move || s.read("packs/big"))
     };
     std::thread::sleep(Duration::from_millis(500));
     server.restart();
     assert!(waiting.join().unwrap().unwrap() == data, "read through the restart");
+
+    // A stream cut by a crash picks up where it broke off once the server is back.
+    let patient =
+        storage_with(&server, &s.location().bucket, &s.location().prefix, Credentials::new(KEY, SECRET, None), patient);
+    let mut reader = patient.open_read("packs/big").unwrap();
+    let mut streamed = vec![0; 3 << 20];
+    reader.read_exact(&mut streamed).unwrap();
+    server.kill();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+        server
+    });
+    reader.read_to_end(&mut streamed).unwrap();
+    let server = restarter.join().unwrap();
+    assert!(streamed == data, "resumed stream differs");
 
     // The same storage works again: what was written before is there, the broken upload is not.
     assert!(s.read("packs/big").unwrap() == data);

@@ -995,7 +995,7 @@ impl Inner {
             now - Duration::from_secs(skew.unsigned_abs())
         };
         let amz_date = DateTime::<Utc>::from(now).format("%Y%m%dT%H%M%SZ").to_string();
-        let digest = req.body.map(sigv4::sha256);
+        let digest = req.body.map(|(_, d)| d);
         let payload_hash = digest.map_or_else(|| EMPTY_SHA256.to_string(), hex::encode);
         let mut headers: Vec<(String, String)> = vec![
             ("host".into(), self.host.clone()),
@@ -1030,7 +1030,7 @@ impl Inner {
         builder = builder.header("authorization", auth);
         let permit = acquire(&self.permits);
         let answer = match req.body {
-            Some(b) => builder.body(b).map(|r| self.agent.run(r)),
+            Some((b, _)) => builder.body(b).map(|r| self.agent.run(r)),
             None => builder.body(()).map(|r| self.agent.run(r)),
         };
         let answer =
@@ -1158,13 +1158,14 @@ struct Req<'a> {
     key: Option<&'a str>,
     query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
-    body: Option<&'a [u8]>,
+    /// The body and its SHA-256 (hashed once, however many tries send it).
+    body: Option<(&'a [u8], [u8; 32])>,
 }
 
 impl<'a> Req<'a> {
     fn new(method: &'static str, key: Option<&'a str>) -> Req<'a> {
         // S3 wants a length on every PUT and POST, even an empty one.
-        let body = if method == "PUT" || method == "POST" { Some(&[][..]) } else { None };
+        let body = (method == "PUT" || method == "POST").then(|| (&[][..], sigv4::sha256(&[])));
         Req { method, key, query: Vec::new(), headers: Vec::new(), body }
     }
     fn query(mut self, k: &str, v: &str) -> Self {
@@ -1176,7 +1177,7 @@ impl<'a> Req<'a> {
         self
     }
     fn body(mut self, b: &'a [u8]) -> Self {
-        self.body = Some(b);
+        self.body = Some((b, sigv4::sha256(b)));
         self
     }
 }
@@ -1350,7 +1351,8 @@ impl Multipart {
         let etag = etag.map_err(|f| f.into_io(&target()))?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: no ETag in the answer", target()))
         })?;
-        self.parts.push((n, etag, base64(&sigv4::sha256(data))));
+        let sum = req.body.map(|(_, d)| base64(&d)).unwrap_or_default();
+        self.parts.push((n, etag, sum));
         Ok(())
     }
 
