@@ -336,7 +336,13 @@ impl S3Storage {
             ));
         };
         let scheme = scheme.to_ascii_lowercase();
-        let authority = authority.split('/').next().unwrap_or(authority);
+        if authority.contains('/') || authority.is_empty() {
+            // Requests go to the host's root; a store behind a path prefix would get them wrong.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{label}: the endpoint must be http://HOST[:PORT] or https://HOST[:PORT], without a path"),
+            ));
+        }
         // The Host we sign must be the one sent: without the scheme's default port.
         let authority = match (scheme.as_str(), authority.rsplit_once(':')) {
             ("http", Some((h, "80"))) | ("https", Some((h, "443"))) => h.to_string(),
@@ -1716,11 +1722,14 @@ mod tests {
         let aws = open("s3://bkt/p?region=eu-west-1");
         assert_eq!((aws.inner.host.as_str(), aws.inner.path_base.as_str()), ("bkt.s3.eu-west-1.amazonaws.com", ""));
         assert_eq!(aws.inner.endpoint, "https://s3.eu-west-1.amazonaws.com");
-        let own = open("s3://bkt?endpoint=https://store.example:443/");
+        let own = open("s3://bkt?endpoint=https://store.example:443");
         assert_eq!((own.inner.host.as_str(), own.inner.path_base.as_str()), ("store.example", "/bkt"));
         let vhost = open("s3://bkt?endpoint=http://store.example:8333&path-style=false");
         assert_eq!(vhost.inner.host, "bkt.store.example:8333");
         assert_eq!(open("s3://bkt/a/b").inner.prefix, "a/b/");
+        let super::super::Location::S3(loc) = "s3://bkt?endpoint=http://h:1/sub".parse().unwrap() else { panic!() };
+        let e = S3Storage::with_options(&loc, Credentials::new("a", "b", None), S3Options::default()).unwrap_err();
+        assert!(e.to_string().contains("without a path"), "{e}");
     }
 
     #[test]
