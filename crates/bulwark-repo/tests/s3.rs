@@ -390,6 +390,7 @@ fn a_server_that_dies_is_retried_then_reported_and_used_again_when_back() {
     assert!(!s.exists("packs/new").unwrap());
     s.put("after", b"fine", true).unwrap();
     assert_eq!(s.read("after").unwrap(), b"fine");
+    assert!(server.is_running());
 }
 
 #[test]
