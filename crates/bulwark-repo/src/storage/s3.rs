@@ -323,6 +323,8 @@ impl S3Storage {
         S3Storage::with_options(loc, Credentials::for_location(loc)?, S3Options::default())
     }
 
+    /// The storage at `loc` with these credentials and options (for callers that hold the
+    /// credentials themselves, and for tests that want other timeouts or retries).
     pub fn with_options(loc: &S3Location, creds: Credentials, opts: S3Options) -> io::Result<S3Storage> {
         let label = super::Location::S3(loc.clone()).to_string();
         let endpoint = match &loc.endpoint {
@@ -1267,7 +1269,7 @@ fn transport_failure(e: ureq::Error) -> Failure {
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => (K::InvalidData, false),
         _ => (K::Other, false),
     };
-    Failure::retry(sanitize(kind), format!("no answer: {e}")).with_retry(retry)
+    Failure { kind: sanitize(kind), status: 0, code: String::new(), text: format!("no answer: {e}"), retry }
 }
 
 fn body_failure(e: io::Error) -> Failure {
@@ -1280,13 +1282,6 @@ fn sanitize(kind: io::ErrorKind) -> io::ErrorKind {
     match kind {
         io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof => io::ErrorKind::ConnectionAborted,
         k => k,
-    }
-}
-
-impl Failure {
-    fn with_retry(mut self, retry: bool) -> Failure {
-        self.retry = retry;
-        self
     }
 }
 
