@@ -93,9 +93,15 @@ if [[ -z $WEED ]]; then
     exit 0
 fi
 echo "== S3: SeaweedFS on loopback"
-port=$((20000 + RANDOM % 20000))
-mkdir -p "$W/weed"
-"$WEED" mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$port" -admin.ui=false \
+port=$((20000 + RANDOM % 9000))
+mkdir -p "$W/weed" "$W/weed-tmp"
+# Every port explicit (weed mini opens many by default), nothing but S3.
+TMPDIR="$W/weed-tmp" "$WEED" mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port="$port" -s3.port.grpc=$((port + 1)) -master.port=$((port + 2)) -master.port.grpc=$((port + 3)) \
+    -volume.port=$((port + 4)) -volume.port.grpc=$((port + 5)) -filer.port=$((port + 6)) \
+    -filer.port.grpc=$((port + 7)) -admin.port=$((port + 8)) -admin.port.grpc=$((port + 10008)) \
+    -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false \
+    -s3.localSocket="$W/weed-tmp/s3.sock" -filer.localSocket="$W/weed-tmp/filer.sock" \
     >"$W/weed.log" 2>&1 &
 WEED_PID=$!
 for _ in $(seq 100); do
