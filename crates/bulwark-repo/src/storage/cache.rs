@@ -5,7 +5,8 @@
 //! pack was checked whole (without them every backup would download every pack it reuses, to
 //! check it again). Everything else goes straight through. The cache is only ever a copy: a
 //! cache that is lost, stale or damaged costs requests, never correctness — cached objects are
-//! authenticated like fetched ones, and a mark names the object's size.
+//! authenticated like fetched ones, and a mark names the object's size and ETag, checked with a
+//! HEAD before it is trusted.
 
 use std::fs;
 use std::io::{self, Read};
@@ -171,16 +172,33 @@ impl Storage for CachedStorage {
     }
 
     fn mark_checked(&self, key: &str, size: u64) -> io::Result<bool> {
-        Self::save(&self.mark_path(key), size.to_string().as_bytes());
+        // The object's time goes with the mark: an object rewritten under the same key (by
+        // anyone, to the same size) has another, and its mark no longer holds.
+        let Some(meta) = self.inner.stat(key)? else { return Ok(false) };
+        Self::save(&self.mark_path(key), format!("{size} {}", stamp(&meta)).as_bytes());
         Ok(true)
     }
 
     fn checked_size(&self, key: &str) -> io::Result<Option<u64>> {
-        Ok(fs::read_to_string(self.mark_path(key)).ok().and_then(|t| t.trim().parse().ok()))
+        let Ok(text) = fs::read_to_string(self.mark_path(key)) else { return Ok(None) };
+        let mut words = text.split_whitespace();
+        let (Some(Ok(size)), Some(at)) = (words.next().map(str::parse::<u64>), words.next()) else { return Ok(None) };
+        match self.inner.stat(key)? {
+            Some(meta) if meta.size == size && stamp(&meta) == at => Ok(Some(size)),
+            _ => Ok(None),
+        }
     }
 
     fn stored_sum(&self, key: &str) -> io::Result<Option<[u8; 32]>> {
         self.inner.stored_sum(key)
+    }
+}
+
+/// What identifies one version of an object: its tag (ETag), else its time.
+fn stamp(e: &Entry) -> String {
+    match &e.tag {
+        Some(t) => format!("tag:{}", t.replace(char::is_whitespace, "")),
+        None => e.modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()).to_string(),
     }
 }
 
@@ -208,8 +226,13 @@ mod tests {
         assert_eq!(cached.read("points/p.manifest").unwrap(), b"m1");
         inner.put("points/p.manifest", b"m2", false).unwrap();
         assert_eq!(cached.read("points/p.manifest").unwrap(), b"m2");
+        inner.put("data/ab/abc", b"0123456789", false).unwrap();
         assert!(cached.mark_checked("data/ab/abc", 10).unwrap());
         assert_eq!(cached.checked_size("data/ab/abc").unwrap(), Some(10));
+        // Rewritten behind the cache's back, to the same size: the mark no longer holds.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        inner.put("data/ab/abc", b"0123456780", false).unwrap();
+        assert_eq!(cached.checked_size("data/ab/abc").unwrap(), None);
         cached.delete("data/ab/abc").unwrap();
         assert_eq!(cached.checked_size("data/ab/abc").unwrap(), None);
     }

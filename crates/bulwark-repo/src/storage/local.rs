@@ -211,7 +211,9 @@ impl Storage for LocalStorage {
 
     fn stat(&self, key: &str) -> io::Result<Option<Entry>> {
         match fs::symlink_metadata(self.path(key)) {
-            Ok(m) if m.is_file() => Ok(Some(Entry { name: key.into(), size: m.len(), modified: m.modified()? })),
+            Ok(m) if m.is_file() => {
+                Ok(Some(Entry { name: key.into(), size: m.len(), modified: m.modified()?, tag: None }))
+            }
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -359,7 +361,7 @@ fn list_dir(dir: &Path, rel: &str, keep: &dyn Fn(&str) -> bool, out: &mut Vec<En
         if md.is_dir() {
             list_dir(&de.path(), &format!("{rel}{name}/"), keep, out)?;
         } else if md.is_file() && keep(&name) {
-            out.push(Entry { name: format!("{rel}{name}"), size: md.len(), modified: md.modified()? });
+            out.push(Entry { name: format!("{rel}{name}"), size: md.len(), modified: md.modified()?, tag: None });
         }
     }
     Ok(())

@@ -100,7 +100,7 @@ impl Storage for MemoryStorage {
 
     fn stat(&self, key: &str) -> io::Result<Option<Entry>> {
         let objects = self.objects.lock().expect("no panics while held");
-        Ok(objects.get(key).map(|(b, t)| Entry { name: key.into(), size: b.len() as u64, modified: *t }))
+        Ok(objects.get(key).map(|(b, t)| Entry { name: key.into(), size: b.len() as u64, modified: *t, tag: None }))
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
@@ -108,7 +108,7 @@ impl Storage for MemoryStorage {
         Ok(objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (b, t))| Entry { name: k[prefix.len()..].into(), size: b.len() as u64, modified: *t })
+            .map(|(k, (b, t))| Entry { name: k[prefix.len()..].into(), size: b.len() as u64, modified: *t, tag: None })
             .collect())
     }
 

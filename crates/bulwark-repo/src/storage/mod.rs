@@ -34,6 +34,9 @@ pub struct Entry {
     pub name: String,
     pub size: u64,
     pub modified: SystemTime,
+    /// What changes whenever the object is rewritten, where the storage says (an S3 ETag):
+    /// finer than `modified`, which object stores keep to the second.
+    pub tag: Option<String>,
 }
 
 /// An object being written; invisible under its key until [`StagedObject::commit`].

@@ -872,7 +872,8 @@ impl Storage for S3Storage {
         }
         let size = header(&r.1, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         let modified = header(&r.1, "last-modified").and_then(parse_http_date).unwrap_or(SystemTime::UNIX_EPOCH);
-        Ok(Some(Entry { name: key.into(), size, modified }))
+        let tag = header(&r.1, "etag").map(String::from);
+        Ok(Some(Entry { name: key.into(), size, modified, tag }))
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<Entry>> {
@@ -899,6 +900,7 @@ impl Storage for S3Storage {
                     modified: xml::text(c, "LastModified")
                         .and_then(|t| parse_iso8601(&t))
                         .unwrap_or(SystemTime::UNIX_EPOCH),
+                    tag: xml::text(c, "ETag"),
                 });
             }
             if xml::text(&doc, "IsTruncated").is_none_or(|t| t.trim() != "true") {
