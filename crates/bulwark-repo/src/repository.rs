@@ -603,23 +603,10 @@ impl Repository {
     pub fn reuse_chunks(&self, ids: &[ChunkId], threads: usize) -> Result<Vec<bool>> {
         if self.packs.is_some() {
             // Checking an unchecked pack reads it whole: spread those reads over the threads.
-            let next = std::sync::atomic::AtomicUsize::new(0);
             let answers: Vec<std::sync::atomic::AtomicBool> = ids.iter().map(|_| Default::default()).collect();
-            let work = || -> Result<()> {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(id) = ids.get(i) else { return Ok(()) };
-                    answers[i].store(self.reuse_chunk(id)?, std::sync::atomic::Ordering::Relaxed);
-                }
-            };
-            std::thread::scope(|s| {
-                let helpers: Vec<_> = (1..threads.min(ids.len())).map(|_| s.spawn(work)).collect();
-                let mine = work();
-                helpers
-                    .into_iter()
-                    .map(|h| h.join().expect("a chunk check does not panic"))
-                    .chain([mine])
-                    .collect::<Result<()>>()
+            spread(threads, ids.len(), |i| {
+                answers[i].store(self.reuse_chunk(&ids[i])?, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
             })?;
             return Ok(answers.into_iter().map(|a| a.into_inner()).collect());
         }
@@ -638,23 +625,12 @@ impl Repository {
                 }
             }
         }
-        let next = std::sync::atomic::AtomicUsize::new(0);
         let checked = std::sync::Mutex::new(Vec::new());
-        let work = || -> Result<()> {
-            while let Some(&i) = unmarked.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                let sound = self.check_stored(&ids[i])?;
-                checked.lock().expect("no panics while held").push((i, sound));
-            }
+        spread(threads, unmarked.len(), |j| {
+            let i = unmarked[j];
+            let sound = self.check_stored(&ids[i])?;
+            checked.lock().expect("no panics while held").push((i, sound));
             Ok(())
-        };
-        std::thread::scope(|s| {
-            let helpers: Vec<_> = (1..threads.min(unmarked.len())).map(|_| s.spawn(work)).collect();
-            let mine = work();
-            helpers
-                .into_iter()
-                .map(|h| h.join().expect("a chunk check does not panic"))
-                .chain([mine])
-                .collect::<Result<()>>()
         })?;
         for (i, sound) in checked.into_inner().expect("no panics while held") {
             answers[i] = sound;
@@ -1144,6 +1120,26 @@ impl Repository {
         self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))?;
         self.storage.delete(&tomb).map_err(|e| self.io_err(format!("forgetting {id}"), e))
     }
+}
+
+/// Runs `f` for every index below `n` on up to `threads` threads (this one among them); the
+/// first error wins.
+fn spread(threads: usize, n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<()> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return Ok(());
+            }
+            f(i)?;
+        }
+    };
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads.min(n)).map(|_| s.spawn(work)).collect();
+        let mine = work();
+        helpers.into_iter().map(|h| h.join().expect("a chunk check does not panic")).chain([mine]).collect()
+    })
 }
 
 const KEY_FILE: &str = "keys/default";
