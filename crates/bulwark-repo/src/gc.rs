@@ -117,7 +117,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     report.referenced_chunks = marked.len();
 
     match repo.packs() {
-        Some(packs) => sweep_packs(repo, packs, &catalog, &mut marked, cutoff, &mut report)?,
+        Some(packs) => sweep_packs(repo, packs, &catalog, &writers, &mut marked, cutoff, &mut report)?,
         None => sweep_loose(repo, &marked, cutoff, &mut report)?,
     }
 
@@ -275,6 +275,7 @@ fn sweep_packs(
     repo: &Repository,
     packs: &Packs,
     catalog: &Catalog,
+    writers: &[locks::LiveWriter],
     marked: &mut HashSet<ChunkId>,
     cutoff: SystemTime,
     report: &mut GcReport,
@@ -287,8 +288,9 @@ fn sweep_packs(
     let earlier = pack::read_condemned(storage, keys).map_err(|e| ioe("reading the condemned chunks", e))?;
     let indexed: HashSet<ChunkId> = packs.state().chunks().collect();
 
-    // Backups that may not have seen the earlier list hold it back.
-    let writers = locks::writers(storage, true).map_err(|e| ioe("listing running backups", e))?;
+    // Backups that may not have seen the earlier list hold it back: those running when this
+    // collection listed leases, before it marked. (One that ended after marking would have
+    // committed a point the marks do not cover; one that began after the list saw it.)
     let mut finalized: HashSet<ChunkId> = HashSet::new();
     let mut list = earlier.chunks.clone();
     let blocked = match earlier.written {
