@@ -251,19 +251,15 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Locks what point `m` needs (all but its manifest) until at least its time plus the
-    /// immutability period; see [`crate::immutability`].
-    fn lock_point(&self, m: &Manifest, manifest_too: bool) -> Result<()> {
+    /// Locks what point `m` needs but its manifest (see [`Repository::lock_manifest`]) until at
+    /// least its time plus the immutability period; see [`crate::immutability`].
+    fn lock_point(&self, m: &Manifest) -> Result<()> {
         let Some((days, locker)) = &self.immutable else { return Ok(()) };
         let io = |e| self.io_err(format!("locking point {}", m.id), e);
         let needed = m.created + chrono::Duration::days(*days as i64);
         // The point's own objects are needed by it alone: locked until its period ends, so a
         // forget can remove them then. What later points reuse is locked a generation longer.
-        let mut own = vec![m.id.index_key()];
-        if manifest_too {
-            own.push(m.id.manifest_key());
-        }
-        locker.lock(&own, needed).map_err(io)?;
+        locker.lock(&[m.id.index_key()], needed).map_err(io)?;
         let mut keys: Vec<String> = OWN_OBJECTS.iter().map(|k| k.to_string()).collect();
         if let Some(packs) = &self.packs {
             let mut chunks = HashSet::new();
@@ -282,6 +278,13 @@ impl Repository {
             locker.lock(&short, needed + chrono::Duration::days(GENERATION_DAYS)).map_err(io)?;
         }
         Ok(())
+    }
+
+    /// Locks point `m`'s manifest, once written, until its period ends.
+    fn lock_manifest(&self, m: &Manifest) -> Result<()> {
+        let Some((days, locker)) = &self.immutable else { return Ok(()) };
+        let until = m.created + chrono::Duration::days(*days as i64);
+        locker.lock(&[m.id.manifest_key()], until).map_err(|e| self.io_err(format!("locking point {}", m.id), e))
     }
 
     /// When point `m` may be forgotten, if it is immutable now.
@@ -1459,11 +1462,11 @@ impl PointWriter {
             repo: repo.label(),
             reason: format!("backup {} is not committed: {reason}", self.id),
         })?;
-        repo.lock_point(&manifest, false)?;
+        repo.lock_point(&manifest)?;
         repo.storage
             .put(&self.id.manifest_key(), &body, true)
             .map_err(|e| repo.io_err(format!("writing manifest of {}", self.id), e))?;
-        if let Err(e) = repo.lock_point(&manifest, true) {
+        if let Err(e) = repo.lock_manifest(&manifest) {
             // A point is committed locked or not at all.
             let _ = repo.storage.delete(&self.id.manifest_key());
             return Err(e);
