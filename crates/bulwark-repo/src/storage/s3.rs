@@ -429,20 +429,14 @@ impl S3Storage {
     pub fn object_lock_configuration(&self) -> io::Result<ObjectLockConfiguration> {
         let me = &self.inner;
         let req = Req::new("GET", None).query("object-lock", "");
-        let target = || me.target("reading the Object Lock configuration of", None);
-        let (status, doc) = me
-            .run(|| {
-                let r = me.once(&req, &[404])?;
-                let status = r.status;
-                Ok((status, r.text()?))
-            })
-            .map_err(|f| f.into_io(&target()))?;
+        let target = me.target("reading the Object Lock configuration of", None);
+        let (status, doc) = me.fetch_doc(&req, &target)?;
         if status == 404 {
             let (code, message) = xml::error(&doc);
             if code == "ObjectLockConfigurationNotFoundError" {
                 return Ok(ObjectLockConfiguration { enabled: false, default_retention: None });
             }
-            return Err(me.status_failure(404, &code, &message).into_io(&target()));
+            return Err(me.status_failure(404, &code, &message).into_io(&target));
         }
         let enabled = xml::text(&doc, "ObjectLockEnabled").is_some_and(|v| v.trim() == "Enabled");
         let default_retention = xml::first(&doc, "DefaultRetention").and_then(|d| {
@@ -523,20 +517,14 @@ impl S3Storage {
         if let Some(v) = version {
             req = req.query("versionId", v);
         }
-        let target = || me.target("reading the retention of", Some(&full));
-        let (status, doc) = me
-            .run(|| {
-                let r = me.once(&req, &[404])?;
-                let status = r.status;
-                Ok((status, r.text()?))
-            })
-            .map_err(|f| f.into_io(&target()))?;
+        let target = me.target("reading the retention of", Some(&full));
+        let (status, doc) = me.fetch_doc(&req, &target)?;
         if status == 404 {
             let (code, message) = xml::error(&doc);
             if code == "NoSuchObjectLockConfiguration" || code == "ObjectLockConfigurationNotFoundError" {
                 return Ok(None);
             }
-            return Err(me.status_failure(404, &code, &message).into_io(&target()));
+            return Err(me.status_failure(404, &code, &message).into_io(&target));
         }
         let mode = xml::text(&doc, "Mode").and_then(|m| RetentionMode::parse(&m));
         let until = xml::text(&doc, "RetainUntilDate").and_then(|d| parse_iso8601(&d));
@@ -948,6 +936,17 @@ impl Inner {
     }
 
     /// "`what` s3://bucket/key at endpoint", for messages.
+    /// Sends `req` (retried like any other) and returns its status and body, a 404 included:
+    /// the caller tells "not configured" from "no such bucket" by the error code.
+    fn fetch_doc(&self, req: &Req<'_>, target: &str) -> io::Result<(u16, String)> {
+        self.run(|| {
+            let r = self.once(req, &[404])?;
+            let status = r.status;
+            Ok((status, r.text()?))
+        })
+        .map_err(|f| f.into_io(target))
+    }
+
     fn target(&self, what: &str, full: Option<&str>) -> String {
         match full {
             Some(k) => format!("{what} s3://{}/{k} at {}", self.loc.bucket, self.endpoint),
