@@ -78,9 +78,32 @@ pub struct GcReport {
     /// Objects left in place because they are locked (an immutable repository's, still
     /// within their period): deleted by a collection after their date.
     pub locked_kept: u64,
+    /// When the last of them may go (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
     /// The backups they wait for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// Objects someone deleted outside Bulwark in a bucket that keeps versions, brought back
+    /// (see [`crate::storage::Storage::tidy_versions`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restored_objects: Vec<String>,
+    /// Overwritten versions of objects removed (a bucket that keeps versions).
+    pub removed_old_versions: u64,
+    /// Uploads in parts that dead writers began and never finished, aborted.
+    pub aborted_uploads: u64,
+}
+
+impl GcReport {
+    /// Counts an object kept because it is locked until `until`.
+    fn locked(&mut self, until: Option<chrono::DateTime<chrono::Utc>>) {
+        self.locked_kept += 1;
+        if let Some(u) = until.map(|u| u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)) {
+            if self.locked_until.as_ref().is_none_or(|l| *l < u) {
+                self.locked_until = Some(u);
+            }
+        }
+    }
 }
 
 pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
@@ -93,6 +116,14 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
     let oldest = writers.iter().map(|w| w.started).min().unwrap_or(start).min(start);
     let cutoff = oldest.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = GcReport { live_backups: writers.len(), ..Default::default() };
+    // Before listing: an object someone hid behind a delete marker is back, so it is marked
+    // (a manifest) or kept (a pack a point needs).
+    let tidied = storage.tidy_versions().map_err(|e| ioe("tidying old versions of objects", e))?;
+    report.restored_objects = tidied.restored;
+    report.removed_old_versions = tidied.old_versions_removed;
+    // Every live writer began after the cutoff, and so did its uploads.
+    report.aborted_uploads =
+        storage.abort_stale_uploads(cutoff).map_err(|e| ioe("aborting uploads left by dead backups", e))?;
 
     // Mark. A damaged or orphaned point keeps what its index names: deleting its chunks would
     // turn a repairable point into a lost one.
@@ -141,7 +172,12 @@ pub fn collect_garbage(repo: &Repository, grace: Duration) -> Result<GcReport> {
         if storage.exists(&format!("points/{id}.manifest")).map_err(|e| ioe("checking a manifest", e))? {
             continue;
         }
-        storage.delete(&format!("points/{id}.index")).map_err(|e| ioe("deleting an orphaned index", e))?;
+        // A point whose manifest could not be locked leaves its index locked.
+        if !delete_unless_locked(repo, &format!("points/{id}.index"), &mut report)
+            .map_err(|e| ioe("deleting an orphaned index", e))?
+        {
+            continue;
+        }
         if ext == "index" {
             report.removed_orphan_indexes += 1;
         }
@@ -241,17 +277,19 @@ fn sweep_loose(repo: &Repository, marked: &HashSet<ChunkId>, cutoff: SystemTime,
     Ok(())
 }
 
-/// Deletes an object unless it is locked (an immutable repository's: the attribute refuses
-/// the deletion); `Ok(false)` then, and the next collection tries again.
-fn delete_unless_locked(
-    storage: &dyn crate::storage::Storage,
-    key: &str,
-    report: &mut GcReport,
-) -> std::io::Result<bool> {
+/// Deletes an object unless it is locked (an immutable repository's: the attribute or the
+/// bucket's Object Lock refuses the deletion); `Ok(false)` then, and the next collection tries
+/// again. The sweep asks for locks before it deletes; this catches a lock set meanwhile.
+fn delete_unless_locked(repo: &Repository, key: &str, report: &mut GcReport) -> std::io::Result<bool> {
+    let storage = repo.storage();
     match storage.delete(key) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            report.locked_kept += 1;
+        Err(e)
+            if crate::storage::s3::ObjectLocked::find(&e).is_some()
+                || (storage.is_local() && repo.is_immutable() && e.kind() == std::io::ErrorKind::PermissionDenied) =>
+        {
+            let until = repo.locks_of(&[key.to_string()]).ok().and_then(|l| l.into_values().next());
+            report.locked(until);
             Ok(false)
         }
         Err(e) => Err(e),
@@ -352,30 +390,66 @@ fn sweep_packs(
         };
         keeper.insert(c, best);
     }
+    // What each pack comes to: deleted (nothing live), repacked (mostly dead) or kept. A
+    // locked pack is kept as it is: neither deleted nor rewritten before its date.
+    enum Fate {
+        Delete,
+        Repack,
+        Keep,
+    }
+    let mut fates = Vec::with_capacity(by_pack.len());
+    for (pack, copies) in &by_pack {
+        let (live, dead): (Vec<_>, Vec<_>) = copies.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
+        let dead_bytes: u64 = dead.iter().map(|(_, l)| l.len as u64).sum();
+        let live_bytes: u64 = live.iter().map(|(_, l)| l.len as u64).sum();
+        let size = packs.state().pack_size(pack).unwrap_or(1).max(1);
+        let fate = if live.is_empty() {
+            Fate::Delete
+        } else if dead_bytes > 0 && (live_bytes as f64) < REPACK_BELOW * size as f64 {
+            Fate::Repack
+        } else {
+            Fate::Keep
+        };
+        fates.push((*pack, live, dead_bytes, size, fate));
+    }
+    let mut candidates: Vec<String> = fates.iter().filter(|f| !matches!(f.4, Fate::Keep)).map(|f| f.0.key()).collect();
+    candidates.extend(old_index.iter().map(|name| format!("{}{name}", pack::INDEX)));
+    let locks = repo.locks_of(&candidates).map_err(|e| ioe("reading the locks of objects to delete", e))?;
+
     let mut doomed = Vec::new();
     let mut rewritten_index = IndexObject::default();
     let mut kept_entries = 0usize;
     let mut new_index = Vec::new();
     let mut any_dead = false;
-    for (pack, copies) in &by_pack {
-        let (live, dead): (Vec<_>, Vec<_>) = copies.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
-        let dead_bytes: u64 = dead.iter().map(|(_, l)| l.len as u64).sum();
-        any_dead |= !dead.is_empty();
-        let size = packs.state().pack_size(pack).unwrap_or(1).max(1);
-        report.deleted_bytes += dead_bytes;
-        if live.is_empty() {
-            doomed.push(*pack);
+    for (pack, live, dead_bytes, size, mut fate) in fates {
+        any_dead |= dead_bytes > 0;
+        if let Some(until) = locks.get(&pack.key()) {
+            match fate {
+                // Left out of the index: a collection after its date deletes it as unindexed.
+                Fate::Delete => {
+                    report.locked(Some(*until));
+                    continue;
+                }
+                Fate::Repack => {
+                    report.locked(Some(*until));
+                    fate = Fate::Keep;
+                }
+                Fate::Keep => {}
+            }
+        }
+        if let Fate::Delete = fate {
+            report.deleted_bytes += dead_bytes;
+            doomed.push(pack);
             report.deleted_packs += 1;
             continue;
         }
-        let live_bytes: u64 = live.iter().map(|(_, l)| l.len as u64).sum();
-        if dead_bytes > 0 && (live_bytes as f64) < REPACK_BELOW * size as f64 {
+        if let Fate::Repack = fate {
             // Copied only as far as the pack's header vouches for each chunk: a repack must
             // not turn damage into a copy that looks sound. A damaged chunk is left behind (it
             // reads as missing, and the next backup with its data stores it again); a pack
             // whose header cannot be read is kept as it is.
             let bytes = storage.read(&pack.key()).map_err(|e| ioe(&format!("reading pack {pack} to repack it"), e))?;
-            if let Ok(entries) = pack::parse_pack(keys, pack, &bytes) {
+            if let Ok(entries) = pack::parse_pack(keys, &pack, &bytes) {
                 let sums: HashMap<(ChunkId, u64), [u8; 32]> =
                     entries.iter().map(|e| ((e.chunk, e.offset), e.sum)).collect();
                 for (c, l) in &live {
@@ -387,12 +461,13 @@ fn sweep_packs(
                         _ => report.damaged_left_behind += 1,
                     }
                 }
-                doomed.push(*pack);
+                report.deleted_bytes += dead_bytes;
+                doomed.push(pack);
                 report.repacked_packs += 1;
                 continue;
             }
         }
-        rewritten_index.packs.push((*pack, size, live.iter().map(|(c, l)| (*c, l.offset, l.len)).collect()));
+        rewritten_index.packs.push((pack, size, live.iter().map(|(c, l)| (*c, l.offset, l.len)).collect()));
         kept_entries += live.len();
         if kept_entries >= pack::entries_per_index() {
             new_index.push(std::mem::take(&mut rewritten_index));
@@ -410,11 +485,16 @@ fn sweep_packs(
         }
         storage.sync().map_err(|e| ioe("syncing", e))?;
         for name in &old_index {
-            delete_unless_locked(storage, &format!("{}{name}", pack::INDEX), report)
-                .map_err(|e| ioe("deleting an old index object", e))?;
+            let key = format!("{}{name}", pack::INDEX);
+            match locks.get(&key) {
+                Some(until) => report.locked(Some(*until)),
+                None => {
+                    delete_unless_locked(repo, &key, report).map_err(|e| ioe("deleting an old index object", e))?;
+                }
+            }
         }
         for p in &doomed {
-            delete_unless_locked(storage, &p.key(), report).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
+            delete_unless_locked(repo, &p.key(), report).map_err(|e| ioe(&format!("deleting pack {p}"), e))?;
         }
         packs.refresh().map_err(|e| ioe("reading the pack index", e))?;
     }
@@ -425,14 +505,26 @@ fn sweep_packs(
 
     // Packs no index names, older than every running backup: left by backups that died.
     let indexed_packs: HashSet<PackId> = packs.state().pack_ids().collect();
-    for e in storage.list(pack::DATA).map_err(|e| ioe("listing packs", e))? {
-        let Some(p) = PackId::from_listing(&e.name) else { continue };
-        if !indexed_packs.contains(&p)
-            && e.modified < cutoff
-            && delete_unless_locked(storage, &p.key(), report).map_err(|e| ioe(&format!("deleting pack {p}"), e))?
-        {
+    let unindexed: Vec<(PackId, u64)> = storage
+        .list(pack::DATA)
+        .map_err(|e| ioe("listing packs", e))?
+        .into_iter()
+        .filter_map(|e| {
+            PackId::from_listing(&e.name)
+                .filter(|p| !indexed_packs.contains(p) && e.modified < cutoff)
+                .map(|p| (p, e.size))
+        })
+        .collect();
+    let keys_of: Vec<String> = unindexed.iter().map(|(p, _)| p.key()).collect();
+    let locks = repo.locks_of(&keys_of).map_err(|e| ioe("reading the locks of objects to delete", e))?;
+    for (p, size) in unindexed {
+        if let Some(until) = locks.get(&p.key()) {
+            report.locked(Some(*until));
+            continue;
+        }
+        if delete_unless_locked(repo, &p.key(), report).map_err(|e| ioe(&format!("deleting pack {p}"), e))? {
             report.deleted_packs += 1;
-            report.deleted_bytes += e.size;
+            report.deleted_bytes += size;
         }
     }
     for e in storage.list_stale_staged(pack::DATA).map_err(|e| ioe("listing staged packs", e))? {

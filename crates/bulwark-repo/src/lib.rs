@@ -46,3 +46,27 @@ pub use repository::{
     Catalog, DamagedManifest, InitOptions, Isolation, Layout, PointSpec, PointWriter, Repository, TreeCursor,
     FORMAT_VERSION,
 };
+
+/// Runs `f` for every index below `n` on up to `threads` threads (this one among them); the
+/// first error wins.
+pub(crate) fn spread<E: Send>(
+    threads: usize,
+    n: usize,
+    f: impl Fn(usize) -> std::result::Result<(), E> + Sync,
+) -> std::result::Result<(), E> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> std::result::Result<(), E> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return Ok(());
+            }
+            f(i)?;
+        }
+    };
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads.min(n)).map(|_| s.spawn(work)).collect();
+        let mine = work();
+        helpers.into_iter().map(|h| h.join().expect("spread work does not panic")).chain([mine]).collect()
+    })
+}

@@ -25,11 +25,13 @@ impl RestorePointId {
         &self.0
     }
 
-    pub(crate) fn manifest_key(&self) -> String {
+    /// Where the point's manifest is stored in the repository.
+    pub fn manifest_key(&self) -> String {
         format!("points/{}.manifest", self.0)
     }
 
-    pub(crate) fn index_key(&self) -> String {
+    /// Where the point's block index (or file tree) is stored in the repository.
+    pub fn index_key(&self) -> String {
         format!("points/{}.index", self.0)
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkCodec, ChunkId, Compression};
 use crate::crypto::{self, KdfParams, KeyFile, Keys};
 use crate::error::{RepoError, Result};
-use crate::immutability::{HardenedLocker, Locker, GENERATION_DAYS};
+use crate::immutability::{self, Locker, GENERATION_DAYS};
 use crate::index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize, IndexHeader};
 use crate::integrity;
 use crate::locks::{self, Lease, LEASE_TTL};
@@ -15,7 +15,7 @@ use crate::pack::Packs;
 use crate::point::{validate_name, FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 use crate::storage::{self, Location, Storage};
 use crate::tree::{RecordSplitter, TreeEntry, PIECE};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 pub const FORMAT_NAME: &str = "bulwark-repository";
 /// The newest format this build reads and writes. Version 2 added isolated computers; version
@@ -161,13 +161,25 @@ impl Repository {
                 Some("immutability lasts 1 to 3650 days")
             } else if opts.layout == Layout::Loose {
                 Some("an immutable repository keeps chunks in packs (drop --loose)")
-            } else if !storage.is_local() {
-                Some("this build locks points in local (hardened) repositories only; S3 Object Lock is not built yet")
             } else {
                 None
             };
             if let Some(reason) = why {
                 return Err(RepoError::Invalid { repo: label, reason: reason.into() });
+            }
+            match &location {
+                Location::S3(loc) => {
+                    let s3 = storage::S3Storage::open(loc).map_err(|e| ioe("opening the storage", e))?;
+                    immutability::S3Locker::check_bucket(&s3)
+                        .map_err(|reason| RepoError::Invalid { repo: label.clone(), reason })?;
+                }
+                Location::Memory(_) => {
+                    return Err(RepoError::Invalid {
+                        repo: label,
+                        reason: "a repository in memory cannot be immutable".into(),
+                    })
+                }
+                Location::Local(_) => {}
             }
         }
         if opts.layout == Layout::Loose && !storage.is_local() {
@@ -234,7 +246,9 @@ impl Repository {
         };
         // The config is written last: a directory without it is not (yet) a repository.
         put_twice(&*storage, CONFIG, &integrity::seal(&config)).map_err(|e| ioe("writing config", e))?;
-        let repo = Repository::new(storage, location, keys, &config);
+        let immutable =
+            immutability::locker(&location, config.immutable_days).map_err(|e| ioe("reaching the lock service", e))?;
+        let repo = Repository::new(storage, location, keys, &config, immutable);
         // The repository's own objects are locked at once: a repository whose service cannot be
         // reached, or that lies outside its roots, is not made (its files are removed again).
         if let Some((days, locker)) = &repo.immutable {
@@ -242,8 +256,16 @@ impl Repository {
             let own: Vec<String> =
                 OWN_OBJECTS.iter().filter(|k| repo.storage.exists(k).unwrap_or(true)).map(|k| k.to_string()).collect();
             if let Err(e) = locker.lock(&own, until) {
-                if let Some(path) = repo.location.as_path() {
-                    let _ = std::fs::remove_dir_all(path);
+                match repo.location.as_path() {
+                    Some(path) => {
+                        let _ = std::fs::remove_dir_all(path);
+                    }
+                    // The config first: without it, what is left is not a repository.
+                    None => {
+                        for k in [CONFIG, "config.copy", KEY_FILE, "keys/default.copy"] {
+                            let _ = repo.storage.delete(k);
+                        }
+                    }
                 }
                 return Err(repo.io_err("locking the new repository's config and key file", e));
             }
@@ -287,6 +309,23 @@ impl Repository {
         locker.lock(&[m.id.manifest_key()], until).map_err(|e| self.io_err(format!("locking point {}", m.id), e))
     }
 
+    /// Whether points are locked for a period (see [`crate::immutability`]).
+    pub fn is_immutable(&self) -> bool {
+        self.immutable.is_some()
+    }
+
+    /// The objects among `keys` locked now, with the date each lock ends (none in a repository
+    /// that is not immutable).
+    pub fn locks_of(&self, keys: &[String]) -> io::Result<HashMap<String, chrono::DateTime<Utc>>> {
+        let Some((_, locker)) = &self.immutable else { return Ok(HashMap::new()) };
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let now = Utc::now();
+        let dates = locker.locked_until(keys)?;
+        Ok(keys.iter().zip(dates).filter_map(|(k, d)| d.filter(|d| *d > now).map(|d| (k.clone(), d))).collect())
+    }
+
     /// When point `m` may be forgotten, if it is immutable now.
     pub fn immutable_until(&self, m: &Manifest) -> Option<chrono::DateTime<Utc>> {
         let (days, _) = self.immutable.as_ref()?;
@@ -294,7 +333,13 @@ impl Repository {
         (until > Utc::now()).then_some(until)
     }
 
-    fn new(storage: Arc<dyn Storage>, location: Location, keys: Keys, config: &Config) -> Repository {
+    fn new(
+        storage: Arc<dyn Storage>,
+        location: Location,
+        keys: Keys,
+        config: &Config,
+        immutable: Option<(u32, Arc<dyn Locker>)>,
+    ) -> Repository {
         // Across a network, index objects and check marks are worth keeping on this machine.
         let storage = match location {
             Location::S3(_) => {
@@ -303,12 +348,6 @@ impl Repository {
             _ => storage,
         };
         let packs = config.pack_size.map(|size| Arc::new(Packs::new(storage.clone(), keys.clone(), size)));
-        let immutable = match (&location, config.immutable_days) {
-            (Location::Local(path), Some(days)) => {
-                Some((days, Arc::new(HardenedLocker::new(path.clone())) as Arc<dyn Locker>))
-            }
-            _ => None,
-        };
         Repository {
             packs,
             immutable,
@@ -355,7 +394,12 @@ impl Repository {
                     .into(),
             });
         }
-        Ok(Repository::new(storage, location, keys, &config))
+        let immutable = immutability::locker(&location, config.immutable_days).map_err(|e| RepoError::Io {
+            repo: label.clone(),
+            what: "opening the storage's locks".into(),
+            source: e,
+        })?;
+        Ok(Repository::new(storage, location, keys, &config, immutable))
     }
 
     /// Takes a repository of an older format to [`FORMAT_VERSION`]: seals the manifests of an
@@ -607,7 +651,7 @@ impl Repository {
         if self.packs.is_some() {
             // Checking an unchecked pack reads it whole: spread those reads over the threads.
             let answers: Vec<std::sync::atomic::AtomicBool> = ids.iter().map(|_| Default::default()).collect();
-            spread(threads, ids.len(), |i| {
+            crate::spread(threads, ids.len(), |i| {
                 answers[i].store(self.reuse_chunk(&ids[i])?, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             })?;
@@ -629,7 +673,7 @@ impl Repository {
             }
         }
         let checked = std::sync::Mutex::new(Vec::new());
-        spread(threads, unmarked.len(), |j| {
+        crate::spread(threads, unmarked.len(), |j| {
             let i = unmarked[j];
             let sound = self.check_stored(&ids[i])?;
             checked.lock().expect("no panics while held").push((i, sound));
@@ -1123,26 +1167,6 @@ impl Repository {
         self.storage.delete(&id.index_key()).map_err(|e| self.io_err(format!("deleting index of {id}"), e))?;
         self.storage.delete(&tomb).map_err(|e| self.io_err(format!("forgetting {id}"), e))
     }
-}
-
-/// Runs `f` for every index below `n` on up to `threads` threads (this one among them); the
-/// first error wins.
-fn spread(threads: usize, n: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || -> Result<()> {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= n {
-                return Ok(());
-            }
-            f(i)?;
-        }
-    };
-    std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads.min(n)).map(|_| s.spawn(work)).collect();
-        let mine = work();
-        helpers.into_iter().map(|h| h.join().expect("a chunk check does not panic")).chain([mine]).collect()
-    })
 }
 
 const KEY_FILE: &str = "keys/default";

@@ -51,6 +51,17 @@ fn fresh(server: &S3Server) -> S3Storage {
     storage(server, &bucket, "repo/one")
 }
 
+/// A repository on S3 keeps a local cache: this file's tests share one that goes away with the
+/// run, set once before any test opens a repository.
+fn set_cache_dir() {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("BULWARK_CACHE_DIR", dir.path());
+        dir
+    });
+}
+
 fn names(s: &dyn Storage, prefix: &str) -> Vec<String> {
     let mut n: Vec<String> = s.list(prefix).unwrap().into_iter().map(|e| e.name).collect();
     n.sort();
@@ -509,8 +520,12 @@ fn object_lock_is_enforced_by_the_server() {
     assert!(r.until > now + day * 2, "extended: {r:?}");
     assert!(s.read("packs/p1").unwrap() == b"pack one");
 
+    // The storage's delete removes versions, so a locked object refuses it as a file would.
+    let e = s.delete("packs/p1").unwrap_err();
+    assert!(ObjectLocked::find(&e).is_some(), "{e}");
+    assert!(s.read("packs/p1").unwrap() == b"pack one");
     // A plain delete only hides it behind a delete marker; the locked version stays.
-    s.delete("packs/p1").unwrap();
+    s.delete_latest("packs/p1").unwrap();
     assert!(!s.exists("packs/p1").unwrap());
     let versions = s.list_versions("packs/").unwrap();
     assert!(versions.iter().any(|v| v.delete_marker && v.latest), "{versions:?}");
@@ -591,10 +606,7 @@ fn assert_restores(repo: &Repository, m: &Manifest, blocks: &[Vec<u8>]) {
 #[test]
 fn a_repository_in_packs_lives_in_a_bucket() {
     let Some(mut server) = S3Server::start() else { return };
-    // A repository on S3 keeps a local cache; this test's goes away with it. (No other test in
-    // this file opens a repository, so none reads the variable while it changes.)
-    let cache = tempfile::tempdir().unwrap();
-    std::env::set_var("BULWARK_CACHE_DIR", cache.path());
+    set_cache_dir();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("creds");
     std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
@@ -654,4 +666,142 @@ fn a_repository_in_packs_lives_in_a_bucket() {
     assert!(verify(&again, Selection::All, 2, &|_| {}).unwrap().ok);
     let e = Repository::open(&at, None).map(drop);
     assert!(e.is_ok(), "{e:?}");
+}
+
+#[test]
+fn an_immutable_repository_locks_its_points_in_the_bucket() {
+    let Some(server) = S3Server::start() else { return };
+    set_cache_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("creds");
+    std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
+    let at = |bucket: &str| -> Location {
+        format!("{}&credentials-file={}", server.location(bucket, "backups"), file.display()).parse().unwrap()
+    };
+    let immutable = InitOptions { pack_size: Some(1 << 20), immutable_days: Some(1), ..Default::default() };
+
+    // A bucket without Object Lock, or one that would lock every object by default, is refused
+    // and left as it was.
+    let plain = unique("plain");
+    storage(&server, &plain, "").create_bucket(false).unwrap();
+    let e = Repository::init(at(&plain), &immutable).err().expect("no Object Lock");
+    assert!(e.to_string().contains(&format!("bucket {plain} has no Object Lock")), "{e}");
+    assert!(names(&storage(&server, &plain, ""), "").is_empty());
+    let bucket = unique("locked");
+    let root = storage(&server, &bucket, "");
+    root.create_bucket(true).unwrap();
+    root.set_default_retention(Some((RetentionMode::Compliance, RetentionPeriod::Days(1)))).unwrap();
+    let e = Repository::init(at(&bucket), &immutable).err().expect("a default retention");
+    assert!(e.to_string().contains("default retention"), "{e}");
+    assert!(names(&root, "").is_empty());
+    root.set_default_retention(None).unwrap();
+
+    let repo = Repository::init(at(&bucket), &immutable).unwrap();
+    let s = storage(&server, &bucket, "backups");
+    let day = chrono::Duration::days(1);
+    let retention = |key: &str| -> chrono::DateTime<chrono::Utc> {
+        let r = s.retention(key, None).unwrap().unwrap_or_else(|| panic!("{key} is not locked"));
+        assert_eq!(r.mode, RetentionMode::Compliance, "{key}");
+        r.until.into()
+    };
+    for key in ["config", "config.copy"] {
+        assert!(retention(key) > chrono::Utc::now() + day, "{key}");
+    }
+
+    // Every object the point needs is locked until at least its time plus the period.
+    let a = blocks(1, 40);
+    let m1 = backup(&repo, "a", &a);
+    let needed = m1.created + day;
+    let packs: Vec<String> = names(&s, "data/").into_iter().map(|n| format!("data/{n}")).collect();
+    let index: Vec<String> = names(&s, "index/").into_iter().map(|n| format!("index/{n}")).collect();
+    assert!(packs.len() >= 2 && !index.is_empty(), "{packs:?} {index:?}");
+    let mut point_objects = packs.clone();
+    point_objects.extend(index.iter().cloned());
+    point_objects.extend([m1.id.index_key(), m1.id.manifest_key()]);
+    let dates: Vec<_> = point_objects.iter().map(|k| retention(k)).collect();
+    for (k, until) in point_objects.iter().zip(&dates) {
+        assert!(*until >= needed - chrono::Duration::seconds(1), "{k} locked until {until}, needed {needed}");
+    }
+
+    // The server holds the locks: no version deleted, no lock shortened, whoever asks.
+    let version = s.list_versions(&packs[0]).unwrap().into_iter().find(|v| v.name.is_empty()).unwrap().version_id;
+    let e = s.delete_version(&packs[0], &version).unwrap_err();
+    assert!(ObjectLocked::find(&e).is_some(), "{e}");
+    let e = s.put_retention(&packs[0], None, RetentionMode::Compliance, SystemTime::now() + Duration::from_secs(60));
+    assert!(ObjectLocked::find(&e.unwrap_err()).is_some());
+    let e = repo.storage().delete(&m1.id.manifest_key()).unwrap_err();
+    assert!(ObjectLocked::find(&e).is_some(), "{e}");
+
+    // A second backup reusing those packs does not lock them again (they hold a generation
+    // more than the period), and its own are locked.
+    let b = blocks(2, 10);
+    let both: Vec<Vec<u8>> = a.iter().chain(&b).cloned().collect();
+    let m2 = backup(&Repository::open(at(&bucket), None).unwrap(), "a", &both);
+    for (k, before) in point_objects.iter().zip(&dates) {
+        assert_eq!(retention(k), *before, "{k} was locked again");
+    }
+    assert!(retention(&m2.id.manifest_key()) >= m2.created + day - chrono::Duration::seconds(1));
+
+    // A forget is refused with the date; a collection keeps everything.
+    let e = repo.delete_point(&m1.id).unwrap_err();
+    assert!(e.to_string().contains("immutable until"), "{e}");
+    let gc = collect_garbage(&repo, Duration::ZERO).unwrap();
+    assert_eq!((gc.deleted_chunks, gc.deleted_packs), (0, 0), "{gc:?}");
+
+    // Someone with the writer's credentials deletes a manifest and a pack the plain way: both
+    // only go behind delete markers, and the next collection brings them back.
+    s.delete_latest(&m1.id.manifest_key()).unwrap();
+    s.delete_latest(&packs[0]).unwrap();
+    assert_eq!(repo.catalog().unwrap().points.len(), 1);
+    let gc = collect_garbage(&repo, Duration::ZERO).unwrap();
+    let mut restored = gc.restored_objects.clone();
+    restored.sort();
+    let mut expected = vec![m1.id.manifest_key(), packs[0].clone()];
+    expected.sort();
+    assert_eq!(restored, expected, "{gc:?}");
+    assert_eq!(repo.catalog().unwrap().points.len(), 2);
+    let fresh = Repository::open(at(&bucket), None).unwrap();
+    assert_restores(&fresh, &m1, &a);
+    assert_restores(&fresh, &m2, &both);
+    assert!(verify(&fresh, Selection::All, 2, &|_| {}).unwrap().ok);
+
+    // A backup that died leaves packs that are not locked and an upload in parts never
+    // finished; one of its packs locked by hand stands for a lock the collection must respect.
+    let committed: Vec<String> = names(&s, "data/").into_iter().map(|n| format!("data/{n}")).collect();
+    let c = blocks(3, 40);
+    let mut w = repo.begin_point(spec("c", c.len())).unwrap();
+    write_blocks(&repo, &mut w, &c).unwrap();
+    drop(w);
+    let mut staged = repo.storage().create("data/ff/unfinished").unwrap();
+    staged.write_all(&random_bytes(20 << 20, 9)).unwrap();
+    std::mem::forget(staged);
+    assert_eq!(s.incomplete_uploads("").unwrap().len(), 1);
+    let dead: Vec<String> =
+        names(&s, "data/").into_iter().map(|n| format!("data/{n}")).filter(|k| !committed.contains(k)).collect();
+    assert!(!dead.is_empty());
+    let held = SystemTime::now() + Duration::from_secs(3600);
+    s.put_retention(&dead[0], None, RetentionMode::Compliance, held).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let gc = collect_garbage(&Repository::open(at(&bucket), None).unwrap(), Duration::ZERO).unwrap();
+    assert_eq!(gc.aborted_uploads, 1, "{gc:?}");
+    assert!(s.incomplete_uploads("").unwrap().is_empty());
+    assert!(gc.locked_kept >= 1, "{gc:?}");
+    let until = gc.locked_until.as_deref().expect("the date the locked pack waits for");
+    // (Index objects rewritten by the collection wait too, a generation longer.)
+    let until: chrono::DateTime<chrono::Utc> = until.parse().unwrap();
+    assert!(until >= chrono::DateTime::<chrono::Utc>::from(held) - chrono::Duration::seconds(1), "{until}");
+    let left: Vec<String> = names(&s, "data/").into_iter().map(|n| format!("data/{n}")).collect();
+    assert!(left.contains(&dead[0]), "the locked pack stays");
+    assert!(dead[1..].iter().all(|k| !left.contains(k)), "the dead backup's other packs go: {left:?}");
+    assert!(committed.iter().all(|k| left.contains(k)));
+    assert_restores(&fresh, &m1, &a);
+    assert_restores(&fresh, &m2, &both);
+
+    // Nothing is left behind the repository's back: no delete marker, and no object with a
+    // version besides its current one but the locked ones overwritten by nobody.
+    let versions = s.list_versions("").unwrap();
+    assert!(versions.iter().all(|v| !v.delete_marker), "{versions:?}");
+    for v in &versions {
+        assert_eq!(versions.iter().filter(|o| o.name == v.name).count(), 1, "{}: {versions:?}", v.name);
+    }
 }

@@ -436,6 +436,32 @@ pub fn gc_summary(r: &GcReport) {
         r.removed_orphan_indexes,
         if r.live_backups > 0 { format!(" ({} backups running)", r.live_backups) } else { String::new() }
     );
+    if r.deleted_packs + r.repacked_packs > 0 {
+        println!("deleted {} packs and rewrote {} mostly unused ones", r.deleted_packs, r.repacked_packs);
+    }
+    if r.condemned_waiting > 0 {
+        let who = if r.waiting_for.is_empty() { String::new() } else { format!(" ({})", r.waiting_for.join(", ")) };
+        println!(
+            "{} unused chunks wait for the backups running since before they were found unused{who}: the next gc deletes them",
+            r.condemned_waiting
+        );
+    }
+    if r.damaged_left_behind > 0 {
+        println!("{} damaged chunks were not copied into new packs (run `bulwark verify`)", r.damaged_left_behind);
+    }
+    if r.locked_kept > 0 {
+        let until = r.locked_until.as_deref().map(|u| format!(" until {u} at the latest")).unwrap_or_default();
+        println!("kept {} locked objects (immutable){until}; a gc after that deletes them", r.locked_kept);
+    }
+    for k in &r.restored_objects {
+        println!("restored {k}: it had been deleted outside Bulwark (a delete marker hid it)");
+    }
+    if r.removed_old_versions > 0 {
+        println!("removed {} overwritten versions of objects", r.removed_old_versions);
+    }
+    if r.aborted_uploads > 0 {
+        println!("aborted {} unfinished uploads of dead backups", r.aborted_uploads);
+    }
 }
 
 pub fn file_backup_summary(r: &bulwark_agent::files::FileBackupReport) {

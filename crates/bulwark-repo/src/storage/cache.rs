@@ -158,6 +158,14 @@ impl Storage for CachedStorage {
         self.inner.now()
     }
 
+    fn tidy_versions(&self) -> io::Result<super::VersionsTidied> {
+        self.inner.tidy_versions()
+    }
+
+    fn abort_stale_uploads(&self, before: SystemTime) -> io::Result<u64> {
+        self.inner.abort_stale_uploads(before)
+    }
+
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()
     }

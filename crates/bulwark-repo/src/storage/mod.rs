@@ -39,6 +39,18 @@ pub struct Entry {
     pub tag: Option<String>,
 }
 
+/// What [`Storage::tidy_versions`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VersionsTidied {
+    /// Objects that were hidden behind a delete marker and are back.
+    pub restored: Vec<String>,
+    pub markers_removed: u64,
+    /// Versions no longer current (overwritten objects' earlier bytes) deleted.
+    pub old_versions_removed: u64,
+    /// Versions no longer current kept because a lock still protects them.
+    pub old_versions_locked: u64,
+}
+
 /// An object being written; invisible under its key until [`StagedObject::commit`].
 pub trait StagedObject: Write + Send {
     /// Makes the object visible under its key, atomically. Durability follows at the next
@@ -131,6 +143,23 @@ pub trait Storage: Send + Sync {
         let bytes = self.read(key)?;
         self.put(&format!("{key}.damaged"), &bytes, true)?;
         self.delete(key)
+    }
+
+    /// On a store that keeps earlier versions of objects (an S3 bucket with versioning, which
+    /// Object Lock needs), removes what the repository does not see but pays for: versions
+    /// overwritten since (a renewed lease's, a rewritten list's), unless a lock still protects
+    /// them; and delete markers, which this program never writes (it deletes every version of
+    /// an object), so an object someone deleted outside it comes back rather than being lost
+    /// when its lock ends.
+    fn tidy_versions(&self) -> io::Result<VersionsTidied> {
+        Ok(VersionsTidied::default())
+    }
+    /// Aborts uploads of objects in parts begun before `before` and never finished (a writer
+    /// died mid-object: its parts are stored, and billed, but no object shows them). Returns
+    /// how many were aborted.
+    fn abort_stale_uploads(&self, before: SystemTime) -> io::Result<u64> {
+        let _ = before;
+        Ok(0)
     }
 
     // What only a local directory offers: the version 1 layout (a file per chunk) needs it.

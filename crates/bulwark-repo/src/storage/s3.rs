@@ -26,7 +26,7 @@ use ureq::http;
 
 use super::location::S3Location;
 use super::sigv4::{self, EMPTY_SHA256};
-use super::{Entry, StagedObject, Storage};
+use super::{Entry, StagedObject, Storage, VersionsTidied};
 
 /// How an [`S3Storage`] talks to its endpoint.
 #[derive(Debug, Clone)]
@@ -314,6 +314,9 @@ struct Inner {
     skew: AtomicI64,
     /// Whether the bucket is known to exist, so a 404 means "no such object".
     bucket_seen: AtomicBool,
+    /// Whether the bucket keeps old versions, asked at the first delete (see
+    /// [`Storage::delete`] below).
+    versioned: std::sync::OnceLock<bool>,
 }
 
 impl S3Storage {
@@ -391,6 +394,7 @@ impl S3Storage {
                 opts,
                 skew: AtomicI64::new(0),
                 bucket_seen: AtomicBool::new(false),
+                versioned: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -626,6 +630,81 @@ impl S3Storage {
         let req = Req::new("DELETE", Some(&full)).query("uploadId", upload_id);
         me.run(|| me.once(&req, &[404]).map(drop))
             .map_err(|f| f.into_io(&me.target("aborting a multipart upload of", Some(&full))))
+    }
+
+    /// Whether the bucket keeps old versions of objects (versioning enabled or suspended: a
+    /// bucket with Object Lock always does). Asked once.
+    pub fn versioned(&self) -> io::Result<bool> {
+        if let Some(v) = self.inner.versioned.get() {
+            return Ok(*v);
+        }
+        let me = &self.inner;
+        let req = Req::new("GET", None).query("versioning", "");
+        let target = me.target("reading the versioning state of", None);
+        let (status, doc) = me.fetch_doc(&req, &target)?;
+        if status == 404 {
+            let (code, message) = xml::error(&doc);
+            return Err(me.status_failure(404, &code, &message).into_io(&target));
+        }
+        // "Suspended" still keeps the versions written before.
+        let versioned = xml::text(&doc, "Status").is_some_and(|s| matches!(s.trim(), "Enabled" | "Suspended"));
+        Ok(*me.versioned.get_or_init(|| versioned))
+    }
+
+    /// Takes away what a versioned bucket keeps behind the repository's back (see
+    /// [`Storage::tidy_versions`]).
+    fn tidy(&self) -> io::Result<VersionsTidied> {
+        let mut report = VersionsTidied::default();
+        if !self.versioned()? {
+            return Ok(report);
+        }
+        let versions = self.list_versions("")?;
+        let mut i = 0;
+        while i < versions.len() {
+            let key = &versions[i].name;
+            let n = versions[i..].iter().take_while(|v| &v.name == key).count();
+            let group = &versions[i..i + n];
+            i += n;
+            // A delete marker is someone else's delete (this program deletes every version of
+            // an object): it goes, and the newest version beneath it is current again.
+            for v in group.iter().filter(|v| v.delete_marker) {
+                self.delete_version(key, &v.version_id)?;
+                report.markers_removed += 1;
+            }
+            // Versions come newest first; all but the newest were overwritten.
+            let mut real = group.iter().filter(|v| !v.delete_marker);
+            if real.next().is_some() && group.iter().any(|v| v.latest && v.delete_marker) {
+                report.restored.push(key.clone());
+            }
+            for v in real {
+                match self.delete_version(key, &v.version_id) {
+                    Ok(()) => report.old_versions_removed += 1,
+                    Err(e) if ObjectLocked::find(&e).is_some() => report.old_versions_locked += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// A plain DELETE of the key, what a client unaware of versions sends: in a versioned
+    /// bucket it only adds a delete marker (which succeeds even under Object Lock) and every
+    /// version stays. [`Storage::delete`] deletes the versions themselves.
+    pub fn delete_latest(&self, key: &str) -> io::Result<()> {
+        let me = &self.inner;
+        let full = me.full(key);
+        let req = Req::new("DELETE", Some(&full));
+        me.run(|| {
+            let r = me.once(&req, &[404])?;
+            if r.status == 404 {
+                let (code, message) = xml::error(&r.text()?);
+                if code == "NoSuchBucket" {
+                    return Err(me.status_failure(404, &code, &message));
+                }
+            }
+            Ok(())
+        })
+        .map_err(|f| f.into_io(&me.target("deleting", Some(&full))))
     }
 
     /// Deletes one version of an object for good (or a delete marker). A version Object Lock
@@ -902,20 +981,32 @@ impl Storage for S3Storage {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
-        let me = &self.inner;
-        let full = me.full(key);
-        let req = Req::new("DELETE", Some(&full));
-        me.run(|| {
-            let r = me.once(&req, &[404])?;
-            if r.status == 404 {
-                let (code, message) = xml::error(&r.text()?);
-                if code == "NoSuchBucket" {
-                    return Err(me.status_failure(404, &code, &message));
-                }
+        // In a versioned bucket a plain DELETE only hides the object behind a delete marker
+        // (and succeeds even when Object Lock protects it): every version is deleted instead,
+        // so the space is freed and a locked object refuses, as a local file does.
+        if self.versioned()? {
+            let versions = self.list_versions(key)?;
+            for v in versions.iter().filter(|v| v.name.is_empty()) {
+                self.delete_version(key, &v.version_id)?;
             }
-            Ok(())
-        })
-        .map_err(|f| f.into_io(&me.target("deleting", Some(&full))))
+            return Ok(());
+        }
+        self.delete_latest(key)
+    }
+
+    fn tidy_versions(&self) -> io::Result<VersionsTidied> {
+        self.tidy()
+    }
+
+    fn abort_stale_uploads(&self, before: SystemTime) -> io::Result<u64> {
+        let mut aborted = 0;
+        for (key, upload, started) in self.incomplete_uploads("")? {
+            if started < before {
+                self.abort_upload(&key, &upload)?;
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
     }
 
     fn now(&self) -> io::Result<SystemTime> {
