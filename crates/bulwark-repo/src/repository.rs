@@ -314,6 +314,11 @@ impl Repository {
         self.immutable.is_some()
     }
 
+    /// The days each point is locked for, in an immutable repository.
+    pub fn immutable_days(&self) -> Option<u32> {
+        self.immutable.as_ref().map(|(days, _)| *days)
+    }
+
     /// The objects among `keys` locked now, with the date each lock ends (none in a repository
     /// that is not immutable).
     pub fn locks_of(&self, keys: &[String]) -> io::Result<HashMap<String, chrono::DateTime<Utc>>> {

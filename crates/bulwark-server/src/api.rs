@@ -740,6 +740,8 @@ async fn create_repository(
         path: r.path.clone(),
         password: r.password.clone().unwrap_or_default(),
         isolation: r.isolation.clone().unwrap_or_default(),
+        pack_size_mib: r.pack_size_mib.unwrap_or(0),
+        immutable_days: r.immutable_days.unwrap_or(0),
     };
     let info = client
         .init_repository(init)
@@ -755,7 +757,8 @@ async fn create_repository(
             if r.password.is_some() { "a" } else { "no" }
         )));
     }
-    store::insert_repository(&s.core.db, &r).await?;
+    let immutable_days = (info.immutable_days > 0).then_some(info.immutable_days);
+    store::insert_repository(&s.core.db, &r, immutable_days).await?;
     let mut v = store::repository(&s.core.db, &r.name).await?.ok_or_else(|| missing("repository", &r.name))?;
     v.created_on_disk = Some(info.created);
     Ok(Json(v))

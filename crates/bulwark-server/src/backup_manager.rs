@@ -362,7 +362,7 @@ mod tests {
         let limits = HashMap::from([("r1".to_string(), 2i64), ("r2".to_string(), 1i64)]);
         for (name, max) in &limits {
             let input = serde_json::json!({"name": name, "transport": "t", "path": "/x", "max_tasks": max});
-            store::insert_repository(&core.db, &serde_json::from_value(input).unwrap()).await.unwrap();
+            store::insert_repository(&core.db, &serde_json::from_value(input).unwrap(), None).await.unwrap();
         }
         // (repository, priority, seq) of every task.
         let mut tasks: HashMap<String, (String, i64, i64)> = HashMap::new();

@@ -122,6 +122,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
        url TEXT NOT NULL, size BIGINT NOT NULL, writable BIGINT NOT NULL, allowed_ip TEXT,
        created TEXT NOT NULL, expires TEXT NOT NULL, created_by TEXT NOT NULL)",
     ),
+    // Immutable repositories: the days each point is locked for, as the transport node reported
+    // when the repository was created.
+    (7, "ALTER TABLE repositories ADD COLUMN immutable_days BIGINT"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +226,10 @@ pub fn opt_text(row: &AnyRow, col: &str) -> Option<String> {
 
 pub fn int(row: &AnyRow, col: &str) -> i64 {
     row.try_get::<i64, _>(col).unwrap_or_default()
+}
+
+pub fn opt_int(row: &AnyRow, col: &str) -> Option<i64> {
+    row.try_get::<Option<i64>, _>(col).ok().flatten()
 }
 
 #[cfg(test)]

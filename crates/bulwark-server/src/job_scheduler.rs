@@ -102,7 +102,7 @@ pub(crate) mod tests {
         let t0 = jiff::Timestamp::now();
         for (name, schedule) in [("hourly", json!({"kind": "periodic", "every_minutes": 60})), ("never", json!(null))] {
             let input = json!({"name": name, "transport": "t", "path": "/x", "verify_schedule": schedule});
-            store::insert_repository(&core.db, &serde_json::from_value(input).unwrap()).await.unwrap();
+            store::insert_repository(&core.db, &serde_json::from_value(input).unwrap(), None).await.unwrap();
         }
         let at = |minutes: i64| t0 + jiff::SignedDuration::from_mins(minutes);
         assert!(core.due_health_checks(at(30)).await.is_empty());

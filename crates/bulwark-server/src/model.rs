@@ -60,6 +60,15 @@ pub struct RepositoryInput {
     /// When the server checks the repository's health on its own (server's time zone).
     #[serde(default)]
     pub verify_schedule: Option<Schedule>,
+    /// Size in MiB at which a new repository closes its pack files (default 32).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1024)]
+    pub pack_size_mib: Option<u32>,
+    /// Lock every point for this many days after its time (a new repository: on the node's
+    /// immutability service for a directory, by S3 Object Lock in a bucket that has it).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub immutable_days: Option<u32>,
 }
 
 /// A health check runs by the calendar or the clock; following a job would check a repository
@@ -92,6 +101,12 @@ impl RepositoryInput {
         }
         if self.password.as_deref().is_some_and(|p| p.len() < 8) {
             return Err("a repository password needs at least 8 characters".into());
+        }
+        if self.pack_size_mib.is_some_and(|m| !(1..=1024).contains(&m)) {
+            return Err("pack_size_mib: packs hold 1 to 1024 MiB".into());
+        }
+        if self.immutable_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+            return Err("immutable_days: points are locked for 1 to 3650 days".into());
         }
         let isolation: bulwark_repo::Isolation = self.isolation.as_deref().unwrap_or_default().parse()?;
         if isolation == bulwark_repo::Isolation::Computer && self.password.is_none() {

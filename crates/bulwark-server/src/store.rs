@@ -7,7 +7,7 @@ use bulwark_proto::domain::{Failure, SessionKind, SessionStatus, TaskStatus};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::db::{int, now, opt_text, stamp_in, text, Db, Result};
+use crate::db::{int, now, opt_int, opt_text, stamp_in, text, Db, Result};
 use crate::model::{Job, RepositoryInput, RepositoryUpdate};
 use crate::registration::{admission, Grant, JoinedNode, Known, NodeStore};
 use crate::resource_scheduler::Waiting;
@@ -507,6 +507,8 @@ pub struct RepositoryRow {
     pub encrypted: bool,
     pub created: String,
     pub isolation: String,
+    /// Days each point is locked for (an immutable repository).
+    pub immutable_days: Option<i64>,
     pub verify_schedule: Option<crate::schedule::Schedule>,
     /// The last health check's outcome: when (`at`), `ok`, and the counts of `points`,
     /// `damaged`, `missing` and `unknown` ones, or the `error` that kept it from running.
@@ -525,6 +527,7 @@ fn repository_row(r: &AnyRow) -> RepositoryRow {
         encrypted: opt_text(r, "password").is_some(),
         created: text(r, "created"),
         isolation: text(r, "isolation"),
+        immutable_days: opt_int(r, "immutable_days"),
         verify_schedule: opt_text(r, "verify_schedule").and_then(|s| serde_json::from_str(&s).ok()),
         last_verify: opt_text(r, "last_verify").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
         created_on_disk: None,
@@ -536,9 +539,10 @@ fn password_row(repository: &str) -> String {
     format!("repository {repository} password")
 }
 
-pub async fn insert_repository(db: &Db, r: &RepositoryInput) -> Result<()> {
+/// Records a repository the transport node made or found; `immutable_days` as it reported.
+pub async fn insert_repository(db: &Db, r: &RepositoryInput, immutable_days: Option<u32>) -> Result<()> {
     let created = now();
-    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created, isolation, verify_schedule, verify_last_check) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+    sqlx::query("INSERT INTO repositories (name, transport, path, max_tasks, password, created, isolation, verify_schedule, verify_last_check, immutable_days) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .bind(&r.name)
         .bind(&r.transport)
         .bind(&r.path)
@@ -548,6 +552,7 @@ pub async fn insert_repository(db: &Db, r: &RepositoryInput) -> Result<()> {
         .bind(r.isolation.as_deref().unwrap_or("shared"))
         .bind(r.verify_schedule.as_ref().map(|s| serde_json::to_string(s).expect("schedule")))
         .bind(&created)
+        .bind(immutable_days.map(i64::from))
         .execute(&db.pool)
         .await?;
     Ok(())

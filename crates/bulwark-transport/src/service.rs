@@ -353,6 +353,8 @@ impl Transport for TransportService {
         let path = self.new_repository_location(&r.path)?;
         let password = (!r.password.is_empty()).then(|| r.password.into_bytes());
         let isolation: bulwark_repo::Isolation = r.isolation.parse().map_err(Status::invalid_argument)?;
+        let pack_size = (r.pack_size_mib > 0).then_some(u64::from(r.pack_size_mib) << 20);
+        let immutable_days = (r.immutable_days > 0).then_some(r.immutable_days);
         let info = tokio::task::spawn_blocking(move || -> Result<RepositoryInfo, bulwark_repo::RepoError> {
             let existing = match bulwark_repo::Repository::open(&path, password.as_deref()) {
                 Ok(repo) => Some(repo),
@@ -381,15 +383,33 @@ impl Transport for TransportService {
                             .into(),
                     });
                 }
+                if immutable_days.is_some() && repo.immutable_days() != immutable_days {
+                    return Err(bulwark_repo::RepoError::Invalid {
+                        repo: path.to_string(),
+                        reason: format!(
+                            "it exists and locks points for {}, not {} days; immutability is chosen when a \
+                             repository is created",
+                            repo.immutable_days().map_or("no days".into(), |d| format!("{d} days")),
+                            immutable_days.unwrap_or_default()
+                        ),
+                    });
+                }
                 return Ok(RepositoryInfo {
                     created: false,
                     encrypted: repo.is_encrypted(),
                     isolation: repo.isolation().name().into(),
+                    immutable_days: repo.immutable_days().unwrap_or(0),
                 });
             }
-            let opts = bulwark_repo::InitOptions { password, isolation, ..Default::default() };
+            let opts =
+                bulwark_repo::InitOptions { password, isolation, pack_size, immutable_days, ..Default::default() };
             let repo = bulwark_repo::Repository::init(&path, &opts)?;
-            Ok(RepositoryInfo { created: true, encrypted: repo.is_encrypted(), isolation: isolation.name().into() })
+            Ok(RepositoryInfo {
+                created: true,
+                encrypted: repo.is_encrypted(),
+                isolation: isolation.name().into(),
+                immutable_days: repo.immutable_days().unwrap_or(0),
+            })
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

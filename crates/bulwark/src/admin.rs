@@ -171,6 +171,18 @@ pub enum RepositoryCmd {
         /// hold. Needs --password-file; chosen at creation for good.
         #[arg(long, default_value = "shared", value_parser = ["shared", "computer"])]
         isolation: String,
+        /// Pack files are closed at about this many MiB (1 to 1024; default 32): larger packs
+        /// mean fewer objects and S3 requests, smaller ones less to rewrite when garbage
+        /// collection repacks. A new repository only.
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        pack_size: Option<u32>,
+        /// Lock every point for this many days after its time, so nobody (not even whoever
+        /// holds the node's credentials) can delete or alter it before then. A directory needs
+        /// the immutability service (`bulwark hardened-service`) on the transport node; an S3
+        /// bucket needs Object Lock enabled and no default retention. `forget`, retention and
+        /// gc leave such points alone until their date. Chosen at creation for good.
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        immutable_days: Option<u32>,
         #[command(flatten)]
         verify: VerifyScheduleArgs,
     },
@@ -601,14 +613,36 @@ pub fn transport_node(a: Admin<TransportNodeCmd>) -> Result<ExitCode> {
 /// `bulwark repository …`; its exit status (`verify` has one of its own).
 pub fn repository(a: Admin<RepositoryCmd>) -> Result<ExitCode> {
     let (api, o) = (connect(&a.opts.conn)?, &a.opts);
-    let cols = ["name", "transport", "path", "max_tasks", "encrypted", "isolation", "verify", "health", "verified"];
+    let cols = [
+        "name",
+        "transport",
+        "path",
+        "max_tasks",
+        "encrypted",
+        "isolation",
+        "immutable_days",
+        "verify",
+        "health",
+        "verified",
+    ];
     let v = match a.cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,
         RepositoryCmd::Show { name } => api.call("GET", &format!("/repositories/{name}"), None)?,
-        RepositoryCmd::Create { name, transport, location, max_tasks, password_file, isolation, verify } => {
+        RepositoryCmd::Create {
+            name,
+            transport,
+            location,
+            max_tasks,
+            password_file,
+            isolation,
+            pack_size,
+            immutable_days,
+            verify,
+        } => {
             let password = password_file.as_deref().map(read_password).transpose()?;
             let body = json!({"name": name, "transport": transport, "path": location, "max_tasks": max_tasks,
-                "password": password, "isolation": isolation, "verify_schedule": verify.to_json()?});
+                "password": password, "isolation": isolation, "pack_size_mib": pack_size,
+                "immutable_days": immutable_days, "verify_schedule": verify.to_json()?});
             let v = api.call("POST", "/repositories", Some(body))?;
             if !o.json && v["isolation"] == "shared" {
                 eprintln!(

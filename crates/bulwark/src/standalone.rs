@@ -72,7 +72,9 @@ pub struct InitArgs {
     /// altered before then, not even by this user (ransomware that holds the backup
     /// credentials): in a local directory through the immutability service (`bulwark
     /// hardened-service`, at BULWARK_HARDENED_SOCKET or /run/bulwark/hardened.sock), which must
-    /// serve the directory. `forget` refuses such points until their date.
+    /// serve the directory; in an S3 bucket by Object Lock (COMPLIANCE mode), which the bucket
+    /// must have enabled, without a default retention. `forget` refuses such points until their
+    /// date, and gc leaves what they need.
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
     immutable_days: Option<u32>,
     /// One file per chunk instead of packs, as repositories of format version 3 and older

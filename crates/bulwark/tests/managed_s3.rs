@@ -1,6 +1,8 @@
 //! Managed backups into a repository in an S3 bucket: the transport node serves the bucket
 //! (`--s3-bucket`, with its own credentials), a data mover writes packs to it, the point
-//! restores byte for byte, and a bucket the node does not serve is refused by name.
+//! restores byte for byte, and a bucket the node does not serve is refused by name. Through
+//! the server: an immutable repository in a bucket with Object Lock, whose points retention
+//! keeps and whose objects the bucket refuses to delete.
 
 mod cluster;
 
@@ -8,10 +10,19 @@ use std::path::Path;
 
 use bulwark_proto::pki::Role;
 use bulwark_repo::storage::location::S3Location;
-use bulwark_repo::storage::s3::{Credentials, S3Options, S3Storage};
+use bulwark_repo::storage::s3::{Credentials, ObjectLocked, RetentionMode, S3Options, S3Storage};
 use bulwark_repo::storage::Location;
 use bulwark_testkit::S3Server;
+use cluster::server::{cli, start_node_with, start_server};
 use cluster::*;
+
+const NODE_KEY: &str = "bulwark-node";
+const NODE_SECRET: &str = "bulwark-node-secret";
+
+fn s3(location: &str) -> S3Storage {
+    let Location::S3(loc) = location.parse::<Location>().unwrap() else { panic!("{location}") };
+    S3Storage::with_options(&loc, Credentials::new(NODE_KEY, NODE_SECRET, None), S3Options::default()).unwrap()
+}
 
 #[test]
 fn a_data_mover_writes_a_repository_in_a_bucket() {
@@ -60,4 +71,70 @@ fn a_data_mover_writes_a_repository_in_a_bucket() {
     let out = c.run(req);
     assert_eq!(out.status, bulwark_proto::domain::TaskStatus::Failed, "{out:?}");
     assert!(format!("{out:?}").contains("--s3-bucket elsewhere"), "{out:?}");
+}
+
+#[test]
+fn an_immutable_repository_in_a_bucket_through_the_server() {
+    let Some(store) = S3Server::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("server"), None);
+    s3(&store.location("plain", "")).create_bucket(false).unwrap();
+    s3(&store.location("locked", "")).create_bucket(true).unwrap();
+    let cache = dir.path().join("cache");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", NODE_KEY),
+        ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
+        ("BULWARK_CACHE_DIR", cache.to_str().unwrap()),
+    ];
+    let buckets = ["--s3-bucket", "plain", "--s3-bucket", "locked"];
+    let _transport = start_node_with(&server, "transport", "store-1", dir.path(), &buckets, None, &env);
+
+    // A bucket without Object Lock cannot hold an immutable repository: refused, nothing kept.
+    let plain = store.location("plain", "main");
+    let create = ["repository", "create", "main", "--transport", "store-1", "--immutable-days", "1", "--location"];
+    let e = cli(&server, &[&create[..], &[&plain]].concat()).unwrap_err();
+    assert!(e.contains("bucket plain has no Object Lock"), "{e}");
+    assert_eq!(cli(&server, &["repository", "list"]).unwrap().as_array().unwrap().len(), 0);
+
+    let location = store.location("locked", "main");
+    let row = cli(&server, &[&create[..], &[&location, "--pack-size", "4"]].concat()).unwrap();
+    assert_eq!(row["immutable_days"], 1, "{row:#}");
+    let disk = dir.path().join("disk.img");
+    bulwark_imagegen::generate(&disk, 24 << 20, 9).unwrap();
+    let _agent = start_node_with(&server, "agent", "pc-0", dir.path(), &[], None, &[]);
+    let job = ["job", "create", "nightly", "--computer", "pc-0", "--repository", "main", "--snapshot", "none"];
+    cli(&server, &[&job[..], &["--keep-last", "1", "--source", disk.to_str().unwrap()]].concat()).unwrap();
+    for _ in 0..2 {
+        let session = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
+        assert_eq!(session["status"], "success", "{session:#}");
+    }
+    // Retention asks for one point; the first stays, being locked for a day.
+    let points = cli(&server, &["point", "list"]).unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 2, "{points:#}");
+
+    // Every point's manifest and packs are locked in COMPLIANCE mode for at least a day, and the
+    // bucket refuses to delete them.
+    let bucket = s3(&location);
+    let day = std::time::SystemTime::now() + std::time::Duration::from_secs(86_000);
+    let mut keys: Vec<String> =
+        points.as_array().unwrap().iter().map(|p| format!("points/{}.manifest", p["id"].as_str().unwrap())).collect();
+    let packs: Vec<String> = bulwark_repo::storage::Storage::list(&bucket, "data/")
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("data/{}", e.name))
+        .collect();
+    assert!(packs.len() >= 2, "{packs:?}");
+    keys.extend(packs);
+    for key in &keys {
+        let r = bucket.retention(key, None).unwrap().unwrap_or_else(|| panic!("{key} is not locked"));
+        assert_eq!(r.mode, RetentionMode::Compliance, "{key}");
+        assert!(r.until > day, "{key}: {r:?}");
+        let e = bulwark_repo::storage::Storage::delete(&bucket, key).unwrap_err();
+        assert!(ObjectLocked::find(&e).is_some(), "{key}: {e}");
+    }
+    let id = points[0]["id"].as_str().unwrap();
+    let restored = dir.path().join("restored.img");
+    let done = cli(&server, &["restore", id, "--to", restored.to_str().unwrap()]).unwrap();
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&disk).unwrap(), "the restored image differs");
 }
