@@ -129,6 +129,8 @@ pub struct Repository {
     packs: Option<Arc<Packs>>,
     /// Days points stay locked, and what locks them.
     immutable: Option<(u32, Arc<dyn Locker>)>,
+    /// The id the repository was given when it was created.
+    repo_id: Arc<str>,
 }
 
 impl Repository {
@@ -356,6 +358,7 @@ impl Repository {
         Repository {
             packs,
             immutable,
+            repo_id: config.id.as_str().into(),
             storage,
             location,
             master: keys.clone(),
@@ -505,6 +508,12 @@ impl Repository {
             what: "writing key file".into(),
             source: e,
         })
+    }
+
+    /// The id the repository was given when it was created: the same repository whatever path
+    /// or address it is reached by.
+    pub fn repository_id(&self) -> &str {
+        &self.repo_id
     }
 
     pub fn label(&self) -> String {
