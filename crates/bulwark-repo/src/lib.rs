@@ -20,6 +20,7 @@
 
 pub mod browse;
 pub mod chunk;
+pub mod copy;
 pub mod crypto;
 mod error;
 pub mod gc;
@@ -38,6 +39,7 @@ pub mod verify;
 pub mod volumes;
 
 pub use chunk::{ChunkCodec, ChunkId, Compression};
+pub use copy::{copy_point, CopiedPoint};
 pub use error::{RepoError, Result};
 pub use image::{ChunkFetch, Image, PointImage};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};

@@ -129,6 +129,8 @@ pub struct Repository {
     packs: Option<Arc<Packs>>,
     /// Days points stay locked, and what locks them.
     immutable: Option<(u32, Arc<dyn Locker>)>,
+    /// The id the repository was given when it was created.
+    repo_id: Arc<str>,
 }
 
 impl Repository {
@@ -356,6 +358,7 @@ impl Repository {
         Repository {
             packs,
             immutable,
+            repo_id: config.id.as_str().into(),
             storage,
             location,
             master: keys.clone(),
@@ -505,6 +508,12 @@ impl Repository {
             what: "writing key file".into(),
             source: e,
         })
+    }
+
+    /// The id the repository was given when it was created: the same repository whatever path
+    /// or address it is reached by.
+    pub fn repository_id(&self) -> &str {
+        &self.repo_id
     }
 
     pub fn label(&self) -> String {
@@ -832,6 +841,35 @@ impl Repository {
         let mut spec = spec;
         // Whatever a writer claims, the point is of the keys it is written with.
         spec.key_scope = self.scope.clone();
+        self.begin_with(spec, id, created, None)
+    }
+
+    /// Starts the copy of point `m` (of another repository) into this one, through the handle
+    /// whose keys it is to be written with: the same id and time, and at the commit the same
+    /// manifest but for the index authenticator (see [`crate::copy`]).
+    pub(crate) fn begin_copy(&self, m: &Manifest) -> Result<PointWriter> {
+        let spec = PointSpec {
+            kind: m.kind,
+            name: m.name.clone(),
+            source: m.source.clone(),
+            volume_size: m.volume_size,
+            block_size: m.block_size,
+            compression: m.compression,
+            parent: m.parent.clone(),
+            snapshot: m.snapshot.clone(),
+            consistency: m.consistency.clone(),
+            key_scope: m.key_scope.clone(),
+        };
+        self.begin_with(spec, m.id.clone(), m.created, Some(Box::new(m.clone())))
+    }
+
+    fn begin_with(
+        &self,
+        mut spec: PointSpec,
+        id: RestorePointId,
+        created: chrono::DateTime<Utc>,
+        copy_of: Option<Box<Manifest>>,
+    ) -> Result<PointWriter> {
         // Pin the parent: announce it in the lease, then check it still stands. A forget
         // writes its tombstone, then reads the leases (see `delete_point`): with a store whose
         // reads follow its writes, either the forget sees this lease and refuses, or this
@@ -869,7 +907,7 @@ impl Repository {
         };
         let sync = self.storage.sync_point().map_err(|e| self.io_err("opening the repository for sync", e))?;
         let _flush = FlushOnDrop(self.packs.clone());
-        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease, failures, _flush })
+        Ok(PointWriter { repo: self.clone(), id, created, spec, index, sync, lease, failures, copy_of, _flush })
     }
 
     fn index_writer(&self, id: &RestorePointId, header: IndexHeader) -> Result<BlockIndexWriter> {
@@ -1373,6 +1411,8 @@ pub struct PointWriter {
     lease: Lease,
     /// Packs abandoned in this process before the point began (see [`Packs::failures`]).
     failures: u64,
+    /// The point this one copies: its manifest is kept as it is (host, parent, stats, files).
+    copy_of: Option<Box<Manifest>>,
     _flush: FlushOnDrop,
 }
 
@@ -1459,8 +1499,18 @@ impl PointWriter {
             stats: PointStats::default(),
             files,
         };
-        stats.stored_bytes = stats.stored_bytes.saturating_add(manifest.spec_index_len());
-        manifest.stats = stats;
+        match self.copy_of {
+            Some(original) => {
+                // A copy is the same point: only the authenticator (of this repository's keys)
+                // is its own.
+                let Manifest { host, parent, key_scope, stats, files, .. } = *original;
+                manifest = Manifest { host, parent, key_scope, stats, files, ..manifest };
+            }
+            None => {
+                stats.stored_bytes = stats.stored_bytes.saturating_add(manifest.spec_index_len());
+                manifest.stats = stats;
+            }
+        }
         let body = if repo.master.is_encrypted() {
             let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
             let mut b = MANIFEST_MAGIC.to_vec();
@@ -1505,7 +1555,8 @@ impl PointWriter {
 }
 
 impl Manifest {
-    fn spec_index_len(&self) -> u64 {
+    /// The bytes of the point's index object.
+    pub(crate) fn spec_index_len(&self) -> u64 {
         24 + 32 * self.block_size.blocks_for(self.volume_size) + 32
     }
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 use bulwark_proto::domain::{Failure, MoverStatus};
 use bulwark_proto::pb::transport_server::{Transport, TransportServer};
 use bulwark_proto::pb::{
-    BrowseReply, BrowseRequest, Empty, FileData, MoverRef, MoverReport, MoverSpec, MoverStarted, PointAccess,
-    PublishRequest, Published, ReadFileRequest, RepositoryInfo, RepositoryInit, RetentionReport, RetentionRequest,
-    Revocations as RevocationList, UnpublishRequest, VerifyReply, VerifyRequest,
+    BrowseReply, BrowseRequest, CopiedPointReport, Empty, FileData, MoverRef, MoverReport, MoverSpec, MoverStarted,
+    PointAccess, PointCopy, PointCopyReport, PublishRequest, Published, ReadFileRequest, RepositoryInfo,
+    RepositoryInit, RetentionReport, RetentionRequest, Revocations as RevocationList, UnpublishRequest, VerifyReply,
+    VerifyRequest,
 };
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
@@ -450,6 +451,53 @@ impl Transport for TransportService {
         Ok(Response::new(RetentionReport { deleted }))
     }
 
+    async fn copy_points(&self, req: Request<PointCopy>) -> Result<Response<PointCopyReport>, Status> {
+        tls::require_peer(&req, &[Role::Server], "copy restore points")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let from = self.repository_location(&r.from)?;
+        let to = self.repository_location(&r.to)?;
+        let from_password = (!r.from_password.is_empty()).then(|| r.from_password.into_bytes());
+        let to_password = (!r.to_password.is_empty()).then(|| r.to_password.into_bytes());
+        let (from_name, to_name, remove) = (r.from.clone(), r.to.clone(), r.remove);
+        info!(
+            "copying {} point(s) from {} to {}{}",
+            r.points.len(),
+            r.from,
+            r.to,
+            if remove { ", removing" } else { "" }
+        );
+        let points = tokio::task::spawn_blocking(move || {
+            let open = |loc: &Location, password: Option<Vec<u8>>, name: &str, role: &str| {
+                bulwark_repo::Repository::open(loc, password.as_deref()).map_err(|e| {
+                    Status::failed_precondition(format!("the {role} repository {name} cannot be opened: {e}"))
+                })
+            };
+            let from = open(&from, from_password, &from_name, "source")?;
+            let to = open(&to, to_password, &to_name, "target")?;
+            if from.repository_id() == to.repository_id() {
+                return Err(Status::failed_precondition(format!(
+                    "{from_name} and {to_name} are the same repository: points are copied to another one"
+                )));
+            }
+            Ok(copy_each(&from, &to, &r.points, remove))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("copying points: {e}")))??;
+        for p in &points {
+            let what = match (p.copied, p.removed) {
+                (true, true) => "copied and removed",
+                (true, false) => "copied",
+                (false, true) => "present, removed",
+                (false, false) if p.error.is_empty() => "already present",
+                (false, false) => "not copied",
+            };
+            let why = if p.error.is_empty() { String::new() } else { format!(": {}", p.error) };
+            info!("point {} {what} ({} bytes stored in {}){why}", p.id, p.stored_bytes, r.to);
+        }
+        Ok(Response::new(PointCopyReport { points }))
+    }
+
     async fn verify_repository(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         tls::require_peer(&req, &[Role::Server], "check a repository's health")?;
         let r = req.into_inner();
@@ -713,6 +761,49 @@ fn health_check(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<bulwark
     bulwark_repo::verify::verify(repo, bulwark_repo::verify::Selection::All, threads, &|_| {})
 }
 
+/// Copies `points` (parents first) from `from` to `to`, one by one; with `remove`, forgets each
+/// in `from` once `to` holds it. What befalls one point is in its report, never an error for the
+/// others.
+fn copy_each(
+    from: &bulwark_repo::Repository,
+    to: &bulwark_repo::Repository,
+    points: &[String],
+    remove: bool,
+) -> Vec<CopiedPointReport> {
+    points
+        .iter()
+        .map(|p| {
+            let mut report = CopiedPointReport { id: p.clone(), ..Default::default() };
+            let id: bulwark_repo::RestorePointId = match p.parse() {
+                Ok(id) => id,
+                Err(e) => {
+                    report.error = e;
+                    return report;
+                }
+            };
+            match bulwark_repo::copy_point(from, to, &id, &|_| {}) {
+                Ok(c) => {
+                    report.copied = c.copied;
+                    report.stored_bytes = c.stored_bytes;
+                }
+                Err(e) => {
+                    report.error = e.to_string();
+                    return report;
+                }
+            }
+            if remove {
+                match from.delete_point(&id) {
+                    // Gone already (an evacuation resumed after the forget): `from` does not
+                    // hold it, which is what was asked.
+                    Ok(()) | Err(bulwark_repo::RepoError::NoSuchPoint { .. }) => report.removed = true,
+                    Err(e) => report.error = e.to_string(),
+                }
+            }
+            report
+        })
+        .collect()
+}
+
 /// The ids of the points the repository holds now: those with a manifest (readable or not), and
 /// indexes whose manifest is lost (the catalog's orphans: not forgotten, no backup writing them).
 fn point_ids(repo: &bulwark_repo::Repository) -> bulwark_repo::Result<(Vec<String>, Vec<String>)> {
@@ -780,6 +871,98 @@ mod tests {
             t.new_repository_location(&fine.display().to_string()).unwrap(),
             Location::Local(fine.canonicalize().unwrap_or(fine))
         );
+    }
+
+    fn from_the(role: Role, msg: PointCopy) -> Request<PointCopy> {
+        let mut req = Request::new(msg);
+        let identity = bulwark_proto::pki::PeerIdentity { role, name: "peer".into(), serial: "01".into() };
+        let info = tls::PeerInfo { remote: "127.0.0.1:1".parse().unwrap(), identity: Some(identity), connection: 1 };
+        req.extensions_mut().insert(info);
+        req
+    }
+
+    /// A volume point of `blocks` blocks of 4 KiB, each from `seed`.
+    fn backup(repo: &bulwark_repo::Repository, seed: u8, blocks: u8) -> bulwark_repo::Manifest {
+        use bulwark_repo::{BlockRef, BlockSize, Compression, PointKind, PointSpec, PointStats};
+        let spec = PointSpec {
+            kind: PointKind::Volume,
+            name: "vol".into(),
+            source: "test".into(),
+            volume_size: u64::from(blocks) * 4096,
+            block_size: BlockSize::new(4096).unwrap(),
+            compression: Compression::None,
+            parent: None,
+            snapshot: String::new(),
+            consistency: String::new(),
+            key_scope: None,
+        };
+        let mut w = repo.begin_point(spec).unwrap();
+        let mut codec = repo.codec(Compression::None);
+        for i in 0..blocks {
+            let b = vec![seed ^ i; 4096];
+            let id = codec.digest(&b);
+            if !repo.reuse_chunk(&id).unwrap() {
+                repo.put_chunk(&id, &codec.encode(&id, &b)).unwrap();
+            }
+            w.push_block(&BlockRef::Chunk(id)).unwrap();
+        }
+        w.commit(PointStats::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn points_are_copied_and_removed_one_by_one() {
+        use bulwark_repo::{InitOptions, Repository};
+        let dir = tempfile::tempdir().unwrap();
+        let t = service(dir.path());
+        let (a, b) = (dir.path().join("repos/a"), dir.path().join("repos/b"));
+        let opts = InitOptions {
+            password: Some(b"pw".to_vec()),
+            kdf: bulwark_repo::crypto::KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+            ..Default::default()
+        };
+        let from = Repository::init(&a, &InitOptions::default()).unwrap();
+        Repository::init(&b, &opts).unwrap();
+        let (p1, p2) = (backup(&from, 1, 8), backup(&from, 2, 8));
+        let msg = |points: Vec<String>, remove: bool| PointCopy {
+            protocol: bulwark_proto::PROTOCOL,
+            from: a.display().to_string(),
+            from_password: String::new(),
+            to: b.display().to_string(),
+            to_password: "pw".into(),
+            points,
+            remove,
+        };
+        let ids = vec![p1.id.to_string(), "not an id".into(), p2.id.to_string()];
+
+        let e = t.copy_points(from_the(Role::Agent, msg(ids.clone(), true))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        let mut wrong = msg(ids.clone(), true);
+        wrong.to_password = "nope".into();
+        let e = t.copy_points(from_the(Role::Server, wrong)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("target repository") && e.message().contains(&b.display().to_string()), "{e:?}");
+        let mut same = msg(ids.clone(), true);
+        same.to = dir.path().join("repos/./a").display().to_string();
+        same.to_password = String::new();
+        let e = t.copy_points(from_the(Role::Server, same)).await.unwrap_err();
+        assert!(e.message().contains("the same repository"), "{e:?}");
+        assert_eq!(from.list_points().unwrap().len(), 2);
+
+        // Copied, then removed; the bad id is reported and the next point still copied.
+        let report = t.copy_points(from_the(Role::Server, msg(ids.clone(), true))).await.unwrap().into_inner();
+        let got: Vec<_> = report.points.iter().map(|p| (p.copied, p.removed, p.error.is_empty())).collect();
+        assert_eq!(got, [(true, true, true), (false, false, false), (true, true, true)], "{report:?}");
+        assert!(report.points[0].stored_bytes > 8 * 4096, "{report:?}");
+        assert!(from.list_points().unwrap().is_empty());
+        let to = Repository::open(&b, Some(b"pw")).unwrap();
+        let held: Vec<_> = to.list_points().unwrap().into_iter().map(|m| (m.id, m.created)).collect();
+        assert_eq!(held, [(p1.id.clone(), p1.created), (p2.id.clone(), p2.created)]);
+        assert!(bulwark_repo::verify::verify(&to, bulwark_repo::verify::Selection::All, 1, &|_| {}).unwrap().ok);
+
+        // Again (an evacuation resumed): nothing to copy, nothing left to remove.
+        let report = t.copy_points(from_the(Role::Server, msg(ids, true))).await.unwrap().into_inner();
+        let got: Vec<_> = report.points.iter().map(|p| (p.copied, p.removed, p.stored_bytes)).collect();
+        assert_eq!(got, [(false, true, 0), (false, false, 0), (false, true, 0)], "{report:?}");
     }
 
     #[test]
