@@ -93,11 +93,11 @@ impl From<DbError> for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::UNPROCESSABLE_ENTITY, msg.into())
 }
 
-fn missing(what: &str, name: &str) -> ApiError {
+pub(crate) fn missing(what: &str, name: &str) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("no {what} {name:?}"))
 }
 
@@ -152,7 +152,7 @@ impl Caller {
         }
     }
 
-    fn admin(&self) -> Result<(), ApiError> {
+    pub(crate) fn admin(&self) -> Result<(), ApiError> {
         if self.role == "admin" {
             Ok(())
         } else {
@@ -207,6 +207,10 @@ fn operations() -> OpenApiRouter<S> {
         .routes(routes!(list_repositories, create_repository))
         .routes(routes!(show_repository, update_repository, delete_repository))
         .routes(routes!(verify_repository))
+        .routes(routes!(crate::scale_out::list, crate::scale_out::create))
+        .routes(routes!(crate::scale_out::show, crate::scale_out::update, crate::scale_out::delete))
+        .routes(routes!(crate::scale_out::maintenance))
+        .routes(routes!(crate::scale_out::evacuate))
         .routes(routes!(list_secrets))
         .routes(routes!(set_secret, delete_secret))
         .routes(routes!(list_groups, create_group))
@@ -729,6 +733,9 @@ async fn create_repository(
     if store::repository(&s.core.db, &r.name).await?.is_some() {
         return Err(ApiError(StatusCode::CONFLICT, format!("repository {} already exists", r.name)));
     }
+    if store::scale_out(&s.core.db, &r.name).await?.is_some() {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{} is the name of a scale-out repository", r.name)));
+    }
     let t = store::node(&s.core.db, "transport", &r.transport)
         .await?
         .ok_or_else(|| bad(format!("no transport node {:?} has joined", r.transport)))?;
@@ -803,6 +810,12 @@ async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
     }
     if store::open_tasks_on(&s.core.db, &name).await? > 0 {
         return Err(ApiError(StatusCode::CONFLICT, format!("repository {name} has tasks queued or running")));
+    }
+    if let Some(so) = store::extent_of(&s.core.db, &name).await? {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("repository {name} is an extent of scale-out repository {so}: remove it from there first"),
+        ));
     }
     if !store::delete_row(&s.core.db, "repositories", &name).await? {
         return Err(missing("repository", &name));
@@ -933,8 +946,20 @@ async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -
 /// A job refers to objects that exist.
 async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
     j.validate().map_err(bad)?;
-    if store::repository(&s.core.db, &j.repository).await?.is_none() {
-        return Err(bad(format!("no repository {:?}", j.repository)));
+    match store::repository(&s.core.db, &j.repository).await? {
+        None if store::scale_out(&s.core.db, &j.repository).await?.is_none() => {
+            return Err(bad(format!("no repository or scale-out repository {:?}", j.repository)))
+        }
+        Some(_) => {
+            if let Some(so) = store::extent_of(&s.core.db, &j.repository).await? {
+                return Err(bad(format!(
+                    "repository {} is an extent of scale-out repository {so}: let the job write to {so}, which \
+                     places each computer's chain on an extent",
+                    j.repository
+                )));
+            }
+        }
+        None => {}
     }
     for c in &j.computers {
         if store::node(&s.core.db, "agent", c).await?.is_none() {

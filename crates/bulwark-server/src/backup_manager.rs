@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::db::Db;
-use crate::resource_scheduler::Slots;
+use crate::resource_scheduler::{placement, Extent, Policy, Slots};
 use crate::schedule::Clock;
 use crate::store::{self, Chain, TaskContext, TaskEnd};
 use crate::task_driver::{Manager, NodeAddress, RestoreRequest, TaskOutcome, TaskRequest};
@@ -81,16 +81,29 @@ impl BackupManager {
     /// [`crate::resource_scheduler`]) and marks them running; returns their ids. Grants made
     /// before an error stand: they are returned and run, never left holding a slot with nothing
     /// running.
-    pub(crate) async fn grant(&self) -> Vec<String> {
+    pub(crate) async fn grant(self: &Arc<Self>) -> Vec<String> {
         let _one_at_a_time = self.grant_lock.lock().await;
         let mut granted = Vec::new();
-        if let Err(e) = self.grant_into(&mut granted).await {
+        let mut refused = Vec::new();
+        if let Err(e) = self.grant_into(&mut granted, &mut refused).await {
             warn!("resource scheduler: {e}");
+        }
+        for (id, reason) in refused {
+            info!("task {id}: failed: {reason}");
+            match store::fail_waiting(&self.db, &id, &reason).await {
+                Ok(Some(session)) => self.settle_session(&session).await,
+                Ok(None) => {}
+                Err(e) => warn!("task {id}: recording that it cannot be placed: {e}"),
+            }
         }
         granted
     }
 
-    async fn grant_into(&self, granted: &mut Vec<String>) -> Result<(), crate::db::DbError> {
+    async fn grant_into(
+        &self,
+        granted: &mut Vec<String>,
+        refused: &mut Vec<(String, String)>,
+    ) -> Result<(), crate::db::DbError> {
         let mut slots = Slots::new(store::repository_limits(&self.db).await?);
         for t in store::running_tasks(&self.db, None).await? {
             slots.occupy(&t.computer, &t.repository);
@@ -114,6 +127,51 @@ impl BackupManager {
                         offset -= 1;
                     } else {
                         slots.release(&w.computer, &w.repository);
+                    }
+                }
+            }
+        }
+        // Tasks of scale-out repositories wait under its name and are placed on an extent as
+        // they are granted, after the tasks waiting on a repository of their own (restores).
+        for scale_out in store::scale_outs_waiting(&self.db).await? {
+            let Some(row) = store::scale_out(&self.db, &scale_out).await? else { continue };
+            let policy: Policy = row.policy.parse().unwrap_or(Policy::Locality);
+            let extents: Vec<Extent> = row
+                .extents
+                .iter()
+                .map(|e| Extent {
+                    repository: e.repository.clone(),
+                    maintenance: e.maintenance,
+                    stored_bytes: e.stored_bytes,
+                })
+                .collect();
+            let names: Vec<String> = extents.iter().map(|e| e.repository.clone()).collect();
+            let mut offset = 0i64;
+            while names.iter().any(|e| slots.has_room(e)) {
+                let page = store::waiting_tasks(&self.db, &scale_out, offset, 64).await?;
+                if page.is_empty() {
+                    break;
+                }
+                offset += page.len() as i64;
+                for w in &page {
+                    let job = store::task_job(&self.db, &w.id).await?;
+                    let chain = store::chain_extent(&self.db, &job, &w.computer, &names).await?;
+                    let order = match placement(&scale_out, policy, &extents, chain.as_deref(), &slots) {
+                        Ok(order) => order,
+                        // Failed once this round is over: until then it is still waiting, and
+                        // still counts in the pages' offsets.
+                        Err(reason) => {
+                            refused.push((w.id.clone(), reason));
+                            continue;
+                        }
+                    };
+                    let Some(extent) = slots.grant_on(w, &order, now) else { continue };
+                    if store::mark_running_on(&self.db, &w.id, &extent).await? {
+                        info!("task {}: placed on extent {extent} of scale-out repository {scale_out}", w.id);
+                        granted.push(w.id.clone());
+                        offset -= 1;
+                    } else {
+                        slots.release(&w.computer, &extent);
                     }
                 }
             }

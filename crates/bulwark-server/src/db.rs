@@ -125,6 +125,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // Immutable repositories: the days each point is locked for, as the transport node reported
     // when the repository was created.
     (7, "ALTER TABLE repositories ADD COLUMN immutable_days BIGINT"),
+    // Scale-out repositories: a name for several repositories (extents), how new chains are
+    // placed among them, and which extent is in maintenance.
+    (
+        8,
+        "CREATE TABLE scale_out (name TEXT PRIMARY KEY, policy TEXT NOT NULL, created TEXT NOT NULL);
+     CREATE TABLE extents (repository TEXT PRIMARY KEY, scale_out TEXT NOT NULL,
+       maintenance BIGINT NOT NULL DEFAULT 0, added TEXT NOT NULL)",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,7 @@ pub mod point_files;
 mod reconcile;
 pub mod registration;
 pub mod resource_scheduler;
+pub mod scale_out;
 pub mod schedule;
 pub mod secrets;
 pub mod server;

@@ -71,7 +71,9 @@ impl BackupManager {
                 "job {job_name} has no computer to back up (none joined, or all removed)"
             )));
         }
-        if store::repository(&self.db, &job.repository).await?.is_none() {
+        if store::repository(&self.db, &job.repository).await?.is_none()
+            && store::scale_out(&self.db, &job.repository).await?.is_none()
+        {
             return Err(StartError::Refused(format!("no repository {:?}", job.repository)));
         }
         let close = match &job.window {

@@ -1294,6 +1294,26 @@ pub async fn end_task(db: &Db, id: &str, end: &TaskEnd) -> Result<()> {
     Ok(())
 }
 
+/// Ends a task that never got a slot, failed for good for `error`; returns its session, or
+/// `None` if it was not waiting any more.
+pub async fn fail_waiting(db: &Db, id: &str, error: &str) -> Result<Option<String>> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = $1, error = $2, failure = $3, log = $4, ended = $5 WHERE id = $6 AND status = 'waiting'",
+    )
+    .bind(TaskStatus::Failed.as_str())
+    .bind(format!("{error} (not retried: this fails again until changed)"))
+    .bind(Failure::Permanent.as_str())
+    .bind(serde_json::json!({"lines": [error]}).to_string())
+    .bind(now())
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(None);
+    }
+    Ok(task(db, id).await?.map(|t| t.session))
+}
+
 /// Tasks of a session still waiting or running.
 pub async fn open_task_count(db: &Db, session: &str) -> Result<i64> {
     let r = sqlx::query("SELECT COUNT(*) AS n FROM tasks WHERE session_id = $1 AND status IN ('waiting', 'running')")
@@ -1688,5 +1708,264 @@ pub async fn export(db: &Db, id: &str) -> Result<Option<ExportRow>> {
 
 pub async fn delete_export(db: &Db, id: &str) -> Result<()> {
     sqlx::query("DELETE FROM exports WHERE id = $1").bind(id).execute(&db.pool).await?;
+    Ok(())
+}
+
+// ---- scale-out repositories ----
+
+/// A scale-out repository as the catalog keeps it.
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct ScaleOutRow {
+    pub name: String,
+    /// How new backup chains are placed: `locality` or `performance`.
+    pub policy: String,
+    pub created: String,
+    pub extents: Vec<ExtentRow>,
+}
+
+/// One extent of a scale-out repository (a repository of its own).
+#[derive(Debug, Clone, serde::Serialize, ToSchema)]
+pub struct ExtentRow {
+    pub repository: String,
+    /// Takes no backups while in maintenance (its chains' tasks fail, saying so).
+    pub maintenance: bool,
+    pub added: String,
+    /// From the catalog: its points, the bytes they stored, its backup chains, its tasks
+    /// waiting or running.
+    pub points: i64,
+    pub stored_bytes: i64,
+    pub chains: i64,
+    pub open_tasks: i64,
+}
+
+/// Records a scale-out repository and its extents, all or nothing.
+pub async fn insert_scale_out(db: &Db, name: &str, policy: &str, extents: &[String]) -> Result<()> {
+    let mut tx = db.pool.begin().await?;
+    let created = now();
+    sqlx::query("INSERT INTO scale_out (name, policy, created) VALUES ($1, $2, $3)")
+        .bind(name)
+        .bind(policy)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+    for e in extents {
+        sqlx::query("INSERT INTO extents (repository, scale_out, maintenance, added) VALUES ($1, $2, 0, $3)")
+            .bind(e)
+            .bind(name)
+            .bind(&created)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn add_extent(db: &Db, scale_out: &str, repository: &str) -> Result<()> {
+    sqlx::query("INSERT INTO extents (repository, scale_out, maintenance, added) VALUES ($1, $2, 0, $3)")
+        .bind(repository)
+        .bind(scale_out)
+        .bind(now())
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn remove_extent(db: &Db, repository: &str) -> Result<()> {
+    sqlx::query("DELETE FROM extents WHERE repository = $1").bind(repository).execute(&db.pool).await?;
+    Ok(())
+}
+
+pub async fn set_scale_out_policy(db: &Db, name: &str, policy: &str) -> Result<()> {
+    sqlx::query("UPDATE scale_out SET policy = $1 WHERE name = $2").bind(policy).bind(name).execute(&db.pool).await?;
+    Ok(())
+}
+
+pub async fn set_maintenance(db: &Db, repository: &str, on: bool) -> Result<()> {
+    sqlx::query("UPDATE extents SET maintenance = $1 WHERE repository = $2")
+        .bind(on as i64)
+        .bind(repository)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
+/// Forgets a scale-out repository; its extents become plain repositories again.
+pub async fn delete_scale_out(db: &Db, name: &str) -> Result<bool> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("DELETE FROM extents WHERE scale_out = $1").bind(name).execute(&mut *tx).await?;
+    let r = sqlx::query("DELETE FROM scale_out WHERE name = $1").bind(name).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The scale-out repository `repository` is an extent of.
+pub async fn extent_of(db: &Db, repository: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT scale_out FROM extents WHERE repository = $1")
+        .bind(repository)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| text(&r, "scale_out")))
+}
+
+pub async fn scale_outs(db: &Db) -> Result<Vec<ScaleOutRow>> {
+    let rows = sqlx::query("SELECT name FROM scale_out ORDER BY name").fetch_all(&db.pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if let Some(s) = scale_out(db, &text(&r, "name")).await? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn scale_out(db: &Db, name: &str) -> Result<Option<ScaleOutRow>> {
+    let Some(row) = sqlx::query("SELECT * FROM scale_out WHERE name = $1").bind(name).fetch_optional(&db.pool).await?
+    else {
+        return Ok(None);
+    };
+    let extents = sqlx::query("SELECT * FROM extents WHERE scale_out = $1 ORDER BY repository")
+        .bind(name)
+        .fetch_all(&db.pool)
+        .await?;
+    let names: Vec<String> = extents.iter().map(|e| text(e, "repository")).collect();
+    let stored = stored_bytes(db, &names).await?;
+    let mut rows = Vec::with_capacity(extents.len());
+    for e in &extents {
+        let repository = text(e, "repository");
+        let count = |sql: &'static str| {
+            let repository = repository.clone();
+            async move {
+                let r = sqlx::query(sql).bind(repository).fetch_one(&db.pool).await?;
+                Ok::<i64, crate::db::DbError>(int(&r, "n"))
+            }
+        };
+        rows.push(ExtentRow {
+            points: count("SELECT COUNT(*) AS n FROM points WHERE repository = $1").await?,
+            chains: count("SELECT COUNT(*) AS n FROM chains WHERE repository = $1").await?,
+            open_tasks: open_tasks_on(db, &repository).await?,
+            stored_bytes: stored.get(&repository).copied().unwrap_or(0),
+            maintenance: int(e, "maintenance") != 0,
+            added: text(e, "added"),
+            repository,
+        });
+    }
+    Ok(Some(ScaleOutRow {
+        name: text(&row, "name"),
+        policy: text(&row, "policy"),
+        created: text(&row, "created"),
+        extents: rows,
+    }))
+}
+
+/// What the catalog's points of each of `repositories` stored (from their manifests).
+pub async fn stored_bytes(db: &Db, repositories: &[String]) -> Result<std::collections::HashMap<String, i64>> {
+    let mut out = std::collections::HashMap::new();
+    for repository in repositories {
+        let rows = sqlx::query("SELECT manifest FROM points WHERE repository = $1")
+            .bind(repository)
+            .fetch_all(&db.pool)
+            .await?;
+        let sum: i64 = rows
+            .iter()
+            .filter_map(|r| serde_json::from_str::<Value>(&text(r, "manifest")).ok())
+            .filter_map(|m| m["stats"]["stored_bytes"].as_i64())
+            .sum();
+        out.insert(repository.clone(), sum);
+    }
+    Ok(out)
+}
+
+/// Scale-out repositories with tasks waiting for a slot in running sessions.
+pub async fn scale_outs_waiting(db: &Db) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT t.repository FROM tasks t JOIN scale_out s ON s.name = t.repository
+         WHERE t.status = 'waiting' AND t.session_id IN (SELECT id FROM sessions WHERE status = 'running')",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.iter().map(|r| text(r, "repository")).collect())
+}
+
+/// The job a task runs ('' for a restore).
+pub async fn task_job(db: &Db, task: &str) -> Result<String> {
+    let row = sqlx::query("SELECT s.job FROM tasks t JOIN sessions s ON s.id = t.session_id WHERE t.id = $1")
+        .bind(task)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|r| text(&r, "job")).unwrap_or_default())
+}
+
+/// The repository among `extents` holding a backup chain of `job` on `computer`.
+pub async fn chain_extent(db: &Db, job: &str, computer: &str, extents: &[String]) -> Result<Option<String>> {
+    let rows = sqlx::query("SELECT repository FROM chains WHERE job = $1 AND computer = $2 ORDER BY created")
+        .bind(job)
+        .bind(computer)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(|r| text(r, "repository")).find(|r| extents.contains(r)))
+}
+
+/// Marks a granted task of a scale-out repository running on the extent it was placed on;
+/// `false` if it was no longer waiting.
+pub async fn mark_running_on(db: &Db, id: &str, extent: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'running', started = $1, repository = $2 WHERE id = $3 AND status = 'waiting'",
+    )
+    .bind(now())
+    .bind(extent)
+    .bind(id)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A backup chain as evacuation moves it.
+#[derive(Debug, Clone)]
+pub struct ChainOn {
+    pub name: String,
+    pub computer: String,
+    pub source: String,
+}
+
+/// The backup chains the catalog places in `repository`.
+pub async fn chains_on(db: &Db, repository: &str) -> Result<Vec<ChainOn>> {
+    let rows = sqlx::query("SELECT name, computer, source FROM chains WHERE repository = $1 ORDER BY name")
+        .bind(repository)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ChainOn { name: text(r, "name"), computer: text(r, "computer"), source: text(r, "source") })
+        .collect())
+}
+
+/// Whether a chain of `source` on `computer` is in `repository`.
+pub async fn has_chain(db: &Db, computer: &str, source: &str, repository: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT name FROM chains WHERE computer = $1 AND source = $2 AND repository = $3")
+        .bind(computer)
+        .bind(source)
+        .bind(repository)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// The catalog's points in `repository`: (id, backup name, computer), oldest first.
+pub async fn points_on(db: &Db, repository: &str) -> Result<Vec<(String, String, String)>> {
+    let rows = sqlx::query("SELECT id, name, computer FROM points WHERE repository = $1 ORDER BY created, id")
+        .bind(repository)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(|r| (text(r, "id"), text(r, "name"), text(r, "computer"))).collect())
+}
+
+/// Records that points (and, once all of it moved, a chain) now live in another repository.
+pub async fn move_point(db: &Db, id: &str, to: &str) -> Result<()> {
+    sqlx::query("UPDATE points SET repository = $1 WHERE id = $2").bind(to).bind(id).execute(&db.pool).await?;
+    Ok(())
+}
+
+pub async fn move_chain(db: &Db, name: &str, to: &str) -> Result<()> {
+    sqlx::query("UPDATE chains SET repository = $1 WHERE name = $2").bind(to).bind(name).execute(&db.pool).await?;
     Ok(())
 }

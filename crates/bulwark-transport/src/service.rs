@@ -784,6 +784,7 @@ fn copy_each(
             match bulwark_repo::copy_point(from, to, &id, &|_| {}) {
                 Ok(c) => {
                     report.copied = c.copied;
+                    report.present = true;
                     report.stored_bytes = c.stored_bytes;
                 }
                 Err(e) => {

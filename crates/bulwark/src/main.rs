@@ -6,6 +6,7 @@ mod demo;
 mod hardened;
 mod jobs;
 mod nodes;
+mod scale_out;
 mod serve;
 mod standalone;
 mod ui;
@@ -95,6 +96,9 @@ enum Command {
     User(admin::Admin<admin::UserCmd>),
     /// Repositories the server knows, and their health checks (through the server).
     Repository(admin::Admin<admin::RepositoryCmd>),
+    /// Scale-out repositories: several repositories (extents) under one name, placement of
+    /// backup chains among them, maintenance and evacuation of an extent (through the server).
+    ScaleOut(admin::Admin<scale_out::ScaleOutCmd>),
     /// Secrets for jobs' pre and post commands, sealed on the server (through the server).
     Secret(admin::Admin<admin::SecretCmd>),
     /// Protected computers (joined agents): list, show, remove, readmit.
@@ -255,6 +259,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Token(a) => admin::token(a),
         Command::User(a) => admin::user(a),
         Command::Repository(a) => admin::repository(a),
+        Command::ScaleOut(a) => scale_out::scale_out(a),
         Command::Secret(a) => admin::secret(a),
         Command::Computer(a) => admin::computer(a),
         Command::TransportNode(a) => admin::transport_node(a),
