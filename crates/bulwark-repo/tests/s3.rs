@@ -805,3 +805,56 @@ fn an_immutable_repository_locks_its_points_in_the_bucket() {
         assert_eq!(versions.iter().filter(|o| o.name == v.name).count(), 1, "{}: {versions:?}", v.name);
     }
 }
+
+#[test]
+fn a_pack_altered_on_the_server_is_named_by_verify_and_healed_by_the_next_backup() {
+    let Some(server) = S3Server::start() else { return };
+    set_cache_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("creds");
+    std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
+    let bucket = unique("damage");
+    storage(&server, &bucket, "").create_bucket(false).unwrap();
+    let at: Location =
+        format!("{}&credentials-file={}", server.location(&bucket, "r"), file.display()).parse().unwrap();
+    let repo = Repository::init(&at, &InitOptions { pack_size: Some(1 << 20), ..Default::default() }).unwrap();
+    let data = blocks(4, 40);
+    let m = backup(&repo, "d", &data);
+    let victim = repo.codec(Compression::None).digest(&data[17]);
+    let copies = repo.chunk_copies(&victim).unwrap();
+    assert_eq!(copies.len(), 1);
+    let (key, offset, _) = copies[0].clone();
+
+    // One byte of the chunk flipped on the server. SeaweedFS may serve an overwritten object's
+    // old bytes for a moment: the check waits until it serves the new ones, steadily.
+    let s = storage(&server, &bucket, "r");
+    let mut bytes = s.read(&key).unwrap();
+    bytes[offset as usize + 100] ^= 0x40;
+    s.put(&key, &bytes, true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut steady = 0;
+    while steady < 5 {
+        assert!(Instant::now() < deadline, "the server kept serving the old bytes of {key}");
+        let mut range = Vec::new();
+        s.read_range(&key, offset, 200, &mut range).unwrap();
+        steady = if s.read(&key).unwrap() == bytes && range[..] == bytes[offset as usize..offset as usize + 200] {
+            steady + 1
+        } else {
+            0
+        };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let fresh = Repository::open(&at, None).unwrap();
+    let report = verify(&fresh, Selection::All, 2, &|_| {}).unwrap();
+    assert!(!report.ok, "{report:?}");
+    let point = report.points.iter().find(|p| p.point == m.id.as_str()).expect("the point is named");
+    let ranges = &point.damaged_ranges;
+    assert_eq!((ranges.len(), ranges[0].first_block, ranges[0].last_block), (1, 17, 17), "{report:?}");
+    // The next backup does not build on the damaged copy: it stores the chunk again.
+    let again = Repository::open(&at, None).unwrap();
+    let healed = backup(&again, "d", &data);
+    assert_restores(&again, &healed, &data);
+    assert_restores(&again, &m, &data);
+    assert!(verify(&again, Selection::All, 2, &|_| {}).unwrap().ok);
+}
