@@ -79,10 +79,10 @@ fn chains_are_placed_on_extents_kept_there_and_evacuated() {
         .unwrap_err();
     assert!(e.contains("extent of scale-out repository pool"), "{e}");
     // A job per computer, each over a disk of its own, both writing to the pool.
-    for i in 0..2 {
+    for (i, disk) in disks.iter().enumerate() {
         let (job, computer) = (format!("nightly-{i}"), format!("pc-{i}"));
         let create = ["job", "create", &job, "--computer", &computer, "--repository", "pool", "--snapshot", "none"];
-        cli(&server, &[&create[..], &["--source", disks[i].to_str().unwrap()]].concat()).unwrap();
+        cli(&server, &[&create[..], &["--source", disk.to_str().unwrap()]].concat()).unwrap();
     }
     let run = |i: usize| cli(&server, &["job", "start", &format!("nightly-{i}"), "--wait"]).unwrap();
 
