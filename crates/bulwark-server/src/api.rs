@@ -948,7 +948,7 @@ async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
     j.validate().map_err(bad)?;
     match store::repository(&s.core.db, &j.repository).await? {
         None if store::scale_out(&s.core.db, &j.repository).await?.is_none() => {
-            return Err(bad(format!("no repository or scale-out repository {:?}", j.repository)))
+            return Err(bad(format!("no repository {:?} (nor a scale-out repository of that name)", j.repository)))
         }
         Some(_) => {
             if let Some(so) = store::extent_of(&s.core.db, &j.repository).await? {
