@@ -51,6 +51,13 @@ fn fresh(server: &S3Server) -> S3Storage {
     storage(server, &bucket, "repo/one")
 }
 
+/// A credentials file (the AWS shared format) with the test server's key, in `dir`.
+fn credentials_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let file = dir.join("creds");
+    std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
+    file
+}
+
 /// A repository on S3 keeps a local cache: this file's tests share one that goes away with the
 /// run, set once before any test opens a repository.
 fn set_cache_dir() {
@@ -608,8 +615,7 @@ fn a_repository_in_packs_lives_in_a_bucket() {
     let Some(mut server) = S3Server::start() else { return };
     set_cache_dir();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("creds");
-    std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
+    let file = credentials_file(dir.path());
     let bucket = unique("repo");
     let at: Location =
         format!("{}&credentials-file={}", server.location(&bucket, "backups"), file.display()).parse().unwrap();
@@ -673,8 +679,7 @@ fn an_immutable_repository_locks_its_points_in_the_bucket() {
     let Some(server) = S3Server::start() else { return };
     set_cache_dir();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("creds");
-    std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
+    let file = credentials_file(dir.path());
     let at = |bucket: &str| -> Location {
         format!("{}&credentials-file={}", server.location(bucket, "backups"), file.display()).parse().unwrap()
     };
@@ -811,8 +816,7 @@ fn a_pack_altered_on_the_server_is_named_by_verify_and_healed_by_the_next_backup
     let Some(server) = S3Server::start() else { return };
     set_cache_dir();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("creds");
-    std::fs::write(&file, format!("[default]\naws_access_key_id={KEY}\naws_secret_access_key={SECRET}\n")).unwrap();
+    let file = credentials_file(dir.path());
     let bucket = unique("damage");
     storage(&server, &bucket, "").create_bucket(false).unwrap();
     let at: Location =

@@ -120,6 +120,11 @@ async fn row(s: &AppState, name: &str) -> Result<ScaleOutRow, ApiError> {
     store::scale_out(&s.core.db, name).await?.ok_or_else(|| missing("scale-out repository", name))
 }
 
+/// The extent `extent` of `so`, or 404.
+fn extent_of<'a>(so: &'a ScaleOutRow, extent: &str) -> Result<&'a store::ExtentRow, ApiError> {
+    so.extents.iter().find(|x| x.repository == extent).ok_or_else(|| missing(&format!("extent of {}", so.name), extent))
+}
+
 /// Scale-out repositories with their extents.
 #[utoipa::path(get, path = "/scale-out", responses(
     (status = 200, description = "scale-out repositories by name", body = Vec<ScaleOutRow>),
@@ -273,10 +278,7 @@ pub async fn maintenance(
     Input(m): Input<MaintenanceInput>,
 ) -> Result<Json<ScaleOutRow>, ApiError> {
     c.admin()?;
-    let current = row(&s, &name).await?;
-    if !current.extents.iter().any(|x| x.repository == extent) {
-        return Err(missing(&format!("extent of {name}"), &extent));
-    }
+    extent_of(&row(&s, &name).await?, &extent)?;
     store::set_maintenance(&s.core.db, &extent, m.on).await?;
     info!("extent {extent} of {name}: maintenance {}", if m.on { "on" } else { "off" });
     Ok(Json(row(&s, &name).await?))
@@ -304,9 +306,7 @@ pub async fn evacuate(
 ) -> Result<Json<Evacuation>, ApiError> {
     c.admin()?;
     let current = row(&s, &name).await?;
-    let Some(from) = current.extents.iter().find(|x| x.repository == extent) else {
-        return Err(missing(&format!("extent of {name}"), &extent));
-    };
+    let from = extent_of(&current, &extent)?;
     if !from.maintenance {
         return Err(ApiError(
             StatusCode::CONFLICT,
