@@ -849,7 +849,7 @@ async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
     match outcome {
         Ok(h) => Ok(Json(h)),
         Err(e @ HealthError::NoRepository(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
-        Err(e @ HealthError::Running(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ HealthError::Running { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
         Err(e @ HealthError::NoTransport(_)) => Err(bad(e.to_string())),
         Err(e @ (HealthError::Node { .. } | HealthError::Report { .. })) => {
             Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()))

@@ -26,8 +26,8 @@ use crate::store;
 pub enum HealthError {
     #[error("no repository {0:?}")]
     NoRepository(String),
-    #[error("a health check of repository {0} is already running")]
-    Running(String),
+    #[error("repository {repository}: {what} is running; try again when it has ended")]
+    Running { repository: String, what: &'static str },
     #[error("transport node {0} of the repository is gone")]
     NoTransport(String),
     #[error("transport node {node}: {reason}")]
@@ -38,10 +38,11 @@ pub enum HealthError {
     Db(#[from] DbError),
 }
 
-/// The repositories whose health check is running: one at a time per repository, since a
-/// second would only read everything again beside the first.
+/// The repositories whose health check (or evacuation out of a scale-out repository) is
+/// running: one at a time per repository, since a second check would only read everything again
+/// beside the first, and a check beside an evacuation would find points vanishing.
 #[derive(Default)]
-pub struct Running(Mutex<HashSet<String>>);
+pub struct Running(Mutex<HashMap<String, &'static str>>);
 
 pub(crate) struct RunningGuard<'a> {
     running: &'a Running,
@@ -49,16 +50,20 @@ pub(crate) struct RunningGuard<'a> {
 }
 
 impl Running {
-    pub(crate) fn start(&self, repository: &str) -> Result<RunningGuard<'_>, HealthError> {
-        if !self.0.lock().expect("no panics while held").insert(repository.to_string()) {
-            return Err(HealthError::Running(repository.to_string()));
+    /// Marks `what` ("a health check", "an evacuation") running on `repository` until the guard
+    /// drops; refused while anything runs there.
+    pub(crate) fn start(&self, repository: &str, what: &'static str) -> Result<RunningGuard<'_>, HealthError> {
+        let mut running = self.0.lock().expect("no panics while held");
+        if let Some(what) = running.get(repository) {
+            return Err(HealthError::Running { repository: repository.to_string(), what });
         }
+        running.insert(repository.to_string(), what);
         Ok(RunningGuard { running: self, repository: repository.to_string() })
     }
 
-    /// Whether a check of `repository` is running.
+    /// Whether a check (or an evacuation) of `repository` is running.
     pub fn contains(&self, repository: &str) -> bool {
-        self.0.lock().expect("no panics while held").contains(repository)
+        self.0.lock().expect("no panics while held").contains_key(repository)
     }
 }
 
@@ -188,7 +193,7 @@ const MISSING: &str = "its manifest is gone from the repository: it cannot be re
 /// Runs the health check of `repository` and records the outcome in the catalog (each
 /// point's) and on the repository (the check's, also when it could not run).
 pub async fn check(core: &BackupManager, repository: &str) -> Result<HealthCheck, HealthError> {
-    let _running = core.health.start(repository)?;
+    let _running = core.health.start(repository, "a health check")?;
     let result = run(core, repository).await;
     let outcome = match &result {
         Ok(h) => serde_json::json!({

@@ -109,7 +109,7 @@ pub(crate) mod tests {
         assert_eq!(core.due_health_checks(at(61)).await, ["hourly"]);
         assert!(core.due_health_checks(at(62)).await.is_empty(), "one check per run");
         assert_eq!(core.due_health_checks(at(600)).await, ["hourly"], "one check for the runs missed");
-        let running = core.health.start("hourly").unwrap();
+        let running = core.health.start("hourly", "a health check").unwrap();
         assert!(core.due_health_checks(at(700)).await.is_empty(), "a check is running");
         drop(running);
         assert!(core.due_health_checks(at(710)).await.is_empty(), "the skipped turn is not made up");

@@ -316,6 +316,9 @@ pub async fn evacuate(
     if from.open_tasks > 0 {
         return Err(ApiError(StatusCode::CONFLICT, format!("extent {extent} still has tasks queued or running")));
     }
+    // One evacuation at a time, and no health check beside it (points vanish as they move).
+    let _busy =
+        s.core.health.start(&extent, "an evacuation").map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
     let db = &s.core.db;
     let access =
         |r: String| async move { store::repository_access(db, &r).await?.ok_or_else(|| missing("repository", &r)) };
