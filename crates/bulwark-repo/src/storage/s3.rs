@@ -43,7 +43,10 @@ pub struct S3Options {
     pub retry_base: Duration,
     pub retry_cap: Duration,
     /// Objects larger than this go up as multipart uploads in parts of this size (S3 wants
-    /// parts of 5 MiB at least; smaller values are raised to that).
+    /// parts of 5 MiB at least; smaller values are raised to that). Smaller objects are held
+    /// in memory until committed and sent whole: the default is above a pack's usual size (32
+    /// MiB and its last chunk), so that a pack goes up in one request, at its commit, and
+    /// writing into it never waits on the network.
     pub part_size: usize,
     /// Keys asked for per listing page (S3 answers at most 1000).
     pub page_size: u32,
@@ -62,7 +65,7 @@ impl Default for S3Options {
             max_attempts: 5,
             retry_base: Duration::from_millis(400),
             retry_cap: Duration::from_secs(8),
-            part_size: 16 << 20,
+            part_size: 64 << 20,
             page_size: 1000,
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(60),
