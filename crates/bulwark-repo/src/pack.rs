@@ -448,6 +448,10 @@ struct Windows {
     recent: Vec<(PackId, u64)>,
     /// Ticks for the least recently used window.
     clock: u64,
+    /// Buffers of windows dropped, for the next windows read: the same few buffers serve a
+    /// whole restore (a freed buffer of this size is not given back to the system, so new ones
+    /// would add up to far more memory than the windows kept).
+    spare: Vec<Vec<u8>>,
 }
 
 struct Window {
@@ -916,7 +920,7 @@ impl Core {
                 None => return Ok(()),
             }
         };
-        let mut bytes = Vec::new();
+        let mut bytes = self.windows.lock().expect("no panics while held").spare.pop().unwrap_or_default();
         let r = self.storage.read_range(&pack.key(), start, end - start, &mut bytes);
         let mut w = self.windows.lock().expect("no panics while held");
         let at = w.list.iter().position(|x| x.pack == pack && x.start == start && x.bytes.is_none());
@@ -930,6 +934,7 @@ impl Core {
                 }
                 Err(_) => {
                     w.list.swap_remove(i);
+                    w.keep_spare(bytes);
                 }
             }
         }
@@ -1027,7 +1032,16 @@ impl Windows {
                 .min_by_key(|(_, w)| w.used)
                 .map(|(i, _)| i)
                 .expect("more than none kept");
-            self.list.swap_remove(oldest);
+            let dropped = self.list.swap_remove(oldest);
+            if let Some(bytes) = dropped.bytes.and_then(|b| Arc::try_unwrap(b).ok()) {
+                self.keep_spare(bytes);
+            }
+        }
+    }
+
+    fn keep_spare(&mut self, bytes: Vec<u8>) {
+        if self.spare.len() < WINDOWS_KEPT {
+            self.spare.push(bytes);
         }
     }
 }
