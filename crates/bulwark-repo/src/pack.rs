@@ -1265,7 +1265,7 @@ mod tests {
         }
         let e = match failed {
             Some(e) => e,
-            None => w.commit(PointStats::default()).err().expect("the backup was committed"),
+            None => w.commit(PointStats::default()).expect_err("the backup was committed"),
         };
         assert!(e.to_string().contains("as the test asked"), "{e}");
         assert!(Repository::open(loc, None).unwrap().list_points().unwrap().is_empty());
