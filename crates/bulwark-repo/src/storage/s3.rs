@@ -1462,20 +1462,20 @@ struct S3Staged {
 }
 
 impl S3Staged {
+    /// Sends the buffer (a whole part) as the next part.
     fn send_part(&mut self) -> io::Result<()> {
-        let part = self.storage.inner.opts.part_size;
         if self.upload.is_none() {
             self.upload = Some(Multipart::start(self.storage.inner.clone(), self.full.clone())?);
         }
         let up = self.upload.as_mut().expect("started above");
-        if let Err(e) = up.upload(&self.buf[..part]) {
+        if let Err(e) = up.upload(&self.buf) {
             // Dropping it aborts the upload; a later write or commit fails.
             self.upload = None;
             self.buf = Vec::new();
             self.failed = true;
             return Err(e);
         }
-        self.buf.drain(..part);
+        self.buf.clear();
         Ok(())
     }
 }
@@ -1488,9 +1488,22 @@ impl Write for S3Staged {
                 self.storage.inner.target("writing", Some(&self.full))
             )));
         }
-        self.buf.extend_from_slice(data);
-        while self.buf.len() > self.storage.inner.opts.part_size {
-            self.send_part()?;
+        let part = self.storage.inner.opts.part_size;
+        let mut rest = data;
+        while !rest.is_empty() {
+            // A full buffer goes up once more follows: an object of exactly one part is sent
+            // whole at commit.
+            if self.buf.len() >= part {
+                self.send_part()?;
+            }
+            if self.buf.capacity() == 0 {
+                // Reserved once, whole: growing by doubling would copy a pack twice over and
+                // leave the smaller buffers behind. Pages are only taken as they are written.
+                self.buf.reserve_exact(part);
+            }
+            let n = (part - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
         }
         Ok(data.len())
     }
