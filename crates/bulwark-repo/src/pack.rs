@@ -864,25 +864,20 @@ impl Core {
     /// Uploads a full pack on a thread of its own (on this one if no thread can be had), with
     /// a turn taken by [`Core::wait_for_turn`].
     fn upload(core: &Arc<Core>, p: OpenPack, ticket: u64) {
-        let id = p.id;
-        let me = core.clone();
-        let p = Arc::new(Mutex::new(Some(p)));
-        let job = {
-            let p = p.clone();
-            move || {
-                let taken = p.lock().expect("no panics while held").take();
-                if let Some(p) = taken {
-                    let r = me.finish(p);
-                    me.uploaded_one(ticket, id, r);
-                }
+        let turn = Turn { core: core.clone(), ticket, pack: p.id, result: None };
+        let job = Arc::new(Mutex::new(Some((p, turn))));
+        let run = |job: &Mutex<Option<(OpenPack, Turn)>>| {
+            let taken = job.lock().expect("no panics while held").take();
+            if let Some((p, mut turn)) = taken {
+                turn.result = Some(turn.core.finish(p));
             }
         };
-        if std::thread::Builder::new().name("bulwark-pack-upload".into()).spawn(job).is_err() {
-            let taken = p.lock().expect("no panics while held").take();
-            if let Some(p) = taken {
-                let r = core.finish(p);
-                core.uploaded_one(ticket, id, r);
-            }
+        let spawned = {
+            let job = job.clone();
+            std::thread::Builder::new().name("bulwark-pack-upload".into()).spawn(move || run(&job))
+        };
+        if spawned.is_err() {
+            run(&job);
         }
     }
 
@@ -941,6 +936,27 @@ impl Core {
         drop(w);
         self.window_read.notify_all();
         r
+    }
+}
+
+/// One background upload's turn, given back when the upload ends however it ends: a panic
+/// included, so that a flush never waits for an upload that will not come, and the pack counts
+/// as abandoned.
+struct Turn {
+    core: Arc<Core>,
+    ticket: u64,
+    pack: PackId,
+    result: Option<io::Result<()>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let r = self.result.take().unwrap_or_else(|| {
+            let e = io::Error::other("the upload stopped unexpectedly");
+            self.core.fail(&self.pack, &e);
+            Err(e)
+        });
+        self.core.uploaded_one(self.ticket, self.pack, r);
     }
 }
 
