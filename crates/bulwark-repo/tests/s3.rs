@@ -210,6 +210,13 @@ fn listings_page_past_a_thousand_keys() {
 fn large_objects_go_up_in_parts() {
     let Some(server) = S3Server::start() else { return };
     let s = fresh(&server);
+    let s = storage_with(
+        &server,
+        &s.location().bucket,
+        &s.location().prefix,
+        Credentials::new(KEY, SECRET, None),
+        S3Options { part_size: 16 << 20, ..S3Options::default() },
+    );
     let data = random_bytes(40 << 20, 3);
     // Written in odd pieces through a staged object, and whole through put.
     let mut w = s.create("packs/big").unwrap();

@@ -25,10 +25,23 @@ impl MemoryStorage {
         MemoryStorage { name: name.to_string(), objects }
     }
 
+    /// Makes every commit of a staged object under `prefix` in the store `name` fail, from now
+    /// on (for tests of what a failed upload leaves).
+    #[cfg(test)]
+    pub(crate) fn fail_commits_under(name: &str, prefix: &str) {
+        failing().lock().expect("no panics while held").push((name.to_string(), prefix.to_string()));
+    }
+
     fn get(&self, key: &str) -> io::Result<Arc<Vec<u8>>> {
         let objects = self.objects.lock().expect("no panics while held");
         objects.get(key).map(|(b, _)| b.clone()).ok_or_else(|| not_found(key))
     }
+}
+
+/// Stores and prefixes whose commits fail (see [`MemoryStorage::fail_commits_under`]).
+fn failing() -> &'static Mutex<Vec<(String, String)>> {
+    static FAILING: OnceLock<Mutex<Vec<(String, String)>>> = OnceLock::new();
+    FAILING.get_or_init(Default::default)
 }
 
 fn not_found(key: &str) -> io::Error {
@@ -36,6 +49,7 @@ fn not_found(key: &str) -> io::Error {
 }
 
 struct MemStaged {
+    store: String,
     key: String,
     buf: Vec<u8>,
     objects: Objects,
@@ -54,6 +68,14 @@ impl Write for MemStaged {
 impl StagedObject for MemStaged {
     fn commit(self: Box<Self>, _durable: bool) -> io::Result<()> {
         let me = *self;
+        let fails = failing()
+            .lock()
+            .expect("no panics while held")
+            .iter()
+            .any(|(n, p)| *n == me.store && me.key.starts_with(p));
+        if fails {
+            return Err(io::Error::other(format!("writing {} failed (as the test asked)", me.key)));
+        }
         me.objects.lock().expect("no panics while held").insert(me.key, (Arc::new(me.buf), SystemTime::now()));
         Ok(())
     }
@@ -86,7 +108,12 @@ impl Storage for MemoryStorage {
     }
 
     fn create(&self, key: &str) -> io::Result<Box<dyn StagedObject>> {
-        Ok(Box::new(MemStaged { key: key.into(), buf: Vec::new(), objects: self.objects.clone() }))
+        Ok(Box::new(MemStaged {
+            store: self.name.clone(),
+            key: key.into(),
+            buf: Vec::new(),
+            objects: self.objects.clone(),
+        }))
     }
 
     fn put_new(&self, key: &str, data: &[u8]) -> io::Result<bool> {
