@@ -784,8 +784,11 @@ fn an_immutable_repository_locks_its_points_in_the_bucket() {
     let mut w = repo.begin_point(spec("c", c.len())).unwrap();
     write_blocks(&repo, &mut w, &c).unwrap();
     drop(w);
-    let mut staged = repo.storage().create("data/ff/unfinished").unwrap();
-    staged.write_all(&random_bytes(20 << 20, 9)).unwrap();
+    // (Parts of 5 MiB, so 12 MiB start an upload in parts; a pack goes up whole.)
+    let small_parts = S3Options { part_size: 5 << 20, ..Default::default() };
+    let writer = storage_with(&server, &bucket, "backups", Credentials::new(KEY, SECRET, None), small_parts);
+    let mut staged = writer.create("data/ff/unfinished").unwrap();
+    staged.write_all(&random_bytes(12 << 20, 9)).unwrap();
     std::mem::forget(staged);
     assert_eq!(s.incomplete_uploads("").unwrap().len(), 1);
     let dead: Vec<String> =
