@@ -278,14 +278,10 @@ impl Repository {
     /// Locks what point `m` needs but its manifest (see [`Repository::lock_manifest`]) until at
     /// least its time plus the immutability period; see [`crate::immutability`].
     fn lock_point(&self, m: &Manifest) -> Result<()> {
-        let Some((days, locker)) = &self.immutable else { return Ok(()) };
-        let io = |e| self.io_err(format!("locking point {}", m.id), e);
-        let needed = m.created + chrono::Duration::days(*days as i64);
         // A point copied in after its period (an evacuation) needs no lock: a forget of it is
         // allowed already, and a store refuses a lock that ends in the past.
-        if needed <= Utc::now() {
-            return Ok(());
-        }
+        let (Some((_, locker)), Some(needed)) = (&self.immutable, self.immutable_until(m)) else { return Ok(()) };
+        let io = |e| self.io_err(format!("locking point {}", m.id), e);
         // The point's own objects are needed by it alone: locked until its period ends, so a
         // forget can remove them then. What later points reuse is locked a generation longer.
         locker.lock(&[m.id.index_key()], needed).map_err(io)?;
@@ -311,11 +307,7 @@ impl Repository {
 
     /// Locks point `m`'s manifest, once written, until its period ends.
     fn lock_manifest(&self, m: &Manifest) -> Result<()> {
-        let Some((days, locker)) = &self.immutable else { return Ok(()) };
-        let until = m.created + chrono::Duration::days(*days as i64);
-        if until <= Utc::now() {
-            return Ok(());
-        }
+        let (Some((_, locker)), Some(until)) = (&self.immutable, self.immutable_until(m)) else { return Ok(()) };
         locker.lock(&[m.id.manifest_key()], until).map_err(|e| self.io_err(format!("locking point {}", m.id), e))
     }
 
