@@ -134,18 +134,16 @@ impl BackupManager {
         // Tasks of scale-out repositories wait under its name and are placed on an extent as
         // they are granted, after the tasks waiting on a repository of their own (restores).
         for scale_out in store::scale_outs_waiting(&self.db).await? {
-            let Some(row) = store::scale_out(&self.db, &scale_out).await? else { continue };
-            let policy: Policy = row.policy.parse().unwrap_or(Policy::Locality);
-            let extents: Vec<Extent> = row
-                .extents
-                .iter()
-                .map(|e| Extent {
-                    repository: e.repository.clone(),
-                    maintenance: e.maintenance,
-                    stored_bytes: e.stored_bytes,
-                })
+            let Some((policy, extents)) = store::scale_out_extents(&self.db, &scale_out).await? else { continue };
+            let policy: Policy = policy.parse().unwrap_or(Policy::Locality);
+            let names: Vec<String> = extents.iter().map(|(name, _)| name.clone()).collect();
+            let mut extents: Vec<Extent> = extents
+                .into_iter()
+                .map(|(repository, maintenance)| Extent { repository, maintenance, stored_bytes: 0 })
                 .collect();
-            let names: Vec<String> = extents.iter().map(|e| e.repository.clone()).collect();
+            // What each extent holds is read from the catalog's manifests only when a new chain
+            // is placed, once per round: a chain that has its extent needs none of it.
+            let mut sized = false;
             let mut offset = 0i64;
             while names.iter().any(|e| slots.has_room(e)) {
                 let page = store::waiting_tasks(&self.db, &scale_out, offset, 64).await?;
@@ -156,6 +154,13 @@ impl BackupManager {
                 for w in &page {
                     let job = store::task_job(&self.db, &w.id).await?;
                     let chain = store::chain_extent(&self.db, &job, &w.computer, &names).await?;
+                    if chain.is_none() && !sized {
+                        let stored = store::stored_bytes(&self.db, &names).await?;
+                        for e in &mut extents {
+                            e.stored_bytes = stored.get(&e.repository).copied().unwrap_or(0);
+                        }
+                        sized = true;
+                    }
                     let order = match placement(&scale_out, policy, &extents, chain.as_deref(), &slots) {
                         Ok(order) => order,
                         // Failed once this round is over: until then it is still waiting, and

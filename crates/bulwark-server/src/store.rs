@@ -1857,6 +1857,24 @@ pub async fn scale_out(db: &Db, name: &str) -> Result<Option<ScaleOutRow>> {
     }))
 }
 
+/// A scale-out repository's policy and its extents (name, in maintenance), without the
+/// catalog's counts [`scale_out`] adds: what the resource scheduler reads at every grant.
+pub async fn scale_out_extents(db: &Db, name: &str) -> Result<Option<(String, Vec<(String, bool)>)>> {
+    let Some(row) =
+        sqlx::query("SELECT policy FROM scale_out WHERE name = $1").bind(name).fetch_optional(&db.pool).await?
+    else {
+        return Ok(None);
+    };
+    let extents = sqlx::query("SELECT repository, maintenance FROM extents WHERE scale_out = $1 ORDER BY repository")
+        .bind(name)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(Some((
+        text(&row, "policy"),
+        extents.iter().map(|e| (text(e, "repository"), int(e, "maintenance") != 0)).collect(),
+    )))
+}
+
 /// What the catalog's points of each of `repositories` stored (from their manifests).
 pub async fn stored_bytes(db: &Db, repositories: &[String]) -> Result<std::collections::HashMap<String, i64>> {
     let mut out = std::collections::HashMap::new();
