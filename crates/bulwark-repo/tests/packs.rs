@@ -2,32 +2,15 @@
 //! garbage collection beside running backups, repacking, damage found and named, and the same
 //! behaviour on any storage (a local directory and memory here; S3 in `s3.rs`).
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use bulwark_repo::gc::collect_garbage;
 use bulwark_repo::verify::{verify, Selection};
-use bulwark_repo::{
-    BlockRef, BlockSize, ChunkId, Compression, InitOptions, Manifest, PointKind, PointSpec, PointStats, PointWriter,
-    Repository,
-};
-
-const BS: usize = 64 << 10;
-
-fn spec(name: &str, blocks: usize, parent: Option<&Manifest>) -> PointSpec {
-    PointSpec {
-        kind: PointKind::Volume,
-        name: name.into(),
-        source: "test".into(),
-        volume_size: (blocks * BS) as u64,
-        block_size: BlockSize::new(BS as u32).unwrap(),
-        compression: Compression::None,
-        parent: parent.map(|m| m.id.clone()),
-        snapshot: String::new(),
-        consistency: String::new(),
-        key_scope: None,
-    }
-}
+use bulwark_repo::{Compression, InitOptions, PointStats, Repository};
+use common::{assert_restores, backup, spec, write_blocks, BS};
 
 /// Block `i` of a volume called `seed`: distinct for every (seed, i), incompressible enough.
 fn block(seed: u64, i: usize) -> Vec<u8> {
@@ -40,37 +23,6 @@ fn block(seed: u64, i: usize) -> Vec<u8> {
         &mut out
     });
     out
-}
-
-/// Writes blocks through `w`, storing those the repository does not let it reuse.
-fn write_blocks(repo: &Repository, w: &mut PointWriter, blocks: &[Vec<u8>]) -> Vec<ChunkId> {
-    let mut codec = repo.codec(Compression::None);
-    let mut ids = Vec::new();
-    for b in blocks {
-        let id = codec.digest(b);
-        if !repo.reuse_chunk(&id).unwrap() {
-            repo.put_chunk(&id, &codec.encode(&id, b)).unwrap();
-        }
-        w.push_block(&BlockRef::Chunk(id)).unwrap();
-        ids.push(id);
-    }
-    ids
-}
-
-fn backup(repo: &Repository, name: &str, blocks: &[Vec<u8>]) -> Manifest {
-    let mut w = repo.begin_point(spec(name, blocks.len(), None)).unwrap();
-    write_blocks(repo, &mut w, blocks);
-    w.commit(PointStats::default()).unwrap()
-}
-
-/// Reads a point back whole and compares it with what was written.
-fn assert_restores(repo: &Repository, m: &Manifest, blocks: &[Vec<u8>]) {
-    let mut index = repo.open_index(m).unwrap();
-    let mut codec = repo.codec(Compression::None);
-    for (i, b) in blocks.iter().enumerate() {
-        let Some(BlockRef::Chunk(id)) = index.next_block().unwrap() else { panic!("block {i} is no chunk") };
-        assert_eq!(&repo.read_chunk(&mut codec, &id).unwrap(), b, "block {i} of {}", m.id);
-    }
 }
 
 fn small_packs(location: impl Into<bulwark_repo::storage::Location>) -> Repository {
@@ -110,14 +62,14 @@ fn a_collection_beside_a_running_backup_keeps_what_it_reuses() {
     // A backup begins and will reuse the old point's chunks; the old point is forgotten and a
     // collection runs while the backup is still writing.
     let mut w = repo.begin_point(spec("new", 40, None)).unwrap();
-    let half = write_blocks(&repo, &mut w, &old[..20]);
+    let half = write_blocks(&repo, &mut w, &old[..20]).unwrap();
     repo.delete_point(&m_old.id).unwrap();
     let gc = collect_garbage(&repo, Duration::ZERO).unwrap();
     assert_eq!(gc.deleted_chunks, 0, "{gc:?}");
     assert_eq!(gc.condemned_waiting, 40, "{gc:?}");
     assert_eq!(gc.waiting_for, vec![w.id().to_string()]);
     // The backup goes on reusing (it began before the chunks were condemned) and commits.
-    write_blocks(&repo, &mut w, &old[20..]);
+    write_blocks(&repo, &mut w, &old[20..]).unwrap();
     let m_new = w.commit(PointStats::default()).unwrap();
     assert_eq!(half.len(), 20);
 
@@ -145,7 +97,7 @@ fn a_backup_that_begins_after_condemnation_stores_condemned_chunks_again() {
     let mut w = repo.begin_point(spec("x", data.len(), None)).unwrap();
     let id = repo.codec(Compression::None).digest(&data[0]);
     assert!(!repo.reuse_chunk(&id).unwrap(), "a condemned chunk was offered for reuse");
-    write_blocks(&repo, &mut w, &data);
+    write_blocks(&repo, &mut w, &data).unwrap();
     let again = w.commit(PointStats::default()).unwrap();
     drop(blocker);
     // The collection now deletes the condemned copies; the new point keeps its own.
@@ -167,7 +119,7 @@ fn forgetting_most_points_repacks_and_frees_space() {
     let mut writers: Vec<_> = (0..4).map(|s| repo.begin_point(spec(&format!("p{s}"), 48, None)).unwrap()).collect();
     for i in 0..48 {
         for (s, w) in writers.iter_mut().enumerate() {
-            write_blocks(&repo, w, &sets[s][i..i + 1]);
+            write_blocks(&repo, w, &sets[s][i..i + 1]).unwrap();
         }
     }
     for w in writers {
@@ -253,7 +205,7 @@ fn a_backup_that_dies_before_its_manifest_leaves_nothing_after_a_collection() {
     {
         let other = Repository::open(dir.path().join("r"), None).unwrap();
         let mut w = other.begin_point(spec("dies", 50, None)).unwrap();
-        write_blocks(&other, &mut w, &(0..50).map(|i| block(7, i)).collect::<Vec<_>>());
+        write_blocks(&other, &mut w, &(0..50).map(|i| block(7, i)).collect::<Vec<_>>()).unwrap();
         // Dropped without a commit, like a process that died: its finished packs are
         // written, some indexed.
     }

@@ -3,6 +3,8 @@
 //! server enforces them, and a repository in packs in a bucket. Skipped (saying so) without a `weed` binary, unless
 //! `BULWARK_REQUIRE_S3` is set.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,11 +14,9 @@ use bulwark_repo::storage::location::S3Location;
 use bulwark_repo::storage::s3::{Credentials, ObjectLocked, RetentionMode, RetentionPeriod, S3Options, S3Storage};
 use bulwark_repo::storage::{Location, Storage};
 use bulwark_repo::verify::{verify, Selection};
-use bulwark_repo::{
-    BlockRef, BlockSize, Compression, InitOptions, Layout, Manifest, PointKind, PointSpec, PointStats, PointWriter,
-    Repository,
-};
+use bulwark_repo::{Compression, InitOptions, Layout, PointStats, Repository};
 use bulwark_testkit::{random_bytes, S3Server};
+use common::{assert_restores, backup, spec, write_blocks, BS};
 
 const KEY: &str = "AKIDBULWARKTEST";
 const SECRET: &str = "bulwark-test-secret-0123456789";
@@ -568,53 +568,8 @@ fn object_lock_is_enforced_by_the_server() {
     assert!(ObjectLocked::find(&e).is_some(), "{e}");
 }
 
-const BS: usize = 64 << 10;
-
-fn spec(name: &str, blocks: usize) -> PointSpec {
-    PointSpec {
-        kind: PointKind::Volume,
-        name: name.into(),
-        source: "test".into(),
-        volume_size: (blocks * BS) as u64,
-        block_size: BlockSize::new(BS as u32).unwrap(),
-        compression: Compression::None,
-        parent: None,
-        snapshot: String::new(),
-        consistency: String::new(),
-        key_scope: None,
-    }
-}
-
 fn blocks(seed: u64, n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| random_bytes(BS, seed << 32 | i as u64)).collect()
-}
-
-/// Writes blocks through `w`, storing those the repository does not let it reuse.
-fn write_blocks(repo: &Repository, w: &mut PointWriter, blocks: &[Vec<u8>]) -> bulwark_repo::Result<()> {
-    let mut codec = repo.codec(Compression::None);
-    for b in blocks {
-        let id = codec.digest(b);
-        if !repo.reuse_chunk(&id)? {
-            repo.put_chunk(&id, &codec.encode(&id, b))?;
-        }
-        w.push_block(&BlockRef::Chunk(id))?;
-    }
-    Ok(())
-}
-
-fn backup(repo: &Repository, name: &str, blocks: &[Vec<u8>]) -> Manifest {
-    let mut w = repo.begin_point(spec(name, blocks.len())).unwrap();
-    write_blocks(repo, &mut w, blocks).unwrap();
-    w.commit(PointStats::default()).unwrap()
-}
-
-fn assert_restores(repo: &Repository, m: &Manifest, blocks: &[Vec<u8>]) {
-    let mut index = repo.open_index(m).unwrap();
-    let mut codec = repo.codec(Compression::None);
-    for (i, b) in blocks.iter().enumerate() {
-        let Some(BlockRef::Chunk(id)) = index.next_block().unwrap() else { panic!("block {i} is no chunk") };
-        assert!(&repo.read_chunk(&mut codec, &id).unwrap() == b, "block {i} of {}", m.id);
-    }
 }
 
 #[test]
@@ -663,10 +618,10 @@ fn a_repository_in_packs_lives_in_a_bucket() {
     // is back, the next backup of the same data succeeds, beside what was there.
     let kept = backup(&repo, "kept", &a[..30]);
     let b = blocks(2, 60);
-    let mut w = repo.begin_point(spec("b", b.len())).unwrap();
+    let mut w = repo.begin_point(spec("b", b.len(), None)).unwrap();
     write_blocks(&repo, &mut w, &b[..20]).unwrap();
     server.kill();
-    let failed = write_blocks(&repo, &mut w, &b[20..]).and_then(|()| w.commit(PointStats::default()).map(drop));
+    let failed = write_blocks(&repo, &mut w, &b[20..]).and_then(|_| w.commit(PointStats::default()).map(drop));
     let e = failed.expect_err("a backup into a dead server");
     assert!(e.to_string().contains(&server.endpoint()), "{e}");
     server.restart();
@@ -781,7 +736,7 @@ fn an_immutable_repository_locks_its_points_in_the_bucket() {
     // finished; one of its packs locked by hand stands for a lock the collection must respect.
     let committed: Vec<String> = names(&s, "data/").into_iter().map(|n| format!("data/{n}")).collect();
     let c = blocks(3, 40);
-    let mut w = repo.begin_point(spec("c", c.len())).unwrap();
+    let mut w = repo.begin_point(spec("c", c.len(), None)).unwrap();
     write_blocks(&repo, &mut w, &c).unwrap();
     drop(w);
     // (Parts of 5 MiB, so 12 MiB start an upload in parts; a pack goes up whole.)
