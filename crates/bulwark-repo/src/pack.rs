@@ -432,7 +432,10 @@ pub const UPLOADS_IN_FLIGHT: usize = 2;
 /// How much of a pack a reader going through it in order gets per request (on remote storage).
 pub const WINDOW: u64 = 8 << 20;
 /// Windows kept for readers, at most (beyond those being read).
-const WINDOWS_KEPT: usize = 4;
+const WINDOWS_KEPT: usize = 6;
+/// Windows read ahead of the one in use, each by a thread of its own: one GET of a window
+/// takes longer than the readers take to use one (measured on loopback SeaweedFS).
+const READ_AHEAD: usize = 3;
 /// How far from where the last read of a pack ended a read may start and still count as going
 /// through the pack in order (chunks in between may be reused from elsewhere, and parallel
 /// readers ask slightly out of order).
@@ -685,10 +688,8 @@ impl Packs {
             };
             match plan {
                 Gathered::Whole { ahead } => {
-                    if let Some(start) = ahead {
-                        // Best effort: a failure here is met again, and reported, by the read
-                        // that needs the window.
-                        let _ = self.read_window(loc.pack, start);
+                    for start in ahead {
+                        self.read_window_behind(loc.pack, start);
                     }
                     return Ok(());
                 }
@@ -701,6 +702,19 @@ impl Packs {
             }
         }
         self.storage.read_range(&loc.pack.key(), loc.offset, loc.len as u64, buf)
+    }
+
+    /// Reads a placed window by a thread of its own, so that the reader that asked goes on
+    /// with what it has. Best effort: a failure here is met again, and reported, by the read
+    /// that needs the window.
+    fn read_window_behind(&self, pack: PackId, start: u64) {
+        let core = self.core.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pack-read-ahead".into())
+            .spawn(move || drop(core.read_window(pack, start)));
+        if spawned.is_err() {
+            let _ = self.read_window(pack, start);
+        }
     }
 
     /// The copies of a chunk, looking again when a copy's pack is gone (rewritten by a
@@ -962,8 +976,8 @@ impl Drop for Turn {
 
 /// What [`Windows::gather`] found for a chunk.
 enum Gathered {
-    /// Its bytes are in the buffer; read the window at `ahead` next (it is placed).
-    Whole { ahead: Option<u64> },
+    /// Its bytes are in the buffer; read the windows at `ahead` next (they are placed).
+    Whole { ahead: Vec<u64> },
     /// A window it needs is being read: wait.
     Waiting,
     /// Read the window placed at this offset, then look again.
@@ -993,21 +1007,29 @@ impl Windows {
             last = Some(i);
             at = to;
         }
-        let in_order = self.recent.iter().any(|(p, end)| *p == pack && end.abs_diff(lo) <= IN_ORDER_GAP);
+        // The start of a pack counts as in order: a restore goes from pack to pack.
+        let in_order =
+            lo < IN_ORDER_GAP || self.recent.iter().any(|(p, end)| *p == pack && end.abs_diff(lo) <= IN_ORDER_GAP);
         self.note(pack, hi);
         if at == hi {
             let w = &mut self.list[last.expect("at least one window read")];
-            let (start, end) = (w.start, w.end);
-            // Half of the window used: the next one is read ahead.
-            let ahead = !w.next_asked && end < size && hi - start > (end - start) / 2;
-            if ahead {
-                w.next_asked = true;
-                if !self.list.iter().any(|x| x.pack == pack && x.start <= end && end < x.end) {
-                    self.place(pack, end, end + WINDOW, size);
-                    return Gathered::Whole { ahead: Some(end) };
+            // A window in use: the next ones are read ahead (those not there yet).
+            let mut ahead = Vec::new();
+            if !std::mem::replace(&mut w.next_asked, true) {
+                let mut from = w.end;
+                for _ in 0..READ_AHEAD {
+                    if from >= size {
+                        break;
+                    }
+                    if let Some(x) = self.list.iter().find(|x| x.pack == pack && x.start <= from && from < x.end) {
+                        from = x.end;
+                        continue;
+                    }
+                    ahead.push(from);
+                    from = self.place(pack, from, from + WINDOW, size);
                 }
             }
-            return Gathered::Whole { ahead: None };
+            return Gathered::Whole { ahead };
         }
         if at == lo && !in_order {
             return Gathered::Alone;
@@ -1017,7 +1039,8 @@ impl Windows {
         Gathered::Read(at)
     }
 
-    fn place(&mut self, pack: PackId, start: u64, end: u64, size: u64) {
+    /// Places a window to read (from `start` to at most `end`); returns where it ends.
+    fn place(&mut self, pack: PackId, start: u64, end: u64, size: u64) -> u64 {
         // A window never runs into the next one (read ahead, or by another reader).
         let end = self
             .list
@@ -1026,6 +1049,7 @@ impl Windows {
             .map(|w| w.start)
             .fold(end.min(size), u64::min);
         self.list.push(Window { pack, start, end, bytes: None, next_asked: false, used: 0 });
+        end
     }
 
     /// Remembers where the last read of `pack` ended.
@@ -1325,20 +1349,32 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let w = reader.windows.lock().unwrap();
+        // Reads ahead end on their own threads, soon after the readers.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut w = reader.windows.lock().unwrap();
+        while w.list.iter().any(|x| x.bytes.is_none()) && std::time::Instant::now() < deadline {
+            w = reader.window_read.wait_timeout(w, std::time::Duration::from_millis(100)).unwrap().0;
+        }
         assert!(w.list.iter().all(|x| x.bytes.is_some()), "no window left half read");
         assert!(w.list.len() <= WINDOWS_KEPT);
         assert!(!w.list.is_empty(), "reads in order used windows");
         drop(w);
-        // Out of order: the last chunk, then the first, read alone and right.
+        // Out of order, away from a pack's start: read alone and right.
         let fresh = packs("pack-windows", Keys::none(), 3 * WINDOW);
         let mut buf = Vec::new();
-        for i in [119, 0, 60] {
+        for i in [119, 40, 60] {
             let loc = fresh.locations(&chunks[i].0).unwrap()[0];
+            assert!(loc.offset >= IN_ORDER_GAP, "chunk {i} is near its pack's start");
             fresh.read_copy(&loc, &mut buf).unwrap();
             assert!(buf == chunks[i].1, "chunk {i}");
         }
         assert!(fresh.windows.lock().unwrap().list.is_empty(), "reads out of order used windows");
+        // A pack's start is where a restore going through packs in order comes to next.
+        let loc = fresh.locations(&chunks[0].0).unwrap()[0];
+        assert_eq!(loc.offset, 0);
+        fresh.read_copy(&loc, &mut buf).unwrap();
+        assert!(buf == chunks[0].1, "chunk 0");
+        assert!(fresh.windows.lock().unwrap().list.iter().any(|w| w.start == 0), "no window at the pack's start");
     }
 
     #[test]
