@@ -7,11 +7,13 @@
 //! incremental needs its parent's chunks in the same repository.
 //!
 //! An extent put in *maintenance* takes no backups (the tasks of its chains fail, saying why);
-//! *evacuating* it copies each of its chains, oldest point first, into another extent served by
-//! the same transport node (`CopyPoints`: same point ids and times, so the next backup of the
-//! chain is an incremental there), forgets them in the evacuated extent, and moves them in the
+//! *evacuating* it copies each of its chains, oldest point first, into another extent that one
+//! transport node can open together with it (the same node's, or any node's when one side is
+//! in an object store; `CopyPoints`: same point ids and times, so the next backup of the chain
+//! is an incremental there), forgets them in the evacuated extent, and moves them in the
 //! catalog. An emptied extent can then be removed and its repository deleted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -284,8 +286,10 @@ pub async fn maintenance(
     Ok(Json(row(&s, &name).await?))
 }
 
-/// Evacuate an extent in maintenance: every backup chain on it is copied into another extent of
-/// the same transport node (the policy picks which), forgotten on it, and moved in the catalog.
+/// Evacuate an extent in maintenance: every backup chain on it is copied into another extent
+/// (the policy picks which), forgotten on it, and moved in the catalog. A copy runs on one
+/// transport node: the targets are the extents of the same node, and those of other nodes when
+/// one side is in an object store (which any node opens).
 ///
 /// Answers when done. Safe to repeat after an interruption: points already copied are found,
 /// not copied again. A point that cannot be forgotten yet (an immutable repository's) is moved
@@ -323,30 +327,42 @@ pub async fn evacuate(
     let access =
         |r: String| async move { store::repository_access(db, &r).await?.ok_or_else(|| missing("repository", &r)) };
     let (node, from_path, from_password) = access(extent.clone()).await?;
-    // Copies go through one node, so the targets are the other extents it serves.
+    // A copy runs on one node, which opens both locations: a node opens a local location only
+    // if it serves it, and an object store's from anywhere. So a target is an extent of the
+    // same node, or of another node when one side of the copy is in an object store.
     let mut targets = Vec::new();
+    let mut unreachable = Vec::new();
     for x in current.extents.iter().filter(|x| x.repository != extent && !x.maintenance) {
         let (n, path, password) = access(x.repository.clone()).await?;
-        if n == node {
-            targets.push((x.repository.clone(), path, password, x.stored_bytes, x.open_tasks));
+        let runner = if n == node {
+            Some(node.clone())
+        } else if anywhere(&from_path) {
+            Some(n.clone())
+        } else if anywhere(&path) {
+            Some(node.clone())
+        } else {
+            None
+        };
+        match runner {
+            Some(runner) => targets.push((x.repository.clone(), path, password, x.stored_bytes, x.open_tasks, runner)),
+            None => unreachable.push(format!("{} (local to node {n})", x.repository)),
         }
     }
     if targets.is_empty() {
+        let why = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} cannot take points from {extent}, local to node {node}, as no node opens both",
+                unreachable.join(", ")
+            )
+        };
         return Err(bad(format!(
-            "no other extent of {name} outside maintenance is served by transport node {node}, which holds {extent}: \
-             add one (`bulwark scale-out update {name} --add-extent REPOSITORY`)"
+            "no other extent of {name} outside maintenance can take the points of {extent}{why}: add one on node {node} \
+             or in an object store (`bulwark scale-out update {name} --add-extent REPOSITORY`)"
         )));
     }
-    let transport = store::node(db, "transport", &node)
-        .await?
-        .ok_or_else(|| bad(format!("transport node {node} of extent {extent} is gone")))?;
-    let mut client = s
-        .core
-        .manager
-        .transport(&transport.address())
-        .await
-        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
-
+    let mut clients = HashMap::new();
     let mut report = Evacuation { scale_out: name.clone(), extent: extent.clone(), ..Default::default() };
     let chains = store::chains_on(db, &extent).await?;
     let points = store::points_on(db, &extent).await?;
@@ -379,7 +395,7 @@ pub async fn evacuate(
         }
         let Some(target) = candidates.first() else {
             report.errors.push(format!(
-                "chain {chain} of {computer}: every other extent on node {node} already holds a chain of the same source"
+                "chain {chain} of {computer}: every extent that can take it already holds a chain of the same source"
             ));
             report.chains.push(EvacuatedChain { name: chain, computer, to: None, points: 0, stored_bytes: 0 });
             continue;
@@ -403,10 +419,24 @@ pub async fn evacuate(
                 points: ids.clone(),
                 remove: true,
             };
+            let runner = &target.5;
+            if !clients.contains_key(runner) {
+                let transport = store::node(db, "transport", runner)
+                    .await?
+                    .ok_or_else(|| bad(format!("transport node {runner} is gone")))?;
+                let client = s
+                    .core
+                    .manager
+                    .transport(&transport.address())
+                    .await
+                    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+                clients.insert(runner.clone(), client);
+            }
+            let client = clients.get_mut(runner).expect("inserted above");
             client
                 .copy_points(req)
                 .await
-                .map_err(|st| ApiError(StatusCode::BAD_GATEWAY, format!("transport {node}: {}", st.message())))?
+                .map_err(|st| ApiError(StatusCode::BAD_GATEWAY, format!("transport {runner}: {}", st.message())))?
                 .into_inner()
                 .points
         };
@@ -443,4 +473,9 @@ pub async fn evacuate(
         warn!("evacuation of extent {extent} of {name}: {}", report.errors.join("; "));
     }
     Ok(Json(report))
+}
+
+/// Whether any transport node opens this location (an object store), not only the node serving it.
+fn anywhere(location: &str) -> bool {
+    matches!(location.parse::<bulwark_repo::storage::Location>(), Ok(bulwark_repo::storage::Location::S3(_)))
 }

@@ -138,3 +138,78 @@ fn an_immutable_repository_in_a_bucket_through_the_server() {
     assert_eq!(done["status"], "success", "{done:#}");
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&disk).unwrap(), "the restored image differs");
 }
+
+/// Evacuation across transport nodes: an extent local to one node moves into an extent in a
+/// bucket that another node serves, the copy run by the node that opens both (the first, which
+/// serves the bucket too); an extent local to the other node cannot take it, and says why.
+#[test]
+fn an_extent_is_evacuated_into_a_bucket_another_node_serves() {
+    let Some(store) = S3Server::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("server"), None);
+    s3(&store.location("pool", "")).create_bucket(false).unwrap();
+    let cache = dir.path().join("cache");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", NODE_KEY),
+        ("AWS_SECRET_ACCESS_KEY", NODE_SECRET),
+        ("BULWARK_CACHE_DIR", cache.to_str().unwrap()),
+    ];
+    let (roots1, roots2) = (dir.path().join("roots-1"), dir.path().join("roots-2"));
+    let mut nodes = Vec::new();
+    for (node, roots) in [("store-1", &roots1), ("store-2", &roots2)] {
+        std::fs::create_dir_all(roots).unwrap();
+        let args = ["--root", roots.to_str().unwrap(), "--s3-bucket", "pool"];
+        nodes.push(start_node_with(&server, "transport", node, dir.path(), &args, None, &env));
+    }
+    let create = |name: &str, node: &str, location: &str| {
+        let args = ["repository", "create", name, "--transport", node, "--location", location];
+        cli(&server, &args).unwrap();
+    };
+    create("near", "store-1", roots1.join("near").to_str().unwrap());
+    create("other", "store-2", roots2.join("other").to_str().unwrap());
+    create("far", "store-2", &store.location("pool", "far"));
+    cli(&server, &["scale-out", "create", "sobr", "--extent", "near"]).unwrap();
+
+    let disk = dir.path().join("disk.img");
+    bulwark_imagegen::generate(&disk, 16 << 20, 21).unwrap();
+    let _agent = start_node_with(&server, "agent", "pc-0", dir.path(), &[], None, &[]);
+    let job = ["job", "create", "nightly", "--computer", "pc-0", "--repository", "sobr", "--snapshot", "none"];
+    cli(&server, &[&job[..], &["--source", disk.to_str().unwrap()]].concat()).unwrap();
+    let session = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
+    assert_eq!(session["status"], "success", "{session:#}");
+    let first = cli(&server, &["point", "list"]).unwrap()[0].clone();
+    assert_eq!(first["repository"], "near", "{first:#}");
+    let id = first["id"].as_str().unwrap().to_string();
+
+    // An extent local to another node: no node opens both, so the evacuation is refused.
+    cli(&server, &["scale-out", "update", "sobr", "--add-extent", "other"]).unwrap();
+    cli(&server, &["scale-out", "maintenance", "sobr", "near", "on"]).unwrap();
+    let e = cli(&server, &["scale-out", "evacuate", "sobr", "near"]).unwrap_err();
+    assert!(e.contains("other (local to node store-2)") && e.contains("no node opens both"), "{e}");
+    assert_eq!(cli(&server, &["point", "list"]).unwrap()[0]["repository"], "near");
+
+    // An extent in the bucket: store-1 copies into it, though store-2 serves it.
+    cli(&server, &["scale-out", "update", "sobr", "--add-extent", "far", "--remove-extent", "other"]).unwrap();
+    let moved = cli(&server, &["scale-out", "evacuate", "sobr", "near"]).unwrap();
+    assert_eq!(moved["moved_points"], 1, "{moved:#}");
+    assert_eq!(moved["empty"], true, "{moved:#}");
+    assert_eq!(moved["chains"][0]["to"], "far", "{moved:#}");
+    let far =
+        bulwark_repo::Repository::open(&store.location("pool", "far").parse::<Location>().unwrap(), None).unwrap();
+    assert_eq!(far.list_points().unwrap().len(), 1);
+    let near = bulwark_repo::Repository::open(&Location::Local(roots1.join("near")), None).unwrap();
+    assert!(near.list_points().unwrap().is_empty(), "the evacuated extent still holds the point");
+
+    // Restored through store-2 byte for byte, and the chain goes on there incrementally.
+    let restored = dir.path().join("restored.img");
+    let done = cli(&server, &["restore", &id, "--to", restored.to_str().unwrap()]).unwrap();
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&disk).unwrap(), "the restored image differs");
+    let session = cli(&server, &["job", "start", "nightly", "--wait"]).unwrap();
+    assert_eq!(session["status"], "success", "{session:#}");
+    let points = cli(&server, &["point", "list"]).unwrap();
+    let newest = points.as_array().unwrap().iter().find(|p| p["id"] != id.as_str()).unwrap().clone();
+    assert_eq!(newest["repository"], "far", "{newest:#}");
+    let show = cli(&server, &["point", "show", newest["id"].as_str().unwrap()]).unwrap();
+    assert_eq!(show["manifest"]["parent"], id.as_str(), "{show:#}");
+}
