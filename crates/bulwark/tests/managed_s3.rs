@@ -194,10 +194,9 @@ fn an_extent_is_evacuated_into_a_bucket_another_node_serves() {
     assert_eq!(moved["moved_points"], 1, "{moved:#}");
     assert_eq!(moved["empty"], true, "{moved:#}");
     assert_eq!(moved["chains"][0]["to"], "far", "{moved:#}");
-    let far =
-        bulwark_repo::Repository::open(&store.location("pool", "far").parse::<Location>().unwrap(), None).unwrap();
+    let far = bulwark_repo::Repository::open(store.location("pool", "far").parse::<Location>().unwrap(), None).unwrap();
     assert_eq!(far.list_points().unwrap().len(), 1);
-    let near = bulwark_repo::Repository::open(&Location::Local(roots1.join("near")), None).unwrap();
+    let near = bulwark_repo::Repository::open(Location::Local(roots1.join("near")), None).unwrap();
     assert!(near.list_points().unwrap().is_empty(), "the evacuated extent still holds the point");
 
     // Restored through store-2 byte for byte, and the chain goes on there incrementally.
