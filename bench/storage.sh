@@ -39,13 +39,16 @@ timed() { # timed NAME CMD... -> seconds and peak RSS (KiB) in $W/NAME.t and $W/
     sync
     echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     local t0=$EPOCHREALTIME
-    "$TIME" -f '%M' -o "$W/$name.rss" "$@" > "$W/$name.out" 2> "$W/$name.err" \
+    "$TIME" -f '%M %U %S' -o "$W/$name.rss" "$@" > "$W/$name.out" 2> "$W/$name.err" \
         || { cat "$W/$name.err" >&2; echo "step $name failed" >&2; exit 1; }
     local t1=$EPOCHREALTIME
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }' > "$W/$name.t"
 }
 secs() { cat "$W/$1.t"; }
 rss() { awk '{ printf "%.0f", $1 / 1024 }' "$W/$1.rss"; }
+cpu() { awk '{ printf "%.2f", $2 + $3 }' "$W/$1.rss"; }
+# CPU seconds (user + system) of a running process so far.
+proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 ratio() { awk -v a="$(secs "$1")" -v b="$(secs "$2")" 'BEGIN { printf "%.2f", a / b }'; }
 row() { printf '%-34s %8.2f s  %6s MiB  %s\n' "$1" "$(secs "$2")" "$(rss "$2")" "${3:-}"; }
 
@@ -127,7 +130,9 @@ LOC="s3://bench/repo?endpoint=http://127.0.0.1:$port"
 "$BW" repo init "$LOC" >/dev/null
 head -c $((MIB / 4 << 20)) "$W/img" > "$W/quarter"
 timed s3-quarter "$BW" backup "$W/quarter" --repo "$LOC" --name q --json
+w0=$(proc_cpu "$WEED_PID")
 timed s3-backup "$BW" backup "$W/img" --repo "$LOC" --name v --json
+w1=$(proc_cpu "$WEED_PID")
 timed s3-restore "$BW" restore v:latest --repo "$LOC" --to "$W/out-s3"
 timed local-restore "$BW" restore v:latest --repo "$W/packs" --to "$W/out-local"
 cmp "$W/img" "$W/out-s3"
@@ -135,6 +140,12 @@ rm -f "$W/out-s3" "$W/out-local"
 row "backup to S3" s3-backup "$(ratio vol-packs s3-backup)x local"
 row "restore from S3" s3-restore "$(ratio local-restore s3-restore)x local"
 row "restore from local packs" local-restore
+# The server shares the machine: the CPU it spends taking the packs in bounds the backup's
+# speed whatever the client does (both together over the cores here).
+awk -v w="$(awk -v a="$w0" -v b="$w1" 'BEGIN { print b - a }')" -v b="$(cpu s3-backup)" -v n="$(nproc)" \
+    -v l="$(secs vol-packs)" 'BEGIN {
+    printf "CPU during the backup to S3: SeaweedFS %.2f s, bulwark %.2f s; on %d cores at best %.2f s = %.2fx local\n",
+        w, b, n, (w + b) / n, l / ((w + b) / n) }'
 printf 'memory of a backup to S3: %s MiB for %s MiB, %s MiB for %s MiB\n' \
     "$(rss s3-quarter)" "$((MIB / 4))" "$(rss s3-backup)" "$MIB"
 
