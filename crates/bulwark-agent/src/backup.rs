@@ -28,7 +28,9 @@ use crate::change_tracking::extents::{changed_between, TrackingFiles, TrackingSt
 use crate::change_tracking::{CbtMode, ChangedBlocks};
 use crate::error::{AgentError, Result};
 use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
-use crate::snapshot::{create_with_retries, provider_for, Consistency, RetryPolicy, SnapshotMode, SnapshotProvider};
+use crate::snapshot::{
+    create_with_retries, provider_for, Consistency, Freeze, RetryPolicy, SnapshotMode, SnapshotProvider, Taken,
+};
 use crate::source::open_source;
 use crate::target::{Answer, BackupTarget};
 use crate::Progress;
@@ -46,6 +48,9 @@ pub struct BackupOptions {
     pub threads: usize,
     pub snapshot: SnapshotMode,
     pub retry: RetryPolicy,
+    /// The operator's pre-freeze and post-thaw scripts around each snapshot try, and the
+    /// longest the freeze may last.
+    pub freeze: Freeze,
     pub cbt: CbtMode,
     pub filters: FilterOptions,
 }
@@ -59,6 +64,7 @@ impl BackupOptions {
             threads: crate::default_threads(),
             snapshot: SnapshotMode::Auto,
             retry: RetryPolicy::default(),
+            freeze: Freeze::default(),
             cbt: CbtMode::Auto,
             filters: FilterOptions::all(),
         }
@@ -76,6 +82,9 @@ pub struct BackupReport {
     pub compression: Compression,
     pub snapshot: &'static str,
     pub consistency: Consistency,
+    /// Seconds from the freeze to the thaw (the pre-freeze script's start to the post-thaw
+    /// script's end; the snapshot's creation alone without scripts).
+    pub freeze_seconds: f64,
     /// Whether changed block tracking chose what to read (else every block was read).
     pub change_tracking: bool,
     #[serde(flatten)]
@@ -150,8 +159,9 @@ pub fn backup_volume_with(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let snapshot = create_with_retries(provider, source, opts.retry, &mut |m| notes.push(m))
-        .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
+    let Taken { snapshot, frozen } =
+        create_with_retries(provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
+            .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     notes.extend(snapshot.notes.iter().cloned());
     let volume = open_source(&snapshot.path)?;
     let (size, bs) = (volume.size, opts.block_size);
@@ -399,6 +409,7 @@ pub fn backup_volume_with(
         compression: opts.compression,
         snapshot: provider_name,
         consistency,
+        freeze_seconds: frozen.as_secs_f64(),
         change_tracking: changed.is_some(),
         stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats },
         filtered,

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod remote;
 pub mod repair;
 pub mod restore;
+pub mod scripts;
 pub mod service;
 pub mod snapshot;
 pub mod source;

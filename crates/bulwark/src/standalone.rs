@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use bulwark_agent::change_tracking::CbtMode;
 use bulwark_agent::filter::FilterOptions;
-use bulwark_agent::snapshot::{RetryPolicy, SnapshotMode};
+use bulwark_agent::scripts::Script;
+use bulwark_agent::snapshot::{Freeze, RetryPolicy, SnapshotMode};
 use bulwark_agent::{BackupDone, BackupSettings, RestoreDone, RestoreSettings, TaskKind};
 use bulwark_repo::retention::Policy;
 use bulwark_repo::storage::Location;
@@ -140,6 +141,19 @@ pub struct BackupArgs {
     /// Seconds to wait before the second try (doubled before each further one).
     #[arg(long, default_value_t = 2, value_name = "SECONDS")]
     snapshot_retry_wait: u64,
+    /// Command run (by /bin/sh) right before each snapshot try, to make applications
+    /// consistent: flush and hold writes. A failure fails the try. Its output goes to the
+    /// backup's notes; BULWARK_SOURCE names the source.
+    #[arg(long, value_name = "COMMAND")]
+    pre_freeze_script: Option<String>,
+    /// Command run right after each snapshot try, whatever happened since the pre-freeze
+    /// script started: releases what it held. A failure fails the try.
+    #[arg(long, value_name = "COMMAND")]
+    post_thaw_script: Option<String>,
+    /// Longest time from the pre-freeze script's start to the post-thaw script's end; a try
+    /// that takes longer is dropped and counts as failed (scripts past it are killed).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    freeze_limit: u64,
     /// Volumes: changed block tracking: extents (compare the extents of reflink snapshots;
     /// needs --snapshot reflink), none (read everything, compare digests), or auto.
     #[arg(long, default_value = "auto")]
@@ -431,7 +445,16 @@ fn init(a: InitArgs) -> Result<()> {
 pub fn backup(a: BackupArgs) -> Result<ExitCode> {
     let r = a.repo.open()?;
     let retry = RetryPolicy { tries: a.snapshot_tries, backoff: std::time::Duration::from_secs(a.snapshot_retry_wait) };
+    let limit = std::time::Duration::from_secs(a.freeze_limit);
+    let script = |command: &Option<String>| command.clone().map(|command| Script { command, timeout: limit });
+    let freeze = Freeze {
+        pre_freeze: script(&a.pre_freeze_script),
+        post_thaw: script(&a.post_thaw_script),
+        limit,
+        env: vec![("BULWARK_SOURCE".into(), a.source.display().to_string())],
+    };
     let mut settings = BackupSettings::new(&a.name);
+    (settings.volume.freeze, settings.files.freeze) = (freeze.clone(), freeze);
     let v = &mut settings.volume;
     (v.block_size, v.compression, v.snapshot, v.retry, v.cbt) = (a.block_size, a.compression, a.snapshot, retry, a.cbt);
     v.filters = FilterOptions { unused: !a.keep_unused, swap: !a.keep_swap, exclude: a.exclude.clone() };

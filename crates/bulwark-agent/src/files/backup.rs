@@ -27,7 +27,8 @@ use super::glob::Exclude;
 use super::meta::{entry_for, Names};
 use crate::error::{AgentError, Result};
 use crate::snapshot::{
-    create_with_retries, BtrfsProvider, Consistency, NoSnapshot, RetryPolicy, SnapshotMode, SnapshotProvider,
+    create_with_retries, BtrfsProvider, Consistency, Freeze, NoSnapshot, RetryPolicy, SnapshotMode, SnapshotProvider,
+    Taken,
 };
 use crate::target::BackupTarget;
 use crate::Progress;
@@ -46,6 +47,9 @@ pub struct FileBackupOptions {
     pub exclude: Vec<String>,
     pub snapshot: SnapshotMode,
     pub retry: RetryPolicy,
+    /// The operator's pre-freeze and post-thaw scripts around each snapshot try, and the
+    /// longest the freeze may last.
+    pub freeze: Freeze,
     /// Read every file, ignoring the previous point (stores again anything the repository lost).
     pub full: bool,
 }
@@ -59,6 +63,7 @@ impl FileBackupOptions {
             exclude: Vec::new(),
             snapshot: SnapshotMode::Auto,
             retry: RetryPolicy::default(),
+            freeze: Freeze::default(),
             full: false,
         }
     }
@@ -72,6 +77,9 @@ pub struct FileBackupReport {
     pub parent: Option<String>,
     pub snapshot: &'static str,
     pub consistency: Consistency,
+    /// Seconds from the freeze to the thaw (the pre-freeze script's start to the post-thaw
+    /// script's end; the snapshot's creation alone without scripts).
+    pub freeze_seconds: f64,
     #[serde(flatten)]
     pub stats: PointStats,
     #[serde(flatten)]
@@ -151,8 +159,9 @@ pub fn backup_files(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let snapshot = create_with_retries(&*provider, source, opts.retry, &mut |m| notes.push(m))
-        .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
+    let Taken { snapshot, frozen } =
+        create_with_retries(&*provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
+            .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     if snapshot.provider == "none" {
         notes.push("no snapshot: files are read live; any that change while read are reported".into());
     } else {
@@ -324,6 +333,7 @@ pub fn backup_files(
         parent: manifest.parent.as_ref().map(|p| p.to_string()),
         snapshot: provider_name,
         consistency,
+        freeze_seconds: frozen.as_secs_f64(),
         stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats.clone() },
         summary: manifest.files.clone().unwrap_or_default(),
         notes,

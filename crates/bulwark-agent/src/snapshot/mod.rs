@@ -10,9 +10,11 @@ mod lvm;
 pub(crate) mod reflink;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::scripts::{self, Script};
 
 pub use btrfs::BtrfsProvider;
 pub use lvm::LvmProvider;
@@ -148,19 +150,52 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Takes a snapshot, retrying per `policy`; every failed try is passed to `log`.
+/// What runs around each snapshot try: the operator's pre-freeze and post-thaw scripts, and
+/// the limit on the time from the freeze to the thaw.
+#[derive(Debug, Clone)]
+pub struct Freeze {
+    pub pre_freeze: Option<Script>,
+    pub post_thaw: Option<Script>,
+    /// A try whose freeze lasts longer fails (the application was held too long): the snapshot
+    /// is dropped and the try counts as failed.
+    pub limit: Duration,
+    /// Added to the scripts' environment (`BULWARK_TASK_ID`, the operator's secrets).
+    pub env: Vec<(String, String)>,
+}
+
+/// Longest freeze by default: as long as Windows' VSS holds writers.
+pub const FREEZE_LIMIT: Duration = Duration::from_secs(60);
+
+impl Default for Freeze {
+    fn default() -> Self {
+        Freeze { pre_freeze: None, post_thaw: None, limit: FREEZE_LIMIT, env: Vec::new() }
+    }
+}
+
+/// A snapshot taken, and how long the freeze around it lasted (from the pre-freeze script's
+/// start to the post-thaw script's end; the snapshot's own creation when there are none).
+pub struct Taken {
+    pub snapshot: Snapshot,
+    pub frozen: Duration,
+}
+
+/// Takes a snapshot, retrying per `policy`, each try inside the freeze steps: pre-freeze script,
+/// snapshot, post-thaw script (always run once the pre-freeze script started, whatever failed).
+/// A try fails when a script fails or the freeze outlasts its limit; every failed try is passed
+/// to `log`, and so is each script's output.
 pub fn create_with_retries(
     provider: &dyn SnapshotProvider,
     source: &Path,
     policy: RetryPolicy,
+    freeze: &Freeze,
     log: &mut dyn FnMut(String),
-) -> Result<Snapshot, String> {
+) -> Result<Taken, String> {
     let mut wait = policy.backoff;
     let tries = policy.tries.max(1);
     let mut last = String::new();
     for attempt in 1..=tries {
-        match provider.create(source) {
-            Ok(s) => {
+        match try_frozen(provider, source, freeze, log) {
+            Ok(taken) => {
                 if attempt > 1 {
                     log(format!(
                         "{} snapshot of {} succeeded on try {attempt} of {tries}",
@@ -168,7 +203,7 @@ pub fn create_with_retries(
                         source.display()
                     ));
                 }
-                return Ok(s);
+                return Ok(taken);
             }
             Err(e) => {
                 log(format!(
@@ -185,6 +220,41 @@ pub fn create_with_retries(
         }
     }
     Err(format!("{} snapshot of {} failed {tries} times; last error: {last}", provider.name(), source.display()))
+}
+
+/// One try: freeze, snapshot, thaw.
+fn try_frozen(
+    provider: &dyn SnapshotProvider,
+    source: &Path,
+    freeze: &Freeze,
+    log: &mut dyn FnMut(String),
+) -> Result<Taken, String> {
+    let started = Instant::now();
+    // A freeze script may not use more than the whole freeze may last.
+    let bounded = |s: &Script| Script { command: s.command.clone(), timeout: s.timeout.min(freeze.limit) };
+    let pre = match &freeze.pre_freeze {
+        Some(s) => scripts::run("pre-freeze script", &bounded(s), &freeze.env, log).map(drop),
+        None => Ok(()),
+    };
+    let created = pre.and_then(|()| provider.create(source));
+    // The thaw runs whatever happened since the freeze began: a failed pre-freeze script may
+    // have frozen part of what it meant to.
+    let thawed = match &freeze.post_thaw {
+        Some(s) => scripts::run("post-thaw script", &bounded(s), &freeze.env, log).map(drop),
+        None => Ok(()),
+    };
+    let frozen = started.elapsed();
+    let snapshot = created?;
+    thawed?;
+    if frozen > freeze.limit {
+        drop(snapshot);
+        return Err(format!(
+            "the freeze lasted {}, longer than its limit of {}: the snapshot was dropped",
+            scripts::human(frozen),
+            scripts::human(freeze.limit)
+        ));
+    }
+    Ok(Taken { snapshot, frozen })
 }
 
 /// `PID-RANDOM`: names what this process creates, unique, and tells a later start whether its
