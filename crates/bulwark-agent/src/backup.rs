@@ -85,6 +85,10 @@ pub struct BackupReport {
     /// Seconds from the freeze to the thaw (the pre-freeze script's start to the post-thaw
     /// script's end; the snapshot's creation alone without scripts).
     pub freeze_seconds: f64,
+    /// What kept the point from being what the job asked for, the task ending with a warning:
+    /// an application not prepared under the policy `ignore`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Whether changed block tracking chose what to read (else every block was read).
     pub change_tracking: bool,
     #[serde(flatten)]
@@ -159,7 +163,7 @@ pub fn backup_volume_with(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let Taken { snapshot, frozen } =
+    let Taken { snapshot, frozen, applications, warnings } =
         create_with_retries(provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
             .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     notes.extend(snapshot.notes.iter().cloned());
@@ -261,7 +265,7 @@ pub fn backup_volume_with(
     let mut filtered = FilterStats::default();
     let vol_file = &volume.file;
 
-    let mut stats = PointStats { source_bytes: size, ..Default::default() };
+    let mut stats = PointStats { source_bytes: size, applications, ..Default::default() };
     let (mut repair_codec, mut repair_buf) = (repo.codec(opts.compression), Vec::new());
     let outcome: Result<()> = std::thread::scope(|s| {
         // Reader: the only thread that reads the previous index and asks the filters.
@@ -410,6 +414,7 @@ pub fn backup_volume_with(
         snapshot: provider_name,
         consistency,
         freeze_seconds: frozen.as_secs_f64(),
+        warnings,
         change_tracking: changed.is_some(),
         stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats },
         filtered,

@@ -5,6 +5,7 @@
 //! managed agent will call the same pipeline with a data mover at the other end. This crate
 //! does not parse arguments or draw progress bars: callers pass a progress callback.
 
+pub mod apps;
 pub mod backup;
 pub mod change_tracking;
 mod device_guard;

@@ -43,7 +43,7 @@ pub use copy::{copy_point, CopiedPoint};
 pub use error::{RepoError, Result};
 pub use image::{ChunkFetch, Image, PointImage};
 pub use index::{BlockIndexReader, BlockIndexWriter, BlockRef, BlockSize};
-pub use point::{FileSummary, Manifest, PointKind, PointStats, RestorePointId};
+pub use point::{ApplicationRecord, FileSummary, Manifest, PointKind, PointStats, RestorePointId};
 pub use repository::{
     Catalog, DamagedManifest, InitOptions, Isolation, Layout, PointSpec, PointWriter, Repository, TreeCursor,
     FORMAT_VERSION,

@@ -101,6 +101,24 @@ pub struct PointStats {
     /// Bytes written to the repository (chunks after compression and encryption, plus metadata).
     pub stored_bytes: u64,
     pub duration_s: f64,
+    /// The applications made consistent for the snapshot (application-aware processing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<ApplicationRecord>,
+}
+
+/// What application-aware processing did to one application for a point: what it was, what was
+/// done, and what a restore needs to know (a PostgreSQL checkpoint's position, a MySQL binary
+/// log position).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplicationRecord {
+    /// `postgres`, `mysql`.
+    pub app: String,
+    /// Where it was reached and what answered: `PostgreSQL 15.8 at /var/run/postgresql:5432`.
+    pub server: String,
+    /// What was done: `checkpoint`, `read lock`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

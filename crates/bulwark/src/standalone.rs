@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use bulwark_agent::apps::{AppPolicy, AppSpec};
 use bulwark_agent::change_tracking::CbtMode;
 use bulwark_agent::filter::FilterOptions;
 use bulwark_agent::scripts::Script;
@@ -154,6 +155,19 @@ pub struct BackupArgs {
     /// that takes longer is dropped and counts as failed (scripts past it are killed).
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     freeze_limit: u64,
+    /// An application to make consistent right before each snapshot try, in one database
+    /// session held until right after it: `postgres:host=H,port=P,user=U,password-file=F,
+    /// dbname=D` (every key optional; a host starting with / is the socket directory, by
+    /// default /var/run/postgresql; without a password file, .pgpass or peer authentication
+    /// as the OS user of that name). PostgreSQL: a checkpoint. Repeatable. With every
+    /// application done, the point is application-consistent.
+    #[arg(long = "app", value_name = "SPEC")]
+    apps: Vec<AppSpec>,
+    /// When an application cannot be prepared: require (the snapshot try fails; the backup
+    /// fails once every try did) or ignore (the backup goes on, the point is not
+    /// application-consistent, and the command exits 3 after saying why).
+    #[arg(long, default_value = "require", value_name = "POLICY")]
+    app_policy: AppPolicy,
     /// Volumes: changed block tracking: extents (compare the extents of reflink snapshots;
     /// needs --snapshot reflink), none (read everything, compare digests), or auto.
     #[arg(long, default_value = "auto")]
@@ -452,6 +466,8 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
         post_thaw: script(&a.post_thaw_script),
         limit,
         env: vec![("BULWARK_SOURCE".into(), a.source.display().to_string())],
+        apps: a.apps.clone(),
+        app_policy: a.app_policy,
     };
     let mut settings = BackupSettings::new(&a.name);
     (settings.volume.freeze, settings.files.freeze) = (freeze.clone(), freeze);
@@ -467,12 +483,16 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
     };
     let done = bulwark_agent::pipeline::backup(&r, &a.source, kind, &settings, &|n| bar.inc(n), &CANCEL)?;
     bar.finish_and_clear();
+    let warned = match &done {
+        BackupDone::Volume(r) => !r.warnings.is_empty(),
+        BackupDone::Files(r) => !r.warnings.is_empty(),
+    };
     match &done {
         _ if a.json => ui::print_json(&done),
         BackupDone::Volume(report) => ui::backup_summary(report),
         BackupDone::Files(report) => ui::file_backup_summary(report),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if warned { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }
 
 /// `bulwark restore`: from --repo on this computer, or through the server without it.

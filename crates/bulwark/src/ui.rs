@@ -99,8 +99,25 @@ pub fn backup_summary(r: &BackupReport) {
     println!("  new data            {}", human(s.new_bytes));
     println!("  stored              {}", human(s.stored_bytes));
     println!("  duration            {:.2} s ({})", s.duration_s, rate(s.read_bytes, s.duration_s));
+    processing(r.freeze_seconds, &s.applications, &r.warnings);
     for n in &r.notes {
         println!("  note: {n}");
+    }
+}
+
+/// The freeze, what was done to each application, and what kept the point from being what the
+/// job asked (also on stderr, where a cron job's mail finds it).
+fn processing(freeze_seconds: f64, apps: &[bulwark_repo::ApplicationRecord], warnings: &[String]) {
+    if freeze_seconds >= 0.001 {
+        println!("  freeze              {freeze_seconds:.3} s");
+    }
+    for a in apps {
+        let details: Vec<String> = a.details.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  application         {}: {} ({})", a.server, a.action, details.join(", "));
+    }
+    for w in warnings {
+        println!("  warning: {w}");
+        eprintln!("warning: {w}");
     }
 }
 
@@ -481,6 +498,7 @@ pub fn file_backup_summary(r: &bulwark_agent::files::FileBackupReport) {
     if f.warnings_total > f.warnings.len() as u64 {
         println!("  … and {} more warnings (see --json)", f.warnings_total - f.warnings.len() as u64);
     }
+    processing(r.freeze_seconds, &r.stats.applications, &r.warnings);
     for n in &r.notes {
         println!("  note: {n}");
     }

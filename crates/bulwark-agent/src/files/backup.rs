@@ -80,6 +80,10 @@ pub struct FileBackupReport {
     /// Seconds from the freeze to the thaw (the pre-freeze script's start to the post-thaw
     /// script's end; the snapshot's creation alone without scripts).
     pub freeze_seconds: f64,
+    /// What kept the point from being what the job asked for, the task ending with a warning:
+    /// an application not prepared under the policy `ignore`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(flatten)]
     pub stats: PointStats,
     #[serde(flatten)]
@@ -159,7 +163,7 @@ pub fn backup_files(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let Taken { snapshot, frozen } =
+    let Taken { snapshot, frozen, applications, warnings } =
         create_with_retries(&*provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
             .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     if snapshot.provider == "none" {
@@ -208,7 +212,7 @@ pub fn backup_files(
     let exclude = Exclude::new(&opts.exclude);
     let mut walk_notes: Vec<String> = Vec::new();
 
-    let mut stats = PointStats::default();
+    let mut stats = PointStats { applications, ..Default::default() };
     let mut summary = FileSummary { status: "ok".into(), ..Default::default() };
     let mut tree = Vec::with_capacity(PIECE * 2);
     let mut tree_len = 0u64;
@@ -334,6 +338,7 @@ pub fn backup_files(
         snapshot: provider_name,
         consistency,
         freeze_seconds: frozen.as_secs_f64(),
+        warnings,
         stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats.clone() },
         summary: manifest.files.clone().unwrap_or_default(),
         notes,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::apps::{self, AppPolicy, AppSpec, ApplicationRecord};
 use crate::scripts::{self, Script};
 
 pub use btrfs::BtrfsProvider;
@@ -24,6 +25,9 @@ pub use reflink::ReflinkProvider;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Consistency {
+    /// Every application the job names was made consistent (a PostgreSQL checkpoint, a MySQL
+    /// read lock) right before a snapshot: restores start without recovery of their own.
+    ApplicationConsistent,
     /// Every filesystem on the volume was frozen for the instant of the snapshot: as after a
     /// clean unmount.
     Frozen,
@@ -36,6 +40,7 @@ pub enum Consistency {
 impl Consistency {
     pub fn as_str(self) -> &'static str {
         match self {
+            Consistency::ApplicationConsistent => "application-consistent",
             Consistency::Frozen => "frozen",
             Consistency::CrashConsistent => "crash-consistent",
             Consistency::CrashInconsistent => "crash-inconsistent",
@@ -161,6 +166,10 @@ pub struct Freeze {
     pub limit: Duration,
     /// Added to the scripts' environment (`BULWARK_TASK_ID`, the operator's secrets).
     pub env: Vec<(String, String)>,
+    /// Applications prepared before the pre-freeze script and released after the post-thaw
+    /// script, each in one session of its own.
+    pub apps: Vec<AppSpec>,
+    pub app_policy: AppPolicy,
 }
 
 /// Longest freeze by default: as long as Windows' VSS holds writers.
@@ -168,7 +177,14 @@ pub const FREEZE_LIMIT: Duration = Duration::from_secs(60);
 
 impl Default for Freeze {
     fn default() -> Self {
-        Freeze { pre_freeze: None, post_thaw: None, limit: FREEZE_LIMIT, env: Vec::new() }
+        Freeze {
+            pre_freeze: None,
+            post_thaw: None,
+            limit: FREEZE_LIMIT,
+            env: Vec::new(),
+            apps: Vec::new(),
+            app_policy: AppPolicy::Require,
+        }
     }
 }
 
@@ -177,6 +193,11 @@ impl Default for Freeze {
 pub struct Taken {
     pub snapshot: Snapshot,
     pub frozen: Duration,
+    /// What was done to each application prepared.
+    pub applications: Vec<ApplicationRecord>,
+    /// Applications that could not be prepared or released, under the policy `ignore`: the
+    /// task ends with a warning saying so.
+    pub warnings: Vec<String>,
 }
 
 /// Takes a snapshot, retrying per `policy`, each try inside the freeze steps: pre-freeze script,
@@ -222,7 +243,8 @@ pub fn create_with_retries(
     Err(format!("{} snapshot of {} failed {tries} times; last error: {last}", provider.name(), source.display()))
 }
 
-/// One try: freeze, snapshot, thaw.
+/// One try: applications prepared, pre-freeze script, snapshot, post-thaw script, applications
+/// released. The freeze is timed from the first step's start to the last one's end.
 fn try_frozen(
     provider: &dyn SnapshotProvider,
     source: &Path,
@@ -230,22 +252,54 @@ fn try_frozen(
     log: &mut dyn FnMut(String),
 ) -> Result<Taken, String> {
     let started = Instant::now();
+    let mut warnings = Vec::new();
+    let mut held = Vec::new();
+    let mut prepared = Ok(());
+    for spec in &freeze.apps {
+        match apps::prepare(spec, log) {
+            Ok(h) => held.push(h),
+            Err(e) if freeze.app_policy == AppPolicy::Ignore => {
+                log(format!("{e}; the backup goes on without it (processing policy: ignore)"));
+                warnings.push(e);
+            }
+            Err(e) => {
+                prepared = Err(e);
+                break;
+            }
+        }
+    }
     // A freeze script may not use more than the whole freeze may last.
     let bounded = |s: &Script| Script { command: s.command.clone(), timeout: s.timeout.min(freeze.limit) };
-    let pre = match &freeze.pre_freeze {
-        Some(s) => scripts::run("pre-freeze script", &bounded(s), &freeze.env, log).map(drop),
-        None => Ok(()),
-    };
-    let created = pre.and_then(|()| provider.create(source));
-    // The thaw runs whatever happened since the freeze began: a failed pre-freeze script may
-    // have frozen part of what it meant to.
-    let thawed = match &freeze.post_thaw {
-        Some(s) => scripts::run("post-thaw script", &bounded(s), &freeze.env, log).map(drop),
-        None => Ok(()),
-    };
+    let mut thawed = Ok(());
+    let created = prepared.and_then(|()| {
+        let pre = match &freeze.pre_freeze {
+            Some(s) => scripts::run("pre-freeze script", &bounded(s), &freeze.env, log).map(drop),
+            None => Ok(()),
+        };
+        let created = pre.and_then(|()| provider.create(source));
+        // The thaw runs whatever happened since the freeze script began: a failed pre-freeze
+        // script may have frozen part of what it meant to.
+        if let Some(s) = &freeze.post_thaw {
+            thawed = scripts::run("post-thaw script", &bounded(s), &freeze.env, log).map(drop);
+        }
+        created
+    });
+    let mut applications = Vec::new();
+    let mut released = Ok(());
+    for h in held {
+        match h.release(log) {
+            Ok(r) => applications.push(r),
+            Err(e) if freeze.app_policy == AppPolicy::Ignore => {
+                log(format!("{e}; the point is not application-consistent for it (processing policy: ignore)"));
+                warnings.push(e);
+            }
+            Err(e) => released = released.and(Err(e)),
+        }
+    }
     let frozen = started.elapsed();
-    let snapshot = created?;
+    let mut snapshot = created?;
     thawed?;
+    released?;
     if frozen > freeze.limit {
         drop(snapshot);
         return Err(format!(
@@ -254,7 +308,16 @@ fn try_frozen(
             scripts::human(freeze.limit)
         ));
     }
-    Ok(Taken { snapshot, frozen })
+    // A snapshot of a moment when every application was consistent; a live read is not one.
+    let all = !freeze.apps.is_empty() && warnings.is_empty();
+    if all && snapshot.consistency != Consistency::CrashInconsistent {
+        snapshot.consistency = Consistency::ApplicationConsistent;
+    } else if !freeze.apps.is_empty() && snapshot.consistency == Consistency::CrashInconsistent {
+        warnings.push(
+            "the source was read live (no snapshot): the applications' preparation cannot make it consistent".into(),
+        );
+    }
+    Ok(Taken { snapshot, frozen, applications, warnings })
 }
 
 /// `PID-RANDOM`: names what this process creates, unique, and tells a later start whether its
