@@ -58,11 +58,11 @@ pub enum BackupDone {
 
 impl BackupDone {
     /// Whether the point was made with something the operator should look at (files that could
-    /// not be read, say).
+    /// not be read, an application not made consistent).
     pub fn has_warnings(&self) -> bool {
         match self {
-            BackupDone::Volume(_) => false,
-            BackupDone::Files(r) => r.summary.status != "ok",
+            BackupDone::Volume(r) => !r.warnings.is_empty(),
+            BackupDone::Files(r) => r.summary.status != "ok" || !r.warnings.is_empty(),
         }
     }
 }

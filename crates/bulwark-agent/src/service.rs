@@ -26,12 +26,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::apps::AppPolicy;
 use crate::change_tracking::CbtMode;
 use crate::files::FileBackupOptions;
 use crate::filter::FilterOptions;
 use crate::pipeline::{BackupSettings, RestoreDone, RestoreSettings};
 use crate::remote::{MoverEndpoint, RemoteTarget};
-use crate::snapshot::{provider_for, SnapshotMode};
+use crate::scripts::{self, Script, JOB_SCRIPT_TIMEOUT};
+use crate::snapshot::{provider_for, Freeze, SnapshotMode, FREEZE_LIMIT};
 use crate::{AgentError, BackupOptions};
 
 pub struct AgentService {
@@ -62,9 +64,10 @@ struct Plan {
     sources: Vec<(PathBuf, String)>,
     settings: BackupSettings,
     endpoint: MoverEndpoint,
-    pre: String,
-    post: String,
-    /// Secrets the steps read from their environment (never logged).
+    /// The job scripts, before anything and after everything.
+    pre: Option<Script>,
+    post: Option<Script>,
+    /// Secrets the scripts and applications read from their environment (never logged).
     env: Vec<(String, String)>,
 }
 
@@ -89,6 +92,26 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
     files.exclude = spec.exclude.clone();
     files.full = spec.full;
     let kind = TaskKind::try_from(spec.kind())?;
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("BULWARK_SECRET_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("BULWARK_TASK_ID".into(), spec.task_id.clone()));
+    let limit = if spec.freeze_limit_s == 0 { FREEZE_LIMIT } else { Duration::from_secs(spec.freeze_limit_s.into()) };
+    let freeze_script =
+        |command: &str| (!command.is_empty()).then(|| Script { command: command.into(), timeout: limit });
+    let freeze = Freeze {
+        pre_freeze: freeze_script(&spec.pre_freeze),
+        post_thaw: freeze_script(&spec.post_thaw),
+        limit,
+        env: env.clone(),
+        apps: spec.apps.iter().map(|a| a.parse()).collect::<Result<_, String>>()?,
+        app_policy: if spec.apps_ignore_failures { AppPolicy::Ignore } else { AppPolicy::Require },
+    };
+    volume.freeze = freeze.clone();
+    files.freeze = freeze;
     let mut sources = Vec::new();
     for s in &spec.sources {
         bulwark_repo::point::validate_name(&s.name)?;
@@ -104,36 +127,22 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
             ticket: mover.ticket.clone(),
             streams: spec.streams.clamp(1, 16),
         },
-        pre: spec.pre_command.clone(),
-        post: spec.post_command.clone(),
-        env: spec
-            .env
-            .iter()
-            .filter(|(k, _)| k.starts_with("BULWARK_SECRET_"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        pre: job_script(&spec.pre_command, spec.script_timeout_s),
+        post: job_script(&spec.post_command, spec.script_timeout_s),
+        env,
     })
 }
 
-/// Runs an operator's pre or post step; its output goes to the task's log.
-fn run_step(what: &str, cmd: &str, task: &str, env: &[(String, String)], log: &dyn Fn(String)) -> Result<(), String> {
-    if cmd.is_empty() {
-        return Ok(());
-    }
-    log(format!("{what}: {cmd}"));
-    let out = std::process::Command::new("/bin/sh")
-        .args(["-c", cmd])
-        .env("BULWARK_TASK_ID", task)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .map_err(|e| format!("{what} could not start: {e}"))?;
-    for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
-        log(format!("{what}: {line}"));
-    }
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({})", out.status))
+fn job_script(command: &str, timeout_s: u32) -> Option<Script> {
+    let timeout = if timeout_s == 0 { JOB_SCRIPT_TIMEOUT } else { Duration::from_secs(timeout_s.into()) };
+    (!command.is_empty()).then(|| Script { command: command.into(), timeout })
+}
+
+/// Runs a job script, if there is one; its output goes to the task's log.
+fn run_step(what: &str, script: &Option<Script>, env: &[(String, String)], log: &dyn Fn(String)) -> Result<(), String> {
+    match script {
+        Some(s) => scripts::run(what, s, env, &mut |m| log(m)).map(drop),
+        None => Ok(()),
     }
 }
 
@@ -229,7 +238,7 @@ fn run_task(
     }
     let outcome = (|| -> Result<bool, (String, Failure)> {
         // An operator's step that fails may work next time (a database that was restarting).
-        run_step("pre-step", &plan.pre, &task, &plan.env, &log).map_err(|e| (e, Failure::Transient))?;
+        run_step("pre-job script", &plan.pre, &plan.env, &log).map_err(|e| (e, Failure::Transient))?;
         let target = rt.block_on(RemoteTarget::connect(&plan.endpoint, client_tls)).map_err(|e| failed(&e))?;
         let target_sent = target.sent();
         let mut warned = false;
@@ -252,7 +261,7 @@ fn run_task(
         }
         Ok(warned)
     })();
-    let post = run_step("post-step", &plan.post, &task, &plan.env, &log);
+    let post = run_step("post-job script", &plan.post, &plan.env, &log);
     ticking.store(false, Ordering::Relaxed);
     let (status, error, failure) = match (outcome, post) {
         (Err((e, _)), _) if cancel.load(Ordering::Relaxed) => (TaskStatus::Cancelled, e, Failure::Transient),

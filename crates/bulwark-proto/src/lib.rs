@@ -3,6 +3,7 @@
 //! `pb` is generated from `proto/bulwark.proto`. `pki` is the certificate authority and the
 //! nodes' certificates; `tls` turns them into mutual-TLS listeners and channels for tonic.
 
+pub mod apps;
 pub mod domain;
 pub mod node;
 pub mod pki;

@@ -999,20 +999,36 @@ async fn check_job(s: &AppState, j: &Job) -> Result<(), ApiError> {
 fn job_for(c: &Caller, job: &Job) -> Job {
     let mut job = job.clone();
     if !c.is_admin() {
-        for command in [&mut job.pre_command, &mut job.post_command].into_iter().flatten() {
+        let scripts =
+            [&mut job.pre_command, &mut job.post_command, &mut job.pre_freeze_script, &mut job.post_thaw_script];
+        for command in scripts.into_iter().flatten() {
             *command = "(hidden)".into();
         }
     }
     job
 }
 
-/// A task's log without the lines of its pre and post steps, for viewers (see [`job_for`]).
+/// What the lines of the operator's scripts in a task's log start with.
+const SCRIPTS: [&str; 4] = ["pre-job script", "post-job script", "pre-freeze script", "post-thaw script"];
+
+/// Whether a line of a task's log is a script's (its command or its output).
+fn script(line: &str) -> bool {
+    SCRIPTS.iter().any(|s| line.starts_with(s))
+}
+
+/// A task's log without the lines of its scripts, for viewers (see [`job_for`]).
 fn hide_steps(c: &Caller, log: &mut Value) {
     if c.is_admin() {
         return;
     }
     if let Some(lines) = log["lines"].as_array_mut() {
-        lines.retain(|l| !l.as_str().is_some_and(|l| l.starts_with("pre-step") || l.starts_with("post-step")));
+        lines.retain(|l| !l.as_str().is_some_and(script));
+    }
+    // The freeze scripts run inside the backup, which reports them with its notes.
+    for report in log["reports"].as_array_mut().into_iter().flatten() {
+        if let Some(notes) = report["notes"].as_array_mut() {
+            notes.retain(|l| !l.as_str().is_some_and(script));
+        }
     }
 }
 

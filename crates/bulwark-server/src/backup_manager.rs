@@ -358,7 +358,7 @@ impl BackupManager {
                 }
             }
         }
-        let env = match store::secret_values(&self.db, &job.secrets).await.map_err(db_err)? {
+        let env = match store::secret_values(&self.db, &job.task_secrets()).await.map_err(db_err)? {
             Ok(values) => values.into_iter().map(|(name, v)| (crate::model::secret_variable(&name), v)).collect(),
             Err(missing) => {
                 return Err(permanent(format!(
@@ -379,6 +379,12 @@ impl BackupManager {
             filters: true,
             pre_command: job.pre_command.clone().unwrap_or_default(),
             post_command: job.post_command.clone().unwrap_or_default(),
+            apps: job.apps.clone(),
+            apps_ignore_failures: job.app_policy.as_deref() == Some("ignore"),
+            pre_freeze: job.pre_freeze_script.clone().unwrap_or_default(),
+            post_thaw: job.post_thaw_script.clone().unwrap_or_default(),
+            freeze_limit_s: job.freeze_limit_s.unwrap_or(0),
+            script_timeout_s: job.script_timeout_s.unwrap_or(0),
             streams: job.streams,
             ..Default::default()
         };

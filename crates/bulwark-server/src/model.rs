@@ -255,6 +255,31 @@ pub struct Job {
     /// environment variables `BULWARK_SECRET_<NAME>`, so their text holds no credential.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Applications made consistent around each snapshot (application-aware processing):
+    /// `postgres:host=H,port=P,user=U,password-secret=NAME` (every key optional; the secret,
+    /// from the sealed store, is handed to the task with the job's others).
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// What a failure to prepare an application does: `require` (the default: the snapshot
+    /// try fails) or `ignore` (the task ends with a warning, the point is not
+    /// application-consistent).
+    #[serde(default)]
+    pub app_policy: Option<String>,
+    /// Run on the computer right before each snapshot try; a failure fails the try.
+    #[serde(default)]
+    pub pre_freeze_script: Option<String>,
+    /// Run on the computer right after each snapshot try, whatever happened since the
+    /// pre-freeze script started; a failure fails the try.
+    #[serde(default)]
+    pub post_thaw_script: Option<String>,
+    /// Longest freeze, from the applications' preparation to their release (default 60 s).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
+    pub freeze_limit_s: Option<u32>,
+    /// Longest run of the pre and post commands (default 600 s).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 86_400)]
+    pub script_timeout_s: Option<u32>,
 }
 
 impl Job {
@@ -301,7 +326,46 @@ impl Job {
         if let Some(t) = self.throttle_mbps {
             range("throttle_mbps", t as i64, 0, 100_000)?;
         }
+        if self.apps.len() > 16 {
+            return Err("a job processes at most 16 applications".into());
+        }
+        for spec in self.app_specs()? {
+            if let Some(name) = &spec.password_secret {
+                check_secret_name(name).map_err(|e| format!("application {spec}: {e}"))?;
+            }
+        }
+        if let Some(p) = &self.app_policy {
+            p.parse::<bulwark_proto::apps::AppPolicy>()?;
+        }
+        if let Some(t) = self.freeze_limit_s {
+            range("freeze_limit_s", t.into(), 1, 3600)?;
+        }
+        if let Some(t) = self.script_timeout_s {
+            range("script_timeout_s", t.into(), 1, 86_400)?;
+        }
         Ok(())
+    }
+
+    /// The applications to process, parsed (a job stores them as the operator wrote them).
+    pub fn app_specs(&self) -> Result<Vec<bulwark_proto::apps::AppSpec>, String> {
+        // The spec is not repeated in the message: a mistyped one may hold a password.
+        (self.apps.iter().enumerate())
+            .map(|(i, a)| a.parse().map_err(|e| format!("application {} of the job: {e}", i + 1)))
+            .collect()
+    }
+
+    /// The secrets a task of this job is handed: the job's, and those its applications'
+    /// passwords are in.
+    pub fn task_secrets(&self) -> Vec<String> {
+        let mut names = self.secrets.clone();
+        for spec in self.app_specs().unwrap_or_default() {
+            if let Some(n) = spec.password_secret {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names
     }
 
     pub fn time_zone(&self) -> jiff::tz::TimeZone {

@@ -89,8 +89,8 @@ mod tests {
         let s = session(None);
         let p = session_problem(&s, &[warned, task("pc-2", 1, TaskStatus::Success, None)]).unwrap();
         assert_eq!(p, "pc-1: 3 warnings, first: /etc/shadow: Permission denied");
-        let post = task("pc-1", 1, TaskStatus::Warning, Some("post-step failed (exit status: 1)"));
-        assert_eq!(session_problem(&s, &[post]).unwrap(), "pc-1: warning: post-step failed (exit status: 1)");
+        let post = task("pc-1", 1, TaskStatus::Warning, Some("post-job script failed (exit status: 1)"));
+        assert_eq!(session_problem(&s, &[post]).unwrap(), "pc-1: warning: post-job script failed (exit status: 1)");
     }
 
     #[test]

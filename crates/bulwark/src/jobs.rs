@@ -170,16 +170,47 @@ pub struct JobSettings {
     /// Parallel streams from each agent to the data mover, 1 to 16 (default 2).
     #[arg(long, value_name = "N")]
     streams: Option<u32>,
-    /// Run on the computer before the snapshot (`/bin/sh -c`); a failure fails the task.
+    /// The pre-job script: run on the computer before anything else (`/bin/sh -c`); a failure
+    /// fails the task.
     #[arg(long, value_name = "COMMAND")]
     pre_command: Option<String>,
-    /// Run on the computer after the transfer; a failure makes the task a warning.
+    /// The post-job script: run on the computer after the transfer, whatever happened; a
+    /// failure makes the task a warning.
     #[arg(long, value_name = "COMMAND")]
     post_command: Option<String>,
     /// A secret (see `bulwark secret set`) the commands receive as BULWARK_SECRET_<NAME>,
     /// so that no credential is written into their text. Repeat for several.
     #[arg(long = "secret", value_name = "NAME")]
     secrets: Vec<String>,
+    /// An application to make consistent right before each snapshot, in one database session
+    /// held until right after it: `postgres:host=H,port=P,user=U,password-secret=NAME` (every
+    /// key optional; a host starting with / is the socket directory; the password from a
+    /// secret of the server's sealed store, or password-file=F on the computer; without
+    /// either, .pgpass or peer authentication). PostgreSQL: a checkpoint. Repeatable; replaces
+    /// the job's list.
+    #[arg(long = "app", value_name = "SPEC")]
+    apps: Vec<String>,
+    /// When an application cannot be prepared: require (the snapshot try fails, and the task
+    /// once every try did) or ignore (the task ends with a warning; the point is not
+    /// application-consistent). Default: require.
+    #[arg(long, value_name = "POLICY", value_parser = ["require", "ignore"])]
+    app_policy: Option<String>,
+    /// Run on the computer right before each snapshot try (after the applications are
+    /// prepared); a failure fails the try.
+    #[arg(long, value_name = "COMMAND")]
+    pre_freeze_script: Option<String>,
+    /// Run on the computer right after each snapshot try (before the applications are
+    /// released), whatever failed since the pre-freeze script started; a failure fails the try.
+    #[arg(long, value_name = "COMMAND")]
+    post_thaw_script: Option<String>,
+    /// Longest freeze, from the applications' preparation to their release, in seconds
+    /// (default 60): a longer one fails the try, and scripts still running are killed.
+    #[arg(long, value_name = "SECONDS")]
+    freeze_limit: Option<u32>,
+    /// Longest run of the pre and post commands, in seconds (default 600): they are killed,
+    /// with what they started, past it.
+    #[arg(long, value_name = "SECONDS")]
+    script_timeout: Option<u32>,
 }
 
 /// Settings `job update` can take away.
@@ -218,6 +249,15 @@ pub struct JobClearArgs {
     /// Hand the commands no secrets.
     #[arg(long, conflicts_with = "secrets")]
     no_secrets: bool,
+    /// Process no application.
+    #[arg(long, conflicts_with = "apps")]
+    no_apps: bool,
+    /// No pre-freeze script.
+    #[arg(long, conflicts_with = "pre_freeze_script")]
+    no_pre_freeze_script: bool,
+    /// No post-thaw script.
+    #[arg(long, conflicts_with = "post_thaw_script")]
+    no_post_thaw_script: bool,
 }
 
 /// `DAY@HH:MM` as the API's monthly schedule; `option` names the option in errors.
@@ -231,6 +271,13 @@ impl JobSettings {
     /// The settings given, as the API's job fields: only those, so that an update changes
     /// nothing else.
     fn to_json(&self) -> Result<Map<String, Value>> {
+        // Checked here so that a typo is named before anything is sent, without repeating the
+        // spec (a mistyped one may hold a password).
+        for (i, a) in self.apps.iter().enumerate() {
+            if let Err(e) = a.parse::<bulwark_proto::apps::AppSpec>() {
+                bail!("--app number {}: {e}", i + 1);
+            }
+        }
         let mut v = Map::new();
         let mut put = |k: &str, val: Value| {
             v.insert(k.into(), val);
@@ -241,6 +288,7 @@ impl JobSettings {
             ("sources", &self.sources),
             ("exclude", &self.exclude),
             ("secrets", &self.secrets),
+            ("apps", &self.apps),
         ] {
             if !list.is_empty() {
                 put(k, json!(list));
@@ -255,6 +303,9 @@ impl JobSettings {
             ("timezone", &self.timezone),
             ("pre_command", &self.pre_command),
             ("post_command", &self.post_command),
+            ("app_policy", &self.app_policy),
+            ("pre_freeze_script", &self.pre_freeze_script),
+            ("post_thaw_script", &self.post_thaw_script),
         ] {
             if let Some(t) = text {
                 put(k, json!(t));
@@ -268,6 +319,12 @@ impl JobSettings {
         }
         if let Some(s) = self.streams {
             put("streams", json!(s));
+        }
+        if let Some(t) = self.freeze_limit {
+            put("freeze_limit_s", json!(t));
+        }
+        if let Some(t) = self.script_timeout {
+            put("script_timeout_s", json!(t));
         }
         let schedule = if let Some(at) = &self.daily {
             Some(json!({"kind": "daily", "at": at, "weekdays": self.weekdays}))
@@ -347,6 +404,9 @@ impl JobUpdateArgs {
             ("pre_command", c.no_pre_command),
             ("post_command", c.no_post_command),
             ("secrets", c.no_secrets),
+            ("apps", c.no_apps),
+            ("pre_freeze_script", c.no_pre_freeze_script),
+            ("post_thaw_script", c.no_post_thaw_script),
         ] {
             if clear {
                 v.insert(k.into(), Value::Null);
@@ -500,6 +560,12 @@ fn job_detail(j: &Value) {
         ("pre command", text(&j["pre_command"])),
         ("post command", text(&j["post_command"])),
         ("secrets", text(&j["secrets"])),
+        ("applications", text(&j["apps"])),
+        ("app policy", or(&j["app_policy"], "require")),
+        ("pre-freeze", text(&j["pre_freeze_script"])),
+        ("post-thaw", text(&j["post_thaw_script"])),
+        ("freeze limit", j["freeze_limit_s"].as_u64().map_or("60 s".into(), |t| format!("{t} s"))),
+        ("script limit", j["script_timeout_s"].as_u64().map_or("600 s".into(), |t| format!("{t} s"))),
         ("created", or(&j["created"], "-")),
         ("last session", text(&r["last_result"])),
     ];

@@ -162,7 +162,7 @@ pub struct BackupArgs {
     /// as the OS user of that name). PostgreSQL: a checkpoint. Repeatable. With every
     /// application done, the point is application-consistent.
     #[arg(long = "app", value_name = "SPEC")]
-    apps: Vec<AppSpec>,
+    apps: Vec<String>,
     /// When an application cannot be prepared: require (the snapshot try fails; the backup
     /// fails once every try did) or ignore (the backup goes on, the point is not
     /// application-consistent, and the command exits 3 after saying why).
@@ -459,6 +459,10 @@ fn init(a: InitArgs) -> Result<()> {
 pub fn backup(a: BackupArgs) -> Result<ExitCode> {
     let r = a.repo.open()?;
     let retry = RetryPolicy { tries: a.snapshot_tries, backoff: std::time::Duration::from_secs(a.snapshot_retry_wait) };
+    // Not repeated in the message: a mistyped spec may hold a password.
+    let apps = (a.apps.iter().enumerate())
+        .map(|(i, spec)| spec.parse::<AppSpec>().map_err(|e| anyhow::anyhow!("--app number {}: {e}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
     let limit = std::time::Duration::from_secs(a.freeze_limit);
     let script = |command: &Option<String>| command.clone().map(|command| Script { command, timeout: limit });
     let freeze = Freeze {
@@ -466,7 +470,7 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
         post_thaw: script(&a.post_thaw_script),
         limit,
         env: vec![("BULWARK_SOURCE".into(), a.source.display().to_string())],
-        apps: a.apps.clone(),
+        apps,
         app_policy: a.app_policy,
     };
     let mut settings = BackupSettings::new(&a.name);
@@ -485,6 +489,8 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let warned = match &done {
         BackupDone::Volume(r) => !r.warnings.is_empty(),
+        // Unreadable files have always exited 0 with the summary saying so; an application
+        // not made consistent is new, and exits 3.
         BackupDone::Files(r) => !r.warnings.is_empty(),
     };
     match &done {

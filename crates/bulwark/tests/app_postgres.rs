@@ -7,8 +7,12 @@
 //! recovers, holds every row committed before the backup began, and passes `pg_amcheck` and
 //! `pg_checksums`. Faults: a wrong password, a server that is down, each under both policies
 //! (require: the backup fails and writes nothing; ignore: a point with a warning and exit 3);
-//! the filesystem is writable after every one of them (the thaw always happens).
+//! the filesystem is writable after every one of them (the thaw always happens). Managed: a
+//! job with the application (its password a sealed secret), pre-freeze and post-thaw scripts,
+//! run through the server, a transport node and an agent; a viewer sees neither the scripts
+//! nor their output.
 
+mod cluster;
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -364,5 +368,77 @@ fn wrong_password_or_server_down_fail_or_warn_by_policy_and_always_thaw() {
     let r = lab.backup(&["--app", &lab.pg.app(""), "--app-policy", "ignore"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert_eq!(lab.points().len(), 3);
+    lab.assert_writable();
+}
+
+#[test]
+fn a_managed_job_processes_postgres_with_a_sealed_password_and_freeze_scripts() {
+    if !available() {
+        return;
+    }
+    use cluster::server::{cli, cli_as, start_node, start_server};
+    let lab = Lab::new(55435);
+    let server = start_server(&lab.path("server"), None);
+    let repos = lab.path("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let _transport =
+        start_node(&server, "transport", "store-1", lab.dir.path(), &["--root", repos.to_str().unwrap()], None);
+    let _agent = start_node(&server, "agent", "db-1", lab.dir.path(), &[], None);
+    let create = ["repository", "create", "main", "--transport", "store-1", "--path"];
+    cli(&server, &[&create[..], &[repos.join("main").to_str().unwrap()]].concat()).unwrap();
+    let value = lab.path("pgpass-value");
+    std::fs::write(&value, "right-password\n").unwrap();
+    cli(&server, &["secret", "set", "pgpass", "--value-file", value.to_str().unwrap()]).unwrap();
+
+    // Refused before anything is stored: a spec with a typo, a password on the command line.
+    let job = ["job", "create", "db", "--computer", "db-1", "--repository", "main", "--snapshot", "reflink"];
+    let job = [&job[..], &["--source", lab.image.to_str().unwrap(), "--tries", "1"]].concat();
+    let e = cli(&server, &[&job[..], &["--app", "postgres:hots=x"]].concat()).unwrap_err();
+    assert!(e.contains("unknown setting \"hots\""), "{e}");
+    let e = cli(&server, &[&job[..], &["--app", "postgres:password=right-password"]].concat()).unwrap_err();
+    assert!(e.contains("not given in the spec") && !e.contains("right-password"), "{e}");
+    // Through the API too, without the spec in the answer.
+    let http = cluster::server::Http::new(&server);
+    let body = serde_json::json!({"name": "db", "computers": ["db-1"], "repository": "main",
+        "sources": ["/x"], "apps": ["postgres:password=right-password"]});
+    let (st, v) = http.call("POST", "/jobs", Some(&cluster::server::admin_token(&server)), Some(&body.to_string()));
+    assert_eq!(st, 422, "{v}");
+    assert!(v.to_string().contains("application 1 of the job") && !v.to_string().contains("right-password"), "{v}");
+    assert_eq!(cli(&server, &["job", "list"]).unwrap().as_array().unwrap().len(), 0);
+
+    let steps = lab.path("steps");
+    let app = lab.pg.app(",user=backup,password-secret=pgpass");
+    let pre = format!("echo frozen-by-script; echo freeze >> {}", steps.display());
+    let post = format!("echo thaw >> {}", steps.display());
+    let extra = ["--app", &app, "--pre-freeze-script", &pre, "--post-thaw-script", &post, "--freeze-limit", "30"];
+    cli(&server, &[&job[..], &extra[..]].concat()).unwrap();
+    let shown = cli(&server, &["job", "show", "db"]).unwrap();
+    assert_eq!(shown["apps"][0], app.as_str(), "{shown:#}");
+    assert_eq!(shown["freeze_limit_s"], 30, "{shown:#}");
+
+    let session = cli(&server, &["job", "start", "db", "--wait"]).unwrap();
+    assert_eq!(session["status"], "success", "{session:#}");
+    assert_eq!(std::fs::read_to_string(&steps).unwrap(), "freeze\nthaw\n");
+    let points = cli(&server, &["point", "list"]).unwrap();
+    let id = points[0]["id"].as_str().unwrap();
+    let point = cli(&server, &["point", "show", id]).unwrap();
+    assert_eq!(point["manifest"]["consistency"], "application-consistent", "{point:#}");
+    assert_eq!(point["manifest"]["stats"]["applications"][0]["action"], "checkpoint", "{point:#}");
+    let text = format!("{session}{point}");
+    assert!(!text.contains("right-password"), "the password shows: {text}");
+
+    // A viewer sees the job without its scripts, and the task's log without their output.
+    let viewer = cluster::server::viewer_token(&server);
+    let seen = cli_as(&server, &viewer, &["job", "show", "db"]).unwrap();
+    assert!(!seen.to_string().contains("frozen-by-script") && seen["pre_freeze_script"] == "(hidden)", "{seen:#}");
+    let log = cli_as(&server, &viewer, &["session", "show", session["id"].as_str().unwrap()]).unwrap();
+    assert!(!log.to_string().contains("frozen-by-script"), "{log:#}");
+    let log = cli(&server, &["session", "show", session["id"].as_str().unwrap()]).unwrap();
+    assert!(log.to_string().contains("frozen-by-script"), "the admin sees the script's output: {log:#}");
+
+    // The secret gone: the task fails, naming it.
+    cli(&server, &["secret", "delete", "pgpass"]).unwrap();
+    let e = cli(&server, &["job", "start", "db", "--wait"]).unwrap_err();
+    assert!(e.contains("pgpass"), "{e}");
     lab.assert_writable();
 }

@@ -6,7 +6,7 @@ mod cluster;
 use std::process::Command;
 
 use cluster::server::{
-    admin_token, cli, cli_as, join_token, start_node, start_server, start_server_with, Http, PostgresDb,
+    admin_token, cli, cli_as, join_token, start_node, start_server, start_server_with, viewer_token, Http, PostgresDb,
 };
 use cluster::{bulwark_exe, Cluster};
 
@@ -79,20 +79,6 @@ fn join_tokens_from_a_file_or_the_environment_and_none_left_in_ps() {
     assert!(err.contains("join token file") && err.contains("empty"), "{err}");
 }
 
-/// A viewer: created by the admin, logged in; its token.
-fn viewer(http: &Http, admin: &str) -> String {
-    let (st, v) = http.call(
-        "POST",
-        "/users",
-        Some(admin),
-        Some(r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#),
-    );
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = http.login("eve", "0123456789ab");
-    assert_eq!(st, 200, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn viewers_never_see_pre_and_post_commands_or_their_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +123,7 @@ fn viewers_never_see_pre_and_post_commands_or_their_output() {
     assert!(cli(&server, &["job", "show", "dump"]).unwrap().to_string().contains("pre-secret-4242"));
 
     let http = Http::new(&server);
-    let eve = viewer(&http, &admin_token(&server));
+    let eve = viewer_token(&server);
     for (what, v) in [
         ("job show", cli_as(&server, &eve, &["job", "show", "dump"]).unwrap()),
         ("job list", cli_as(&server, &eve, &["job", "list"]).unwrap()),

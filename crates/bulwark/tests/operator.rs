@@ -266,7 +266,7 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     volume_job(&site, "flaky", &image, &["--tries", "2", "--retry-delay-minutes", "0", "--pre-command", "false"]);
     let r = site.human(&["job", "start", "flaky", "--wait"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("pc-1 attempt 1: failed: pre-step failed"), "{}", r.stderr);
+    assert!(r.stderr.contains("pc-1 attempt 1: failed: pre-job script failed"), "{}", r.stderr);
     assert!(r.stderr.contains("pc-1 attempt 2: retry of attempt 1, due at"), "{}", r.stderr);
     assert!(r.stderr.contains("pc-1 attempt 2: failed:"), "{}", r.stderr);
     // Its source is the next job's: it goes, or the two would prune each other's points.
@@ -316,7 +316,7 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     assert!(rows[0].contains("DURATION") && rows[0].contains("SIZE") && rows[0].contains("PROBLEM"), "{}", list.stdout);
     assert!(rows[1].contains("broken") && rows.last().unwrap().contains("warned"), "oldest first: {}", list.stdout);
     let warned = rows.last().unwrap();
-    assert!(warned.contains("warning") && warned.contains("post-step"), "the warning is shown: {warned}");
+    assert!(warned.contains("warning") && warned.contains("post-job script"), "the warning is shown: {warned}");
     // What it sent depends on what the stopped session left stored: a size in words, whatever it is.
     let sized = warned.split("  ").any(|c| c.trim().ends_with(" B") || c.trim().ends_with("iB"));
     assert!(sized && has_local_time(warned), "human size and time: {warned}");
@@ -347,5 +347,5 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     let json = cli(s, &["point", "list"]).unwrap();
     assert_eq!(json[0]["consistency"], "crash-inconsistent", "{json:#}");
     let v: Value = cli(s, &["session", "list"]).unwrap();
-    assert!(v[0]["problem"].as_str().unwrap().contains("post-step"), "newest first in JSON, as before: {v:#}");
+    assert!(v[0]["problem"].as_str().unwrap().contains("post-job script"), "newest first in JSON, as before: {v:#}");
 }

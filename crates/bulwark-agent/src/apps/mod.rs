@@ -11,142 +11,26 @@
 
 mod postgres;
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::path::PathBuf;
-use std::str::FromStr;
-
+pub use bulwark_proto::apps::{AppKind, AppPolicy, AppSpec};
 pub use bulwark_repo::ApplicationRecord;
 
-/// Which application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppKind {
-    Postgres,
-}
-
-impl AppKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppKind::Postgres => "postgres",
-        }
-    }
-}
-
-/// One application to process, as the operator wrote it:
-/// `postgres:host=H,port=P,user=U,password-file=F` (every key optional). A `host` that starts
-/// with `/` is the directory of the server's Unix socket.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AppSpec {
-    pub kind: AppKind,
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub user: Option<String>,
-    /// A file whose first line is the password (never the password itself on a command line).
-    pub password_file: Option<PathBuf>,
-    pub dbname: Option<String>,
-}
-
-// Written by hand so that nothing secret could ever be printed (there is only a file name).
-impl fmt::Debug for AppSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
-impl fmt::Display for AppSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:", self.kind.as_str())?;
-        let mut parts = Vec::new();
-        if let Some(h) = &self.host {
-            parts.push(format!("host={h}"));
-        }
-        if let Some(p) = self.port {
-            parts.push(format!("port={p}"));
-        }
-        if let Some(u) = &self.user {
-            parts.push(format!("user={u}"));
-        }
-        if let Some(p) = &self.password_file {
-            parts.push(format!("password-file={}", p.display()));
-        }
-        if let Some(d) = &self.dbname {
-            parts.push(format!("dbname={d}"));
-        }
-        write!(f, "{}", parts.join(","))
-    }
-}
-
-impl FromStr for AppSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
-        let kind = match kind.trim() {
-            "postgres" | "postgresql" => AppKind::Postgres,
-            other => return Err(format!("unknown application {other:?}: postgres is the one known")),
+/// The password of `spec`: its `password-secret` from `env` (the task's `BULWARK_SECRET_<NAME>`
+/// variables), or the first line of its `password-file`, or none.
+pub(crate) fn password(spec: &AppSpec, env: &[(String, String)]) -> Result<Option<String>, String> {
+    if let Some(name) = &spec.password_secret {
+        let var = format!("BULWARK_SECRET_{}", name.to_ascii_uppercase());
+        return match env.iter().find(|(k, _)| *k == var) {
+            Some((_, v)) => Ok(Some(v.clone())),
+            None => Err(format!(
+                "{}: the password secret {name} was not handed to this task (name it in the job's secrets)",
+                spec.kind.as_str()
+            )),
         };
-        let mut spec = AppSpec { kind, host: None, port: None, user: None, password_file: None, dbname: None };
-        let mut seen = BTreeMap::new();
-        for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} in {s:?} is not KEY=VALUE"))?;
-            let (k, v) = (k.trim(), v.trim());
-            if v.is_empty() {
-                return Err(format!("{k} in {s:?} has no value"));
-            }
-            if seen.insert(k.to_string(), ()).is_some() {
-                return Err(format!("{k} is given twice in {s:?}"));
-            }
-            match k {
-                "host" => spec.host = Some(v.into()),
-                "port" => spec.port = Some(v.parse().map_err(|_| format!("port {v:?} in {s:?} is not a port number"))?),
-                "user" => spec.user = Some(v.into()),
-                "password-file" => spec.password_file = Some(v.into()),
-                "dbname" => spec.dbname = Some(v.into()),
-                "password" => {
-                    return Err("a password is not given on the command line (others could read it): put it \
-                                in a file and name it with password-file=FILE"
-                        .into())
-                }
-                other => {
-                    return Err(format!(
-                        "unknown setting {other:?} in {s:?}: host, port, user, password-file and dbname are known"
-                    ))
-                }
-            }
-        }
-        Ok(spec)
     }
-}
-
-impl AppSpec {
-    /// The password from `password-file`, if one is named: its first line.
-    pub(crate) fn password(&self) -> Result<Option<String>, String> {
-        let Some(f) = &self.password_file else { return Ok(None) };
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read the password file {} of {}: {e}", f.display(), self.kind.as_str()))?;
-        Ok(Some(text.lines().next().unwrap_or("").to_string()))
-    }
-}
-
-/// What happens when an application cannot be prepared or released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AppPolicy {
-    /// The snapshot try fails (and is retried; the task fails when every try did).
-    #[default]
-    Require,
-    /// The backup goes on without it: the point is crash-consistent for that application and
-    /// the task ends with a warning saying why.
-    Ignore,
-}
-
-impl FromStr for AppPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "require" => Ok(AppPolicy::Require),
-            "ignore" | "try" => Ok(AppPolicy::Ignore),
-            other => Err(format!("unknown processing policy {other:?}: require or ignore")),
-        }
-    }
+    let Some(f) = &spec.password_file else { return Ok(None) };
+    let text = std::fs::read_to_string(f)
+        .map_err(|e| format!("cannot read the password file {} of {}: {e}", f.display(), spec.kind.as_str()))?;
+    Ok(Some(text.lines().next().unwrap_or("").to_string()))
 }
 
 /// An application held consistent for the snapshot; [`Prepared::release`] lets it go.
@@ -155,39 +39,16 @@ pub trait Prepared: Send {
     fn release(self: Box<Self>, log: &mut dyn FnMut(String)) -> Result<ApplicationRecord, String>;
 }
 
-/// Prepares `spec`'s application for a snapshot of a volume: connects, and does what makes its
-/// files on disk consistent (PostgreSQL: a checkpoint).
-pub fn prepare(spec: &AppSpec, log: &mut dyn FnMut(String)) -> Result<Box<dyn Prepared>, String> {
+/// Prepares `spec`'s application for a snapshot of a volume: connects (with the password
+/// `env` or a file gives, if any), and does what makes its files on disk consistent
+/// (PostgreSQL: a checkpoint).
+pub fn prepare(
+    spec: &AppSpec,
+    env: &[(String, String)],
+    log: &mut dyn FnMut(String),
+) -> Result<Box<dyn Prepared>, String> {
+    let password = password(spec, env)?;
     match spec.kind {
-        AppKind::Postgres => postgres::prepare(spec, log),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs_parse_and_refuse_what_they_should() {
-        let s: AppSpec =
-            "postgres:host=/var/run/postgresql,port=5433,user=backup,password-file=/etc/pw".parse().unwrap();
-        assert_eq!(s.kind, AppKind::Postgres);
-        assert_eq!(s.host.as_deref(), Some("/var/run/postgresql"));
-        assert_eq!(s.port, Some(5433));
-        assert_eq!(s.to_string(), "postgres:host=/var/run/postgresql,port=5433,user=backup,password-file=/etc/pw");
-        assert_eq!("postgres".parse::<AppSpec>().unwrap().host, None);
-        for (bad, why) in [
-            ("oracle:host=x", "unknown application"),
-            ("postgres:port=99999", "not a port number"),
-            ("postgres:password=secret", "not given on the command line"),
-            ("postgres:host=a,host=b", "given twice"),
-            ("postgres:hots=a", "unknown setting"),
-            ("postgres:host", "not KEY=VALUE"),
-            ("postgres:user=", "has no value"),
-        ] {
-            let e = bad.parse::<AppSpec>().unwrap_err();
-            assert!(e.contains(why), "{bad}: {e}");
-            assert!(!e.contains("secret"), "{e}");
-        }
+        AppKind::Postgres => postgres::prepare(spec, password, log),
     }
 }

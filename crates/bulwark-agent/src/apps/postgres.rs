@@ -26,13 +26,17 @@ struct Session {
     record: ApplicationRecord,
 }
 
-pub(super) fn prepare(spec: &AppSpec, log: &mut dyn FnMut(String)) -> Result<Box<dyn Prepared>, String> {
+pub(super) fn prepare(
+    spec: &AppSpec,
+    password: Option<String>,
+    log: &mut dyn FnMut(String),
+) -> Result<Box<dyn Prepared>, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("postgres: cannot start a runtime: {e}"))?;
     let target = Target::of(spec);
-    let client = rt.block_on(connect(spec, &target))?;
+    let client = rt.block_on(connect(spec, password, &target))?;
     let q = |sql: &'static str| {
         let client = &client;
         let target = &target;
@@ -98,15 +102,12 @@ impl std::fmt::Display for Target {
     }
 }
 
-async fn connect(spec: &AppSpec, t: &Target) -> Result<Client, String> {
+async fn connect(spec: &AppSpec, password: Option<String>, t: &Target) -> Result<Client, String> {
     let mut config = Config::new();
     let db = spec.dbname.clone().unwrap_or_else(|| "postgres".into());
     config.user(&t.user).dbname(&db).application_name("bulwark");
     config.connect_timeout(std::time::Duration::from_secs(10));
-    let password = match spec.password()? {
-        Some(p) => Some(p),
-        None => pgpass(t, &db),
-    };
+    let password = password.or_else(|| pgpass(t, &db));
     if let Some(p) = &password {
         config.password(p);
     }

@@ -146,6 +146,17 @@ pub fn max_concurrent(session: &Value) -> usize {
     max as usize
 }
 
+/// A viewer, `eve`: created by the admin, logged in; its token.
+pub fn viewer_token(s: &Server) -> String {
+    let http = Http::new(s);
+    let body = r#"{"name": "eve", "password": "0123456789ab", "role": "viewer"}"#;
+    let (st, v) = http.call("POST", "/users", Some(&admin_token(s)), Some(body));
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = http.login("eve", "0123456789ab");
+    assert_eq!(st, 200, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
 /// The REST API spoken directly, statuses and bodies as they are.
 pub struct Http {
     agent: ureq::Agent,

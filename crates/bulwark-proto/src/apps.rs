@@ -1,0 +1,190 @@
+//! Application-aware processing as a job names it: which applications to make consistent
+//! around the snapshot and how to reach them (`postgres:host=H,port=P,user=U,password-file=F`),
+//! and what a failure to do so means. Shared by the CLI, the server (which checks a job's
+//! specs before storing them) and the agent (which does the work).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Which application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    Postgres,
+}
+
+impl AppKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// One application to process, as the operator wrote it:
+/// `postgres:host=H,port=P,user=U,password-file=F` (every key optional). A `host` that starts
+/// with `/` is the directory of the server's Unix socket.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    pub kind: AppKind,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// A file whose first line is the password (never the password itself on a command line).
+    pub password_file: Option<PathBuf>,
+    /// In a managed job: the server's sealed secret holding the password, handed to the task
+    /// as the environment variable `BULWARK_SECRET_<NAME>`.
+    pub password_secret: Option<String>,
+    pub dbname: Option<String>,
+}
+
+// Written by hand so that nothing secret could ever be printed (there is only a file name).
+impl fmt::Debug for AppSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for AppSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.kind.as_str())?;
+        let mut parts = Vec::new();
+        if let Some(h) = &self.host {
+            parts.push(format!("host={h}"));
+        }
+        if let Some(p) = self.port {
+            parts.push(format!("port={p}"));
+        }
+        if let Some(u) = &self.user {
+            parts.push(format!("user={u}"));
+        }
+        if let Some(p) = &self.password_file {
+            parts.push(format!("password-file={}", p.display()));
+        }
+        if let Some(n) = &self.password_secret {
+            parts.push(format!("password-secret={n}"));
+        }
+        if let Some(d) = &self.dbname {
+            parts.push(format!("dbname={d}"));
+        }
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+impl FromStr for AppSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        let kind = match kind.trim() {
+            "postgres" | "postgresql" => AppKind::Postgres,
+            other => {
+                // Named back only when it looks like a name (a spec without `:` is all kind).
+                let named = other.len() <= 16 && other.chars().all(|c| c.is_ascii_alphanumeric());
+                let name = if named { format!(" {other:?}") } else { String::new() };
+                return Err(format!("unknown application{name}: postgres is the one known"));
+            }
+        };
+        let mut spec = AppSpec {
+            kind,
+            host: None,
+            port: None,
+            user: None,
+            password_file: None,
+            password_secret: None,
+            dbname: None,
+        };
+        // No message repeats the spec or a value: a mistyped spec may hold a password.
+        let mut seen = BTreeMap::new();
+        for (i, part) in rest.split(',').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("setting {} is not KEY=VALUE", i + 1))?;
+            let (k, v) = (k.trim(), v.trim());
+            if v.is_empty() {
+                return Err(format!("{k} has no value"));
+            }
+            if seen.insert(k.to_string(), ()).is_some() {
+                return Err(format!("{k} is given twice"));
+            }
+            match k {
+                "host" => spec.host = Some(v.into()),
+                "port" => spec.port = Some(v.parse().map_err(|_| format!("port {v:?} is not a port number"))?),
+                "user" => spec.user = Some(v.into()),
+                "password-file" => spec.password_file = Some(v.into()),
+                "password-secret" => spec.password_secret = Some(v.into()),
+                "dbname" => spec.dbname = Some(v.into()),
+                "password" => {
+                    return Err("a password is not given in the spec (others could read it): name a file holding \
+                                it with password-file=FILE or, in a managed job, a secret of the server with \
+                                password-secret=NAME"
+                        .into())
+                }
+                other => return Err(format!(
+                    "unknown setting {other:?}: host, port, user, password-file, password-secret and dbname are known"
+                )),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// What happens when an application cannot be prepared or released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppPolicy {
+    /// The snapshot try fails (and is retried; the task fails when every try did).
+    #[default]
+    Require,
+    /// The backup goes on without it: the point is crash-consistent for that application and
+    /// the task ends with a warning saying why.
+    Ignore,
+}
+
+impl FromStr for AppPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "require" => Ok(AppPolicy::Require),
+            "ignore" | "try" => Ok(AppPolicy::Ignore),
+            other => Err(format!("unknown processing policy {other:?}: require or ignore")),
+        }
+    }
+}
+
+impl AppPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppPolicy::Require => "require",
+            AppPolicy::Ignore => "ignore",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_refuse_what_they_should() {
+        let s: AppSpec =
+            "postgres:host=/var/run/postgresql,port=5433,user=backup,password-file=/etc/pw".parse().unwrap();
+        assert_eq!(s.kind, AppKind::Postgres);
+        assert_eq!(s.host.as_deref(), Some("/var/run/postgresql"));
+        assert_eq!(s.port, Some(5433));
+        assert_eq!(s.to_string(), "postgres:host=/var/run/postgresql,port=5433,user=backup,password-file=/etc/pw");
+        assert_eq!("postgres".parse::<AppSpec>().unwrap().host, None);
+        for (bad, why) in [
+            ("oracle:host=x", "unknown application"),
+            ("postgres:port=99999", "not a port number"),
+            ("postgres:password=hunter2", "not given in the spec"),
+            ("postgres:pasword=hunter2", "unknown setting"),
+            ("postgres:hunter2", "setting 1 is not KEY=VALUE"),
+            ("postgres:host=a,host=b", "given twice"),
+            ("postgres:hots=a", "unknown setting"),
+            ("postgres:host", "not KEY=VALUE"),
+            ("postgres:user=", "has no value"),
+        ] {
+            let e = bad.parse::<AppSpec>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+}
