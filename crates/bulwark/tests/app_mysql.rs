@@ -466,4 +466,14 @@ fn wrong_password_lock_timeout_or_server_down_fail_or_warn_by_policy_and_always_
     points += 1;
     assert_eq!(lab.points().len(), points);
     lab.assert_writable();
+
+    // Started again without the binary log: the lock all the same, and the record says so.
+    lab.db = Maria::start(&lab.ext4.path().join("data"), &lab.path("run"), &["--skip-log-bin"]);
+    let r = lab.backup(&["--app", &lab.db.app("")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "application-consistent", "{report:#}");
+    let details = &report["applications"][0]["details"];
+    assert_eq!(details["binlog"], "binary logging off", "{report:#}");
+    assert!(details.get("binlog_position").is_none(), "{report:#}");
 }

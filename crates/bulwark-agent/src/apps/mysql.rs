@@ -113,12 +113,10 @@ pub(super) fn prepare(
 
     let started = Instant::now();
     let lock = if server.backup_stages() {
+        // A stage that fails ends the backup with the session, which is dropped (a server
+        // that no longer answers is not waited for a second time).
         for stage in ["START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT"] {
-            if let Err(e) = s.execute(&format!("BACKUP STAGE {stage}")) {
-                // Ended by the session's end too; said here so that nothing waits on it.
-                let _ = s.execute("BACKUP STAGE END");
-                return Err(e);
-            }
+            s.execute(&format!("BACKUP STAGE {stage}"))?;
         }
         s.unlock = "BACKUP STAGE END";
         "BACKUP STAGE BLOCK_COMMIT"
