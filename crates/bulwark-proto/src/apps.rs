@@ -12,12 +12,23 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppKind {
     Postgres,
+    /// MySQL or MariaDB (the server says which).
+    Mysql,
 }
 
 impl AppKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AppKind::Postgres => "postgres",
+            AppKind::Mysql => "mysql",
+        }
+    }
+
+    /// The settings its spec may have.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            AppKind::Postgres => &["host", "port", "user", "password-file", "password-secret", "dbname"],
+            AppKind::Mysql => &["socket", "host", "port", "user", "password-file", "password-secret"],
         }
     }
 }
@@ -28,6 +39,8 @@ impl AppKind {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AppSpec {
     pub kind: AppKind,
+    /// MySQL: the path of the server's Unix socket.
+    pub socket: Option<PathBuf>,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub user: Option<String>,
@@ -50,6 +63,9 @@ impl fmt::Display for AppSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.kind.as_str())?;
         let mut parts = Vec::new();
+        if let Some(s) = &self.socket {
+            parts.push(format!("socket={}", s.display()));
+        }
         if let Some(h) = &self.host {
             parts.push(format!("host={h}"));
         }
@@ -78,15 +94,17 @@ impl FromStr for AppSpec {
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
         let kind = match kind.trim() {
             "postgres" | "postgresql" => AppKind::Postgres,
+            "mysql" | "mariadb" => AppKind::Mysql,
             other => {
                 // Named back only when it looks like a name (a spec without `:` is all kind).
                 let named = other.len() <= 16 && other.chars().all(|c| c.is_ascii_alphanumeric());
                 let name = if named { format!(" {other:?}") } else { String::new() };
-                return Err(format!("unknown application{name}: postgres is the one known"));
+                return Err(format!("unknown application{name}: postgres and mysql (or mariadb) are known"));
             }
         };
         let mut spec = AppSpec {
             kind,
+            socket: None,
             host: None,
             port: None,
             user: None,
@@ -105,7 +123,15 @@ impl FromStr for AppSpec {
             if seen.insert(k.to_string(), ()).is_some() {
                 return Err(format!("{k} is given twice"));
             }
+            if k != "password" && !kind.keys().contains(&k) {
+                return Err(format!(
+                    "unknown setting {k:?}: {} are known for {}",
+                    kind.keys().join(", "),
+                    kind.as_str()
+                ));
+            }
             match k {
+                "socket" => spec.socket = Some(v.into()),
                 "host" => spec.host = Some(v.into()),
                 "port" => spec.port = Some(v.parse().map_err(|_| format!("port {v:?} is not a port number"))?),
                 "user" => spec.user = Some(v.into()),
@@ -118,9 +144,15 @@ impl FromStr for AppSpec {
                                 password-secret=NAME"
                         .into())
                 }
-                other => return Err(format!(
-                    "unknown setting {other:?}: host, port, user, password-file, password-secret and dbname are known"
-                )),
+                _ => unreachable!("{k} is a known setting"),
+            }
+        }
+        if kind == AppKind::Mysql {
+            if spec.socket.is_some() && (spec.host.is_some() || spec.port.is_some()) {
+                return Err("the spec names a socket and a host or port: a socket, or a host and port".into());
+            }
+            if spec.port.is_some() && spec.host.is_none() {
+                return Err("the spec names a port but no host (without one, the socket is used)".into());
             }
         }
         Ok(spec)
@@ -171,8 +203,20 @@ mod tests {
         assert_eq!(s.port, Some(5433));
         assert_eq!(s.to_string(), "postgres:host=/var/run/postgresql,port=5433,user=backup,password-file=/etc/pw");
         assert_eq!("postgres".parse::<AppSpec>().unwrap().host, None);
+        let m: AppSpec = "mysql:socket=/run/mysqld/mysqld.sock,user=backup,password-file=/etc/pw".parse().unwrap();
+        assert_eq!(m.kind, AppKind::Mysql);
+        assert_eq!(m.socket.as_deref(), Some(std::path::Path::new("/run/mysqld/mysqld.sock")));
+        assert_eq!(m.to_string(), "mysql:socket=/run/mysqld/mysqld.sock,user=backup,password-file=/etc/pw");
+        let m: AppSpec = "mariadb:host=db1,port=3307".parse().unwrap();
+        assert_eq!((m.kind, m.host.as_deref(), m.port, m.socket), (AppKind::Mysql, Some("db1"), Some(3307), None));
+        assert_eq!("mysql".parse::<AppSpec>().unwrap().to_string(), "mysql:");
         for (bad, why) in [
-            ("oracle:host=x", "unknown application"),
+            ("oracle:host=x", "postgres and mysql (or mariadb) are known"),
+            ("postgres:socket=/s", "unknown setting"),
+            ("mysql:password=hunter2", "not given in the spec"),
+            ("mariadb:dbname=x", "socket, host, port, user, password-file, password-secret are known for mysql"),
+            ("mysql:socket=/s,host=h", "a socket, or a host and port"),
+            ("mysql:port=3306", "names a port but no host"),
             ("postgres:port=99999", "not a port number"),
             ("postgres:password=hunter2", "not given in the spec"),
             ("postgres:pasword=hunter2", "unknown setting"),

@@ -186,8 +186,10 @@ pub struct JobSettings {
     /// held until right after it: `postgres:host=H,port=P,user=U,password-secret=NAME` (every
     /// key optional; a host starting with / is the socket directory; the password from a
     /// secret of the server's sealed store, or password-file=F on the computer; without
-    /// either, .pgpass or peer authentication). PostgreSQL: a checkpoint. Repeatable; replaces
-    /// the job's list.
+    /// either, .pgpass or peer authentication); or `mysql:socket=S` or `mysql:host=H,port=P`
+    /// with user and password-secret or password-file (`mariadb:` too). PostgreSQL: a
+    /// checkpoint; MySQL: a read lock held through the snapshot (MariaDB: BACKUP STAGE), the
+    /// binary log position recorded. Repeatable; replaces the job's list.
     #[arg(long = "app", value_name = "SPEC")]
     apps: Vec<String>,
     /// When an application cannot be prepared: require (the snapshot try fails, and the task

@@ -159,8 +159,14 @@ pub struct BackupArgs {
     /// session held until right after it: `postgres:host=H,port=P,user=U,password-file=F,
     /// dbname=D` (every key optional; a host starting with / is the socket directory, by
     /// default /var/run/postgresql; without a password file, .pgpass or peer authentication
-    /// as the OS user of that name). PostgreSQL: a checkpoint. Repeatable. With every
-    /// application done, the point is application-consistent.
+    /// as the OS user of that name), or `mysql:socket=S` or `mysql:host=H,port=P` with
+    /// `user=U,password-file=F` (`mariadb:` too; every key optional: the socket by default
+    /// /run/mysqld/mysqld.sock, port 3306, user root; without a password file, unix_socket
+    /// authentication as the OS user of that name). PostgreSQL: a checkpoint. MySQL: a read
+    /// lock (MariaDB: BACKUP STAGE BLOCK_COMMIT; MySQL: FLUSH TABLES WITH READ LOCK) held
+    /// through the snapshot, no wait for it longer than --freeze-limit, and the binary log
+    /// position recorded. Repeatable. With every application done, the point is
+    /// application-consistent.
     #[arg(long = "app", value_name = "SPEC")]
     apps: Vec<String>,
     /// When an application cannot be prepared: require (the snapshot try fails; the backup

@@ -9,7 +9,11 @@
 //! application preparation → pre-freeze script → snapshot → post-thaw script → application
 //! release. What to do when an application cannot be prepared is the job's [`AppPolicy`].
 
+mod mysql;
 mod postgres;
+
+use std::io;
+use std::time::Duration;
 
 pub use bulwark_proto::apps::{AppKind, AppPolicy, AppSpec};
 pub use bulwark_repo::ApplicationRecord;
@@ -41,14 +45,53 @@ pub trait Prepared: Send {
 
 /// Prepares `spec`'s application for a snapshot of a volume: connects (with the password
 /// `env` or a file gives, if any), and does what makes its files on disk consistent
-/// (PostgreSQL: a checkpoint).
+/// (PostgreSQL: a checkpoint; MySQL: a read lock held until the release). `limit` is the
+/// longest the freeze may last: no wait for a lock is longer.
 pub fn prepare(
     spec: &AppSpec,
     env: &[(String, String)],
+    limit: Duration,
     log: &mut dyn FnMut(String),
 ) -> Result<Box<dyn Prepared>, String> {
     let password = password(spec, env)?;
     match spec.kind {
         AppKind::Postgres => postgres::prepare(spec, password, log),
+        AppKind::Mysql => mysql::prepare(spec, password, limit, log),
     }
+}
+
+/// The uid of OS user `name`, when it differs from ours and we may take it (as root).
+fn os_uid(name: &str) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let uid: u32 = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    (euid == 0 && uid != euid).then_some(uid)
+}
+
+/// Runs `f` as OS user `uid` (the effective uid), for connecting to a Unix socket whose server
+/// reads the connecting thread's credentials (SO_PEERCRED) to authenticate it.
+fn as_os_user<T: Send>(uid: u32, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    // A thread of its own, which ends right after: the raw setresuid system call changes the
+    // credentials of the calling thread only (unlike libc's setresuid, which changes every
+    // thread's), so no other thread of the agent ever runs as that user, and nothing needs to
+    // be changed back.
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: a system call on integers only; it changes this thread's effective uid
+            // (the real and saved ones, -1, stay root), which this thread uses for `f` alone.
+            let r = unsafe {
+                libc::syscall(libc::SYS_setresuid, -1 as libc::c_long, uid as libc::c_long, -1 as libc::c_long)
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("the connecting thread panicked"))?
+    })
 }

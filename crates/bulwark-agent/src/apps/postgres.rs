@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::{AppSpec, ApplicationRecord, Prepared};
+use super::{as_os_user, os_uid, AppSpec, ApplicationRecord, Prepared};
 
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 const DEFAULT_PORT: u16 = 5432;
@@ -167,39 +167,13 @@ fn failed(t: &Target, what: &str, e: &tokio_postgres::Error) -> String {
     format!("postgres: {what} at {t} failed: {}{hint}", reason(e))
 }
 
-/// The uid of OS user `name`, when it differs from ours and we may take it (as root).
-fn os_uid(name: &str) -> Option<u32> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let uid: u32 = passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
-    })?;
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    (euid == 0 && uid != euid).then_some(uid)
-}
-
 /// Connects to a Unix socket, as `uid` when given: the server reads the connecting thread's
 /// credentials (SO_PEERCRED) for peer authentication.
 fn connect_socket_as(path: &Path, uid: Option<u32>) -> io::Result<UnixStream> {
-    let Some(uid) = uid else { return UnixStream::connect(path) };
-    let path = path.to_path_buf();
-    // A thread of its own, which ends right after: the raw setresuid system call changes the
-    // credentials of the calling thread only (unlike libc's setresuid, which changes every
-    // thread's), so no other thread of the agent ever runs as that user, and nothing needs to
-    // be changed back.
-    std::thread::spawn(move || {
-        // SAFETY: a system call on integers only; it changes this thread's effective uid (the
-        // real and saved ones, -1, stay root), which this thread uses for the connect alone.
-        let r =
-            unsafe { libc::syscall(libc::SYS_setresuid, -1 as libc::c_long, uid as libc::c_long, -1 as libc::c_long) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        UnixStream::connect(&path)
-    })
-    .join()
-    .map_err(|_| io::Error::other("the connecting thread panicked"))?
+    match uid {
+        Some(uid) => as_os_user(uid, || UnixStream::connect(path)),
+        None => UnixStream::connect(path),
+    }
 }
 
 /// The password in the user's `.pgpass` for this server, user and database, as libpq finds it.

@@ -256,7 +256,7 @@ fn try_frozen(
     let mut held = Vec::new();
     let mut prepared = Ok(());
     for spec in &freeze.apps {
-        match apps::prepare(spec, &freeze.env, log) {
+        match apps::prepare(spec, &freeze.env, freeze.limit, log) {
             Ok(h) => held.push(h),
             Err(e) if freeze.app_policy == AppPolicy::Ignore => {
                 log(format!("{e}; the backup goes on without it (processing policy: ignore)"));

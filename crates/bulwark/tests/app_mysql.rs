@@ -1,0 +1,479 @@
+//! Application-aware processing of MariaDB 10.11, with a real server: its data directory (with
+//! the binary log) on an ext4 filesystem inside an image file on XFS, so the reflink snapshot
+//! applies, and an InnoDB and a MyISAM table taking rows continuously while `bulwark backup
+//! --app mysql:socket=…` runs. The agent connects over the server's socket as root by the
+//! unix_socket plugin (as Debian sets MariaDB up), holds `BACKUP STAGE BLOCK_COMMIT` through the
+//! snapshot and records the binary log position. What the lock guarantees is checked exactly on
+//! the restored copy: its binary log ends at the recorded position, and each table holds as many
+//! rows as the inserts that log has up to there (nothing committed during the lock, nothing
+//! committed before it lost); the server started on it passes CHECK TABLE on every table,
+//! without repairing any MyISAM table. Faults: a wrong password, a lock that cannot be had within
+//! the freeze limit, a server that is down, under both policies (require: the backup fails and
+//! writes nothing; ignore: a point with a warning and exit 3); the filesystem is writable after
+//! every one of them (the thaw always happens).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulwark_testkit::{LoopDevice, MountedFs};
+use common::*;
+use serde_json::Value;
+
+const MARIADBD: &str = "/usr/sbin/mariadbd";
+/// Rows each insert statement adds.
+const BATCH: u64 = 10;
+
+/// Root, and MariaDB installed: else the test says why and passes (as the other tests needing
+/// root do); CI has both.
+fn available() -> bool {
+    if !bulwark_testkit::is_root() || !Path::new(MARIADBD).exists() {
+        eprintln!("skipped: needs root and MariaDB ({MARIADBD})");
+        return false;
+    }
+    true
+}
+
+fn open_up(p: &Path) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn must(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `mariadb` as root (unix_socket authentication) on `socket`, without the machine's settings.
+fn client(socket: &Path) -> Command {
+    let mut c = Command::new("mariadb");
+    c.arg("--no-defaults").arg("-S").arg(socket).args(["-u", "root", "-N", "-B"]);
+    c
+}
+
+fn sql(socket: &Path, sql: &str) -> Result<String, String> {
+    let out = client(socket).arg("-e").arg(sql).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into())
+    }
+}
+
+/// A MariaDB server run directly on a data directory, its socket, pid file and log in a
+/// directory of its own; killed when dropped unless stopped.
+struct Maria {
+    run: PathBuf,
+    child: Option<Child>,
+}
+
+impl Maria {
+    fn start(data: &Path, run: &Path, extra: &[&str]) -> Maria {
+        std::fs::create_dir_all(run).unwrap();
+        open_up(run);
+        let opt = |k: &str, p: &Path| format!("--{k}={}", p.display());
+        let child = Command::new(MARIADBD)
+            .arg("--no-defaults")
+            .arg(opt("datadir", data))
+            .arg(opt("socket", &run.join("mysqld.sock")))
+            .arg(opt("pid-file", &run.join("mysqld.pid")))
+            .arg(opt("log-error", &run.join("server.log")))
+            .args(["--skip-networking", "--user=root", "--server-id=1"])
+            // The binary log in the data directory, so it is on the snapshot; statements, so
+            // that its inserts can be counted.
+            .args(["--log-bin=mariadb-bin", "--binlog-format=STATEMENT"])
+            .args(["--innodb-buffer-pool-size=64M", "--skip-name-resolve"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut m = Maria { run: run.into(), child: Some(child) };
+        let started = Instant::now();
+        loop {
+            if sql(&m.socket(), "SELECT 1").is_ok() {
+                return m;
+            }
+            let exited = m.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || started.elapsed() > Duration::from_secs(60) {
+                panic!("MariaDB did not start on {} ({exited:?}):\n{}", data.display(), m.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn socket(&self) -> PathBuf {
+        self.run.join("mysqld.sock")
+    }
+    fn sql(&self, q: &str) -> String {
+        sql(&self.socket(), q).unwrap_or_else(|e| panic!("{q}: {e}"))
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.run.join("server.log")).unwrap_or_default()
+    }
+    fn app(&self, extra: &str) -> String {
+        format!("mysql:socket={}{extra}", self.socket().display())
+    }
+    /// A clean shutdown.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        must(Command::new("mariadb-admin").arg("--no-defaults").arg("-S").arg(self.socket()).arg("shutdown"));
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Maria {
+    fn drop(&mut self) {
+        // A test that failed half way leaves its server running on the filesystem.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The set-up both tests share: XFS, an ext4 image on it with a fresh data directory, the
+/// server running with an InnoDB and a MyISAM table, a repository.
+struct Lab {
+    db: Maria,
+    image: PathBuf,
+    // Dropped in this order: the server killed (above), the ext4 unmounted before the XFS
+    // holding its image, both before the directory goes.
+    ext4: MountedFs,
+    _xfs: MountedFs,
+    dir: tempfile::TempDir,
+}
+
+/// An image mounted for the test's length.
+struct Mounted {
+    at: PathBuf,
+    _dev: LoopDevice,
+}
+
+impl Mounted {
+    fn new(image: &Path, at: &Path) -> Mounted {
+        let dev = LoopDevice::attach(image);
+        std::fs::create_dir_all(at).unwrap();
+        must(Command::new("mount").arg(&dev.device).arg(at));
+        Mounted { at: at.into(), _dev: dev }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        open_up(dir.path());
+        let xfs = MountedFs::create(dir.path(), "xfs", 1 << 30);
+        let image = xfs.path().join("db.img");
+        let ext4 = MountedFs::on_image(&image, "ext4", 512 << 20, &[]);
+        let data = ext4.path().join("data");
+        must(
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args(["--user=root", "--skip-test-db"]),
+        );
+        let db = Maria::start(&data, &dir.path().join("run"), &[]);
+        db.sql(
+            "CREATE DATABASE app; \
+             CREATE TABLE app.inno (id bigint AUTO_INCREMENT PRIMARY KEY, v int NOT NULL, pad varchar(255)) \
+             ENGINE=InnoDB; \
+             CREATE TABLE app.myi (id bigint AUTO_INCREMENT PRIMARY KEY, v int NOT NULL, pad varchar(255)) \
+             ENGINE=MyISAM; \
+             CREATE USER backup@localhost IDENTIFIED BY 'right-password'; \
+             GRANT RELOAD, BINLOG MONITOR ON *.* TO backup@localhost",
+        );
+        ok(bulwark().args(["repo", "init"]).arg(dir.path().join("repo")));
+        Lab { db, image, ext4, _xfs: xfs, dir }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn backup(&self, extra: &[&str]) -> Run {
+        run(bulwark()
+            .arg("backup")
+            .arg(&self.image)
+            .arg("--repo")
+            .arg(self.path("repo"))
+            .args(["--name", "db", "--snapshot", "reflink", "--snapshot-retry-wait", "0", "--json"])
+            .args(extra))
+    }
+    fn points(&self) -> Vec<Value> {
+        let out = ok(bulwark().args(["points", "--json", "--repo"]).arg(self.path("repo")));
+        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
+    }
+    /// The filesystem holding the data directory takes writes (it is not left frozen).
+    fn assert_writable(&self) {
+        let probe = self.ext4.path().join("probe");
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!("echo x > {}", probe.display()))
+            .status()
+            .unwrap();
+        assert!(out.success(), "the filesystem of the data directory was left frozen");
+    }
+}
+
+/// Inserts rows into both tables, a statement of [`BATCH`] rows into each per round, until
+/// stopped; counts the rows committed into each table.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(db: &Maria) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let socket = db.socket();
+        let (s, c) = (stop.clone(), committed.clone());
+        let thread = std::thread::spawn(move || {
+            let rows: Vec<String> = (0..BATCH).map(|i| format!("({i}, repeat('x', 200))")).collect();
+            let rows = rows.join(", ");
+            let round =
+                format!("INSERT INTO app.inno (v, pad) VALUES {rows}; INSERT INTO app.myi (v, pad) VALUES {rows};");
+            while !s.load(Ordering::Relaxed) {
+                if sql(&socket, &round).is_ok() {
+                    c.fetch_add(BATCH, Ordering::SeqCst);
+                }
+            }
+        });
+        Writer { stop, committed, thread: Some(thread) }
+    }
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.committed()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The statements inserting into `table` in the binary log up to `position` of its last file.
+fn inserts_logged(data: &Path, files: &[String], position: u64, table: &str) -> u64 {
+    let out = must(
+        Command::new("mariadb-binlog")
+            .arg("--no-defaults")
+            .arg(format!("--stop-position={position}"))
+            .args(files.iter().map(|f| data.join(f))),
+    );
+    let start = format!("INSERT INTO app.{table} ");
+    out.lines().filter(|l| l.starts_with(&start)).count() as u64
+}
+
+#[test]
+fn a_mariadb_volume_restores_to_exactly_the_recorded_binary_log_position() {
+    if !available() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let writer = Writer::start(&lab.db);
+    while writer.committed() < 3_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = writer.committed();
+    let r = lab.backup(&["--app", &lab.db.app("")]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let after = writer.stop();
+    assert!(after > before, "the writer did not write during the backup");
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "application-consistent", "{report:#}");
+    let app = &report["applications"][0];
+    assert_eq!(app["app"], "mysql", "{report:#}");
+    assert_eq!(app["action"], "read lock", "{report:#}");
+    assert!(app["server"].as_str().unwrap().starts_with("MariaDB 10.11"), "{report:#}");
+    let details = &app["details"];
+    assert_eq!(details["lock"], "BACKUP STAGE BLOCK_COMMIT", "{report:#}");
+    assert!(details["version"].as_str().unwrap().contains("MariaDB"), "{report:#}");
+    let file = details["binlog_file"].as_str().unwrap().to_string();
+    assert!(file.starts_with("mariadb-bin."), "{report:#}");
+    let position: u64 = details["binlog_position"].as_str().unwrap().parse().unwrap();
+    assert!(position > 0, "{report:#}");
+    let frozen = report["freeze_seconds"].as_f64().unwrap();
+    assert!(frozen > 0.0 && frozen < 60.0, "{report:#}");
+    // The point says so too, and keeps the record.
+    let points = lab.points();
+    assert_eq!(points[0]["consistency"], "application-consistent", "{points:#?}");
+    lab.db.stop();
+
+    // Restored, the image is a data directory whose binary log ends where the point says.
+    let restored = lab.path("restored.img");
+    ok(bulwark()
+        .arg("restore")
+        .arg(report["point"].as_str().unwrap())
+        .arg("--repo")
+        .arg(lab.path("repo"))
+        .arg("--to")
+        .arg(&restored));
+    let mounted = Mounted::new(&restored, &lab.path("restored"));
+    let data = mounted.at.join("data");
+    let index = std::fs::read_to_string(data.join("mariadb-bin.index")).unwrap();
+    let files: Vec<String> =
+        index.lines().map(|l| l.trim_start_matches("./").to_string()).filter(|l| !l.is_empty()).collect();
+    assert_eq!(files.last(), Some(&file), "{index}");
+    let logged = std::fs::metadata(data.join(&file)).unwrap().len();
+    assert_eq!(logged, position, "the binary log in the copy goes on past the recorded position");
+    let inno_logged = BATCH * inserts_logged(&data, &files, position, "inno");
+    let myi_logged = BATCH * inserts_logged(&data, &files, position, "myi");
+
+    // It starts (recovering), MyISAM repairs off so that a table needing one shows.
+    let copy = Maria::start(&data, &lab.path("run-restored"), &["--myisam-recover-options=OFF"]);
+    let inno: u64 = copy.sql("SELECT count(*) FROM app.inno").parse().unwrap();
+    let myi: u64 = copy.sql("SELECT count(*) FROM app.myi").parse().unwrap();
+    let checked = Command::new("mariadb-check")
+        .arg("--no-defaults")
+        .arg("-S")
+        .arg(copy.socket())
+        .args(["--all-databases", "--extended"])
+        .output()
+        .unwrap();
+    let myisam_check = copy.sql("CHECK TABLE app.myi EXTENDED");
+    let log = copy.log();
+    drop(copy);
+    drop(mounted);
+    eprintln!(
+        "{file}:{position}: {inno} InnoDB and {myi} MyISAM rows restored, {inno_logged} and {myi_logged} logged; \
+         {before} committed before the backup, {after} by its end; frozen {frozen:.3} s"
+    );
+    // Exactly what the lock guarantees: every row committed before it is there, and nothing
+    // committed while it was held (the log has none past the position).
+    assert_eq!(inno, inno_logged, "InnoDB rows against the inserts logged up to {file}:{position}\n{log}");
+    assert_eq!(myi, myi_logged, "MyISAM rows against the inserts logged up to {file}:{position}\n{log}");
+    assert!(inno >= before && myi >= before, "{inno}/{myi} rows restored, {before} committed before the backup began");
+    assert!(inno <= after && myi <= after, "{inno}/{myi} rows restored, only {after} ever committed");
+    let checked_out = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "mariadb-check: {checked_out}{}", String::from_utf8_lossy(&checked.stderr));
+    let tables: Vec<&str> = checked_out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(tables.iter().any(|l| l.starts_with("app.inno")) && tables.iter().any(|l| l.starts_with("app.myi")));
+    for line in &tables {
+        // `app.myi    OK`; a warning or error comes on lines of its own.
+        assert!(line.split_whitespace().count() == 2 && line.ends_with(" OK"), "CHECK TABLE: {line}\n{checked_out}");
+    }
+    assert_eq!(myisam_check, "app.myi\tcheck\tstatus\tOK", "the MyISAM table was not closed properly");
+    assert!(!log.contains("crashed") && !log.contains("repair"), "{log}");
+}
+
+#[test]
+fn wrong_password_lock_timeout_or_server_down_fail_or_warn_by_policy_and_always_thaw() {
+    if !available() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let wrong = lab.path("wrong");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let right = lab.path("right");
+    std::fs::write(&right, "right-password\n").unwrap();
+    let bad = lab.db.app(&format!(",user=backup,password-file={}", wrong.display()));
+
+    // require: every try fails, the backup fails naming why, no point.
+    let r = lab.backup(&["--app", &bad, "--snapshot-tries", "2"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("refused user backup") && r.stderr.contains("Access denied"), "{}", r.stderr);
+    assert!(!r.stderr.contains("not-the-password"), "{}", r.stderr);
+    assert!(lab.points().is_empty());
+    lab.assert_writable();
+
+    // ignore: a point, not application-consistent, with the reason; exit 3.
+    let r = lab.backup(&["--app", &bad, "--app-policy", "ignore"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "frozen", "{report:#}");
+    assert!(report["warnings"][0].as_str().unwrap().contains("Access denied"), "{report:#}");
+    assert!(!r.stdout.contains("not-the-password") && !r.stderr.contains("not-the-password"));
+    assert_eq!(lab.points().len(), 1);
+    lab.assert_writable();
+
+    // The password user with the right password: application-consistent.
+    let good = lab.db.app(&format!(",user=backup,password-file={}", right.display()));
+    let r = lab.backup(&["--app", &good]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "application-consistent", "{report:#}");
+    assert!(report["applications"][0]["details"]["binlog_position"].is_string(), "{report:#}");
+    assert_eq!(lab.points().len(), 2);
+
+    // A user of unix_socket authentication other than root: the agent connects as that OS user.
+    let os_user_known = Command::new("id").arg("mysql").output().unwrap().status.success();
+    if os_user_known {
+        lab.db.sql("CREATE USER mysql@localhost IDENTIFIED VIA unix_socket; GRANT RELOAD, BINLOG MONITOR ON *.* TO mysql@localhost");
+        let r = lab.backup(&["--app", &lab.db.app(",user=mysql")]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let report: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(report["consistency"], "application-consistent", "{report:#}");
+        assert_eq!(lab.points().len(), 3);
+    }
+    let mut points = lab.points().len();
+
+    // A statement writing to a MyISAM table for longer than the freeze may last: the lock is
+    // not had within the limit, and the try fails instead of waiting for it.
+    let mut long = client(&lab.db.socket())
+        .arg("-e")
+        .arg("INSERT INTO app.myi (v) SELECT SLEEP(20)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let r = lab.backup(&["--app", &lab.db.app(""), "--freeze-limit", "2", "--snapshot-tries", "1"]);
+    let took = started.elapsed();
+    let _ = long.kill();
+    let _ = long.wait();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("Lock wait timeout exceeded") && r.stderr.contains("BACKUP STAGE"), "{}", r.stderr);
+    assert!(took < Duration::from_secs(15), "the backup waited {took:?} for the lock");
+    assert_eq!(lab.points().len(), points);
+    lab.assert_writable();
+
+    // The server down: named, and the same two outcomes.
+    lab.db.stop();
+    let r = lab.backup(&["--app", &lab.db.app(""), "--snapshot-tries", "1"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot connect to") && r.stderr.contains("is the server running"), "{}", r.stderr);
+    assert_eq!(lab.points().len(), points);
+    lab.assert_writable();
+    let r = lab.backup(&["--app", &lab.db.app(""), "--app-policy", "ignore"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "frozen", "{report:#}");
+    assert!(report["warnings"][0].as_str().unwrap().contains("cannot connect to"), "{report:#}");
+    points += 1;
+    assert_eq!(lab.points().len(), points);
+    lab.assert_writable();
+
+    // Started again without the binary log: the lock all the same, and the record says so.
+    lab.db = Maria::start(&lab.ext4.path().join("data"), &lab.path("run"), &["--skip-log-bin"]);
+    let r = lab.backup(&["--app", &lab.db.app("")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "application-consistent", "{report:#}");
+    let details = &report["applications"][0]["details"];
+    assert_eq!(details["binlog"], "binary logging off", "{report:#}");
+    assert!(details.get("binlog_position").is_none(), "{report:#}");
+}
