@@ -67,8 +67,8 @@ for i in $(seq "$RUNS"); do
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["freeze_seconds"], r["consistency"], r["duration_s"])' \
         "$W/run.json" | tee -a "$W/freezes"
 done
-# runuser does not pass a signal on: stop pgbench itself.
-pkill -INT -f "pgbench -h $W/sock" || true
+# runuser does not pass a signal on: stop pgbench itself (it ignores SIGINT with -P).
+pkill -f "pgbench -h $W/sock" || true
 wait "$BENCH_PID" 2>/dev/null || true; BENCH_PID=
 tps=$(grep -Eo '[0-9.]+ tps' "$W/pgbench.out" | awk '{ print $1 }' | sort -n | awk '{ a[NR] = $1 } END {
     if (NR) printf "median %.0f tps over %d intervals of 5 s", a[int((NR + 1) / 2)], NR }')
