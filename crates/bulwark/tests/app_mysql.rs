@@ -12,16 +12,16 @@
 //! writes nothing; ignore: a point with a warning and exit 3); the filesystem is writable after
 //! every one of them (the thaw always happens).
 
+mod applab;
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_testkit::{LoopDevice, MountedFs};
+use applab::{must, open_up, Disk, Mounted};
 use common::*;
 use serde_json::Value;
 
@@ -37,21 +37,6 @@ fn available() -> bool {
         return false;
     }
     true
-}
-
-fn open_up(p: &Path) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn must(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `mariadb` as root (unix_socket authentication) on `socket`, without the machine's settings.
@@ -145,51 +130,29 @@ impl Drop for Maria {
 /// The set-up both tests share: XFS, an ext4 image on it with a fresh data directory, the
 /// server running with an InnoDB and a MyISAM table, a repository.
 struct Lab {
+    // Dropped first: the server killed before its filesystem goes.
     db: Maria,
-    image: PathBuf,
-    // Dropped in this order: the server killed (above), the ext4 unmounted before the XFS
-    // holding its image, both before the directory goes.
-    ext4: MountedFs,
-    _xfs: MountedFs,
-    dir: tempfile::TempDir,
+    disk: Disk,
 }
 
-/// An image mounted for the test's length.
-struct Mounted {
-    at: PathBuf,
-    _dev: LoopDevice,
-}
-
-impl Mounted {
-    fn new(image: &Path, at: &Path) -> Mounted {
-        let dev = LoopDevice::attach(image);
-        std::fs::create_dir_all(at).unwrap();
-        must(Command::new("mount").arg(&dev.device).arg(at));
-        Mounted { at: at.into(), _dev: dev }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
+impl std::ops::Deref for Lab {
+    type Target = Disk;
+    fn deref(&self) -> &Disk {
+        &self.disk
     }
 }
 
 impl Lab {
     fn new() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        open_up(dir.path());
-        let xfs = MountedFs::create(dir.path(), "xfs", 1 << 30);
-        let image = xfs.path().join("db.img");
-        let ext4 = MountedFs::on_image(&image, "ext4", 512 << 20, &[]);
-        let data = ext4.path().join("data");
+        let disk = Disk::new("db.img", 512 << 20);
+        let data = disk.ext4.path().join("data");
         must(
             Command::new("mariadb-install-db")
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
                 .args(["--user=root", "--skip-test-db"]),
         );
-        let db = Maria::start(&data, &dir.path().join("run"), &[]);
+        let db = Maria::start(&data, &disk.path("run"), &[]);
         db.sql(
             "CREATE DATABASE app; \
              CREATE TABLE app.inno (id bigint AUTO_INCREMENT PRIMARY KEY, v int NOT NULL, pad varchar(255)) \
@@ -199,36 +162,7 @@ impl Lab {
              CREATE USER backup@localhost IDENTIFIED BY 'right-password'; \
              GRANT RELOAD, BINLOG MONITOR ON *.* TO backup@localhost",
         );
-        ok(bulwark().args(["repo", "init"]).arg(dir.path().join("repo")));
-        Lab { db, image, ext4, _xfs: xfs, dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn backup(&self, extra: &[&str]) -> Run {
-        run(bulwark()
-            .arg("backup")
-            .arg(&self.image)
-            .arg("--repo")
-            .arg(self.path("repo"))
-            .args(["--name", "db", "--snapshot", "reflink", "--snapshot-retry-wait", "0", "--json"])
-            .args(extra))
-    }
-    fn points(&self) -> Vec<Value> {
-        let out = ok(bulwark().args(["points", "--json", "--repo"]).arg(self.path("repo")));
-        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
-    }
-    /// The filesystem holding the data directory takes writes (it is not left frozen).
-    fn assert_writable(&self) {
-        let probe = self.ext4.path().join("probe");
-        let out = Command::new("timeout")
-            .arg("10")
-            .arg("sh")
-            .arg("-c")
-            .arg(format!("echo x > {}", probe.display()))
-            .status()
-            .unwrap();
-        assert!(out.success(), "the filesystem of the data directory was left frozen");
+        Lab { db, disk }
     }
 }
 

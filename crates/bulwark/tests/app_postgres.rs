@@ -12,17 +12,17 @@
 //! run through the server, a transport node and an agent; a viewer sees neither the scripts
 //! nor their output.
 
+mod applab;
 mod cluster;
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_testkit::{LoopDevice, MountedFs};
+use applab::{must, Disk, Mounted};
 use common::*;
 use serde_json::Value;
 
@@ -40,25 +40,10 @@ fn available() -> bool {
     true
 }
 
-fn open_up(p: &Path) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--", &format!("{BIN}/{program}")]);
     c
-}
-
-fn must(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A PostgreSQL server on a data directory, with its socket in a directory of its own.
@@ -111,12 +96,14 @@ impl Pg {
 /// running, a repository.
 struct Lab {
     pg: Pg,
-    image: PathBuf,
-    // Dropped in this order: the ext4 unmounted before the XFS holding its image, both before
-    // the directory goes.
-    ext4: MountedFs,
-    _xfs: MountedFs,
-    dir: tempfile::TempDir,
+    disk: Disk,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Disk;
+    fn deref(&self) -> &Disk {
+        &self.disk
+    }
 }
 
 impl Drop for Lab {
@@ -126,74 +113,19 @@ impl Drop for Lab {
     }
 }
 
-/// An image mounted for the test's length.
-struct Mounted {
-    at: PathBuf,
-    _dev: LoopDevice,
-}
-
-impl Mounted {
-    fn new(image: &Path, at: &Path) -> Mounted {
-        let dev = LoopDevice::attach(image);
-        std::fs::create_dir_all(at).unwrap();
-        must(Command::new("mount").arg(&dev.device).arg(at));
-        Mounted { at: at.into(), _dev: dev }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
-    }
-}
-
 impl Lab {
     fn new(port: u16) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        open_up(dir.path());
-        let xfs = MountedFs::create(dir.path(), "xfs", 1 << 30);
-        let image = xfs.path().join("pg.img");
-        let ext4 = MountedFs::on_image(&image, "ext4", 320 << 20, &[]);
-        open_up(ext4.path());
-        let data = ext4.path().join("data");
+        let disk = Disk::new("pg.img", 320 << 20);
+        let data = disk.ext4.path().join("data");
         std::fs::create_dir(&data).unwrap();
         must(Command::new("chown").arg("postgres:postgres").arg(&data));
         must(as_postgres("initdb").arg("-D").arg(&data).args(["--data-checksums", "-A", "peer", "-U", "postgres"]));
         // The superuser by peer authentication; every other user by password.
         std::fs::write(data.join("pg_hba.conf"), "local all postgres peer\nlocal all all scram-sha-256\n").unwrap();
-        let pg = Pg::start(&data, &dir.path().join("sock"), port);
+        let pg = Pg::start(&data, &disk.path("sock"), port);
         pg.psql("CREATE TABLE rows (id bigserial PRIMARY KEY, v int NOT NULL, pad text)").unwrap();
         pg.psql("CREATE ROLE backup LOGIN PASSWORD 'right-password' IN ROLE pg_checkpoint").unwrap();
-        ok(bulwark().args(["repo", "init"]).arg(dir.path().join("repo")));
-        Lab { pg, image, ext4, _xfs: xfs, dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn backup(&self, extra: &[&str]) -> Run {
-        run(bulwark()
-            .arg("backup")
-            .arg(&self.image)
-            .arg("--repo")
-            .arg(self.path("repo"))
-            .args(["--name", "pg", "--snapshot", "reflink", "--snapshot-retry-wait", "0", "--json"])
-            .args(extra))
-    }
-    fn points(&self) -> Vec<Value> {
-        let out = ok(bulwark().args(["points", "--json", "--repo"]).arg(self.path("repo")));
-        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
-    }
-    /// The filesystem holding the data directory takes writes (it is not left frozen).
-    fn assert_writable(&self) {
-        let probe = self.ext4.path().join("probe");
-        let out = Command::new("timeout")
-            .arg("10")
-            .arg("sh")
-            .arg("-c")
-            .arg(format!("echo x > {}", probe.display()))
-            .status()
-            .unwrap();
-        assert!(out.success(), "the filesystem of the data directory was left frozen");
+        Lab { pg, disk }
     }
 }
 
@@ -384,8 +316,8 @@ fn a_managed_job_processes_postgres_with_a_sealed_password_and_freeze_scripts() 
     let repos = lab.path("repos");
     std::fs::create_dir_all(&repos).unwrap();
     let _transport =
-        start_node(&server, "transport", "store-1", lab.dir.path(), &["--root", repos.to_str().unwrap()], None);
-    let _agent = start_node(&server, "agent", "db-1", lab.dir.path(), &[], None);
+        start_node(&server, "transport", "store-1", lab.disk.dir.path(), &["--root", repos.to_str().unwrap()], None);
+    let _agent = start_node(&server, "agent", "db-1", lab.disk.dir.path(), &[], None);
     let create = ["repository", "create", "main", "--transport", "store-1", "--path"];
     cli(&server, &[&create[..], &[repos.join("main").to_str().unwrap()]].concat()).unwrap();
     let value = lab.path("pgpass-value");
