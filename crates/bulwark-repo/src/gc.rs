@@ -302,6 +302,46 @@ const REPACK_BELOW: f64 = 0.5;
 /// only when its lease began this long after the list was written.
 const CONDEMNED_MARGIN: Duration = Duration::from_secs(5);
 
+/// The packs a collection writes for the live chunks of the packs it repacks.
+struct Repack {
+    open: Option<pack::OpenPack>,
+    target: u64,
+    done: Vec<pack::Finished>,
+}
+
+impl Repack {
+    fn put(
+        &mut self,
+        storage: &dyn crate::storage::Storage,
+        keys: &crate::crypto::Keys,
+        chunk: &ChunkId,
+        stored: &[u8],
+    ) -> std::io::Result<()> {
+        let open = match &mut self.open {
+            Some(p) => p,
+            None => self.open.insert(pack::OpenPack::create(storage)?),
+        };
+        open.append(chunk, stored)?;
+        if open.len() >= self.target {
+            self.close(keys)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, keys: &crate::crypto::Keys) -> std::io::Result<()> {
+        if let Some(p) = self.open.take() {
+            self.done.push(p.close(keys).map_err(|(_, e)| e)?);
+        }
+        Ok(())
+    }
+
+    /// Every pack written, committed.
+    fn finish(mut self, keys: &crate::crypto::Keys) -> std::io::Result<Vec<pack::Finished>> {
+        self.close(keys)?;
+        Ok(self.done)
+    }
+}
+
 /// The sweep of a repository with packs. A pack cannot be touched like a loose chunk, so what
 /// running backups may still reuse is found another way: unreferenced chunks are first
 /// *condemned* (listed in `gc/condemned`), and deleted only once no backup that began before the
@@ -322,21 +362,27 @@ fn sweep_packs(
     let keys = packs.keys();
     let ioe = |what: &str, e| repo.io_err(what, e);
     packs.refresh().map_err(|e| ioe("reading the pack index", e))?;
-    let old_index: Vec<String> = packs.state().loaded_names().cloned().collect();
+    // What this collection may rewrite: the index objects loaded now and the packs they name.
+    // Packs a backup of this process indexes from here on are named by objects of their own,
+    // which stay as they are.
+    let snap = packs.state().snapshot();
     let earlier = pack::read_condemned(storage, keys).map_err(|e| ioe("reading the condemned chunks", e))?;
-    let indexed: HashSet<ChunkId> = packs.state().chunks().collect();
+    let copies: HashSet<(ChunkId, PackId)> =
+        snap.by_pack.iter().flat_map(|(p, cs)| cs.iter().map(move |(c, _)| (*c, *p))).collect();
 
     // Backups that may not have seen the earlier list hold it back: those running when this
     // collection listed leases, before it marked. (One that ended after marking would have
-    // committed a point the marks do not cover; one that began after the list saw it.)
-    let mut finalized: HashSet<ChunkId> = HashSet::new();
-    let mut list = earlier.chunks.clone();
+    // committed a point the marks do not cover; one that began after the list saw it.) Only
+    // the copies the list names go: a backup that saw the list stored the chunk again, and
+    // its point will need that copy.
+    let mut finalized: HashSet<(ChunkId, PackId)> = HashSet::new();
+    let mut list = earlier.copies.clone();
     let blocked = match earlier.written {
         Some(written) => {
             let blockers: Vec<String> =
                 writers.iter().filter(|w| w.started < written + CONDEMNED_MARGIN).map(|w| w.id.clone()).collect();
             if blockers.is_empty() {
-                finalized.extend(earlier.chunks.iter().filter(|c| !marked.contains(c) && indexed.contains(c)));
+                finalized.extend(earlier.copies.iter().filter(|cp| !marked.contains(&cp.0) && copies.contains(cp)));
             }
             report.waiting_for = blockers;
             !report.waiting_for.is_empty()
@@ -346,37 +392,38 @@ fn sweep_packs(
     if !blocked {
         // Condemn what nothing references now. The list keeps what is about to be deleted too,
         // so a backup beginning meanwhile reuses none of it.
-        let fresh: HashSet<ChunkId> =
-            indexed.iter().filter(|c| !marked.contains(c) && !finalized.contains(c)).copied().collect();
+        let fresh: HashSet<(ChunkId, PackId)> =
+            copies.iter().filter(|cp| !marked.contains(&cp.0) && !finalized.contains(cp)).copied().collect();
         list = fresh.iter().chain(finalized.iter()).copied().collect();
         if !fresh.is_empty() {
             pack::write_condemned(storage, keys, &list).map_err(|e| ioe("writing the condemned chunks", e))?;
-            // With no backup running now, every later one sees the list: the fresh chunks can go
+            // With no backup running now, every later one sees the list: the fresh copies can go
             // at once, less what points committed since marking reference.
             let running = locks::writers(storage, true).map_err(|e| ioe("listing running backups", e))?;
             if running.is_empty() {
                 let since = repo.catalog()?;
                 let known: HashSet<&RestorePointId> = catalog.points.iter().map(|m| &m.id).collect();
                 mark(repo, &since, |id| !known.contains(id), marked, report)?;
-                finalized.extend(fresh.iter().filter(|c| !marked.contains(c)));
+                finalized.extend(fresh.iter().filter(|cp| !marked.contains(&cp.0)));
             } else {
                 report.waiting_for = running.into_iter().map(|w| w.id).collect();
             }
         }
     }
 
-    // Delete and repack. Dead are the copies of finalized chunks, and every copy of a chunk
-    // stored twice (two backups racing, a condemned chunk stored again) but the one in the
-    // pack with the most live chunks.
-    let by_pack = packs.state().by_pack();
+    // Delete and repack. Dead are the finalized copies, and every copy of a chunk stored twice
+    // (two backups racing, a condemned chunk stored again) but the one in the pack with the
+    // most live chunks.
+    let by_pack = &snap.by_pack;
+    let is_live = |c: &ChunkId, p: &PackId| !finalized.contains(&(*c, *p));
     let live_count: HashMap<PackId, usize> =
-        by_pack.iter().map(|(p, copies)| (*p, copies.iter().filter(|(c, _)| !finalized.contains(c)).count())).collect();
+        by_pack.iter().map(|(p, cs)| (*p, cs.iter().filter(|(c, _)| is_live(c, p)).count())).collect();
     // A damaged copy is never the one kept while a sound one exists: the packs of chunks
     // stored twice are checked (a damaged chunk stored again is the usual reason for a second
     // copy).
     let mut copies_of: HashMap<ChunkId, Vec<PackId>> = HashMap::new();
-    for (p, copies) in &by_pack {
-        for (c, _) in copies.iter().filter(|(c, _)| !finalized.contains(c)) {
+    for (p, cs) in by_pack {
+        for (c, _) in cs.iter().filter(|(c, _)| is_live(c, p)) {
             copies_of.entry(*c).or_default().push(*p);
         }
     }
@@ -398,11 +445,11 @@ fn sweep_packs(
         Keep,
     }
     let mut fates = Vec::with_capacity(by_pack.len());
-    for (pack, copies) in &by_pack {
-        let (live, dead): (Vec<_>, Vec<_>) = copies.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
+    for (pack, cs) in by_pack {
+        let (live, dead): (Vec<_>, Vec<_>) = cs.iter().partition(|(c, _)| keeper.get(c) == Some(pack));
         let dead_bytes: u64 = dead.iter().map(|(_, l)| l.len as u64).sum();
         let live_bytes: u64 = live.iter().map(|(_, l)| l.len as u64).sum();
-        let size = packs.state().pack_size(pack).unwrap_or(1).max(1);
+        let size = snap.sizes.get(pack).copied().unwrap_or(1).max(1);
         let fate = if live.is_empty() {
             Fate::Delete
         } else if dead_bytes > 0 && (live_bytes as f64) < REPACK_BELOW * size as f64 {
@@ -413,13 +460,15 @@ fn sweep_packs(
         fates.push((*pack, live, dead_bytes, size, fate));
     }
     let mut candidates: Vec<String> = fates.iter().filter(|f| !matches!(f.4, Fate::Keep)).map(|f| f.0.key()).collect();
-    candidates.extend(old_index.iter().map(|name| format!("{}{name}", pack::INDEX)));
+    candidates.extend(snap.names.iter().map(|name| format!("{}{name}", pack::INDEX)));
     let locks = repo.locks_of(&candidates).map_err(|e| ioe("reading the locks of objects to delete", e))?;
 
     let mut doomed = Vec::new();
-    let mut rewritten_index = IndexObject::default();
-    let mut kept_entries = 0usize;
-    let mut new_index = Vec::new();
+    let mut rewritten = IndexObject::default();
+    // The live chunks of repacked packs go into packs of this collection's own, indexed with
+    // the rewritten index before anything old is deleted (not into a backup's open pack,
+    // whose index object could come after the deletions).
+    let mut repack = Repack { open: None, target: packs.target(), done: Vec::new() };
     let mut any_dead = false;
     for (pack, live, dead_bytes, size, mut fate) in fates {
         any_dead |= dead_bytes > 0;
@@ -456,7 +505,7 @@ fn sweep_packs(
                     let stored = bytes.get(l.offset as usize..(l.offset + l.len as u64) as usize);
                     match (stored, sums.get(&(*c, l.offset))) {
                         (Some(stored), Some(sum)) if blake3::hash(stored).as_bytes() == sum => {
-                            packs.put(c, stored).map_err(|e| ioe("writing a repacked pack", e))?
+                            repack.put(storage, keys, c, stored).map_err(|e| ioe("writing a repacked pack", e))?
                         }
                         _ => report.damaged_left_behind += 1,
                     }
@@ -467,24 +516,20 @@ fn sweep_packs(
                 continue;
             }
         }
-        rewritten_index.packs.push((pack, size, live.iter().map(|(c, l)| (*c, l.offset, l.len)).collect()));
-        kept_entries += live.len();
-        if kept_entries >= pack::entries_per_index() {
-            new_index.push(std::mem::take(&mut rewritten_index));
-            kept_entries = 0;
-        }
+        rewritten.packs.push((pack, size, live.iter().map(|(c, l)| (*c, l.offset, l.len)).collect()));
     }
     report.deleted_chunks = finalized.len() as u64;
     if any_dead {
-        packs.flush().map_err(|e| ioe("writing repacked packs", e))?;
-        new_index.push(rewritten_index);
+        for f in repack.finish(keys).map_err(|e| ioe("writing a repacked pack", e))? {
+            rewritten.packs.push((f.id, f.size, f.entries));
+        }
         // New index first, then the old one goes, then the packs: a reader finds every live
         // chunk at every instant (twice, for a moment).
-        for obj in new_index.iter().filter(|o| !o.packs.is_empty()) {
-            packs.put_index(obj).map_err(|e| ioe("writing the pack index", e))?;
+        for obj in rewritten.split(pack::entries_per_index()) {
+            packs.put_index(&obj).map_err(|e| ioe("writing the pack index", e))?;
         }
         storage.sync().map_err(|e| ioe("syncing", e))?;
-        for name in &old_index {
+        for name in &snap.names {
             let key = format!("{}{name}", pack::INDEX);
             match locks.get(&key) {
                 Some(until) => report.locked(Some(*until)),
@@ -498,7 +543,7 @@ fn sweep_packs(
         }
         packs.refresh().map_err(|e| ioe("reading the pack index", e))?;
     }
-    report.condemned_waiting = list.iter().filter(|c| !finalized.contains(c) && indexed.contains(c)).count() as u64;
+    report.condemned_waiting = list.iter().filter(|cp| !finalized.contains(cp) && copies.contains(cp)).count() as u64;
     if report.condemned_waiting == 0 && (earlier.written.is_some() || !list.is_empty()) {
         storage.delete(pack::CONDEMNED).map_err(|e| ioe("clearing the condemned chunks", e))?;
     }

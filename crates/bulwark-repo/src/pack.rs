@@ -11,8 +11,9 @@
 //!   writer adds one index object for every 4 packs it finishes and one before each manifest,
 //!   so everything a manifest refers to is findable before the manifest exists. Index objects
 //!   never change; garbage collection replaces the whole set.
-//! - `gc/condemned` — chunks the last collection found unreferenced (see [`crate::gc`]):
-//!   backups that begin after it was written never reuse them.
+//! - `gc/condemned` — chunks the last collection found unreferenced, with the packs holding
+//!   the copies it condemned (see [`crate::gc`]): backups that begin after it was written never
+//!   reuse them, and a later collection deletes those copies only.
 //!
 //! Everything a point needs is reached from its manifest by chunk id, never by pack: packs can
 //! be rewritten (repacked) under running readers, who look a chunk up again when its pack is
@@ -33,7 +34,8 @@ pub(crate) const CONDEMNED: &str = "gc/condemned";
 const PACK_MAGIC: &[u8; 4] = b"BWP1";
 const HEADER_MAGIC: &[u8; 4] = b"BWH1";
 const INDEX_MAGIC: &[u8; 4] = b"BWX1";
-const CONDEMNED_MAGIC: &[u8; 4] = b"BWG1";
+const CONDEMNED_MAGIC: &[u8; 4] = b"BWG2";
+const CONDEMNED_MAGIC_V1: &[u8; 4] = b"BWG1";
 /// The default size a pack is closed at.
 pub const DEFAULT_PACK_SIZE: u64 = 32 << 20;
 pub const MIN_PACK_SIZE: u64 = 1 << 20;
@@ -222,6 +224,25 @@ fn index_aad(name: &str) -> String {
 }
 
 impl IndexObject {
+    /// The same packs in objects of about `entries` entries each (a pack is never split);
+    /// none if there are no packs.
+    pub fn split(self, entries: usize) -> Vec<IndexObject> {
+        let mut out = Vec::new();
+        let (mut cur, mut n) = (IndexObject::default(), 0);
+        for p in self.packs {
+            n += p.2.len();
+            cur.packs.push(p);
+            if n >= entries {
+                out.push(std::mem::take(&mut cur));
+                n = 0;
+            }
+        }
+        if !cur.packs.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
     fn encode(&self, keys: &Keys, name: &str) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(INDEX_MAGIC);
@@ -291,6 +312,13 @@ impl IndexState {
         }
     }
 
+    fn add_pack(&mut self, f: &Finished) {
+        self.packs.insert(f.id, f.size);
+        for (c, off, len) in &f.entries {
+            self.add(*c, Loc { pack: f.id, offset: *off, len: *len });
+        }
+    }
+
     fn apply(&mut self, name: &str, obj: &IndexObject) {
         for (pack, size, entries) in &obj.packs {
             self.packs.insert(*pack, *size);
@@ -323,47 +351,85 @@ impl IndexState {
         self.packs.keys().copied()
     }
 
-    /// Every copy of every chunk, by pack.
-    pub fn by_pack(&self) -> HashMap<PackId, Vec<(ChunkId, Loc)>> {
-        let mut out: HashMap<PackId, Vec<(ChunkId, Loc)>> = HashMap::new();
-        for (c, l) in &self.chunks {
-            out.entry(l.pack).or_default().push((*c, *l));
+    /// What a collection works on, taken at one instant: the index objects loaded, and every
+    /// copy in the packs they name. Packs this process finished and has not indexed yet are
+    /// in neither.
+    pub fn snapshot(&self) -> IndexSnapshot {
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, Loc)>> = HashMap::new();
+        let copies = self.chunks.iter().chain(self.extra.iter().flat_map(|(c, ls)| ls.iter().map(move |l| (c, l))));
+        for (c, l) in copies.filter(|(_, l)| self.pack_index.contains_key(&l.pack)) {
+            by_pack.entry(l.pack).or_default().push((*c, *l));
         }
-        for (c, ls) in &self.extra {
-            for l in ls {
-                out.entry(l.pack).or_default().push((*c, *l));
-            }
-        }
-        out
+        let sizes = by_pack.keys().map(|p| (*p, self.packs.get(p).copied().unwrap_or(0))).collect();
+        IndexSnapshot { names: self.loaded.iter().cloned().collect(), by_pack, sizes }
     }
 
     pub fn pack_size(&self, pack: &PackId) -> Option<u64> {
         self.packs.get(pack).copied()
     }
-
-    pub fn loaded_names(&self) -> impl Iterator<Item = &String> {
-        self.loaded.iter()
-    }
 }
 
-struct OpenPack {
+/// See [`IndexState::snapshot`].
+pub(crate) struct IndexSnapshot {
+    pub names: Vec<String>,
+    pub by_pack: HashMap<PackId, Vec<(ChunkId, Loc)>>,
+    pub sizes: HashMap<PackId, u64>,
+}
+
+/// A pack being written: chunks appended, then the header, then committed.
+pub(crate) struct OpenPack {
     id: PackId,
     staged: Box<dyn StagedObject>,
     entries: Vec<PackEntry>,
     len: u64,
 }
 
+impl OpenPack {
+    pub fn create(storage: &dyn Storage) -> io::Result<OpenPack> {
+        let id = PackId::random();
+        let staged = storage.create(&id.key())?;
+        Ok(OpenPack { id, staged, entries: Vec::new(), len: 0 })
+    }
+
+    pub fn append(&mut self, chunk: &ChunkId, stored: &[u8]) -> io::Result<()> {
+        self.staged.write_all(stored)?;
+        let sum = *blake3::hash(stored).as_bytes();
+        self.entries.push(PackEntry { chunk: *chunk, offset: self.len, len: stored.len() as u32, sum });
+        self.len += stored.len() as u64;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Writes the header and commits the pack: what an index object says of it.
+    pub fn close(mut self, keys: &Keys) -> Result<Finished, (PackId, io::Error)> {
+        let header = encode_header(keys, &self.id, &self.entries);
+        let size = self.len + header.len() as u64;
+        if let Err(e) = self.staged.write_all(&header).and_then(|()| self.staged.commit(false)) {
+            return Err((self.id, e));
+        }
+        let entries = self.entries.iter().map(|e| (e.chunk, e.offset, e.len)).collect();
+        Ok(Finished { id: self.id, size, entries })
+    }
+}
+
 /// The chunks of a pack finished but not yet in an index object.
-struct Finished {
-    id: PackId,
-    size: u64,
-    entries: Vec<(ChunkId, u64, u32)>,
+pub(crate) struct Finished {
+    pub id: PackId,
+    pub size: u64,
+    pub entries: Vec<(ChunkId, u64, u32)>,
 }
 
 /// Condemned chunks, as the last collection left them.
 #[derive(Debug, Clone, Default)]
 pub struct Condemned {
+    /// What backups must not reuse.
     pub chunks: HashSet<ChunkId>,
+    /// The copies condemned: what a later collection may delete. A copy stored after the list
+    /// was written (by a backup that saw it and stored the chunk again) is not one of them.
+    pub copies: HashSet<(ChunkId, PackId)>,
     /// When the list was written (the storage's clock): backups that began after it (with a
     /// margin) have seen it.
     pub written: Option<SystemTime>,
@@ -399,6 +465,9 @@ pub(crate) struct Core {
     keys: Keys,
     state: RwLock<IndexState>,
     finished: Mutex<Vec<Finished>>,
+    /// Held while an index object of this process is written and while the index is
+    /// refreshed: a refresh sees each of this process's packs indexed, queued, or both.
+    indexing: Mutex<()>,
     /// Packs abandoned after an error: chunks that writers were told were stored are lost,
     /// so no point that may use them may be committed (see [`Packs::failures`]).
     failures: Mutex<(u64, Option<String>)>,
@@ -484,6 +553,7 @@ impl Packs {
                 keys,
                 state: RwLock::new(IndexState::default()),
                 finished: Mutex::new(Vec::new()),
+                indexing: Mutex::new(()),
                 failures: Mutex::new((0, None)),
                 remote,
                 uploads: Mutex::new(Uploads::default()),
@@ -505,6 +575,8 @@ impl Packs {
     /// Loads index objects written since the last call (all of them the first time). When an
     /// index object loaded before is gone (a collection rewrote the index), starts over.
     pub fn refresh(&self) -> io::Result<()> {
+        // No index object is written meanwhile by this process (see `Core::index_finished`).
+        let _indexing = self.indexing.lock().expect("no panics while held");
         let listed = self.storage.list(INDEX)?;
         let names: HashSet<&str> = listed.iter().map(|e| e.name.as_str()).collect();
         let restart = {
@@ -544,12 +616,12 @@ impl Packs {
         base.complete = true;
         if restart {
             let _ = base;
-            // Packs this process finished and has not indexed yet are in no object.
-            for f in self.finished.lock().expect("no panics while held").iter() {
-                fresh.packs.insert(f.id, f.size);
-                for (c, off, len) in &f.entries {
-                    fresh.add(*c, Loc { pack: f.id, offset: *off, len: *len });
-                }
+            // Packs this process finished and has not indexed yet are in no object. The queue
+            // stays locked until the state is replaced, so a pack finishing now is in one or
+            // the other (`Core::finish` adds to both under the queue's lock).
+            let finished = self.finished.lock().expect("no panics while held");
+            for f in finished.iter() {
+                fresh.add_pack(f);
             }
             *self.state.write().expect("no panics while held") = fresh;
         }
@@ -585,23 +657,18 @@ impl Packs {
     /// this call's error.
     pub fn put(&self, chunk: &ChunkId, stored: &[u8]) -> io::Result<()> {
         self.take_unreported()?;
-        let sum = *blake3::hash(stored).as_bytes();
         let full = {
             let mut open = self.open.lock().expect("no panics while held");
             if open.is_none() {
-                let id = PackId::random();
-                let staged = self.storage.create(&id.key())?;
-                *open = Some(OpenPack { id, staged, entries: Vec::new(), len: 0 });
+                *open = Some(OpenPack::create(&*self.storage)?);
             }
             let p = open.as_mut().expect("just opened");
-            if let Err(e) = p.staged.write_all(stored) {
+            if let Err(e) = p.append(chunk, stored) {
                 let lost = open.take().expect("open");
                 self.fail(&lost.id, &e);
                 return Err(e);
             }
-            p.entries.push(PackEntry { chunk: *chunk, offset: p.len, len: stored.len() as u32, sum });
-            p.len += stored.len() as u64;
-            if p.len < self.target {
+            if p.len() < self.target {
                 None
             } else if self.remote {
                 // The turn is waited for holding the open pack: every writer then waits, and
@@ -647,8 +714,7 @@ impl Packs {
         if failed != failed_before {
             return Err(io::Error::other(why.unwrap_or_else(|| "a pack could not be written".into())));
         }
-        let batch = std::mem::take(&mut *self.finished.lock().expect("no panics while held"));
-        self.write_index(batch)
+        self.index_finished()
     }
 
     /// The keys of the packs holding `chunks` (every copy) and of the index objects naming
@@ -777,6 +843,11 @@ impl Packs {
         Ok(health)
     }
 
+    /// The size a pack is closed at.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -796,37 +867,37 @@ impl Core {
 
     /// Writes the header, commits the pack, and indexes it (with the packs finished before it,
     /// every [`PACKS_PER_INDEX`]).
-    fn finish(&self, mut p: OpenPack) -> io::Result<()> {
-        let header = encode_header(&self.keys, &p.id, &p.entries);
-        let size = p.len + header.len() as u64;
-        let written = p.staged.write_all(&header).and_then(|()| p.staged.commit(false));
-        if let Err(e) = written {
-            self.fail(&p.id, &e);
-            return Err(e);
-        }
-        let entries: Vec<(ChunkId, u64, u32)> = p.entries.iter().map(|e| (e.chunk, e.offset, e.len)).collect();
-        {
-            let mut st = self.state.write().expect("no panics while held");
-            st.packs.insert(p.id, size);
-            for (c, off, len) in &entries {
-                st.add(*c, Loc { pack: p.id, offset: *off, len: *len });
-            }
-        }
-        // Not taken as checked for having been written: what reaches the disk is read back
-        // before the first reuse, as for any other pack.
-        let batch = {
-            let mut finished = self.finished.lock().expect("no panics while held");
-            finished.push(Finished { id: p.id, size, entries });
-            if finished.len() >= PACKS_PER_INDEX {
-                std::mem::take(&mut *finished)
-            } else {
-                Vec::new()
+    fn finish(&self, p: OpenPack) -> io::Result<()> {
+        let f = match p.close(&self.keys) {
+            Ok(f) => f,
+            Err((id, e)) => {
+                self.fail(&id, &e);
+                return Err(e);
             }
         };
-        self.write_index(batch)
+        // Into the state and the queue at once: a refresh that starts over rebuilds the state
+        // from the index objects and the queue, and must find the pack in one of them.
+        // Not taken as checked for having been written: what reaches the disk is read back
+        // before the first reuse, as for any other pack.
+        let queued = {
+            let mut finished = self.finished.lock().expect("no panics while held");
+            self.state.write().expect("no panics while held").add_pack(&f);
+            finished.push(f);
+            finished.len()
+        };
+        if queued >= PACKS_PER_INDEX {
+            self.index_finished()
+        } else {
+            Ok(())
+        }
     }
 
-    fn write_index(&self, batch: Vec<Finished>) -> io::Result<()> {
+    /// Writes one index object for the packs finished and not indexed yet.
+    fn index_finished(&self) -> io::Result<()> {
+        // Held from taking the batch until the state knows its index object: a refresh in
+        // between would find the packs neither queued nor in any object it lists.
+        let _indexing = self.indexing.lock().expect("no panics while held");
+        let batch = std::mem::take(&mut *self.finished.lock().expect("no panics while held"));
         if batch.is_empty() {
             return Ok(());
         }
@@ -1136,24 +1207,37 @@ pub(crate) fn read_condemned(storage: &dyn Storage, keys: &Keys) -> io::Result<C
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("{CONDEMNED} is unreadable: {e}"));
     let plain = unseal(keys, condemned_aad(), &raw).map_err(invalid)?;
     let mut c = Cursor(&plain);
-    if c.take(4).map_err(invalid)? != CONDEMNED_MAGIC {
-        return Err(invalid("bad magic".into()));
-    }
-    let n = c.count(32).map_err(invalid)?;
-    let mut chunks = HashSet::with_capacity(n);
+    // A list of the first kind names chunks without their copies: backups still keep off
+    // them, but a collection deletes none of it and condemns afresh.
+    let with_copies = match c.take(4).map_err(invalid)? {
+        m if m == CONDEMNED_MAGIC => true,
+        m if m == CONDEMNED_MAGIC_V1 => false,
+        _ => return Err(invalid("bad magic".into())),
+    };
+    let n = c.count(if with_copies { 48 } else { 32 }).map_err(invalid)?;
+    let mut out = Condemned { written: Some(meta.modified), ..Default::default() };
     for _ in 0..n {
-        chunks.insert(ChunkId(c.arr().map_err(invalid)?));
+        let chunk = ChunkId(c.arr().map_err(invalid)?);
+        out.chunks.insert(chunk);
+        if with_copies {
+            out.copies.insert((chunk, PackId(c.arr().map_err(invalid)?)));
+        }
     }
-    Ok(Condemned { chunks, written: Some(meta.modified) })
+    Ok(out)
 }
 
-pub(crate) fn write_condemned(storage: &dyn Storage, keys: &Keys, chunks: &HashSet<ChunkId>) -> io::Result<()> {
+pub(crate) fn write_condemned(
+    storage: &dyn Storage,
+    keys: &Keys,
+    copies: &HashSet<(ChunkId, PackId)>,
+) -> io::Result<()> {
     let mut b = CONDEMNED_MAGIC.to_vec();
-    b.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-    let mut sorted: Vec<&ChunkId> = chunks.iter().collect();
-    sorted.sort();
-    for c in sorted {
+    b.extend_from_slice(&(copies.len() as u32).to_le_bytes());
+    let mut sorted: Vec<&(ChunkId, PackId)> = copies.iter().collect();
+    sorted.sort_by_key(|(c, p)| (c.0, p.0));
+    for (c, p) in sorted {
         b.extend_from_slice(&c.0);
+        b.extend_from_slice(&p.0);
     }
     storage.put(CONDEMNED, &seal(keys, condemned_aad(), b), true)
 }

@@ -235,3 +235,33 @@ fn the_same_repository_logic_runs_on_memory_storage() {
     );
     assert!(loose.is_err());
 }
+
+#[test]
+fn a_collection_keeps_the_copies_a_running_backup_stored_again_after_condemnation() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_packs(dir.path().join("r"));
+    let data: Vec<_> = (0..32).map(|i| block(4, i)).collect();
+    let m = backup(&repo, "x", &data);
+    let blocker = repo.begin_point(spec("blocker", 1, None)).unwrap();
+    repo.delete_point(&m.id).unwrap();
+    let gc = collect_garbage(&repo, Duration::ZERO).unwrap();
+    assert_eq!(gc.condemned_waiting, 32, "{gc:?}");
+    std::thread::sleep(Duration::from_secs(6));
+    // A backup that saw the list stores the same chunks again, and is still running when the
+    // blocker ends and the next collection deletes the condemned copies: its own copies stay.
+    let mut w = repo.begin_point(spec("x", data.len(), None)).unwrap();
+    write_blocks(&repo, &mut w, &data).unwrap();
+    drop(blocker);
+    let gc = collect_garbage(&repo, Duration::ZERO).unwrap();
+    assert_eq!(gc.deleted_chunks, 32, "{gc:?}");
+    let again = w.commit(PointStats::default()).unwrap();
+    assert_restores(&repo, &again, &data);
+    // So does a collection in another process, which finds them through the index.
+    let other = Repository::open(dir.path().join("r"), None).unwrap();
+    other.delete_point(&again.id).unwrap();
+    let gc = collect_garbage(&other, Duration::ZERO).unwrap();
+    assert_eq!(gc.condemned_waiting, 0, "{gc:?}");
+    assert_eq!(objects(&other, "data/"), 0, "{gc:?}");
+    let report = verify(&repo, Selection::All, 2, &|_| {}).unwrap();
+    assert!(report.ok, "{report:?}");
+}
