@@ -163,7 +163,7 @@ pub fn backup_volume_with(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let Taken { snapshot, frozen, applications, warnings } =
+    let Taken { snapshot, frozen, applications, warnings, .. } =
         create_with_retries(provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
             .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     notes.extend(snapshot.notes.iter().cloned());

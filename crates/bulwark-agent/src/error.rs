@@ -29,6 +29,13 @@ pub enum AgentError {
     RestoreFailed { point: String, block: u64, offset: u64, cause: Box<AgentError>, note: &'static str },
     #[error("cannot snapshot {source_path}: {reason}")]
     Snapshot { source_path: PathBuf, reason: String },
+    /// An application's backup that spans the copy could not be ended (or its files read):
+    /// the copy alone would not restore, so nothing is committed.
+    #[error("backup of {source_path}: {reason}; nothing was committed")]
+    Application { source_path: PathBuf, reason: String },
+    /// The file tree spooled while an application's additions were pending.
+    #[error("writing the file tree to a temporary file: {0}")]
+    Spool(#[source] io::Error),
     /// A path a restore selects that the point does not hold.
     #[error("point {point} has no path {path:?} (`bulwark ls` lists a point's paths); nothing was written")]
     NoSuchPath { point: String, path: String },
@@ -53,7 +60,10 @@ impl AgentError {
             | AgentError::NoSuchPath { .. }
             | AgentError::Unsupported { .. } => true,
             AgentError::RestoreFailed { cause, .. } => return cause.failure(),
-            AgentError::Snapshot { .. } | AgentError::Cancelled => false,
+            AgentError::Snapshot { .. }
+            | AgentError::Application { .. }
+            | AgentError::Spool(_)
+            | AgentError::Cancelled => false,
         };
         if permanent {
             Failure::Permanent

@@ -109,6 +109,7 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
         env: env.clone(),
         apps: spec.apps.iter().map(|a| a.parse()).collect::<Result<_, String>>()?,
         app_policy: if spec.apps_ignore_failures { AppPolicy::Ignore } else { AppPolicy::Require },
+        ..Freeze::default()
     };
     volume.freeze = freeze.clone();
     files.freeze = freeze;

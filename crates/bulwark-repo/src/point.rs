@@ -104,6 +104,11 @@ pub struct PointStats {
     /// The applications made consistent for the snapshot (application-aware processing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applications: Vec<ApplicationRecord>,
+    /// Set by a backup that learned at its end that the point is less consistent than it began
+    /// as (an application's backup that could not be ended, under the policy `ignore`): the
+    /// manifest's `consistency` then; never kept in the stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
 }
 
 /// What application-aware processing did to one application for a point: what it was, what was

@@ -1494,7 +1494,7 @@ impl PointWriter {
             index_auth: hex::encode(auth),
             parent: self.spec.parent,
             snapshot: self.spec.snapshot,
-            consistency: self.spec.consistency,
+            consistency: stats.consistency.take().unwrap_or(self.spec.consistency),
             key_scope: self.spec.key_scope,
             stats: PointStats::default(),
             files,

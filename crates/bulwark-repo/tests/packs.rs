@@ -265,3 +265,20 @@ fn a_collection_keeps_the_copies_a_running_backup_stored_again_after_condemnatio
     let report = verify(&repo, Selection::All, 2, &|_| {}).unwrap();
     assert!(report.ok, "{report:?}");
 }
+
+#[test]
+fn a_point_found_less_consistent_at_its_end_is_committed_as_such() {
+    // A file-level backup whose application backup could not be ended (policy ignore) began as
+    // application-consistent; the manifest says what it became, the stats do not keep it.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_packs(dir.path().join("r"));
+    let mut s = spec("db", 4, None);
+    s.consistency = "application-consistent".into();
+    let mut w = repo.begin_point(s).unwrap();
+    write_blocks(&repo, &mut w, &(0..4).map(|i| block(5, i)).collect::<Vec<_>>()).unwrap();
+    let stats = PointStats { consistency: Some("crash-inconsistent".into()), ..Default::default() };
+    let m = w.commit(stats).unwrap();
+    let listed = repo.list_points().unwrap();
+    assert_eq!((m.consistency.as_str(), listed[0].consistency.as_str()), ("crash-inconsistent", "crash-inconsistent"));
+    assert_eq!(listed[0].stats.consistency, None);
+}

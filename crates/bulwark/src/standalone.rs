@@ -478,6 +478,7 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
         env: vec![("BULWARK_SOURCE".into(), a.source.display().to_string())],
         apps,
         app_policy: a.app_policy,
+        ..Freeze::default()
     };
     let mut settings = BackupSettings::new(&a.name);
     (settings.volume.freeze, settings.files.freeze) = (freeze.clone(), freeze);

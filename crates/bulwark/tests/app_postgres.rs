@@ -254,6 +254,150 @@ fn a_postgres_volume_restores_to_a_server_that_recovers_every_committed_row() {
 }
 
 #[test]
+fn a_live_file_level_copy_in_backup_mode_restores_to_a_server_that_recovers_on_its_own() {
+    if !available() {
+        return;
+    }
+    let lab = Lab::new(55434);
+    // The directory backed up holds the data directory one level down, and a file of its own.
+    let source = lab.ext4.path().to_path_buf();
+    std::fs::write(source.join("notes.txt"), "beside the cluster\n").unwrap();
+    let file_backup = |extra: &[&str]| {
+        run(bulwark()
+            .arg("backup")
+            .arg(&source)
+            .arg("--repo")
+            .arg(lab.path("repo"))
+            .args(["--name", "pgfiles", "--snapshot", "none", "--json"])
+            .args(extra))
+    };
+    let writer = Writer::start(&lab.pg);
+    while writer.committed() < 20_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // WAL segments switched during the copy too: the restored server needs the ones written
+    // between the backup's start and its end, which the copy of pg_wal alone would miss.
+    let switcher = {
+        let pg = Pg { data: PathBuf::new(), socket: lab.pg.socket.clone(), port: lab.pg.port };
+        std::thread::spawn(move || {
+            // A few: the filesystem is small, and the backup's slot keeps every segment.
+            for _ in 0..5 {
+                let _ = pg.psql("SELECT pg_switch_wal()");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let before = writer.committed();
+    let r = file_backup(&["--app", &lab.pg.app("")]);
+    switcher.join().unwrap();
+    let after = writer.stop();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "application-consistent", "{report:#}");
+    let app = &report["applications"][0];
+    assert_eq!(app["action"], "backup mode (pg_backup_start to pg_backup_stop)", "{report:#}");
+    for k in ["start_lsn", "stop_lsn", "wal_segments"] {
+        assert!(app["details"][k].is_string(), "{k}: {report:#}");
+    }
+    assert!(app["details"]["wal_reserved_by"].as_str().unwrap().starts_with("temporary replication slot"));
+    // The slot went with the session.
+    let slots = lab.pg.psql("SELECT count(*) FROM pg_replication_slots");
+    let says = std::fs::read_to_string(lab.path("sock/server.log")).unwrap_or_default();
+    assert_eq!(slots.as_deref(), Ok("0"), "{says}\n{}", r.stderr);
+    assert_eq!(lab.points()[0]["consistency"], "application-consistent");
+
+    lab.pg.stop();
+    let to = lab.path("restored");
+    ok(bulwark()
+        .arg("restore")
+        .arg(report["point"].as_str().unwrap())
+        .arg("--repo")
+        .arg(lab.path("repo"))
+        .arg("--to")
+        .arg(&to));
+    let data = to.join("data");
+    assert_eq!(std::fs::read_to_string(to.join("notes.txt")).unwrap(), "beside the cluster\n");
+    let label = std::fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(label.contains("LABEL: bulwark") && label.contains("BACKUP METHOD: streamed"), "{label}");
+    assert!(!data.join("postmaster.pid").exists(), "the live server's lock file was copied");
+    let wal: Vec<String> = std::fs::read_dir(data.join("pg_wal"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert!(wal.len() >= 2, "{wal:?}");
+    must(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&data));
+    let copy = Stopped(Pg::start(&data, &lab.path("sock-files"), 55435));
+    let rows: u64 = copy.psql("SELECT count(*) FROM rows").unwrap().parse().unwrap();
+    let checked = as_postgres("pg_amcheck")
+        .arg("-h")
+        .arg(&copy.socket)
+        .args(["-p", "55435", "-d", "postgres", "--install-missing", "--heapallindexed"])
+        .output()
+        .unwrap();
+    drop(copy);
+    let log = std::fs::read_to_string(lab.path("sock-files/server.log")).unwrap_or_default();
+    let sums = as_postgres("pg_checksums").arg("--check").arg("-D").arg(&data).output().unwrap();
+    assert!(rows >= before, "{rows} rows restored, {before} committed before the backup began\n{log}");
+    assert!(rows <= after, "{rows} rows restored, only {after} ever committed");
+    assert!(log.contains("starting backup recovery") || log.contains("backup_label"), "{log}");
+    assert!(log.contains("consistent recovery state reached"), "{log}");
+    assert!(
+        checked.status.success(),
+        "pg_amcheck: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        sums.status.success(),
+        "pg_checksums: {}{}",
+        String::from_utf8_lossy(&sums.stdout),
+        String::from_utf8_lossy(&sums.stderr)
+    );
+}
+
+#[test]
+fn a_data_directory_outside_the_directory_backed_up_is_refused_or_left_by_policy() {
+    if !available() {
+        return;
+    }
+    let lab = Lab::new(55436);
+    let elsewhere = lab.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("f"), "x").unwrap();
+    let backup = |extra: &[&str]| {
+        run(bulwark()
+            .arg("backup")
+            .arg(&elsewhere)
+            .arg("--repo")
+            .arg(lab.path("repo"))
+            .args([
+                "--name",
+                "other",
+                "--snapshot",
+                "none",
+                "--snapshot-tries",
+                "1",
+                "--json",
+                "--app",
+                &lab.pg.app(""),
+            ])
+            .args(extra))
+    };
+    let r = backup(&[]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("is not inside the directory backed up"), "{}", r.stderr);
+    assert!(lab.points().is_empty());
+    // Under ignore the files are backed up, and the point says it is not consistent.
+    let r = backup(&["--app-policy", "ignore"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["consistency"], "crash-inconsistent", "{report:#}");
+    assert_eq!(lab.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = 'bulwark'").unwrap(), "0");
+    assert_eq!(lab.points().len(), 1);
+}
+
+#[test]
 fn wrong_password_or_server_down_fail_or_warn_by_policy_and_always_thaw() {
     if !available() {
         return;

@@ -39,23 +39,65 @@ pub(crate) fn password(spec: &AppSpec, env: &[(String, String)]) -> Result<Optio
 
 /// An application held consistent for the snapshot; [`Prepared::release`] lets it go.
 pub trait Prepared: Send {
-    /// Ends what preparation began (in the same session) and says what was done.
-    fn release(self: Box<Self>, log: &mut dyn FnMut(String)) -> Result<ApplicationRecord, String>;
+    /// Ends what preparation began (in the same session) and says what was done, or, for an
+    /// application whose backup ends only after the copy, hands the session on.
+    fn release(self: Box<Self>, log: &mut dyn FnMut(String)) -> Result<Released, String>;
 }
 
-/// Prepares `spec`'s application for a snapshot of a volume: connects (with the password
-/// `env` or a file gives, if any), and does what makes its files on disk consistent
-/// (PostgreSQL: a checkpoint; MySQL: a read lock held until the release). `limit` is the
-/// longest the freeze may last: no wait for a lock is longer.
+pub enum Released {
+    Done(ApplicationRecord),
+    /// Still in backup mode: ended by [`Held::finish`] once every file is copied.
+    Held(Box<dyn Held>),
+}
+
+/// An application whose backup spans the copy of its files (PostgreSQL's `pg_backup_start`
+/// … `pg_backup_stop` in a file-level backup), held in its session until the copy is done.
+pub trait Held: Send {
+    /// `--exclude` patterns of what the copy must leave out (what the application's own
+    /// additions replace, and what a restore must not have).
+    fn exclude(&self) -> Vec<String>;
+    /// Ends the backup in the same session: what was done and what the point must hold besides
+    /// the copy.
+    fn finish(self: Box<Self>, log: &mut dyn FnMut(String)) -> Result<Finished, String>;
+}
+
+pub struct Finished {
+    pub record: ApplicationRecord,
+    pub additions: Vec<Addition>,
+    /// Kept until the additions are read (PostgreSQL: the session whose temporary replication
+    /// slot keeps the WAL from being recycled).
+    pub keep: Box<dyn Send>,
+}
+
+/// A file the point holds that the copy did not take: its path relative to the backup's root
+/// (`/`-separated), and where its content comes from.
+pub struct Addition {
+    pub rel: Vec<u8>,
+    pub content: AdditionContent,
+}
+
+pub enum AdditionContent {
+    /// Written by the application (a backup label): given the metadata of `like`'s directory.
+    Bytes { data: Vec<u8>, like: std::path::PathBuf },
+    /// A file of the live system, read as it is now (WAL written until the backup's end).
+    File(std::path::PathBuf),
+}
+
+/// Prepares `spec`'s application for a snapshot: connects (with the password `env` or a file
+/// gives, if any), and does what makes its files on disk consistent. For a volume, PostgreSQL
+/// takes a checkpoint, MySQL a read lock held until the release; `limit` is the longest the
+/// freeze may last (no wait for a lock is longer). For a file-level backup of the directory
+/// `files`, PostgreSQL enters backup mode, held until the copy is done (see [`Held`]).
 pub fn prepare(
     spec: &AppSpec,
     env: &[(String, String)],
     limit: Duration,
+    files: Option<&std::path::Path>,
     log: &mut dyn FnMut(String),
 ) -> Result<Box<dyn Prepared>, String> {
     let password = password(spec, env)?;
     match spec.kind {
-        AppKind::Postgres => postgres::prepare(spec, password, log),
+        AppKind::Postgres => postgres::prepare(spec, password, files, log),
         AppKind::Mysql => mysql::prepare(spec, password, limit, log),
     }
 }

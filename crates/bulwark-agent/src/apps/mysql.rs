@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow, MySqlSslMode};
 use sqlx::{Connection, Executor, Row};
 
-use super::{as_os_user, os_uid, AppSpec, ApplicationRecord, Prepared};
+use super::{as_os_user, os_uid, AppSpec, ApplicationRecord, Prepared, Released};
 
 const DEFAULT_SOCKET: &str = "/run/mysqld/mysqld.sock";
 const DEFAULT_PORT: u16 = 3306;
@@ -152,7 +152,7 @@ pub(super) fn prepare(
 }
 
 impl Prepared for Session {
-    fn release(mut self: Box<Self>, log: &mut dyn FnMut(String)) -> Result<ApplicationRecord, String> {
+    fn release(mut self: Box<Self>, log: &mut dyn FnMut(String)) -> Result<Released, String> {
         let unlock = self.unlock;
         let unlocked = self.execute(unlock);
         let held = self.locked.elapsed();
@@ -162,7 +162,7 @@ impl Prepared for Session {
         let _ = rt.block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, conn.close()).await });
         record.details.insert("lock_held_seconds".into(), format!("{:.3}", held.as_secs_f64()));
         log(format!("mysql: {} released after {:.0} ms", record.details["lock"], held.as_secs_f64() * 1000.0));
-        Ok(record)
+        Ok(Released::Done(record))
     }
 }
 

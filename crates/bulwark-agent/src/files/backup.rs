@@ -25,6 +25,7 @@ use serde::Serialize;
 use super::chunker::{chunk_range, data_ranges};
 use super::glob::Exclude;
 use super::meta::{entry_for, Names};
+use crate::apps::{Addition, AdditionContent, AppPolicy};
 use crate::error::{AgentError, Result};
 use crate::snapshot::{
     create_with_retries, BtrfsProvider, Consistency, Freeze, NoSnapshot, RetryPolicy, SnapshotMode, SnapshotProvider,
@@ -163,8 +164,9 @@ pub fn backup_files(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
-    let Taken { snapshot, frozen, applications, warnings } =
-        create_with_retries(&*provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
+    let freeze = Freeze { file_level: true, ..opts.freeze.clone() };
+    let Taken { mut snapshot, frozen, applications, mut warnings, held } =
+        create_with_retries(&*provider, source, opts.retry, &freeze, &mut |m| notes.push(m))
             .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
     if snapshot.provider == "none" {
         notes.push("no snapshot: files are read live; any that change while read are reported".into());
@@ -209,15 +211,14 @@ pub fn backup_files(
     let (done_tx, done_rx) = bounded::<Result<(u64, Vec<Outcome>)>>(threads * 2);
     let (slot_tx, slot_rx) = bounded::<()>(IN_FLIGHT);
     let stop = AtomicBool::new(false);
-    let exclude = Exclude::new(&opts.exclude);
+    let mut patterns = opts.exclude.clone();
+    patterns.extend(held.iter().flat_map(|h| h.exclude()));
+    let exclude = Exclude::new(&patterns);
     let mut walk_notes: Vec<String> = Vec::new();
 
     let mut stats = PointStats { applications, ..Default::default() };
     let mut summary = FileSummary { status: "ok".into(), ..Default::default() };
-    let mut tree = Vec::with_capacity(PIECE * 2);
-    let mut tree_len = 0u64;
-    let mut pieces: Vec<ChunkId> = Vec::new();
-    let mut piece_codec = repo.codec(opts.compression);
+    let mut tree = TreeOut::new(repo.codec(opts.compression), !held.is_empty())?;
 
     let outcome: Result<()> = std::thread::scope(|s| {
         let walker = s.spawn(|| {
@@ -294,13 +295,7 @@ pub fn backup_files(
                             first_links.insert(e.path.clone(), e.extents.clone());
                         }
                         summary.entries += 1;
-                        e.encode(&mut tree);
-                        while tree.len() >= PIECE {
-                            let rest = tree.split_off(PIECE);
-                            let piece = std::mem::replace(&mut tree, rest);
-                            stats.stored_bytes += store_piece(repo, &mut piece_codec, &piece, &mut pieces)?;
-                            tree_len += piece.len() as u64;
-                        }
+                        tree.push(repo, &e)?;
                     }
                 }
             }
@@ -319,10 +314,44 @@ pub fn backup_files(
         return Err(AgentError::Cancelled);
     }
     notes.extend(walk_notes);
-    if !tree.is_empty() {
-        stats.stored_bytes += store_piece(repo, &mut piece_codec, &tree, &mut pieces)?;
-        tree_len += tree.len() as u64;
+    // Applications in backup mode through the copy end it now; what they add (a backup label,
+    // the WAL written meanwhile) goes into the tree in its place.
+    let mut additions = Vec::new();
+    let mut keep = Vec::new();
+    for h in held {
+        let finished = h.finish(&mut |m| notes.push(m)).and_then(|f| {
+            let added = add_files(repo, opts.compression, &f.additions, progress)?;
+            Ok((f, added))
+        });
+        match finished {
+            Ok((f, added)) => {
+                stats.applications.push(f.record);
+                additions.extend(added);
+                keep.push(f.keep);
+            }
+            Err(reason) if opts.freeze.app_policy == AppPolicy::Ignore => {
+                notes.push(format!("{reason}; the point is not application-consistent (processing policy: ignore)"));
+                warnings.push(reason);
+                snapshot.consistency = match snapshot.provider {
+                    "none" => Consistency::CrashInconsistent,
+                    _ => Consistency::CrashConsistent,
+                };
+                stats.consistency = Some(snapshot.consistency.as_str().to_string());
+            }
+            Err(reason) => return Err(AgentError::Application { source_path: source.into(), reason }),
+        }
     }
+    for (e, o) in &additions {
+        stats.read_bytes += o.read;
+        stats.new_bytes += o.new;
+        stats.stored_bytes += o.stored;
+        stats.source_bytes += e.size;
+        summary.files += 1;
+        summary.entries += 1;
+    }
+    let (pieces, tree_len, tree_stored) = tree.finish(repo, additions.into_iter().map(|(e, _)| e).collect())?;
+    drop(keep);
+    stats.stored_bytes += tree_stored;
     stats.duration_s = started.elapsed().as_secs_f64();
     let manifest = writer.commit_files(&pieces, tree_len, stats, summary)?;
     let consistency = snapshot.consistency;
@@ -404,6 +433,150 @@ fn store_piece(
     let stored = codec.encode(&id, piece);
     repo.put_chunk(&id, &stored)?;
     Ok(stored.len() as u64)
+}
+
+/// The tree stream, cut into pieces as entries come in tree order; or, while additions are
+/// pending that come only at the end (see [`crate::apps::Held`]), spooled to an unnamed
+/// temporary file and merged with them in order at the end. Memory stays bounded either way.
+struct TreeOut {
+    codec: ChunkCodec,
+    buf: Vec<u8>,
+    pieces: Vec<ChunkId>,
+    len: u64,
+    stored: u64,
+    spool: Option<std::io::BufWriter<File>>,
+}
+
+impl TreeOut {
+    fn new(codec: ChunkCodec, spooled: bool) -> Result<TreeOut> {
+        let spool = match spooled {
+            true => Some(std::io::BufWriter::with_capacity(1 << 20, tempfile::tempfile().map_err(AgentError::Spool)?)),
+            false => None,
+        };
+        Ok(TreeOut { codec, buf: Vec::with_capacity(PIECE * 2), pieces: Vec::new(), len: 0, stored: 0, spool })
+    }
+
+    fn push(&mut self, repo: &dyn BackupTarget, e: &TreeEntry) -> Result<()> {
+        match &mut self.spool {
+            Some(w) => {
+                use std::io::Write;
+                self.buf.clear();
+                e.encode(&mut self.buf);
+                w.write_all(&self.buf).map_err(AgentError::Spool)
+            }
+            None => self.emit(repo, e),
+        }
+    }
+
+    fn emit(&mut self, repo: &dyn BackupTarget, e: &TreeEntry) -> Result<()> {
+        e.encode(&mut self.buf);
+        while self.buf.len() >= PIECE {
+            let rest = self.buf.split_off(PIECE);
+            let piece = std::mem::replace(&mut self.buf, rest);
+            self.stored += store_piece(repo, &mut self.codec, &piece, &mut self.pieces)?;
+            self.len += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The pieces, the stream's length and the bytes stored, with `additions` (in tree order)
+    /// merged in: an addition replaces an entry of the same path.
+    fn finish(mut self, repo: &dyn BackupTarget, additions: Vec<TreeEntry>) -> Result<(Vec<ChunkId>, u64, u64)> {
+        let mut adds = additions.into_iter().peekable();
+        if let Some(w) = self.spool.take() {
+            use std::io::{Read, Seek};
+            let mut f = w.into_inner().map_err(|e| AgentError::Spool(e.into_error()))?;
+            f.rewind().map_err(AgentError::Spool)?;
+            self.buf.clear();
+            let mut splitter = bulwark_repo::tree::RecordSplitter::default();
+            let mut piece = vec![0u8; PIECE];
+            loop {
+                let n = f.read(&mut piece).map_err(AgentError::Spool)?;
+                if n == 0 {
+                    break;
+                }
+                let entries = splitter
+                    .feed(&piece[..n])
+                    .map_err(|e| AgentError::Spool(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+                for e in entries {
+                    let mut replaced = false;
+                    while let Some(a) = adds.next_if(|a| tree_order(&a.path, &e.path).is_le()) {
+                        replaced |= a.path == e.path;
+                        self.emit(repo, &a)?;
+                    }
+                    if !replaced {
+                        self.emit(repo, &e)?;
+                    }
+                }
+            }
+        }
+        for a in adds {
+            self.emit(repo, &a)?;
+        }
+        if !self.buf.is_empty() {
+            let piece = std::mem::take(&mut self.buf);
+            self.stored += store_piece(repo, &mut self.codec, &piece, &mut self.pieces)?;
+            self.len += piece.len() as u64;
+        }
+        Ok((self.pieces, self.len, self.stored))
+    }
+}
+
+/// Reads and stores what applications add to the point (see [`crate::apps::Addition`]): the
+/// entries, in tree order, and what reading each took.
+fn add_files(
+    repo: &dyn BackupTarget,
+    compression: Compression,
+    additions: &[Addition],
+    progress: Progress,
+) -> std::result::Result<Vec<(TreeEntry, Outcome)>, String> {
+    let names = Names::load();
+    let mut codec = repo.codec(compression);
+    let (mut buf, mut encoded) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(additions.len());
+    for a in additions {
+        let (abs, like) = match &a.content {
+            AdditionContent::File(abs) => (abs, abs),
+            AdditionContent::Bytes { like, .. } => (like, like),
+        };
+        let md = std::fs::symlink_metadata(like).map_err(|e| format!("{}: cannot read: {e}", like.display()))?;
+        let mut entry = entry_for(like, a.rel.clone(), &md, &names)
+            .ok_or_else(|| format!("{}: not a file or directory", like.display()))?;
+        let o = match &a.content {
+            AdditionContent::File(_) => {
+                let job = Job::Entry(EntryJob { entry, abs: abs.clone(), reuse: None, link_first: false });
+                let o = process(repo, &mut codec, job, &mut buf, &mut encoded, progress).map_err(|e| e.to_string())?;
+                // Changing while read is expected (the WAL goes on past the backup's end); not
+                // being read at all is a failure.
+                match (&o.entry, &o.warning) {
+                    (None, w) => return Err(w.clone().unwrap_or_else(|| format!("{}: not read", abs.display()))),
+                    _ => o,
+                }
+            }
+            AdditionContent::Bytes { data, .. } => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let now = bulwark_repo::tree::Time { sec: now.as_secs() as i64, nsec: now.subsec_nanos() };
+                entry.kind = EntryKind::File;
+                entry.mode = libc::S_IFREG | 0o600;
+                (entry.atime, entry.mtime, entry.ctime) = (now, now, now);
+                (entry.ino, entry.size, entry.rdev) = (0, data.len() as u64, 0);
+                entry.xattrs.clear();
+                let id = codec.digest(data);
+                let mut o = Outcome { read: data.len() as u64, ..Default::default() };
+                if !repo.has_chunk(&id).map_err(|e| e.to_string())? {
+                    codec.encode_into(&id, data, &mut encoded);
+                    repo.put_chunk(&id, &encoded).map_err(|e| e.to_string())?;
+                    (o.new, o.stored) = (data.len() as u64, encoded.len() as u64);
+                }
+                entry.extents = vec![FileExtent { offset: 0, length: data.len() as u64, chunk: Some(id) }];
+                o.entry = Some(entry);
+                o
+            }
+        };
+        out.push((o.entry.clone().expect("an entry"), o));
+    }
+    out.sort_by(|a, b| tree_order(&a.0.path, &b.0.path));
+    Ok(out)
 }
 
 struct Walker<'a> {

@@ -170,6 +170,9 @@ pub struct Freeze {
     /// script, each in one session of its own.
     pub apps: Vec<AppSpec>,
     pub app_policy: AppPolicy,
+    /// A file-level backup of the source directory: applications that can hold their backup
+    /// through the copy do so (see [`apps::Held`]).
+    pub file_level: bool,
 }
 
 /// Longest freeze by default: as long as Windows' VSS holds writers.
@@ -184,6 +187,7 @@ impl Default for Freeze {
             env: Vec::new(),
             apps: Vec::new(),
             app_policy: AppPolicy::Require,
+            file_level: false,
         }
     }
 }
@@ -198,6 +202,8 @@ pub struct Taken {
     /// Applications that could not be prepared or released, under the policy `ignore`: the
     /// task ends with a warning saying so.
     pub warnings: Vec<String>,
+    /// Applications in backup mode until the copy is done (a file-level backup).
+    pub held: Vec<Box<dyn apps::Held>>,
 }
 
 /// Takes a snapshot, retrying per `policy`, each try inside the freeze steps: pre-freeze script,
@@ -256,7 +262,7 @@ fn try_frozen(
     let mut held = Vec::new();
     let mut prepared = Ok(());
     for spec in &freeze.apps {
-        match apps::prepare(spec, &freeze.env, freeze.limit, log) {
+        match apps::prepare(spec, &freeze.env, freeze.limit, freeze.file_level.then_some(source), log) {
             Ok(h) => held.push(h),
             Err(e) if freeze.app_policy == AppPolicy::Ignore => {
                 log(format!("{e}; the backup goes on without it (processing policy: ignore)"));
@@ -285,10 +291,12 @@ fn try_frozen(
         created
     });
     let mut applications = Vec::new();
+    let mut through_copy = Vec::new();
     let mut released = Ok(());
     for h in held {
         match h.release(log) {
-            Ok(r) => applications.push(r),
+            Ok(apps::Released::Done(r)) => applications.push(r),
+            Ok(apps::Released::Held(h)) => through_copy.push(h),
             Err(e) if freeze.app_policy == AppPolicy::Ignore => {
                 log(format!("{e}; the point is not application-consistent for it (processing policy: ignore)"));
                 warnings.push(e);
@@ -308,16 +316,19 @@ fn try_frozen(
             scripts::human(freeze.limit)
         ));
     }
-    // A snapshot of a moment when every application was consistent; a live read is not one.
+    // A snapshot of a moment when every application was consistent; a live read is not one,
+    // unless every application holds its backup through the copy (and ends it well, which the
+    // backup checks at its end).
     let all = !freeze.apps.is_empty() && warnings.is_empty();
-    if all && snapshot.consistency != Consistency::CrashInconsistent {
+    let all_held = through_copy.len() == freeze.apps.len();
+    if all && (snapshot.consistency != Consistency::CrashInconsistent || all_held) {
         snapshot.consistency = Consistency::ApplicationConsistent;
-    } else if !freeze.apps.is_empty() && snapshot.consistency == Consistency::CrashInconsistent {
+    } else if !freeze.apps.is_empty() && snapshot.consistency == Consistency::CrashInconsistent && !all_held {
         warnings.push(
             "the source was read live (no snapshot): the applications' preparation cannot make it consistent".into(),
         );
     }
-    Ok(Taken { snapshot, frozen, applications, warnings })
+    Ok(Taken { snapshot, frozen, applications, warnings, held: through_copy })
 }
 
 /// `PID-RANDOM`: names what this process creates, unique, and tells a later start whether its
