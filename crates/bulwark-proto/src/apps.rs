@@ -28,7 +28,7 @@ impl AppKind {
     fn keys(self) -> &'static [&'static str] {
         match self {
             AppKind::Postgres => &["host", "port", "user", "password-file", "password-secret", "dbname"],
-            AppKind::Mysql => &["socket", "host", "port", "user", "password-file", "password-secret"],
+            AppKind::Mysql => &["socket", "host", "port", "user", "password-file", "password-secret", "lock"],
         }
     }
 }
@@ -50,6 +50,27 @@ pub struct AppSpec {
     /// as the environment variable `BULWARK_SECRET_<NAME>`.
     pub password_secret: Option<String>,
     pub dbname: Option<String>,
+    /// MySQL: how the snapshot is held; the server's best when not given.
+    pub lock: Option<MysqlLock>,
+}
+
+/// How a MySQL or MariaDB server is held consistent for the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MysqlLock {
+    /// `BACKUP STAGE BLOCK_COMMIT` (MariaDB 10.4 and later; the default there): commits wait,
+    /// reads and most writes go on.
+    BackupStage,
+    /// `FLUSH TABLES WITH READ LOCK` (the default elsewhere): every write waits.
+    FlushTables,
+}
+
+impl MysqlLock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MysqlLock::BackupStage => "backup-stage",
+            MysqlLock::FlushTables => "flush-tables",
+        }
+    }
 }
 
 // Written by hand so that nothing secret could ever be printed (there is only a file name).
@@ -84,6 +105,9 @@ impl fmt::Display for AppSpec {
         if let Some(d) = &self.dbname {
             parts.push(format!("dbname={d}"));
         }
+        if let Some(l) = self.lock {
+            parts.push(format!("lock={}", l.as_str()));
+        }
         write!(f, "{}", parts.join(","))
     }
 }
@@ -111,6 +135,7 @@ impl FromStr for AppSpec {
             password_file: None,
             password_secret: None,
             dbname: None,
+            lock: None,
         };
         // No message repeats the spec or a value: a mistyped spec may hold a password.
         let mut seen = BTreeMap::new();
@@ -138,6 +163,13 @@ impl FromStr for AppSpec {
                 "password-file" => spec.password_file = Some(v.into()),
                 "password-secret" => spec.password_secret = Some(v.into()),
                 "dbname" => spec.dbname = Some(v.into()),
+                "lock" => {
+                    spec.lock = Some(match v {
+                        "backup-stage" => MysqlLock::BackupStage,
+                        "flush-tables" => MysqlLock::FlushTables,
+                        _ => return Err("lock is backup-stage or flush-tables".into()),
+                    })
+                }
                 "password" => {
                     return Err("a password is not given in the spec (others could read it): name a file holding \
                                 it with password-file=FILE or, in a managed job, a secret of the server with \
@@ -210,11 +242,15 @@ mod tests {
         let m: AppSpec = "mariadb:host=db1,port=3307".parse().unwrap();
         assert_eq!((m.kind, m.host.as_deref(), m.port, m.socket), (AppKind::Mysql, Some("db1"), Some(3307), None));
         assert_eq!("mysql".parse::<AppSpec>().unwrap().to_string(), "mysql:");
+        let m: AppSpec = "mysql:lock=flush-tables".parse().unwrap();
+        assert_eq!((m.lock, m.to_string().as_str()), (Some(MysqlLock::FlushTables), "mysql:lock=flush-tables"));
         for (bad, why) in [
             ("oracle:host=x", "postgres and mysql (or mariadb) are known"),
             ("postgres:socket=/s", "unknown setting"),
             ("mysql:password=hunter2", "not given in the spec"),
-            ("mariadb:dbname=x", "socket, host, port, user, password-file, password-secret are known for mysql"),
+            ("mariadb:dbname=x", "socket, host, port, user, password-file, password-secret, lock are known for mysql"),
+            ("mysql:lock=table", "lock is backup-stage or flush-tables"),
+            ("postgres:lock=flush-tables", "unknown setting"),
             ("mysql:socket=/s,host=h", "a socket, or a host and port"),
             ("mysql:port=3306", "names a port but no host"),
             ("postgres:port=99999", "not a port number"),

@@ -188,8 +188,10 @@ pub struct JobSettings {
     /// secret of the server's sealed store, or password-file=F on the computer; without
     /// either, .pgpass or peer authentication); or `mysql:socket=S` or `mysql:host=H,port=P`
     /// with user and password-secret or password-file (`mariadb:` too). PostgreSQL: a
-    /// checkpoint; MySQL: a read lock held through the snapshot (MariaDB: BACKUP STAGE), the
-    /// binary log position recorded. Repeatable; replaces the job's list.
+    /// checkpoint (file-level jobs: pg_backup_start … pg_backup_stop around the copy, the
+    /// backup label and WAL added); MySQL: a read lock held through the snapshot (MariaDB:
+    /// BACKUP STAGE; lock=flush-tables or lock=backup-stage to choose), the binary log
+    /// position recorded. Repeatable; replaces the job's list.
     #[arg(long = "app", value_name = "SPEC")]
     apps: Vec<String>,
     /// When an application cannot be prepared: require (the snapshot try fails, and the task

@@ -162,11 +162,14 @@ pub struct BackupArgs {
     /// as the OS user of that name), or `mysql:socket=S` or `mysql:host=H,port=P` with
     /// `user=U,password-file=F` (`mariadb:` too; every key optional: the socket by default
     /// /run/mysqld/mysqld.sock, port 3306, user root; without a password file, unix_socket
-    /// authentication as the OS user of that name). PostgreSQL: a checkpoint. MySQL: a read
-    /// lock (MariaDB: BACKUP STAGE BLOCK_COMMIT; MySQL: FLUSH TABLES WITH READ LOCK) held
-    /// through the snapshot, no wait for it longer than --freeze-limit, and the binary log
-    /// position recorded. Repeatable. With every application done, the point is
-    /// application-consistent.
+    /// authentication as the OS user of that name). PostgreSQL: a checkpoint; for a directory
+    /// holding its data directory (a file-level backup), pg_backup_start before the snapshot
+    /// and pg_backup_stop after the copy, the backup label and the WAL in between added, so
+    /// the restored directory starts on its own (even with --snapshot none). MySQL: a read
+    /// lock (MariaDB: BACKUP STAGE BLOCK_COMMIT; MySQL: FLUSH TABLES WITH READ LOCK; or choose
+    /// with lock=backup-stage or lock=flush-tables) held through the snapshot, no wait for it
+    /// longer than --freeze-limit, and the binary log position recorded. Repeatable. With
+    /// every application done, the point is application-consistent.
     #[arg(long = "app", value_name = "SPEC")]
     apps: Vec<String>,
     /// When an application cannot be prepared: require (the snapshot try fails; the backup

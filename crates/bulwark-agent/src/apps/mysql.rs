@@ -22,6 +22,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow, MySqlSslMode};
 use sqlx::{Connection, Executor, Row};
 
 use super::{as_os_user, os_uid, AppSpec, ApplicationRecord, Prepared, Released};
+use bulwark_proto::apps::MysqlLock;
 
 const DEFAULT_SOCKET: &str = "/run/mysqld/mysqld.sock";
 const DEFAULT_PORT: u16 = 3306;
@@ -112,8 +113,19 @@ pub(super) fn prepare(
     log(format!("mysql: connected to {} as {}", s.record.server, s.target.user));
     s.execute(&format!("SET SESSION lock_wait_timeout = {wait}"))?;
 
+    let stages = match spec.lock {
+        None => server.backup_stages(),
+        Some(MysqlLock::FlushTables) => false,
+        Some(MysqlLock::BackupStage) if server.backup_stages() => true,
+        Some(MysqlLock::BackupStage) => {
+            return Err(format!(
+                "mysql: {} has no BACKUP STAGE (MariaDB 10.4 and later have): use lock=flush-tables",
+                s.record.server
+            ))
+        }
+    };
     let started = Instant::now();
-    let lock = if server.backup_stages() {
+    let lock = if stages {
         // A stage that fails ends the backup with the session, which is dropped (a server
         // that no longer answers is not waited for a second time).
         for stage in ["START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT"] {
