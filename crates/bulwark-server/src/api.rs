@@ -126,6 +126,7 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Input<T> {
 }
 
 /// The authenticated caller.
+#[derive(Clone)]
 pub struct Caller {
     pub name: String,
     pub role: String,
@@ -242,6 +243,7 @@ pub fn router(state: S) -> Router {
     let doc = Document(doc.to_json().expect("the API's description serializes").into());
     Router::new()
         .nest(crate::openapi::BASE, api.layer(axum::Extension(doc)))
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path (see /api/v1/openapi.json)".into()) })
         .with_state(state)
 }
@@ -259,7 +261,7 @@ fn client_ip(peer: &Option<axum::Extension<bulwark_proto::tls::PeerInfo>>) -> Op
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 422, response = Invalid), (status = 429, response = TooManyLogins),
 ))]
-async fn login(
+pub(crate) async fn login(
     State(s): State<S>,
     peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
     Input(l): Input<Login>,
@@ -522,7 +524,7 @@ async fn refresh_inventory(s: &AppState, node: &NodeAddress) -> Result<Option<Va
 #[utoipa::path(get, path = "/computers", responses(
     (status = 200, description = "computers by name", body = Vec<NodeRow>), (status = 401, response = Unauthorized),
 ))]
-async fn list_computers(c: Caller, s: State<S>) -> ApiResult<Vec<NodeRow>> {
+pub(crate) async fn list_computers(c: Caller, s: State<S>) -> ApiResult<Vec<NodeRow>> {
     list_nodes(c, s, "agent").await
 }
 
@@ -701,7 +703,7 @@ async fn delete_secret(c: Caller, State(s): State<S>, Path(name): Path<String>) 
     (status = 200, description = "repositories by name", body = Vec<RepositoryRow>),
     (status = 401, response = Unauthorized),
 ))]
-async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult<Vec<RepositoryRow>> {
+pub(crate) async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult<Vec<RepositoryRow>> {
     Ok(Json(store::repositories(&s.core.db).await?))
 }
 
@@ -1047,7 +1049,7 @@ fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<SessionRow>, n
 #[utoipa::path(get, path = "/jobs", responses(
     (status = 200, description = "jobs by name", body = Vec<JobDetail>), (status = 401, response = Unauthorized),
 ))]
-async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<JobDetail>> {
+pub(crate) async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<JobDetail>> {
     let jobs = store::jobs(&s.core.db).await?;
     // Newest first: the first of each job is its last.
     let sessions = store::sessions(&s.core.db, None).await?;
@@ -1191,7 +1193,11 @@ async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> 
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
     (status = 404, response = NotFound), (status = 409, response = Conflict), (status = 422, response = Invalid),
 ))]
-async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Option<SessionRow>> {
+pub(crate) async fn start_job(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+) -> ApiResult<Option<SessionRow>> {
     c.admin()?;
     if store::job(&s.core.db, &name).await?.is_none() {
         return Err(missing("job", &name));
@@ -1211,7 +1217,7 @@ async fn start_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> A
     (status = 200, description = "the session with its tasks", body = Option<SessionRow>),
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 409, response = Conflict),
 ))]
-async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Option<SessionRow>> {
+pub(crate) async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Option<SessionRow>> {
     c.admin()?;
     let id = store::running_session(&s.core.db, &name)
         .await?
@@ -1223,9 +1229,9 @@ async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> Ap
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct SessionFilter {
+pub(crate) struct SessionFilter {
     /// Only this job's sessions.
-    job: Option<String>,
+    pub(crate) job: Option<String>,
 }
 
 /// Sessions, newest first, each with the bytes its tasks sent (sent_bytes) and what failed or
@@ -1233,7 +1239,11 @@ struct SessionFilter {
 #[utoipa::path(get, path = "/sessions", params(SessionFilter), responses(
     (status = 200, description = "sessions", body = Vec<SessionRow>), (status = 401, response = Unauthorized),
 ))]
-async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFilter>) -> ApiResult<Vec<SessionRow>> {
+pub(crate) async fn list_sessions(
+    _c: Caller,
+    State(s): State<S>,
+    Query(f): Query<SessionFilter>,
+) -> ApiResult<Vec<SessionRow>> {
     let mut sessions = store::sessions(&s.core.db, f.job.as_deref()).await?;
     for session in &mut sessions {
         let tasks = store::tasks(&s.core.db, &session.id, true).await?;
@@ -1246,10 +1256,10 @@ async fn list_sessions(_c: Caller, State(s): State<S>, Query(f): Query<SessionFi
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct SessionView {
+pub(crate) struct SessionView {
     /// Include each task's log and reports (`?logs=false` for a light poll).
     #[serde(default = "yes")]
-    logs: bool,
+    pub(crate) logs: bool,
 }
 
 fn yes() -> bool {
@@ -1261,7 +1271,7 @@ fn yes() -> bool {
     (status = 200, description = "the session", body = SessionRow),
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
-async fn show_session(
+pub(crate) async fn show_session(
     c: Caller,
     State(s): State<S>,
     Path(id): Path<String>,

@@ -26,4 +26,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod task_driver;
+pub mod ui;
 pub mod views;

@@ -1,0 +1,551 @@
+//! The web console, served by `bulwark server` beside the REST API on the same HTTPS port.
+//!
+//! Pages are rendered on the server (maud, which escapes everything spliced in) and updated in
+//! place with htmx; both assets are vendored and embedded (`assets/vendor`). The console is a
+//! client of the REST API's own handlers: every page calls the handler the API route calls,
+//! with the same [`Caller`], so validation and authorization are the API's and nothing reaches
+//! the config database another way.
+//!
+//! Sessions: logging in trades the password for the same 12-hour token `POST /login` gives
+//! (with its lockouts), kept in a cookie that scripts cannot read (`HttpOnly`), that goes over
+//! HTTPS only (`Secure`) and never with a request another site started (`SameSite=Strict`).
+//! Every form that changes something carries a token derived from the session's (checked in
+//! constant time): a forged form is refused even where a browser ignores `SameSite`. Logging
+//! out revokes the token. Every page forbids inline scripts and framing (CSP).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use maud::{html, Markup, DOCTYPE};
+use sha2::Digest;
+
+use crate::api::{self, ApiError, AppState, Caller};
+use crate::store::{SessionRow, TaskRow};
+use bulwark_proto::domain::{SessionStatus, TaskStatus};
+
+type S = Arc<AppState>;
+
+const COOKIE: &str = "bulwark_session";
+/// Every console response: only our own scripts, styles and forms; never in a frame.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub fn router() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(dashboard))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/jobs", get(jobs))
+        .route("/ui/jobs/{name}/start", post(start_job))
+        .route("/ui/jobs/{name}/stop", post(stop_job))
+        .route("/ui/sessions", get(sessions))
+        .route("/ui/sessions/{id}", get(session))
+        .route("/ui/sessions/{id}/live", get(session_live))
+        .route("/ui/assets/{file}", get(asset))
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+async fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The embedded assets, each with its type; cached for good (a new build renames nothing, so a
+/// day, not forever).
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &str) = match file.as_str() {
+        "htmx.min.js" => (include_bytes!("../assets/vendor/htmx.min.js"), "text/javascript"),
+        "pico.min.css" => (include_bytes!("../assets/vendor/pico.min.css"), "text/css"),
+        "console.js" => (include_bytes!("../assets/console.js"), "text/javascript"),
+        "console.css" => (include_bytes!("../assets/console.css"), "text/css"),
+        _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    };
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=86400")], body).into_response()
+}
+
+/// The caller of a console page: the user its session cookie names, as the API sees it.
+pub struct Viewer {
+    caller: Caller,
+    /// The session's token (what the cookie holds), for the forms' CSRF token.
+    secret: String,
+}
+
+impl Viewer {
+    fn csrf(&self) -> String {
+        csrf_for(&self.secret)
+    }
+
+    fn is_admin(&self) -> bool {
+        self.caller.role == "admin"
+    }
+
+    /// Checks a form's CSRF token.
+    fn check(&self, token: &str) -> Result<(), Page> {
+        let want = self.csrf();
+        // Compared in constant time: the answer's timing says nothing of the token.
+        let same = want.len() == token.len() && want.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Page::error(StatusCode::FORBIDDEN, "the form's security token is missing or wrong: reload the page"))
+        }
+    }
+}
+
+fn csrf_for(secret: &str) -> String {
+    hex::encode(sha2::Sha256::digest(format!("bulwark console form:{secret}")))
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == COOKIE && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+impl FromRequestParts<S> for Viewer {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let to_login = |parts: &Parts| {
+            // htmx follows a redirect inside the fragment; it is told to load the page instead.
+            if parts.headers.contains_key("hx-request") {
+                ([("hx-redirect", "/ui/login")], StatusCode::UNAUTHORIZED).into_response()
+            } else {
+                Redirect::to("/ui/login").into_response()
+            }
+        };
+        let Some(secret) = session_cookie(&parts.headers) else { return Err(to_login(parts)) };
+        // The API's own check of a token: the same expiry and revocation.
+        let bearer = HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| to_login(parts))?;
+        parts.headers.insert(header::AUTHORIZATION, bearer);
+        match Caller::from_request_parts(parts, state).await {
+            Ok(caller) => Ok(Viewer { caller, secret }),
+            Err(ApiError(StatusCode::UNAUTHORIZED, _)) => Err(to_login(parts)),
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+/// A page answered with a status.
+struct Page(StatusCode, Markup);
+
+impl Page {
+    fn error(status: StatusCode, message: &str) -> Page {
+        Page(
+            status,
+            layout(
+                "Error",
+                None,
+                html! { article.error { p { (message) } p { a href="/ui/" { "Back to the dashboard" } } } },
+            ),
+        )
+    }
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        (self.0, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], self.1.into_string()).into_response()
+    }
+}
+
+impl From<ApiError> for Page {
+    fn from(e: ApiError) -> Page {
+        Page::error(e.0, &e.1)
+    }
+}
+
+fn ok(m: Markup) -> Page {
+    Page(StatusCode::OK, m)
+}
+
+/// The frame of every page: the assets, the navigation (with the user and a logout form).
+fn layout(title: &str, v: Option<&Viewer>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                // htmx's own indicator styles would be an inline style, which the CSP forbids.
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false}"#;
+                title { (title) " · Bulwark" }
+                link rel="stylesheet" href="/ui/assets/pico.min.css";
+                link rel="stylesheet" href="/ui/assets/console.css";
+                script src="/ui/assets/htmx.min.js" defer {}
+                script src="/ui/assets/console.js" defer {}
+            }
+            body {
+                header.container {
+                    nav {
+                        ul { li { a href="/ui/" { strong { "Bulwark" } } } }
+                        @if let Some(v) = v {
+                            ul {
+                                li { a href="/ui/" { "Dashboard" } }
+                                li { a href="/ui/jobs" { "Jobs" } }
+                                li { a href="/ui/sessions" { "Sessions" } }
+                                li {
+                                    form.inline method="post" action="/ui/logout" {
+                                        input type="hidden" name="csrf" value=(v.csrf());
+                                        button.secondary.outline type="submit" title={ "Log out " (v.caller.name) } {
+                                            (v.caller.name) " (" (v.caller.role) ") · Log out"
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                main.container { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+/// A time as the server stamps it, shown in the browser's zone by `console.js`.
+fn when(stamp: &str) -> Markup {
+    html! { time datetime=(stamp) { (stamp) } }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn status_badge(s: &str) -> Markup {
+    html! { mark class={ "status " (s) } { (s) } }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn login_form(error: Option<&str>, name: &str) -> Markup {
+    layout(
+        "Log in",
+        None,
+        html! {
+            article {
+                form method="post" action="/ui/login" {
+                    @if let Some(e) = error { p.error role="alert" { (e) } }
+                    label { "User" input name="name" autocomplete="username" required value=(name); }
+                    label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                    button type="submit" { "Log in" }
+                }
+            }
+        },
+    )
+}
+
+async fn login_page() -> Page {
+    ok(login_form(None, ""))
+}
+
+async fn login(
+    State(s): State<S>,
+    peer: Option<axum::Extension<bulwark_proto::tls::PeerInfo>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let login = crate::model::Login { name: f.name.clone(), password: f.password };
+    match api::login(State(s), peer, api::Input(login)).await {
+        Ok(Json(t)) => {
+            let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=43200", t.token);
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/ui/")).into_response()
+        }
+        Err(e) => Page(e.0, login_form(Some(&e.1), &f.name)).into_response(),
+    }
+}
+
+async fn logout(v: Viewer, State(s): State<S>, Form(f): Form<CsrfForm>) -> Response {
+    if let Err(p) = v.check(&f.csrf) {
+        return p.into_response();
+    }
+    if let Err(e) = crate::store::revoke_token(&s.core.db, &v.caller.token, Some(&v.caller.user_id), false).await {
+        return Page::from(ApiError::from(e)).into_response();
+    }
+    let clear = format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, clear)], Redirect::to("/ui/login")).into_response()
+}
+
+fn session_counts(sessions: &[SessionRow], since: &str) -> Vec<(SessionStatus, usize)> {
+    let recent = || sessions.iter().filter(|s| s.started.as_str() >= since);
+    SessionStatus::ALL.iter().map(|&st| (st, recent().filter(|s| s.status == st).count())).collect()
+}
+
+fn schedule_text(s: &crate::schedule::Schedule) -> String {
+    use crate::schedule::Schedule;
+    match s {
+        Schedule::Daily { at, weekdays } if weekdays.is_empty() => format!("daily at {at}"),
+        Schedule::Daily { at, weekdays } => format!("{} at {at}", weekdays.join(", ")),
+        Schedule::Monthly { day, at } => format!("monthly on day {day} at {at}"),
+        Schedule::Periodic { every_minutes } => format!("every {every_minutes} min"),
+        Schedule::After { job } => format!("after {job}"),
+    }
+}
+
+async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(sessions) =
+        api::list_sessions(v.caller.clone(), State(s.clone()), Query(api::SessionFilter { job: None })).await?;
+    let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
+    let Json(computers) = api::list_computers(v.caller.clone(), State(s.clone())).await?;
+    let since = crate::db::stamp_in(-24 * 3600);
+    let counts = session_counts(&sessions, &since);
+    let running: Vec<&SessionRow> = sessions.iter().filter(|s| s.status == SessionStatus::Running).collect();
+    let mut running_tasks = Vec::new();
+    for r in &running {
+        running_tasks.push(session_detail(&v, &s, &r.id).await?);
+    }
+    let online = computers.iter().filter(|c| c.online == Some(true)).count();
+    Ok(ok(layout(
+        "Dashboard",
+        Some(&v),
+        html! {
+            section.grid {
+                article {
+                    header { "Sessions, last 24 hours" }
+                    @for (st, n) in counts { p { (status_badge(st.as_str())) " " strong { (n) } } }
+                }
+                article {
+                    header { "Computers" }
+                    p { strong { (online) } " online, " strong { (computers.len() - online) } " offline" }
+                    ul { @for c in &computers { li { (c.name) " " @if c.online == Some(true) { (status_badge("online")) } @else { (status_badge("offline")) } } } }
+                }
+            }
+            section {
+                h2 { "Running now" }
+                @if running.is_empty() { p { "No session is running." } }
+                @for d in &running_tasks {
+                    article {
+                        header { a href={ "/ui/sessions/" (d.id) } { (d.job) " · " (d.kind.as_str()) } }
+                        (session_live_part(d))
+                    }
+                }
+            }
+            section {
+                h2 { "Repositories" }
+                table {
+                    thead { tr { th { "Name" } th { "Transport node" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                    tbody {
+                        @for r in &repos {
+                            tr {
+                                td { (r.name) } td { (r.transport) } td { (if r.encrypted { "yes" } else { "no" }) }
+                                td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
+                                td { (verify_summary(r.last_verify.as_ref())) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+fn verify_summary(v: Option<&serde_json::Value>) -> Markup {
+    match v {
+        None => html! { "never" },
+        Some(v) => {
+            let at = v["at"].as_str().unwrap_or("");
+            if let Some(e) = v["error"].as_str() {
+                return html! { (status_badge("failed")) " " (e) " " (when(at)) };
+            }
+            let damaged = v["damaged"].as_u64().unwrap_or(0) + v["missing"].as_u64().unwrap_or(0);
+            html! {
+                @if damaged > 0 { (status_badge("failed")) " " (damaged) " points damaged or missing " }
+                @else { (status_badge("success")) " " (v["points"].as_u64().unwrap_or(0)) " points sound " }
+                (when(at))
+            }
+        }
+    }
+}
+
+async fn jobs(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(jobs) = api::list_jobs(v.caller.clone(), State(s)).await?;
+    let admin = v.is_admin();
+    Ok(ok(layout(
+        "Jobs",
+        Some(&v),
+        html! {
+            @if jobs.is_empty() { p { "No job yet." } }
+            table {
+                thead { tr { th { "Name" } th { "Computers" } th { "Repository" } th { "Schedule" } th { "Last result" } th { "Next run" } @if admin { th { "" } } } }
+                tbody {
+                    @for j in &jobs {
+                        tr {
+                            td { (j.job.name) }
+                            td { (j.job.computers.iter().chain(&j.job.groups).cloned().collect::<Vec<_>>().join(", ")) }
+                            td { (j.job.repository) }
+                            td { @if let Some(sch) = &j.job.schedule { (schedule_text(sch)) } @else { "manual" } }
+                            td {
+                                @if let Some(l) = &j.last_session {
+                                    a href={ "/ui/sessions/" (l.id) } { (status_badge(l.status.as_str())) } " " (when(&l.started))
+                                } @else { "never run" }
+                            }
+                            td { @if let Some(n) = &j.next_run { (when(n)) } @else { "—" } }
+                            @if admin {
+                                td {
+                                    @let running = j.last_session.as_ref().is_some_and(|l| l.status == SessionStatus::Running);
+                                    @let (verb, label) = if running { ("stop", "Stop") } else { ("start", "Start") };
+                                    form.inline method="post" action={ "/ui/jobs/" (j.job.name) "/" (verb) } {
+                                        input type="hidden" name="csrf" value=(v.csrf());
+                                        button type="submit" name="job" value=(j.job.name) { (label) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+async fn start_job(
+    v: Viewer,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let Json(started) = api::start_job(v.caller, State(s), Path(name)).await?;
+    Ok(match started {
+        Some(session) => Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response(),
+        None => Redirect::to("/ui/jobs").into_response(),
+    })
+}
+
+async fn stop_job(
+    v: Viewer,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let Json(stopped) = api::stop_job(v.caller, State(s), Path(name)).await?;
+    Ok(match stopped {
+        Some(session) => Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response(),
+        None => Redirect::to("/ui/jobs").into_response(),
+    })
+}
+
+async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(list) = api::list_sessions(v.caller.clone(), State(s), Query(api::SessionFilter { job: None })).await?;
+    Ok(ok(layout(
+        "Sessions",
+        Some(&v),
+        html! {
+            @if list.is_empty() { p { "No session yet." } }
+            table {
+                thead { tr { th { "Started" } th { "Job" } th { "Kind" } th { "Result" } th { "Sent" } th { "Problem" } } }
+                tbody {
+                    @for x in list.iter().take(200) {
+                        tr {
+                            td { a href={ "/ui/sessions/" (x.id) } { (when(&x.started)) } }
+                            td { (x.job) } td { (x.kind.as_str()) } td { (status_badge(x.status.as_str())) }
+                            td { (bytes(x.sent_bytes.unwrap_or(0))) }
+                            td { @if let Some(Some(p)) = &x.problem { (p) } }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+/// One session with its tasks' progress, as the API's session answer has it (without logs).
+async fn session_detail(v: &Viewer, s: &S, id: &str) -> Result<SessionRow, ApiError> {
+    let view = api::SessionView { logs: false };
+    let Json(d) = api::show_session(v.caller.clone(), State(s.clone()), Path(id.to_string()), Query(view)).await?;
+    Ok(d)
+}
+
+async fn session(v: Viewer, State(s): State<S>, Path(id): Path<String>) -> Result<Page, Page> {
+    let d = session_detail(&v, &s, &id).await?;
+    let title = if d.job.is_empty() { "Restore".to_string() } else { format!("Session of {}", d.job) };
+    Ok(ok(layout(&title, Some(&v), session_live_part(&d))))
+}
+
+/// What changes while a session runs, polled every second until it ends.
+async fn session_live(v: Viewer, State(s): State<S>, Path(id): Path<String>) -> Result<Page, Page> {
+    Ok(ok(session_live_part(&session_detail(&v, &s, &id).await?)))
+}
+
+fn session_live_part(d: &SessionRow) -> Markup {
+    let running = d.status == SessionStatus::Running;
+    let tasks: &[TaskRow] = d.tasks.as_deref().unwrap_or(&[]);
+    html! {
+        div.session id={ "session-" (d.id) } data-status=(d.status.as_str())
+            hx-get=[running.then(|| format!("/ui/sessions/{}/live", d.id))]
+            hx-trigger=[running.then_some("every 1s")] hx-swap="outerHTML" {
+            p { (d.kind.as_str()) " · " (status_badge(d.status.as_str())) " · started " (when(&d.started))
+                @if let Some(e) = &d.ended { " · ended " (when(e)) }
+                @if let Some(r) = &d.reason { " · " (r) } }
+            table {
+                thead { tr { th { "Computer" } th { "Repository" } th { "State" } th { "Progress" } th { "Read" } th { "Sent" } th { "Speed" } th { "Time left" } } }
+                tbody {
+                    @for t in tasks {
+                        @let p = t.progress.as_ref();
+                        @let pct = task_percent(t);
+                        tr.task data-computer=(t.computer) data-status=(t.status.as_str()) {
+                            td { (t.computer) }
+                            td { (t.repository) }
+                            td { (status_badge(t.status.as_str())) @if let Some(e) = &t.error { " " small { (e) } } }
+                            td { progress value=(pct) max="100" {} " " span.percent { (pct) "%" } }
+                            td { @if let Some(p) = p { (bytes(p.read_bytes)) } @else { "—" } }
+                            td { (bytes(p.map_or(t.sent_bytes.max(0) as u64, |p| p.sent_bytes))) }
+                            td { @if let Some(p) = p { (bytes(p.rate_bytes_per_s)) "/s" } }
+                            td { @if let Some(eta) = p.and_then(eta) { (eta) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn task_percent(t: &TaskRow) -> u64 {
+    match t.status {
+        TaskStatus::Success | TaskStatus::Warning => 100,
+        _ => t.progress.as_ref().and_then(|p| (p.read_bytes * 100).checked_div(p.total_bytes)).unwrap_or(0).min(100),
+    }
+}
+
+fn eta(p: &crate::store::TaskProgress) -> Option<String> {
+    let left = p.total_bytes.checked_sub(p.read_bytes)?;
+    let secs = left.checked_div(p.rate_bytes_per_s)?;
+    Some(if secs >= 3600 {
+        format!("{} h {} min", secs / 3600, secs % 3600 / 60)
+    } else if secs >= 60 {
+        format!("{} min {} s", secs / 60, secs % 60)
+    } else {
+        format!("{secs} s")
+    })
+}

@@ -1,0 +1,134 @@
+//! The web console in a real browser (headless chromium over WebDriver) against a real server
+//! with a transport node and an agent on loopback: log in, start a job and watch its session
+//! reach 100%, then what a viewer, a forged form and a hostile name can and cannot do.
+
+mod browser;
+mod cluster;
+
+use browser::Browser;
+use cluster::server::{cli, viewer_token, Site};
+use serde_json::Value;
+
+fn admin_password(site: &Site) -> String {
+    std::fs::read_to_string(site.server.dir.join("initial-admin-password")).unwrap().trim().to_string()
+}
+
+fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
+    b.go(&format!("{base}/ui/login"));
+    b.type_into("input[name=name]", name);
+    b.type_into("input[name=password]", password);
+    b.click("form[action='/ui/login'] button[type=submit]");
+}
+
+/// Saves a screenshot of the page as `docs/screenshots/NAME.png` when asked to
+/// (`BULWARK_SCREENSHOTS=DIR`, as `scripts/console-screenshots.sh` does).
+fn shoot(b: &Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("BULWARK_SCREENSHOTS") {
+        let png = b.screenshot();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+/// `fetch` from the page (with its cookie): the status of a POST of `form` to `path`.
+fn post_from_page(b: &Browser, path: &str, form: &str) -> u64 {
+    let script = format!(
+        "const r = await fetch({path:?}, {{method: 'POST', body: new URLSearchParams({form}), redirect: 'manual'}}); return r.status;"
+    );
+    b.run(&script).as_u64().unwrap_or_else(|| panic!("fetch {path} failed"))
+}
+
+#[test]
+fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forgeries_are_refused() {
+    if !browser::available() {
+        return;
+    }
+    let site = Site::new();
+    let disk = site.dir.path().join("disk.img");
+    bulwark_imagegen::generate(&disk, 64 << 20, 3).unwrap();
+    let job = ["job", "create", "nightly", "--computer", "pc-1", "--repository", "main", "--snapshot", "none"];
+    cli(&site.server, &[&job[..], &["--source", disk.to_str().unwrap()]].concat()).unwrap();
+    let base = format!("https://{}", site.server.address);
+    let b = Browser::start(1280, 800);
+
+    // The server's root leads to the console, which asks for a login first.
+    b.go(&format!("{base}/"));
+    b.wait(10, "the login page", |b| b.url().ends_with("/ui/login"));
+    log_in(&b, &base, "admin", "not the password");
+    b.wait(10, "the refusal", |b| b.text("p.error").contains("wrong user name or password"));
+    log_in(&b, &base, "admin", &admin_password(&site));
+    b.wait(10, "the dashboard", |b| b.text("h1") == "Dashboard");
+    assert!(b.text("body").contains("pc-1"), "{}", b.text("body"));
+    // The session cookie is not for scripts.
+    assert_eq!(b.run("return document.cookie;"), Value::String(String::new()));
+
+    // Start the job from the jobs page; the session page follows it to the end.
+    b.go(&format!("{base}/ui/jobs"));
+    shoot(&b, "jobs");
+    b.click("form[action='/ui/jobs/nightly/start'] button");
+    b.wait(10, "the session page", |b| b.url().contains("/ui/sessions/"));
+    let mut seen_running = false;
+    b.wait(120, "the task to succeed", |b| {
+        seen_running |= b.all("tr.task[data-status=running]").len() == 1;
+        b.all("tr.task[data-status=success]").len() == 1 && b.all("div.session[data-status=success]").len() == 1
+    });
+    assert_eq!(b.text("tr.task .percent"), "100%");
+    shoot(&b, "session");
+    assert_eq!(b.text("tr.task td:first-child"), "pc-1");
+    let points = cli(&site.server, &["point", "list"]).unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 1, "{points:#}");
+    eprintln!("the session was seen running: {seen_running}");
+    b.go(&format!("{base}/ui/"));
+    assert!(b.text("body").contains("No session is running"), "{}", b.text("body"));
+    shoot(&b, "dashboard");
+    // On a phone's screen the page still fits its width (tables scroll inside themselves).
+    b.resize(390, 844);
+    let overflow = b.run("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
+    assert_eq!(overflow.as_i64(), Some(0), "the dashboard is wider than a phone's screen");
+    shoot(&b, "dashboard-phone");
+    b.resize(1280, 800);
+
+    // A form without its token is refused, and starts nothing.
+    let sessions_before = cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len();
+    assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", "{}"), 403);
+    assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", "{csrf: 'forged'}"), 403);
+    assert_eq!(cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len(), sessions_before);
+
+    // Log out: the session's token no longer opens anything.
+    b.click("form[action='/ui/logout'] button");
+    b.wait(10, "the login page", |b| b.url().ends_with("/ui/login"));
+    b.go(&format!("{base}/ui/jobs"));
+    b.wait(10, "the login page again", |b| b.url().ends_with("/ui/login"));
+
+    // A viewer sees no buttons, and posting the form anyway (with its own valid token) is
+    // refused by the API's own check.
+    viewer_token(&site.server);
+    log_in(&b, &base, "eve", "0123456789ab");
+    b.wait(10, "the dashboard", |b| b.text("h1") == "Dashboard");
+    b.go(&format!("{base}/ui/jobs"));
+    b.wait(10, "the jobs page", |b| b.text("h1") == "Jobs");
+    assert!(b.text("body").contains("nightly"));
+    assert!(b.all("form[action$='/start']").is_empty(), "a viewer is offered Start");
+    let token = b.attribute("input[name=csrf]", "value").unwrap();
+    assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", &format!("{{csrf: {token:?}}}")), 403);
+    assert_eq!(cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len(), sessions_before);
+
+    // A name that is markup is shown as text, never run as markup.
+    let payload = "<img src=x id=pwned onerror=\"document.title='pwned'\">";
+    log_in(&b, &base, payload, "x");
+    b.wait(10, "the refusal", |b| b.text("p.error").contains("wrong user name or password"));
+    assert!(b.all("#pwned").is_empty(), "the payload became markup");
+    assert_eq!(b.attribute("input[name=name]", "value").as_deref(), Some(payload));
+    assert_ne!(b.run("return document.title;"), Value::String("pwned".into()));
+
+    // Every console answer forbids inline scripts and framing.
+    let pem = std::fs::read(site.server.dir.join("ca.pem")).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[ureq::tls::Certificate::from_pem(&pem).unwrap()]))
+        .build();
+    let agent = ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().new_agent();
+    let r = agent.get(&format!("{base}/ui/login")).call().unwrap();
+    let csp = r.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+}
