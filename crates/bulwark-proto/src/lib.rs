@@ -20,6 +20,22 @@ pub mod pb {
 pub const PROTOCOL: u32 = 2;
 
 /// Refuses a peer that speaks another protocol version, naming both.
+/// A size for people: `512 B`, `27.8 MiB` (binary units), as the CLI and the console show it.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 pub fn check_protocol(peer: u32, peer_kind: &str) -> Result<(), tonic::Status> {
     if peer == PROTOCOL {
         return Ok(());

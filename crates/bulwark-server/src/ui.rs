@@ -27,6 +27,7 @@ use sha2::Digest;
 use crate::api::{self, ApiError, AppState, Caller};
 use crate::store::{SessionRow, TaskRow};
 use bulwark_proto::domain::{SessionStatus, TaskStatus};
+use bulwark_proto::human_bytes;
 
 type S = Arc<AppState>;
 
@@ -216,21 +217,6 @@ fn layout(title: &str, v: Option<&Viewer>, body: Markup) -> Markup {
 /// A time as the server stamps it, shown in the browser's zone by `console.js`.
 fn when(stamp: &str) -> Markup {
     html! { time datetime=(stamp) { (stamp) } }
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn status_badge(s: &str) -> Markup {
@@ -428,32 +414,24 @@ async fn jobs(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     )))
 }
 
-async fn start_job(
-    v: Viewer,
-    State(s): State<S>,
-    Path(name): Path<String>,
-    Form(f): Form<CsrfForm>,
-) -> Result<Response, Page> {
+async fn start_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
     v.check(&f.csrf)?;
-    let Json(started) = api::start_job(v.caller, State(s), Path(name)).await?;
-    Ok(match started {
-        Some(session) => Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response(),
-        None => Redirect::to("/ui/jobs").into_response(),
-    })
+    let Json(started) = api::start_job(v.caller, s, name).await?;
+    Ok(to_session(started))
 }
 
-async fn stop_job(
-    v: Viewer,
-    State(s): State<S>,
-    Path(name): Path<String>,
-    Form(f): Form<CsrfForm>,
-) -> Result<Response, Page> {
+async fn stop_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
     v.check(&f.csrf)?;
-    let Json(stopped) = api::stop_job(v.caller, State(s), Path(name)).await?;
-    Ok(match stopped {
+    let Json(stopped) = api::stop_job(v.caller, s, name).await?;
+    Ok(to_session(stopped))
+}
+
+/// After starting or stopping a job: its session's page, or the jobs if there is none.
+fn to_session(session: Option<SessionRow>) -> Response {
+    match session {
         Some(session) => Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response(),
         None => Redirect::to("/ui/jobs").into_response(),
-    })
+    }
 }
 
 async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
@@ -470,7 +448,7 @@ async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
                         tr {
                             td { a href={ "/ui/sessions/" (x.id) } { (when(&x.started)) } }
                             td { (x.job) } td { (x.kind.as_str()) } td { (status_badge(x.status.as_str())) }
-                            td { (bytes(x.sent_bytes.unwrap_or(0))) }
+                            td { (human_bytes(x.sent_bytes.unwrap_or(0))) }
                             td { @if let Some(Some(p)) = &x.problem { (p) } }
                         }
                     }
@@ -519,9 +497,9 @@ fn session_live_part(d: &SessionRow) -> Markup {
                             td { (t.repository) }
                             td { (status_badge(t.status.as_str())) @if let Some(e) = &t.error { " " small { (e) } } }
                             td { progress value=(pct) max="100" {} " " span.percent { (pct) "%" } }
-                            td { @if let Some(p) = p { (bytes(p.read_bytes)) } @else { "—" } }
-                            td { (bytes(p.map_or(t.sent_bytes.max(0) as u64, |p| p.sent_bytes))) }
-                            td { @if let Some(p) = p { (bytes(p.rate_bytes_per_s)) "/s" } }
+                            td { @if let Some(p) = p { (human_bytes(p.read_bytes)) } @else { "—" } }
+                            td { (human_bytes(p.map_or(t.sent_bytes.max(0) as u64, |p| p.sent_bytes))) }
+                            td { @if let Some(p) = p { (human_bytes(p.rate_bytes_per_s)) "/s" } }
                             td { @if let Some(eta) = p.and_then(eta) { (eta) } }
                         }
                     }

@@ -39,20 +39,7 @@ pub fn spinner_bytes(what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use bulwark_proto::human_bytes as human;
 
 fn rate(bytes: u64, secs: f64) -> String {
     format!("{}/s", human((bytes as f64 / secs.max(1e-6)) as u64))

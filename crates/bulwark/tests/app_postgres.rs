@@ -179,6 +179,11 @@ impl Writer {
     }
 }
 
+fn assert_passed(tool: &str, out: &std::process::Output) {
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{tool}: {said}");
+}
+
 #[test]
 fn a_postgres_volume_restores_to_a_server_that_recovers_every_committed_row() {
     if !available() {
@@ -239,18 +244,8 @@ fn a_postgres_volume_restores_to_a_server_that_recovers_every_committed_row() {
     assert!(rows >= before, "{rows} rows restored, {before} committed before the backup began\n{log}");
     assert!(rows <= after, "{rows} rows restored, only {after} ever committed");
     assert!(log.contains("database system was not properly shut down") || log.contains("redo"), "{log}");
-    assert!(
-        checked.status.success(),
-        "pg_amcheck: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        sums.status.success(),
-        "pg_checksums: {}{}",
-        String::from_utf8_lossy(&sums.stdout),
-        String::from_utf8_lossy(&sums.stderr)
-    );
+    assert_passed("pg_amcheck", &checked);
+    assert_passed("pg_checksums", &sums);
 }
 
 #[test]
@@ -342,18 +337,8 @@ fn a_live_file_level_copy_in_backup_mode_restores_to_a_server_that_recovers_on_i
     assert!(rows <= after, "{rows} rows restored, only {after} ever committed");
     assert!(log.contains("starting backup recovery") || log.contains("backup_label"), "{log}");
     assert!(log.contains("consistent recovery state reached"), "{log}");
-    assert!(
-        checked.status.success(),
-        "pg_amcheck: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    assert!(
-        sums.status.success(),
-        "pg_checksums: {}{}",
-        String::from_utf8_lossy(&sums.stdout),
-        String::from_utf8_lossy(&sums.stderr)
-    );
+    assert_passed("pg_amcheck", &checked);
+    assert_passed("pg_checksums", &sums);
 }
 
 #[test]

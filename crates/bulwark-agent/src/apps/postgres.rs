@@ -45,12 +45,7 @@ pub(super) fn prepare(
     if let Some(source) = files {
         return start_backup(spec, password, source, log).map(|s| Box::new(s) as Box<dyn Prepared>);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("postgres: cannot start a runtime: {e}"))?;
-    let target = Target::of(spec);
-    let client = rt.block_on(connect(spec, password, &target))?;
+    let (rt, target, client) = open(spec, password)?;
     let q = |sql: &'static str| {
         let client = &client;
         let target = &target;
@@ -106,12 +101,7 @@ fn start_backup(
     source: &Path,
     log: &mut dyn FnMut(String),
 ) -> Result<BackupSession, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("postgres: cannot start a runtime: {e}"))?;
-    let target = Target::of(spec);
-    let client = rt.block_on(connect(spec, password, &target))?;
+    let (rt, target, client) = open(spec, password)?;
     let one = |sql: &'static str| -> Result<String, String> {
         rt.block_on(client.query_one(sql, &[])).map(|r| r.get::<_, String>(0)).map_err(|e| failed(&target, sql, &e))
     };
@@ -313,6 +303,17 @@ fn wal_segments(dir: &Path, first: &str, last: &str, seg_size: u64) -> Result<Ve
     let listed = std::fs::read_dir(dir).map_err(|e| format!("postgres: cannot list {}: {e}", dir.display()))?;
     out.extend(listed.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.ends_with(".history")));
     Ok(out)
+}
+
+/// A session of its own on a current-thread runtime, which the agent's threads do not share.
+fn open(spec: &AppSpec, password: Option<String>) -> Result<(tokio::runtime::Runtime, Target, Client), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("postgres: cannot start a runtime: {e}"))?;
+    let target = Target::of(spec);
+    let client = rt.block_on(connect(spec, password, &target))?;
+    Ok((rt, target, client))
 }
 
 /// Where the server is, for connecting and for messages.
