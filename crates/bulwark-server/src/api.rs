@@ -1298,9 +1298,9 @@ pub(crate) async fn show_session(
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct PointFilter {
+pub(crate) struct PointFilter {
     /// Only this computer's points.
-    computer: Option<String>,
+    pub(crate) computer: Option<String>,
 }
 
 /// Restore points in the catalog, oldest first, each with its consistency and snapshot, and its
@@ -1310,7 +1310,7 @@ struct PointFilter {
 #[utoipa::path(get, path = "/points", params(PointFilter), responses(
     (status = 200, description = "points", body = Vec<PointRow>), (status = 401, response = Unauthorized),
 ))]
-async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult<Vec<PointRow>> {
+pub(crate) async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult<Vec<PointRow>> {
     Ok(Json(store::points(&s.core.db, f.computer.as_deref()).await?))
 }
 
@@ -1319,7 +1319,7 @@ async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter
     (status = 200, description = "the point", body = PointRow),
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
-async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult<PointRow> {
+pub(crate) async fn show_point(_c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult<PointRow> {
     Ok(Json(store::point_detail(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?))
 }
 
@@ -1340,7 +1340,43 @@ async fn restore_point(
     Path(id): Path<String>,
     Input(r): Input<RestoreInput>,
 ) -> ApiResult<RestoreOutcome> {
+    let started = begin_restore(&c, &s, &id, r).await?;
+    let StartedRestore { session, task, computer, target } = started;
+    let ended = loop {
+        match store::task(&s.core.db, &task).await? {
+            Some(t) if !t.status.is_open() => break t,
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            None => return Err(missing("restore task", &task)),
+        }
+    };
+    tracing::info!("restore of {id} to {computer}:{target}: {}", ended.status);
+    let report = ended.log.as_ref().and_then(|l| l["reports"].get(0).cloned());
+    Ok(Json(RestoreOutcome {
+        session,
+        task,
+        point: id,
+        computer,
+        target,
+        status: ended.status,
+        error: ended.error,
+        failure: ended.failure,
+        report,
+    }))
+}
+
+/// A restore begun: its session and task, where it goes.
+pub(crate) struct StartedRestore {
+    pub session: String,
+    pub task: String,
+    pub computer: String,
+    pub target: String,
+}
+
+/// Checks a restore order and queues it (the API then waits for its end; the console follows
+/// its session).
+pub(crate) async fn begin_restore(c: &Caller, s: &AppState, id: &str, r: RestoreInput) -> Result<StartedRestore, ApiError> {
     c.may_restore()?;
+    let id = id.to_string();
     let (repository, computer, name) =
         store::point(&s.core.db, &id).await?.ok_or_else(|| missing("restore point", &id))?;
     let computer = r.computer.unwrap_or(computer);
@@ -1367,26 +1403,7 @@ async fn restore_point(
         crate::session::StartError::Db(e) => e.into(),
         e => bad(e.to_string()),
     })?;
-    let ended = loop {
-        match store::task(&s.core.db, &task).await? {
-            Some(t) if !t.status.is_open() => break t,
-            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
-            None => return Err(missing("restore task", &task)),
-        }
-    };
-    tracing::info!("restore of {id} to {computer}:{}: {}", r.target, ended.status);
-    let report = ended.log.as_ref().and_then(|l| l["reports"].get(0).cloned());
-    Ok(Json(RestoreOutcome {
-        session,
-        task,
-        point: id,
-        computer,
-        target: r.target,
-        status: ended.status,
-        error: ended.error,
-        failure: ended.failure,
-        report,
-    }))
+    Ok(StartedRestore { session, task, computer, target: r.target })
 }
 
 /// This document: the API's OpenAPI 3.1 description.

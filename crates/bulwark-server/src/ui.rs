@@ -46,6 +46,8 @@ pub fn router() -> Router<S> {
         .route("/ui/jobs", get(jobs))
         .route("/ui/jobs/{name}/start", post(start_job))
         .route("/ui/jobs/{name}/stop", post(stop_job))
+        .route("/ui/points", get(points))
+        .route("/ui/points/{id}/restore", get(restore_page).post(restore))
         .route("/ui/sessions", get(sessions))
         .route("/ui/sessions/{id}", get(session))
         .route("/ui/sessions/{id}/live", get(session_live))
@@ -196,6 +198,7 @@ fn layout(title: &str, v: Option<&Viewer>, body: Markup) -> Markup {
                                 li { a href="/ui/" { "Dashboard" } }
                                 li { a href="/ui/jobs" { "Jobs" } }
                                 li { a href="/ui/sessions" { "Sessions" } }
+                                li { a href="/ui/points" { "Restore points" } }
                                 li {
                                     form.inline method="post" action="/ui/logout" {
                                         input type="hidden" name="csrf" value=(v.csrf());
@@ -431,6 +434,109 @@ fn to_session(session: Option<SessionRow>) -> Response {
     match session {
         Some(session) => Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response(),
         None => Redirect::to("/ui/jobs").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PointsQuery {
+    computer: Option<String>,
+}
+
+async fn points(v: Viewer, State(s): State<S>, Query(q): Query<PointsQuery>) -> Result<Page, Page> {
+    let filter = api::PointFilter { computer: q.computer.filter(|c| !c.is_empty()) };
+    let Json(mut list) = api::list_points(v.caller.clone(), State(s), Query(filter)).await?;
+    list.reverse();
+    let may_restore = v.caller.may_restore().is_ok();
+    Ok(ok(layout(
+        "Restore points",
+        Some(&v),
+        html! {
+            @if list.is_empty() { p { "No restore point yet." } }
+            table {
+                thead { tr { th { "Created" } th { "Computer" } th { "Backup" } th { "Kind" } th { "Size" } th { "Consistency" } th { "Health" } @if may_restore { th { "" } } } }
+                tbody {
+                    @for p in list.iter().take(500) {
+                        tr.point data-id=(p.id) {
+                            td { (when(&p.created)) }
+                            td { a href={ "/ui/points?computer=" (p.computer) } { (p.computer) } }
+                            td { (p.name) } td { (p.kind) }
+                            td { (p.stats.as_ref().and_then(|s| s["source_bytes"].as_u64()).map(human_bytes).unwrap_or_default()) }
+                            td { (p.consistency.as_ref().and_then(|c| c.as_str()).unwrap_or("")) }
+                            td { (status_badge(match p.health.as_deref() { Some("ok") => "success", Some(_) => "failed", None => "unknown" }))
+                                 @if let Some(d) = &p.health_detail { " " small { (d) } } }
+                            @if may_restore { td { a role="button" href={ "/ui/points/" (p.id) "/restore" } { "Restore" } } }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RestoreForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    computer: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    overwrite: Option<String>,
+}
+
+/// The restore wizard for a whole point: onto which computer, where, and whether what is there
+/// may be overwritten; `error` is the API's refusal of the last try, shown by its field.
+async fn restore_form(v: &Viewer, s: &S, id: &str, f: &RestoreForm, error: Option<&str>) -> Result<Markup, Page> {
+    let Json(point) = api::show_point(v.caller.clone(), State(s.clone()), Path(id.to_string())).await?;
+    let Json(computers) = api::list_computers(v.caller.clone(), State(s.clone())).await?;
+    let chosen = if f.computer.is_empty() { point.computer.clone() } else { f.computer.clone() };
+    let on_target = error.is_some_and(|e| e.contains("target") || e.contains("path"));
+    Ok(layout(
+        "Restore",
+        Some(v),
+        html! {
+            p { "Point " code { (point.id) } " of " strong { (point.computer) } " (" (point.name) ", " (point.kind) "), made " (when(&point.created)) "." }
+            form method="post" action={ "/ui/points/" (point.id) "/restore" } {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = error.filter(|_| !on_target) { p.error role="alert" { (e) } }
+                label { "Onto computer"
+                    select name="computer" {
+                        @for c in &computers { option value=(c.name) selected[c.name == chosen] { (c.name) } }
+                    }
+                }
+                label { "Target: a block device or image file (a volume point), a directory (a file-level point)"
+                    input name="target" required placeholder="/dev/vdc" value=(f.target) aria-invalid=[on_target.then_some("true")];
+                    @if let Some(e) = error.filter(|_| on_target) { small.error role="alert" { (e) } }
+                }
+                label { input type="checkbox" name="overwrite" value="yes" checked[f.overwrite.is_some()]; " Overwrite what is there" }
+                button type="submit" { "Restore" }
+            }
+        },
+    ))
+}
+
+async fn restore_page(v: Viewer, State(s): State<S>, Path(id): Path<String>) -> Result<Page, Page> {
+    v.caller.may_restore()?;
+    Ok(ok(restore_form(&v, &s, &id, &RestoreForm::default(), None).await?))
+}
+
+async fn restore(v: Viewer, State(s): State<S>, Path(id): Path<String>, Form(f): Form<RestoreForm>) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let input = crate::model::RestoreInput {
+        computer: Some(f.computer.clone()).filter(|c| !c.is_empty()),
+        target: f.target.trim().to_string(),
+        overwrite: f.overwrite.is_some(),
+        paths: Vec::new(),
+        safe: false,
+        volume: 0,
+    };
+    match api::begin_restore(&v.caller, &s, &id, input).await {
+        Ok(r) => Ok(Redirect::to(&format!("/ui/sessions/{}", r.session)).into_response()),
+        Err(e) if e.0 == StatusCode::UNPROCESSABLE_ENTITY || e.0 == StatusCode::BAD_REQUEST => {
+            Ok(Page(e.0, restore_form(&v, &s, &id, &f, Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

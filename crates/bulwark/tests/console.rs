@@ -89,6 +89,25 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     shoot(&b, "dashboard-phone");
     b.resize(1280, 800);
 
+    // Restore the point through the wizard, onto the same computer, to a new image file. A
+    // target the API refuses is said next to its field, and starts nothing.
+    b.go(&format!("{base}/ui/points"));
+    b.wait(10, "the points page", |b| b.all("tr.point").len() == 1);
+    assert!(b.text("tr.point").contains("pc-1"), "{}", b.text("tr.point"));
+    b.click("tr.point a[href$='/restore']");
+    b.wait(10, "the restore wizard", |b| b.text("h1") == "Restore");
+    let restores_before = cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len();
+    b.type_into("input[name=target]", "restored.img");
+    b.click("form[action$='/restore'] button[type=submit]");
+    b.wait(10, "the refusal", |b| b.text("small.error").contains("must be an absolute path"));
+    assert_eq!(cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len(), restores_before);
+    let restored = site.dir.path().join("restored.img");
+    b.type_into("input[name=target]", restored.to_str().unwrap());
+    b.click("form[action$='/restore'] button[type=submit]");
+    b.wait(10, "the restore's session", |b| b.url().contains("/ui/sessions/"));
+    b.wait(120, "the restore to succeed", |b| b.all("div.session[data-status=success]").len() == 1);
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&disk).unwrap(), "the restored image differs");
+
     // A form without its token is refused, and starts nothing.
     let sessions_before = cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len();
     assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", "{}"), 403);
@@ -112,6 +131,13 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     assert!(b.all("form[action$='/start']").is_empty(), "a viewer is offered Start");
     let token = b.attribute("input[name=csrf]", "value").unwrap();
     assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", &format!("{{csrf: {token:?}}}")), 403);
+    b.go(&format!("{base}/ui/points"));
+    b.wait(10, "the points page", |b| b.all("tr.point").len() == 1);
+    assert!(b.all("a[href$='/restore']").is_empty(), "a viewer is offered Restore");
+    let id = b.run("return document.querySelector('tr.point').dataset.id;");
+    let id = id.as_str().unwrap();
+    let form = format!("{{csrf: {token:?}, target: '/srv/restored.img'}}");
+    assert_eq!(post_from_page(&b, &format!("/ui/points/{id}/restore"), &form), 403);
     assert_eq!(cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len(), sessions_before);
 
     // A name that is markup is shown as text, never run as markup.
