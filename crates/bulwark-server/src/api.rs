@@ -864,7 +864,7 @@ async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
 #[utoipa::path(get, path = "/groups", responses(
     (status = 200, description = "groups by name", body = Vec<GroupRow>), (status = 401, response = Unauthorized),
 ))]
-async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult<Vec<GroupRow>> {
+pub(crate) async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult<Vec<GroupRow>> {
     Ok(Json(store::groups(&s.core.db).await?))
 }
 
@@ -1108,7 +1108,7 @@ async fn source_warnings(s: &AppState, j: &Job) -> Result<Vec<String>, ApiError>
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden), (status = 409, response = Conflict), (status = 422, response = Invalid),
 ))]
-async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult<JobDetail> {
+pub(crate) async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Job>) -> ApiResult<JobDetail> {
     c.admin()?;
     check_job(&s, &j).await?;
     store::insert_job(&s.core.db, &j).await?;

@@ -47,8 +47,6 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     let site = Site::new();
     let disk = site.dir.path().join("disk.img");
     bulwark_imagegen::generate(&disk, 64 << 20, 3).unwrap();
-    let job = ["job", "create", "nightly", "--computer", "pc-1", "--repository", "main", "--snapshot", "none"];
-    cli(&site.server, &[&job[..], &["--source", disk.to_str().unwrap()]].concat()).unwrap();
     let base = format!("https://{}", site.server.address);
     let b = Browser::start(1280, 800);
 
@@ -62,6 +60,42 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     assert!(b.text("body").contains("pc-1"), "{}", b.text("body"));
     // The session cookie is not for scripts.
     assert_eq!(b.run("return document.cookie;"), Value::String(String::new()));
+
+    // Create the job through the wizard. Each bad answer is said by the part it concerns, in
+    // words, and stores nothing; markup in a name stays text.
+    b.go(&format!("{base}/ui/jobs"));
+    b.click("a[href='/ui/jobs/new']");
+    b.wait(10, "the job wizard", |b| b.text("h1") == "New job");
+    let jobs = || cli(&site.server, &["job", "list"]).unwrap().as_array().unwrap().len();
+    let submit = |b: &Browser| b.click("form[action='/ui/jobs/new'] button[type=submit]");
+    b.type_into("input[name=name]", "<script>document.title='pwned'</script>");
+    b.click("input[name=computer][value='pc-1']");
+    b.type_into("textarea[name=sources]", disk.to_str().unwrap());
+    b.click("select[name=snapshot] option[value=none]");
+    submit(&b);
+    b.wait(10, "the name's refusal", |b| b.text("fieldset:nth-of-type(1) p.error").contains("use 1-64 letters"));
+    assert_eq!(b.attribute("input[name=name]", "value").as_deref(), Some("<script>document.title='pwned'</script>"));
+    assert_ne!(b.run("return document.title;"), Value::String("pwned".into()));
+    b.type_into("input[name=name]", "nightly");
+    b.click("input[name=schedule][value=daily]");
+    b.type_into("input[name=at]", "25:99");
+    submit(&b);
+    b.wait(10, "the schedule's refusal", |b| !b.text("fieldset:nth-of-type(5) p.error").is_empty());
+    b.type_into("input[name=at]", "22:00");
+    b.type_into("input[name=keep_last]", "99999999999999999999999");
+    submit(&b);
+    b.wait(10, "the retention's refusal", |b| b.text("fieldset:nth-of-type(6) p.error").contains("not a whole number"));
+    assert_eq!(jobs(), 0, "a refused wizard stored a job");
+    // What was chosen survives the refusals.
+    assert_eq!(b.run("return document.querySelector('input[name=computer][value=pc-1]').checked;"), Value::Bool(true));
+    b.type_into("input[name=keep_last]", "3");
+    submit(&b);
+    b.wait(10, "the jobs page", |b| b.text("h1") == "Jobs");
+    let created = cli(&site.server, &["job", "show", "nightly"]).unwrap();
+    assert_eq!(created["computers"][0], "pc-1", "{created:#}");
+    assert_eq!(created["snapshot"], "none", "{created:#}");
+    assert_eq!(created["schedule"]["at"], "22:00", "{created:#}");
+    assert_eq!(created["retention"]["keep_last"], 3, "{created:#}");
 
     // Start the job from the jobs page; the session page follows it to the end.
     b.go(&format!("{base}/ui/jobs"));
