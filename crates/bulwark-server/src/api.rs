@@ -1310,7 +1310,11 @@ pub(crate) struct PointFilter {
 #[utoipa::path(get, path = "/points", params(PointFilter), responses(
     (status = 200, description = "points", body = Vec<PointRow>), (status = 401, response = Unauthorized),
 ))]
-pub(crate) async fn list_points(_c: Caller, State(s): State<S>, Query(f): Query<PointFilter>) -> ApiResult<Vec<PointRow>> {
+pub(crate) async fn list_points(
+    _c: Caller,
+    State(s): State<S>,
+    Query(f): Query<PointFilter>,
+) -> ApiResult<Vec<PointRow>> {
     Ok(Json(store::points(&s.core.db, f.computer.as_deref()).await?))
 }
 
@@ -1374,7 +1378,12 @@ pub(crate) struct StartedRestore {
 
 /// Checks a restore order and queues it (the API then waits for its end; the console follows
 /// its session).
-pub(crate) async fn begin_restore(c: &Caller, s: &AppState, id: &str, r: RestoreInput) -> Result<StartedRestore, ApiError> {
+pub(crate) async fn begin_restore(
+    c: &Caller,
+    s: &AppState,
+    id: &str,
+    r: RestoreInput,
+) -> Result<StartedRestore, ApiError> {
     c.may_restore()?;
     let id = id.to_string();
     let (repository, computer, name) =

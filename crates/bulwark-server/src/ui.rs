@@ -430,7 +430,9 @@ impl JobForm {
         self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty()).collect()
     }
     fn lines(&self, key: &str) -> Vec<String> {
-        self.get(key).map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+        self.get(key)
+            .map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
     }
     fn number(&self, key: &str, what: &str) -> Result<Option<u64>, String> {
         self.get(key).map(|v| v.parse::<u64>().map_err(|_| format!("{what} {v:?} is not a whole number"))).transpose()
@@ -459,7 +461,9 @@ impl JobForm {
         put("snapshot", json!(self.get("snapshot")));
         put("compression", json!(self.get("compression")));
         let schedule = match self.get("schedule") {
-            Some("daily") => json!({"kind": "daily", "at": self.get("at").unwrap_or_default(), "weekdays": self.all("weekday")}),
+            Some("daily") => {
+                json!({"kind": "daily", "at": self.get("at").unwrap_or_default(), "weekdays": self.all("weekday")})
+            }
             Some("periodic") => {
                 json!({"kind": "periodic", "every_minutes": self.number("every_minutes", "every")?.unwrap_or(0)})
             }
@@ -716,7 +720,12 @@ async fn restore_page(v: Viewer, State(s): State<S>, Path(id): Path<String>) -> 
     Ok(ok(restore_form(&v, &s, &id, &RestoreForm::default(), None).await?))
 }
 
-async fn restore(v: Viewer, State(s): State<S>, Path(id): Path<String>, Form(f): Form<RestoreForm>) -> Result<Response, Page> {
+async fn restore(
+    v: Viewer,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Form(f): Form<RestoreForm>,
+) -> Result<Response, Page> {
     v.check(&f.csrf)?;
     let input = crate::model::RestoreInput {
         computer: Some(f.computer.clone()).filter(|c| !c.is_empty()),

@@ -81,6 +81,7 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     b.type_into("input[name=at]", "25:99");
     submit(&b);
     b.wait(10, "the schedule's refusal", |b| !b.text("fieldset:nth-of-type(5) p.error").is_empty());
+    shoot(&b, "job-wizard");
     b.type_into("input[name=at]", "22:00");
     b.type_into("input[name=keep_last]", "99999999999999999999999");
     submit(&b);
@@ -130,6 +131,7 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     assert!(b.text("tr.point").contains("pc-1"), "{}", b.text("tr.point"));
     b.click("tr.point a[href$='/restore']");
     b.wait(10, "the restore wizard", |b| b.text("h1") == "Restore");
+    shoot(&b, "restore-wizard");
     let restores_before = cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len();
     b.type_into("input[name=target]", "restored.img");
     b.click("form[action$='/restore'] button[type=submit]");
