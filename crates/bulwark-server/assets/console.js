@@ -12,3 +12,10 @@ function localTimes(root) {
 }
 document.addEventListener("DOMContentLoaded", () => localTimes(document));
 document.addEventListener("htmx:afterSwap", (e) => localTimes(e.detail.elt.parentNode || document));
+// A button that copies the text of the element it names (a join token shown once).
+document.addEventListener("click", (e) => {
+  const b = e.target.closest("button[data-copy]");
+  if (!b) return;
+  const text = document.getElementById(b.dataset.copy).textContent;
+  navigator.clipboard.writeText(text).then(() => { b.textContent = "Copied"; }, () => { b.textContent = "Select and copy it"; });
+});

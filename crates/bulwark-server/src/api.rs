@@ -45,6 +45,32 @@ pub struct AppState {
     pub logins: tokio::sync::Semaphore,
     /// Failed logins per user and address, and the lockouts they earned.
     pub login_guard: crate::login_guard::LoginGuard,
+    /// Whether each computer answered when last asked.
+    pub presence: Presence,
+}
+
+/// Whether each computer answered when it was last asked, and when: pages that show many
+/// computers (the console's dashboard) read it instead of waiting up to 5 s for the ones that
+/// do not answer, and have it asked again in the background when it is old.
+#[derive(Default)]
+pub struct Presence {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+    asking: std::sync::atomic::AtomicBool,
+}
+
+/// How long an answer (or its absence) stands for the computer's presence.
+const PRESENCE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Presence {
+    fn record(&self, name: &str, online: bool) {
+        self.seen.lock().expect("lock").insert(name.to_string(), (std::time::Instant::now(), online));
+    }
+
+    /// The last answer of `name` while fresh; `None` when never asked or too long ago.
+    fn get(&self, name: &str) -> Option<bool> {
+        let seen = self.seen.lock().expect("lock");
+        seen.get(name).filter(|(at, _)| at.elapsed() < PRESENCE_FRESH).map(|(_, online)| *online)
+    }
 }
 
 type S = Arc<AppState>;
@@ -327,7 +353,7 @@ async fn whoami(c: Caller) -> ApiResult<Whoami> {
     (status = 200, description = "users by name", body = Vec<UserRow>),
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
 ))]
-async fn list_users(c: Caller, State(s): State<S>) -> ApiResult<Vec<UserRow>> {
+pub(crate) async fn list_users(c: Caller, State(s): State<S>) -> ApiResult<Vec<UserRow>> {
     c.admin()?;
     Ok(Json(store::users(&s.core.db).await?))
 }
@@ -440,7 +466,7 @@ async fn create_api_token(c: Caller, State(s): State<S>, Input(t): Input<ApiToke
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden), (status = 422, response = Invalid),
 ))]
-async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult<TokenCreated> {
+pub(crate) async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult<TokenCreated> {
     c.admin()?;
     let role = match t.role.as_str() {
         "agent" => Role::Agent,
@@ -473,7 +499,7 @@ async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenR
 #[utoipa::path(get, path = "/tokens", responses(
     (status = 200, description = "tokens, oldest first", body = Vec<TokenRow>), (status = 401, response = Unauthorized),
 ))]
-async fn list_tokens(c: Caller, State(s): State<S>) -> ApiResult<Vec<TokenRow>> {
+pub(crate) async fn list_tokens(c: Caller, State(s): State<S>) -> ApiResult<Vec<TokenRow>> {
     let mine = (!c.is_admin()).then_some(c.user_id.as_str());
     Ok(Json(store::tokens(&s.core.db, mine, c.is_admin()).await?))
 }
@@ -504,10 +530,31 @@ async fn list_nodes(_c: Caller, State(s): State<S>, role: &str) -> ApiResult<Vec
         }
         while let Some(Ok((i, inventory))) = asks.join_next().await {
             nodes[i].online = Some(inventory?.is_some());
+            s.presence.record(&nodes[i].name, nodes[i].online == Some(true));
         }
         for n in nodes.iter_mut().filter(|n| n.revoked) {
             n.online = Some(false);
         }
+    }
+    Ok(Json(nodes))
+}
+
+/// Joined computers with whether they answered when last asked (`online` is `None` when not
+/// asked lately); computers not asked lately are asked in the background, one round at a time,
+/// so the answer never waits for them.
+pub(crate) async fn computers_seen(c: Caller, s: &S) -> ApiResult<Vec<NodeRow>> {
+    let mut nodes = store::nodes(&s.core.db, "agent").await?;
+    let mut stale = false;
+    for n in &mut nodes {
+        n.online = if n.revoked { Some(false) } else { s.presence.get(&n.name) };
+        stale |= n.online.is_none();
+    }
+    if stale && !s.presence.asking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let _ = list_nodes(c, State(s.clone()), "agent").await;
+            s.presence.asking.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
     Ok(Json(nodes))
 }
@@ -533,7 +580,7 @@ pub(crate) async fn list_computers(c: Caller, s: State<S>) -> ApiResult<Vec<Node
     (status = 200, description = "transport nodes by name", body = Vec<NodeRow>),
     (status = 401, response = Unauthorized),
 ))]
-async fn list_transports(c: Caller, s: State<S>) -> ApiResult<Vec<NodeRow>> {
+pub(crate) async fn list_transports(c: Caller, s: State<S>) -> ApiResult<Vec<NodeRow>> {
     list_nodes(c, s, "transport").await
 }
 

@@ -222,6 +222,7 @@ mod tests {
             revoked: Default::default(),
             logins: tokio::sync::Semaphore::new(2),
             login_guard: crate::login_guard::LoginGuard::new(Default::default()),
+            presence: Default::default(),
         };
         let app = router(Arc::new(state));
 

@@ -47,6 +47,9 @@ pub fn router() -> Router<S> {
         .route("/ui/jobs/new", get(new_job_page).post(new_job))
         .route("/ui/jobs/{name}/start", post(start_job))
         .route("/ui/jobs/{name}/stop", post(stop_job))
+        .route("/ui/computers", get(computers))
+        .route("/ui/repositories", get(repositories))
+        .route("/ui/access", get(access).post(create_join_token))
         .route("/ui/points", get(points))
         .route("/ui/points/{id}/restore", get(restore_page).post(restore))
         .route("/ui/sessions", get(sessions))
@@ -200,6 +203,9 @@ fn layout(title: &str, v: Option<&Viewer>, body: Markup) -> Markup {
                                 li { a href="/ui/jobs" { "Jobs" } }
                                 li { a href="/ui/sessions" { "Sessions" } }
                                 li { a href="/ui/points" { "Restore points" } }
+                                li { a href="/ui/computers" { "Computers" } }
+                                li { a href="/ui/repositories" { "Repositories" } }
+                                @if v.is_admin() { li { a href="/ui/access" { "Access" } } }
                                 li {
                                     form.inline method="post" action="/ui/logout" {
                                         input type="hidden" name="csrf" value=(v.csrf());
@@ -306,7 +312,7 @@ async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     let Json(sessions) =
         api::list_sessions(v.caller.clone(), State(s.clone()), Query(api::SessionFilter { job: None })).await?;
     let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
-    let Json(computers) = api::list_computers(v.caller.clone(), State(s.clone())).await?;
+    let Json(computers) = api::computers_seen(v.caller.clone(), &s).await?;
     let since = crate::db::stamp_in(-24 * 3600);
     let counts = session_counts(&sessions, &since);
     let running: Vec<&SessionRow> = sessions.iter().filter(|s| s.status == SessionStatus::Running).collect();
@@ -314,7 +320,8 @@ async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     for r in &running {
         running_tasks.push(session_detail(&v, &s, &r.id).await?);
     }
-    let online = computers.iter().filter(|c| c.online == Some(true)).count();
+    let count = |state: Option<bool>| computers.iter().filter(|c| c.online == state).count();
+    let (online, offline, unknown) = (count(Some(true)), count(Some(false)), count(None));
     Ok(ok(layout(
         "Dashboard",
         Some(&v),
@@ -326,8 +333,14 @@ async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
                 }
                 article {
                     header { "Computers" }
-                    p { strong { (online) } " online, " strong { (computers.len() - online) } " offline" }
-                    ul { @for c in &computers { li { (c.name) " " @if c.online == Some(true) { (status_badge("online")) } @else { (status_badge("offline")) } } } }
+                    p { strong { (online) } " online, " strong { (offline) } " offline"
+                        @if unknown > 0 { ", " strong { (unknown) } " being asked" } }
+                    ul {
+                        @for c in computers.iter().take(20) {
+                            li { (c.name) " " (status_badge(match c.online { Some(true) => "online", Some(false) => "offline", None => "unknown" })) }
+                        }
+                    }
+                    @if computers.len() > 20 { p { a href="/ui/computers" { "All " (computers.len()) " computers" } } }
                 }
             }
             section {
@@ -633,6 +646,157 @@ fn to_session(session: Option<SessionRow>) -> Response {
     match session {
         Some(session) => Redirect::to(&format!("/ui/sessions/{}", session.id)).into_response(),
         None => Redirect::to("/ui/jobs").into_response(),
+    }
+}
+
+async fn computers(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(list) = api::computers_seen(v.caller.clone(), &s).await?;
+    let Json(groups) = api::list_groups(v.caller.clone(), State(s)).await?;
+    Ok(ok(layout(
+        "Computers",
+        Some(&v),
+        html! {
+            @if list.is_empty() { p { "No computer has joined yet: create a join token under Access, then start the agent with it." } }
+            table {
+                thead { tr { th { "Name" } th { "Presence" } th { "Address" } th { "Joined" } th { "Restore points" } } }
+                tbody {
+                    @for c in &list {
+                        tr.computer {
+                            td { (c.name) }
+                            td { @if c.revoked { (status_badge("cancelled")) " removed" }
+                                 @else { (status_badge(match c.online { Some(true) => "online", Some(false) => "offline", None => "unknown" })) } }
+                            td { code { (c.address) } }
+                            td { (when(&c.joined)) }
+                            td { a href={ "/ui/points?computer=" (c.name) } { "Points" } }
+                        }
+                    }
+                }
+            }
+            h2 { "Protection groups" }
+            @if groups.is_empty() { p { "No group." } }
+            table {
+                thead { tr { th { "Group" } th { "Computers" } } }
+                tbody { @for g in &groups { tr { td { (g.name) } td { (g.computers.join(", ")) } } } }
+            }
+        },
+    )))
+}
+
+async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
+    let Json(nodes) = api::list_transports(v.caller.clone(), State(s)).await?;
+    Ok(ok(layout(
+        "Repositories",
+        Some(&v),
+        html! {
+            table {
+                thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                tbody {
+                    @for r in &repos {
+                        tr {
+                            td { (r.name) } td { (r.transport) } td { code { (r.path) } } td { (r.max_tasks) }
+                            td { (if r.encrypted { "yes" } else { "no" }) @if r.isolation == "computer" { " (a key per computer)" } }
+                            td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
+                            td { (verify_summary(r.last_verify.as_ref())) }
+                        }
+                    }
+                }
+            }
+            h2 { "Transport nodes" }
+            table {
+                thead { tr { th { "Name" } th { "Address" } th { "Joined" } th { "" } } }
+                tbody {
+                    @for n in &nodes {
+                        tr { td { (n.name) } td { code { (n.address) } } td { (when(&n.joined)) } td { @if n.revoked { "removed" } } }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct JoinTokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    expires: String,
+}
+
+/// Users, API tokens and join tokens (admins); `created` is a join token just made, shown this
+/// once with a button that copies it.
+async fn access_page(v: &Viewer, s: &S, created: Option<&str>, error: Option<&str>) -> Result<Markup, Page> {
+    let Json(users) = api::list_users(v.caller.clone(), State(s.clone())).await?;
+    let Json(tokens) = api::list_tokens(v.caller.clone(), State(s.clone())).await?;
+    use crate::store::TokenRow;
+    Ok(layout(
+        "Access",
+        Some(v),
+        html! {
+            h2 { "Users" }
+            table {
+                thead { tr { th { "User" } th { "Role" } th { "Created" } } }
+                tbody { @for u in &users { tr { td { (u.name) } td { (u.role) } td { (when(&u.created)) } } } }
+            }
+            h2 { "Join tokens" }
+            @if let Some(t) = created {
+                article.new-token {
+                    p { "The new join token, shown this once:" }
+                    p { code id="new-token" { (t) } " " button.outline type="button" data-copy="new-token" { "Copy" } }
+                }
+            }
+            form method="post" action="/ui/access" {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = error { p.error role="alert" { (e) } }
+                div.grid {
+                    label { "For" select name="role" { option value="agent" { "a computer (agent)" } option value="transport" { "a transport node" } } }
+                    label { "Its name (empty: any new name)" input name="name" placeholder="web-1"; }
+                    label { "Valid for" input name="expires" value="7d"; }
+                }
+                button type="submit" { "Create a join token" }
+            }
+            table {
+                thead { tr { th { "Kind" } th { "For" } th { "Created" } th { "Expires" } } }
+                tbody {
+                    @for t in &tokens {
+                        @match t {
+                            TokenRow::Join { role, name, created, expires, .. } => tr { td { "join (" (role) ")" } td { (name) } td { (when(created)) } td { @if let Some(e) = expires { (when(e)) } @else { "never" } } },
+                            TokenRow::Api { user, name, created, expires, .. } => tr { td { "API" } td { (user) " · " (name) } td { (when(created)) } td { @if let Some(e) = expires { (when(e)) } @else { "never" } } },
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+async fn access(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    v.caller.admin()?;
+    Ok(ok(access_page(&v, &s, None, None).await?))
+}
+
+async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinTokenForm>) -> Result<Page, Page> {
+    v.check(&f.csrf)?;
+    let name = Some(f.name.trim().to_string()).filter(|n| !n.is_empty());
+    let request = crate::model::TokenRequest {
+        role: f.role.clone(),
+        any_name: name.is_none(),
+        name,
+        replace: false,
+        expires: Some(f.expires.trim().to_string()).filter(|e| !e.is_empty()),
+    };
+    match api::create_join_token(v.caller.clone(), State(s.clone()), api::Input(request)).await {
+        Ok(Json(crate::answers::TokenCreated::Join { token, .. } | crate::answers::TokenCreated::Api { token, .. })) => {
+            Ok(ok(access_page(&v, &s, Some(&token), None).await?))
+        }
+        Err(e) if e.0 == StatusCode::UNPROCESSABLE_ENTITY || e.0 == StatusCode::BAD_REQUEST => {
+            Ok(Page(e.0, access_page(&v, &s, None, Some(&e.1)).await?))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

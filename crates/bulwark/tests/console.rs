@@ -150,6 +150,23 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", "{csrf: 'forged'}"), 403);
     assert_eq!(cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len(), sessions_before);
 
+    // Computers, repositories and transport nodes; a join token made once and listed.
+    b.go(&format!("{base}/ui/computers"));
+    b.wait(10, "the computers", |b| b.text("tr.computer").contains("pc-1"));
+    b.go(&format!("{base}/ui/repositories"));
+    b.wait(10, "the repositories", |b| b.text("h1") == "Repositories");
+    assert!(b.text("body").contains("main") && b.text("body").contains("store"), "{}", b.text("body"));
+    b.go(&format!("{base}/ui/access"));
+    b.type_into("input[name=name]", "pc-2");
+    b.click("form[action='/ui/access'] button[type=submit]");
+    b.wait(10, "the new join token", |b| !b.text("#new-token").is_empty());
+    let token = b.text("#new-token");
+    let listed = cli(&site.server, &["token", "list"]).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|t| t["kind"] == "join" && t["name"] == "pc-2"), "{listed:#}");
+    assert!(!listed.to_string().contains(&token), "a listing shows a join token's secret");
+    b.go(&format!("{base}/ui/access"));
+    assert!(b.all("#new-token").is_empty(), "a join token is shown more than once");
+
     // Log out: the session's token no longer opens anything.
     b.click("form[action='/ui/logout'] button");
     b.wait(10, "the login page", |b| b.url().ends_with("/ui/login"));
@@ -165,6 +182,10 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     b.wait(10, "the jobs page", |b| b.text("h1") == "Jobs");
     assert!(b.text("body").contains("nightly"));
     assert!(b.all("form[action$='/start']").is_empty(), "a viewer is offered Start");
+    assert!(b.all("a[href='/ui/access']").is_empty(), "a viewer is offered Access");
+    b.go(&format!("{base}/ui/access"));
+    b.wait(10, "the refusal", |b| b.text("article.error").contains("may only read"));
+    b.go(&format!("{base}/ui/jobs"));
     let token = b.attribute("input[name=csrf]", "value").unwrap();
     assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", &format!("{{csrf: {token:?}}}")), 403);
     b.go(&format!("{base}/ui/points"));
