@@ -1099,7 +1099,7 @@ fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<SessionRow>, n
 pub(crate) async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<JobDetail>> {
     let jobs = store::jobs(&s.core.db).await?;
     // Newest first: the first of each job is its last.
-    let sessions = store::sessions(&s.core.db, None).await?;
+    let sessions = store::sessions(&s.core.db, None, None, None).await?;
     let now = s.core.clock.now();
     let last = |name: &str| sessions.iter().find(|x| x.job == name).cloned();
     Ok(Json(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect()))
@@ -1279,6 +1279,10 @@ pub(crate) async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<Str
 pub(crate) struct SessionFilter {
     /// Only this job's sessions.
     pub(crate) job: Option<String>,
+    /// Only sessions started at or after this time (RFC 3339).
+    pub(crate) since: Option<String>,
+    /// At most this many (the newest).
+    pub(crate) limit: Option<u32>,
 }
 
 /// Sessions, newest first, each with the bytes its tasks sent (sent_bytes) and what failed or
@@ -1291,7 +1295,14 @@ pub(crate) async fn list_sessions(
     State(s): State<S>,
     Query(f): Query<SessionFilter>,
 ) -> ApiResult<Vec<SessionRow>> {
-    let mut sessions = store::sessions(&s.core.db, f.job.as_deref()).await?;
+    let since = match &f.since {
+        Some(t) => Some(crate::db::stamp(
+            t.parse::<jiff::Timestamp>().map_err(|e| bad(format!("since {t:?} is not a time (RFC 3339): {e}")))?,
+        )),
+        None => None,
+    };
+    let limit = f.limit.map(i64::from);
+    let mut sessions = store::sessions(&s.core.db, f.job.as_deref(), since.as_deref(), limit).await?;
     for session in &mut sessions {
         let tasks = store::tasks(&s.core.db, &session.id, true).await?;
         session.sent_bytes = Some(crate::views::sent_bytes(&tasks));

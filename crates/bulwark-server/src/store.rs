@@ -1092,18 +1092,30 @@ pub async fn end_session(db: &Db, id: &str, status: SessionStatus, reason: Optio
     Ok(r.rows_affected() == 1)
 }
 
-/// Sessions, newest first (the API's order since the start); of one job when given.
-pub async fn sessions(db: &Db, job: Option<&str>) -> Result<Vec<SessionRow>> {
-    let rows = match job {
-        Some(j) => {
-            sqlx::query("SELECT * FROM sessions WHERE job = $1 ORDER BY started DESC, id DESC")
-                .bind(j)
-                .fetch_all(&db.pool)
-                .await?
-        }
-        None => sqlx::query("SELECT * FROM sessions ORDER BY started DESC, id DESC").fetch_all(&db.pool).await?,
-    };
-    Ok(rows.iter().map(session_row).collect())
+/// Sessions, newest first (the API's order since the start); of one job when given, started at
+/// or after `since` when given (a stamp as [`crate::db::stamp`] writes them), at most `limit`.
+pub async fn sessions(db: &Db, job: Option<&str>, since: Option<&str>, limit: Option<i64>) -> Result<Vec<SessionRow>> {
+    let mut conditions = Vec::new();
+    if job.is_some() {
+        conditions.push(format!("job = ${}", conditions.len() + 1));
+    }
+    if since.is_some() {
+        conditions.push(format!("started >= ${}", conditions.len() + 1));
+    }
+    let mut sql = String::from("SELECT * FROM sessions");
+    if !conditions.is_empty() {
+        sql = format!("{sql} WHERE {}", conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY started DESC, id DESC");
+    if let Some(n) = limit {
+        // A number, not text: written into the query as such.
+        sql = format!("{sql} LIMIT {n}");
+    }
+    let mut q = sqlx::query(&sql);
+    for value in [job, since].into_iter().flatten() {
+        q = q.bind(value);
+    }
+    Ok(q.fetch_all(&db.pool).await?.iter().map(session_row).collect())
 }
 
 /// The latest session of a job.

@@ -309,11 +309,11 @@ fn schedule_text(s: &crate::schedule::Schedule) -> String {
 }
 
 async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
-    let Json(sessions) =
-        api::list_sessions(v.caller.clone(), State(s.clone()), Query(api::SessionFilter { job: None })).await?;
+    let since = crate::db::stamp_in(-24 * 3600);
+    let recent = api::SessionFilter { job: None, since: Some(since.clone()), limit: None };
+    let Json(sessions) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(recent)).await?;
     let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
     let Json(computers) = api::computers_seen(v.caller.clone(), &s).await?;
-    let since = crate::db::stamp_in(-24 * 3600);
     let counts = session_counts(&sessions, &since);
     let running: Vec<&SessionRow> = sessions.iter().filter(|s| s.status == SessionStatus::Running).collect();
     let mut running_tasks = Vec::new();
@@ -909,7 +909,8 @@ async fn restore(
 }
 
 async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
-    let Json(list) = api::list_sessions(v.caller.clone(), State(s), Query(api::SessionFilter { job: None })).await?;
+    let newest = api::SessionFilter { job: None, since: None, limit: Some(200) };
+    let Json(list) = api::list_sessions(v.caller.clone(), State(s), Query(newest)).await?;
     Ok(ok(layout(
         "Sessions",
         Some(&v),
@@ -918,7 +919,7 @@ async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
             table {
                 thead { tr { th { "Started" } th { "Job" } th { "Kind" } th { "Result" } th { "Sent" } th { "Problem" } } }
                 tbody {
-                    @for x in list.iter().take(200) {
+                    @for x in &list {
                         tr {
                             td { a href={ "/ui/sessions/" (x.id) } { (when(&x.started)) } }
                             td { (x.job) } td { (x.kind.as_str()) } td { (status_badge(x.status.as_str())) }
