@@ -466,7 +466,11 @@ async fn create_api_token(c: Caller, State(s): State<S>, Input(t): Input<ApiToke
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden), (status = 422, response = Invalid),
 ))]
-pub(crate) async fn create_join_token(c: Caller, State(s): State<S>, Input(t): Input<TokenRequest>) -> ApiResult<TokenCreated> {
+pub(crate) async fn create_join_token(
+    c: Caller,
+    State(s): State<S>,
+    Input(t): Input<TokenRequest>,
+) -> ApiResult<TokenCreated> {
     c.admin()?;
     let role = match t.role.as_str() {
         "agent" => Role::Agent,

@@ -1585,6 +1585,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_are_filtered_by_job_and_time_and_limited_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path()).await;
+        for (id, job, started) in [
+            ("s1", "a", "2026-01-01T00:00:00Z"),
+            ("s2", "b", "2026-01-02T00:00:00Z"),
+            ("s3", "a", "2026-01-03T00:00:00Z"),
+            ("s4", "a", "2026-01-04T00:00:00Z"),
+        ] {
+            insert_session(&db, id, job, SessionKind::Backup).await.unwrap();
+            // One session of a job runs at a time.
+            end_session(&db, id, SessionStatus::Success, None).await.unwrap();
+            sqlx::query("UPDATE sessions SET started = $1 WHERE id = $2")
+                .bind(started)
+                .bind(id)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        }
+        let ids = |v: Vec<SessionRow>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(sessions(&db, None, None, None).await.unwrap()), ["s4", "s3", "s2", "s1"]);
+        assert_eq!(ids(sessions(&db, Some("a"), None, None).await.unwrap()), ["s4", "s3", "s1"]);
+        assert_eq!(ids(sessions(&db, None, Some("2026-01-02T00:00:00Z"), None).await.unwrap()), ["s4", "s3", "s2"]);
+        assert_eq!(ids(sessions(&db, Some("a"), Some("2026-01-02T00:00:00Z"), Some(1)).await.unwrap()), ["s4"]);
+        assert_eq!(ids(sessions(&db, Some("c"), None, Some(5)).await.unwrap()), Vec::<String>::new());
+    }
+
+    #[tokio::test]
     async fn sources_whose_readable_names_collide_get_chains_of_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(dir.path()).await;

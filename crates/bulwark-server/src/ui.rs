@@ -790,9 +790,9 @@ async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinToke
         expires: Some(f.expires.trim().to_string()).filter(|e| !e.is_empty()),
     };
     match api::create_join_token(v.caller.clone(), State(s.clone()), api::Input(request)).await {
-        Ok(Json(crate::answers::TokenCreated::Join { token, .. } | crate::answers::TokenCreated::Api { token, .. })) => {
-            Ok(ok(access_page(&v, &s, Some(&token), None).await?))
-        }
+        Ok(Json(
+            crate::answers::TokenCreated::Join { token, .. } | crate::answers::TokenCreated::Api { token, .. },
+        )) => Ok(ok(access_page(&v, &s, Some(&token), None).await?)),
         Err(e) if e.0 == StatusCode::UNPROCESSABLE_ENTITY || e.0 == StatusCode::BAD_REQUEST => {
             Ok(Page(e.0, access_page(&v, &s, None, Some(&e.1)).await?))
         }
