@@ -1363,6 +1363,14 @@ pub(crate) async fn show_session(
 pub(crate) struct PointFilter {
     /// Only this computer's points.
     pub(crate) computer: Option<String>,
+    /// Newest first (oldest first when absent).
+    #[serde(default)]
+    pub(crate) newest_first: bool,
+    /// At most this many.
+    pub(crate) limit: Option<u32>,
+    /// After skipping this many.
+    #[serde(default)]
+    pub(crate) offset: u32,
 }
 
 /// Restore points in the catalog, oldest first, each with its consistency and snapshot, and its
@@ -1377,7 +1385,8 @@ pub(crate) async fn list_points(
     State(s): State<S>,
     Query(f): Query<PointFilter>,
 ) -> ApiResult<Vec<PointRow>> {
-    Ok(Json(store::points(&s.core.db, f.computer.as_deref()).await?))
+    let window = store::Window { newest_first: f.newest_first, limit: f.limit, offset: f.offset };
+    Ok(Json(store::points(&s.core.db, f.computer.as_deref(), window).await?))
 }
 
 /// A catalog point and its manifest.

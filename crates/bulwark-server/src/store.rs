@@ -1544,14 +1544,37 @@ pub async fn point(db: &Db, id: &str) -> Result<Option<(String, String, String)>
 }
 
 /// Catalog points, oldest first; of one computer when given.
-pub async fn points(db: &Db, computer: Option<&str>) -> Result<Vec<PointRow>> {
-    let rows = match computer {
-        Some(c) => {
-            sqlx::query("SELECT * FROM points WHERE computer = $1 ORDER BY created").bind(c).fetch_all(&db.pool).await?
+/// A page of a listing: at most `limit` rows after skipping `offset`, newest first or oldest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    pub newest_first: bool,
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+impl Window {
+    /// The ORDER BY … LIMIT … OFFSET of a query on `created` (numbers, written in as such).
+    fn sql(&self) -> String {
+        let mut s = format!(" ORDER BY created {dir}, id {dir}", dir = if self.newest_first { "DESC" } else { "ASC" });
+        if let Some(n) = self.limit {
+            s = format!("{s} LIMIT {n} OFFSET {}", self.offset);
+        } else if self.offset > 0 {
+            // Every engine takes LIMIT with OFFSET; this one is past any catalog.
+            s = format!("{s} LIMIT {} OFFSET {}", i64::MAX, self.offset);
         }
-        None => sqlx::query("SELECT * FROM points ORDER BY created").fetch_all(&db.pool).await?,
-    };
-    Ok(rows.iter().map(|r| point_row(r, false)).collect())
+        s
+    }
+}
+
+/// Points, of one computer when given, in the window asked for (all, oldest first, by default).
+pub async fn points(db: &Db, computer: Option<&str>, w: Window) -> Result<Vec<PointRow>> {
+    let filter = if computer.is_some() { " WHERE computer = $1" } else { "" };
+    let sql = format!("SELECT * FROM points{filter}{}", w.sql());
+    let mut q = sqlx::query(&sql);
+    if let Some(c) = computer {
+        q = q.bind(c);
+    }
+    Ok(q.fetch_all(&db.pool).await?.iter().map(|r| point_row(r, false)).collect())
 }
 
 #[cfg(test)]
@@ -1610,6 +1633,30 @@ mod tests {
         assert_eq!(ids(sessions(&db, None, Some("2026-01-02T00:00:00Z"), None).await.unwrap()), ["s4", "s3", "s2"]);
         assert_eq!(ids(sessions(&db, Some("a"), Some("2026-01-02T00:00:00Z"), Some(1)).await.unwrap()), ["s4"]);
         assert_eq!(ids(sessions(&db, Some("c"), None, Some(5)).await.unwrap()), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn points_come_in_windows_newest_or_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path()).await;
+        for i in 1..=5 {
+            sqlx::query("INSERT INTO points (id, repository, computer, name, kind, created, manifest) VALUES ($1, 'r', $2, 'n', 'volume', $3, '{}')")
+                .bind(format!("p{i}"))
+                .bind(if i % 2 == 0 { "even" } else { "odd" })
+                .bind(format!("2026-11-0{i}T00:00:00Z"))
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        }
+        let ids = |v: Vec<PointRow>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        let all = Window::default();
+        assert_eq!(ids(points(&db, None, all).await.unwrap()), ["p1", "p2", "p3", "p4", "p5"]);
+        let page = |offset| Window { newest_first: true, limit: Some(2), offset };
+        assert_eq!(ids(points(&db, None, page(0)).await.unwrap()), ["p5", "p4"]);
+        assert_eq!(ids(points(&db, None, page(4)).await.unwrap()), ["p1"]);
+        assert_eq!(ids(points(&db, Some("odd"), page(1)).await.unwrap()), ["p3", "p1"]);
+        let skip = Window { offset: 3, ..Window::default() };
+        assert_eq!(ids(points(&db, None, skip).await.unwrap()), ["p4", "p5"]);
     }
 
     #[tokio::test]

@@ -803,22 +803,40 @@ async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinToke
 #[derive(serde::Deserialize)]
 struct PointsQuery {
     computer: Option<String>,
+    #[serde(default)]
+    page: u32,
 }
 
+/// Rows per page of a long table.
+const PER_PAGE: u32 = 100;
+
 async fn points(v: Viewer, State(s): State<S>, Query(q): Query<PointsQuery>) -> Result<Page, Page> {
-    let filter = api::PointFilter { computer: q.computer.filter(|c| !c.is_empty()) };
+    let computer = q.computer.filter(|c| !c.is_empty());
+    // One more than a page: whether there is a next one.
+    let filter = api::PointFilter {
+        computer: computer.clone(),
+        newest_first: true,
+        limit: Some(PER_PAGE + 1),
+        offset: q.page.saturating_mul(PER_PAGE),
+    };
     let Json(mut list) = api::list_points(v.caller.clone(), State(s), Query(filter)).await?;
-    list.reverse();
+    let more = list.len() > PER_PAGE as usize;
+    list.truncate(PER_PAGE as usize);
+    let link = |page: u32| match &computer {
+        Some(c) => format!("/ui/points?computer={c}&page={page}"),
+        None => format!("/ui/points?page={page}"),
+    };
     let may_restore = v.caller.may_restore().is_ok();
     Ok(ok(layout(
         "Restore points",
         Some(&v),
         html! {
-            @if list.is_empty() { p { "No restore point yet." } }
+            @if list.is_empty() { p { "No restore point here." } }
+            @if let Some(c) = &computer { p { "Of " strong { (c) } " · " a href="/ui/points" { "all computers" } } }
             table {
                 thead { tr { th { "Created" } th { "Computer" } th { "Backup" } th { "Kind" } th { "Size" } th { "Consistency" } th { "Health" } @if may_restore { th { "" } } } }
                 tbody {
-                    @for p in list.iter().take(500) {
+                    @for p in &list {
                         tr.point data-id=(p.id) {
                             td { (when(&p.created)) }
                             td { a href={ "/ui/points?computer=" (p.computer) } { (p.computer) } }
@@ -831,6 +849,10 @@ async fn points(v: Viewer, State(s): State<S>, Query(q): Query<PointsQuery>) -> 
                         }
                     }
                 }
+            }
+            p.pages {
+                @if q.page > 0 { a href=(link(q.page - 1)) { "← Newer" } " " }
+                @if more { a href=(link(q.page + 1)) { "Older →" } }
             }
         },
     )))
