@@ -52,6 +52,8 @@ pub fn router() -> Router<S> {
         .route("/ui/access", get(access).post(create_join_token))
         .route("/ui/points", get(points))
         .route("/ui/points/{id}/restore", get(restore_page).post(restore))
+        .route("/ui/points/{id}/files", get(files_page).post(restore_files))
+        .route("/ui/points/{id}/download", get(download))
         .route("/ui/sessions", get(sessions))
         .route("/ui/sessions/{id}", get(session))
         .route("/ui/sessions/{id}/live", get(session_live))
@@ -845,7 +847,12 @@ async fn points(v: Viewer, State(s): State<S>, Query(q): Query<PointsQuery>) -> 
                             td { (p.consistency.as_ref().and_then(|c| c.as_str()).unwrap_or("")) }
                             td { (status_badge(match p.health.as_deref() { Some("ok") => "success", Some(_) => "failed", None => "unknown" }))
                                  @if let Some(d) = &p.health_detail { " " small { (d) } } }
-                            @if may_restore { td { a role="button" href={ "/ui/points/" (p.id) "/restore" } { "Restore" } } }
+                            @if may_restore {
+                                td {
+                                    a role="button" href={ "/ui/points/" (p.id) "/restore" } { "Restore" } " "
+                                    a.secondary role="button" href={ "/ui/points/" (p.id) "/files" } { "Files" }
+                                }
+                            }
                         }
                     }
                 }
@@ -856,6 +863,200 @@ async fn points(v: Viewer, State(s): State<S>, Query(q): Query<PointsQuery>) -> 
             }
         },
     )))
+}
+
+#[derive(serde::Deserialize)]
+struct FilesAt {
+    #[serde(default)]
+    volume: Option<u32>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `/ui/points/ID/files?…` for a volume and a path inside it.
+fn files_link(id: &str, volume: u32, path: &str) -> String {
+    let q: String = url_query(&[("volume", &volume.to_string()), ("path", path)]);
+    format!("/ui/points/{id}/files?{q}")
+}
+
+fn url_query(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect::<Vec<_>>().join("&")
+}
+
+/// The file browser of a point: its volumes first (a volume point holding several), then one
+/// directory at a time, read from the point by the transport node as the API reads it. Files
+/// download; checked entries restore onto a computer.
+async fn files_page(
+    v: Viewer,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Query(at): Query<FilesAt>,
+) -> Result<Page, Page> {
+    v.caller.may_restore()?;
+    let Json(point) = api::show_point(v.caller.clone(), State(s.clone()), Path(id.clone())).await?;
+    let volume = match (at.volume, point.kind.as_str()) {
+        (Some(n), _) => n,
+        (None, "files") => 0,
+        (None, _) => {
+            let Json(volumes) =
+                crate::point_files::point_volumes(v.caller.clone(), State(s.clone()), Path(id.clone())).await?;
+            let readable: Vec<_> = volumes.iter().filter(|x| !x.content.is_empty() && x.content != "swap").collect();
+            if readable.len() == 1 {
+                readable[0].number
+            } else {
+                return Ok(ok(layout(
+                    "Files: choose a volume",
+                    Some(&v),
+                    html! {
+                        p { "Point " code { (id) } " of " strong { (point.computer) } " holds these volumes:" }
+                        table {
+                            thead { tr { th { "Volume" } th { "Holds" } th { "Size" } th { "Label" } } }
+                            tbody {
+                                @for x in &volumes {
+                                    tr {
+                                        td { a href=(files_link(&id, x.number, "/")) { (x.number) " (" (x.table) ")" } }
+                                        td { (if x.content.is_empty() { "unknown" } else { &x.content }) }
+                                        td { (human_bytes(x.size)) } td { (x.label) }
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )));
+            }
+        }
+    };
+    let path = at.path.unwrap_or_else(|| "/".into());
+    let query =
+        crate::point_files::FilesQuery { volume, path: Some(path.clone()), cursor: at.cursor, limit: Some(200) };
+    let Json(dir) =
+        crate::point_files::point_files(v.caller.clone(), State(s.clone()), Path(id.clone()), Query(query)).await?;
+    let Json(computers) = api::computers_seen(v.caller.clone(), &s).await?;
+    let child = |name: &str| if path.ends_with('/') { format!("{path}{name}") } else { format!("{path}/{name}") };
+    // The way back up, one link per directory.
+    let mut crumbs = vec![("/".to_string(), "/".to_string())];
+    let mut so_far = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        so_far = format!("{so_far}/{part}");
+        crumbs.push((so_far.clone(), part.to_string()));
+    }
+    Ok(ok(layout(
+        "Files",
+        Some(&v),
+        html! {
+            p { "Point " code { (id) } " of " strong { (point.computer) } @if point.kind != "files" { ", volume " (volume) } ", made " (when(&point.created)) "." }
+            p.crumbs aria-label="path" {
+                "In "
+                @for (i, (p, name)) in crumbs.iter().enumerate() {
+                    @if i > 1 { " / " } @else if i == 1 { " " }
+                    a href=(files_link(&id, volume, p)) { (name) }
+                }
+            }
+            form method="post" action={ "/ui/points/" (id) "/files" } {
+                input type="hidden" name="csrf" value=(v.csrf());
+                input type="hidden" name="volume" value=(volume);
+                table {
+                    thead { tr { th { "" } th { "Name" } th { "Size" } th { "Changed" } th { "" } } }
+                    tbody {
+                        @for e in &dir.entries {
+                            @let p = child(&e.name);
+                            tr.entry data-name=(e.name) data-kind=(e.kind) {
+                                td { input type="checkbox" name="path" value=(p) aria-label={ "Select " (e.name) }; }
+                                td { @if e.kind == "dir" { a href=(files_link(&id, volume, &p)) { (e.name) "/" } } @else { (e.name) }
+                                     @if let Some(t) = &e.target { " → " (t) } }
+                                td { @if e.kind == "file" { (human_bytes(e.size)) } }
+                                td { (jiff::Timestamp::from_second(e.mtime).map(crate::db::stamp).map(|t| when(&t)).unwrap_or_default()) }
+                                td {
+                                    @if e.kind == "file" { a.download href={ "/ui/points/" (id) "/download?" (url_query(&[("volume", &volume.to_string()), ("path", &p)])) } { "Download" } }
+                                    @if e.kind == "dir" { a href={ "/ui/points/" (id) "/download?" (url_query(&[("volume", &volume.to_string()), ("path", &p), ("tar", "1")])) } { "Download .tar" } }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if let Some(next) = &dir.next {
+                    p { a href={ "/ui/points/" (id) "/files?" (url_query(&[("volume", &volume.to_string()), ("path", &path), ("cursor", next)])) } { "More…" } }
+                }
+                fieldset {
+                    legend { strong { "Restore what is checked" } }
+                    div.grid {
+                        label { "Onto computer" select name="computer" {
+                            @for c in &computers { option value=(c.name) selected[c.name == point.computer] { (c.name) } }
+                        } }
+                        label { "Into the directory" input name="target" required placeholder="/srv/restored"; }
+                    }
+                    button type="submit" { "Restore the checked files" }
+                }
+            }
+        },
+    )))
+}
+
+async fn restore_files(
+    v: Viewer,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, Page> {
+    let f = JobForm(pairs);
+    v.check(f.get("csrf").unwrap_or_default())?;
+    let paths = f.all("path");
+    if paths.is_empty() {
+        return Err(Page::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing was checked: check the files and directories to restore",
+        ));
+    }
+    let input = crate::model::RestoreInput {
+        computer: f.get("computer").map(str::to_string),
+        target: f.get("target").unwrap_or_default().to_string(),
+        overwrite: false,
+        paths,
+        safe: false,
+        volume: f.get("volume").and_then(|v| v.parse().ok()).unwrap_or(0),
+    };
+    let started = api::begin_restore(&v.caller, &s, &id, input).await?;
+    Ok(Redirect::to(&format!("/ui/sessions/{}", started.session)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct DownloadQuery {
+    #[serde(default)]
+    volume: u32,
+    path: String,
+    #[serde(default)]
+    tar: Option<String>,
+}
+
+/// A file of a point (or a directory as a tar stream), as the API serves it.
+async fn download(
+    v: Viewer,
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Page> {
+    let query = crate::point_files::ContentQuery { volume: q.volume, path: q.path };
+    let mut r = match q.tar {
+        Some(_) => crate::point_files::point_files_archive(v.caller, State(s), Path(id), Query(query)).await?,
+        None => crate::point_files::point_file_content(v.caller, State(s), Path(id), Query(query), headers).await?,
+    };
+    // Saved as a file, not shown by the browser.
+    let name = r.headers().get("content-disposition").is_none();
+    if name {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
+    Ok(r)
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -882,6 +1083,7 @@ async fn restore_form(v: &Viewer, s: &S, id: &str, f: &RestoreForm, error: Optio
         Some(v),
         html! {
             p { "Point " code { (point.id) } " of " strong { (point.computer) } " (" (point.name) ", " (point.kind) "), made " (when(&point.created)) "." }
+            p { a href={ "/ui/points/" (point.id) "/files" } { "Or browse its files and restore some of them…" } }
             form method="post" action={ "/ui/points/" (point.id) "/restore" } {
                 input type="hidden" name="csrf" value=(v.csrf());
                 @if let Some(e) = error.filter(|_| !on_target) { p.error role="alert" { (e) } }

@@ -31,6 +31,23 @@ fn shoot(b: &Browser, name: &str) {
     }
 }
 
+/// The files under `dir`, relative, sorted.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// `fetch` from the page (with its cookie): the status of a POST of `form` to `path`.
 fn post_from_page(b: &Browser, path: &str, form: &str) -> u64 {
     let script = format!(
@@ -144,6 +161,37 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     b.wait(120, "the restore to succeed", |b| b.all("div.session[data-status=success]").len() == 1);
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&disk).unwrap(), "the restored image differs");
 
+    // Files: a file-level point browsed one directory at a time; a file downloads as it was;
+    // the checked ones restore onto the computer.
+    let docs = site.dir.path().join("docs");
+    std::fs::create_dir_all(docs.join("letters")).unwrap();
+    std::fs::write(docs.join("letters/hello.txt"), "dear operator\n").unwrap();
+    std::fs::write(docs.join("notes.txt"), "not this one\n").unwrap();
+    let job = ["job", "create", "docs", "--mode", "files", "--computer", "pc-1", "--repository", "main"];
+    cli(&site.server, &[&job[..], &["--source", docs.to_str().unwrap()]].concat()).unwrap();
+    let done = cli(&site.server, &["job", "start", "docs", "--wait"]).unwrap();
+    assert_eq!(done["status"], "success", "{done:#}");
+    b.go(&format!("{base}/ui/points"));
+    b.wait(10, "two points", |b| b.all("tr.point").len() == 2);
+    // The newest first: the file-level one.
+    b.click("tr.point a[href$='/files']");
+    b.wait(10, "the point's root", |b| b.all("tr.entry[data-name=letters]").len() == 1);
+    b.click("tr.entry[data-name=letters] a");
+    b.wait(10, "the directory", |b| b.all("tr.entry[data-name='hello.txt']").len() == 1);
+    let href = b.attribute("tr.entry[data-name='hello.txt'] a.download", "href").unwrap();
+    let got = b.run(&format!("const r = await fetch({href:?}); return r.status + ' ' + await r.text();"));
+    assert_eq!(got, Value::String("200 dear operator\n".into()));
+    shoot(&b, "files");
+    b.click("tr.entry[data-name='hello.txt'] input[type=checkbox]");
+    let into = site.dir.path().join("restored-files");
+    b.type_into("input[name=target]", into.to_str().unwrap());
+    b.click("form[action$='/files'] button[type=submit]");
+    b.wait(10, "the restore's session", |b| b.url().contains("/ui/sessions/"));
+    b.wait(60, "the restore to succeed", |b| b.all("div.session[data-status=success]").len() == 1);
+    let restored: Vec<_> = walk(&into);
+    assert_eq!(restored, ["letters/hello.txt"], "restored more or less than was checked");
+    assert_eq!(std::fs::read_to_string(into.join("letters/hello.txt")).unwrap(), "dear operator\n");
+
     // A form without its token is refused, and starts nothing.
     let sessions_before = cli(&site.server, &["session", "list"]).unwrap().as_array().unwrap().len();
     assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", "{}"), 403);
@@ -189,8 +237,9 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     let token = b.attribute("input[name=csrf]", "value").unwrap();
     assert_eq!(post_from_page(&b, "/ui/jobs/nightly/start", &format!("{{csrf: {token:?}}}")), 403);
     b.go(&format!("{base}/ui/points"));
-    b.wait(10, "the points page", |b| b.all("tr.point").len() == 1);
+    b.wait(10, "the points page", |b| b.all("tr.point").len() == 2);
     assert!(b.all("a[href$='/restore']").is_empty(), "a viewer is offered Restore");
+    assert!(b.all("a[href$='/files']").is_empty(), "a viewer is offered Files");
     let id = b.run("return document.querySelector('tr.point').dataset.id;");
     let id = id.as_str().unwrap();
     let form = format!("{{csrf: {token:?}, target: '/srv/restored.img'}}");
