@@ -364,7 +364,7 @@ pub(crate) async fn list_users(c: Caller, State(s): State<S>) -> ApiResult<Vec<U
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden), (status = 409, response = Conflict), (status = 422, response = Invalid),
 ))]
-async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult<UserCreated> {
+pub(crate) async fn create_user(c: Caller, State(s): State<S>, Input(u): Input<UserInput>) -> ApiResult<UserCreated> {
     c.admin()?;
     check_name("user", &u.name).map_err(bad)?;
     if !matches!(u.role.as_str(), "admin" | "restore-operator" | "viewer") {
@@ -427,7 +427,7 @@ async fn change_password(
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
     (status = 404, response = NotFound), (status = 409, response = Conflict),
 ))]
-async fn delete_user(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
+pub(crate) async fn delete_user(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     match store::delete_user(&s.core.db, &name).await? {
         store::UserDeletion::Deleted => {
@@ -1114,7 +1114,7 @@ pub(crate) async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<Jo
     (status = 200, description = "the job", body = JobDetail),
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
-async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<JobDetail> {
+pub(crate) async fn show_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<JobDetail> {
     Ok(Json(job_answer(&c, &s, &name, None).await?))
 }
 
@@ -1225,7 +1225,7 @@ async fn change_job(
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
     (status = 404, response = NotFound), (status = 409, response = Conflict),
 ))]
-async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
+pub(crate) async fn delete_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     if let Some(id) = store::running_session(&s.core.db, &name).await? {
         return Err(ApiError(StatusCode::CONFLICT, format!("job {name} is running (session {id}); stop it first")));

@@ -47,6 +47,9 @@ pub fn router() -> Router<S> {
         .route("/ui/jobs/new", get(new_job_page).post(new_job))
         .route("/ui/jobs/{name}/start", post(start_job))
         .route("/ui/jobs/{name}/stop", post(stop_job))
+        .route("/ui/jobs/{name}/delete", get(delete_job_page).post(delete_job))
+        .route("/ui/users", post(create_user))
+        .route("/ui/users/{name}/delete", post(delete_user))
         .route("/ui/computers", get(computers))
         .route("/ui/repositories", get(repositories))
         .route("/ui/access", get(access).post(create_join_token))
@@ -424,6 +427,8 @@ async fn jobs(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
                                         input type="hidden" name="csrf" value=(v.csrf());
                                         button type="submit" name="job" value=(j.job.name) { (label) }
                                     }
+                                    " "
+                                    a.secondary href={ "/ui/jobs/" (j.job.name) "/delete" } { "Delete…" }
                                 }
                             }
                         }
@@ -643,6 +648,62 @@ async fn stop_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<Csrf
     Ok(to_session(stopped))
 }
 
+/// Deleting a job asks first, saying what stays (its points).
+async fn delete_job_page(v: Viewer, State(s): State<S>, Path(name): Path<String>) -> Result<Page, Page> {
+    v.caller.admin()?;
+    let Json(job) = api::show_job(v.caller.clone(), State(s), Path(name.clone())).await?;
+    Ok(ok(layout(
+        "Delete a job",
+        Some(&v),
+        html! {
+            article {
+                p { "Delete job " strong { (job.job.name) } "? It will not run again. Its restore points stay, and retention no longer removes them." }
+                form method="post" action={ "/ui/jobs/" (job.job.name) "/delete" } {
+                    input type="hidden" name="csrf" value=(v.csrf());
+                    button.contrast type="submit" { "Delete " (job.job.name) }
+                    " " a href="/ui/jobs" { "Keep it" }
+                }
+            }
+        },
+    )))
+}
+
+async fn delete_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    api::delete_job(v.caller, s, name).await?;
+    Ok(Redirect::to("/ui/jobs").into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct UserForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    role: String,
+}
+
+async fn create_user(v: Viewer, State(s): State<S>, Form(f): Form<UserForm>) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let input = crate::model::UserInput { name: f.name.trim().to_string(), password: f.password, role: f.role };
+    match api::create_user(v.caller.clone(), State(s.clone()), api::Input(input)).await {
+        Ok(_) => Ok(Redirect::to("/ui/access").into_response()),
+        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
+            Ok(Page(e.0, access_page(&v, &s, None, None, Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_user(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    api::delete_user(v.caller, s, name).await?;
+    Ok(Redirect::to("/ui/access").into_response())
+}
+
 /// After starting or stopping a job: its session's page, or the jobs if there is none.
 fn to_session(session: Option<SessionRow>) -> Response {
     match session {
@@ -731,7 +792,13 @@ struct JoinTokenForm {
 
 /// Users, API tokens and join tokens (admins); `created` is a join token just made, shown this
 /// once with a button that copies it.
-async fn access_page(v: &Viewer, s: &S, created: Option<&str>, error: Option<&str>) -> Result<Markup, Page> {
+async fn access_page(
+    v: &Viewer,
+    s: &S,
+    created: Option<&str>,
+    error: Option<&str>,
+    user_error: Option<&str>,
+) -> Result<Markup, Page> {
     let Json(users) = api::list_users(v.caller.clone(), State(s.clone())).await?;
     let Json(tokens) = api::list_tokens(v.caller.clone(), State(s.clone())).await?;
     use crate::store::TokenRow;
@@ -741,8 +808,34 @@ async fn access_page(v: &Viewer, s: &S, created: Option<&str>, error: Option<&st
         html! {
             h2 { "Users" }
             table {
-                thead { tr { th { "User" } th { "Role" } th { "Created" } } }
-                tbody { @for u in &users { tr { td { (u.name) } td { (u.role) } td { (when(&u.created)) } } } }
+                thead { tr { th { "User" } th { "Role" } th { "Created" } th { "" } } }
+                tbody {
+                    @for u in &users {
+                        tr.user data-name=(u.name) {
+                            td { (u.name) } td { (u.role) } td { (when(&u.created)) }
+                            td { @if u.name != v.caller.name {
+                                form.inline method="post" action={ "/ui/users/" (u.name) "/delete" } {
+                                    input type="hidden" name="csrf" value=(v.csrf());
+                                    button.secondary.outline type="submit" { "Delete" }
+                                }
+                            } }
+                        }
+                    }
+                }
+            }
+            form method="post" action="/ui/users" {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = user_error { p.error role="alert" { (e) } }
+                div.grid {
+                    label { "New user" input name="name" required autocomplete="off"; }
+                    label { "Password (10 characters or more)" input type="password" name="password" required autocomplete="new-password"; }
+                    label { "Role" select name="role" {
+                        option value="viewer" { "viewer (reads only)" }
+                        option value="restore-operator" { "restore operator" }
+                        option value="admin" { "admin" }
+                    } }
+                }
+                button type="submit" { "Create the user" }
             }
             h2 { "Join tokens" }
             @if let Some(t) = created {
@@ -778,7 +871,7 @@ async fn access_page(v: &Viewer, s: &S, created: Option<&str>, error: Option<&st
 
 async fn access(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     v.caller.admin()?;
-    Ok(ok(access_page(&v, &s, None, None).await?))
+    Ok(ok(access_page(&v, &s, None, None, None).await?))
 }
 
 async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinTokenForm>) -> Result<Page, Page> {
@@ -794,9 +887,9 @@ async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinToke
     match api::create_join_token(v.caller.clone(), State(s.clone()), api::Input(request)).await {
         Ok(Json(
             crate::answers::TokenCreated::Join { token, .. } | crate::answers::TokenCreated::Api { token, .. },
-        )) => Ok(ok(access_page(&v, &s, Some(&token), None).await?)),
+        )) => Ok(ok(access_page(&v, &s, Some(&token), None, None).await?)),
         Err(e) if e.0 == StatusCode::UNPROCESSABLE_ENTITY || e.0 == StatusCode::BAD_REQUEST => {
-            Ok(Page(e.0, access_page(&v, &s, None, Some(&e.1)).await?))
+            Ok(Page(e.0, access_page(&v, &s, None, Some(&e.1), None).await?))
         }
         Err(e) => Err(e.into()),
     }
@@ -1132,14 +1225,40 @@ async fn restore(
     }
 }
 
-async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
-    let newest = api::SessionFilter { job: None, since: None, limit: Some(200) };
-    let Json(list) = api::list_sessions(v.caller.clone(), State(s), Query(newest)).await?;
+#[derive(serde::Deserialize, Default)]
+struct SessionsQuery {
+    #[serde(default)]
+    job: String,
+    #[serde(default)]
+    status: String,
+}
+
+async fn sessions(v: Viewer, State(s): State<S>, Query(q): Query<SessionsQuery>) -> Result<Page, Page> {
+    let job = Some(q.job.clone()).filter(|j| !j.is_empty());
+    let newest = api::SessionFilter { job, since: None, limit: Some(200) };
+    let Json(mut list) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(newest)).await?;
+    if !q.status.is_empty() {
+        list.retain(|x| x.status.as_str() == q.status);
+    }
+    let Json(jobs) = api::list_jobs(v.caller.clone(), State(s)).await?;
     Ok(ok(layout(
         "Sessions",
         Some(&v),
         html! {
-            @if list.is_empty() { p { "No session yet." } }
+            form.filters method="get" action="/ui/sessions" {
+                div.grid {
+                    label { "Job" select name="job" {
+                        option value="" { "every job" }
+                        @for j in &jobs { option value=(j.job.name) selected[q.job == j.job.name] { (j.job.name) } }
+                    } }
+                    label { "Result" select name="status" {
+                        option value="" { "any" }
+                        @for st in SessionStatus::ALL { option value=(st.as_str()) selected[q.status == st.as_str()] { (st.as_str()) } }
+                    } }
+                    button type="submit" { "Show" }
+                }
+            }
+            @if list.is_empty() { p { "No session here." } }
             table {
                 thead { tr { th { "Started" } th { "Job" } th { "Kind" } th { "Result" } th { "Sent" } th { "Problem" } } }
                 tbody {
@@ -1157,9 +1276,10 @@ async fn sessions(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     )))
 }
 
-/// One session with its tasks' progress, as the API's session answer has it (without logs).
+/// One session with its tasks' progress and logs, as the API's session answer has them (and
+/// as it hides steps from viewers).
 async fn session_detail(v: &Viewer, s: &S, id: &str) -> Result<SessionRow, ApiError> {
-    let view = api::SessionView { logs: false };
+    let view = api::SessionView { logs: true };
     let Json(d) = api::show_session(v.caller.clone(), State(s.clone()), Path(id.to_string()), Query(view)).await?;
     Ok(d)
 }
@@ -1167,7 +1287,20 @@ async fn session_detail(v: &Viewer, s: &S, id: &str) -> Result<SessionRow, ApiEr
 async fn session(v: Viewer, State(s): State<S>, Path(id): Path<String>) -> Result<Page, Page> {
     let d = session_detail(&v, &s, &id).await?;
     let title = if d.job.is_empty() { "Restore".to_string() } else { format!("Session of {}", d.job) };
-    Ok(ok(layout(&title, Some(&v), session_live_part(&d))))
+    let stoppable = v.is_admin() && d.status == SessionStatus::Running && !d.job.is_empty();
+    Ok(ok(layout(
+        &title,
+        Some(&v),
+        html! {
+            @if stoppable {
+                form.inline method="post" action={ "/ui/jobs/" (d.job) "/stop" } {
+                    input type="hidden" name="csrf" value=(v.csrf());
+                    button.secondary type="submit" { "Stop the session" }
+                }
+            }
+            (session_live_part(&d))
+        },
+    )))
 }
 
 /// What changes while a session runs, polled every second until it ends.
@@ -1203,6 +1336,25 @@ fn session_live_part(d: &SessionRow) -> Markup {
                         }
                     }
                 }
+            }
+            @for t in tasks { (task_log(t)) }
+        }
+    }
+}
+
+/// The last lines of a task's log (its own and the agent's notes), newest last.
+fn task_log(t: &TaskRow) -> Markup {
+    let Some(log) = &t.log else { return html! {} };
+    let mut lines: Vec<&str> = log["lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
+    for report in log["reports"].as_array().into_iter().flatten() {
+        lines.extend(report["notes"].as_array().into_iter().flatten().filter_map(|l| l.as_str()));
+    }
+    let shown = &lines[lines.len().saturating_sub(50)..];
+    html! {
+        @if !shown.is_empty() {
+            details.log open[t.status == TaskStatus::Running] {
+                summary { "Log of " (t.computer) " (" (lines.len()) " lines)" }
+                pre { @for l in shown { (l) "\n" } }
             }
         }
     }

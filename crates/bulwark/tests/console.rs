@@ -126,6 +126,8 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
         b.all("tr.task[data-status=success]").len() == 1 && b.all("div.session[data-status=success]").len() == 1
     });
     assert_eq!(b.text("tr.task .percent"), "100%");
+    // The task's log is on the page, the agent's notes with it.
+    assert!(b.all("details.log").len() == 1, "no log on the session page");
     shoot(&b, "session");
     assert_eq!(b.text("tr.task td:first-child"), "pc-1");
     let points = cli(&site.server, &["point", "list"]).unwrap();
@@ -214,6 +216,36 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     assert!(!listed.to_string().contains(&token), "a listing shows a join token's secret");
     b.go(&format!("{base}/ui/access"));
     assert!(b.all("#new-token").is_empty(), "a join token is shown more than once");
+
+    // Sessions by job and result.
+    b.go(&format!("{base}/ui/sessions?job=docs&status=success"));
+    b.wait(10, "the filtered sessions", |b| b.text("h1") == "Sessions");
+    let rows = b.run("return [...document.querySelectorAll('tbody tr')].map(r => r.children[1].textContent);");
+    assert_eq!(rows, serde_json::json!(["docs"]));
+    b.go(&format!("{base}/ui/sessions?job=nightly&status=failed"));
+    b.wait(10, "no failed session", |b| b.text("body").contains("No session here"));
+
+    // Users: a password too short is refused by the API in words; a user made, then deleted.
+    b.go(&format!("{base}/ui/access"));
+    b.type_into("form[action='/ui/users'] input[name=name]", "ops");
+    b.type_into("form[action='/ui/users'] input[name=password]", "short");
+    b.click("form[action='/ui/users'] button[type=submit]");
+    b.wait(10, "the refusal", |b| b.text("form[action='/ui/users'] p.error").contains("password"));
+    b.type_into("form[action='/ui/users'] input[name=name]", "ops");
+    b.type_into("form[action='/ui/users'] input[name=password]", "a long enough password");
+    b.click("form[action='/ui/users'] button[type=submit]");
+    b.wait(10, "the new user", |b| b.all("tr.user[data-name=ops]").len() == 1);
+    b.click("tr.user[data-name=ops] button");
+    b.wait(10, "the user gone", |b| b.text("h1") == "Access" && b.all("tr.user[data-name=ops]").is_empty());
+
+    // Deleting a job asks first.
+    b.go(&format!("{base}/ui/jobs"));
+    b.click("a[href='/ui/jobs/docs/delete']");
+    b.wait(10, "the question", |b| b.text("h1") == "Delete a job");
+    b.click("form[action='/ui/jobs/docs/delete'] button");
+    b.wait(10, "the jobs", |b| b.text("h1") == "Jobs");
+    let names: Vec<String> = cli(&site.server, &["job", "list"]).unwrap().as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["nightly"]);
 
     // Log out: the session's token no longer opens anything.
     b.click("form[action='/ui/logout'] button");
