@@ -247,6 +247,16 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     let names: Vec<String> = cli(&site.server, &["job", "list"]).unwrap().as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["nightly"]);
 
+    // Every page fits a phone's screen (tables scroll inside themselves).
+    b.resize(390, 844);
+    for page in ["/ui/", "/ui/jobs", "/ui/jobs/new", "/ui/sessions", "/ui/points", "/ui/computers", "/ui/repositories", "/ui/access"] {
+        b.go(&format!("{base}{page}"));
+        b.wait(10, page, |b| !b.text("h1").is_empty());
+        let overflow = b.run("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
+        assert_eq!(overflow.as_i64(), Some(0), "{page} is wider than a phone's screen");
+    }
+    b.resize(1280, 800);
+
     // Log out: the session's token no longer opens anything.
     b.click("form[action='/ui/logout'] button");
     b.wait(10, "the login page", |b| b.url().ends_with("/ui/login"));
