@@ -670,7 +670,7 @@ async fn delete_job_page(v: Viewer, State(s): State<S>, Path(name): Path<String>
 
 async fn delete_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
     v.check(&f.csrf)?;
-    api::delete_job(v.caller, s, name).await?;
+    let Json(_deleted) = api::delete_job(v.caller, s, name).await?;
     Ok(Redirect::to("/ui/jobs").into_response())
 }
 
@@ -700,7 +700,7 @@ async fn create_user(v: Viewer, State(s): State<S>, Form(f): Form<UserForm>) -> 
 
 async fn delete_user(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
     v.check(&f.csrf)?;
-    api::delete_user(v.caller, s, name).await?;
+    let Json(_deleted) = api::delete_user(v.caller, s, name).await?;
     Ok(Redirect::to("/ui/access").into_response())
 }
 

@@ -207,7 +207,7 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     b.wait(10, "the repositories", |b| b.text("h1") == "Repositories");
     assert!(b.text("body").contains("main") && b.text("body").contains("store"), "{}", b.text("body"));
     b.go(&format!("{base}/ui/access"));
-    b.type_into("input[name=name]", "pc-2");
+    b.type_into("form[action='/ui/access'] input[name=name]", "pc-2");
     b.click("form[action='/ui/access'] button[type=submit]");
     b.wait(10, "the new join token", |b| !b.text("#new-token").is_empty());
     let token = b.text("#new-token");
@@ -244,12 +244,27 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     b.wait(10, "the question", |b| b.text("h1") == "Delete a job");
     b.click("form[action='/ui/jobs/docs/delete'] button");
     b.wait(10, "the jobs", |b| b.text("h1") == "Jobs");
-    let names: Vec<String> = cli(&site.server, &["job", "list"]).unwrap().as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = cli(&site.server, &["job", "list"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["nightly"]);
 
     // Every page fits a phone's screen (tables scroll inside themselves).
     b.resize(390, 844);
-    for page in ["/ui/", "/ui/jobs", "/ui/jobs/new", "/ui/sessions", "/ui/points", "/ui/computers", "/ui/repositories", "/ui/access"] {
+    for page in [
+        "/ui/",
+        "/ui/jobs",
+        "/ui/jobs/new",
+        "/ui/sessions",
+        "/ui/points",
+        "/ui/computers",
+        "/ui/repositories",
+        "/ui/access",
+    ] {
         b.go(&format!("{base}{page}"));
         b.wait(10, page, |b| !b.text("h1").is_empty());
         let overflow = b.run("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
