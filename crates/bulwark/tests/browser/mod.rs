@@ -29,6 +29,8 @@ pub struct Browser {
     driver: Child,
     http: ureq::Agent,
     base: String,
+    /// The browser's profile: its own, gone with the test.
+    _profile: tempfile::TempDir,
 }
 
 impl Drop for Browser {
@@ -57,16 +59,18 @@ impl Browser {
             assert!(Instant::now() < until, "chromedriver did not answer");
             std::thread::sleep(Duration::from_millis(50));
         }
+        let profile = tempfile::tempdir().unwrap();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--window-size={width},{height}")],
+                         format!("--window-size={width},{height}"),
+                         format!("--user-data-dir={}", profile.path().display())],
             },
         }}});
-        let mut b = Browser { driver, http, base: root.clone() };
+        let mut b = Browser { driver, http, base: root.clone(), _profile: profile };
         let v = b.call("POST", &format!("{root}/session"), Some(caps));
         let id = v["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_string();
         b.base = format!("{root}/session/{id}");

@@ -1,0 +1,216 @@
+//! Computers, repositories and transport nodes; users and tokens (admins).
+
+use super::*;
+
+#[derive(serde::Deserialize)]
+pub(super) struct UserForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    role: String,
+}
+
+pub(super) async fn create_user(v: Viewer, State(s): State<S>, Form(f): Form<UserForm>) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let input = crate::model::UserInput { name: f.name.trim().to_string(), password: f.password, role: f.role };
+    match api::create_user(v.caller.clone(), State(s.clone()), api::Input(input)).await {
+        Ok(_) => Ok(Redirect::to("/ui/access").into_response()),
+        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
+            Ok(Page(e.0, access_page(&v, &s, None, None, Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn delete_user(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let Json(_deleted) = api::delete_user(v.caller, s, name).await?;
+    Ok(Redirect::to("/ui/access").into_response())
+}
+
+pub(super) async fn computers(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(list) = api::computers_seen(v.caller.clone(), &s).await?;
+    let Json(groups) = api::list_groups(v.caller.clone(), State(s)).await?;
+    Ok(ok(layout(
+        "Computers",
+        Some(&v),
+        html! {
+            @if list.is_empty() { p { "No computer has joined yet: create a join token under Access, then start the agent with it." } }
+            table {
+                thead { tr { th { "Name" } th { "Presence" } th { "Address" } th { "Joined" } th { "Restore points" } } }
+                tbody {
+                    @for c in &list {
+                        tr.computer {
+                            td { (c.name) }
+                            td { @if c.revoked { (status_badge("cancelled")) " removed" }
+                                 @else { (status_badge(match c.online { Some(true) => "online", Some(false) => "offline", None => "unknown" })) } }
+                            td { code { (c.address) } }
+                            td { (when(&c.joined)) }
+                            td { a href={ "/ui/points?computer=" (c.name) } { "Points" } }
+                        }
+                    }
+                }
+            }
+            h2 { "Protection groups" }
+            @if groups.is_empty() { p { "No group." } }
+            table {
+                thead { tr { th { "Group" } th { "Computers" } } }
+                tbody { @for g in &groups { tr { td { (g.name) } td { (g.computers.join(", ")) } } } }
+            }
+        },
+    )))
+}
+
+pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
+    let Json(nodes) = api::list_transports(v.caller.clone(), State(s)).await?;
+    Ok(ok(layout(
+        "Repositories",
+        Some(&v),
+        html! {
+            table {
+                thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                tbody {
+                    @for r in &repos {
+                        tr {
+                            td { (r.name) } td { (r.transport) } td { code { (r.path) } } td { (r.max_tasks) }
+                            td { (if r.encrypted { "yes" } else { "no" }) @if r.isolation == "computer" { " (a key per computer)" } }
+                            td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
+                            td { (super::dashboard::verify_summary(r.last_verify.as_ref())) }
+                        }
+                    }
+                }
+            }
+            h2 { "Transport nodes" }
+            table {
+                thead { tr { th { "Name" } th { "Address" } th { "Joined" } th { "" } } }
+                tbody {
+                    @for n in &nodes {
+                        tr { td { (n.name) } td { code { (n.address) } } td { (when(&n.joined)) } td { @if n.revoked { "removed" } } }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct JoinTokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    expires: String,
+}
+
+/// Users, API tokens and join tokens (admins); `created` is a join token just made, shown this
+/// once with a button that copies it.
+pub(super) async fn access_page(
+    v: &Viewer,
+    s: &S,
+    created: Option<&str>,
+    error: Option<&str>,
+    user_error: Option<&str>,
+) -> Result<Markup, Page> {
+    let Json(users) = api::list_users(v.caller.clone(), State(s.clone())).await?;
+    let Json(tokens) = api::list_tokens(v.caller.clone(), State(s.clone())).await?;
+    use crate::store::TokenRow;
+    Ok(layout(
+        "Access",
+        Some(v),
+        html! {
+            h2 { "Users" }
+            table {
+                thead { tr { th { "User" } th { "Role" } th { "Created" } th { "" } } }
+                tbody {
+                    @for u in &users {
+                        tr.user data-name=(u.name) {
+                            td { (u.name) } td { (u.role) } td { (when(&u.created)) }
+                            td { @if u.name != v.caller.name {
+                                form.inline method="post" action={ "/ui/users/" (u.name) "/delete" } {
+                                    input type="hidden" name="csrf" value=(v.csrf());
+                                    button.secondary.outline type="submit" { "Delete" }
+                                }
+                            } }
+                        }
+                    }
+                }
+            }
+            form method="post" action="/ui/users" {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = user_error { p.error role="alert" { (e) } }
+                div.grid {
+                    label { "New user" input name="name" required autocomplete="off"; }
+                    label { "Password (10 characters or more)" input type="password" name="password" required autocomplete="new-password"; }
+                    label { "Role" select name="role" {
+                        option value="viewer" { "viewer (reads only)" }
+                        option value="restore-operator" { "restore operator" }
+                        option value="admin" { "admin" }
+                    } }
+                }
+                button type="submit" { "Create the user" }
+            }
+            h2 { "Join tokens" }
+            @if let Some(t) = created {
+                article.new-token {
+                    p { "The new join token, shown this once:" }
+                    p { code id="new-token" { (t) } " " button.outline type="button" data-copy="new-token" { "Copy" } }
+                }
+            }
+            form method="post" action="/ui/access" {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = error { p.error role="alert" { (e) } }
+                div.grid {
+                    label { "For" select name="role" { option value="agent" { "a computer (agent)" } option value="transport" { "a transport node" } } }
+                    label { "Its name (empty: any new name)" input name="name" placeholder="web-1"; }
+                    label { "Valid for" input name="expires" value="7d"; }
+                }
+                button type="submit" { "Create a join token" }
+            }
+            table {
+                thead { tr { th { "Kind" } th { "For" } th { "Created" } th { "Expires" } } }
+                tbody {
+                    @for t in &tokens {
+                        @match t {
+                            TokenRow::Join { role, name, created, expires, .. } => tr { td { "join (" (role) ")" } td { (name) } td { (when(created)) } td { @if let Some(e) = expires { (when(e)) } @else { "never" } } },
+                            TokenRow::Api { user, name, created, expires, .. } => tr { td { "API" } td { (user) " · " (name) } td { (when(created)) } td { @if let Some(e) = expires { (when(e)) } @else { "never" } } },
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+pub(super) async fn access(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    v.caller.admin()?;
+    Ok(ok(access_page(&v, &s, None, None, None).await?))
+}
+
+pub(super) async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinTokenForm>) -> Result<Page, Page> {
+    v.check(&f.csrf)?;
+    let name = Some(f.name.trim().to_string()).filter(|n| !n.is_empty());
+    let request = crate::model::TokenRequest {
+        role: f.role.clone(),
+        any_name: name.is_none(),
+        name,
+        replace: false,
+        expires: Some(f.expires.trim().to_string()).filter(|e| !e.is_empty()),
+    };
+    match api::create_join_token(v.caller.clone(), State(s.clone()), api::Input(request)).await {
+        Ok(Json(
+            crate::answers::TokenCreated::Join { token, .. } | crate::answers::TokenCreated::Api { token, .. },
+        )) => Ok(ok(access_page(&v, &s, Some(&token), None, None).await?)),
+        Err(e) if e.0 == StatusCode::UNPROCESSABLE_ENTITY || e.0 == StatusCode::BAD_REQUEST => {
+            Ok(Page(e.0, access_page(&v, &s, None, Some(&e.1), None).await?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

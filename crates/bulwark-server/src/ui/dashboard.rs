@@ -1,0 +1,90 @@
+//! The dashboard: the last day's sessions, what runs now, computers, repositories.
+
+use super::*;
+
+pub(super) fn session_counts(sessions: &[SessionRow], since: &str) -> Vec<(SessionStatus, usize)> {
+    let recent = || sessions.iter().filter(|s| s.started.as_str() >= since);
+    SessionStatus::ALL.iter().map(|&st| (st, recent().filter(|s| s.status == st).count())).collect()
+}
+
+pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    let since = crate::db::stamp_in(-24 * 3600);
+    let recent = api::SessionFilter { job: None, since: Some(since.clone()), limit: None };
+    let Json(sessions) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(recent)).await?;
+    let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
+    let Json(computers) = api::computers_seen(v.caller.clone(), &s).await?;
+    let counts = session_counts(&sessions, &since);
+    let running: Vec<&SessionRow> = sessions.iter().filter(|s| s.status == SessionStatus::Running).collect();
+    let mut running_tasks = Vec::new();
+    for r in &running {
+        running_tasks.push(super::sessions::session_detail(&v, &s, &r.id).await?);
+    }
+    let count = |state: Option<bool>| computers.iter().filter(|c| c.online == state).count();
+    let (online, offline, unknown) = (count(Some(true)), count(Some(false)), count(None));
+    Ok(ok(layout(
+        "Dashboard",
+        Some(&v),
+        html! {
+            section.grid {
+                article {
+                    header { "Sessions, last 24 hours" }
+                    @for (st, n) in counts { p { (status_badge(st.as_str())) " " strong { (n) } } }
+                }
+                article {
+                    header { "Computers" }
+                    p { strong { (online) } " online, " strong { (offline) } " offline"
+                        @if unknown > 0 { ", " strong { (unknown) } " being asked" } }
+                    ul {
+                        @for c in computers.iter().take(20) {
+                            li { (c.name) " " (status_badge(match c.online { Some(true) => "online", Some(false) => "offline", None => "unknown" })) }
+                        }
+                    }
+                    @if computers.len() > 20 { p { a href="/ui/computers" { "All " (computers.len()) " computers" } } }
+                }
+            }
+            section {
+                h2 { "Running now" }
+                @if running.is_empty() { p { "No session is running." } }
+                @for d in &running_tasks {
+                    article {
+                        header { a href={ "/ui/sessions/" (d.id) } { (d.job) " · " (d.kind.as_str()) } }
+                        (super::sessions::session_live_part(d))
+                    }
+                }
+            }
+            section {
+                h2 { "Repositories" }
+                table {
+                    thead { tr { th { "Name" } th { "Transport node" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                    tbody {
+                        @for r in &repos {
+                            tr {
+                                td { (r.name) } td { (r.transport) } td { (if r.encrypted { "yes" } else { "no" }) }
+                                td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
+                                td { (verify_summary(r.last_verify.as_ref())) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )))
+}
+
+pub(super) fn verify_summary(v: Option<&serde_json::Value>) -> Markup {
+    match v {
+        None => html! { "never" },
+        Some(v) => {
+            let at = v["at"].as_str().unwrap_or("");
+            if let Some(e) = v["error"].as_str() {
+                return html! { (status_badge("failed")) " " (e) " " (when(at)) };
+            }
+            let damaged = v["damaged"].as_u64().unwrap_or(0) + v["missing"].as_u64().unwrap_or(0);
+            html! {
+                @if damaged > 0 { (status_badge("failed")) " " (damaged) " points damaged or missing " }
+                @else { (status_badge("success")) " " (v["points"].as_u64().unwrap_or(0)) " points sound " }
+                (when(at))
+            }
+        }
+    }
+}
