@@ -26,7 +26,12 @@ pub(super) async fn create_user(v: Viewer, State(s): State<S>, Form(f): Form<Use
     }
 }
 
-pub(super) async fn delete_user(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+pub(super) async fn delete_user(
+    v: Viewer,
+    s: State<S>,
+    name: Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
     v.check(&f.csrf)?;
     let Json(_deleted) = api::delete_user(v.caller, s, name).await?;
     Ok(Redirect::to("/ui/access").into_response())
@@ -194,7 +199,11 @@ pub(super) async fn access(v: Viewer, State(s): State<S>) -> Result<Page, Page> 
     Ok(ok(access_page(&v, &s, None, None, None).await?))
 }
 
-pub(super) async fn create_join_token(v: Viewer, State(s): State<S>, Form(f): Form<JoinTokenForm>) -> Result<Page, Page> {
+pub(super) async fn create_join_token(
+    v: Viewer,
+    State(s): State<S>,
+    Form(f): Form<JoinTokenForm>,
+) -> Result<Page, Page> {
     v.check(&f.csrf)?;
     let name = Some(f.name.trim().to_string()).filter(|n| !n.is_empty());
     let request = crate::model::TokenRequest {

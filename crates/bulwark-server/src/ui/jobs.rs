@@ -214,7 +214,11 @@ pub(super) async fn new_job_page(v: Viewer, State(s): State<S>) -> Result<Page, 
     Ok(ok(job_wizard(&v, &s, &FormPairs(Vec::new()), None).await?))
 }
 
-pub(super) async fn new_job(v: Viewer, State(s): State<S>, Form(pairs): Form<Vec<(String, String)>>) -> Result<Response, Page> {
+pub(super) async fn new_job(
+    v: Viewer,
+    State(s): State<S>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, Page> {
     let f = FormPairs(pairs);
     v.check(f.get("csrf").unwrap_or_default())?;
     let refused = |e: ApiError| -> Result<(StatusCode, String), Page> {
@@ -233,13 +237,23 @@ pub(super) async fn new_job(v: Viewer, State(s): State<S>, Form(pairs): Form<Vec
     Ok(Page(outcome.0, job_wizard(&v, &s, &f, Some(&outcome.1)).await?).into_response())
 }
 
-pub(super) async fn start_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+pub(super) async fn start_job(
+    v: Viewer,
+    s: State<S>,
+    name: Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
     v.check(&f.csrf)?;
     let Json(started) = api::start_job(v.caller, s, name).await?;
     Ok(to_session(started))
 }
 
-pub(super) async fn stop_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+pub(super) async fn stop_job(
+    v: Viewer,
+    s: State<S>,
+    name: Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
     v.check(&f.csrf)?;
     let Json(stopped) = api::stop_job(v.caller, s, name).await?;
     Ok(to_session(stopped))
@@ -265,7 +279,12 @@ pub(super) async fn delete_job_page(v: Viewer, State(s): State<S>, Path(name): P
     )))
 }
 
-pub(super) async fn delete_job(v: Viewer, s: State<S>, name: Path<String>, Form(f): Form<CsrfForm>) -> Result<Response, Page> {
+pub(super) async fn delete_job(
+    v: Viewer,
+    s: State<S>,
+    name: Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
     v.check(&f.csrf)?;
     let Json(_deleted) = api::delete_job(v.caller, s, name).await?;
     Ok(Redirect::to("/ui/jobs").into_response())

@@ -261,7 +261,13 @@ pub(super) struct RestoreForm {
 
 /// The restore wizard for a whole point: onto which computer, where, and whether what is there
 /// may be overwritten; `error` is the API's refusal of the last try, shown by its field.
-pub(super) async fn restore_form(v: &Viewer, s: &S, id: &str, f: &RestoreForm, error: Option<&str>) -> Result<Markup, Page> {
+pub(super) async fn restore_form(
+    v: &Viewer,
+    s: &S,
+    id: &str,
+    f: &RestoreForm,
+    error: Option<&str>,
+) -> Result<Markup, Page> {
     let Json(point) = api::show_point(v.caller.clone(), State(s.clone()), Path(id.to_string())).await?;
     let Json(computers) = api::list_computers(v.caller.clone(), State(s.clone())).await?;
     let chosen = if f.computer.is_empty() { point.computer.clone() } else { f.computer.clone() };
