@@ -776,7 +776,7 @@ async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String
     (status = 403, response = Forbidden), (status = 409, response = Conflict),
     (status = 422, response = Invalid), (status = 502, response = NodeFailed),
 ))]
-async fn create_repository(
+pub(crate) async fn create_repository(
     c: Caller,
     State(s): State<S>,
     Input(r): Input<RepositoryInput>,

@@ -206,6 +206,20 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     b.go(&format!("{base}/ui/repositories"));
     b.wait(10, "the repositories", |b| b.text("h1") == "Repositories");
     assert!(b.text("body").contains("main") && b.text("body").contains("store"), "{}", b.text("body"));
+    // A repository added from the page: a path outside the node's roots is refused in words
+    // and adds nothing; one inside is made by the node.
+    let repos = || cli(&site.server, &["repository", "list"]).unwrap().as_array().unwrap().len();
+    b.type_into("form[action='/ui/repositories'] input[name=name]", "second");
+    b.type_into("form[action='/ui/repositories'] input[name=path]", "/nowhere/second");
+    b.click("form[action='/ui/repositories'] button[type=submit]");
+    b.wait(30, "the refusal", |b| !b.text("form[action='/ui/repositories'] p.error").is_empty());
+    assert_eq!(repos(), 1);
+    assert_eq!(b.attribute("form[action='/ui/repositories'] input[name=name]", "value").as_deref(), Some("second"));
+    let second = site.dir.path().join("repos/second");
+    b.type_into("form[action='/ui/repositories'] input[name=path]", second.to_str().unwrap());
+    b.click("form[action='/ui/repositories'] button[type=submit]");
+    b.wait(30, "the new repository", |b| b.text("tbody").contains("second"));
+    assert_eq!(repos(), 2);
     b.go(&format!("{base}/ui/access"));
     b.type_into("form[action='/ui/access'] input[name=name]", "pc-2");
     b.click("form[action='/ui/access'] button[type=submit]");

@@ -71,11 +71,70 @@ pub(super) async fn computers(v: Viewer, State(s): State<S>) -> Result<Page, Pag
 }
 
 pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
+    Ok(ok(repositories_page(&v, &s, &RepositoryForm::default(), None).await?))
+}
+
+#[derive(serde::Deserialize, Default)]
+pub(super) struct RepositoryForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    transport: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    max_tasks: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// A repository added through the API's own create (the node makes it, or finds one there);
+/// a refusal is said above the form, which keeps what was typed (not the password).
+pub(super) async fn create_repository(
+    v: Viewer,
+    State(s): State<S>,
+    Form(f): Form<RepositoryForm>,
+) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let max_tasks = match f.max_tasks.trim() {
+        "" => 4,
+        n => match n.parse::<i64>() {
+            Ok(n) => n,
+            Err(_) => {
+                let e = format!("tasks at once {n:?} is not a whole number");
+                return Ok(Page(StatusCode::UNPROCESSABLE_ENTITY, repositories_page(&v, &s, &f, Some(&e)).await?)
+                    .into_response());
+            }
+        },
+    };
+    let input = serde_json::json!({
+        "name": f.name.trim(),
+        "transport": f.transport,
+        "path": f.path.trim(),
+        "max_tasks": max_tasks,
+        "password": Some(f.password.clone()).filter(|p| !p.is_empty()),
+    });
+    let input: crate::model::RepositoryInput = match serde_json::from_value(input) {
+        Ok(i) => i,
+        Err(e) => return Err(Page::error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())),
+    };
+    match api::create_repository(v.caller.clone(), State(s.clone()), api::Input(input)).await {
+        Ok(_) => Ok(Redirect::to("/ui/repositories").into_response()),
+        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
+            Ok(Page(e.0, repositories_page(&v, &s, &f, Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn repositories_page(v: &Viewer, s: &S, f: &RepositoryForm, error: Option<&str>) -> Result<Markup, Page> {
     let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
-    let Json(nodes) = api::list_transports(v.caller.clone(), State(s)).await?;
-    Ok(ok(layout(
+    let Json(nodes) = api::list_transports(v.caller.clone(), State(s.clone())).await?;
+    Ok(layout(
         "Repositories",
-        Some(&v),
+        Some(v),
         html! {
             table {
                 thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
@@ -90,6 +149,24 @@ pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, 
                     }
                 }
             }
+            @if v.is_admin() {
+                form method="post" action="/ui/repositories" {
+                    input type="hidden" name="csrf" value=(v.csrf());
+                    @if let Some(e) = error { p.error role="alert" { (e) } }
+                    div.grid {
+                        label { "New repository" input name="name" required placeholder="main" value=(f.name); }
+                        label { "On transport node" select name="transport" {
+                            @for n in nodes.iter().filter(|n| !n.revoked) { option value=(n.name) selected[f.transport == n.name] { (n.name) } }
+                        } }
+                    }
+                    div.grid {
+                        label { "Where, as the node sees it (a directory, or s3://bucket/prefix)" input name="path" required placeholder="/srv/backup/main" value=(f.path); }
+                        label { "Tasks at once" input name="max_tasks" inputmode="numeric" placeholder="4" value=(f.max_tasks); }
+                        label { "Password (encrypts it; empty: not encrypted)" input type="password" name="password" autocomplete="new-password"; }
+                    }
+                    button type="submit" { "Add the repository" }
+                }
+            }
             h2 { "Transport nodes" }
             table {
                 thead { tr { th { "Name" } th { "Address" } th { "Joined" } th { "" } } }
@@ -100,7 +177,7 @@ pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, 
                 }
             }
         },
-    )))
+    ))
 }
 
 #[derive(serde::Deserialize, Default)]
