@@ -925,7 +925,11 @@ pub(crate) async fn list_groups(_c: Caller, State(s): State<S>) -> ApiResult<Vec
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden), (status = 409, response = Conflict), (status = 422, response = Invalid),
 ))]
-async fn create_group(c: Caller, State(s): State<S>, Input(g): Input<GroupInput>) -> ApiResult<GroupMembers> {
+pub(crate) async fn create_group(
+    c: Caller,
+    State(s): State<S>,
+    Input(g): Input<GroupInput>,
+) -> ApiResult<GroupMembers> {
     c.admin()?;
     check_name("group", &g.name).map_err(bad)?;
     if g.computers.is_empty() {

@@ -203,6 +203,17 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     // Computers, repositories and transport nodes; a join token made once and listed.
     b.go(&format!("{base}/ui/computers"));
     b.wait(10, "the computers", |b| b.text("tr.computer").contains("pc-1"));
+    // A protection group of the computers checked; a name that is not one is refused in words.
+    b.type_into("form[action='/ui/groups'] input[name=name]", "web servers!");
+    b.click("form[action='/ui/groups'] input[value='pc-1']");
+    b.click("form[action='/ui/groups'] button[type=submit]");
+    b.wait(10, "the refusal", |b| b.text("form[action='/ui/groups'] p.error").contains("letters"));
+    b.type_into("form[action='/ui/groups'] input[name=name]", "web");
+    b.click("form[action='/ui/groups'] input[value='pc-1']");
+    b.click("form[action='/ui/groups'] button[type=submit]");
+    b.wait(10, "the group", |b| b.text("tr.group").contains("pc-1"));
+    let groups = cli(&site.server, &["group", "list"]).unwrap();
+    assert_eq!(groups[0]["name"], "web", "{groups:#}");
     b.go(&format!("{base}/ui/repositories"));
     b.wait(10, "the repositories", |b| b.text("h1") == "Repositories");
     assert!(b.text("body").contains("main") && b.text("body").contains("store"), "{}", b.text("body"));

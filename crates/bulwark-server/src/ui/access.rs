@@ -38,11 +38,34 @@ pub(super) async fn delete_user(
 }
 
 pub(super) async fn computers(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
-    let Json(list) = api::computers_seen(v.caller.clone(), &s).await?;
-    let Json(groups) = api::list_groups(v.caller.clone(), State(s)).await?;
-    Ok(ok(layout(
+    Ok(ok(computers_page(&v, &s, None).await?))
+}
+
+/// A protection group made of the computers checked, through the API's create.
+pub(super) async fn create_group(
+    v: Viewer,
+    State(s): State<S>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, Page> {
+    let f = FormPairs(pairs);
+    v.check(f.get("csrf").unwrap_or_default())?;
+    let input =
+        crate::model::GroupInput { name: f.get("name").unwrap_or_default().to_string(), computers: f.all("computer") };
+    match api::create_group(v.caller.clone(), State(s.clone()), api::Input(input)).await {
+        Ok(_) => Ok(Redirect::to("/ui/computers").into_response()),
+        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
+            Ok(Page(e.0, computers_page(&v, &s, Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn computers_page(v: &Viewer, s: &S, error: Option<&str>) -> Result<Markup, Page> {
+    let Json(list) = api::computers_seen(v.caller.clone(), s).await?;
+    let Json(groups) = api::list_groups(v.caller.clone(), State(s.clone())).await?;
+    Ok(layout(
         "Computers",
-        Some(&v),
+        Some(v),
         html! {
             @if list.is_empty() { p { "No computer has joined yet: create a join token under Access, then start the agent with it." } }
             table {
@@ -64,10 +87,21 @@ pub(super) async fn computers(v: Viewer, State(s): State<S>) -> Result<Page, Pag
             @if groups.is_empty() { p { "No group." } }
             table {
                 thead { tr { th { "Group" } th { "Computers" } } }
-                tbody { @for g in &groups { tr { td { (g.name) } td { (g.computers.join(", ")) } } } }
+                tbody { @for g in &groups { tr.group { td { (g.name) } td { (g.computers.join(", ")) } } } }
+            }
+            @if v.is_admin() {
+                form method="post" action="/ui/groups" {
+                    input type="hidden" name="csrf" value=(v.csrf());
+                    @if let Some(e) = error { p.error role="alert" { (e) } }
+                    label { "New group" input name="name" required placeholder="web-servers"; }
+                    p { @for c in list.iter().filter(|c| !c.revoked) {
+                        label.inline { input type="checkbox" name="computer" value=(c.name); " " (c.name) " " }
+                    } }
+                    button type="submit" { "Create the group" }
+                }
             }
         },
-    )))
+    ))
 }
 
 pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, Page> {

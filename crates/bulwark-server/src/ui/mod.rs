@@ -58,6 +58,7 @@ pub fn router() -> Router<S> {
         .route("/ui/users", post(access::create_user))
         .route("/ui/users/{name}/delete", post(access::delete_user))
         .route("/ui/computers", get(access::computers))
+        .route("/ui/groups", post(access::create_group))
         .route("/ui/repositories", get(access::repositories).post(access::create_repository))
         .route("/ui/access", get(access::access).post(access::create_join_token))
         .route("/ui/points", get(points::points))
