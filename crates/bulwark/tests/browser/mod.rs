@@ -106,7 +106,13 @@ impl Browser {
             let e = self.all(css).into_iter().next()?;
             match self.try_call(method, &format!("{}/element/{e}{path}", self.base), body.clone()) {
                 Ok(v) => return Some(v),
-                Err(v) if v["error"] == "stale element reference" => std::thread::sleep(Duration::from_millis(50)),
+                // Chromium says either while a page is being replaced.
+                Err(v)
+                    if v["error"] == "stale element reference"
+                        || v["message"].as_str().is_some_and(|m| m.contains("does not belong to the document")) =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(v) => panic!("WebDriver {method} {path} on {css:?}: {v}"),
             }
         }
