@@ -19,7 +19,7 @@ pub(super) async fn create_user(v: Viewer, State(s): State<S>, Form(f): Form<Use
     let input = crate::model::UserInput { name: f.name.trim().to_string(), password: f.password, role: f.role };
     match api::create_user(v.caller.clone(), State(s.clone()), api::Input(input)).await {
         Ok(_) => Ok(Redirect::to("/ui/access").into_response()),
-        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
+        Err(e) if refuses_input(&e) => {
             Ok(Page(e.0, access_page(&v, &s, None, None, Some(&e.1)).await?).into_response())
         }
         Err(e) => Err(e.into()),
@@ -53,9 +53,7 @@ pub(super) async fn create_group(
         crate::model::GroupInput { name: f.get("name").unwrap_or_default().to_string(), computers: f.all("computer") };
     match api::create_group(v.caller.clone(), State(s.clone()), api::Input(input)).await {
         Ok(_) => Ok(Redirect::to("/ui/computers").into_response()),
-        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
-            Ok(Page(e.0, computers_page(&v, &s, Some(&e.1)).await?).into_response())
-        }
+        Err(e) if refuses_input(&e) => Ok(Page(e.0, computers_page(&v, &s, Some(&e.1)).await?).into_response()),
         Err(e) => Err(e.into()),
     }
 }
@@ -156,9 +154,7 @@ pub(super) async fn create_repository(
     };
     match api::create_repository(v.caller.clone(), State(s.clone()), api::Input(input)).await {
         Ok(_) => Ok(Redirect::to("/ui/repositories").into_response()),
-        Err(e) if matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
-            Ok(Page(e.0, repositories_page(&v, &s, &f, Some(&e.1)).await?).into_response())
-        }
+        Err(e) if refuses_input(&e) => Ok(Page(e.0, repositories_page(&v, &s, &f, Some(&e.1)).await?).into_response()),
         Err(e) => Err(e.into()),
     }
 }

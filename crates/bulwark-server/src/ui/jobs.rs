@@ -222,9 +222,10 @@ pub(super) async fn new_job(
     let f = FormPairs(pairs);
     v.check(f.get("csrf").unwrap_or_default())?;
     let refused = |e: ApiError| -> Result<(StatusCode, String), Page> {
-        match e.0 {
-            StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT => Ok((e.0, e.1)),
-            _ => Err(e.into()),
+        if refuses_input(&e) {
+            Ok((e.0, e.1))
+        } else {
+            Err(e.into())
         }
     };
     let outcome = match f.job() {

@@ -186,6 +186,12 @@ impl From<ApiError> for Page {
     }
 }
 
+/// Whether the API refused what a form sent (said next to the form, which is shown again),
+/// rather than failing otherwise (an error page).
+fn refuses_input(e: &ApiError) -> bool {
+    matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT)
+}
+
 fn ok(m: Markup) -> Page {
     Page(StatusCode::OK, m)
 }
