@@ -154,6 +154,11 @@ impl Client {
         self.typed("POST", &format!("/jobs/{name}/start"), None)
     }
 
+    /// Runs a job again for the computers its last session did not back up.
+    pub fn retry_job(&self, name: &str) -> Result<SessionRow> {
+        self.typed("POST", &format!("/jobs/{name}/retry"), None)
+    }
+
     /// Stops a job's running session.
     pub fn stop_job(&self, name: &str) -> Result<SessionRow> {
         self.typed("POST", &format!("/jobs/{name}/stop"), None)

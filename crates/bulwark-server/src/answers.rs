@@ -115,13 +115,15 @@ pub struct GroupMembers {
 }
 
 /// A job as readers see it: its settings (commands hidden from viewers), when it was created,
-/// its last session (null if it never ran) and when it next starts on its own (null: by hand or
-/// after another job); after a change, warnings about sources its computers lack.
+/// its last session (null if it never ran) and when it next starts on its own (null: by hand, after
+/// another job, or disabled); after a change, warnings about sources its computers lack.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: Job,
     pub created: String,
+    /// False: the job neither runs on its schedule nor after another, nor starts by hand.
+    pub enabled: bool,
     pub last_session: Option<SessionRow>,
     pub next_run: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use bulwark_proto::domain::{SessionStatus, TaskStatus};
 use bulwark_proto::pb::RepositoryInit;
 use bulwark_proto::pki::{Ca, JoinToken, Role};
 use serde::de::DeserializeOwned;
@@ -245,7 +246,10 @@ fn operations() -> OpenApiRouter<S> {
         .routes(routes!(list_jobs, create_job))
         .routes(routes!(show_job, update_job, change_job, delete_job))
         .routes(routes!(start_job))
+        .routes(routes!(retry_job))
         .routes(routes!(stop_job))
+        .routes(routes!(enable_job))
+        .routes(routes!(disable_job))
         .routes(routes!(list_sessions))
         .routes(routes!(show_session))
         .routes(routes!(list_points))
@@ -1094,8 +1098,9 @@ fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<SessionRow>, n
     JobDetail {
         job: job_for(c, &row.job),
         created: row.created.clone(),
+        enabled: row.enabled,
         last_session,
-        next_run: crate::views::next_run(&row.job, &row.created, now),
+        next_run: if row.enabled { crate::views::next_run(&row.job, &row.created, now) } else { None },
         warnings: None,
     }
 }
@@ -1177,7 +1182,7 @@ pub(crate) async fn create_job(c: Caller, State(s): State<S>, Input(j): Input<Jo
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
 ))]
-async fn update_job(
+pub(crate) async fn update_job(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
@@ -1257,14 +1262,87 @@ pub(crate) async fn start_job(
     if store::job(&s.core.db, &name).await?.is_none() {
         return Err(missing("job", &name));
     }
+    started(&s, s.core.start_session(&name).await).await
+}
+
+/// A session just opened, as an answer; or why it was not.
+async fn started(s: &AppState, opened: Result<String, crate::session::StartError>) -> ApiResult<Option<SessionRow>> {
     use crate::session::StartError;
-    match s.core.start_session(&name).await {
+    match opened {
         Ok(id) => Ok(Json(store::session_with(&s.core.db, &id, true).await?)),
-        Err(e @ StartError::AlreadyRunning { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ (StartError::AlreadyRunning { .. } | StartError::Disabled(_))) => {
+            Err(ApiError(StatusCode::CONFLICT, e.to_string()))
+        }
         Err(e @ StartError::NoJob(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
         Err(e @ StartError::Refused(_)) => Err(bad(e.to_string())),
         Err(StartError::Db(e)) => Err(e.into()),
     }
+}
+
+/// Run the job again for the computers its last session did not back up (failed, stopped or
+/// cancelled), each with a first try of its own; 409 when the last session left none.
+#[utoipa::path(post, path = "/jobs/{name}/retry", params(("name" = String, Path)), responses(
+    (status = 200, description = "the session with its tasks", body = Option<SessionRow>),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    (status = 404, response = NotFound), (status = 409, response = Conflict), (status = 422, response = Invalid),
+))]
+pub(crate) async fn retry_job(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+) -> ApiResult<Option<SessionRow>> {
+    c.admin()?;
+    if store::job(&s.core.db, &name).await?.is_none() {
+        return Err(missing("job", &name));
+    }
+    let nothing = |why: String| ApiError(StatusCode::CONFLICT, why);
+    let last = store::last_session(&s.core.db, &name)
+        .await?
+        .ok_or_else(|| nothing(format!("job {name} never ran: start it instead")))?;
+    if last.status == SessionStatus::Running {
+        return Err(nothing(format!("job {name} is running (session {})", last.id)));
+    }
+    let tasks = store::tasks(&s.core.db, &last.id, false).await?;
+    let mut failed: Vec<String> = crate::session::latest_attempts(&tasks)
+        .into_iter()
+        .filter(|(_, t)| !matches!(t.status, TaskStatus::Success | TaskStatus::Warning))
+        .map(|(c, _)| c)
+        .collect();
+    failed.sort();
+    if failed.is_empty() {
+        return Err(nothing(format!("the last session of job {name} ({}) left no computer to retry", last.id)));
+    }
+    tracing::info!("job {name}: retry of {} asked by {}", failed.join(", "), c.name);
+    started(&s, s.core.start_session_of(&name, Some(&failed)).await).await
+}
+
+/// Turn the job on: it runs on its schedule again, from its next run (the runs it missed while
+/// off are not made up).
+#[utoipa::path(post, path = "/jobs/{name}/enable", params(("name" = String, Path)), responses(
+    (status = 200, description = "the job", body = JobDetail),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 404, response = NotFound),
+))]
+pub(crate) async fn enable_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<JobDetail> {
+    set_enabled(c, &s, &name, true).await
+}
+
+/// Turn the job off: it no longer runs on its schedule or after another job, and cannot be
+/// started; a session running now goes on (stop it to end it). Its points stay.
+#[utoipa::path(post, path = "/jobs/{name}/disable", params(("name" = String, Path)), responses(
+    (status = 200, description = "the job", body = JobDetail),
+    (status = 401, response = Unauthorized), (status = 403, response = Forbidden), (status = 404, response = NotFound),
+))]
+pub(crate) async fn disable_job(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<JobDetail> {
+    set_enabled(c, &s, &name, false).await
+}
+
+async fn set_enabled(c: Caller, s: &AppState, name: &str, on: bool) -> ApiResult<JobDetail> {
+    c.admin()?;
+    if !store::set_job_enabled(&s.core.db, name, on).await? {
+        return Err(missing("job", name));
+    }
+    tracing::info!("job {name} {} by {}", if on { "enabled" } else { "disabled" }, c.name);
+    Ok(Json(job_answer(&c, s, name, None).await?))
 }
 
 /// Stop the job's running session.

@@ -29,6 +29,11 @@ impl BackupManager {
                 let last = j.last_check.as_deref().and_then(parse_ts).unwrap_or(anchor);
                 let due = schedule.due(&j.job.time_zone(), anchor, last, now);
                 let _ = store::set_last_check(&self.db, &j.job.name, &now.to_string()).await;
+                // A disabled job's runs pass unmade (the check above moves on all the same):
+                // enabling it does not make them up.
+                if !j.enabled {
+                    continue;
+                }
                 if let Some(at) = due {
                     info!("job {}: scheduled run of {at} is due", j.job.name);
                     if let Err(e) = self.start_session(&j.job.name).await {

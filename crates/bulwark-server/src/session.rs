@@ -23,6 +23,8 @@ pub enum StartError {
     NoJob(String),
     #[error("job {job} is already running (session {session})")]
     AlreadyRunning { job: String, session: String },
+    #[error("job {0} is disabled: enable it to run it")]
+    Disabled(String),
     /// Something the job or restore names is missing or not allowed now.
     #[error("{0}")]
     Refused(String),
@@ -41,10 +43,24 @@ fn session_id() -> String {
 impl BackupManager {
     /// Opens a session of `job`: one waiting task per computer.
     pub async fn start_session(self: &Arc<Self>, job_name: &str) -> Result<String, StartError> {
+        self.start_session_of(job_name, None).await
+    }
+
+    /// Opens a session of `job` for the computers in `only` (all of the job's when `None`;
+    /// a retry names those that failed), as far as the job still names them.
+    pub async fn start_session_of(
+        self: &Arc<Self>,
+        job_name: &str,
+        only: Option<&[String]>,
+    ) -> Result<String, StartError> {
         // One start at a time: the scheduler and an operator starting the same job at the same
         // moment make one session, not two (the database's unique index backs this up).
         let _one_start = self.start_lock.lock().await;
-        let job = store::job(&self.db, job_name).await?.ok_or_else(|| StartError::NoJob(job_name.into()))?.job;
+        let row = store::job(&self.db, job_name).await?.ok_or_else(|| StartError::NoJob(job_name.into()))?;
+        if !row.enabled {
+            return Err(StartError::Disabled(job_name.into()));
+        }
+        let job = row.job;
         if let Some(session) = store::running_session(&self.db, job_name).await? {
             return Err(StartError::AlreadyRunning { job: job_name.into(), session });
         }
@@ -56,7 +72,7 @@ impl BackupManager {
             computers.extend(members);
         }
         let mut seen = HashSet::new();
-        computers.retain(|c| seen.insert(c.clone()));
+        computers.retain(|c| seen.insert(c.clone()) && only.is_none_or(|o| o.contains(c)));
         let mut usable = Vec::new();
         for c in computers {
             match store::node(&self.db, "agent", &c).await? {
@@ -225,7 +241,7 @@ impl BackupManager {
         // Jobs scheduled to follow this one.
         if let Ok(all) = store::jobs(&self.db).await {
             for j in all {
-                if matches!(&j.job.schedule, Some(Schedule::After { job }) if *job == s.job) {
+                if j.enabled && matches!(&j.job.schedule, Some(Schedule::After { job }) if *job == s.job) {
                     if let Err(e) = self.start_session(&j.job.name).await {
                         warn!("job {} (after {}): {e}", j.job.name, s.job);
                     }

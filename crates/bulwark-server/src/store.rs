@@ -746,10 +746,21 @@ pub async fn update_job(db: &Db, job: &Job) -> Result<bool> {
     Ok(r.rows_affected() == 1)
 }
 
-/// A job with its creation time and when the scheduler last looked at it.
+/// Turn a job on or off (off: no scheduled or chained run, no start); false: no such job.
+pub async fn set_job_enabled(db: &Db, name: &str, enabled: bool) -> Result<bool> {
+    let r = sqlx::query("UPDATE jobs SET enabled = $1 WHERE name = $2")
+        .bind(i64::from(enabled))
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A job with its creation time, whether it is on, and when the scheduler last looked at it.
 pub struct JobRow {
     pub job: Job,
     pub created: String,
+    pub enabled: bool,
     pub last_check: Option<String>,
 }
 
@@ -757,6 +768,7 @@ fn job_row(r: &AnyRow) -> Option<JobRow> {
     Some(JobRow {
         job: serde_json::from_str(&text(r, "spec")).ok()?,
         created: text(r, "created"),
+        enabled: int(r, "enabled") != 0,
         last_check: opt_text(r, "last_check"),
     })
 }

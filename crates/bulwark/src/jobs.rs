@@ -51,7 +51,19 @@ pub enum JobCmd {
         /// The job's name.
         name: String,
     },
-    /// Run the job again (the computers that failed get a new try within the session's retries).
+    /// Turn a job on again: it runs from its next scheduled time (missed runs are not made up).
+    Enable {
+        /// The job's name.
+        name: String,
+    },
+    /// Turn a job off: no scheduled or chained run, and `job start` is refused; a running
+    /// session goes on, and the points stay.
+    Disable {
+        /// The job's name.
+        name: String,
+    },
+    /// Run the job again for the computers its last session did not back up (failed, stopped
+    /// or cancelled); refused when it left none.
     Retry {
         /// The job's name.
         name: String,
@@ -511,8 +523,11 @@ fn job_rows(v: &Value) -> Value {
         let groups =
             j["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).map(|g| format!("group {g}"));
         let computers = j["computers"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from);
-        r["computers"] = json!(computers.chain(groups).collect::<Vec<_>>().join(","));
-        r["schedule"] = json!(schedule_text(&j["schedule"]));
+        r["whom"] = json!(computers.chain(groups).collect::<Vec<_>>().join(","));
+        r["schedule"] = match j["enabled"] {
+            Value::Bool(false) => json!(format!("disabled ({})", schedule_text(&j["schedule"]))),
+            _ => json!(schedule_text(&j["schedule"])),
+        };
         r["window"] = match (&j["window"]["start"], &j["window"]["end"]) {
             (Value::String(a), Value::String(b)) => json!(format!("{a}-{b}")),
             _ => json!("any time"),
@@ -543,6 +558,7 @@ fn job_detail(j: &Value) {
     let zone = j["timezone"].as_str().map(|z| format!(" ({z})")).unwrap_or_else(|| " (server's time zone)".into());
     let lines = [
         ("job", text(&j["name"])),
+        ("enabled", if j["enabled"] == false { "no: `bulwark job enable` turns it on".into() } else { "yes".into() }),
         ("mode", text(&j["mode"])),
         ("computers", text(&j["computers"])),
         ("groups", text(&j["groups"])),
@@ -606,7 +622,10 @@ pub fn job(a: Admin<JobCmd>) -> Result<ExitCode> {
             print(o, &api.call("DELETE", &format!("/jobs/{name}"), None)?, &["deleted"]);
             return Ok(ExitCode::SUCCESS);
         }
-        JobCmd::Start { name, wait } | JobCmd::Retry { name, wait } => return start(&api, o, &name, wait),
+        JobCmd::Start { name, wait } => return start(&api, o, &name, wait, false),
+        JobCmd::Retry { name, wait } => return start(&api, o, &name, wait, true),
+        JobCmd::Enable { name } => api.call("POST", &format!("/jobs/{name}/enable"), None)?,
+        JobCmd::Disable { name } => api.call("POST", &format!("/jobs/{name}/disable"), None)?,
         JobCmd::Stop { name } => {
             let s = api.call("POST", &format!("/jobs/{name}/stop"), None)?;
             print(o, &s, &["id", "job", "status", "started", "reason"]);
@@ -623,8 +642,8 @@ pub fn job(a: Admin<JobCmd>) -> Result<ExitCode> {
 }
 
 /// `job start|retry`: the session started, or with `wait` followed to its end.
-fn start(api: &Api, o: &Opts, name: &str, wait: bool) -> Result<ExitCode> {
-    let s = api.start_job(name)?;
+fn start(api: &Api, o: &Opts, name: &str, wait: bool, retry: bool) -> Result<ExitCode> {
+    let s = if retry { api.retry_job(name)? } else { api.start_job(name)? };
     let id = s.id.clone();
     if !wait {
         print(o, &serde_json::to_value(&s)?, &["id", "job", "status", "started"]);

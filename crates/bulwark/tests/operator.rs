@@ -349,3 +349,85 @@ fn a_followed_session_says_what_happens_and_ctrl_c_leaves_it_running() {
     let v: Value = cli(s, &["session", "list"]).unwrap();
     assert!(v[0]["problem"].as_str().unwrap().contains("post-job script"), "newest first in JSON, as before: {v:#}");
 }
+
+/// The tasks of a session: each computer with its status.
+fn task_states(s: &cluster::server::Server, session: &str) -> Vec<(String, String)> {
+    let v = cli(s, &["session", "show", session]).unwrap();
+    let mut out: Vec<(String, String)> = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["computer"].as_str().unwrap().to_string(), t["status"].as_str().unwrap().to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_retry_reruns_only_the_computers_that_failed_and_a_disabled_job_never_starts() {
+    let site = Site::new();
+    let s = &site.server;
+    let image = site.dir.path().join("disk.img");
+    bulwark_imagegen::generate(&image, 8 << 20, 11).unwrap();
+    // pc-2's pre-job command fails while its flag file exists; pc-1's never does.
+    let flag = site.dir.path().join("pc-2-fails");
+    std::fs::write(&flag, "").unwrap();
+    let pc2 = cluster::server::start_node_with(
+        s,
+        "agent",
+        "pc-2",
+        site.dir.path(),
+        &[],
+        None,
+        &[("FAIL_FLAG", flag.to_str().unwrap())],
+    );
+    let job = ["job", "create", "pair", "--computer", "pc-1", "--computer", "pc-2", "--repository", "main"];
+    let rest = ["--snapshot", "none", "--tries", "1", "--pre-command", "test ! -e \"$FAIL_FLAG\"", "--source"];
+    cli(s, &[&job[..], &rest[..], &[image.to_str().unwrap()]].concat()).unwrap();
+
+    // Nothing failed yet: a retry has nothing to do, and says so.
+    let e = cli(s, &["job", "retry", "pair"]).unwrap_err();
+    assert!(e.contains("never ran"), "{e}");
+    let first = site.human(&["job", "start", "pair", "--wait"]);
+    assert_eq!(first.code, 1, "pc-2 failed: {}", first.stderr);
+    let sessions = cli(s, &["session", "list", "--job", "pair"]).unwrap();
+    let first_id = sessions[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(task_states(s, &first_id), [("pc-1".into(), "success".into()), ("pc-2".into(), "failed".into())]);
+
+    // The retry is a session of pc-2 alone, which now succeeds.
+    std::fs::remove_file(&flag).unwrap();
+    let r = site.human(&["job", "retry", "pair", "--wait"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let sessions = cli(s, &["session", "list", "--job", "pair"]).unwrap();
+    let retry_id = sessions.as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).find(|id| *id != first_id);
+    let retry_id = retry_id.expect("a second session").to_string();
+    assert_eq!(task_states(s, &retry_id), [("pc-2".to_string(), "success".to_string())]);
+    let points = cli(s, &["point", "list"]).unwrap();
+    let mut by: Vec<&str> = points.as_array().unwrap().iter().map(|p| p["computer"].as_str().unwrap()).collect();
+    by.sort();
+    assert_eq!(by, ["pc-1", "pc-2"], "{points:#}");
+    // The last session left nothing to retry.
+    let e = cli(s, &["job", "retry", "pair"]).unwrap_err();
+    assert!(e.contains("left no computer to retry"), "{e}");
+
+    // Disabled: no start by hand (nor by its schedule: it has no next run), and it says how
+    // to turn it on; its settings and points stay.
+    cli(s, &["job", "update", "pair", "--daily", "03:00"]).unwrap();
+    assert!(cli(s, &["job", "show", "pair"]).unwrap()["next_run"].is_string());
+    let off = cli(s, &["job", "disable", "pair"]).unwrap();
+    assert_eq!(off["enabled"], false, "{off:#}");
+    assert!(off["next_run"].is_null(), "a disabled job has a next run: {off:#}");
+    let e = cli(s, &["job", "start", "pair"]).unwrap_err();
+    assert!(e.contains("job pair is disabled: enable it to run it"), "{e}");
+    let e = cli(s, &["job", "retry", "pair"]).unwrap_err();
+    assert!(e.contains("left no computer to retry"), "{e}");
+    let listed = site.human(&["job", "list"]);
+    assert!(listed.stdout.contains("disabled (daily 03:00)"), "{}", listed.stdout);
+    assert!(listed.stdout.contains("pc-1,pc-2"), "whom it backs up: {}", listed.stdout);
+    assert_eq!(cli(s, &["session", "list", "--job", "pair"]).unwrap().as_array().unwrap().len(), 2);
+    let on = cli(s, &["job", "enable", "pair"]).unwrap();
+    assert!(on["enabled"] == true && on["next_run"].is_string(), "{on:#}");
+    let again = cli(s, &["job", "start", "pair", "--wait"]).unwrap();
+    assert_eq!(again["status"], "success", "{again:#}");
+    drop(pc2);
+}
