@@ -130,6 +130,20 @@ pub struct JobDetail {
     pub warnings: Option<Vec<String>>,
 }
 
+/// A computer's recovery point as its job's schedule promises it.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct RpoRow {
+    pub job: String,
+    pub computer: String,
+    /// When its last good backup (success or warning) of this job ended; null: never.
+    pub last_good: Option<String>,
+    /// Until when that point meets the schedule: its next run after the point, plus the time a
+    /// run may take (the schedule's period, at most 6 hours).
+    pub protected_until: String,
+    /// `protected_until` has passed: the recovery point objective is missed.
+    pub missed: bool,
+}
+
 /// How a restore ended.
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct RestoreOutcome {

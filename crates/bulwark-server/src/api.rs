@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 
 use crate::answers::{
     Deleted, GroupMembers, JobDetail, LoginToken, PasswordChanged, Readmitted, Removed, RepositoryDeleted,
-    RestoreOutcome, Revoked, SecretSet, TokenCreated, UserCreated, Whoami,
+    RestoreOutcome, Revoked, RpoRow, SecretSet, TokenCreated, UserCreated, Whoami,
 };
 use crate::backup_manager::BackupManager;
 use crate::db::DbError;
@@ -244,6 +244,7 @@ fn operations() -> OpenApiRouter<S> {
         .routes(routes!(list_groups, create_group))
         .routes(routes!(show_group, update_group, delete_group))
         .routes(routes!(list_jobs, create_job))
+        .routes(routes!(recovery_points))
         .routes(routes!(show_job, update_job, change_job, delete_job))
         .routes(routes!(start_job))
         .routes(routes!(retry_job))
@@ -455,7 +456,11 @@ fn lifetime(text: Option<&str>, default: &str) -> Result<Option<String>, ApiErro
     (status = 200, description = "the token (its secret shown this once)", body = TokenCreated),
     (status = 400, response = BadRequest), (status = 401, response = Unauthorized), (status = 422, response = Invalid),
 ))]
-async fn create_api_token(c: Caller, State(s): State<S>, Input(t): Input<ApiTokenRequest>) -> ApiResult<TokenCreated> {
+pub(crate) async fn create_api_token(
+    c: Caller,
+    State(s): State<S>,
+    Input(t): Input<ApiTokenRequest>,
+) -> ApiResult<TokenCreated> {
     let name = t.name.unwrap_or_else(|| "created".into());
     check_name("token", &name).map_err(bad)?;
     let expires = lifetime(t.expires.as_deref(), API_TOKEN_DEFAULT)?;
@@ -517,7 +522,7 @@ pub(crate) async fn list_tokens(c: Caller, State(s): State<S>) -> ApiResult<Vec<
     (status = 200, description = "revoked", body = Revoked),
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
-async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult<Revoked> {
+pub(crate) async fn revoke_token(c: Caller, State(s): State<S>, Path(id): Path<String>) -> ApiResult<Revoked> {
     let mine = (!c.is_admin()).then_some(c.user_id.as_str());
     if !store::revoke_token(&s.core.db, &id, mine, c.is_admin()).await? {
         return Err(missing("token", &id));
@@ -951,7 +956,7 @@ pub(crate) async fn create_group(
     (status = 200, description = "the group", body = GroupMembers),
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
-async fn show_group(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<GroupMembers> {
+pub(crate) async fn show_group(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<GroupMembers> {
     let members = store::group_members(&s.core.db, &name).await?.ok_or_else(|| missing("group", &name))?;
     Ok(Json(GroupMembers { name, computers: members }))
 }
@@ -964,7 +969,7 @@ async fn show_group(_c: Caller, State(s): State<S>, Path(name): Path<String>) ->
         (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
     )
 )]
-async fn update_group(
+pub(crate) async fn update_group(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
@@ -992,7 +997,7 @@ async fn update_group(
     (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
     (status = 404, response = NotFound), (status = 409, response = Conflict),
 ))]
-async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
+pub(crate) async fn delete_group(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<Deleted> {
     c.admin()?;
     let users = store::jobs_using(&s.core.db, "group", &name).await?;
     if !users.is_empty() {
@@ -1116,6 +1121,43 @@ pub(crate) async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<Jo
     let now = s.core.clock.now();
     let last = |name: &str| sessions.iter().find(|x| x.job == name).cloned();
     Ok(Json(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect()))
+}
+
+/// Each computer of each enabled, scheduled job: its last good backup, and whether it still
+/// meets the schedule (recovery point objective) or missed it. Jobs run by hand or after
+/// another promise none and are left out. Missed ones first, then by job and computer.
+#[utoipa::path(get, path = "/rpo", responses(
+    (status = 200, description = "computers by job", body = Vec<RpoRow>), (status = 401, response = Unauthorized),
+))]
+pub(crate) async fn recovery_points(_c: Caller, State(s): State<S>) -> ApiResult<Vec<RpoRow>> {
+    let now = s.core.clock.now();
+    let good = store::last_good_backups(&s.core.db).await?;
+    let mut out = Vec::new();
+    for j in store::jobs(&s.core.db).await?.into_iter().filter(|j| j.enabled) {
+        let mut computers = j.job.computers.clone();
+        for g in &j.job.groups {
+            computers.extend(store::group_members(&s.core.db, g).await?.unwrap_or_default());
+        }
+        let mut seen = std::collections::HashSet::new();
+        computers.retain(|c| seen.insert(c.clone()));
+        for computer in computers {
+            let last_good = good.iter().find(|(job, c, _)| *job == j.job.name && *c == computer).map(|g| g.2.clone());
+            // None comes of the job alone (no time schedule, or a window no run falls into).
+            let Some(until) = crate::views::protected_until(&j.job, &j.created, last_good.as_deref(), now) else {
+                break;
+            };
+            let row = RpoRow {
+                job: j.job.name.clone(),
+                computer,
+                last_good,
+                protected_until: until.to_string(),
+                missed: until < now,
+            };
+            out.push(row);
+        }
+    }
+    out.sort_by(|a, b| (!a.missed, &a.job, &a.computer).cmp(&(!b.missed, &b.job, &b.computer)));
+    Ok(Json(out))
 }
 
 /// A job and its last session.

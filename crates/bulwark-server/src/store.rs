@@ -783,6 +783,20 @@ pub async fn job(db: &Db, name: &str) -> Result<Option<JobRow>> {
     Ok(row.as_ref().and_then(job_row))
 }
 
+/// When each computer's last good backup (success or warning) of each job ended:
+/// (job, computer, ended).
+pub async fn last_good_backups(db: &Db) -> Result<Vec<(String, String, String)>> {
+    let rows = sqlx::query(
+        "SELECT s.job AS job, t.computer AS computer, MAX(t.ended) AS ended FROM tasks t \
+         JOIN sessions s ON s.id = t.session_id \
+         WHERE s.kind = 'backup' AND t.status IN ('success', 'warning') AND t.ended IS NOT NULL \
+         GROUP BY s.job, t.computer",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.iter().map(|r| (text(r, "job"), text(r, "computer"), text(r, "ended"))).collect())
+}
+
 pub async fn set_last_check(db: &Db, name: &str, at: &str) -> Result<()> {
     sqlx::query("UPDATE jobs SET last_check = $1 WHERE name = $2").bind(at).bind(name).execute(&db.pool).await?;
     Ok(())

@@ -63,6 +63,24 @@ pub fn next_run(job: &Job, created: &str, now: Timestamp) -> Option<String> {
     schedule.next_run(&job.time_zone(), anchor, now, job.window.as_ref()).map(|t| t.to_string())
 }
 
+/// The longest a scheduled run has to bring a good point before its computer counts as having
+/// missed the job's recovery point objective (shorter for schedules whose runs come sooner).
+const RPO_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(6);
+
+/// Until when a computer's last good point (or, without one, the job's creation) meets the
+/// job's schedule: the first run after it that the window lets start, plus the time a run may
+/// take (the schedule's period, at most six hours). `None` for jobs run by hand or after
+/// another, which promise no recovery point.
+pub fn protected_until(job: &Job, created: &str, last_good: Option<&str>, now: Timestamp) -> Option<Timestamp> {
+    let schedule = job.schedule.as_ref()?;
+    let (tz, window) = (job.time_zone(), job.window.as_ref());
+    let anchor = created.parse().unwrap_or(now);
+    let from = last_good.and_then(|t| t.parse().ok()).unwrap_or(anchor);
+    let due = schedule.next_run(&tz, anchor, from, window)?;
+    let period = schedule.next_run(&tz, anchor, due, window).map(|next| next.duration_since(due));
+    Some(due + period.map_or(RPO_GRACE, |p| p.min(RPO_GRACE)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +134,32 @@ mod tests {
         assert_eq!(next_run(&job, "2026-06-01T00:00:00Z", now).as_deref(), Some("2026-06-01T22:00:00Z"));
         let by_hand = Job { schedule: None, ..job.clone() };
         assert_eq!(next_run(&by_hand, "2026-06-01T00:00:00Z", now), None);
+    }
+
+    #[test]
+    fn a_computer_misses_its_recovery_point_when_a_run_and_its_grace_pass_without_a_good_point() {
+        let daily: Job = serde_json::from_value(json!({"name": "j", "computers": ["pc"], "repository": "r",
+            "sources": ["/dev/vdb"], "schedule": {"kind": "daily", "at": "22:00"}, "timezone": "UTC"}))
+        .unwrap();
+        let t = |s: &str| -> Timestamp { s.parse().unwrap() };
+        let created = "2026-06-01T08:00:00Z";
+        // Good at 22:40 on the 1st: the next run is the 2nd at 22:00, and a daily run has 6 hours.
+        let until = protected_until(&daily, created, Some("2026-06-01T22:40:00Z"), t("2026-06-02T12:00:00Z"));
+        assert_eq!(until, Some(t("2026-06-03T04:00:00Z")));
+        // Never backed up: counted from the job's creation.
+        assert_eq!(protected_until(&daily, created, None, t(created)), Some(t("2026-06-02T04:00:00Z")));
+        // Every 30 minutes: a run has 30 minutes, not 6 hours.
+        let often = Job {
+            schedule: serde_json::from_value(json!({"kind": "periodic", "every_minutes": 30})).unwrap(),
+            ..daily.clone()
+        };
+        assert_eq!(
+            protected_until(&often, created, Some("2026-06-01T09:05:00Z"), t(created)),
+            Some(t("2026-06-01T10:00:00Z"))
+        );
+        // By hand or after another job: no promise.
+        assert_eq!(protected_until(&Job { schedule: None, ..daily.clone() }, created, None, t(created)), None);
+        let after = Job { schedule: serde_json::from_value(json!({"kind": "after", "job": "k"})).unwrap(), ..daily };
+        assert_eq!(protected_until(&after, created, None, t(created)), None);
     }
 }

@@ -62,6 +62,9 @@ pub enum JobCmd {
         /// The job's name.
         name: String,
     },
+    /// Each computer of each scheduled job: its last good backup and until when it meets the
+    /// job's schedule (recovery point objective); those that missed it first.
+    Rpo,
     /// Run the job again for the computers its last session did not back up (failed, stopped
     /// or cancelled); refused when it left none.
     Retry {
@@ -616,6 +619,19 @@ pub fn job(a: Admin<JobCmd>) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         JobCmd::Show { name } => api.call("GET", &format!("/jobs/{name}"), None)?,
+        JobCmd::Rpo => {
+            let mut v = api.call("GET", "/rpo", None)?;
+            if !o.json {
+                for r in v.as_array_mut().into_iter().flatten() {
+                    r["status"] = json!(if r["missed"] == true { "MISSED" } else { "ok" });
+                    for k in ["last_good", "protected_until"] {
+                        r[k] = json!(r[k].as_str().and_then(ui::local_time_text).unwrap_or_else(|| "never".into()));
+                    }
+                }
+            }
+            print(o, &v, &["job", "computer", "status", "last_good", "protected_until"]);
+            return Ok(ExitCode::SUCCESS);
+        }
         JobCmd::Create(c) => api.call("POST", "/jobs", Some(c.to_json()?))?,
         JobCmd::Update(u) => api.call("PATCH", &format!("/jobs/{}", u.name), Some(u.to_json()?))?,
         JobCmd::Delete { name } => {

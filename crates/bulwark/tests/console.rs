@@ -8,6 +8,7 @@ mod cluster;
 use browser::Browser;
 use cluster::server::{cli, viewer_token, Site};
 use serde_json::Value;
+use std::time::Duration;
 
 fn admin_password(site: &Site) -> String {
     std::fs::read_to_string(site.server.dir.join("initial-admin-password")).unwrap().trim().to_string()
@@ -345,4 +346,152 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
     let r = agent.get(&format!("{base}/ui/login")).call().unwrap();
     let csp = r.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+}
+
+#[test]
+fn an_operator_edits_a_job_turns_it_off_retries_it_and_changes_groups_and_tokens() {
+    if !browser::available() {
+        return;
+    }
+    let site = Site::new();
+    let s = &site.server;
+    // A scheduled job whose only computer never joined: every run comes and goes without a
+    // point (nothing to back up), so within two minutes it has missed its recovery point.
+    cli(s, &["group", "create", "ghosts", "--computer", "pc-9"]).unwrap();
+    let ghost = ["job", "create", "ghostly", "--group", "ghosts", "--repository", "main", "--every-minutes", "1"];
+    cli(s, &[&ghost[..], &["--source", "/dev/vdb"]].concat()).unwrap();
+    let created = std::time::Instant::now();
+
+    let disk = site.dir.path().join("disk.img");
+    bulwark_imagegen::generate(&disk, 8 << 20, 5).unwrap();
+    // pc-1's pre-job command fails while the flag exists. Streams and priority are not in the
+    // wizard: editing must keep them.
+    let flag = site.dir.path().join("fail");
+    std::fs::write(&flag, "").unwrap();
+    let pre = format!("test ! -e {}", flag.display());
+    let job = ["job", "create", "nightly", "--computer", "pc-1", "--repository", "main", "--snapshot", "none"];
+    let more = ["--keep-last", "4", "--tries", "1", "--streams", "3", "--priority", "7", "--pre-command", &pre];
+    cli(s, &[&job[..], &more[..], &["--source", disk.to_str().unwrap()]].concat()).unwrap();
+
+    let base = format!("https://{}", s.address);
+    let b = Browser::start(1280, 800);
+    log_in(&b, &base, "admin", &admin_password(&site));
+    b.wait(10, "the dashboard", |b| b.text("h1") == "Dashboard");
+
+    // The wizard opens on the job as it is.
+    b.go(&format!("{base}/ui/jobs"));
+    b.click("a[href='/ui/jobs/nightly/edit']");
+    b.wait(10, "the job's wizard", |b| b.text("h1") == "Job nightly");
+    assert_eq!(b.attribute("input[name=keep_last]", "value").as_deref(), Some("4"));
+    assert_eq!(b.attribute("input[name=pre_command]", "value").as_deref(), Some(pre.as_str()));
+    assert_eq!(
+        b.run("return document.querySelector('textarea[name=sources]').value;"),
+        Value::String(disk.display().to_string())
+    );
+    assert_eq!(b.run("return document.querySelector('select[name=snapshot]').value;"), Value::String("none".into()));
+    assert_eq!(b.run("return document.querySelector('input[name=computer][value=pc-1]').checked;"), Value::Bool(true));
+    // A day of the month past any month is refused in its part, and changes nothing.
+    let submit = |b: &Browser| b.click("form[action='/ui/jobs/nightly/edit'] button[type=submit]");
+    b.click("input[name=schedule][value=monthly]");
+    b.type_into("input[name=day]", "32");
+    b.type_into("input[name=at]", "01:30");
+    b.type_into("input[name=keep_last]", "9");
+    submit(&b);
+    b.wait(10, "the schedule's refusal", |b| !b.text("fieldset:nth-of-type(5) p.error").is_empty());
+    let shown = cli(s, &["job", "show", "nightly"]).unwrap();
+    assert!(shown["schedule"].is_null() && shown["retention"]["keep_last"] == 4, "{shown:#}");
+    b.type_into("input[name=day]", "15");
+    b.click("select[name=compression] option[value=high]");
+    submit(&b);
+    b.wait(10, "the jobs page", |b| b.text("h1") == "Jobs");
+    let saved = cli(s, &["job", "show", "nightly"]).unwrap();
+    assert_eq!(saved["schedule"], serde_json::json!({"kind": "monthly", "day": 15, "at": "01:30"}), "{saved:#}");
+    assert_eq!(saved["retention"]["keep_last"], 9, "{saved:#}");
+    assert_eq!(saved["compression"], "high", "{saved:#}");
+    assert_eq!((saved["streams"].as_u64(), saved["priority"].as_i64()), (Some(3), Some(7)), "kept: {saved:#}");
+    assert_eq!(saved["pre_command"], pre.as_str(), "{saved:#}");
+    assert_eq!(saved["sources"][0], disk.to_str().unwrap(), "{saved:#}");
+
+    // Started, it fails; Retry appears and reruns the computer, which now succeeds.
+    b.click("form[action='/ui/jobs/nightly/start'] button");
+    b.wait(10, "the session page", |b| b.url().contains("/ui/sessions/"));
+    b.wait(60, "the failure", |b| b.all("div.session[data-status=failed]").len() == 1);
+    std::fs::remove_file(&flag).unwrap();
+    b.go(&format!("{base}/ui/jobs"));
+    b.click("form[action='/ui/jobs/nightly/retry'] button");
+    b.wait(10, "the retry's session page", |b| b.url().contains("/ui/sessions/"));
+    b.wait(60, "the retry to succeed", |b| b.all("div.session[data-status=success]").len() == 1);
+    assert_eq!(b.all("tr.task").len(), 1);
+    b.go(&format!("{base}/ui/jobs"));
+    b.wait(10, "the jobs", |b| b.text("h1") == "Jobs");
+    assert!(b.all("form[action='/ui/jobs/nightly/retry']").is_empty(), "Retry offered after a success");
+
+    // Disabled: marked, no Start, and the API refuses a start; enabled again, Start is back.
+    b.click("form[action='/ui/jobs/nightly/disable'] button");
+    b.wait(10, "the job disabled", |b| b.all("form[action='/ui/jobs/nightly/enable']").len() == 1);
+    assert!(b.all("form[action='/ui/jobs/nightly/start']").is_empty(), "Start offered for a disabled job");
+    assert_eq!(cli(s, &["job", "show", "nightly"]).unwrap()["enabled"], false);
+    assert!(cli(s, &["job", "start", "nightly"]).unwrap_err().contains("disabled"));
+    b.click("form[action='/ui/jobs/nightly/enable'] button");
+    b.wait(10, "the job enabled", |b| b.all("form[action='/ui/jobs/nightly/start']").len() == 1);
+
+    // A group's computers changed (one that has not joined yet is shown, and kept unless
+    // unchecked); a group left empty is refused; a group a job names cannot be deleted.
+    cli(s, &["group", "create", "web", "--computer", "pc-1", "--computer", "pc-7"]).unwrap();
+    b.go(&format!("{base}/ui/computers"));
+    b.click("tr.group[data-name=web] a");
+    b.wait(10, "the group's page", |b| b.text("h1") == "Group web");
+    assert_eq!(b.run("return document.querySelector('input[name=computer][value=pc-7]').checked;"), Value::Bool(true));
+    b.click("input[name=computer][value='pc-1']");
+    b.click("form[action='/ui/groups/web'] button[type=submit]");
+    b.wait(10, "the computers", |b| b.text("h1") == "Computers");
+    assert_eq!(cli(s, &["group", "show", "web"]).unwrap()["computers"], serde_json::json!(["pc-7"]));
+    b.go(&format!("{base}/ui/groups/web"));
+    b.click("input[name=computer][value='pc-7']");
+    b.click("form[action='/ui/groups/web'] button[type=submit]");
+    b.wait(10, "the refusal", |b| b.text("p.error").contains("at least one computer"));
+    assert_eq!(cli(s, &["group", "show", "web"]).unwrap()["computers"], serde_json::json!(["pc-7"]));
+    b.click("form[action='/ui/groups/web/delete'] button");
+    b.wait(10, "the computers", |b| b.text("h1") == "Computers" && b.all("tr.group[data-name=web]").is_empty());
+    assert!(cli(s, &["group", "show", "web"]).is_err(), "the group was not deleted");
+    b.go(&format!("{base}/ui/groups/ghosts"));
+    b.click("form[action='/ui/groups/ghosts/delete'] button");
+    b.wait(10, "the refusal", |b| b.text("p.error").contains("ghostly"));
+    assert!(cli(s, &["group", "show", "ghosts"]).is_ok(), "a group a job names was deleted");
+
+    // An API token made from the console works once shown, and stops working once revoked.
+    b.go(&format!("{base}/ui/access"));
+    b.type_into("form[action='/ui/api-tokens'] input[name=name]", "monitoring");
+    b.click("form[action='/ui/api-tokens'] button[type=submit]");
+    b.wait(10, "the new token", |b| !b.text("#new-token").is_empty());
+    let token = b.text("#new-token");
+    let whoami = cluster::server::cli_as(s, &token, &["job", "list"]).unwrap();
+    assert_eq!(whoami.as_array().unwrap().len(), 2);
+    b.go(&format!("{base}/ui/access"));
+    let id = b.run(
+        "return [...document.querySelectorAll('tr.token')].find(r => r.textContent.includes('monitoring')).dataset.id;",
+    );
+    let id = id.as_str().unwrap().to_string();
+    b.click(&format!("tr.token[data-id='{id}'] button"));
+    b.wait(10, "the token gone", |b| b.all(&format!("tr.token[data-id='{id}']")).is_empty());
+    assert!(cluster::server::cli_as(s, &token, &["job", "list"]).is_err(), "a revoked token still works");
+
+    // The dashboard names the computer whose job's schedule went by without a point, and the
+    // API lists it first.
+    let left = Duration::from_secs(150).saturating_sub(created.elapsed());
+    b.go(&format!("{base}/ui/"));
+    b.wait(left.as_secs() + 10, "the missed recovery point", |b| {
+        std::thread::sleep(Duration::from_secs(1));
+        b.go(&format!("{base}/ui/"));
+        b.all("li.missed[data-computer='pc-9']").len() == 1
+    });
+    let rpo = cli(s, &["job", "rpo"]).unwrap();
+    assert_eq!(
+        (rpo[0]["job"].as_str(), rpo[0]["computer"].as_str(), rpo[0]["missed"].as_bool()),
+        (Some("ghostly"), Some("pc-9"), Some(true)),
+        "{rpo:#}"
+    );
+    let nightly = rpo.as_array().unwrap().iter().find(|r| r["job"] == "nightly").expect("nightly listed");
+    assert_eq!(nightly["missed"], false, "a monthly job backed up just now: {rpo:#}");
+    shoot(&b, "dashboard-rpo");
 }

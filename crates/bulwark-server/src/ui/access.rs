@@ -20,7 +20,7 @@ pub(super) async fn create_user(v: Viewer, State(s): State<S>, Form(f): Form<Use
     match api::create_user(v.caller.clone(), State(s.clone()), api::Input(input)).await {
         Ok(_) => Ok(Redirect::to("/ui/access").into_response()),
         Err(e) if refuses_input(&e) => {
-            Ok(Page(e.0, access_page(&v, &s, None, None, Some(&e.1)).await?).into_response())
+            Ok(Page(e.0, access_page(&v, &s, Said { user: Some(&e.1), ..Said::default() }).await?).into_response())
         }
         Err(e) => Err(e.into()),
     }
@@ -84,8 +84,11 @@ async fn computers_page(v: &Viewer, s: &S, error: Option<&str>) -> Result<Markup
             h2 { "Protection groups" }
             @if groups.is_empty() { p { "No group." } }
             table {
-                thead { tr { th { "Group" } th { "Computers" } } }
-                tbody { @for g in &groups { tr.group { td { (g.name) } td { (g.computers.join(", ")) } } } }
+                thead { tr { th { "Group" } th { "Computers" } @if v.is_admin() { th { "" } } } }
+                tbody { @for g in &groups { tr.group data-name=(g.name) {
+                    td { (g.name) } td { (g.computers.join(", ")) }
+                    @if v.is_admin() { td { a href={ "/ui/groups/" (g.name) } { "Change" } } }
+                } } }
             }
             @if v.is_admin() {
                 form method="post" action="/ui/groups" {
@@ -100,6 +103,78 @@ async fn computers_page(v: &Viewer, s: &S, error: Option<&str>) -> Result<Markup
             }
         },
     ))
+}
+
+/// One protection group: its computers changed, or the group deleted (refused while a job
+/// names it), through the API's update and delete.
+pub(super) async fn group_page(v: Viewer, State(s): State<S>, Path(name): Path<String>) -> Result<Page, Page> {
+    v.caller.admin()?;
+    let Json(g) = api::show_group(v.caller.clone(), State(s.clone()), Path(name)).await?;
+    Ok(ok(group_form(&v, &s, &g.name, &g.computers, None).await?))
+}
+
+async fn group_form(v: &Viewer, s: &S, name: &str, members: &[String], error: Option<&str>) -> Result<Markup, Page> {
+    let Json(list) = api::computers_seen(v.caller.clone(), s).await?;
+    // The members first, joined or not (a group may name a computer before it joins), then
+    // the other computers that could join it.
+    let mut names: Vec<&str> = members.iter().map(String::as_str).collect();
+    names.extend(list.iter().filter(|c| !c.revoked && !members.contains(&c.name)).map(|c| c.name.as_str()));
+    Ok(layout(
+        &format!("Group {name}"),
+        Some(v),
+        html! {
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action={ "/ui/groups/" (name) } {
+                input type="hidden" name="csrf" value=(v.csrf());
+                p { "Its computers (every job naming the group backs up those checked from its next session):" }
+                p { @for c in &names {
+                    label.inline { input type="checkbox" name="computer" value=(c) checked[members.iter().any(|m| m == c)]; " " (c) " " }
+                } }
+                button type="submit" { "Save the group" }
+            }
+            form method="post" action={ "/ui/groups/" (name) "/delete" } {
+                input type="hidden" name="csrf" value=(v.csrf());
+                button.secondary.outline type="submit" { "Delete the group " (name) }
+            }
+            p { a href="/ui/computers" { "Back to the computers" } }
+        },
+    ))
+}
+
+pub(super) async fn update_group(
+    v: Viewer,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, Page> {
+    let f = FormPairs(pairs);
+    v.check(f.get("csrf").unwrap_or_default())?;
+    let input = crate::model::GroupInput { name: name.clone(), computers: f.all("computer") };
+    match api::update_group(v.caller.clone(), State(s.clone()), Path(name.clone()), api::Input(input)).await {
+        Ok(_) => Ok(Redirect::to("/ui/computers").into_response()),
+        Err(e) if refuses_input(&e) => {
+            Ok(Page(e.0, group_form(&v, &s, &name, &f.all("computer"), Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn delete_group(
+    v: Viewer,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    match api::delete_group(v.caller.clone(), State(s.clone()), Path(name.clone())).await {
+        Ok(_) => Ok(Redirect::to("/ui/computers").into_response()),
+        // Still named by a job: said on the group's page, which stays as it was.
+        Err(e) if e.0 == StatusCode::CONFLICT => {
+            let Json(g) = api::show_group(v.caller.clone(), State(s.clone()), Path(name)).await?;
+            Ok(Page(e.0, group_form(&v, &s, &g.name, &g.computers, Some(&e.1)).await?).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
@@ -222,15 +297,18 @@ pub(super) struct JoinTokenForm {
     expires: String,
 }
 
-/// Users, API tokens and join tokens (admins); `created` is a join token just made, shown this
-/// once with a button that copies it.
-pub(super) async fn access_page(
-    v: &Viewer,
-    s: &S,
-    created: Option<&str>,
-    error: Option<&str>,
-    user_error: Option<&str>,
-) -> Result<Markup, Page> {
+/// What the Access page says besides its lists: a token just made (what it is, its secret),
+/// shown this once with a button that copies it, and a form's refusal next to that form.
+#[derive(Default)]
+pub(super) struct Said<'a> {
+    created: Option<(&'a str, &'a str)>,
+    user: Option<&'a str>,
+    join: Option<&'a str>,
+    api: Option<&'a str>,
+}
+
+/// Users, API tokens and join tokens (admins).
+pub(super) async fn access_page(v: &Viewer, s: &S, said: Said<'_>) -> Result<Markup, Page> {
     let Json(users) = api::list_users(v.caller.clone(), State(s.clone())).await?;
     let Json(tokens) = api::list_tokens(v.caller.clone(), State(s.clone())).await?;
     use crate::store::TokenRow;
@@ -257,7 +335,7 @@ pub(super) async fn access_page(
             }
             form method="post" action="/ui/users" {
                 input type="hidden" name="csrf" value=(v.csrf());
-                @if let Some(e) = user_error { p.error role="alert" { (e) } }
+                @if let Some(e) = said.user { p.error role="alert" { (e) } }
                 div.grid {
                     label { "New user" input name="name" required autocomplete="off"; }
                     label { "Password (10 characters or more)" input type="password" name="password" required autocomplete="new-password"; }
@@ -269,30 +347,49 @@ pub(super) async fn access_page(
                 }
                 button type="submit" { "Create the user" }
             }
-            h2 { "Join tokens" }
-            @if let Some(t) = created {
+            h2 { "Tokens" }
+            @if let Some((what, t)) = said.created {
                 article.new-token {
-                    p { "The new join token, shown this once:" }
+                    p { "The new " (what) ", shown this once:" }
                     p { code id="new-token" { (t) } " " button.outline type="button" data-copy="new-token" { "Copy" } }
                 }
             }
             form method="post" action="/ui/access" {
                 input type="hidden" name="csrf" value=(v.csrf());
-                @if let Some(e) = error { p.error role="alert" { (e) } }
+                @if let Some(e) = said.join { p.error role="alert" { (e) } }
                 div.grid {
-                    label { "For" select name="role" { option value="agent" { "a computer (agent)" } option value="transport" { "a transport node" } } }
+                    label { "Join token for" select name="role" { option value="agent" { "a computer (agent)" } option value="transport" { "a transport node" } } }
                     label { "Its name (empty: any new name)" input name="name" placeholder="web-1"; }
                     label { "Valid for" input name="expires" value="7d"; }
                 }
                 button type="submit" { "Create a join token" }
             }
+            form method="post" action="/ui/api-tokens" {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = said.api { p.error role="alert" { (e) } }
+                div.grid {
+                    label { "API token (yours) named" input name="name" required placeholder="monitoring"; }
+                    label { "Valid for (30m, 12h, 90d or never)" input name="expires" value="90d"; }
+                }
+                button type="submit" { "Create an API token" }
+            }
             table {
-                thead { tr { th { "Kind" } th { "For" } th { "Created" } th { "Expires" } } }
+                thead { tr { th { "Kind" } th { "For" } th { "Created" } th { "Expires" } th { "" } } }
                 tbody {
                     @for t in &tokens {
-                        @match t {
-                            TokenRow::Join { role, name, created, expires, .. } => tr { td { "join (" (role) ")" } td { (name) } td { (when(created)) } td { @if let Some(e) = expires { (when(e)) } @else { "never" } } },
-                            TokenRow::Api { user, name, created, expires, .. } => tr { td { "API" } td { (user) " · " (name) } td { (when(created)) } td { @if let Some(e) = expires { (when(e)) } @else { "never" } } },
+                        @let (kind, whom, created, expires, id) = match t {
+                            TokenRow::Join { role, name, created, expires, id, .. } => (format!("join ({role})"), name.clone(), created, expires, id.as_deref()),
+                            TokenRow::Api { user, name, created, expires, id } => ("API".to_string(), format!("{user} · {name}"), created, expires, Some(id.as_str())),
+                        };
+                        tr.token data-id=[id] {
+                            td { (kind) } td { (whom) } td { (when(created)) }
+                            td { @if let Some(e) = expires { (when(e)) } @else { "never" } }
+                            td { @if let Some(id) = id {
+                                form.inline method="post" action={ "/ui/tokens/" (id) "/revoke" } {
+                                    input type="hidden" name="csrf" value=(v.csrf());
+                                    button.secondary.outline type="submit" { "Revoke" }
+                                }
+                            } }
                         }
                     }
                 }
@@ -303,7 +400,7 @@ pub(super) async fn access_page(
 
 pub(super) async fn access(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     v.caller.admin()?;
-    Ok(ok(access_page(&v, &s, None, None, None).await?))
+    Ok(ok(access_page(&v, &s, Said::default()).await?))
 }
 
 pub(super) async fn create_join_token(
@@ -323,10 +420,49 @@ pub(super) async fn create_join_token(
     match api::create_join_token(v.caller.clone(), State(s.clone()), api::Input(request)).await {
         Ok(Json(
             crate::answers::TokenCreated::Join { token, .. } | crate::answers::TokenCreated::Api { token, .. },
-        )) => Ok(ok(access_page(&v, &s, Some(&token), None, None).await?)),
+        )) => Ok(ok(access_page(&v, &s, Said { created: Some(("join token", &token)), ..Said::default() }).await?)),
         Err(e) if e.0 == StatusCode::UNPROCESSABLE_ENTITY || e.0 == StatusCode::BAD_REQUEST => {
-            Ok(Page(e.0, access_page(&v, &s, None, Some(&e.1), None).await?))
+            Ok(Page(e.0, access_page(&v, &s, Said { join: Some(&e.1), ..Said::default() }).await?))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ApiTokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    expires: String,
+}
+
+/// An API token of the user logged in, through the API's create; its secret shown this once.
+pub(super) async fn create_api_token(v: Viewer, State(s): State<S>, Form(f): Form<ApiTokenForm>) -> Result<Page, Page> {
+    v.check(&f.csrf)?;
+    let request = crate::model::ApiTokenRequest {
+        name: Some(f.name.trim().to_string()),
+        expires: Some(f.expires.trim().to_string()).filter(|e| !e.is_empty()),
+    };
+    match api::create_api_token(v.caller.clone(), State(s.clone()), api::Input(request)).await {
+        Ok(Json(
+            crate::answers::TokenCreated::Api { token, .. } | crate::answers::TokenCreated::Join { token, .. },
+        )) => Ok(ok(access_page(&v, &s, Said { created: Some(("API token", &token)), ..Said::default() }).await?)),
+        Err(e) if refuses_input(&e) => {
+            Ok(Page(e.0, access_page(&v, &s, Said { api: Some(&e.1), ..Said::default() }).await?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn revoke_token(
+    v: Viewer,
+    s: State<S>,
+    id: Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Page> {
+    v.check(&f.csrf)?;
+    let Json(_revoked) = api::revoke_token(v.caller, s, id).await?;
+    Ok(Redirect::to("/ui/access").into_response())
 }

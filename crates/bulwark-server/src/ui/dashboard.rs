@@ -13,6 +13,9 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
     let Json(sessions) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(recent)).await?;
     let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
     let Json(computers) = api::computers_seen(v.caller.clone(), &s).await?;
+    let Json(rpo) = api::recovery_points(v.caller.clone(), State(s.clone())).await?;
+    let missed: Vec<_> = rpo.iter().filter(|r| r.missed).collect();
+    let unhealthy: Vec<_> = repos.iter().filter(|r| check_failed(r.last_verify.as_ref())).collect();
     let counts = session_counts(&sessions, &since);
     let running: Vec<&SessionRow> = sessions.iter().filter(|s| s.status == SessionStatus::Running).collect();
     let mut running_tasks = Vec::new();
@@ -40,6 +43,29 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
                         }
                     }
                     @if computers.len() > 20 { p { a href="/ui/computers" { "All " (computers.len()) " computers" } } }
+                }
+                article.rpo {
+                    header { "Recovery points" }
+                    @if rpo.is_empty() { p { "No scheduled job yet." } }
+                    @else if missed.is_empty() { p { (status_badge("success")) " All " (rpo.len()) " scheduled computers are within their job's schedule." } }
+                    @else {
+                        p { (status_badge("failed")) " " strong { (missed.len()) } " of " (rpo.len()) " missed their job's schedule:" }
+                        ul {
+                            @for r in missed.iter().take(20) {
+                                li.missed data-computer=(r.computer) {
+                                    (r.computer) " · " a href={ "/ui/sessions?job=" (r.job) } { (r.job) } " · last good point "
+                                    @if let Some(t) = &r.last_good { (when(t)) } @else { "never" }
+                                }
+                            }
+                        }
+                    }
+                }
+                article.health {
+                    header { "Health checks" }
+                    @if unhealthy.is_empty() { p { (status_badge("success")) " No failed health check." } }
+                    @else {
+                        ul { @for r in &unhealthy { li { a href="/ui/repositories" { (r.name) } ": " (verify_summary(r.last_verify.as_ref())) } } }
+                    }
                 }
             }
             section {
@@ -69,6 +95,13 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
             }
         },
     )))
+}
+
+/// Whether a repository's last health check failed to run or found damage.
+fn check_failed(v: Option<&serde_json::Value>) -> bool {
+    v.is_some_and(|v| {
+        v["error"].is_string() || v["damaged"].as_u64().unwrap_or(0) + v["missing"].as_u64().unwrap_or(0) > 0
+    })
 }
 
 pub(super) fn verify_summary(v: Option<&serde_json::Value>) -> Markup {
