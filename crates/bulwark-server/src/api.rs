@@ -48,29 +48,56 @@ pub struct AppState {
     pub login_guard: crate::login_guard::LoginGuard,
     /// Whether each computer answered when last asked.
     pub presence: Presence,
+    /// Each repository's size and room, as last measured.
+    pub usage: Measured,
 }
 
-/// Whether each computer answered when it was last asked, and when: pages that show many
-/// computers (the console's dashboard) read it instead of waiting up to 5 s for the ones that
-/// do not answer, and have it asked again in the background when it is old.
-#[derive(Default)]
-pub struct Presence {
-    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
-    asking: std::sync::atomic::AtomicBool,
+/// Answers of nodes kept by name for `FRESH_S` seconds: pages that show many of them (the
+/// console's dashboard) read these instead of waiting on nodes that may not answer, and have
+/// them asked again in the background, one round at a time, when they are old.
+pub struct Seen<T, const FRESH_S: u64> {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, T)>>,
+    /// When the last round of asking started, while it runs.
+    round: std::sync::Mutex<(bool, Option<std::time::Instant>)>,
 }
 
-/// How long an answer (or its absence) stands for the computer's presence.
-const PRESENCE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// Whether each computer answered when it was last asked.
+pub type Presence = Seen<bool, 60>;
+/// What each repository takes of its storage (listing a big repository takes a while).
+pub type Measured = Seen<store::RepositoryUsage, 300>;
 
-impl Presence {
-    fn record(&self, name: &str, online: bool) {
-        self.seen.lock().expect("lock").insert(name.to_string(), (std::time::Instant::now(), online));
+impl<T, const FRESH_S: u64> Default for Seen<T, FRESH_S> {
+    fn default() -> Self {
+        Seen { seen: Default::default(), round: Default::default() }
+    }
+}
+
+impl<T: Clone, const FRESH_S: u64> Seen<T, FRESH_S> {
+    fn record(&self, name: &str, answer: T) {
+        self.seen.lock().expect("lock").insert(name.to_string(), (std::time::Instant::now(), answer));
     }
 
     /// The last answer of `name` while fresh; `None` when never asked or too long ago.
-    fn get(&self, name: &str) -> Option<bool> {
+    fn get(&self, name: &str) -> Option<T> {
         let seen = self.seen.lock().expect("lock");
-        seen.get(name).filter(|(at, _)| at.elapsed() < PRESENCE_FRESH).map(|(_, online)| *online)
+        let fresh = std::time::Duration::from_secs(FRESH_S);
+        seen.get(name).filter(|(at, _)| at.elapsed() < fresh).map(|(_, answer)| answer.clone())
+    }
+
+    /// Claims a round of asking: refused while one runs, and for a while after the last began
+    /// (a node that never answers is not asked on every page).
+    fn start_round(&self) -> bool {
+        let mut round = self.round.lock().expect("lock");
+        let rested = round.1.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(FRESH_S / 5));
+        if round.0 || !rested {
+            return false;
+        }
+        *round = (true, Some(std::time::Instant::now()));
+        true
+    }
+
+    fn end_round(&self) {
+        self.round.lock().expect("lock").0 = false;
     }
 }
 
@@ -562,11 +589,11 @@ pub(crate) async fn computers_seen(c: Caller, s: &S) -> ApiResult<Vec<NodeRow>> 
         n.online = if n.revoked { Some(false) } else { s.presence.get(&n.name) };
         stale |= n.online.is_none();
     }
-    if stale && !s.presence.asking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+    if stale && s.presence.start_round() {
         let s = s.clone();
         tokio::spawn(async move {
             let _ = list_nodes(c, State(s.clone()), "agent").await;
-            s.presence.asking.store(false, std::sync::atomic::Ordering::Release);
+            s.presence.end_round();
         });
     }
     Ok(Json(nodes))
@@ -764,7 +791,58 @@ async fn delete_secret(c: Caller, State(s): State<S>, Path(name): Path<String>) 
     (status = 401, response = Unauthorized),
 ))]
 pub(crate) async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResult<Vec<RepositoryRow>> {
-    Ok(Json(store::repositories(&s.core.db).await?))
+    let mut rows = store::repositories(&s.core.db).await?;
+    let mut stale = false;
+    for r in &mut rows {
+        r.usage = s.usage.get(&r.name);
+        stale |= r.usage.is_none();
+    }
+    if stale && s.usage.start_round() {
+        let s = s.clone();
+        tokio::spawn(async move {
+            measure_repositories(&s).await;
+            s.usage.end_round();
+        });
+    }
+    Ok(Json(rows))
+}
+
+/// Measures every repository through its transport node and keeps what it found; one whose
+/// node does not answer keeps its last measure, and says why in the log.
+async fn measure_repositories(s: &AppState) {
+    let Ok(repositories) = store::repositories(&s.core.db).await else { return };
+    for r in repositories {
+        match measure_repository(s, &r).await {
+            Ok(usage) => s.usage.record(&r.name, usage),
+            Err(e) => tracing::warn!("repository {}: measuring its size: {e}", r.name),
+        }
+    }
+}
+
+async fn measure_repository(s: &AppState, r: &RepositoryRow) -> Result<store::RepositoryUsage, String> {
+    let node = store::node(&s.core.db, "transport", &r.transport)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no transport node {:?}", r.transport))?
+        .address();
+    let mut client = s.core.manager.transport(&node).await.map_err(|e| e.to_string())?;
+    let req = bulwark_proto::pb::UsageRequest { protocol: bulwark_proto::PROTOCOL, path: r.path.clone() };
+    let u = tokio::time::timeout(std::time::Duration::from_secs(120), client.repository_usage(req))
+        .await
+        .map_err(|_| format!("transport node {} did not answer within 120 s", r.transport))?
+        .map_err(|e| format!("transport node {}: {}", r.transport, e.message()))?
+        .into_inner();
+    let points = store::repository_points(&s.core.db, &r.name).await.map_err(|e| e.to_string())?;
+    let source_bytes = points.iter().filter_map(|p| p.stats.as_ref()?["source_bytes"].as_u64()).sum();
+    Ok(store::RepositoryUsage {
+        stored_bytes: u.stored_bytes,
+        objects: u.objects,
+        total_bytes: u.has_capacity.then_some(u.total_bytes),
+        free_bytes: u.has_capacity.then_some(u.free_bytes),
+        source_bytes,
+        reduction: (u.stored_bytes > 0).then(|| source_bytes as f64 / u.stored_bytes as f64),
+        measured_at: crate::db::stamp_in(0),
+    })
 }
 
 /// A repository.
@@ -773,7 +851,9 @@ pub(crate) async fn list_repositories(_c: Caller, State(s): State<S>) -> ApiResu
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
 async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<RepositoryRow> {
-    Ok(Json(store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?))
+    let mut r = store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?;
+    r.usage = s.usage.get(&r.name);
+    Ok(Json(r))
 }
 
 /// Create (or adopt) a repository on a transport node.

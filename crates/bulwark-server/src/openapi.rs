@@ -223,6 +223,7 @@ mod tests {
             logins: tokio::sync::Semaphore::new(2),
             login_guard: crate::login_guard::LoginGuard::new(Default::default()),
             presence: Default::default(),
+            usage: Default::default(),
         };
         let app = router(Arc::new(state));
 

@@ -182,6 +182,7 @@ pub async fn run_with_clock(
         logins: tokio::sync::Semaphore::new(2),
         login_guard: crate::login_guard::LoginGuard::new(opts.login_policy.clone()),
         presence: Default::default(),
+        usage: Default::default(),
     };
     let app = api::router(Arc::new(state)).route_service("/bulwark.v1.Registration/{*method}", registrar.into_server());
     ready(Ready { address, first_admin });

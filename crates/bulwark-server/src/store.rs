@@ -513,9 +513,30 @@ pub struct RepositoryRow {
     /// The last health check's outcome: when (`at`), `ok`, and the counts of `points`,
     /// `damaged`, `missing` and `unknown` ones, or the `error` that kept it from running.
     pub last_verify: Option<Value>,
+    /// What it takes of its storage and what is left, as last measured (null until measured:
+    /// listings measure in the background every few minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<RepositoryUsage>,
     /// After a create: whether the transport node made it (or found one there).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_on_disk: Option<bool>,
+}
+
+/// A repository's size, its storage's room, and how much its points' sources shrank in it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, ToSchema)]
+pub struct RepositoryUsage {
+    /// Every object it holds (chunks, packs, indexes, manifests), as its storage counts them.
+    pub stored_bytes: u64,
+    pub objects: u64,
+    /// The filesystem it is on (a directory); null for object stores, which report no capacity.
+    pub total_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    /// What its catalog points are copies of: each point's source size, summed.
+    pub source_bytes: u64,
+    /// `source_bytes` / `stored_bytes`: deduplication and compression together (null when
+    /// nothing is stored).
+    pub reduction: Option<f64>,
+    pub measured_at: String,
 }
 
 fn repository_row(r: &AnyRow) -> RepositoryRow {
@@ -530,6 +551,7 @@ fn repository_row(r: &AnyRow) -> RepositoryRow {
         immutable_days: opt_int(r, "immutable_days"),
         verify_schedule: opt_text(r, "verify_schedule").and_then(|s| serde_json::from_str(&s).ok()),
         last_verify: opt_text(r, "last_verify").and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+        usage: None,
         created_on_disk: None,
     }
 }

@@ -13,8 +13,8 @@ use bulwark_proto::pb::transport_server::{Transport, TransportServer};
 use bulwark_proto::pb::{
     BrowseReply, BrowseRequest, CopiedPointReport, Empty, FileData, MoverRef, MoverReport, MoverSpec, MoverStarted,
     PointAccess, PointCopy, PointCopyReport, PublishRequest, Published, ReadFileRequest, RepositoryInfo,
-    RepositoryInit, RetentionReport, RetentionRequest, Revocations as RevocationList, UnpublishRequest, VerifyReply,
-    VerifyRequest,
+    RepositoryInit, RetentionReport, RetentionRequest, Revocations as RevocationList, UnpublishRequest, UsageReply,
+    UsageRequest, VerifyReply, VerifyRequest,
 };
 use bulwark_proto::pki::Role;
 use bulwark_proto::tls::{self, Revocations};
@@ -524,6 +524,26 @@ impl Transport for TransportService {
         let report_json =
             serde_json::to_string(&report).map_err(|e| Status::internal(format!("health check report: {e}")))?;
         Ok(Response::new(VerifyReply { report_json, manifests, indexes_only }))
+    }
+
+    async fn repository_usage(&self, req: Request<UsageRequest>) -> Result<Response<UsageReply>, Status> {
+        tls::require_peer(&req, &[Role::Server], "measure a repository")?;
+        let r = req.into_inner();
+        bulwark_proto::check_protocol(r.protocol, "server")?;
+        let location = self.repository_location(&r.path)?;
+        let usage = tokio::task::spawn_blocking(move || bulwark_repo::storage::usage(&location))
+            .await
+            .map_err(|e| Status::internal(format!("measuring a repository: {e}")))?
+            .map_err(|e| Status::failed_precondition(format!("repository {}: {e}", r.path)))?;
+        let (has_capacity, total_bytes, free_bytes) =
+            usage.capacity.map_or((false, 0, 0), |c| (true, c.total_bytes, c.free_bytes));
+        Ok(Response::new(UsageReply {
+            stored_bytes: usage.stored_bytes,
+            objects: usage.objects,
+            has_capacity,
+            total_bytes,
+            free_bytes,
+        }))
     }
 
     async fn update_revocations(&self, req: Request<RevocationList>) -> Result<Response<Empty>, Status> {

@@ -278,6 +278,14 @@ fn repository_rows(v: &Value) -> Value {
             (Some(false), false) => json!(format!("{} damaged", last["damaged"])),
         };
         r["verified"] = last["at"].clone();
+        let u = r["usage"].clone();
+        let bytes = |v: &Value| v.as_u64().map(bulwark_proto::human_bytes);
+        r["stored"] = json!(bytes(&u["stored_bytes"]));
+        r["free"] = match (bytes(&u["free_bytes"]), bytes(&u["total_bytes"])) {
+            (Some(free), Some(total)) => json!(format!("{free} of {total}")),
+            _ => Value::Null,
+        };
+        r["reduction"] = json!(u["reduction"].as_f64().map(|x| format!("{x:.1}x")));
         r
     };
     match v {
@@ -624,6 +632,9 @@ pub fn repository(a: Admin<RepositoryCmd>) -> Result<ExitCode> {
         "verify",
         "health",
         "verified",
+        "stored",
+        "free",
+        "reduction",
     ];
     let v = match a.cmd {
         RepositoryCmd::List => api.call("GET", "/repositories", None)?,

@@ -493,5 +493,12 @@ fn an_operator_edits_a_job_turns_it_off_retries_it_and_changes_groups_and_tokens
     );
     let nightly = rpo.as_array().unwrap().iter().find(|r| r["job"] == "nightly").expect("nightly listed");
     assert_eq!(nightly["missed"], false, "a monthly job backed up just now: {rpo:#}");
+    // The repository's size, room and reduction, once measured in the background.
+    b.wait(30, "the repository measured", |b| {
+        std::thread::sleep(Duration::from_secs(1));
+        b.go(&format!("{base}/ui/"));
+        b.text("tr.repository[data-name=main] td.reduction").ends_with('×')
+    });
+    assert!(b.text("tr.repository[data-name=main] td.free").contains(" of "), "{}", b.text("tr.repository"));
     shoot(&b, "dashboard-rpo");
 }

@@ -431,3 +431,60 @@ fn a_retry_reruns_only_the_computers_that_failed_and_a_disabled_job_never_starts
     assert_eq!(again["status"], "success", "{again:#}");
     drop(pc2);
 }
+
+/// Bytes of the files under `dir` (what a repository in a directory stores), without the
+/// staged ones a writer has not committed.
+fn stored_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_repository_listing_says_what_it_stores_what_is_left_and_how_much_its_points_shrank() {
+    let site = Site::new();
+    let s = &site.server;
+    let image = site.dir.path().join("disk.img");
+    bulwark_imagegen::generate(&image, 32 << 20, 3).unwrap();
+    volume_job(&site, "sized", &image, &[]);
+    for _ in 0..2 {
+        assert_eq!(cli(s, &["job", "start", "sized", "--wait"]).unwrap()["status"], "success");
+    }
+    // Measured in the background: the first listing asks, a later one has it.
+    let mut listed = Value::Null;
+    wait_for(60, "the repository to be measured", || {
+        listed = cli(s, &["repository", "list"]).unwrap();
+        !listed[0]["usage"].is_null()
+    });
+    let u = &listed[0]["usage"];
+    let repo = site.repos().join("main");
+    assert_eq!(u["stored_bytes"].as_u64(), Some(stored_under(&repo)), "{u:#}");
+    assert_eq!(u["source_bytes"].as_u64(), Some(2 * (32 << 20)), "two points of a 32 MiB image: {u:#}");
+    let reduction = u["reduction"].as_f64().unwrap();
+    let expected = (2 * (32 << 20)) as f64 / u["stored_bytes"].as_f64().unwrap();
+    assert!((reduction - expected).abs() < 1e-9 && reduction > 1.5, "an unchanged second point stores nothing: {u:#}");
+    // The room is the filesystem's, as df sees it.
+    let df = Command::new("df").args(["-B1", "--output=size,avail"]).arg(&repo).output().unwrap();
+    let df = String::from_utf8(df.stdout).unwrap();
+    let nums: Vec<u64> = df.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(u["total_bytes"].as_u64(), Some(nums[0]), "{u:#} vs {df}");
+    let free = u["free_bytes"].as_u64().unwrap();
+    assert!(free.abs_diff(nums[1]) < 1 << 30, "free {free} vs df's {}", nums[1]);
+    // People read it in words.
+    let table = site.human(&["repository", "list"]);
+    assert!(
+        table.stdout.contains("REDUCTION") && table.stdout.contains(&format!("{reduction:.1}x")),
+        "{}",
+        table.stdout
+    );
+}

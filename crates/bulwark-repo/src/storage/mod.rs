@@ -210,6 +210,39 @@ pub trait Storage: Send + Sync {
 }
 
 /// Opens the storage a location names.
+/// What a repository takes of its storage, and what that storage has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Every object's size, as the storage counts it.
+    pub stored_bytes: u64,
+    pub objects: u64,
+    /// The filesystem of a repository in a directory; `None` for object stores, which have no
+    /// capacity to report.
+    pub capacity: Option<Capacity>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub total_bytes: u64,
+    /// What an unprivileged writer may still use (without the blocks reserved for root).
+    pub free_bytes: u64,
+}
+
+/// Measures the repository at `location`: lists every object (no key needed) and, for a
+/// directory, asks its filesystem.
+pub fn usage(location: &Location) -> io::Result<Usage> {
+    let storage = open(location)?;
+    let objects = storage.list("")?;
+    let capacity = match location {
+        Location::Local(dir) => {
+            let st = rustix::fs::statvfs(dir.as_path()).map_err(io::Error::from)?;
+            Some(Capacity { total_bytes: st.f_blocks * st.f_frsize, free_bytes: st.f_bavail * st.f_frsize })
+        }
+        Location::S3(_) | Location::Memory(_) => None,
+    };
+    Ok(Usage { stored_bytes: objects.iter().map(|e| e.size).sum(), objects: objects.len() as u64, capacity })
+}
+
 pub fn open(location: &Location) -> io::Result<Arc<dyn Storage>> {
     match location {
         Location::Local(path) => Ok(Arc::new(LocalStorage::new(path.clone()))),

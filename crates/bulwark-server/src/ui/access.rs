@@ -242,11 +242,12 @@ async fn repositories_page(v: &Viewer, s: &S, f: &RepositoryForm, error: Option<
         Some(v),
         html! {
             table {
-                thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Stored" } th { "Free" } th { "Reduction" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
                 tbody {
                     @for r in &repos {
-                        tr {
-                            td { (r.name) } td { (r.transport) } td { code { (r.path) } } td { (r.max_tasks) }
+                        tr.repository data-name=(r.name) {
+                            td { (r.name) } td { (r.transport) } td { code { (r.path) } }
+                            (super::dashboard::usage_cells(r.usage.as_ref())) td { (r.max_tasks) }
                             td { (if r.encrypted { "yes" } else { "no" }) @if r.isolation == "computer" { " (a key per computer)" } }
                             td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
                             td { (super::dashboard::verify_summary(r.last_verify.as_ref())) }

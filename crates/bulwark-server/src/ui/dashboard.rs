@@ -81,11 +81,12 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
             section {
                 h2 { "Repositories" }
                 table {
-                    thead { tr { th { "Name" } th { "Transport node" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                    thead { tr { th { "Name" } th { "Transport node" } th { "Stored" } th { "Free" } th { "Reduction" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
                     tbody {
                         @for r in &repos {
-                            tr {
-                                td { (r.name) } td { (r.transport) } td { (if r.encrypted { "yes" } else { "no" }) }
+                            tr.repository data-name=(r.name) {
+                                td { (r.name) } td { (r.transport) } (usage_cells(r.usage.as_ref()))
+                                td { (if r.encrypted { "yes" } else { "no" }) }
                                 td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
                                 td { (verify_summary(r.last_verify.as_ref())) }
                             }
@@ -95,6 +96,24 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
             }
         },
     )))
+}
+
+/// A repository's stored bytes, its storage's room (a bar of what is used), and how much its
+/// points' sources shrank in it; dashes until it has been measured.
+pub(super) fn usage_cells(u: Option<&crate::store::RepositoryUsage>) -> Markup {
+    let Some(u) = u else {
+        return html! { td.stored { "—" } td.free { "measuring…" } td.reduction { "—" } };
+    };
+    html! {
+        td.stored { (human_bytes(u.stored_bytes)) }
+        td.free {
+            @if let (Some(total), Some(free)) = (u.total_bytes, u.free_bytes) {
+                progress value=(total.saturating_sub(free)) max=(total.max(1)) {}
+                " " (human_bytes(free)) " of " (human_bytes(total))
+            } @else { "no limit reported" }
+        }
+        td.reduction { @if let Some(x) = u.reduction { (format!("{x:.1}×")) } @else { "—" } }
+    }
 }
 
 /// Whether a repository's last health check failed to run or found damage.
