@@ -850,7 +850,11 @@ async fn measure_repository(s: &AppState, r: &RepositoryRow) -> Result<store::Re
     (status = 200, description = "the repository", body = RepositoryRow),
     (status = 401, response = Unauthorized), (status = 404, response = NotFound),
 ))]
-async fn show_repository(_c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<RepositoryRow> {
+pub(crate) async fn show_repository(
+    _c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+) -> ApiResult<RepositoryRow> {
     let mut r = store::repository(&s.core.db, &name).await?.ok_or_else(|| missing("repository", &name))?;
     r.usage = s.usage.get(&r.name);
     Ok(Json(r))
@@ -921,7 +925,7 @@ pub(crate) async fn create_repository(
         (status = 403, response = Forbidden), (status = 404, response = NotFound), (status = 422, response = Invalid),
     )
 )]
-async fn update_repository(
+pub(crate) async fn update_repository(
     c: Caller,
     State(s): State<S>,
     Path(name): Path<String>,
@@ -978,7 +982,11 @@ async fn delete_repository(c: Caller, State(s): State<S>, Path(name): Path<Strin
     (status = 404, response = NotFound), (status = 409, response = Conflict),
     (status = 422, response = Invalid), (status = 502, response = NodeFailed),
 ))]
-async fn verify_repository(c: Caller, State(s): State<S>, Path(name): Path<String>) -> ApiResult<HealthCheck> {
+pub(crate) async fn verify_repository(
+    c: Caller,
+    State(s): State<S>,
+    Path(name): Path<String>,
+) -> ApiResult<HealthCheck> {
     use crate::health::HealthError;
     c.admin()?;
     let core = s.core.clone();

@@ -476,6 +476,33 @@ fn an_operator_edits_a_job_turns_it_off_retries_it_and_changes_groups_and_tokens
     b.wait(10, "the token gone", |b| b.all(&format!("tr.token[data-id='{id}']")).is_empty());
     assert!(cluster::server::cli_as(s, &token, &["job", "list"]).is_err(), "a revoked token still works");
 
+    // A repository's settings: a time that is not one is refused in words and changes
+    // nothing; then saved; a health check started from the page says what it found.
+    b.go(&format!("{base}/ui/repositories"));
+    b.click("tr.repository[data-name=main] a[href='/ui/repositories/main']");
+    b.wait(10, "the repository's settings", |b| b.text("h1") == "Repository main");
+    b.type_into("input[name=max_tasks]", "2");
+    b.click("input[name=verify][value=daily]");
+    b.type_into("input[name=at]", "26:00");
+    b.click("form[action='/ui/repositories/main'] button[type=submit]");
+    b.wait(10, "the refusal", |b| b.text("p.error").contains("26:00"));
+    let shown = cli(s, &["repository", "show", "main"]).unwrap();
+    assert!(shown["verify_schedule"].is_null() && shown["max_tasks"] != 2, "{shown:#}");
+    b.type_into("input[name=at]", "03:00");
+    b.click("form[action='/ui/repositories/main'] button[type=submit]");
+    b.wait(10, "the repositories", |b| b.text("h1") == "Repositories");
+    let shown = cli(s, &["repository", "show", "main"]).unwrap();
+    assert_eq!(
+        shown["verify_schedule"],
+        serde_json::json!({"kind": "daily", "at": "03:00", "weekdays": []}),
+        "{shown:#}"
+    );
+    assert_eq!(shown["max_tasks"], 2, "{shown:#}");
+    b.go(&format!("{base}/ui/repositories/main"));
+    b.click("form[action='/ui/repositories/main/verify'] button");
+    b.wait(60, "the health check", |b| b.text("article.checked").contains("Sound"));
+    assert_eq!(b.run("return document.querySelector('input[name=verify][value=daily]').checked;"), Value::Bool(true));
+
     // The dashboard names the computer whose job's schedule went by without a point, and the
     // API lists it first.
     let left = Duration::from_secs(150).saturating_sub(created.elapsed());

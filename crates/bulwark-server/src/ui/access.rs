@@ -177,6 +177,146 @@ pub(super) async fn delete_group(
     }
 }
 
+/// One repository's settings: tasks at once and when the server checks its health on its own,
+/// changed through the API's update; and a health check started now.
+pub(super) async fn repository_page(v: Viewer, State(s): State<S>, Path(name): Path<String>) -> Result<Page, Page> {
+    v.caller.admin()?;
+    let Json(r) = api::show_repository(v.caller.clone(), State(s.clone()), Path(name)).await?;
+    Ok(ok(repository_settings(&v, &r, &FormPairs::of_repository(&r), None, None)))
+}
+
+impl FormPairs {
+    fn of_repository(r: &crate::store::RepositoryRow) -> FormPairs {
+        use crate::schedule::Schedule;
+        let mut p = vec![("max_tasks".to_string(), r.max_tasks.to_string())];
+        match &r.verify_schedule {
+            Some(Schedule::Daily { at, weekdays }) => {
+                p.push(("verify".into(), "daily".into()));
+                p.push(("at".into(), at.clone()));
+                p.extend(weekdays.iter().map(|d| ("weekday".to_string(), d.clone())));
+            }
+            Some(Schedule::Monthly { day, at }) => {
+                p.push(("verify".into(), "monthly".into()));
+                p.push(("at".into(), at.clone()));
+                p.push(("day".into(), day.to_string()));
+            }
+            Some(Schedule::Periodic { every_minutes }) => {
+                p.push(("verify".into(), "periodic".into()));
+                p.push(("every_minutes".into(), every_minutes.to_string()));
+            }
+            Some(Schedule::After { .. }) | None => p.push(("verify".into(), "none".into())),
+        }
+        FormPairs(p)
+    }
+}
+
+fn repository_settings(
+    v: &Viewer,
+    r: &crate::store::RepositoryRow,
+    f: &FormPairs,
+    error: Option<&str>,
+    checked: Option<&crate::health::HealthCheck>,
+) -> Markup {
+    let value = |k: &str| f.get(k).unwrap_or_default().to_string();
+    let verify = f.get("verify").unwrap_or("none");
+    layout(
+        &format!("Repository {}", r.name),
+        Some(v),
+        html! {
+            p { "On transport node " strong { (r.transport) } " at " code { (r.path) } ". "
+                (super::dashboard::verify_summary(r.last_verify.as_ref())) }
+            @if let Some(h) = checked {
+                article.checked {
+                    @if h.ok { (status_badge("success")) " Sound: " (h.points.len()) " points, " (h.chunks_checked) " chunks read again." }
+                    @else { (status_badge("failed")) " " (h.damaged().count() + h.missing.len()) " points damaged or missing: see the repository's points." }
+                }
+            }
+            form method="post" action={ "/ui/repositories/" (r.name) } {
+                input type="hidden" name="csrf" value=(v.csrf());
+                @if let Some(e) = error { p.error role="alert" { (e) } }
+                label { "Tasks at once" input name="max_tasks" inputmode="numeric" value=(value("max_tasks")); }
+                fieldset {
+                    legend { "The server checks its health on its own" }
+                    @for (k, label) in [("none", "Never (by hand only)"), ("daily", "Daily"), ("monthly", "Monthly"), ("periodic", "Every few minutes")] {
+                        label { input type="radio" name="verify" value=(k) checked[verify == k]; " " (label) }
+                    }
+                    div.grid {
+                        label { "At" input name="at" placeholder="03:00" value=(value("at")); }
+                        label { "Day of the month" input name="day" inputmode="numeric" value=(value("day")); }
+                        label { "Every (minutes)" input name="every_minutes" inputmode="numeric" value=(value("every_minutes")); }
+                    }
+                    p { "On: " @for d in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
+                        label.inline { input type="checkbox" name="weekday" value=(d) checked[f.checked("weekday", d)]; " " (d) " " }
+                    } }
+                }
+                button type="submit" { "Save the settings" }
+            }
+            form method="post" action={ "/ui/repositories/" (r.name) "/verify" } {
+                input type="hidden" name="csrf" value=(v.csrf());
+                button.secondary type="submit" { "Check its health now" }
+                small { " Reads every chunk its points use again: a large repository takes a while." }
+            }
+        },
+    )
+}
+
+pub(super) async fn update_repository(
+    v: Viewer,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, Page> {
+    use serde_json::json;
+    let f = FormPairs(pairs);
+    v.check(f.get("csrf").unwrap_or_default())?;
+    let Json(current) = api::show_repository(v.caller.clone(), State(s.clone()), Path(name.clone())).await?;
+    let number = |k: &str, what: &str| f.number(k, what);
+    let update = (|| -> Result<crate::model::RepositoryUpdate, String> {
+        let at = f.get("at").unwrap_or_default();
+        let schedule = match f.get("verify") {
+            Some("daily") => json!({"kind": "daily", "at": at, "weekdays": f.all("weekday")}),
+            Some("monthly") => {
+                json!({"kind": "monthly", "day": number("day", "day of the month")?.unwrap_or(0), "at": at})
+            }
+            Some("periodic") => {
+                json!({"kind": "periodic", "every_minutes": number("every_minutes", "every")?.unwrap_or(0)})
+            }
+            _ => serde_json::Value::Null,
+        };
+        let body = json!({"max_tasks": number("max_tasks", "tasks at once")?, "verify_schedule": schedule});
+        serde_json::from_value(body).map_err(|e| format!("the settings are not valid: {e}"))
+    })();
+    let refused = match update {
+        Ok(u) => match api::update_repository(v.caller.clone(), State(s.clone()), Path(name), api::Input(u)).await {
+            Ok(_) => return Ok(Redirect::to("/ui/repositories").into_response()),
+            Err(e) if refuses_input(&e) => (e.0, e.1),
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    Ok(Page(refused.0, repository_settings(&v, &current, &f, Some(&refused.1), None)).into_response())
+}
+
+/// A health check run now through the API's own (it answers when the check has ended).
+pub(super) async fn verify_repository(
+    v: Viewer,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Page, Page> {
+    v.check(&f.csrf)?;
+    let outcome = api::verify_repository(v.caller.clone(), State(s.clone()), Path(name.clone())).await;
+    let Json(r) = api::show_repository(v.caller.clone(), State(s.clone()), Path(name)).await?;
+    let answers = FormPairs::of_repository(&r);
+    match outcome {
+        Ok(Json(h)) => Ok(ok(repository_settings(&v, &r, &answers, None, Some(&h)))),
+        Err(e) if e.0 != StatusCode::FORBIDDEN && e.0 != StatusCode::NOT_FOUND => {
+            Ok(Page(e.0, repository_settings(&v, &r, &answers, Some(&e.1), None)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(super) async fn repositories(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     Ok(ok(repositories_page(&v, &s, &RepositoryForm::default(), None).await?))
 }
@@ -242,7 +382,7 @@ async fn repositories_page(v: &Viewer, s: &S, f: &RepositoryForm, error: Option<
         Some(v),
         html! {
             table {
-                thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Stored" } th { "Free" } th { "Reduction" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } } }
+                thead { tr { th { "Name" } th { "Transport node" } th { "Where" } th { "Stored" } th { "Free" } th { "Reduction" } th { "Tasks at once" } th { "Encrypted" } th { "Immutable" } th { "Last health check" } @if v.is_admin() { th { "" } } } }
                 tbody {
                     @for r in &repos {
                         tr.repository data-name=(r.name) {
@@ -251,6 +391,7 @@ async fn repositories_page(v: &Viewer, s: &S, f: &RepositoryForm, error: Option<
                             td { (if r.encrypted { "yes" } else { "no" }) @if r.isolation == "computer" { " (a key per computer)" } }
                             td { @if let Some(d) = r.immutable_days { (d) " days" } @else { "no" } }
                             td { (super::dashboard::verify_summary(r.last_verify.as_ref())) }
+                            @if v.is_admin() { td { a href={ "/ui/repositories/" (r.name) } { "Settings" } } }
                         }
                     }
                 }

@@ -64,6 +64,8 @@ pub fn router() -> Router<S> {
         .route("/ui/api-tokens", post(access::create_api_token))
         .route("/ui/tokens/{id}/revoke", post(access::revoke_token))
         .route("/ui/repositories", get(access::repositories).post(access::create_repository))
+        .route("/ui/repositories/{name}", get(access::repository_page).post(access::update_repository))
+        .route("/ui/repositories/{name}/verify", post(access::verify_repository))
         .route("/ui/access", get(access::access).post(access::create_join_token))
         .route("/ui/points", get(points::points))
         .route("/ui/points/{id}/restore", get(points::restore_page).post(points::restore))
