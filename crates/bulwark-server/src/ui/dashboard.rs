@@ -47,9 +47,9 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
                 article.rpo {
                     header { "Recovery points" }
                     @if rpo.is_empty() { p { "No scheduled job yet." } }
-                    @else if missed.is_empty() { p { (status_badge("success")) " All " (rpo.len()) " scheduled computers are within their job's schedule." } }
+                    @else if missed.is_empty() { p { mark.status.success { "met" } " All " (rpo.len()) " scheduled computers are within their job's schedule." } }
                     @else {
-                        p { (status_badge("failed")) " " strong { (missed.len()) } " of " (rpo.len()) " missed their job's schedule:" }
+                        p { mark.status.failed { "missed" } " " strong { (missed.len()) } " of " (rpo.len()) " missed their job's schedule:" }
                         ul {
                             @for r in missed.iter().take(20) {
                                 li.missed data-computer=(r.computer) {
@@ -62,7 +62,7 @@ pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Pag
                 }
                 article.health {
                     header { "Health checks" }
-                    @if unhealthy.is_empty() { p { (status_badge("success")) " No failed health check." } }
+                    @if unhealthy.is_empty() { p { mark.status.success { "sound" } " No health check failed or found damage." } }
                     @else {
                         ul { @for r in &unhealthy { li { a href="/ui/repositories" { (r.name) } ": " (verify_summary(r.last_verify.as_ref())) } } }
                     }
