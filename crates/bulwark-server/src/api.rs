@@ -1205,7 +1205,7 @@ fn job_view(c: &Caller, row: &store::JobRow, last_session: Option<SessionRow>, n
 pub(crate) async fn list_jobs(c: Caller, State(s): State<S>) -> ApiResult<Vec<JobDetail>> {
     let jobs = store::jobs(&s.core.db).await?;
     // Newest first: the first of each job is its last.
-    let sessions = store::sessions(&s.core.db, None, None, None).await?;
+    let sessions = store::sessions(&s.core.db, &store::SessionSelect::default()).await?;
     let now = s.core.clock.now();
     let last = |name: &str| sessions.iter().find(|x| x.job == name).cloned();
     Ok(Json(jobs.iter().map(|j| job_view(&c, j, last(&j.job.name), now)).collect()))
@@ -1489,7 +1489,7 @@ pub(crate) async fn stop_job(c: Caller, State(s): State<S>, Path(name): Path<Str
     Ok(Json(store::session_with(&s.core.db, &id, true).await?))
 }
 
-#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[derive(serde::Deserialize, utoipa::IntoParams, Default)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct SessionFilter {
@@ -1497,8 +1497,13 @@ pub(crate) struct SessionFilter {
     pub(crate) job: Option<String>,
     /// Only sessions started at or after this time (RFC 3339).
     pub(crate) since: Option<String>,
+    /// Only sessions with this result: running, success, warning or failed.
+    pub(crate) status: Option<String>,
     /// At most this many (the newest).
     pub(crate) limit: Option<u32>,
+    /// Skip this many of the newest first (pages of `limit`).
+    #[serde(default)]
+    pub(crate) offset: u32,
 }
 
 /// Sessions, newest first, each with the bytes its tasks sent (sent_bytes) and what failed or
@@ -1517,8 +1522,18 @@ pub(crate) async fn list_sessions(
         )),
         None => None,
     };
-    let limit = f.limit.map(i64::from);
-    let mut sessions = store::sessions(&s.core.db, f.job.as_deref(), since.as_deref(), limit).await?;
+    let status = match &f.status {
+        Some(st) => Some(st.parse::<SessionStatus>().map_err(bad)?),
+        None => None,
+    };
+    let select = store::SessionSelect {
+        job: f.job.as_deref(),
+        since: since.as_deref(),
+        status: status.map(SessionStatus::as_str),
+        limit: f.limit,
+        offset: f.offset,
+    };
+    let mut sessions = store::sessions(&s.core.db, &select).await?;
     for session in &mut sessions {
         let tasks = store::tasks(&s.core.db, &session.id, true).await?;
         session.sent_bytes = Some(crate::views::sent_bytes(&tasks));

@@ -1142,25 +1142,34 @@ pub async fn end_session(db: &Db, id: &str, status: SessionStatus, reason: Optio
 
 /// Sessions, newest first (the API's order since the start); of one job when given, started at
 /// or after `since` when given (a stamp as [`crate::db::stamp`] writes them), at most `limit`.
-pub async fn sessions(db: &Db, job: Option<&str>, since: Option<&str>, limit: Option<i64>) -> Result<Vec<SessionRow>> {
+/// Which sessions a listing wants, newest first.
+#[derive(Debug, Default)]
+pub struct SessionSelect<'a> {
+    pub job: Option<&'a str>,
+    /// Started at or after.
+    pub since: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+pub async fn sessions(db: &Db, select: &SessionSelect<'_>) -> Result<Vec<SessionRow>> {
     let mut conditions = Vec::new();
-    if job.is_some() {
-        conditions.push(format!("job = ${}", conditions.len() + 1));
-    }
-    if since.is_some() {
-        conditions.push(format!("started >= ${}", conditions.len() + 1));
+    let mut values = Vec::new();
+    for (column, value) in [("job = ", select.job), ("started >= ", select.since), ("status = ", select.status)] {
+        if let Some(v) = value {
+            values.push(v);
+            conditions.push(format!("{column}${}", values.len()));
+        }
     }
     let mut sql = String::from("SELECT * FROM sessions");
     if !conditions.is_empty() {
         sql = format!("{sql} WHERE {}", conditions.join(" AND "));
     }
     sql.push_str(" ORDER BY started DESC, id DESC");
-    if let Some(n) = limit {
-        // A number, not text: written into the query as such.
-        sql = format!("{sql} LIMIT {n}");
-    }
+    sql.push_str(&limit_offset(select.limit, select.offset));
     let mut q = sqlx::query(&sql);
-    for value in [job, since].into_iter().flatten() {
+    for value in values {
         q = q.bind(value);
     }
     Ok(q.fetch_all(&db.pool).await?.iter().map(session_row).collect())
@@ -1603,14 +1612,19 @@ pub struct Window {
 impl Window {
     /// The ORDER BY … LIMIT … OFFSET of a query on `created` (numbers, written in as such).
     fn sql(&self) -> String {
-        let mut s = format!(" ORDER BY created {dir}, id {dir}", dir = if self.newest_first { "DESC" } else { "ASC" });
-        if let Some(n) = self.limit {
-            s = format!("{s} LIMIT {n} OFFSET {}", self.offset);
-        } else if self.offset > 0 {
-            // Every engine takes LIMIT with OFFSET; this one is past any catalog.
-            s = format!("{s} LIMIT {} OFFSET {}", i64::MAX, self.offset);
-        }
-        s
+        let order = format!(" ORDER BY created {dir}, id {dir}", dir = if self.newest_first { "DESC" } else { "ASC" });
+        order + &limit_offset(self.limit, self.offset)
+    }
+}
+
+/// A page of a listing: ` LIMIT … OFFSET …` (numbers, written into the query as such), or
+/// nothing for all of it.
+fn limit_offset(limit: Option<u32>, offset: u32) -> String {
+    match (limit, offset) {
+        (Some(n), offset) => format!(" LIMIT {n} OFFSET {offset}"),
+        (None, 0) => String::new(),
+        // Every engine takes LIMIT with OFFSET; this one is past any catalog.
+        (None, offset) => format!(" LIMIT {} OFFSET {offset}", i64::MAX),
     }
 }
 
@@ -1676,11 +1690,28 @@ mod tests {
                 .unwrap();
         }
         let ids = |v: Vec<SessionRow>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
-        assert_eq!(ids(sessions(&db, None, None, None).await.unwrap()), ["s4", "s3", "s2", "s1"]);
-        assert_eq!(ids(sessions(&db, Some("a"), None, None).await.unwrap()), ["s4", "s3", "s1"]);
-        assert_eq!(ids(sessions(&db, None, Some("2026-01-02T00:00:00Z"), None).await.unwrap()), ["s4", "s3", "s2"]);
-        assert_eq!(ids(sessions(&db, Some("a"), Some("2026-01-02T00:00:00Z"), Some(1)).await.unwrap()), ["s4"]);
-        assert_eq!(ids(sessions(&db, Some("c"), None, Some(5)).await.unwrap()), Vec::<String>::new());
+        let list = |select: SessionSelect<'static>| {
+            let db = &db;
+            async move { ids(sessions(db, &select).await.unwrap()) }
+        };
+        let day2 = Some("2026-01-02T00:00:00Z");
+        assert_eq!(list(SessionSelect::default()).await, ["s4", "s3", "s2", "s1"]);
+        assert_eq!(list(SessionSelect { job: Some("a"), ..Default::default() }).await, ["s4", "s3", "s1"]);
+        assert_eq!(list(SessionSelect { since: day2, ..Default::default() }).await, ["s4", "s3", "s2"]);
+        assert_eq!(
+            list(SessionSelect { job: Some("a"), since: day2, limit: Some(1), ..Default::default() }).await,
+            ["s4"]
+        );
+        assert!(list(SessionSelect { job: Some("c"), limit: Some(5), ..Default::default() }).await.is_empty());
+        // Pages, with and without a limit; by result.
+        assert_eq!(list(SessionSelect { limit: Some(2), offset: 1, ..Default::default() }).await, ["s3", "s2"]);
+        assert_eq!(list(SessionSelect { offset: 3, ..Default::default() }).await, ["s1"]);
+        sqlx::query("UPDATE sessions SET status = 'failed' WHERE id = 's3'").execute(&db.pool).await.unwrap();
+        assert_eq!(list(SessionSelect { status: Some("failed"), ..Default::default() }).await, ["s3"]);
+        assert_eq!(
+            list(SessionSelect { job: Some("a"), status: Some("success"), ..Default::default() }).await,
+            ["s4", "s1"]
+        );
     }
 
     #[tokio::test]

@@ -429,6 +429,17 @@ fn a_retry_reruns_only_the_computers_that_failed_and_a_disabled_job_never_starts
     assert!(on["enabled"] == true && on["next_run"].is_string(), "{on:#}");
     let again = cli(s, &["job", "start", "pair", "--wait"]).unwrap();
     assert_eq!(again["status"], "success", "{again:#}");
+
+    // Sessions by result, a page at a time: the second newest success is the retry.
+    let (http, token) = (Http::new(s), admin_token(s));
+    let (code, page) = http.call("GET", "/sessions?job=pair&status=success&limit=1&offset=1", Some(&token), None);
+    assert_eq!(code, 200, "{page:#}");
+    let ids: Vec<&str> = page.as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [retry_id.as_str()], "{page:#}");
+    let (code, failed) = http.call("GET", "/sessions?status=failed", Some(&token), None);
+    assert_eq!((code, failed.as_array().unwrap().len()), (200, 1), "{failed:#}");
+    let (code, e) = http.call("GET", "/sessions?status=great", Some(&token), None);
+    assert!(code == 422 && e["error"].as_str().unwrap().contains("great"), "{code} {e:#}");
     drop(pc2);
 }
 

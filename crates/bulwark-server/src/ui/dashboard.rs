@@ -9,7 +9,7 @@ pub(super) fn session_counts(sessions: &[SessionRow], since: &str) -> Vec<(Sessi
 
 pub(super) async fn dashboard(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
     let since = crate::db::stamp_in(-24 * 3600);
-    let recent = api::SessionFilter { job: None, since: Some(since.clone()), limit: None };
+    let recent = api::SessionFilter { since: Some(since.clone()), ..Default::default() };
     let Json(sessions) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(recent)).await?;
     let Json(repos) = api::list_repositories(v.caller.clone(), State(s.clone())).await?;
     let Json(computers) = api::computers_seen(v.caller.clone(), &s).await?;

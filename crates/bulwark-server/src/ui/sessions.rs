@@ -8,15 +8,27 @@ pub(super) struct SessionsQuery {
     job: String,
     #[serde(default)]
     status: String,
+    #[serde(default)]
+    page: u32,
 }
 
 pub(super) async fn sessions(v: Viewer, State(s): State<S>, Query(q): Query<SessionsQuery>) -> Result<Page, Page> {
-    let job = Some(q.job.clone()).filter(|j| !j.is_empty());
-    let newest = api::SessionFilter { job, since: None, limit: Some(200) };
-    let Json(mut list) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(newest)).await?;
-    if !q.status.is_empty() {
-        list.retain(|x| x.status.as_str() == q.status);
-    }
+    use super::points::PER_PAGE;
+    let some = |x: &str| Some(x.to_string()).filter(|x| !x.is_empty());
+    // One more than a page: whether there is a next one.
+    let page = api::SessionFilter {
+        job: some(&q.job),
+        status: some(&q.status),
+        limit: Some(PER_PAGE + 1),
+        offset: q.page.saturating_mul(PER_PAGE),
+        ..Default::default()
+    };
+    let Json(mut list) = api::list_sessions(v.caller.clone(), State(s.clone()), Query(page)).await?;
+    let more = list.len() > PER_PAGE as usize;
+    list.truncate(PER_PAGE as usize);
+    let link = |page: u32| {
+        format!("/ui/sessions?{}", url_query(&[("job", &q.job), ("status", &q.status), ("page", &page.to_string())]))
+    };
     let Json(jobs) = api::list_jobs(v.caller.clone(), State(s)).await?;
     Ok(ok(layout(
         "Sessions",
@@ -48,6 +60,10 @@ pub(super) async fn sessions(v: Viewer, State(s): State<S>, Query(q): Query<Sess
                         }
                     }
                 }
+            }
+            p.pages {
+                @if q.page > 0 { a href=(link(q.page - 1)) { "← Newer" } " " }
+                @if more { a href=(link(q.page + 1)) { "Older →" } }
             }
         },
     )))
