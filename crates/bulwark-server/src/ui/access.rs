@@ -187,25 +187,8 @@ pub(super) async fn repository_page(v: Viewer, State(s): State<S>, Path(name): P
 
 impl FormPairs {
     fn of_repository(r: &crate::store::RepositoryRow) -> FormPairs {
-        use crate::schedule::Schedule;
         let mut p = vec![("max_tasks".to_string(), r.max_tasks.to_string())];
-        match &r.verify_schedule {
-            Some(Schedule::Daily { at, weekdays }) => {
-                p.push(("verify".into(), "daily".into()));
-                p.push(("at".into(), at.clone()));
-                p.extend(weekdays.iter().map(|d| ("weekday".to_string(), d.clone())));
-            }
-            Some(Schedule::Monthly { day, at }) => {
-                p.push(("verify".into(), "monthly".into()));
-                p.push(("at".into(), at.clone()));
-                p.push(("day".into(), day.to_string()));
-            }
-            Some(Schedule::Periodic { every_minutes }) => {
-                p.push(("verify".into(), "periodic".into()));
-                p.push(("every_minutes".into(), every_minutes.to_string()));
-            }
-            Some(Schedule::After { .. }) | None => p.push(("verify".into(), "none".into())),
-        }
+        p.extend(FormPairs::of_schedule("verify", "none", r.verify_schedule.as_ref()));
         FormPairs(p)
     }
 }
@@ -270,20 +253,9 @@ pub(super) async fn update_repository(
     let f = FormPairs(pairs);
     v.check(f.get("csrf").unwrap_or_default())?;
     let Json(current) = api::show_repository(v.caller.clone(), State(s.clone()), Path(name.clone())).await?;
-    let number = |k: &str, what: &str| f.number(k, what);
     let update = (|| -> Result<crate::model::RepositoryUpdate, String> {
-        let at = f.get("at").unwrap_or_default();
-        let schedule = match f.get("verify") {
-            Some("daily") => json!({"kind": "daily", "at": at, "weekdays": f.all("weekday")}),
-            Some("monthly") => {
-                json!({"kind": "monthly", "day": number("day", "day of the month")?.unwrap_or(0), "at": at})
-            }
-            Some("periodic") => {
-                json!({"kind": "periodic", "every_minutes": number("every_minutes", "every")?.unwrap_or(0)})
-            }
-            _ => serde_json::Value::Null,
-        };
-        let body = json!({"max_tasks": number("max_tasks", "tasks at once")?, "verify_schedule": schedule});
+        let body =
+            json!({"max_tasks": f.number("max_tasks", "tasks at once")?, "verify_schedule": f.schedule("verify")?});
         serde_json::from_value(body).map_err(|e| format!("the settings are not valid: {e}"))
     })();
     let refused = match update {

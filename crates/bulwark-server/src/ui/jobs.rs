@@ -127,18 +127,7 @@ impl FormPairs {
         for k in ["block_size", "snapshot", "compression", "cbt", "app_policy"] {
             put(k, json!(self.get(k)));
         }
-        let at = || self.get("at").unwrap_or_default();
-        let schedule = match self.get("schedule") {
-            Some("daily") => json!({"kind": "daily", "at": at(), "weekdays": self.all("weekday")}),
-            Some("periodic") => {
-                json!({"kind": "periodic", "every_minutes": self.number("every_minutes", "every")?.unwrap_or(0)})
-            }
-            Some("monthly") => {
-                json!({"kind": "monthly", "day": self.number("day", "day of the month")?.unwrap_or(0), "at": at()})
-            }
-            Some("after") => json!({"kind": "after", "job": self.get("after_job").unwrap_or_default()}),
-            _ => Value::Null,
-        };
+        let schedule = self.schedule("schedule")?;
         put("schedule", schedule);
         if let (Some(start), Some(end)) = (self.get("window_start"), self.get("window_end")) {
             put("window", json!({"start": start, "end": end}));
@@ -198,10 +187,8 @@ impl FormPairs {
             add(k, &v[k]);
         }
         let each = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-        for (key, form) in [("computers", "computer"), ("groups", "group"), ("weekdays", "weekday")] {
-            let list =
-                if key == "weekdays" { v["schedule"][key].as_array().cloned().unwrap_or_default() } else { each(key) };
-            for x in &list {
+        for (key, form) in [("computers", "computer"), ("groups", "group")] {
+            for x in &each(key) {
                 add(form, x);
             }
         }
@@ -209,11 +196,6 @@ impl FormPairs {
             let lines: Vec<String> = each(k).iter().filter_map(|x| x.as_str().map(String::from)).collect();
             add(k, &Value::String(lines.join("\n")));
         }
-        add("schedule", v["schedule"].get("kind").unwrap_or(&Value::String("manual".into())));
-        add("at", &v["schedule"]["at"]);
-        add("every_minutes", &v["schedule"]["every_minutes"]);
-        add("day", &v["schedule"]["day"]);
-        add("after_job", &v["schedule"]["job"]);
         add("window_start", &v["window"]["start"]);
         add("window_end", &v["window"]["end"]);
         for k in ["keep_last", "keep_daily", "keep_weekly", "keep_monthly"] {
@@ -221,6 +203,7 @@ impl FormPairs {
         }
         add("tries", &v["retries"]["tries"]);
         add("delay_minutes", &v["retries"]["delay_minutes"]);
+        p.extend(FormPairs::of_schedule("schedule", "manual", job.schedule.as_ref()));
         FormPairs(p)
     }
 }

@@ -338,6 +338,46 @@ impl FormPairs {
     fn checked(&self, key: &str, value: &str) -> bool {
         self.0.iter().any(|(k, v)| k == key && v == value)
     }
+
+    /// The schedule whose kind is answered under `kind` (daily, monthly, periodic, after;
+    /// anything else: none), as the API takes it: its checks then say what is wrong.
+    fn schedule(&self, kind: &str) -> Result<serde_json::Value, String> {
+        use serde_json::json;
+        let at = || self.get("at").unwrap_or_default();
+        Ok(match self.get(kind) {
+            Some("daily") => json!({"kind": "daily", "at": at(), "weekdays": self.all("weekday")}),
+            Some("monthly") => {
+                json!({"kind": "monthly", "day": self.number("day", "day of the month")?.unwrap_or(0), "at": at()})
+            }
+            Some("periodic") => {
+                json!({"kind": "periodic", "every_minutes": self.number("every_minutes", "every")?.unwrap_or(0)})
+            }
+            Some("after") => json!({"kind": "after", "job": self.get("after_job").unwrap_or_default()}),
+            _ => serde_json::Value::Null,
+        })
+    }
+
+    /// A schedule as the answers [`FormPairs::schedule`] reads, its kind under `kind` (`none`
+    /// when there is no schedule).
+    fn of_schedule(kind: &str, none: &str, schedule: Option<&crate::schedule::Schedule>) -> Vec<(String, String)> {
+        use crate::schedule::Schedule;
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        match schedule {
+            None => vec![pair(kind, none)],
+            Some(Schedule::Daily { at, weekdays }) => {
+                let mut p = vec![pair(kind, "daily"), pair("at", at)];
+                p.extend(weekdays.iter().map(|d| pair("weekday", d)));
+                p
+            }
+            Some(Schedule::Monthly { day, at }) => {
+                vec![pair(kind, "monthly"), pair("at", at), pair("day", &day.to_string())]
+            }
+            Some(Schedule::Periodic { every_minutes }) => {
+                vec![pair(kind, "periodic"), pair("every_minutes", &every_minutes.to_string())]
+            }
+            Some(Schedule::After { job }) => vec![pair(kind, "after"), pair("after_job", job)],
+        }
+    }
 }
 
 fn url_query(pairs: &[(&str, &str)]) -> String {
