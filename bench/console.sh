@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The web console under a grown catalog: 200 computers, 10 jobs of 20 computers each with a
-# month of daily sessions (300 sessions, 6 000 tasks) and 10 000 restore points, in SQLite and
+# The web console under a grown catalog: 200 computers, 10 daily jobs of 20 computers each
+# with a month of sessions (300 sessions, 6 000 tasks) and 10 000 restore points, in SQLite and
 # (when BULWARK_TEST_POSTGRES names a server) PostgreSQL. A real `bulwark server` serves the
 # pages; the catalog is filled with SQL beside it. Prints the dashboard's and a session page's
 # server time (curl's total less the TLS set-up, every request on a connection of its own), and
@@ -33,7 +33,7 @@ INSERT INTO repositories (name, transport, path, max_tasks, created) VALUES ('ma
 INSERT INTO jobs (name, spec, created)
   WITH RECURSIVE j(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM j WHERE i < 9)
   SELECT 'job-' || i,
-    '{"name":"job-' || i || '","computers":["pc-' || (i * 20 + 1) || '","pc-' || (i * 20 + 2) || '"],"repository":"main","sources":["/dev/vdb"]}',
+    '{"name":"job-' || i || '","computers":["pc-' || (i * 20 + 1) || '","pc-' || (i * 20 + 2) || '"],"repository":"main","sources":["/dev/vdb"],"schedule":{"kind":"daily","at":"22:00"}}',
     '2026-10-01T00:00:00Z' FROM j;
 INSERT INTO sessions (id, job, status, started, ended, kind)
   WITH RECURSIVE j(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM j WHERE i < 9),
