@@ -288,7 +288,10 @@ fn an_operator_logs_in_starts_a_job_and_watches_it_finish_while_viewers_and_forg
         "/ui/sessions",
         "/ui/points",
         "/ui/computers",
+        "/ui/groups/web",
         "/ui/repositories",
+        "/ui/repositories/main",
+        "/ui/jobs/nightly/edit",
         "/ui/access",
     ] {
         b.go(&format!("{base}{page}"));
