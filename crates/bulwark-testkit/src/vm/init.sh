@@ -31,6 +31,8 @@ mount -t devtmpfs dev /newroot/dev
 mount -t tmpfs -o mode=755 run /newroot/run
 mkdir -p /newroot/run/lock /newroot/run/lvm
 mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+# Somewhere to mount the guest's filesystems.
+mount -t tmpfs -o mode=755 mnt /newroot/mnt
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 lab /newroot/lab || poweroff -f
 # LVM writes its metadata archives under /etc/lvm: a writable copy of the host's.
 mkdir /etc-lvm && cp -a /host/etc/lvm/. /etc-lvm/ 2>/dev/null
@@ -43,16 +45,21 @@ if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 fi
 stty -F /dev/ttyS1 raw -echo
+# The command loop runs under a busybox shell that only waits: as PID 1 it reaps the processes
+# orphaned to it (a background command killed by a test would otherwise stay a zombie, alive
+# to `kill -0`).
+touch /newroot/run/busybox && mount --bind /bin/busybox /newroot/run/busybox
+cat > /newroot/run/lab-runner <<'EOF'
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+# No udev in the lab: libdevmapper and LVM make their device nodes themselves.
+export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1
+exec </dev/ttyS1 >/dev/ttyS1
+echo "bulwark-lab-ready"
+while read -r n; do
+  (cd /lab && exec sh "/lab/$n.sh") </dev/null >"/lab/$n.out" 2>"/lab/$n.err"
+  echo "bulwark-lab-done $n $?"
+done
+EOF
 echo "lab-init: ready"
 cd /newroot
-exec chroot /newroot /bin/sh -c '
-  export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
-  # No udev in the lab: libdevmapper and LVM make their device nodes themselves.
-  export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1
-  exec </dev/ttyS1 >/dev/ttyS1
-  echo "bulwark-lab-ready"
-  while read -r n; do
-    (cd /lab && exec sh "/lab/$n.sh") </dev/null >"/lab/$n.out" 2>"/lab/$n.err"
-    echo "bulwark-lab-done $n $?"
-  done
-  poweroff -f'
+exec chroot /newroot /run/busybox sh -c '/bin/sh /run/lab-runner & wait; echo "lab-init: command loop ended"; /run/busybox poweroff -f'
