@@ -16,7 +16,8 @@
 //!
 //! A VM is killed and its folder removed on drop. qemu also dies with the thread that started
 //! it (a parent-death signal: a killed test run leaves no VM), and a VM folder whose test
-//! process is gone (its qemu too, if still running) is removed by the next VM's start.
+//! process is gone (its qemu too, if still running: the qemu whose working directory it is) is
+//! removed by the next VM's start.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -209,6 +210,8 @@ impl VmBuilder {
         let console = dir.path().join("console.log");
 
         let mut cmd = Command::new("qemu-system-x86_64");
+        // In its folder: how a later start tells this qemu from a process that reused its pid.
+        cmd.current_dir(dir.path());
         cmd.args(["-accel", "tcg", "-m", &self.memory_mib.to_string(), "-smp", "2"])
             .args(["-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot"])
             .arg("-kernel")
@@ -265,7 +268,7 @@ impl VmBuilder {
 }
 
 /// Where VM folders live: one per VM, named after the test process (`vm-PID-…`).
-fn lab_base() -> PathBuf {
+pub fn lab_base() -> PathBuf {
     let base = std::env::temp_dir().join("bulwark-lab");
     std::fs::create_dir_all(&base).expect("the lab's folder");
     base
@@ -285,9 +288,9 @@ fn remove_stale_vms(base: &Path) {
         if let Some(qemu) =
             std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
         {
-            // Only a qemu of this folder: the pid may have been reused by anything since.
-            let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap_or_default();
-            let ours = String::from_utf8_lossy(&cmdline).contains(&*e.path().to_string_lossy());
+            // Only a qemu of this folder (it runs in it): the pid may have been reused since.
+            let cwd = std::fs::read_link(format!("/proc/{qemu}/cwd"));
+            let ours = cwd.is_ok_and(|c| std::fs::canonicalize(e.path()).is_ok_and(|p| p == c));
             if ours {
                 let _ = Command::new("kill").args(["-9", &qemu.to_string()]).status();
             }
@@ -335,6 +338,16 @@ impl Vm {
     /// A VM of the lab, 1 GiB of memory, no disks yet.
     pub fn builder(lab: &Lab) -> VmBuilder {
         VmBuilder { lab: lab.clone(), disks: Vec::new(), memory_mib: 1024 }
+    }
+
+    /// The VM's folder on the host (disks, console, exchange folder), removed on drop.
+    pub fn folder(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// qemu's process id on the host.
+    pub fn qemu_pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The exchange folder: `/lab` in the guest, writable by both.

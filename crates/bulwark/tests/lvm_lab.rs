@@ -16,7 +16,23 @@ fn bulwark() -> &'static str {
 #[test]
 fn lab_boots_loads_dm_mod_and_runs_bulwark() {
     let Some(lab) = Lab::find() else { return };
+    // What a killed test run leaves: the folder of a VM whose test process is gone, and its
+    // qemu still running (here a stand-in, in the folder as qemu is).
+    let gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    drop(gone.wait_with_output());
+    let stale = bulwark_testkit::vm::lab_base().join(format!("vm-{gone_pid}-stale"));
+    std::fs::create_dir_all(&stale).unwrap();
+    let mut stand_in = std::process::Command::new("sleep").arg("600").current_dir(&stale).spawn().unwrap();
+    std::fs::write(stale.join("qemu.pid"), stand_in.id().to_string()).unwrap();
+
     let mut vm = Vm::builder(&lab).disk("data", 64 * MIB).boot();
+    let killed = stand_in.try_wait().unwrap();
+    let _ = stand_in.kill();
+    let _ = stand_in.wait();
+    assert!(!stale.exists(), "the stale VM folder is removed at the next VM's start");
+    assert!(killed.is_some_and(|s| !s.success()), "its qemu is killed");
+
     assert_eq!(vm.ok("uname -r").trim(), lab.version());
     vm.ok("modprobe dm-mod && test -c /dev/mapper/control");
     let lvm = vm.ok("lvm version");
@@ -35,6 +51,12 @@ fn lab_boots_loads_dm_mod_and_runs_bulwark() {
     vm.ok(&format!("kill {}", bg.pid));
     vm.ok(&format!("while kill -0 {} 2>/dev/null; do sleep 0.1; done", bg.pid));
     assert_eq!(bg.output().0, "started\n");
+
+    // Dropped: qemu is gone and so is the VM's folder.
+    let (folder, qemu) = (vm.folder().to_path_buf(), vm.qemu_pid());
+    drop(vm);
+    assert!(!folder.exists(), "{} left behind", folder.display());
+    assert!(!std::path::Path::new(&format!("/proc/{qemu}")).exists(), "qemu {qemu} still runs");
 }
 
 /// A VM with a volume group `vg` on /dev/vda and an unencrypted repository /mnt/repo/r on an
