@@ -29,7 +29,7 @@ use crate::change_tracking::{CbtMode, ChangedBlocks};
 use crate::error::{AgentError, Result};
 use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
 use crate::snapshot::{
-    create_with_retries, provider_for, Consistency, Freeze, RetryPolicy, SnapshotMode, SnapshotProvider, Taken,
+    create_with_retries, provider_for, Consistency, CowSize, Freeze, RetryPolicy, SnapshotMode, SnapshotProvider, Taken,
 };
 use crate::source::open_source;
 use crate::target::{Answer, BackupTarget};
@@ -48,6 +48,8 @@ pub struct BackupOptions {
     pub threads: usize,
     pub snapshot: SnapshotMode,
     pub retry: RetryPolicy,
+    /// Copy-on-write space of a classic LVM snapshot.
+    pub lvm_cow: CowSize,
     /// The operator's pre-freeze and post-thaw scripts around each snapshot try, and the
     /// longest the freeze may last.
     pub freeze: Freeze,
@@ -64,6 +66,7 @@ impl BackupOptions {
             threads: crate::default_threads(),
             snapshot: SnapshotMode::Auto,
             retry: RetryPolicy::default(),
+            lvm_cow: CowSize::default(),
             freeze: Freeze::default(),
             cbt: CbtMode::Auto,
             filters: FilterOptions::all(),
@@ -146,7 +149,7 @@ pub fn backup_volume(
 ) -> Result<BackupReport> {
     // Fail on a bad source before touching snapshots.
     open_source(source)?;
-    backup_volume_with(repo, source, opts, &*provider_for(opts.snapshot, source), progress, cancel)
+    backup_volume_with(repo, source, opts, &*provider_for(opts.snapshot, source, opts.lvm_cow), progress, cancel)
 }
 
 /// [`backup_volume`] with a given snapshot provider.
@@ -163,6 +166,38 @@ pub fn backup_volume_with(
     for stale in provider.remove_stale(source) {
         notes.push(format!("removed stale snapshot {stale} left by an interrupted backup"));
     }
+    // A snapshot that became invalid while it was read (an overflowed classic LVM snapshot)
+    // costs its attempt, not the task: a new snapshot is taken and read, as many times as
+    // snapshot creation itself is tried.
+    let tries = opts.retry.tries.max(1);
+    let mut wait = opts.retry.backoff;
+    for attempt in 1.. {
+        match backup_attempt(repo, source, opts, provider, progress, cancel, started, &mut notes) {
+            Err(AgentError::SnapshotInvalid { reason, .. }) if attempt < tries => {
+                notes.push(format!(
+                    "attempt {attempt} of {tries} failed: {reason}; the snapshot was removed and a new one is read"
+                ));
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            r => return r,
+        }
+    }
+    unreachable!("the attempts end with a result")
+}
+
+/// One snapshot, read whole; a point committed unless something failed.
+#[allow(clippy::too_many_arguments)]
+fn backup_attempt(
+    repo: &dyn BackupTarget,
+    source: &Path,
+    opts: &BackupOptions,
+    provider: &dyn SnapshotProvider,
+    progress: Progress,
+    cancel: &AtomicBool,
+    started: Instant,
+    notes: &mut Vec<String>,
+) -> Result<BackupReport> {
     let Taken { snapshot, frozen, applications, warnings, .. } =
         create_with_retries(provider, source, opts.retry, &opts.freeze, &mut |m| notes.push(m))
             .map_err(|reason| AgentError::Snapshot { source_path: source.into(), reason })?;
@@ -189,7 +224,7 @@ pub fn backup_volume_with(
     }
 
     let mut file_ranges = Vec::new();
-    let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, &mut notes, &mut file_ranges);
+    let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, notes, &mut file_ranges);
 
     // Change tracking, trusted only when it provably describes the change since `parent`.
     let tracking = (snapshot.provider == "reflink" && opts.cbt != CbtMode::None)
@@ -374,6 +409,11 @@ pub fn backup_volume_with(
         let read = reader.join().expect("reader does not panic");
         collected.and(read)
     });
+    // What was read is the snapshot's instant only if the snapshot still is valid now (a read
+    // that failed may have failed because it was not).
+    if let Err(reason) = snapshot.check() {
+        return Err(AgentError::SnapshotInvalid { source_path: source.into(), reason });
+    }
     outcome?;
     if cancel.load(Ordering::Relaxed) {
         return Err(AgentError::Cancelled);
@@ -381,7 +421,9 @@ pub fn backup_volume_with(
     stats.duration_s = started.elapsed().as_secs_f64();
     let manifest = writer.commit(stats)?;
 
-    // The snapshot becomes the base of the next backup's change tracking, or goes.
+    // The snapshot becomes the base of the next backup's change tracking, or goes: closed
+    // first (LVM refuses to remove an open snapshot).
+    drop((filters, volume));
     let consistency = snapshot.consistency;
     let provider_name = snapshot.provider;
     match tracking {
@@ -418,7 +460,7 @@ pub fn backup_volume_with(
         change_tracking: changed.is_some(),
         stats: PointStats { duration_s: started.elapsed().as_secs_f64(), ..manifest.stats },
         filtered,
-        notes,
+        notes: std::mem::take(notes),
     })
 }
 

@@ -29,6 +29,10 @@ pub enum AgentError {
     RestoreFailed { point: String, block: u64, offset: u64, cause: Box<AgentError>, note: &'static str },
     #[error("cannot snapshot {source_path}: {reason}")]
     Snapshot { source_path: PathBuf, reason: String },
+    /// The snapshot stopped holding its instant while it was read (an LVM snapshot whose
+    /// copy-on-write space overflowed): what was read is not committed.
+    #[error("snapshot of {source_path} became invalid during the backup: {reason}; nothing was committed")]
+    SnapshotInvalid { source_path: PathBuf, reason: String },
     /// An application's backup that spans the copy could not be ended (or its files read):
     /// the copy alone would not restore, so nothing is committed.
     #[error("backup of {source_path}: {reason}; nothing was committed")]
@@ -61,6 +65,7 @@ impl AgentError {
             | AgentError::Unsupported { .. } => true,
             AgentError::RestoreFailed { cause, .. } => return cause.failure(),
             AgentError::Snapshot { .. }
+            | AgentError::SnapshotInvalid { .. }
             | AgentError::Application { .. }
             | AgentError::Spool(_)
             | AgentError::Cancelled => false,

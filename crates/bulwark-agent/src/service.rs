@@ -187,7 +187,7 @@ impl AgentService {
                 for src in &m.sources {
                     let provider: Box<dyn crate::snapshot::SnapshotProvider> = match m.kind {
                         TaskKind::Files => Box::new(crate::snapshot::BtrfsProvider),
-                        TaskKind::Volume => provider_for(m.snapshot, src),
+                        TaskKind::Volume => provider_for(m.snapshot, src, Default::default()),
                     };
                     for s in provider.remove_stale(src) {
                         warn!("removed snapshot {s} left by an interrupted task");

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod s3;
+pub mod vm;
 pub use s3::{weed_binary, S3Server};
+pub use vm::{Lab, Vm};
 
 /// Runs a command that must succeed; returns its standard output.
 pub fn run(cmd: &mut Command) -> String {

@@ -10,7 +10,7 @@ use bulwark_agent::apps::{AppPolicy, AppSpec};
 use bulwark_agent::change_tracking::CbtMode;
 use bulwark_agent::filter::FilterOptions;
 use bulwark_agent::scripts::Script;
-use bulwark_agent::snapshot::{Freeze, RetryPolicy, SnapshotMode};
+use bulwark_agent::snapshot::{CowSize, Freeze, RetryPolicy, SnapshotMode};
 use bulwark_agent::{BackupDone, BackupSettings, RestoreDone, RestoreSettings, TaskKind};
 use bulwark_repo::retention::Policy;
 use bulwark_repo::storage::Location;
@@ -142,6 +142,12 @@ pub struct BackupArgs {
     /// Seconds to wait before the second try (doubled before each further one).
     #[arg(long, default_value_t = 2, value_name = "SECONDS")]
     snapshot_retry_wait: u64,
+    /// Copy-on-write space of a classic LVM snapshot: a share of the volume (20%) or a size
+    /// (512M, 2G). It holds what is written to the volume while the backup reads; when it
+    /// overflows the kernel invalidates the snapshot, the attempt fails and the next one gets
+    /// twice the space. Never more than the volume, nor than its volume group has free.
+    #[arg(long, default_value = "20%", value_name = "SIZE")]
+    lvm_snapshot_size: CowSize,
     /// Command run (by /bin/sh) right before each snapshot try, to make applications
     /// consistent: flush and hold writes. A failure fails the try. Its output goes to the
     /// backup's notes; BULWARK_SOURCE names the source.
@@ -487,6 +493,7 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
     (settings.volume.freeze, settings.files.freeze) = (freeze.clone(), freeze);
     let v = &mut settings.volume;
     (v.block_size, v.compression, v.snapshot, v.retry, v.cbt) = (a.block_size, a.compression, a.snapshot, retry, a.cbt);
+    v.lvm_cow = a.lvm_snapshot_size;
     v.filters = FilterOptions { unused: !a.keep_unused, swap: !a.keep_swap, exclude: a.exclude.clone() };
     let f = &mut settings.files;
     (f.compression, f.exclude, f.snapshot, f.retry, f.full) = (a.compression, a.exclude, a.snapshot, retry, a.full);

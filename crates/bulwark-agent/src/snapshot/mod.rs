@@ -18,7 +18,7 @@ use crate::apps::{self, AppPolicy, AppSpec, ApplicationRecord};
 use crate::scripts::{self, Script};
 
 pub use btrfs::BtrfsProvider;
-pub use lvm::LvmProvider;
+pub use lvm::{CowSize, LvmProvider};
 pub use reflink::ReflinkProvider;
 
 /// How trustworthy the data read from a snapshot is.
@@ -57,6 +57,9 @@ pub struct Snapshot {
     /// What the provider wants the operator to know (frozen mounts, no freeze possible…).
     pub notes: Vec<String>,
     release: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
+    /// Whether the snapshot still holds the instant it was taken (a classic LVM snapshot
+    /// whose copy-on-write space overflowed does not).
+    check: Option<Box<dyn Fn() -> Result<(), String> + Send>>,
 }
 
 impl Snapshot {
@@ -66,7 +69,19 @@ impl Snapshot {
         consistency: Consistency,
         release: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
     ) -> Self {
-        Snapshot { path, provider, consistency, notes: Vec::new(), release }
+        Snapshot { path, provider, consistency, notes: Vec::new(), release, check: None }
+    }
+
+    /// The same snapshot, with a way of telling whether it is still valid ([`Snapshot::check`]).
+    pub fn with_check(mut self, check: Box<dyn Fn() -> Result<(), String> + Send>) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// Whether what is read from the snapshot is still the instant it was taken: an error says
+    /// why not. Asked after the read, before anything read is committed.
+    pub fn check(&self) -> Result<(), String> {
+        self.check.as_ref().map_or(Ok(()), |c| c())
     }
 
     /// Releases the snapshot now, reporting failure (drop releases silently).
@@ -122,18 +137,19 @@ impl SnapshotProvider for NoSnapshot {
     }
 }
 
-/// The provider for `mode` and `source`; `Auto` picks what the source supports.
-pub fn provider_for(mode: SnapshotMode, source: &Path) -> Box<dyn SnapshotProvider> {
+/// The provider for `mode` and `source`; `Auto` picks what the source supports. `cow` sizes a
+/// classic LVM snapshot.
+pub fn provider_for(mode: SnapshotMode, source: &Path, cow: CowSize) -> Box<dyn SnapshotProvider> {
     match mode {
         SnapshotMode::Reflink => Box::new(ReflinkProvider),
         SnapshotMode::Btrfs => Box::new(BtrfsProvider),
-        SnapshotMode::Lvm => Box::new(LvmProvider),
+        SnapshotMode::Lvm => Box::new(LvmProvider::new(cow)),
         SnapshotMode::None => Box::new(NoSnapshot),
         SnapshotMode::Auto => {
             if ReflinkProvider::supports(source) {
                 Box::new(ReflinkProvider)
             } else if LvmProvider::supports(source) {
-                Box::new(LvmProvider)
+                Box::new(LvmProvider::new(cow))
             } else {
                 Box::new(NoSnapshot)
             }
