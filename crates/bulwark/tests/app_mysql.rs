@@ -73,6 +73,8 @@ impl Maria {
             .arg(opt("socket", &run.join("mysqld.sock")))
             .arg(opt("pid-file", &run.join("mysqld.pid")))
             .arg(opt("log-error", &run.join("server.log")))
+            // Its own temporary tables, apart from the other tests' servers.
+            .arg(opt("tmpdir", run))
             .args(["--skip-networking", "--user=root", "--server-id=1"])
             // The binary log in the data directory, so it is on the snapshot; statements, so
             // that its inserts can be counted.
@@ -142,16 +144,42 @@ impl std::ops::Deref for Lab {
     }
 }
 
+/// A new MariaDB data directory. Its bootstrap server gets a temporary directory of its own:
+/// CI once saw one fail because a temporary table it had made in the shared `/tmp` was gone
+/// ("Could not remove temporary table", then "Unknown table 'mysql.tmp_user_sys'") while three
+/// tests set theirs up at once. Should it fail anyway, what it said is printed and the
+/// installation made once more in a clean directory.
+fn install_db(data: &Path) {
+    let tmp = data.with_file_name("install-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let install = || {
+        Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--skip-test-db"])
+            .env("TMPDIR", &tmp)
+            .output()
+            .unwrap()
+    };
+    let first = install();
+    if first.status.success() {
+        return;
+    }
+    eprintln!(
+        "mariadb-install-db failed: {}{}",
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr)
+    );
+    std::fs::remove_dir_all(data).unwrap();
+    let again = install();
+    assert!(again.status.success(), "mariadb-install-db failed twice: {}", String::from_utf8_lossy(&again.stderr));
+}
+
 impl Lab {
     fn new() -> Lab {
         let disk = Disk::new("db.img", 512 << 20);
         let data = disk.ext4.path().join("data");
-        must(
-            Command::new("mariadb-install-db")
-                .arg("--no-defaults")
-                .arg(format!("--datadir={}", data.display()))
-                .args(["--user=root", "--skip-test-db"]),
-        );
+        install_db(&data);
         let db = Maria::start(&data, &disk.path("run"), &[]);
         db.sql(
             "CREATE DATABASE app; \
