@@ -218,7 +218,7 @@ impl VmBuilder {
             .arg(&self.lab.kernel)
             .arg("-initrd")
             .arg(&initramfs)
-            .args(["-append", "console=ttyS0 panic=-1 printk.time=1 loglevel=4"])
+            .args(["-append", &kernel_command_line()])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-chardev")
@@ -496,4 +496,18 @@ impl Drop for Vm {
         }
         // The TempDir removes the folder (disks, exchange, console).
     }
+}
+
+/// The guest kernel's command line. It names the folder the test binaries were built in
+/// (`lab.show=`), which the guest shows at its own path: the guest's /tmp and /run are its
+/// own, so a checkout built under either (CI's may be) would otherwise be hidden from it.
+fn kernel_command_line() -> String {
+    let mut line = String::from("console=ttyS0 panic=-1 printk.time=1 loglevel=4");
+    // A test binary is target/<profile>/deps/NAME: its profile folder holds the binaries.
+    let exe = std::env::current_exe().ok();
+    let built = exe.as_deref().and_then(Path::parent).and_then(Path::parent);
+    if let Some(dir) = built.and_then(Path::to_str).filter(|d| !d.contains(char::is_whitespace)) {
+        line.push_str(&format!(" lab.show={dir}"));
+    }
+    line
 }

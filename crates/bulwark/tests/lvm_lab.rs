@@ -48,6 +48,12 @@ fn lab_boots_loads_dm_mod_and_runs_bulwark() {
     // A background process runs until killed.
     let bg = vm.spawn("echo started; exec sleep 600");
     assert!(vm.alive(bg.pid));
+    // Killed once it has said so (a loaded host may not have run its first line yet).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bg.output().0.is_empty() {
+        assert!(std::time::Instant::now() < until, "the background process never printed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     vm.ok(&format!("kill {}", bg.pid));
     vm.ok(&format!("while kill -0 {} 2>/dev/null; do sleep 0.1; done", bg.pid));
     assert_eq!(bg.output().0, "started\n");

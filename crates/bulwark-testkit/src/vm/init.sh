@@ -31,6 +31,13 @@ mount -t devtmpfs dev /newroot/dev
 mount -t tmpfs -o mode=755 run /newroot/run
 mkdir -p /newroot/run/lock /newroot/run/lvm
 mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+# The folders the kernel's command line names (lab.show=, the test binaries'), which the tmpfs
+# above may hide: shown at their own paths, read-only, as the host has them.
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    lab.show=/*) p=${a#lab.show=}; mkdir -p "/newroot$p" && mount --bind "/host$p" "/newroot$p" ;;
+  esac
+done
 # Somewhere to mount the guest's filesystems.
 mount -t tmpfs -o mode=755 mnt /newroot/mnt
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 lab /newroot/lab || poweroff -f
