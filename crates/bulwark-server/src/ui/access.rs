@@ -258,15 +258,14 @@ pub(super) async fn update_repository(
             json!({"max_tasks": f.number("max_tasks", "tasks at once")?, "verify_schedule": f.schedule("verify")?});
         serde_json::from_value(body).map_err(|e| format!("the settings are not valid: {e}"))
     })();
-    let refused = match update {
+    let outcome = match update {
         Ok(u) => match api::update_repository(v.caller.clone(), State(s.clone()), Path(name), api::Input(u)).await {
             Ok(_) => return Ok(Redirect::to("/ui/repositories").into_response()),
-            Err(e) if refuses_input(&e) => (e.0, e.1),
-            Err(e) => return Err(e.into()),
+            Err(e) => refused(e)?,
         },
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e),
     };
-    Ok(Page(refused.0, repository_settings(&v, &current, &f, Some(&refused.1), None)).into_response())
+    Ok(Page(outcome.0, repository_settings(&v, &current, &f, Some(&outcome.1), None)).into_response())
 }
 
 /// A health check run now through the API's own (it answers when the check has ended).

@@ -118,9 +118,12 @@ pub(super) fn usage_cells(u: Option<&crate::store::RepositoryUsage>) -> Markup {
 
 /// Whether a repository's last health check failed to run or found damage.
 fn check_failed(v: Option<&serde_json::Value>) -> bool {
-    v.is_some_and(|v| {
-        v["error"].is_string() || v["damaged"].as_u64().unwrap_or(0) + v["missing"].as_u64().unwrap_or(0) > 0
-    })
+    v.is_some_and(|v| v["error"].is_string() || damaged(v) > 0)
+}
+
+/// Points a health check found damaged or missing.
+fn damaged(v: &serde_json::Value) -> u64 {
+    v["damaged"].as_u64().unwrap_or(0) + v["missing"].as_u64().unwrap_or(0)
 }
 
 pub(super) fn verify_summary(v: Option<&serde_json::Value>) -> Markup {
@@ -131,7 +134,7 @@ pub(super) fn verify_summary(v: Option<&serde_json::Value>) -> Markup {
             if let Some(e) = v["error"].as_str() {
                 return html! { (status_badge("failed")) " " (e) " " (when(at)) };
             }
-            let damaged = v["damaged"].as_u64().unwrap_or(0) + v["missing"].as_u64().unwrap_or(0);
+            let damaged = damaged(v);
             html! {
                 @if damaged > 0 { (status_badge("failed")) " " (damaged) " points damaged or missing " }
                 @else { (status_badge("success")) " " (v["points"].as_u64().unwrap_or(0)) " points sound " }

@@ -402,15 +402,6 @@ pub(super) async fn new_job_page(v: Viewer, State(s): State<S>) -> Result<Page, 
     Ok(ok(job_wizard(&v, &s, Wizard::New, &FormPairs(Vec::new()), None).await?))
 }
 
-/// The API's refusal of what was sent, said in the wizard; anything else is the page's error.
-fn refused(e: ApiError) -> Result<(StatusCode, String), Page> {
-    if refuses_input(&e) {
-        Ok((e.0, e.1))
-    } else {
-        Err(e.into())
-    }
-}
-
 pub(super) async fn new_job(
     v: Viewer,
     State(s): State<S>,

@@ -198,6 +198,15 @@ fn refuses_input(e: &ApiError) -> bool {
     matches!(e.0, StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST | StatusCode::CONFLICT)
 }
 
+/// The API's refusal of what a form sent, to say next to it; anything else is the page's error.
+fn refused(e: ApiError) -> Result<(StatusCode, String), Page> {
+    if refuses_input(&e) {
+        Ok((e.0, e.1))
+    } else {
+        Err(e.into())
+    }
+}
+
 fn ok(m: Markup) -> Page {
     Page(StatusCode::OK, m)
 }
