@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -24,8 +24,7 @@ use bulwark_repo::{BlockRef, BlockSize, ChunkCodec, ChunkId, Compression, PointS
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 
-use crate::change_tracking::extents::{changed_between, TrackingFiles, TrackingState};
-use crate::change_tracking::{CbtMode, ChangedBlocks};
+use crate::change_tracking::{CbtMode, ChangedBlocks, Tracker, TrackingState};
 use crate::error::{AgentError, Result};
 use crate::filter::{filters_for, BlockFilter, FilterOptions, FilterStats};
 use crate::snapshot::{
@@ -55,7 +54,13 @@ pub struct BackupOptions {
     pub freeze: Freeze,
     pub cbt: CbtMode,
     pub filters: FilterOptions,
+    /// Where change tracking keeps what it needs between backups of block devices (LVM thin
+    /// volumes); image files keep theirs beside the image.
+    pub state_dir: PathBuf,
 }
+
+/// The agent's state folder when none is named.
+pub const STATE_DIR: &str = "/var/lib/bulwark";
 
 impl BackupOptions {
     pub fn new(name: impl Into<String>) -> Self {
@@ -70,6 +75,7 @@ impl BackupOptions {
             freeze: Freeze::default(),
             cbt: CbtMode::Auto,
             filters: FilterOptions::all(),
+            state_dir: PathBuf::from(STATE_DIR),
         }
     }
 }
@@ -227,10 +233,18 @@ fn backup_attempt(
     let mut filters = filters_for(&snapshot.path, snapshot.consistency, &opts.filters, notes, &mut file_ranges);
 
     // Change tracking, trusted only when it provably describes the change since `parent`.
-    let tracking = (snapshot.provider == "reflink" && opts.cbt != CbtMode::None)
-        .then(|| TrackingFiles::for_image(source, &opts.name));
+    let tracking = Tracker::for_snapshot(&snapshot, source, &opts.name, &opts.state_dir);
+    if opts.cbt == CbtMode::None {
+        // Nothing kept for a tracking nobody uses (a thin snapshot holds pool space).
+        if let Some(t) = &tracking {
+            t.clear();
+        }
+    }
+    let tracking = tracking.filter(|_| opts.cbt != CbtMode::None);
     if opts.cbt == CbtMode::Extents && tracking.is_none() {
-        notes.push("extent change tracking needs a reflink snapshot of an image file: every block read".into());
+        notes.push(
+            "change tracking needs a reflink snapshot of an image file or a thin LVM snapshot: every block read".into(),
+        );
     }
     let changed = match (&tracking, &parent, &previous) {
         (Some(t), Some(p), Some(_)) => match t.load() {
@@ -241,25 +255,30 @@ fn backup_attempt(
                 Err("the volume's size or the block size changed".to_string())
             }
             Ok(st) if st.filters != opts.filters.describe() => Err("the filter settings changed".to_string()),
-            Ok(st) => File::open(&t.base)
-                .and_then(|base| changed_between(&base, &volume.file, size, bs.bytes() as u64))
-                .map(|mut c| {
-                    // Blocks of excluded or swap files, then or now, are read again: a file can
-                    // move in or out of an exclusion without its blocks moving.
-                    let now = file_ranges.iter().map(|r| (r.start, r.end));
-                    for (a, b) in st.file_ranges.iter().copied().chain(now) {
-                        c.mark_bytes(a, b, bs.bytes() as u64);
-                    }
-                    c
-                })
-                .map_err(|e| format!("cannot map extents ({e})")),
+            Ok(st) => t.changed(&volume.file, size, bs.bytes() as u64).map(|mut c| {
+                // Blocks of excluded or swap files, then or now, are read again: a file can
+                // move in or out of an exclusion without its blocks moving.
+                let now = file_ranges.iter().map(|r| (r.start, r.end));
+                for (a, b) in st.file_ranges.iter().copied().chain(now) {
+                    c.mark_bytes(a, b, bs.bytes() as u64);
+                }
+                c
+            }),
             Err(e) => Err(e),
         },
         (Some(_), _, _) => Err("no usable previous point".into()),
         _ => Err(String::new()),
     };
     let changed: Option<ChangedBlocks> = match changed {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            let source = tracking.as_ref().map_or("", |t| t.source());
+            notes.push(format!(
+                "change tracking ({source}): {} of {} blocks may have changed",
+                c.count(),
+                bs.blocks_for(size)
+            ));
+            Some(c)
+        }
         Err(reason) => {
             if !reason.is_empty() {
                 notes.push(format!("change tracking not used: {reason}; every block read and compared"));
@@ -435,7 +454,7 @@ fn backup_attempt(
                 filters: opts.filters.describe(),
                 file_ranges: file_ranges.iter().map(|r| (r.start, r.end)).collect(),
             };
-            if let Err(e) = t.advance(&snapshot.keep(), &state) {
+            if let Err(e) = t.advance(snapshot, &state) {
                 t.clear();
                 notes.push(format!("change tracking state not saved ({e}): the next backup reads every block"));
             }

@@ -426,7 +426,8 @@ impl Agent for AgentService {
         tls::require_peer(&req, &[Role::Server], "run a task")?;
         let spec = req.into_inner();
         bulwark_proto::check_protocol(spec.protocol, "server")?;
-        let plan = plan(&spec).map_err(|e| Status::invalid_argument(format!("task {}: {e}", spec.task_id)))?;
+        let mut plan = plan(&spec).map_err(|e| Status::invalid_argument(format!("task {}: {e}", spec.task_id)))?;
+        plan.settings.volume.state_dir = self.data_dir.join("tracking");
         let cancel = Arc::new(AtomicBool::new(false));
         {
             let mut running = self.running.lock().expect("lock");

@@ -183,10 +183,17 @@ pub struct BackupArgs {
     /// application-consistent, and the command exits 3 after saying why).
     #[arg(long, default_value = "require", value_name = "POLICY")]
     app_policy: AppPolicy,
-    /// Volumes: changed block tracking: extents (compare the extents of reflink snapshots;
-    /// needs --snapshot reflink), none (read everything, compare digests), or auto.
+    /// Volumes: changed block tracking: extents (what the storage records: the extents of
+    /// reflink snapshots of image files, the mappings of LVM thin snapshots in their pool's
+    /// metadata), none (read everything, compare digests), or auto (extents where there is a
+    /// reflink or thin snapshot).
     #[arg(long, default_value = "auto")]
     cbt: CbtMode,
+    /// Volumes: where change tracking keeps, between backups, what it needs for block devices
+    /// (LVM thin volumes: which kept snapshot became which point). Image files keep theirs
+    /// beside the image.
+    #[arg(long, value_name = "DIR", default_value = bulwark_agent::backup::STATE_DIR)]
+    state_dir: PathBuf,
     /// Volumes: a file or folder (from the root of each filesystem on the volume) whose data
     /// is not stored; restored as zero-filled files of the same size. Directories: a glob
     /// (`*.tmp`, `/var/cache`, `home/**/.cache`) of entries not backed up at all. Repeatable.
@@ -493,7 +500,7 @@ pub fn backup(a: BackupArgs) -> Result<ExitCode> {
     (settings.volume.freeze, settings.files.freeze) = (freeze.clone(), freeze);
     let v = &mut settings.volume;
     (v.block_size, v.compression, v.snapshot, v.retry, v.cbt) = (a.block_size, a.compression, a.snapshot, retry, a.cbt);
-    v.lvm_cow = a.lvm_snapshot_size;
+    (v.lvm_cow, v.state_dir) = (a.lvm_snapshot_size, a.state_dir);
     v.filters = FilterOptions { unused: !a.keep_unused, swap: !a.keep_swap, exclude: a.exclude.clone() };
     let f = &mut settings.files;
     (f.compression, f.exclude, f.snapshot, f.retry, f.full) = (a.compression, a.exclude, a.snapshot, retry, a.full);

@@ -234,3 +234,107 @@ fn backup_killed_during_lvm_snapshot_leaves_one_that_the_next_backup_removes() {
     vm.ok(&format!("{} restore {point} --repo /mnt/repo/r --to /mnt/repo/restored.img", bulwark()));
     vm.ok("cmp /mnt/repo/restored.img /dev/vg/data");
 }
+
+/// Per-MiB digests of a device in the guest, one line per point block.
+fn block_digests(vm: &mut Vm, dev: &str) -> Vec<String> {
+    vm.ok(&format!("split -b 1M --filter=md5sum {dev}")).lines().map(str::to_string).collect()
+}
+
+/// Writes `count` 64 KiB pieces of random data at scattered, 64 KiB-aligned places of `dev`
+/// (`size` bytes), the same places for the same `seed`.
+fn scattered_writes(vm: &mut Vm, dev: &str, size: u64, count: u64, seed: u64) {
+    let mut x = seed | 1;
+    let mut script = String::new();
+    for _ in 0..count {
+        // xorshift: the same scatter every run.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = x % (size / (64 << 10));
+        script.push_str(&format!(
+            "dd if=/dev/urandom of={dev} bs=64K seek={at} count=1 conv=notrunc oflag=direct status=none\n"
+        ));
+    }
+    vm.ok(&script);
+}
+
+#[test]
+fn thin_incremental_reads_what_the_pool_says_changed_and_falls_back_when_it_cannot_tell() {
+    let Some(lab) = Lab::find() else { return };
+    let mut vm = Vm::builder(&lab).disk("pv", 768 * MIB).disk("repo", 1024 * MIB).boot();
+    vm.ok(&format!(
+        "pvcreate -q /dev/vda && vgcreate -q vg /dev/vda && mkfs.ext4 -q /dev/vdb && mkdir /mnt/repo \
+         && mount /dev/vdb /mnt/repo && {} repo init /mnt/repo/r \
+         && lvcreate -q -L 600M -T vg/pool && lvcreate -q -V 256M -T vg/pool -n thin \
+         && dd if=/dev/urandom of=/dev/vg/thin bs=1M count=256 status=none",
+        bulwark()
+    ));
+    let size = 256 * MIB;
+    let tracked = "--state-dir /mnt/repo/state";
+    let kept = |vm: &mut Vm| vm.ok("lvs --noheadings -o lv_name vg | grep bulwark- || true").trim().to_string();
+
+    let t = Instant::now();
+    let full = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    let full_s = t.elapsed().as_secs_f64();
+    assert_eq!(full["change_tracking"], false, "{full}");
+    assert_eq!(full["read_bytes"], size, "{full}");
+    assert_eq!(kept(&mut vm), "bulwark-cbt-thin-thin", "the snapshot is kept, renamed, for the next backup");
+
+    // 1% of the volume rewritten in 64 KiB pieces.
+    let before = block_digests(&mut vm, "/dev/vg/thin");
+    scattered_writes(&mut vm, "/dev/vg/thin", size, size / 100 / (64 << 10), 42);
+    let after = block_digests(&mut vm, "/dev/vg/thin");
+    let differing = before.iter().zip(&after).filter(|(a, b)| a != b).count() as u64;
+    assert!(differing > 20, "the writes changed {differing} blocks");
+
+    let t = Instant::now();
+    let inc = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    let inc_s = t.elapsed().as_secs_f64();
+    assert_eq!(inc["change_tracking"], true, "{inc}");
+    let read = inc["read_bytes"].as_u64().unwrap();
+    let ratio = read as f64 / (differing * MIB) as f64;
+    eprintln!(
+        "thin tracking: {differing} blocks of 1 MiB differ, {} MiB read ({ratio:.2}x); full {full_s:.1} s, \
+         incremental {inc_s:.1} s",
+        read / MIB
+    );
+    assert!(read >= differing * MIB, "a changed block was not read: {inc}");
+    assert!(ratio <= 1.25, "read {ratio:.2}x the changed blocks: {inc}");
+    assert_eq!(kept(&mut vm), "bulwark-cbt-thin-thin", "one kept snapshot, the newest");
+    let point = inc["point"].as_str().unwrap();
+    vm.ok(&format!("{} restore {point} --repo /mnt/repo/r --to /mnt/repo/restored.img", bulwark()));
+    vm.ok("cmp /mnt/repo/restored.img /dev/vg/thin && rm /mnt/repo/restored.img");
+
+    // The same volume by digest comparison: every block read; nothing kept for tracking.
+    let t = Instant::now();
+    let digest = backup(&mut vm, "thin", &format!("{tracked} --cbt none")).unwrap_or_else(|e| panic!("{e:?}"));
+    eprintln!(
+        "digest comparison: {} MiB read in {:.1} s",
+        digest["read_bytes"].as_u64().unwrap() / MIB,
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(digest["read_bytes"], size, "{digest}");
+    assert_eq!(kept(&mut vm), "", "tracking turned off keeps no snapshot");
+    let first = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(first["notes"].to_string().contains("no tracking state"), "{first}");
+
+    // The kept snapshot gone, or another in its place: every block read, saying why.
+    vm.ok("lvremove -q -f vg/bulwark-cbt-thin-thin");
+    scattered_writes(&mut vm, "/dev/vg/thin", size, 4, 7);
+    let gone = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(gone["change_tracking"], false, "{gone}");
+    assert!(gone["notes"].to_string().contains("vg/bulwark-cbt-thin-thin) is gone"), "{gone}");
+    vm.ok("lvremove -q -f vg/bulwark-cbt-thin-thin && lvcreate -q -s -n bulwark-cbt-thin-thin vg/thin");
+    scattered_writes(&mut vm, "/dev/vg/thin", size, 4, 9);
+    let other = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(other["change_tracking"], false, "{other}");
+    assert!(other["notes"].to_string().contains("is not the thin snapshot the last backup kept"), "{other}");
+    let point = other["point"].as_str().unwrap();
+    vm.ok(&format!("{} restore {point} --repo /mnt/repo/r --to /mnt/repo/restored.img", bulwark()));
+    vm.ok("cmp /mnt/repo/restored.img /dev/vg/thin");
+    // And tracked again from there.
+    scattered_writes(&mut vm, "/dev/vg/thin", size, 4, 11);
+    let again = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(again["change_tracking"], true, "{again}");
+    assert!(again["read_bytes"].as_u64().unwrap() <= 4 * 2 * MIB, "{again}");
+}

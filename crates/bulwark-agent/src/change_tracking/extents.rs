@@ -9,9 +9,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::ChangedBlocks;
+use super::{ChangedBlocks, TrackingState};
 
 /// One mapped range of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,19 +120,6 @@ fn compare(a: &[Extent], b: &[Extent], start: u64, end: u64, bs: u64, changed: &
         }
         at = stop;
     }
-}
-
-/// What the last successful backup left for the next one: a clone of the image as backed up and
-/// the point it became.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrackingState {
-    pub point: String,
-    pub volume_size: u64,
-    pub block_size: u32,
-    /// The filter settings of that backup ([`crate::filter::FilterOptions::describe`]).
-    pub filters: String,
-    /// Byte ranges that backup dropped for belonging to excluded or swap files.
-    pub file_ranges: Vec<(u64, u64)>,
 }
 
 /// Where the base clone and its state live: beside the image (a clone must stay on the image's

@@ -27,7 +27,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::{owned_tag, pid_alive, run_tool, Consistency, Snapshot, SnapshotProvider};
+use super::{owned_tag, pid_alive, run_tool, Consistency, Snapshot, SnapshotProvider, ThinSnapshot};
 
 /// How much copy-on-write space a classic snapshot gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,8 @@ impl Default for LvmProvider {
 struct Origin {
     vg: String,
     lv: String,
-    thin: bool,
+    /// The thin pool of a thin volume.
+    pool: Option<String>,
     size: u64,
     vg_free: u64,
     extent: u64,
@@ -134,7 +135,7 @@ impl LvmProvider {
             [vg, lv, pool, size, free, extent] => Ok(Origin {
                 vg: vg.to_string(),
                 lv: lv.to_string(),
-                thin: !pool.is_empty(),
+                pool: (!pool.is_empty()).then(|| pool.to_string()),
                 size: num(size)?,
                 vg_free: num(free)?,
                 extent: num(extent)?.max(512),
@@ -233,7 +234,7 @@ impl SnapshotProvider for LvmProvider {
         cmd.args(["--snapshot", "--name", &name]);
         let mut notes = Vec::new();
         let mut cow = 0;
-        if o.thin {
+        if o.pool.is_some() {
             // A thin snapshot needs no size and is not activated by default.
             cmd.args(["--setactivationskip", "n"]);
         } else {
@@ -248,7 +249,10 @@ impl SnapshotProvider for LvmProvider {
         let release = Box::new(move || run_tool(Command::new("lvremove").args(["-f", &full])).map(|_| ()));
         let consistency = if mounts.is_empty() { Consistency::CrashConsistent } else { Consistency::Frozen };
         let mut snap = Snapshot::new(PathBuf::from(format!("/dev/{}/{name}", o.vg)), "lvm", consistency, Some(release));
-        if !o.thin {
+        if let Some(pool) = &o.pool {
+            snap.thin =
+                Some(ThinSnapshot { vg: o.vg.clone(), pool: pool.clone(), origin: o.lv.clone(), name: name.clone() });
+        } else {
             let (vg, overflows) = (o.vg.clone(), self.overflows.clone());
             snap = snap.with_check(Box::new(move || check_valid(&vg, &name, cow, &overflows)));
             notes.push(format!("classic snapshot of {}/{} with {} of copy-on-write space", o.vg, o.lv, human(cow)));
@@ -294,7 +298,7 @@ mod tests {
     }
 
     fn origin(size: u64, free: u64) -> Origin {
-        Origin { vg: "vg".into(), lv: "lv".into(), thin: false, size, vg_free: free, extent: 4 << 20 }
+        Origin { vg: "vg".into(), lv: "lv".into(), pool: None, size, vg_free: free, extent: 4 << 20 }
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub consistency: Consistency,
     /// What the provider wants the operator to know (frozen mounts, no freeze possible…).
     pub notes: Vec<String>,
+    /// An LVM thin snapshot: which, for change tracking in its pool.
+    pub thin: Option<ThinSnapshot>,
     release: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
     /// Whether the snapshot still holds the instant it was taken (a classic LVM snapshot
     /// whose copy-on-write space overflowed does not).
@@ -69,7 +71,7 @@ impl Snapshot {
         consistency: Consistency,
         release: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
     ) -> Self {
-        Snapshot { path, provider, consistency, notes: Vec::new(), release, check: None }
+        Snapshot { path, provider, consistency, notes: Vec::new(), thin: None, release, check: None }
     }
 
     /// The same snapshot, with a way of telling whether it is still valid ([`Snapshot::check`]).
@@ -106,6 +108,17 @@ impl Drop for Snapshot {
             let _ = r();
         }
     }
+}
+
+/// An LVM thin snapshot, named as LVM names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinSnapshot {
+    pub vg: String,
+    pub pool: String,
+    /// The logical volume it is a snapshot of.
+    pub origin: String,
+    /// The snapshot's own name.
+    pub name: String,
 }
 
 /// A way of taking snapshots.
