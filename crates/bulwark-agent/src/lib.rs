@@ -15,6 +15,7 @@ pub mod filter;
 pub mod inventory;
 pub mod pipeline;
 pub mod remote;
+pub mod partition_table;
 pub mod repair;
 pub mod restore;
 pub mod scripts;

@@ -47,6 +47,9 @@ pub struct RestoreReport {
     pub written_bytes: u64,
     pub zero_bytes: u64,
     pub duration_s: f64,
+    /// What the operator should know: a partition table adapted to a larger disk.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 const JOB_BLOCKS: usize = 8;
@@ -181,6 +184,14 @@ pub fn restore_volume(
     }
     let terr = |what: &str, e| AgentError::Target { path: target.into(), what: what.into(), source: e };
     out.file.sync_all().map_err(|e| terr("flushing to disk", e))?;
+    let mut notes = Vec::new();
+    if out.kind == VolumeKind::BlockDevice && out.size > m.volume_size {
+        // A whole disk onto a larger one: its partition table made to end where the disk does.
+        notes.extend(
+            crate::partition_table::grow_gpt(&out.file, m.volume_size, out.size)
+                .map_err(|e| terr("moving the partition table's backup copy to the end", e))?,
+        );
+    }
     staged.commit(target).map_err(|e| terr("renaming into place", e))?;
     Ok(RestoreReport {
         point: m.id.to_string(),
@@ -190,6 +201,7 @@ pub fn restore_volume(
         written_bytes: written.into_inner(),
         zero_bytes: zero.into_inner(),
         duration_s: started.elapsed().as_secs_f64(),
+        notes,
     })
 }
 
@@ -287,5 +299,5 @@ fn open_target(path: &Path, size: u64, overwrite: bool) -> Result<(Target, Optio
         let _ = std::fs::remove_file(&tmp);
         return Err(terr("cannot size the new file", e));
     }
-    Ok((Target { file, fresh: true, kind: VolumeKind::ImageFile }, staged))
+    Ok((Target { file, fresh: true, kind: VolumeKind::ImageFile, size }, staged))
 }

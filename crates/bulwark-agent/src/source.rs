@@ -49,6 +49,8 @@ pub struct Target {
     /// A new file whose holes already read as zeroes: zero blocks need no writing.
     pub fresh: bool,
     pub kind: VolumeKind,
+    /// Its size: a block device may be larger than the volume restored onto it.
+    pub size: u64,
 }
 
 /// Opens a block device for restore: only if it is not in use, exclusively (the kernel refuses
@@ -71,5 +73,5 @@ pub fn open_device_target(path: &Path, size: u64, overwrite: bool) -> Result<Tar
         });
     }
     crate::device_guard::refuse_if_not_empty(path, &file, have, overwrite)?;
-    Ok(Target { file, fresh: false, kind: VolumeKind::BlockDevice })
+    Ok(Target { file, fresh: false, kind: VolumeKind::BlockDevice, size: have })
 }

@@ -114,6 +114,9 @@ pub fn restore_summary(r: &RestoreReport) {
     println!("  written             {}", human(r.written_bytes));
     println!("  zero blocks         {}", human(r.zero_bytes));
     println!("  duration            {:.2} s ({})", r.duration_s, rate(r.volume_size, r.duration_s));
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
 }
 
 /// An instant as the operator reads it: in the local time zone, to the second, the same in
