@@ -130,6 +130,24 @@ pub fn grow_gpt(dev: &File, old_size: u64, new_size: u64) -> io::Result<Option<S
     )))
 }
 
+/// Asks the kernel to read the partition table of the whole disk `dev` (at `path`) again, so
+/// the partitions of a disk just restored appear; a note when it could not (a partition is in
+/// use), `None` otherwise and for devices that have no partitions of their own.
+pub fn reread(dev: &File, path: &std::path::Path) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    const BLKRRPART: libc::c_ulong = 0x125F; // _IO(0x12, 95)
+                                             // SAFETY: BLKRRPART takes no argument; the descriptor is open for the call's duration.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), BLKRRPART, 0) };
+    let err = io::Error::last_os_error();
+    // EINVAL: a partition or a device that cannot be partitioned (a logical volume).
+    (rc != 0 && err.raw_os_error() != Some(libc::EINVAL)).then(|| {
+        format!(
+            "the kernel did not read {}'s new partition table ({err}): run partprobe or reboot before using its partitions",
+            path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,12 +185,15 @@ pub fn restore_volume(
     let terr = |what: &str, e| AgentError::Target { path: target.into(), what: what.into(), source: e };
     out.file.sync_all().map_err(|e| terr("flushing to disk", e))?;
     let mut notes = Vec::new();
-    if out.kind == VolumeKind::BlockDevice && out.size > m.volume_size {
-        // A whole disk onto a larger one: its partition table made to end where the disk does.
-        notes.extend(
-            crate::partition_table::grow_gpt(&out.file, m.volume_size, out.size)
-                .map_err(|e| terr("moving the partition table's backup copy to the end", e))?,
-        );
+    if out.kind == VolumeKind::BlockDevice {
+        if out.size > m.volume_size {
+            // A whole disk onto a larger one: its partition table made to end where the disk does.
+            notes.extend(
+                crate::partition_table::grow_gpt(&out.file, m.volume_size, out.size)
+                    .map_err(|e| terr("moving the partition table's backup copy to the end", e))?,
+            );
+        }
+        notes.extend(crate::partition_table::reread(&out.file, target));
     }
     staged.commit(target).map_err(|e| terr("renaming into place", e))?;
     Ok(RestoreReport {

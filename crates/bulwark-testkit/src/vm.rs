@@ -28,6 +28,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const INIT: &str = include_str!("vm/init.sh");
+/// The init of [`Lab::system_initramfs`]: mounts the root the kernel's command line names and
+/// hands over to its `/sbin/init`, as a distribution's initramfs does.
+const SYSTEM_INIT: &str = include_str!("vm/system-init.sh");
 
 /// Modules loaded by the init, with their dependencies, before the host's root is mounted.
 const BOOT_MODULES: &[&str] = &["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_net", "9pnet_virtio", "9p"];
@@ -99,8 +102,83 @@ impl Lab {
         self.modules.file_name().unwrap().to_string_lossy().to_string()
     }
 
-    /// Writes an initramfs (uncompressed newc cpio: nothing to unpack under TCG) to `out`.
+    /// The kernel image (`vmlinuz-*`).
+    pub fn kernel(&self) -> &Path {
+        &self.kernel
+    }
+
+    /// Writes to `out` the initramfs of an installed computer of the lab: it loads virtio and
+    /// ext4, mounts `root=` read-only and switches to it, running its `/sbin/init`.
+    pub fn system_initramfs(&self, out: &Path) {
+        let work = tempfile::tempdir().expect("a folder for the initramfs");
+        self.make_initramfs_with(
+            work.path(),
+            out,
+            SYSTEM_INIT,
+            &["crc32c_generic", "virtio_pci", "virtio_blk", "ext4"],
+            &[],
+        );
+    }
+
+    /// Boots a computer from `disk` (a raw image: its own boot loader, BIOS), its console on
+    /// the first serial port, and waits until the console shows `want`, the guest powers off,
+    /// or `timeout` passes; returns the console and the time to `want`. qemu is killed after.
+    pub fn boot_disk(&self, disk: &Path, want: &str, timeout: Duration) -> Result<(String, Duration), String> {
+        let dir = tempfile::Builder::new().prefix(&format!("vm-{}-", std::process::id())).tempdir_in(lab_base());
+        let dir = dir.map_err(|e| format!("a folder for the VM: {e}"))?;
+        let console = dir.path().join("console.log");
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.current_dir(dir.path())
+            .args(["-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-pidfile")
+            .arg(dir.path().join("qemu.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: as in `VmBuilder::boot`: only prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::Kill))
+                    .map_err(Into::into)
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| format!("start qemu-system-x86_64: {e}"))?;
+        let read = || String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+        let outcome = loop {
+            let text = read();
+            if text.contains(want) {
+                break Ok((text, started.elapsed()));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = read();
+                break match text.contains(want) {
+                    true => Ok((text, started.elapsed())),
+                    false => Err(format!("the computer stopped ({status}) before {want:?}:\n{}", tail(&text, 40))),
+                };
+            }
+            if started.elapsed() > timeout {
+                break Err(format!("no {want:?} within {timeout:?}:\n{}", tail(&text, 40)));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome
+    }
+
+    /// Writes the lab's own initramfs (uncompressed newc cpio: nothing to unpack under TCG).
     fn make_initramfs(&self, work: &Path, out: &Path) {
+        self.make_initramfs_with(work, out, INIT, BOOT_MODULES, ON_DEMAND_MODULES);
+    }
+
+    /// An initramfs of busybox, `init` and the modules named: `boot` (with what they need)
+    /// loaded by the init in order, `on_demand` there for modprobe.
+    fn make_initramfs_with(&self, work: &Path, out: &Path, init: &str, boot_modules: &[&str], on_demand: &[&str]) {
         let root = work.join("initramfs");
         let version = self.version();
         let mods = root.join("lib/modules").join(&version);
@@ -108,15 +186,15 @@ impl Lab {
         std::fs::create_dir_all(&mods).unwrap();
         let busybox = which("busybox").unwrap_or_else(|| PathBuf::from("/bin/busybox"));
         std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox (busybox-static)");
-        write_executable(&root.join("init"), INIT);
+        write_executable(&root.join("init"), init);
 
         let deps = parse_modules_dep(&std::fs::read_to_string(self.modules.join("modules.dep")).unwrap());
         let mut boot = Vec::new();
-        for m in BOOT_MODULES {
+        for m in boot_modules {
             add_with_deps(&deps, &find_module(&deps, m), &mut boot);
         }
         let mut all = boot.clone();
-        for m in ON_DEMAND_MODULES {
+        for m in on_demand {
             add_with_deps(&deps, &find_module(&deps, m), &mut all);
         }
         for rel in &all {
@@ -178,6 +256,8 @@ pub struct VmBuilder {
     lab: Lab,
     disks: Vec<(String, u64)>,
     memory_mib: u32,
+    /// TCP ports: the host's (on 127.0.0.1) to the guest's.
+    forwards: Vec<(u16, u16)>,
 }
 
 impl VmBuilder {
@@ -185,6 +265,13 @@ impl VmBuilder {
     /// added as /dev/vda, /dev/vdb…, the host as [`Vm::disk`]`(name)`.
     pub fn disk(mut self, name: &str, size: u64) -> Self {
         self.disks.push((name.to_string(), size));
+        self
+    }
+
+    /// Connections to the host's `127.0.0.1:host_port` reach the guest's `guest_port`: how a
+    /// server on the host calls an agent in the guest.
+    pub fn forward(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.forwards.push((host_port, guest_port));
         self
     }
 
@@ -228,7 +315,13 @@ impl VmBuilder {
             .arg("-virtfs")
             .arg(format!("local,path={},mount_tag=lab,security_model=none,multidevs=remap", exchange.display()))
             // No option ROM: iPXE costs a second of boot and the guest never boots from network.
-            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="])
+            .arg("-netdev")
+            .arg(
+                self.forwards
+                    .iter()
+                    .fold("user,id=n0".to_string(), |n, (h, g)| n + &format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")),
+            )
+            .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
             .arg("-pidfile")
             .arg(dir.path().join("qemu.pid"));
         for (name, size) in &self.disks {
@@ -337,7 +430,7 @@ impl Background {
 impl Vm {
     /// A VM of the lab, 1 GiB of memory, no disks yet.
     pub fn builder(lab: &Lab) -> VmBuilder {
-        VmBuilder { lab: lab.clone(), disks: Vec::new(), memory_mib: 1024 }
+        VmBuilder { lab: lab.clone(), disks: Vec::new(), memory_mib: 1024, forwards: Vec::new() }
     }
 
     /// The VM's folder on the host (disks, console, exchange folder), removed on drop.

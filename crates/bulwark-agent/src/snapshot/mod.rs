@@ -141,6 +141,22 @@ impl SnapshotProvider for NoSnapshot {
         "none"
     }
     fn create(&self, source: &Path) -> Result<Snapshot, String> {
+        // A block device nothing has mounted or claimed (a computer's disk read from a
+        // recovery environment, a volume not in use), held exclusively while it is read: the
+        // kernel refuses to mount it meanwhile, so it does not change under the read.
+        if let Some(held) = claim_idle_device(source) {
+            let release = Box::new(move || {
+                drop(held);
+                Ok(())
+            });
+            let mut s = Snapshot::new(source.to_path_buf(), "none", Consistency::CrashConsistent, Some(release));
+            s.notes.push(format!(
+                "no snapshot: {} is not in use, and was held exclusively while read (nothing could mount it), so \
+                 the point is consistent",
+                source.display()
+            ));
+            return Ok(s);
+        }
         let mut s = Snapshot::new(source.to_path_buf(), "none", Consistency::CrashInconsistent, None);
         s.notes.push("no snapshot: the live source was read, so the point is crash-inconsistent".into());
         Ok(s)
@@ -148,6 +164,16 @@ impl SnapshotProvider for NoSnapshot {
     fn remove_stale(&self, _: &Path) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// `source` opened exclusively, if it is a block device that nothing has mounted or claimed
+/// (the kernel refuses `O_EXCL` then; a partition in use makes its whole disk in use too).
+fn claim_idle_device(source: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if !std::fs::metadata(source).ok()?.file_type().is_block_device() {
+        return None;
+    }
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(source).ok()
 }
 
 /// The provider for `mode` and `source`; `Auto` picks what the source supports. `cow` sizes a

@@ -1,0 +1,224 @@
+//! Entire-computer backup and bare-metal restore, in the kernel lab: a computer with a GPT
+//! disk (BIOS boot partition with GRUB, ext4 root, swap) runs the agent in managed mode
+//! against a server, transport node and repository on the host; a job of mode `computer`
+//! backs it up; a recovery environment (the lab's initramfs, `bulwark` in it) joins the server
+//! and restores the point onto a blank, larger disk; and that disk boots on its own and prints
+//! what was written before the backup. Skipped without a lab unless `BULWARK_REQUIRE_LAB` is set.
+
+mod cluster;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulwark_testkit::{Lab, Vm};
+use cluster::server::{admin_token, cli, join_token, Server};
+use cluster::{bulwark_exe, Daemon};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+/// Where an agent in a guest listens.
+const AGENT_PORT: u16 = 9441;
+
+/// The host's own IPv4 address on its network: host processes reach it directly, a guest
+/// through qemu's user network (which connects from the host), so the server, the transport
+/// node and its data movers are reached at the same address from both.
+fn host_address() -> String {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().expect("run ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let addr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|a| a.split('/').next());
+    addr.expect("the host has an IPv4 address besides loopback, for the lab's guests to reach it").to_string()
+}
+
+/// A free TCP port on the host's loopback (for a forward into a guest).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A server listening on the host's address, its certificate naming it.
+fn start_server(dir: &std::path::Path, host: &str) -> Server {
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+    let mut child = Command::new(bulwark_exe())
+        .args(["server", "--listen", &format!("{host}:0"), "--tls-name", host, "--tick-seconds", "1", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        panic!("server did not start: {}", std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default())
+    });
+    Server { child, dir: dir.into(), address: v["listening"].as_str().unwrap().into() }
+}
+
+/// The server, a transport node with repository `main`, all on the host's address.
+struct Site {
+    dir: tempfile::TempDir,
+    server: Server,
+    _transport: Daemon,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_address();
+        let server = start_server(&dir.path().join("server"), &host);
+        let repos = dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        // Listening on every address, called at the host's.
+        let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        let token = join_token(&server, "transport", "store");
+        let data = dir.path().join("store");
+        let mut cmd = Command::new(bulwark_exe());
+        cmd.args(["transport", "--name", "store", "--root", repos.to_str().unwrap(), "--data-dir"]).arg(&data);
+        cmd.args(["--listen", &format!("0.0.0.0:{port}"), "--advertise", &format!("{host}:{port}")]);
+        cmd.args(["--server", &format!("https://{}", server.address), "--join-token", &token]);
+        let transport = cluster::Cluster::spawn(cmd, "store", data);
+        let repo = repos.join("main");
+        cli(&server, &["repository", "create", "main", "--transport", "store", "--path", repo.to_str().unwrap()])
+            .unwrap();
+        Site { dir, server, _transport: transport }
+    }
+
+    /// Starts an agent named `name` in `vm` (its port forwarded from `port` on the host),
+    /// joined with a fresh token; the server's CA is at /lab/ca.pem for the CLI in the guest.
+    fn agent_in(&self, vm: &mut Vm, name: &str, port: u16) {
+        std::fs::copy(self.server.dir.join("ca.pem"), vm.exchange().join("ca.pem")).unwrap();
+        let token = join_token(&self.server, "agent", name);
+        std::fs::write(vm.exchange().join("join-token"), token).unwrap();
+        let agent = vm.spawn(&format!(
+            "exec {} agent --name {name} --data-dir /run/agent --listen 0.0.0.0:{AGENT_PORT} \
+             --advertise 127.0.0.1:{port} --server https://{} --join-token-file /lab/join-token",
+            bulwark_exe(),
+            self.server.address
+        ));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let computers = cli(&self.server, &["computer", "list"]).unwrap();
+            let joined = computers.as_array().unwrap().iter().any(|c| c["name"] == name);
+            if joined {
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent {name} did not join: {:?}", agent.output());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The CLI in the guest, talking to the server as its administrator.
+    fn guest_cli(&self, args: &str) -> String {
+        format!(
+            "BULWARK_SERVER=https://{} BULWARK_TOKEN={} BULWARK_CA_CERT=/lab/ca.pem {} {args}",
+            self.server.address,
+            admin_token(&self.server),
+            bulwark_exe()
+        )
+    }
+}
+
+/// Makes /dev/vda of `vm` a computer's disk that boots on its own: GPT, BIOS boot partition
+/// with GRUB, an ext4 root with the lab's kernel, an initramfs and a busybox `/sbin/init` that
+/// prints `/etc/nonce`, and a swap partition.
+fn install_computer(lab: &Lab, vm: &mut Vm, nonce: &str) {
+    let x = vm.exchange();
+    std::fs::copy(lab.kernel(), x.join("vmlinuz")).unwrap();
+    lab.system_initramfs(&x.join("initrd.img"));
+    std::fs::write(
+        x.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo \"bulwark-nonce: $(/bin/busybox cat /etc/nonce)\"\n/bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    std::fs::write(
+        x.join("grub.cfg"),
+        "set timeout=0\nserial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n\
+         linux /boot/vmlinuz root=/dev/vda2 console=ttyS0 panic=-1 loglevel=4\ninitrd /boot/initrd.img\nboot\n",
+    )
+    .unwrap();
+    vm.ok(&format!(
+        "printf 'label: gpt\\nsize=1MiB, type=21686148-6449-6E6F-744E-656564454649\\nsize=150MiB\\ntype=swap\\n' \
+           | sfdisk -q /dev/vda \
+         && {{ dd if=/dev/urandom of=/dev/vda3 bs=1M status=none 2>/dev/null; true; }} && mkswap /dev/vda3 >/dev/null \
+         && mkfs.ext4 -q /dev/vda2 \
+         && mkdir /mnt/root && mount /dev/vda2 /mnt/root \
+         && mkdir -p /mnt/root/bin /mnt/root/sbin /mnt/root/etc /mnt/root/proc /mnt/root/dev /mnt/root/boot/grub \
+         && cp /bin/busybox /mnt/root/bin/busybox && cp /lab/init /mnt/root/sbin/init && chmod 755 /mnt/root/sbin/init \
+         && cp /lab/vmlinuz /lab/initrd.img /mnt/root/boot/ && cp /lab/grub.cfg /mnt/root/boot/grub/grub.cfg \
+         && head -c 60M /dev/urandom > /mnt/root/junk && sync && rm /mnt/root/junk \
+         && head -c 24M /dev/urandom > /mnt/root/data && echo {nonce} > /mnt/root/etc/nonce \
+         && grub-install --target=i386-pc --boot-directory=/mnt/root/boot /dev/vda 2>&1 \
+         && umount /mnt/root && sync"
+    ));
+}
+
+#[test]
+fn entire_computer_backed_up_by_its_agent_restores_onto_bare_metal_and_boots() {
+    let Some(lab) = Lab::find() else { return };
+    let site = Site::new();
+    let nonce =
+        format!("{:016x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+
+    // The computer: one 256 MiB disk, its agent managed by the server on the host.
+    let port = free_port();
+    let mut pc = Vm::builder(&lab).disk("disk", 256 * MIB).forward(port, AGENT_PORT).boot();
+    install_computer(&lab, &mut pc, &nonce);
+    site.agent_in(&mut pc, "pc", port);
+    cli(&site.server, &["job", "create", "whole", "--mode", "computer", "--computer", "pc", "--repository", "main"])
+        .unwrap();
+    let started = Instant::now();
+    let session = cli(&site.server, &["job", "start", "whole", "--wait"]).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("entire-computer backup in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(session["status"], "success", "{session}");
+    let points = cli(&site.server, &["point", "list"]).unwrap();
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 1, "one whole disk, one point: {points:?}");
+    let point = &points[0];
+    assert_eq!(point["source"], "/dev/vda", "{point}");
+    let id = point["id"].as_str().unwrap().to_string();
+    // The swap partition and the root's free blocks (both full of old data) are not stored.
+    let stats = &point["stats"];
+    assert!(stats["zero_bytes"].as_u64().unwrap() > 180 * MIB, "{point}");
+    assert!(stats["new_bytes"].as_u64().unwrap() < 80 * MIB, "{point}");
+    // The computer as it was installed boots (so a restored disk that does not is the
+    // restore's fault).
+    let original = site.dir.path().join("original.img");
+    std::fs::rename(pc.disk("disk"), &original).unwrap();
+    drop(pc);
+    let (_, took) = lab
+        .boot_disk(&original, &format!("bulwark-nonce: {nonce}"), Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("the installed computer does not boot: {e}"));
+    eprintln!("the installed computer booted to its init in {:.1} s", took.as_secs_f64());
+
+    // Bare metal: a recovery environment with two blank disks, one larger than the computer's
+    // and one smaller.
+    let port = free_port();
+    let mut rescue =
+        Vm::builder(&lab).disk("large", 320 * MIB).disk("small", 128 * MIB).forward(port, AGENT_PORT).boot();
+    site.agent_in(&mut rescue, "rescue", port);
+    let small = rescue.run(&site.guest_cli(&format!("restore {id} --computer rescue --to /dev/vdb")));
+    assert_ne!(small.status, 0, "{small:?}");
+    assert!(small.stderr.contains("too small"), "{small:?}");
+    assert!(std::fs::read(rescue.disk("small")).unwrap().iter().all(|&b| b == 0), "nothing written to the small disk");
+
+    let started = Instant::now();
+    let done = rescue.ok(&site.guest_cli(&format!("restore {id} --computer rescue --to /dev/vda --json")));
+    let restore_s = started.elapsed().as_secs_f64();
+    eprintln!("bare-metal restore of the 256 MiB disk in {restore_s:.1} s: {done}");
+    assert!(done.contains("GPT's backup copy was moved"), "{done}");
+    let verify = rescue.ok("sfdisk --verify /dev/vda 2>&1; sfdisk -d /dev/vda");
+    assert!(verify.contains("No errors detected"), "{verify}");
+    assert!(verify.contains(&format!("last-lba: {}", 320 * MIB / 512 - 34)), "{verify}");
+    rescue.ok("e2fsck -fn /dev/vda2 && sync");
+    let disk = site.dir.path().join("restored.img");
+    std::fs::rename(rescue.disk("large"), &disk).unwrap();
+    drop(rescue);
+
+    // The restored disk boots by itself: BIOS, GRUB, the kernel and initramfs from the
+    // restored root, its /sbin/init printing what was written before the backup.
+    let (console, took) = lab
+        .boot_disk(&disk, &format!("bulwark-nonce: {nonce}"), Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("the restored disk did not boot: {e}"));
+    eprintln!("the restored disk booted to its init in {:.1} s", took.as_secs_f64());
+    assert!(console.contains(&format!("bulwark-nonce: {nonce}")), "{console}");
+}
