@@ -147,6 +147,7 @@ pub fn consistency_text(consistency: &str, snapshot: &str) -> String {
     match (consistency, snapshot) {
         ("", _) => "-".into(),
         ("crash-inconsistent", "" | "none") => "crash-inconsistent (no snapshot: read live)".into(),
+        ("crash-consistent", "none") => "crash-consistent (no snapshot: read while not in use)".into(),
         ("crash-consistent", s) => format!("crash-consistent ({s} snapshot, not frozen)"),
         (c, "") => c.into(),
         (c, s) => format!("{c} ({s})"),
@@ -687,6 +688,10 @@ mod tests {
     #[test]
     fn consistency_says_why_it_is_not_frozen() {
         assert_eq!(consistency_text("crash-inconsistent", "none"), "crash-inconsistent (no snapshot: read live)");
+        assert_eq!(
+            consistency_text("crash-consistent", "none"),
+            "crash-consistent (no snapshot: read while not in use)"
+        );
         assert_eq!(consistency_text("crash-consistent", "lvm"), "crash-consistent (lvm snapshot, not frozen)");
         assert_eq!(consistency_text("frozen", "reflink"), "frozen (reflink)");
         assert_eq!(consistency_text("", ""), "-");

@@ -1,9 +1,11 @@
-//! Entire-computer backup and bare-metal restore, in the kernel lab: a computer with a GPT
-//! disk (BIOS boot partition with GRUB, ext4 root, swap) runs the agent in managed mode
+//! Managed agents in the kernel lab, against a server, transport node and repository on the
+//! host. Entire-computer backup and bare-metal restore: a computer with a GPT disk (BIOS boot partition with GRUB, ext4 root, swap) runs the agent in managed mode
 //! against a server, transport node and repository on the host; a job of mode `computer`
 //! backs it up; a recovery environment (the lab's initramfs, `bulwark` in it) joins the server
 //! and restores the point onto a blank, larger disk; and that disk boots on its own and prints
-//! what was written before the backup. Skipped without a lab unless `BULWARK_REQUIRE_LAB` is set.
+//! what was written before the backup. And an agent killed during an LVM backup removes the
+//! snapshot it left when it starts again. Skipped without a lab unless `BULWARK_REQUIRE_LAB` is
+//! set.
 
 mod cluster;
 
@@ -11,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bulwark_testkit::vm::Background;
 use bulwark_testkit::{Lab, Vm};
 use cluster::server::{admin_token, cli, join_token, Server};
 use cluster::{bulwark_exe, Daemon};
@@ -55,9 +58,10 @@ fn start_server(dir: &std::path::Path, host: &str) -> Server {
 
 /// The server, a transport node with repository `main`, all on the host's address.
 struct Site {
-    dir: tempfile::TempDir,
+    // Dropped in this order: the processes (their logs shown if the test failed), then the folder.
     server: Server,
     _transport: Daemon,
+    dir: tempfile::TempDir,
 }
 
 impl Site {
@@ -84,7 +88,7 @@ impl Site {
 
     /// Starts an agent named `name` in `vm` (its port forwarded from `port` on the host),
     /// joined with a fresh token; the server's CA is at /lab/ca.pem for the CLI in the guest.
-    fn agent_in(&self, vm: &mut Vm, name: &str, port: u16) {
+    fn agent_in(&self, vm: &mut Vm, name: &str, port: u16) -> Background {
         std::fs::copy(self.server.dir.join("ca.pem"), vm.exchange().join("ca.pem")).unwrap();
         let token = join_token(&self.server, "agent", name);
         std::fs::write(vm.exchange().join("join-token"), token).unwrap();
@@ -104,6 +108,7 @@ impl Site {
             assert!(Instant::now() < deadline, "agent {name} did not join: {:?}", agent.output());
             std::thread::sleep(Duration::from_millis(500));
         }
+        agent
     }
 
     /// The CLI in the guest, talking to the server as its administrator.
@@ -221,4 +226,61 @@ fn entire_computer_backed_up_by_its_agent_restores_onto_bare_metal_and_boots() {
         .unwrap_or_else(|e| panic!("the restored disk did not boot: {e}"));
     eprintln!("the restored disk booted to its init in {:.1} s", took.as_secs_f64());
     assert!(console.contains(&format!("bulwark-nonce: {nonce}")), "{console}");
+}
+
+#[test]
+fn agent_killed_during_an_lvm_backup_removes_its_snapshot_when_it_starts_again() {
+    let Some(lab) = Lab::find() else { return };
+    let site = Site::new();
+    let port = free_port();
+    let mut vm = Vm::builder(&lab).disk("pv", 256 * MIB).forward(port, AGENT_PORT).boot();
+    vm.ok("pvcreate -q /dev/vda && vgcreate -q vg /dev/vda && lvcreate -q -L 32M -n data vg \
+           && dd if=/dev/urandom of=/dev/vg/data bs=1M count=32 status=none");
+    let agent = site.agent_in(&mut vm, "db", port);
+    // The first try holds its snapshot (in the post-thaw script) until the agent is killed.
+    let hold = "[ -e /lab/snapped ] || { touch /lab/snapped; sleep 300; }";
+    let job = ["job", "create", "data", "--mode", "volumes", "--computer", "db", "--repository", "main"];
+    let settings = ["--source", "/dev/vg/data", "--snapshot", "lvm", "--tries", "1", "--freeze-limit", "600"];
+    let settings = [&settings[..], &["--post-thaw-script", hold]].concat();
+    cli(&site.server, &[&job[..], &settings[..]].concat()).unwrap();
+    cli(&site.server, &["job", "start", "data"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !vm.exchange().join("snapped").exists() {
+        assert!(Instant::now() < deadline, "no snapshot made: {:?}", agent.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let snapshots =
+        |vm: &mut Vm| vm.ok("lvs --noheadings -o lv_name vg | grep bulwark-snap || true").trim().to_string();
+    let left = snapshots(&mut vm);
+    assert!(left.starts_with(&format!("bulwark-snap-{}-", agent.pid)), "{left}");
+    vm.ok(&format!("kill -9 {0}; while kill -0 {0} 2>/dev/null; do sleep 0.1; done", agent.pid));
+    assert_eq!(snapshots(&mut vm), left, "a killed agent cannot remove its snapshot");
+
+    // Started again (its identity kept): the snapshot is gone before it takes any task.
+    let again = vm.spawn(&format!(
+        "exec {} agent --data-dir /run/agent --listen 0.0.0.0:{AGENT_PORT} --advertise 127.0.0.1:{port}",
+        bulwark_exe()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !again.output().0.contains("listening") {
+        assert!(Instant::now() < deadline, "the agent did not start again: {:?}", again.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let now = snapshots(&mut vm);
+    assert!(!now.contains(&left), "the killed agent's snapshot is still there: {now}");
+    assert!(again.output().1.contains(&format!("removed snapshot vg/{left}")), "{:?}", again.output());
+    // And the job goes on: once the interrupted session has ended (its agent gone, its only
+    // try failed), a new one backs the volume up.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let sessions = cli(&site.server, &["session", "list"]).unwrap();
+        if sessions.as_array().unwrap().iter().all(|s| s["ended"].is_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the interrupted session never ended: {sessions}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let done = cli(&site.server, &["job", "start", "data", "--wait"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(snapshots(&mut vm), "", "no snapshot left after the next backup");
 }
