@@ -261,15 +261,18 @@ fn scattered_writes(vm: &mut Vm, dev: &str, size: u64, count: u64, seed: u64) {
 #[test]
 fn thin_incremental_reads_what_the_pool_says_changed_and_falls_back_when_it_cannot_tell() {
     let Some(lab) = Lab::find() else { return };
-    let mut vm = Vm::builder(&lab).disk("pv", 768 * MIB).disk("repo", 1024 * MIB).boot();
+    // BULWARK_LAB_THIN_MIB sizes the volume (bench/lab.sh measures a larger one).
+    let mib: u64 = std::env::var("BULWARK_LAB_THIN_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(256);
+    let (size, pool) = (mib * MIB, (mib * 2 + 88) * MIB);
+    let mut vm = Vm::builder(&lab).disk("pv", pool + 256 * MIB).disk("repo", size * 4 + 256 * MIB).boot();
     vm.ok(&format!(
         "pvcreate -q /dev/vda && vgcreate -q vg /dev/vda && mkfs.ext4 -q /dev/vdb && mkdir /mnt/repo \
          && mount /dev/vdb /mnt/repo && {} repo init /mnt/repo/r \
-         && lvcreate -q -L 600M -T vg/pool && lvcreate -q -V 256M -T vg/pool -n thin \
-         && dd if=/dev/urandom of=/dev/vg/thin bs=1M count=256 status=none",
-        bulwark()
+         && lvcreate -q -L {}M -T vg/pool && lvcreate -q -V {mib}M -T vg/pool -n thin \
+         && dd if=/dev/urandom of=/dev/vg/thin bs=1M count={mib} status=none",
+        bulwark(),
+        pool / MIB
     ));
-    let size = 256 * MIB;
     let tracked = "--state-dir /mnt/repo/state";
     let kept = |vm: &mut Vm| vm.ok("lvs --noheadings -o lv_name vg | grep bulwark- || true").trim().to_string();
 
@@ -337,6 +340,20 @@ fn thin_incremental_reads_what_the_pool_says_changed_and_falls_back_when_it_cann
     let again = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(again["change_tracking"], true, "{again}");
     assert!(again["read_bytes"].as_u64().unwrap() <= 4 * 2 * MIB, "{again}");
+
+    // A pool filled past 80%: the snapshot is not kept (the blocks it would hold may be needed
+    // by the volume), saying so; the next backup compares digests.
+    let used: f64 = vm.ok("lvs --noheadings -o data_percent vg/pool").trim().replace(',', ".").parse().unwrap();
+    let fill = ((85.0 - used) / 100.0 * pool as f64) as u64 / MIB + 1;
+    vm.ok(&format!(
+        "lvcreate -q -V {fill}M -T vg/pool -n filler && dd if=/dev/urandom of=/dev/vg/filler bs=1M count={fill} status=none"
+    ));
+    let full = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(full["change_tracking"], true, "{full}");
+    assert!(full["notes"].to_string().contains("thin pool vg/pool is 8"), "{full}");
+    assert_eq!(kept(&mut vm), "", "nothing kept in a pool that full");
+    let next = backup(&mut vm, "thin", tracked).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(next["change_tracking"], false, "{next}");
 }
 
 #[test]

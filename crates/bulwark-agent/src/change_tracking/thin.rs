@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::{ChangedBlocks, TrackingState};
 use crate::snapshot::{run_tool, Snapshot, ThinSnapshot};
 
+/// Fuller than this (data or metadata), a thin pool keeps no snapshot for change tracking.
+pub const POOL_FULL_PERCENT: f64 = 80.0;
+
 /// What is kept between two backups of one thin volume under one backup name.
 pub struct ThinTracking {
     vg: String,
@@ -132,6 +135,21 @@ impl ThinTracking {
         let _ = std::fs::remove_file(&self.state);
         if self.kept_exists() {
             run_tool(Command::new("lvremove").args(["-f", &format!("{}/{}", self.vg, self.kept)]))?;
+        }
+        // A kept snapshot holds the blocks the volume rewrites: in a nearly full pool that can
+        // make the pool run out and the volume's writes fail. Tracking gives way.
+        let out = run_tool(
+            Command::new("lvs")
+                .args(["--noheadings", "-o", "data_percent,metadata_percent"])
+                .arg(format!("{}/{}", snap.vg, snap.pool)),
+        )?;
+        let full = out.split_whitespace().filter_map(|p| p.replace(',', ".").parse::<f64>().ok()).fold(0.0, f64::max);
+        if full >= POOL_FULL_PERCENT {
+            return Err(format!(
+                "thin pool {}/{} is {full:.0}% full: no snapshot is kept for change tracking, as the blocks it \
+                 would hold may be needed by the volume",
+                snap.vg, snap.pool
+            ));
         }
         let path = snapshot.keep();
         let renamed = run_tool(Command::new("lvrename").args([&self.vg, &snap.name, &self.kept]));
