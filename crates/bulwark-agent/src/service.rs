@@ -85,6 +85,9 @@ fn plan(spec: &TaskSpec) -> Result<Plan, String> {
     volume.compression = compression;
     volume.snapshot = snapshot;
     volume.cbt = cbt;
+    if !spec.lvm_snapshot_size.is_empty() {
+        volume.lvm_cow = spec.lvm_snapshot_size.parse().map_err(|e| format!("LVM snapshot size {e}"))?;
+    }
     volume.filters = FilterOptions { unused: spec.filters, swap: spec.filters, exclude: spec.exclude.clone() };
     let mut files = FileBackupOptions::new("");
     files.compression = compression;

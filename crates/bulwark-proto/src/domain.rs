@@ -171,6 +171,64 @@ spelled! {
     }
 }
 
+/// How much copy-on-write space a classic LVM snapshot gets (`--lvm-snapshot-size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CowSize {
+    /// A share of the origin's size, in percent (1 to 100).
+    PercentOfOrigin(u32),
+    /// A fixed size in bytes.
+    Bytes(u64),
+}
+
+impl Default for CowSize {
+    /// A fifth of the origin: a volume rewriting more than that during one backup's read is
+    /// rare, and the next try doubles it.
+    fn default() -> Self {
+        CowSize::PercentOfOrigin(20)
+    }
+}
+
+impl FromStr for CowSize {
+    type Err = String;
+
+    /// `20%` (of the origin) or a size: `512M`, `2G`, `1048576` (binary units, `K` to `T`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected a share of the origin (20%) or a size (512M, 2G)");
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<u32>() {
+                Ok(p @ 1..=100) => Ok(CowSize::PercentOfOrigin(p)),
+                _ => Err(bad()),
+            };
+        }
+        let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches(['i']);
+        let (num, shift) = match t.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => {
+                let shift = match c.to_ascii_uppercase() {
+                    'K' => 10,
+                    'M' => 20,
+                    'G' => 30,
+                    'T' => 40,
+                    _ => return Err(bad()),
+                };
+                (&t[..i], shift)
+            }
+            _ => (t, 0),
+        };
+        let n: u64 = num.trim().parse().map_err(|_| bad())?;
+        n.checked_shl(shift).filter(|b| *b > 0 && b >> shift == n).map(CowSize::Bytes).ok_or_else(bad)
+    }
+}
+
+impl CowSize {
+    /// The bytes wanted for an origin of `origin` bytes, before the caps.
+    pub fn wanted(self, origin: u64) -> u64 {
+        match self {
+            CowSize::PercentOfOrigin(p) => origin / 100 * u64::from(p) + origin % 100 * u64::from(p) / 100,
+            CowSize::Bytes(b) => b,
+        }
+    }
+}
+
 /// Conversions between a domain type and its protocol enum. The protocol's zero value means
 /// "not set" and reads as the domain's default, or as an error where there is none.
 macro_rules! wire {

@@ -384,6 +384,7 @@ impl BackupManager {
             pre_freeze: job.pre_freeze_script.clone().unwrap_or_default(),
             post_thaw: job.post_thaw_script.clone().unwrap_or_default(),
             freeze_limit_s: job.freeze_limit_s.unwrap_or(0),
+            lvm_snapshot_size: job.lvm_snapshot_size.clone().unwrap_or_default(),
             script_timeout_s: job.script_timeout_s.unwrap_or(0),
             streams: job.streams,
             ..Default::default()

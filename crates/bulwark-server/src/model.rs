@@ -276,6 +276,10 @@ pub struct Job {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3600)]
     pub freeze_limit_s: Option<u32>,
+    /// Copy-on-write space of classic LVM snapshots: a share of the volume (`20%`, the
+    /// default) or a size (`512M`, `2G`); doubled on the next try after one overflowed.
+    #[serde(default)]
+    pub lvm_snapshot_size: Option<String>,
     /// Longest run of the pre and post commands (default 600 s).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 86_400)]
@@ -336,6 +340,9 @@ impl Job {
         }
         if let Some(p) = &self.app_policy {
             p.parse::<bulwark_proto::apps::AppPolicy>()?;
+        }
+        if let Some(s) = &self.lvm_snapshot_size {
+            s.parse::<bulwark_proto::domain::CowSize>().map_err(|e| format!("lvm_snapshot_size {e}"))?;
         }
         if let Some(t) = self.freeze_limit_s {
             range("freeze_limit_s", t.into(), 1, 3600)?;
@@ -603,6 +610,7 @@ mod tests {
             }
         };
         assert!(bad(serde_json::json!({"streams": 0})).contains("streams"));
+        assert!(bad(serde_json::json!({"lvm_snapshot_size": "101%"})).contains("lvm_snapshot_size \"101%\""));
         assert!(bad(serde_json::json!({"priority": 1000})).contains("priority"));
         assert!(bad(serde_json::json!({"block_size": "3M"})).contains("3M"));
         assert!(bad(serde_json::json!({"sources": ["relative"]})).contains("absolute"));

@@ -226,6 +226,11 @@ pub struct JobSettings {
     /// (default 60): a longer one fails the try, and scripts still running are killed.
     #[arg(long, value_name = "SECONDS")]
     freeze_limit: Option<u32>,
+    /// Copy-on-write space of classic LVM snapshots: a share of the volume (20%, the
+    /// default) or a size (512M, 2G). A snapshot whose space fills during the read is
+    /// invalidated by the kernel; the try fails and the next one gets twice the space.
+    #[arg(long, value_name = "SIZE")]
+    lvm_snapshot_size: Option<String>,
     /// Longest run of the pre and post commands, in seconds (default 600): they are killed,
     /// with what they started, past it.
     #[arg(long, value_name = "SECONDS")]
@@ -277,6 +282,9 @@ pub struct JobClearArgs {
     /// No post-thaw script.
     #[arg(long, conflicts_with = "post_thaw_script")]
     no_post_thaw_script: bool,
+    /// Classic LVM snapshots get the default copy-on-write space (20% of the volume).
+    #[arg(long, conflicts_with = "lvm_snapshot_size")]
+    no_lvm_snapshot_size: bool,
 }
 
 /// `DAY@HH:MM` as the API's monthly schedule; `option` names the option in errors.
@@ -341,6 +349,9 @@ impl JobSettings {
         }
         if let Some(t) = self.freeze_limit {
             put("freeze_limit_s", json!(t));
+        }
+        if let Some(s) = &self.lvm_snapshot_size {
+            put("lvm_snapshot_size", json!(s));
         }
         if let Some(t) = self.script_timeout {
             put("script_timeout_s", json!(t));
@@ -426,6 +437,7 @@ impl JobUpdateArgs {
             ("apps", c.no_apps),
             ("pre_freeze_script", c.no_pre_freeze_script),
             ("post_thaw_script", c.no_post_thaw_script),
+            ("lvm_snapshot_size", c.no_lvm_snapshot_size),
         ] {
             if clear {
                 v.insert(k.into(), Value::Null);
@@ -588,6 +600,7 @@ fn job_detail(j: &Value) {
         ("pre-freeze", text(&j["pre_freeze_script"])),
         ("post-thaw", text(&j["post_thaw_script"])),
         ("freeze limit", j["freeze_limit_s"].as_u64().map_or("60 s".into(), |t| format!("{t} s"))),
+        ("LVM snapshot size", or(&j["lvm_snapshot_size"], "20%")),
         ("script limit", j["script_timeout_s"].as_u64().map_or("600 s".into(), |t| format!("{t} s"))),
         ("created", or(&j["created"], "-")),
         ("last session", text(&r["last_result"])),

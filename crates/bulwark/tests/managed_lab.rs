@@ -240,7 +240,8 @@ fn agent_killed_during_an_lvm_backup_removes_its_snapshot_when_it_starts_again()
     // The first try holds its snapshot (in the post-thaw script) until the agent is killed.
     let hold = "[ -e /lab/snapped ] || { touch /lab/snapped; sleep 300; }";
     let job = ["job", "create", "data", "--mode", "volumes", "--computer", "db", "--repository", "main"];
-    let settings = ["--source", "/dev/vg/data", "--snapshot", "lvm", "--tries", "1", "--freeze-limit", "600"];
+    let settings = ["--source", "/dev/vg/data", "--snapshot", "lvm", "--lvm-snapshot-size", "12M", "--tries", "1"];
+    let settings = [&settings[..], &["--freeze-limit", "600"]].concat();
     let settings = [&settings[..], &["--post-thaw-script", hold]].concat();
     cli(&site.server, &[&job[..], &settings[..]].concat()).unwrap();
     cli(&site.server, &["job", "start", "data"]).unwrap();
@@ -253,6 +254,8 @@ fn agent_killed_during_an_lvm_backup_removes_its_snapshot_when_it_starts_again()
         |vm: &mut Vm| vm.ok("lvs --noheadings -o lv_name vg | grep bulwark-snap || true").trim().to_string();
     let left = snapshots(&mut vm);
     assert!(left.starts_with(&format!("bulwark-snap-{}-", agent.pid)), "{left}");
+    // The job's size for classic snapshots reached the agent.
+    assert_eq!(vm.ok(&format!("lvs --noheadings --units m -o lv_size vg/{left}")).trim(), "12.00m");
     vm.ok(&format!("kill -9 {0}; while kill -0 {0} 2>/dev/null; do sleep 0.1; done", agent.pid));
     assert_eq!(snapshots(&mut vm), left, "a killed agent cannot remove its snapshot");
 
