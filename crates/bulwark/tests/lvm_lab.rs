@@ -308,7 +308,9 @@ fn thin_incremental_reads_what_the_pool_says_changed_and_falls_back_when_it_cann
     vm.ok(&format!("{} restore {point} --repo /mnt/repo/r --to /mnt/repo/restored.img", bulwark()));
     vm.ok("cmp /mnt/repo/restored.img /dev/vg/thin && rm /mnt/repo/restored.img");
 
-    // The same volume by digest comparison: every block read; nothing kept for tracking.
+    // The same change again, found by digest comparison: every block read; nothing kept for
+    // tracking.
+    scattered_writes(&mut vm, "/dev/vg/thin", size, size / 100 / (64 << 10), 43);
     let t = Instant::now();
     let digest = backup(&mut vm, "thin", &format!("{tracked} --cbt none")).unwrap_or_else(|e| panic!("{e:?}"));
     eprintln!(
@@ -390,4 +392,46 @@ fn reflink_incremental_of_an_image_reads_what_changed() {
     eprintln!("reflink tracking: {differing} blocks of 1 MiB differ, {} MiB read ({ratio:.2}x)", read / MIB);
     assert!(read >= differing * MIB, "a changed block was not read: {inc}");
     assert!(ratio <= 1.25, "read {ratio:.2}x the changed blocks: {inc}");
+}
+
+/// Figures for docs/BENCHMARKS.md (bench/lab.sh): reading a logical volume through a classic
+/// snapshot against reading it directly, raw (dd) and as a backup. Not a test of behaviour.
+#[test]
+#[ignore = "a benchmark: bench/lab.sh runs it"]
+fn lab_figures_classic_snapshot_throughput() {
+    let Some(lab) = Lab::find() else { return };
+    let mib: u64 = std::env::var("BULWARK_LAB_FIGURE_MIB").ok().and_then(|m| m.parse().ok()).unwrap_or(512);
+    let mut vm = Vm::builder(&lab).disk("pv", (mib * 2 + 256) * MIB).disk("repo", (mib * 3 + 256) * MIB).boot();
+    vm.ok(&format!(
+        "pvcreate -q /dev/vda && vgcreate -q vg /dev/vda && mkfs.ext4 -q /dev/vdb && mkdir /mnt/repo \
+         && mount /dev/vdb /mnt/repo && {0} repo init /mnt/repo/direct && {0} repo init /mnt/repo/snap \
+         && lvcreate -q -L {mib}M -n data vg && dd if=/dev/urandom of=/dev/vg/data bs=1M count={mib} status=none",
+        bulwark()
+    ));
+    let timed = |vm: &mut Vm, script: &str| {
+        let t = Instant::now();
+        vm.ok(script);
+        (mib as f64) / t.elapsed().as_secs_f64()
+    };
+    let origin = timed(&mut vm, "dd if=/dev/vg/data of=/dev/null bs=8M iflag=direct status=none");
+    vm.ok("lvcreate -q -s -l 20%ORIGIN -n raw vg/data");
+    let snapshot = timed(&mut vm, "dd if=/dev/vg/raw of=/dev/null bs=8M iflag=direct status=none");
+    vm.ok("lvremove -q -f vg/raw");
+    let backup = |vm: &mut Vm, repo: &str, snap: &str| {
+        let out = vm.ok(&format!(
+            "{} backup /dev/vg/data --repo /mnt/repo/{repo} --name data --snapshot {snap} --json",
+            bulwark()
+        ));
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (mib as f64) / r["duration_s"].as_f64().unwrap()
+    };
+    let direct = backup(&mut vm, "direct", "none");
+    let through = backup(&mut vm, "snap", "lvm");
+    eprintln!(
+        "classic snapshot, {mib} MiB volume: dd of the origin {origin:.0} MiB/s, of a classic snapshot \
+         {snapshot:.0} MiB/s ({:.2}x); backup of the origin {direct:.0} MiB/s, through a classic snapshot \
+         {through:.0} MiB/s ({:.2}x)",
+        snapshot / origin,
+        through / direct
+    );
 }
