@@ -1,9 +1,9 @@
 //! Volume backup.
 //!
 //! 1. Snapshot the source (retried per policy) and remove snapshots dead backups left.
-//! 2. Decide what to read: with change tracking (reflinked image files), only blocks whose
-//!    extents moved since the last backup; otherwise everything, compared by digest with the
-//!    previous point's index.
+//! 2. Decide what to read: with change tracking (reflinked image files, LVM thin volumes), only
+//!    blocks whose extents or pool mappings moved since the last backup; otherwise everything,
+//!    compared by digest with the previous point's index.
 //! 3. Filter: zero the ranges a restore does not need (unused, swap, excluded).
 //! 4. A reader thread reads in large sequential reads into a fixed pool of buffers; one worker
 //!    per core hashes, recognises zero blocks and blocks the repository already has, and

@@ -187,13 +187,7 @@ fn entire_computer_backed_up_by_its_agent_restores_onto_bare_metal_and_boots() {
     assert!(stats["new_bytes"].as_u64().unwrap() < 80 * MIB, "{point}");
     // The computer as it was installed boots (so a restored disk that does not is the
     // restore's fault).
-    let original = site.dir.path().join("original.img");
-    std::fs::rename(pc.disk("disk"), &original).unwrap();
-    drop(pc);
-    let (_, took) = lab
-        .boot_disk(&original, &format!("bulwark-nonce: {nonce}"), Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("the installed computer does not boot: {e}"));
-    eprintln!("the installed computer booted to its init in {:.1} s", took.as_secs_f64());
+    boots_to_nonce(&lab, pc, "disk", &site.dir.path().join("original.img"), &nonce, "the installed computer");
 
     // Bare metal: a recovery environment with two blank disks, one larger than the computer's
     // and one smaller.
@@ -215,17 +209,21 @@ fn entire_computer_backed_up_by_its_agent_restores_onto_bare_metal_and_boots() {
     assert!(verify.contains("No errors detected"), "{verify}");
     assert!(verify.contains(&format!("last-lba: {}", 320 * MIB / 512 - 34)), "{verify}");
     rescue.ok("e2fsck -fn /dev/vda2 && sync");
-    let disk = site.dir.path().join("restored.img");
-    std::fs::rename(rescue.disk("large"), &disk).unwrap();
-    drop(rescue);
 
     // The restored disk boots by itself: BIOS, GRUB, the kernel and initramfs from the
     // restored root, its /sbin/init printing what was written before the backup.
-    let (console, took) = lab
-        .boot_disk(&disk, &format!("bulwark-nonce: {nonce}"), Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("the restored disk did not boot: {e}"));
-    eprintln!("the restored disk booted to its init in {:.1} s", took.as_secs_f64());
-    assert!(console.contains(&format!("bulwark-nonce: {nonce}")), "{console}");
+    boots_to_nonce(&lab, rescue, "large", &site.dir.path().join("restored.img"), &nonce, "the restored disk");
+}
+
+/// Takes disk `name` out of `vm` (to `to`; the VM is then stopped), boots it on its own and
+/// waits for its init to print `nonce`; `what` names the disk in the figures and failures.
+fn boots_to_nonce(lab: &Lab, vm: Vm, name: &str, to: &std::path::Path, nonce: &str, what: &str) {
+    std::fs::rename(vm.disk(name), to).unwrap();
+    drop(vm);
+    let (_, took) = lab
+        .boot_disk(to, &format!("bulwark-nonce: {nonce}"), Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{what} does not boot: {e}"));
+    eprintln!("{what} booted to its init in {:.1} s", took.as_secs_f64());
 }
 
 #[test]
