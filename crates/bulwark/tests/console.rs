@@ -405,12 +405,14 @@ fn an_operator_edits_a_job_turns_it_off_retries_it_and_changes_groups_and_tokens
     assert!(shown["schedule"].is_null() && shown["retention"]["keep_last"] == 4, "{shown:#}");
     b.type_into("input[name=day]", "15");
     b.click("select[name=compression] option[value=high]");
+    b.type_into("input[name=lvm_snapshot_size]", "512M");
     submit(&b);
     b.wait(10, "the jobs page", |b| b.text("h1") == "Jobs");
     let saved = cli(s, &["job", "show", "nightly"]).unwrap();
     assert_eq!(saved["schedule"], serde_json::json!({"kind": "monthly", "day": 15, "at": "01:30"}), "{saved:#}");
     assert_eq!(saved["retention"]["keep_last"], 9, "{saved:#}");
     assert_eq!(saved["compression"], "high", "{saved:#}");
+    assert_eq!(saved["lvm_snapshot_size"], "512M", "{saved:#}");
     assert_eq!((saved["streams"].as_u64(), saved["priority"].as_i64()), (Some(3), Some(7)), "kept: {saved:#}");
     assert_eq!(saved["pre_command"], pre.as_str(), "{saved:#}");
     assert_eq!(saved["sources"][0], disk.to_str().unwrap(), "{saved:#}");

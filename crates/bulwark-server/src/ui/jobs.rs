@@ -71,7 +71,7 @@ pub(super) async fn jobs(v: Viewer, State(s): State<S>) -> Result<Page, Page> {
 }
 
 /// The wizard's keys: what it sets of a job. Editing keeps every other setting as it was.
-const WIZARD_KEYS: [&str; 22] = [
+const WIZARD_KEYS: [&str; 23] = [
     "mode",
     "computers",
     "groups",
@@ -93,6 +93,7 @@ const WIZARD_KEYS: [&str; 22] = [
     "app_policy",
     "pre_freeze_script",
     "post_thaw_script",
+    "lvm_snapshot_size",
     "name",
 ];
 
@@ -153,7 +154,7 @@ impl FormPairs {
             );
         }
         put("throttle_mbps", json!(self.number("throttle_mbps", "throttle")?));
-        for k in ["pre_command", "post_command", "pre_freeze_script", "post_thaw_script"] {
+        for k in ["pre_command", "post_command", "pre_freeze_script", "post_thaw_script", "lvm_snapshot_size"] {
             put(k, json!(self.get(k)));
         }
         put("apps", json!(self.lines("apps")));
@@ -183,6 +184,7 @@ impl FormPairs {
             "post_command",
             "pre_freeze_script",
             "post_thaw_script",
+            "lvm_snapshot_size",
         ] {
             add(k, &v[k]);
         }
@@ -377,6 +379,7 @@ pub(super) async fn job_wizard(
                         label { "Compression" select name="compression" {
                             @for c in ["none", "dedupe-friendly", "optimal", "high", "extreme"] { option value=(c) selected[compression == c] { (c) } }
                         } }
+                        label { "LVM snapshot space (classic volumes)" input name="lvm_snapshot_size" placeholder="20%" value=(value("lvm_snapshot_size")); }
                         label { "Throttle (MB/s per task)" input name="throttle_mbps" inputmode="numeric" value=(value("throttle_mbps")); }
                     }
                     label { "Pre-job command" input name="pre_command" value=(value("pre_command")); }
