@@ -9,15 +9,13 @@
 
 mod cluster;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulwark_testkit::vm::Background;
 use bulwark_testkit::{Lab, Vm};
-use cluster::server::{admin_token, cli, join_token, Server};
+use cluster::server::{admin_token, cli, join_token, start_server_on, Server};
 use cluster::{bulwark_exe, Daemon};
-use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 /// Where an agent in a guest listens.
@@ -38,24 +36,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A server listening on the host's address, its certificate naming it.
-fn start_server(dir: &std::path::Path, host: &str) -> Server {
-    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-    let mut child = Command::new(bulwark_exe())
-        .args(["server", "--listen", &format!("{host}:0"), "--tls-name", host, "--tick-seconds", "1", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-        panic!("server did not start: {}", std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default())
-    });
-    Server { child, dir: dir.into(), address: v["listening"].as_str().unwrap().into() }
-}
-
 /// The server, a transport node with repository `main`, all on the host's address.
 struct Site {
     // Dropped in this order: the processes (their logs shown if the test failed), then the folder.
@@ -68,7 +48,7 @@ impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         let host = host_address();
-        let server = start_server(&dir.path().join("server"), &host);
+        let server = start_server_on(&dir.path().join("server"), &host, None, &[]);
         let repos = dir.path().join("repos");
         std::fs::create_dir_all(&repos).unwrap();
         // Listening on every address, called at the host's.

@@ -60,14 +60,15 @@ fn dm_name(vg: &str, lv: &str) -> String {
     format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
 }
 
-fn lv_uuid(vg: &str, lv: &str) -> Result<String, String> {
-    let out = run_tool(Command::new("lvs").args(["--noheadings", "-o", "lv_uuid"]).arg(format!("{vg}/{lv}")))?;
+/// One field of `lvs` for `vg/lv`; an error when there is no such volume.
+fn lv_field(vg: &str, lv: &str, field: &str) -> Result<String, String> {
+    let out = run_tool(Command::new("lvs").args(["--noheadings", "-o", field]).arg(format!("{vg}/{lv}")))?;
     Ok(out.trim().to_string())
 }
 
 fn thin_id(vg: &str, lv: &str) -> Result<u64, String> {
-    let out = run_tool(Command::new("lvs").args(["--noheadings", "-o", "thin_id"]).arg(format!("{vg}/{lv}")))?;
-    out.trim().parse().map_err(|_| format!("LVM gives no thin device id for {vg}/{lv} ({:?})", out.trim()))
+    let id = lv_field(vg, lv, "thin_id")?;
+    id.parse().map_err(|_| format!("LVM gives no thin device id for {vg}/{lv} ({id:?})"))
 }
 
 impl ThinTracking {
@@ -77,22 +78,26 @@ impl ThinTracking {
         ThinTracking { vg: snap.vg.clone(), kept, state }
     }
 
+    /// The kept snapshot as LVM names it: `vg/name`.
+    fn kept_lv(&self) -> String {
+        format!("{}/{}", self.vg, self.kept)
+    }
+
     fn kept_exists(&self) -> bool {
-        run_tool(Command::new("lvs").args(["--noheadings", "-o", "lv_name"]).arg(format!("{}/{}", self.vg, self.kept)))
-            .is_ok()
+        lv_field(&self.vg, &self.kept, "lv_name").is_ok()
     }
 
     pub fn load(&self) -> Result<TrackingState, String> {
         let raw = std::fs::read(&self.state).map_err(|e| format!("no tracking state ({e})"))?;
         let s: ThinState = serde_json::from_slice(&raw).map_err(|e| format!("tracking state unreadable ({e})"))?;
-        if !self.kept_exists() {
-            return Err(format!("the thin snapshot kept from the last backup ({}/{}) is gone", self.vg, self.kept));
-        }
-        let uuid = lv_uuid(&self.vg, &self.kept)?;
+        // One question tells both whether it is there and whether it is the one kept.
+        let uuid = lv_field(&self.vg, &self.kept, "lv_uuid")
+            .map_err(|_| format!("the thin snapshot kept from the last backup ({}) is gone", self.kept_lv()))?;
         if uuid != s.uuid {
             return Err(format!(
-                "{}/{} is not the thin snapshot the last backup kept (UUID {uuid}, not {})",
-                self.vg, self.kept, s.uuid
+                "{} is not the thin snapshot the last backup kept (UUID {uuid}, not {})",
+                self.kept_lv(),
+                s.uuid
             ));
         }
         Ok(s.state)
@@ -134,7 +139,7 @@ impl ThinTracking {
     pub fn advance(&self, snapshot: Snapshot, snap: &ThinSnapshot, state: &TrackingState) -> Result<(), String> {
         let _ = std::fs::remove_file(&self.state);
         if self.kept_exists() {
-            run_tool(Command::new("lvremove").args(["-f", &format!("{}/{}", self.vg, self.kept)]))?;
+            run_tool(Command::new("lvremove").args(["-f", &self.kept_lv()]))?;
         }
         // A kept snapshot holds the blocks the volume rewrites: in a nearly full pool that can
         // make the pool run out and the volume's writes fail. Tracking gives way.
@@ -158,8 +163,8 @@ impl ThinTracking {
             return Err(format!("cannot rename {} ({e})", path.display()));
         }
         // Inactive: nothing writes to it by mistake, and it holds no device.
-        run_tool(Command::new("lvchange").args(["-an", &format!("{}/{}", self.vg, self.kept)]))?;
-        let uuid = lv_uuid(&self.vg, &self.kept)?;
+        run_tool(Command::new("lvchange").args(["-an", &self.kept_lv()]))?;
+        let uuid = lv_field(&self.vg, &self.kept, "lv_uuid")?;
         let s = ThinState { state: state.clone(), origin: format!("{}/{}", snap.vg, snap.origin), uuid };
         if let Some(dir) = self.state.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {} ({e})", dir.display()))?;
@@ -174,7 +179,7 @@ impl ThinTracking {
     pub fn clear(&self) {
         let _ = std::fs::remove_file(&self.state);
         if self.kept_exists() {
-            let _ = run_tool(Command::new("lvremove").args(["-f", &format!("{}/{}", self.vg, self.kept)]));
+            let _ = run_tool(Command::new("lvremove").args(["-f", &self.kept_lv()]));
         }
     }
 }

@@ -33,9 +33,18 @@ pub fn start_server(dir: &Path, db: Option<&str>) -> Server {
 
 /// [`start_server`] with environment variables (the internal limits tests shorten).
 pub fn start_server_with(dir: &Path, db: Option<&str>, env: &[(&str, &str)]) -> Server {
+    start_server_on(dir, "127.0.0.1", db, env)
+}
+
+/// [`start_server_with`] listening on `host` (a port of its choosing), its certificate naming
+/// `host` too: what the lab's guests reach it at.
+pub fn start_server_on(dir: &Path, host: &str, db: Option<&str>, env: &[(&str, &str)]) -> Server {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log")).unwrap();
     let mut cmd = Command::new(bulwark_exe());
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--tick-seconds", "1", "--data-dir"]).arg(dir);
+    cmd.args(["server", "--listen", &format!("{host}:0"), "--tick-seconds", "1", "--data-dir"]).arg(dir);
+    if host != "127.0.0.1" {
+        cmd.args(["--tls-name", host]);
+    }
     if let Some(db) = db {
         cmd.args(["--db", db]);
     }
